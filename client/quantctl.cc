@@ -1,0 +1,135 @@
+#include "client/quantctl.h"
+
+#include <cstdio>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "convert/gguf_converter.h"
+#include "convert/tiny_llama.h"
+#include "format/gguf.h"
+
+namespace quant {
+namespace {
+
+absl::Status RequireFlag(const std::string& value, const char* flag,
+                         const std::string& command) {
+  if (!value.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("quantctl ", command, " needs --", flag));
+}
+
+absl::Status RunConvert(const QuantctlOptions& options, std::ostream& out,
+                        std::ostream& err) {
+  RETURN_IF_ERROR(RequireFlag(options.model, "model", "convert"));
+  RETURN_IF_ERROR(RequireFlag(options.out, "out", "convert"));
+  ConvertOptions convert;
+  convert.model_dir = options.model;
+  convert.output_path = options.out;
+  ASSIGN_OR_RETURN(convert.type, ParseGgmlType(options.type));
+  convert.num_threads = options.threads;
+  convert.on_progress = [&](const ConvertProgress& p) {
+    const double mb = p.input_bytes_done / 1e6;
+    const std::string line = absl::StrFormat(
+        "[%*d/%d] %5.1f%%  %-28s %-5s  %7.1f MB in %5.1f s (%.0f MB/s)",
+        static_cast<int>(std::to_string(p.tensor_count).size()), p.tensor_index,
+        p.tensor_count,
+        100.0 * p.input_bytes_done / std::max<uint64_t>(1, p.input_bytes_total),
+        p.tensor_name, GgmlTypeName(p.type), mb, p.seconds,
+        p.seconds > 0 ? mb / p.seconds : 0.0);
+    if (options.progress_on_tty) {
+      err << "\r" << line << "\x1b[K" << std::flush;
+    } else {
+      err << line << "\n";
+    }
+  };
+  ASSIGN_OR_RETURN(const ConvertResult result, ConvertToGguf(convert));
+  if (options.progress_on_tty) err << "\n";
+  std::vector<std::string> counts;
+  for (const auto& [type, count] : result.tensors_by_type) {
+    counts.push_back(absl::StrCat(count, " ", GgmlTypeName(type)));
+  }
+  out << absl::StrFormat("wrote %s: %d tensors (%s), %.1f MB in %.1f s\n",
+                         options.out, result.tensor_count,
+                         absl::StrJoin(counts, ", "), result.output_bytes / 1e6,
+                         result.seconds);
+  return absl::OkStatus();
+}
+
+absl::Status RunInspect(const QuantctlOptions& options, std::ostream& out) {
+  if (options.args.size() != 1) {
+    return absl::InvalidArgumentError(
+        "quantctl inspect takes exactly one GGUF file");
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<GgufReader> gguf,
+                   GgufReader::Open(options.args[0]));
+  out << absl::StrFormat(
+      "GGUF v%d, alignment %d, %d metadata keys, %d tensors\n", gguf->version(),
+      gguf->alignment(), gguf->metadata().size(), gguf->tensors().size());
+  for (const auto& [key, value] : gguf->metadata()) {
+    out << "  " << key << " = " << value.DebugString() << "\n";
+  }
+  uint64_t total = 0;
+  for (const GgufTensorInfo& tensor : gguf->tensors()) {
+    out << absl::StrFormat("  %-32s %-5s [%s] %d bytes\n", tensor.name,
+                           GgmlTypeName(tensor.type),
+                           absl::StrJoin(tensor.dims, ", "), tensor.nbytes);
+    total += tensor.nbytes;
+  }
+  out << absl::StrFormat("tensor data: %.1f MB\n", total / 1e6);
+  return absl::OkStatus();
+}
+
+absl::Status RunMakeTinyModel(const QuantctlOptions& options,
+                              std::ostream& out) {
+  RETURN_IF_ERROR(RequireFlag(options.out, "out", "make-tiny-model"));
+  TinyLlamaOptions tiny;
+  tiny.num_layers = options.layers;
+  tiny.hidden_size = options.hidden;
+  tiny.intermediate_size = 3 * options.hidden;
+  tiny.num_heads = std::max<int64_t>(1, options.hidden / 64);
+  tiny.num_kv_heads = std::max<int64_t>(1, tiny.num_heads / 2);
+  tiny.seed = options.seed;
+  RETURN_IF_ERROR(WriteTinyLlama(options.out, tiny));
+  out << absl::StrFormat(
+      "wrote a random-weight Llama (%d layers, hidden %d) to %s\n",
+      tiny.num_layers, tiny.hidden_size, options.out);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string QuantctlUsage() {
+  return R"(usage: quantctl COMMAND [flags]
+
+commands:
+  convert          Convert a Hugging Face model directory to GGUF.
+                   --model DIR --out FILE.gguf [--type f16|bf16|f32|q8_0|q4_0]
+                   [--threads N]
+  inspect FILE     Print a GGUF file's metadata and tensors.
+  make-tiny-model  Write a small random-weight Llama checkpoint (HF layout).
+                   --out DIR [--layers N] [--hidden N] [--seed N]
+  help             Print this text.
+)";
+}
+
+absl::Status RunQuantctl(const QuantctlOptions& options, std::ostream& out,
+                         std::ostream& err) {
+  if (options.command == "convert") return RunConvert(options, out, err);
+  if (options.command == "inspect") return RunInspect(options, out);
+  if (options.command == "make-tiny-model") {
+    return RunMakeTinyModel(options, out);
+  }
+  if (options.command == "help") {
+    out << QuantctlUsage();
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(
+      options.command.empty()
+          ? std::string("no command given")
+          : absl::StrCat("unknown command '", options.command, "'"));
+}
+
+}  // namespace quant

@@ -1,0 +1,46 @@
+// quantctl: parses flags into QuantctlOptions and runs the command.
+#include <unistd.h>
+
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "client/quantctl.h"
+
+ABSL_FLAG(std::string, model, "", "Hugging Face model directory");
+ABSL_FLAG(std::string, out, "", "Output file (convert) or directory");
+ABSL_FLAG(std::string, type, "f16",
+          "GGUF tensor type: f32, f16, bf16, q8_0, q4_0");
+ABSL_FLAG(int, threads, 0, "Worker threads (0: all cores)");
+ABSL_FLAG(int64_t, layers, 2, "make-tiny-model: decoder blocks");
+ABSL_FLAG(int64_t, hidden, 256, "make-tiny-model: hidden size");
+ABSL_FLAG(uint64_t, seed, 1, "make-tiny-model: random seed");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(quant::QuantctlUsage());
+  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  quant::QuantctlOptions options;
+  if (positional.size() > 1) options.command = positional[1];
+  for (size_t i = 2; i < positional.size(); ++i) {
+    options.args.push_back(positional[i]);
+  }
+  options.model = absl::GetFlag(FLAGS_model);
+  options.out = absl::GetFlag(FLAGS_out);
+  options.type = absl::GetFlag(FLAGS_type);
+  options.threads = absl::GetFlag(FLAGS_threads);
+  options.layers = absl::GetFlag(FLAGS_layers);
+  options.hidden = absl::GetFlag(FLAGS_hidden);
+  options.seed = absl::GetFlag(FLAGS_seed);
+  options.progress_on_tty = ::isatty(STDERR_FILENO);
+  const absl::Status status = quant::RunQuantctl(options, std::cout, std::cerr);
+  if (!status.ok()) {
+    std::cerr << "quantctl: " << status.message() << "\n";
+    if (status.code() == absl::StatusCode::kInvalidArgument &&
+        options.command.empty()) {
+      std::cerr << quant::QuantctlUsage();
+    }
+    return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+  }
+  return 0;
+}

@@ -1,0 +1,92 @@
+// File primitives shared by every reader and writer: a read-only memory map
+// and a writer that only ever exposes complete files (temp + fsync + rename).
+#ifndef COMMON_FILE_H_
+#define COMMON_FILE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace quant {
+
+// A read-only, private mapping of a whole file. Pages are loaded lazily, so
+// mapping a 40 GB shard costs address space, not memory.
+class MappedFile {
+ public:
+  static absl::StatusOr<std::unique_ptr<MappedFile>> Open(
+      const std::string& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+  // Tells the kernel the bytes [offset, offset + length) are no longer needed
+  // so they leave this process's resident set (streaming conversions call
+  // this after each tensor to keep memory at about one tensor).
+  void Release(size_t offset, size_t length) const;
+
+ private:
+  MappedFile(std::string path, const uint8_t* data, size_t size)
+      : path_(std::move(path)), data_(data), size_(size) {}
+  std::string path_;
+  const uint8_t* data_;
+  size_t size_;
+};
+
+// Writes `final_path` atomically: bytes go to "<final_path>.tmp.<pid>", and
+// Commit() fsyncs, renames over `final_path` and fsyncs the directory.
+// Destroying an uncommitted writer removes the temporary file, so a failed
+// or interrupted write never leaves a partial output under the final name.
+class AtomicFileWriter {
+ public:
+  static absl::StatusOr<std::unique_ptr<AtomicFileWriter>> Create(
+      const std::string& final_path);
+  ~AtomicFileWriter();
+  AtomicFileWriter(const AtomicFileWriter&) = delete;
+  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+
+  absl::Status Write(const void* data, size_t size);
+  absl::Status Write(absl::string_view bytes) {
+    return Write(bytes.data(), bytes.size());
+  }
+  absl::Status WriteZeros(size_t count);
+  // Bytes written so far.
+  uint64_t offset() const { return offset_; }
+  absl::Status Commit();
+
+  const std::string& final_path() const { return final_path_; }
+  const std::string& temp_path() const { return temp_path_; }
+
+ private:
+  AtomicFileWriter(std::string final_path, std::string temp_path, int fd)
+      : final_path_(std::move(final_path)),
+        temp_path_(std::move(temp_path)),
+        fd_(fd) {}
+  absl::Status FlushBuffer();
+
+  std::string final_path_;
+  std::string temp_path_;
+  int fd_;
+  uint64_t offset_ = 0;
+  std::string buffer_;  // Coalesces small writes (headers, metadata).
+  bool committed_ = false;
+};
+
+// Reads a whole (small) file such as config.json into a string.
+absl::StatusOr<std::string> ReadFileToString(const std::string& path);
+
+// Writes a small file atomically (AtomicFileWriter under the hood).
+absl::Status WriteFileAtomically(const std::string& path,
+                                 absl::string_view contents);
+
+}  // namespace quant
+
+#endif  // COMMON_FILE_H_

@@ -1,0 +1,102 @@
+#include "common/file.h"
+
+#include <sys/stat.h>
+
+#include <string>
+
+#include "common/test_data.h"
+#include "gtest/gtest.h"
+
+namespace quant {
+namespace {
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+TEST(AtomicFileWriterTest, CommitPublishesExactBytes) {
+  const std::string dir = MakeTestTempDir("file_test");
+  const std::string path = dir + "/out.bin";
+  auto writer = AtomicFileWriter::Create(path);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE((*writer)->Write("abc").ok());
+  ASSERT_TRUE((*writer)->WriteZeros(5000).ok());
+  // A write larger than the internal buffer goes straight to the file.
+  const std::string big(3 << 20, 'x');
+  ASSERT_TRUE((*writer)->Write(big).ok());
+  EXPECT_EQ((*writer)->offset(), 3u + 5000u + big.size());
+  EXPECT_FALSE(Exists(path)) << "nothing may appear before Commit";
+  ASSERT_TRUE((*writer)->Commit().ok());
+  EXPECT_FALSE(Exists((*writer)->temp_path()));
+
+  auto contents = ReadFileToString(path);
+  ASSERT_TRUE(contents.ok()) << contents.status();
+  ASSERT_EQ(contents->size(), 3u + 5000u + big.size());
+  EXPECT_EQ(contents->substr(0, 3), "abc");
+  EXPECT_EQ(contents->substr(3, 5000), std::string(5000, '\0'));
+  EXPECT_EQ(contents->substr(5003), big);
+}
+
+TEST(AtomicFileWriterTest, AbandonedWriterLeavesNothingBehind) {
+  const std::string dir = MakeTestTempDir("file_test");
+  const std::string path = dir + "/out.bin";
+  ASSERT_TRUE(WriteFileAtomically(path, "old contents").ok());
+  std::string temp_path;
+  {
+    auto writer = AtomicFileWriter::Create(path);
+    ASSERT_TRUE(writer.ok());
+    ASSERT_TRUE((*writer)->Write("partial").ok());
+    temp_path = (*writer)->temp_path();
+  }
+  EXPECT_FALSE(Exists(temp_path));
+  // The previous complete file is untouched.
+  EXPECT_EQ(*ReadFileToString(path), "old contents");
+}
+
+TEST(AtomicFileWriterTest, WriteAfterCommitFails) {
+  const std::string dir = MakeTestTempDir("file_test");
+  auto writer = AtomicFileWriter::Create(dir + "/a");
+  ASSERT_TRUE(writer.ok());
+  ASSERT_TRUE((*writer)->Commit().ok());
+  EXPECT_EQ((*writer)->Write("x").code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(AtomicFileWriterTest, UnwritableDirectoryIsAnError) {
+  auto writer = AtomicFileWriter::Create("/nonexistent-dir/x/out.bin");
+  EXPECT_EQ(writer.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(writer.status().message().find("/nonexistent-dir/x/out.bin"),
+            std::string::npos);
+}
+
+TEST(MappedFileTest, MapsContentsAndSurvivesRelease) {
+  const std::string dir = MakeTestTempDir("file_test");
+  const std::string path = dir + "/data";
+  std::string data(1 << 16, '\0');
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i * 7);
+  ASSERT_TRUE(WriteFileAtomically(path, data).ok());
+  auto file = MappedFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_EQ((*file)->size(), data.size());
+  (*file)->Release(100, 40000);
+  // Released pages are re-read from the file on the next access.
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>((*file)->data()),
+                        (*file)->size()),
+            data);
+}
+
+TEST(MappedFileTest, EmptyFileAndErrors) {
+  const std::string dir = MakeTestTempDir("file_test");
+  ASSERT_TRUE(WriteFileAtomically(dir + "/empty", "").ok());
+  auto empty = MappedFile::Open(dir + "/empty");
+  ASSERT_TRUE(empty.ok());
+  EXPECT_EQ((*empty)->size(), 0u);
+  EXPECT_EQ(MappedFile::Open(dir + "/missing").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(MappedFile::Open(dir).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace quant

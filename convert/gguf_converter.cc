@@ -1,0 +1,290 @@
+#include "convert/gguf_converter.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "format/gguf.h"
+#include "format/model_config.h"
+#include "format/safetensors.h"
+#include "format/tokenizer_import.h"
+#include "kernels/cpu/quantize_rows.h"
+
+namespace quant {
+namespace {
+
+// Rows converted at a time: about this many source elements (4 MiB as F32).
+constexpr int64_t kChunkElements = 1 << 20;
+constexpr uint32_t kQuantizationVersion = 2;  // ggml's current block layout.
+
+std::string BaseName(const std::string& path) {
+  std::string trimmed = path;
+  while (trimmed.size() > 1 && trimmed.back() == '/') trimmed.pop_back();
+  const size_t slash = trimmed.rfind('/');
+  return slash == std::string::npos ? trimmed : trimmed.substr(slash + 1);
+}
+
+void AddArchitectureMetadata(const ModelSpec& spec, const std::string& name,
+                             uint32_t file_type, GgufWriter& gguf) {
+  const std::string& arch = spec.gguf_arch;
+  auto u32 = [](int64_t v) { return GgufValue::U32(static_cast<uint32_t>(v)); };
+  gguf.Set("general.architecture", GgufValue::String(arch));
+  gguf.Set("general.name", GgufValue::String(name));
+  gguf.Set("general.file_type", GgufValue::U32(file_type));
+  gguf.Set("general.quantization_version",
+           GgufValue::U32(kQuantizationVersion));
+  const int64_t context =
+      spec.max_position_embeddings > 0 ? spec.max_position_embeddings : 4096;
+  gguf.Set(arch + ".context_length", u32(context));
+  gguf.Set(arch + ".embedding_length", u32(spec.hidden_size));
+  gguf.Set(arch + ".block_count", u32(spec.num_layers));
+  gguf.Set(arch + ".feed_forward_length", u32(spec.intermediate_size));
+  gguf.Set(arch + ".attention.head_count", u32(spec.num_heads));
+  gguf.Set(arch + ".attention.head_count_kv", u32(spec.num_kv_heads));
+  gguf.Set(arch + ".attention.layer_norm_rms_epsilon",
+           GgufValue::F32(static_cast<float>(spec.rms_norm_eps)));
+  gguf.Set(arch + ".rope.freq_base",
+           GgufValue::F32(static_cast<float>(spec.rope_theta)));
+  gguf.Set(arch + ".rope.dimension_count", u32(spec.head_dim));
+  if (spec.head_dim * spec.num_heads != spec.hidden_size) {
+    gguf.Set(arch + ".attention.key_length", u32(spec.head_dim));
+    gguf.Set(arch + ".attention.value_length", u32(spec.head_dim));
+  }
+  gguf.Set(arch + ".vocab_size", u32(spec.vocab_size));
+  if (spec.rope_scaling.type == "linear") {
+    gguf.Set(arch + ".rope.scaling.type", GgufValue::String("linear"));
+    gguf.Set(arch + ".rope.scaling.factor",
+             GgufValue::F32(static_cast<float>(spec.rope_scaling.factor)));
+  }
+}
+
+void AddTokenizerMetadata(const GgufTokenizer& tokenizer, GgufWriter& gguf) {
+  gguf.Set("tokenizer.ggml.model", GgufValue::String(tokenizer.model));
+  gguf.Set("tokenizer.ggml.pre", GgufValue::String(tokenizer.pre));
+  gguf.Set("tokenizer.ggml.tokens", GgufValue::StringArray(tokenizer.tokens));
+  if (!tokenizer.scores.empty()) {
+    gguf.Set("tokenizer.ggml.scores", GgufValue::F32Array(tokenizer.scores));
+  }
+  gguf.Set("tokenizer.ggml.token_type",
+           GgufValue::I32Array(tokenizer.token_types));
+  if (!tokenizer.merges.empty()) {
+    gguf.Set("tokenizer.ggml.merges", GgufValue::StringArray(tokenizer.merges));
+  }
+  auto set_id = [&](const char* key, const std::optional<int64_t>& id) {
+    if (id.has_value()) {
+      gguf.Set(key, GgufValue::U32(static_cast<uint32_t>(*id)));
+    }
+  };
+  set_id("tokenizer.ggml.bos_token_id", tokenizer.bos_id);
+  set_id("tokenizer.ggml.eos_token_id", tokenizer.eos_id);
+  set_id("tokenizer.ggml.unknown_token_id", tokenizer.unk_id);
+  set_id("tokenizer.ggml.padding_token_id", tokenizer.pad_id);
+  gguf.Set("tokenizer.ggml.add_bos_token", GgufValue::Bool(tokenizer.add_bos));
+  gguf.Set("tokenizer.ggml.add_eos_token", GgufValue::Bool(tokenizer.add_eos));
+  if (tokenizer.chat_template.has_value()) {
+    gguf.Set("tokenizer.chat_template",
+             GgufValue::String(*tokenizer.chat_template));
+  }
+}
+
+// Llama 3.1's long-context rope scaling, which llama.cpp reads as a
+// per-frequency factor tensor rather than metadata.
+std::vector<float> Llama3RopeFactors(const ModelSpec& spec) {
+  const RopeScaling& s = spec.rope_scaling;
+  const double low_wavelen =
+      s.original_max_position_embeddings / s.low_freq_factor;
+  const double high_wavelen =
+      s.original_max_position_embeddings / s.high_freq_factor;
+  std::vector<float> factors;
+  for (int64_t i = 0; i < spec.head_dim; i += 2) {
+    const double freq =
+        1.0 / std::pow(spec.rope_theta, static_cast<double>(i) /
+                                            static_cast<double>(spec.head_dim));
+    const double wavelen = 2 * M_PI / freq;
+    double factor;
+    if (wavelen < high_wavelen) {
+      factor = 1;
+    } else if (wavelen > low_wavelen) {
+      factor = s.factor;
+    } else {
+      const double smooth =
+          (s.original_max_position_embeddings / wavelen - s.low_freq_factor) /
+          (s.high_freq_factor - s.low_freq_factor);
+      factor = 1 / ((1 - smooth) / s.factor + smooth);
+    }
+    factors.push_back(static_cast<float>(factor));
+  }
+  return factors;
+}
+
+// GGUF lists dimensions fastest-varying first.
+std::vector<uint64_t> GgufDims(const std::vector<int64_t>& hf_shape) {
+  return std::vector<uint64_t>(hf_shape.rbegin(), hf_shape.rend());
+}
+
+// Converts one tensor chunk by chunk: source rows -> F32 -> (rope row
+// permutation) -> target type -> output.
+absl::Status StreamTensor(const SafetensorsCheckpoint& checkpoint,
+                          const ModelSpec& spec, const GgufTensorPlan& plan,
+                          GgmlType type, int num_threads, GgufWriter& gguf) {
+  ASSIGN_OR_RETURN(TensorView view, checkpoint.Get(plan.hf_name));
+  const int64_t cols = plan.hf_shape.empty() ? 1 : plan.hf_shape.back();
+  const int64_t rows = cols == 0 ? 0 : view.num_elements() / cols;
+  // A chunk holds whole rope heads when rows are permuted.
+  const int64_t heads = RopePermutationHeads(spec, plan.permutation);
+  const int64_t rows_per_unit = heads > 0 ? rows / heads : 1;
+  const int64_t units_per_chunk = std::max<int64_t>(
+      1, kChunkElements / std::max<int64_t>(1, rows_per_unit * cols));
+  const int64_t chunk_rows = units_per_chunk * rows_per_unit;
+  ASSIGN_OR_RETURN(const uint64_t row_bytes, GgmlRowBytes(type, cols));
+
+  std::vector<float> values(std::min(rows, chunk_rows) * cols);
+  std::vector<float> permuted(heads > 0 ? values.size() : 0);
+  std::vector<uint8_t> packed(std::min(rows, chunk_rows) * row_bytes);
+  for (int64_t row = 0; row < rows; row += chunk_rows) {
+    const int64_t n_rows = std::min(chunk_rows, rows - row);
+    RETURN_IF_ERROR(view.ToFloat(row * cols, n_rows * cols, values.data()));
+    const float* source = values.data();
+    if (heads > 0) {
+      RETURN_IF_ERROR(PermuteRowsForRope(values.data(), permuted.data(), n_rows,
+                                         cols, n_rows / rows_per_unit));
+      source = permuted.data();
+    }
+    RETURN_IF_ERROR(
+        QuantizeRows(type, source, n_rows, cols, packed.data(), num_threads));
+    RETURN_IF_ERROR(gguf.WriteTensorData(plan.gguf_name, packed.data(),
+                                         n_rows * row_bytes));
+  }
+  checkpoint.Release(view);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<uint32_t> LlamaFileType(GgmlType type) {
+  switch (type) {
+    case GgmlType::kF32:
+      return 0;
+    case GgmlType::kF16:
+      return 1;
+    case GgmlType::kQ4_0:
+      return 2;
+    case GgmlType::kQ8_0:
+      return 7;
+    case GgmlType::kBF16:
+      return 32;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "conversion to ", GgmlTypeName(type),
+          " is not supported; choose one of F32, F16, BF16, Q8_0, Q4_0"));
+  }
+}
+
+GgmlType ChooseTensorType(const GgufTensorPlan& plan, GgmlType requested) {
+  if (plan.keep_f32 || plan.hf_shape.size() < 2) return GgmlType::kF32;
+  GgmlType type = requested;
+  if (requested == GgmlType::kQ4_0 && plan.gguf_name == "output.weight") {
+    type = GgmlType::kQ8_0;
+  }
+  if (plan.hf_shape.back() % GetGgmlTypeTraits(type).block_size != 0) {
+    return GgmlType::kF16;
+  }
+  return type;
+}
+
+absl::StatusOr<ConvertResult> ConvertToGguf(const ConvertOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(const uint32_t file_type, LlamaFileType(options.type));
+  ASSIGN_OR_RETURN(const ModelSpec spec, LoadModelConfig(options.model_dir));
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> checkpoint,
+                   SafetensorsCheckpoint::Open(options.model_dir));
+  const TensorShapeFn shape_of =
+      [&](const std::string& name) -> std::optional<std::vector<int64_t>> {
+    absl::StatusOr<std::vector<int64_t>> shape = checkpoint->Shape(name);
+    if (!shape.ok()) return std::nullopt;
+    return *std::move(shape);
+  };
+  ASSIGN_OR_RETURN(const std::vector<GgufTensorPlan> plans,
+                   PlanGgufTensors(spec, checkpoint->TensorNames(), shape_of));
+  for (const GgufTensorPlan& plan : plans) {
+    ASSIGN_OR_RETURN(const TensorView view, checkpoint->Get(plan.hf_name));
+    if (view.dtype != SafetensorsDType::kBF16 &&
+        view.dtype != SafetensorsDType::kF16 &&
+        view.dtype != SafetensorsDType::kF32) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor ", plan.hf_name, " has dtype ",
+          SafetensorsDTypeName(view.dtype),
+          "; only BF16, F16 and F32 checkpoints can be converted"));
+    }
+  }
+  ASSIGN_OR_RETURN(const GgufTokenizer tokenizer,
+                   ImportTokenizer(options.model_dir, spec.vocab_size));
+
+  ASSIGN_OR_RETURN(std::unique_ptr<GgufWriter> gguf,
+                   GgufWriter::Create(options.output_path));
+  AddArchitectureMetadata(spec, BaseName(options.model_dir), file_type, *gguf);
+  AddTokenizerMetadata(tokenizer, *gguf);
+
+  // Plan every tensor's type before anything is written.
+  ConvertResult result;
+  std::vector<GgmlType> types;
+  uint64_t input_bytes_total = 0;
+  const bool rope_factors = spec.rope_scaling.type == "llama3";
+  if (rope_factors) {
+    RETURN_IF_ERROR(gguf->AddTensor("rope_freqs.weight",
+                                    {static_cast<uint64_t>(spec.head_dim / 2)},
+                                    GgmlType::kF32));
+  }
+  for (const GgufTensorPlan& plan : plans) {
+    types.push_back(ChooseTensorType(plan, options.type));
+    RETURN_IF_ERROR(
+        gguf->AddTensor(plan.gguf_name, GgufDims(plan.hf_shape), types.back()));
+    ++result.tensors_by_type[types.back()];
+    ASSIGN_OR_RETURN(const TensorView view, checkpoint->Get(plan.hf_name));
+    input_bytes_total += view.nbytes;
+  }
+  if (rope_factors) {
+    const std::vector<float> factors = Llama3RopeFactors(spec);
+    RETURN_IF_ERROR(gguf->WriteTensorData("rope_freqs.weight", factors.data(),
+                                          factors.size() * sizeof(float)));
+    ++result.tensors_by_type[GgmlType::kF32];
+  }
+
+  ConvertProgress progress;
+  progress.tensor_count = static_cast<int64_t>(plans.size());
+  progress.input_bytes_total = input_bytes_total;
+  for (size_t i = 0; i < plans.size(); ++i) {
+    RETURN_IF_ERROR(StreamTensor(*checkpoint, spec, plans[i], types[i],
+                                 options.num_threads, *gguf));
+    if (options.on_progress) {
+      ASSIGN_OR_RETURN(const TensorView view,
+                       checkpoint->Get(plans[i].hf_name));
+      progress.tensor_index = static_cast<int64_t>(i + 1);
+      progress.tensor_name = plans[i].gguf_name;
+      progress.type = types[i];
+      progress.input_bytes_done += view.nbytes;
+      progress.seconds = std::chrono::duration<double>(
+                             std::chrono::steady_clock::now() - start)
+                             .count();
+      options.on_progress(progress);
+    }
+  }
+  RETURN_IF_ERROR(gguf->Finish());
+
+  result.tensor_count = static_cast<int64_t>(plans.size()) + rope_factors;
+  std::error_code error;
+  result.output_bytes = std::filesystem::file_size(options.output_path, error);
+  result.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
+  return result;
+}
+
+}  // namespace quant

@@ -1,0 +1,253 @@
+#include "convert/gguf_converter.h"
+
+#include <sys/stat.h>
+
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "common/file.h"
+#include "common/test_data.h"
+#include "convert/tiny_llama.h"
+#include "format/ggml_blocks.h"
+#include "format/gguf.h"
+#include "format/safetensors.h"
+#include "gtest/gtest.h"
+
+namespace quant {
+namespace {
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+class GgufConverterTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    model_dir_ = new std::string(MakeTestTempDir("converter") + "/tiny");
+    TinyLlamaOptions options;
+    ASSERT_TRUE(WriteTinyLlama(*model_dir_, options).ok());
+  }
+  static void TearDownTestSuite() { delete model_dir_; }
+
+  std::unique_ptr<GgufReader> Convert(GgmlType type) {
+    ConvertOptions options;
+    options.model_dir = *model_dir_;
+    options.output_path = MakeTestTempDir("converter") + "/out.gguf";
+    options.type = type;
+    int progress_calls = 0;
+    options.on_progress = [&](const ConvertProgress& p) {
+      ++progress_calls;
+      EXPECT_EQ(p.tensor_index, progress_calls);
+      EXPECT_LE(p.input_bytes_done, p.input_bytes_total);
+    };
+    auto result = ConvertToGguf(options);
+    EXPECT_TRUE(result.ok()) << result.status();
+    if (!result.ok()) return nullptr;
+    EXPECT_EQ(progress_calls, result->tensor_count);
+    auto reader = GgufReader::Open(options.output_path);
+    EXPECT_TRUE(reader.ok()) << reader.status();
+    return reader.ok() ? *std::move(reader) : nullptr;
+  }
+
+  static std::vector<float> SourceRows(const std::string& hf_name) {
+    auto checkpoint = SafetensorsCheckpoint::Open(*model_dir_);
+    auto view = (*checkpoint)->Get(hf_name);
+    return *view->ToFloatVector();
+  }
+
+  static std::string* model_dir_;
+};
+
+std::string* GgufConverterTest::model_dir_ = nullptr;
+
+uint64_t MetaUint(const GgufReader& gguf, const std::string& key) {
+  const GgufValue* value = gguf.Find(key);
+  EXPECT_NE(value, nullptr) << key;
+  return value == nullptr ? 0 : *value->AsUint();
+}
+
+TEST_F(GgufConverterTest, MetadataDescribesTheModel) {
+  auto gguf = Convert(GgmlType::kF16);
+  ASSERT_NE(gguf, nullptr);
+  EXPECT_EQ(*gguf->Find("general.architecture")->AsString(), "llama");
+  EXPECT_EQ(MetaUint(*gguf, "general.file_type"), 1u);
+  EXPECT_EQ(MetaUint(*gguf, "general.quantization_version"), 2u);
+  EXPECT_EQ(MetaUint(*gguf, "llama.block_count"), 2u);
+  EXPECT_EQ(MetaUint(*gguf, "llama.embedding_length"), 256u);
+  EXPECT_EQ(MetaUint(*gguf, "llama.feed_forward_length"), 768u);
+  EXPECT_EQ(MetaUint(*gguf, "llama.attention.head_count"), 4u);
+  EXPECT_EQ(MetaUint(*gguf, "llama.attention.head_count_kv"), 2u);
+  EXPECT_EQ(MetaUint(*gguf, "llama.rope.dimension_count"), 64u);
+  EXPECT_EQ(MetaUint(*gguf, "llama.context_length"), 2048u);
+  EXPECT_FLOAT_EQ(*gguf->Find("llama.rope.freq_base")->AsFloat(), 10000.0f);
+  EXPECT_EQ(*gguf->Find("tokenizer.ggml.model")->AsString(), "gpt2");
+  const uint64_t vocab = MetaUint(*gguf, "llama.vocab_size");
+  EXPECT_EQ(gguf->Find("tokenizer.ggml.tokens")->array().size(), vocab);
+  EXPECT_EQ(gguf->Find("tokenizer.ggml.token_type")->array().size(), vocab);
+  // 1 embedding + 9 per block + final norm + output.
+  EXPECT_EQ(gguf->tensors().size(), 1u + 2u * 9u + 2u);
+  const GgufTensorInfo* embd = gguf->FindTensor("token_embd.weight");
+  ASSERT_NE(embd, nullptr);
+  EXPECT_EQ(embd->dims, (std::vector<uint64_t>{256, vocab}));
+  EXPECT_EQ(gguf->FindTensor("blk.1.attn_norm.weight")->type, GgmlType::kF32);
+  EXPECT_EQ(gguf->FindTensor("blk.1.ffn_down.weight")->dims,
+            (std::vector<uint64_t>{768, 256}));
+}
+
+// The GGUF row for head h, pair index i, half j is the HF row for head h,
+// half j, index i: HF keeps the two rotary halves apart, llama.cpp
+// interleaves them.
+TEST_F(GgufConverterTest, QueryAndKeyRowsArePermutedForLlamaRope) {
+  auto gguf = Convert(GgmlType::kF32);
+  ASSERT_NE(gguf, nullptr);
+  const int64_t cols = 256, head_dim = 64;
+  for (const auto& [hf, gg] : std::vector<std::pair<std::string, std::string>>{
+           {"model.layers.0.self_attn.q_proj.weight", "blk.0.attn_q.weight"},
+           {"model.layers.1.self_attn.k_proj.weight", "blk.1.attn_k.weight"},
+           {"model.layers.1.self_attn.v_proj.weight", "blk.1.attn_v.weight"}}) {
+    const std::vector<float> source = SourceRows(hf);
+    const GgufTensorInfo* info = gguf->FindTensor(gg);
+    ASSERT_NE(info, nullptr);
+    const float* written =
+        reinterpret_cast<const float*>(gguf->TensorData(*info));
+    const int64_t rows = static_cast<int64_t>(source.size()) / cols;
+    const bool permuted = gg.find("attn_v") == std::string::npos;
+    for (int64_t row = 0; row < rows; ++row) {
+      const int64_t h = row / head_dim, i = (row % head_dim) / 2, j = row % 2;
+      const int64_t from =
+          permuted ? h * head_dim + j * (head_dim / 2) + i : row;
+      ASSERT_EQ(std::memcmp(written + row * cols, source.data() + from * cols,
+                            cols * sizeof(float)),
+                0)
+          << gg << " row " << row;
+    }
+  }
+}
+
+// Quantized tensors are byte-identical to the scalar reference quantizer
+// applied to the (permuted) source rows.
+TEST_F(GgufConverterTest, QuantizedTensorsMatchTheReferenceQuantizer) {
+  for (GgmlType type : {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kBF16}) {
+    auto gguf = Convert(type);
+    ASSERT_NE(gguf, nullptr);
+    EXPECT_EQ(gguf->FindTensor("blk.0.ffn_up.weight")->type, type);
+    EXPECT_EQ(gguf->FindTensor("output_norm.weight")->type, GgmlType::kF32);
+    EXPECT_EQ(gguf->FindTensor("output.weight")->type,
+              type == GgmlType::kQ4_0 ? GgmlType::kQ8_0 : type);
+    for (const auto& [hf, gg] :
+         std::vector<std::pair<std::string, std::string>>{
+             {"model.layers.0.mlp.up_proj.weight", "blk.0.ffn_up.weight"},
+             {"model.embed_tokens.weight", "token_embd.weight"}}) {
+      const std::vector<float> source = SourceRows(hf);
+      const GgufTensorInfo* info = gguf->FindTensor(gg);
+      std::vector<uint8_t> expected(info->nbytes);
+      ASSERT_TRUE(QuantizeRowReference(type, source.data(),
+                                       static_cast<int64_t>(source.size()),
+                                       expected.data())
+                      .ok());
+      EXPECT_EQ(std::memcmp(gguf->TensorData(*info), expected.data(),
+                            expected.size()),
+                0)
+          << gg << " as " << GgmlTypeName(type);
+    }
+  }
+}
+
+TEST_F(GgufConverterTest, FileTypeAndUnsupportedTypes) {
+  EXPECT_EQ(*LlamaFileType(GgmlType::kQ8_0), 7u);
+  EXPECT_EQ(*LlamaFileType(GgmlType::kQ4_0), 2u);
+  EXPECT_EQ(*LlamaFileType(GgmlType::kBF16), 32u);
+  ConvertOptions options;
+  options.model_dir = *model_dir_;
+  options.output_path = MakeTestTempDir("converter") + "/out.gguf";
+  options.type = GgmlType::kQ8_1;
+  const auto result = ConvertToGguf(options);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(result.status().message().find("q8_1"), std::string::npos);
+  EXPECT_FALSE(Exists(options.output_path));
+}
+
+TEST_F(GgufConverterTest, RowsThatDoNotFillBlocksFallBackToF16) {
+  GgufTensorPlan plan;
+  plan.gguf_name = "blk.0.ffn_down.weight";
+  plan.hf_shape = {64, 64};
+  EXPECT_EQ(ChooseTensorType(plan, GgmlType::kQ4_0), GgmlType::kQ4_0);
+  plan.hf_shape = {64, 40};
+  EXPECT_EQ(ChooseTensorType(plan, GgmlType::kQ4_0), GgmlType::kF16);
+  plan.keep_f32 = true;
+  EXPECT_EQ(ChooseTensorType(plan, GgmlType::kQ4_0), GgmlType::kF32);
+}
+
+TEST_F(GgufConverterTest, BadInputFailsCleanlyAndKeepsTheOldOutput) {
+  const std::string dir = MakeTestTempDir("converter");
+  const std::string out = dir + "/out.gguf";
+  ASSERT_TRUE(WriteFileAtomically(out, "previous output").ok());
+  ConvertOptions options;
+  options.output_path = out;
+
+  options.model_dir = dir + "/no-such-model";
+  auto result = ConvertToGguf(options);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(result.status().message().find("config.json"), std::string::npos);
+
+  // A model whose second shard is cut short.
+  const std::string broken = dir + "/broken";
+  TinyLlamaOptions tiny;
+  ASSERT_TRUE(WriteTinyLlama(broken, tiny).ok());
+  const std::string shard = broken + "/model-00002-of-00002.safetensors";
+  auto bytes = ReadFileToString(shard);
+  ASSERT_TRUE(bytes.ok());
+  ASSERT_TRUE(
+      WriteFileAtomically(shard, bytes->substr(0, bytes->size() / 2)).ok());
+  options.model_dir = broken;
+  result = ConvertToGguf(options);
+  EXPECT_FALSE(result.ok());
+  EXPECT_NE(result.status().message().find("model-00002-of-00002"),
+            std::string::npos)
+      << result.status();
+
+  // A config that lies about the shapes.
+  const std::string liar = dir + "/liar";
+  ASSERT_TRUE(WriteTinyLlama(liar, tiny).ok());
+  auto config = ReadFileToString(liar + "/config.json");
+  std::string edited = *config;
+  const std::string from = "\"intermediate_size\": 768";
+  ASSERT_NE(edited.find(from), std::string::npos);
+  edited.replace(edited.find(from), from.size(), "\"intermediate_size\": 512");
+  ASSERT_TRUE(WriteFileAtomically(liar + "/config.json", edited).ok());
+  options.model_dir = liar;
+  result = ConvertToGguf(options);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(result.status().message().find("intermediate_size"),
+            std::string::npos)
+      << result.status();
+
+  EXPECT_EQ(*ReadFileToString(out), "previous output");
+}
+
+TEST(GgufConverterRealModelTest, SharedLlamaConvertsWithItsTokenizer) {
+  const std::string data = SharedDataDir();
+  if (data.empty()) GTEST_SKIP() << "../shared/data is absent";
+  ConvertOptions options;
+  options.model_dir = data + "/llama-29m-books";
+  options.output_path = MakeTestTempDir("converter") + "/books-q8_0.gguf";
+  options.type = GgmlType::kQ8_0;
+  auto result = ConvertToGguf(options);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->tensor_count, 75);
+  auto gguf = GgufReader::Open(options.output_path);
+  ASSERT_TRUE(gguf.ok()) << gguf.status();
+  EXPECT_EQ(MetaUint(**gguf, "llama.block_count"), 8u);
+  EXPECT_EQ(MetaUint(**gguf, "llama.attention.head_count_kv"), 4u);
+  EXPECT_EQ(MetaUint(**gguf, "llama.vocab_size"), 4096u);
+  EXPECT_EQ(*(*gguf)->Find("tokenizer.ggml.model")->AsString(), "llama");
+  EXPECT_EQ(MetaUint(**gguf, "tokenizer.ggml.bos_token_id"), 1u);
+  EXPECT_EQ((*gguf)->Find("tokenizer.ggml.scores")->array().size(), 4096u);
+  EXPECT_EQ((*gguf)->FindTensor("output.weight")->type, GgmlType::kQ8_0);
+}
+
+}  // namespace
+}  // namespace quant

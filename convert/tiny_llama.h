@@ -1,0 +1,39 @@
+// Writes a small random-weight Llama checkpoint in the Hugging Face layout
+// (config.json, sharded bf16 safetensors with an index, a byte-level BPE
+// tokenizer.json, tokenizer_config.json), so the quick start and the tests
+// run end to end without downloading a model.
+#ifndef CONVERT_TINY_LLAMA_H_
+#define CONVERT_TINY_LLAMA_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+
+namespace quant {
+
+struct TinyLlamaOptions {
+  // Multiples of 256 so that every GGUF block type (k-quants included)
+  // applies to every matrix.
+  int64_t hidden_size = 256;
+  int64_t intermediate_size = 768;
+  int64_t num_layers = 2;
+  int64_t num_heads = 4;
+  int64_t num_kv_heads = 2;  // Grouped-query attention, as in Llama 3.
+  int64_t max_position_embeddings = 2048;
+  // Most byte-level BPE merges to learn from a built-in text (it supports
+  // 253); the vocabulary is 256 byte tokens + the merges + 2 special tokens.
+  int64_t num_merges = 254;
+  bool tie_word_embeddings = false;
+  int num_shards = 2;
+  uint64_t seed = 1;
+};
+
+// Creates `dir` if needed and writes the checkpoint into it. Fails if `dir`
+// already holds a config.json (never overwrites a model).
+absl::Status WriteTinyLlama(const std::string& dir,
+                            const TinyLlamaOptions& options);
+
+}  // namespace quant
+
+#endif  // CONVERT_TINY_LLAMA_H_
