@@ -21,8 +21,8 @@ int32_t TruncToInt32X86(float v) {
 
 // What `(int8_t)v` compiles to on x86: cvttss2si, then the low byte.
 int32_t FloatToInt8X86(float v) {
-  const int32_t low = static_cast<int32_t>(
-      static_cast<uint32_t>(TruncToInt32X86(v)) & 0xffu);
+  const int32_t low =
+      static_cast<int32_t>(static_cast<uint32_t>(TruncToInt32X86(v)) & 0xffu);
   return low >= 128 ? low - 256 : low;
 }
 
@@ -138,8 +138,9 @@ std::string Position(int64_t row, int64_t column) {
 
 std::string BlockPosition(int64_t row, int64_t first, int64_t size) {
   const std::string columns = absl::StrCat(first, "..", first + size - 1);
-  return row < 0 ? absl::StrCat("the block of elements ", columns)
-                 : absl::StrCat("the block at row ", row, ", columns ", columns);
+  return row < 0
+             ? absl::StrCat("the block of elements ", columns)
+             : absl::StrCat("the block at row ", row, ", columns ", columns);
 }
 
 bool IsHalfInfOrNan(uint16_t h) { return (h & 0x7fffu) >= 0x7c00u; }
@@ -155,10 +156,10 @@ absl::Status CheckRepresentable(GgmlType type, const float* x, int64_t n,
     const int64_t bad = FindNonFinite(x + first, block);
     if (bad >= 0) {
       const float v = x[first + bad];
-      return absl::InvalidArgumentError(absl::StrCat(
-          traits.name, " cannot represent ",
-          std::isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf"), " at ",
-          Position(row, first + bad)));
+      return absl::InvalidArgumentError(
+          absl::StrCat(traits.name, " cannot represent ",
+                       std::isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf"), " at ",
+                       Position(row, first + bad)));
     }
     bool overflows = false;
     float amax = 0.0f;
@@ -175,8 +176,8 @@ absl::Status CheckRepresentable(GgmlType type, const float* x, int64_t n,
           amax = std::max(amax, std::fabs(x[first + j]));
         }
         // The scale is amax / 127 (Q8_0) or +-amax / 8 (Q4_0).
-        overflows = IsHalfInfOrNan(FloatToHalf(
-            type == GgmlType::kQ8_0 ? amax / 127.0f : amax / 8.0f));
+        overflows = IsHalfInfOrNan(
+            FloatToHalf(type == GgmlType::kQ8_0 ? amax / 127.0f : amax / 8.0f));
         break;
       default:
         break;

@@ -6,10 +6,12 @@
 // bytes as llama.cpp's quantize_row_q8_0_ref / quantize_row_q4_0_ref (and
 // ggml's fp32 -> f16 / bf16 row conversions). Where llama.cpp's C code
 // converts an out-of-range float to int8_t (undefined behaviour in C; only
-// reachable for blocks whose largest |x| is below ~1e-36, where 1/d
-// overflows), this code spells out what x86 does there (cvttss2si: truncate
-// toward zero, NaN or out of int32 range gives INT32_MIN; then keep the low
-// byte), which is what an x86 build of llama.cpp writes.
+// reachable for blocks whose largest |x| is below ~4e-37, where 1/d
+// overflows to inf), this code spells out what x86 does there (cvttss2si:
+// truncate toward zero, NaN or out of int32 range gives INT32_MIN; then keep
+// the low byte), which is what an x86 build of llama.cpp writes: such blocks
+// come out as d = +-0 with all quants 0. (Checked against llama.cpp's own
+// ggml-quants.c, built with gcc -O3, on 6M random blocks including these.)
 //
 // Unrepresentable input: every quantizer refuses input whose output
 // llama.cpp would refuse (ggml_validate_row_data, which llama-quantize runs on
@@ -32,7 +34,7 @@ namespace quant {
 // Q8_0: 32 signed 8-bit values with one fp16 scale; x ~= qs[j] * d.
 inline constexpr int64_t kQk8_0 = 32;
 struct BlockQ8_0 {
-  uint16_t d;          // IEEE half: amax / 127.
+  uint16_t d;  // IEEE half: amax / 127.
   int8_t qs[kQk8_0];
 };
 static_assert(kQk8_0 == GetGgmlTypeTraits(GgmlType::kQ8_0).block_size,
@@ -79,8 +81,7 @@ absl::Status CheckQuantizeArgs(GgmlType type, int64_t n,
 // implemented yet (Unimplemented). Later types (Q4_1, Q5_x, K-quants) take
 // the same argument.
 absl::Status QuantizeRowReference(GgmlType type, const float* src, int64_t n,
-                                  void* dst,
-                                  const float* importance = nullptr);
+                                  void* dst, const float* importance = nullptr);
 
 // Expands GgmlRowBytes(type, n) bytes at `src` into `n` floats.
 absl::Status DequantizeRowReference(GgmlType type, const void* src, int64_t n,

@@ -55,9 +55,9 @@ TEST(GgmlBlocksTest, Layout) {
 // d = 127 / 127 = 1 exactly, so q = roundf(x): halfway cases go away from
 // zero (126.5 -> 127 and 2.5 -> 3, where round-to-even would give 126, 2).
 TEST(GgmlBlocksTest, Q8_0HandComputedUnitScale) {
-  std::vector<float> x = {127.0f, -127.0f, 0.5f,        -0.5f, 1.5f,   2.5f,
-                          -2.5f,  0.49999997f, 126.5f, -126.5f, 3.2f, -3.7f,
-                          0.0f,   -0.0f,  100.49f,     64.5f};
+  std::vector<float> x = {127.0f, -127.0f,     0.5f,    -0.5f,   1.5f, 2.5f,
+                          -2.5f,  0.49999997f, 126.5f,  -126.5f, 3.2f, -3.7f,
+                          0.0f,   -0.0f,       100.49f, 64.5f};
   for (int j = 0; j < 16; ++j) x.push_back(static_cast<float>(j));
   const std::vector<uint8_t> expected = {
       0x00, 0x3c,  // d = 1.0 in fp16, little endian.
@@ -90,16 +90,15 @@ TEST(GgmlBlocksTest, Q8_0HandComputedFractionalScale) {
 // x[0] = -8 has the largest magnitude (x[16] = 8 ties but comes later), so
 // d = -8 / -8 = 1 and q = min(15, trunc(x + 8.5)).
 TEST(GgmlBlocksTest, Q4_0HandComputedUnitScale) {
-  std::vector<float> x = {-8.0f, 7.0f,   0.0f,  0.5f, -0.5f, 1.49f,
-                          -3.7f, 2.5f,   -7.9f, 6.6f, -0.0f, 3.0f,
-                          -1.0f, 0.49f,  -6.5f, 4.25f};
+  std::vector<float> x = {-8.0f, 7.0f, 0.0f,  0.5f, -0.5f, 1.49f, -3.7f, 2.5f,
+                          -7.9f, 6.6f, -0.0f, 3.0f, -1.0f, 0.49f, -6.5f, 4.25f};
   x.push_back(8.0f);  // 16.5 -> 16, clamped to 15.
   for (int j = 17; j < 32; ++j) x.push_back(static_cast<float>(j - 24));
   // q[0..15]  = 0 15 8 9 8 9 4 11 0 15 8 11 7 8 2 12
   // q[16..31] = 15 1 2 3 ... 15
-  const std::vector<uint8_t> expected = {
-      0x00, 0x3c, 0xf0, 0x1f, 0x28, 0x39, 0x48, 0x59, 0x64, 0x7b,
-      0x80, 0x9f, 0xa8, 0xbb, 0xc7, 0xd8, 0xe2, 0xfc};
+  const std::vector<uint8_t> expected = {0x00, 0x3c, 0xf0, 0x1f, 0x28, 0x39,
+                                         0x48, 0x59, 0x64, 0x7b, 0x80, 0x9f,
+                                         0xa8, 0xbb, 0xc7, 0xd8, 0xe2, 0xfc};
   const std::vector<uint8_t> q = Quantize(GgmlType::kQ4_0, x);
   EXPECT_THAT(q, ElementsAreArray(expected));
   const std::vector<float> y = Dequantize(GgmlType::kQ4_0, q, 32);
@@ -124,9 +123,9 @@ TEST(GgmlBlocksTest, Q4_0HandComputedNegativeScale) {
   x[16] = 1.0f;    // 4.5 -> 4
   x[17] = -1.0f;   // 12.5 -> 12
   x[20] = -2.0f;   // 16.5 -> 16 -> 15
-  const std::vector<uint8_t> expected = {
-      0x00, 0xb4, 0x47, 0xc9, 0x88, 0x89, 0xf7, 0x80, 0x8a, 0x88,
-      0x88, 0x88, 0x88, 0x88, 0x88, 0x88, 0x88, 0x88};
+  const std::vector<uint8_t> expected = {0x00, 0xb4, 0x47, 0xc9, 0x88, 0x89,
+                                         0xf7, 0x80, 0x8a, 0x88, 0x88, 0x88,
+                                         0x88, 0x88, 0x88, 0x88, 0x88, 0x88};
   EXPECT_THAT(Quantize(GgmlType::kQ4_0, x), ElementsAreArray(expected));
 }
 
@@ -184,11 +183,11 @@ TEST(GgmlBlocksTest, TinyBlocksQuantizeLikeX86LlamaCpp) {
 TEST(GgmlBlocksTest, PlainTypes) {
   const std::vector<float> x = {1.0f, -2.0f, 65504.0f, 1e-8f, 0.1f};
   EXPECT_THAT(Quantize(GgmlType::kF16, x),
-              ElementsAreArray({0x00, 0x3c, 0x00, 0xc0, 0xff, 0x7b, 0x00,
-                                0x00, 0x66, 0x2e}));
+              ElementsAreArray({0x00, 0x3c, 0x00, 0xc0, 0xff, 0x7b, 0x00, 0x00,
+                                0x66, 0x2e}));
   EXPECT_THAT(Quantize(GgmlType::kBF16, x),
-              ElementsAreArray({0x80, 0x3f, 0x00, 0xc0, 0x80, 0x47, 0x2c,
-                                0x32, 0xcd, 0x3d}));
+              ElementsAreArray({0x80, 0x3f, 0x00, 0xc0, 0x80, 0x47, 0x2c, 0x32,
+                                0xcd, 0x3d}));
   const std::vector<uint8_t> f32 = Quantize(GgmlType::kF32, x);
   ASSERT_EQ(f32.size(), 20u);
   EXPECT_EQ(std::memcmp(f32.data(), x.data(), 20), 0);
@@ -222,7 +221,8 @@ std::vector<float> RandomData(int kind, uint32_t seed) {
   for (int b = 0; b < 64; ++b) {
     const float scale = scales[b % 4];
     for (int j = 0; j < 32; ++j) {
-      float v = kind == 0 ? normal(rng) : (kind == 1 ? student(rng) : cauchy(rng));
+      float v =
+          kind == 0 ? normal(rng) : (kind == 1 ? student(rng) : cauchy(rng));
       v = std::fmax(-1e5f, std::fmin(1e5f, v * scale));
       x.push_back(v);
     }
@@ -238,7 +238,8 @@ TEST(GgmlBlocksTest, Q8_0ErrorIsHalfAStepPlusScaleRounding) {
     const std::vector<float> y = Dequantize(GgmlType::kQ8_0, q, n);
     for (int64_t b = 0; b < n / 32; ++b) {
       float amax = 0.0f;
-      for (int j = 0; j < 32; ++j) amax = std::fmax(amax, std::fabs(x[b * 32 + j]));
+      for (int j = 0; j < 32; ++j)
+        amax = std::fmax(amax, std::fabs(x[b * 32 + j]));
       const float d = amax / 127.0f;
       const float d_half = HalfToFloat(ScaleBits(q, b * 34));
       ASSERT_GT(d_half, 0.0f);
@@ -246,8 +247,8 @@ TEST(GgmlBlocksTest, Q8_0ErrorIsHalfAStepPlusScaleRounding) {
       // are exact to 2^-25.
       EXPECT_LE(std::fabs(d - d_half),
                 std::fmax(d * 0.0005f, std::ldexp(1.0f, -25)));
-      const float bound = d * 0.5001f + 127.0f * std::fabs(d - d_half) +
-                          amax * 1e-6f;
+      const float bound =
+          d * 0.5001f + 127.0f * std::fabs(d - d_half) + amax * 1e-6f;
       for (int j = 0; j < 32; ++j) {
         const int64_t i = b * 32 + j;
         ASSERT_LE(std::fabs(x[i] - y[i]), bound)
@@ -265,19 +266,22 @@ TEST(GgmlBlocksTest, Q4_0ErrorIsBoundedByTheBlockMax) {
     const std::vector<float> y = Dequantize(GgmlType::kQ4_0, q, n);
     for (int64_t b = 0; b < n / 32; ++b) {
       float amax = 0.0f;
-      for (int j = 0; j < 32; ++j) amax = std::fmax(amax, std::fabs(x[b * 32 + j]));
+      for (int j = 0; j < 32; ++j)
+        amax = std::fmax(amax, std::fabs(x[b * 32 + j]));
       const float step = amax / 8.0f;
       const float step_half = std::fabs(HalfToFloat(ScaleBits(q, b * 18)));
       ASSERT_LE(std::fabs(step - step_half),
                 std::fmax(step * 0.0005f, std::ldexp(1.0f, -25)));
-      const float scale_error = 8.0f * std::fabs(step - step_half) + amax * 1e-6f;
+      const float scale_error =
+          8.0f * std::fabs(step - step_half) + amax * 1e-6f;
       for (int j = 0; j < 32; ++j) {
         const int64_t i = b * 32 + j;
         // Values opposite the block max beyond 7.5 steps clamp to q = 15:
         // up to one step off. All others: half a step.
-        const bool clamped = std::fabs(x[i]) > 7.5f * step &&
-                             std::signbit(x[i]) != std::signbit(
-                                 HalfToFloat(ScaleBits(q, b * 18)) * -1.0f);
+        const bool clamped =
+            std::fabs(x[i]) > 7.5f * step &&
+            std::signbit(x[i]) !=
+                std::signbit(HalfToFloat(ScaleBits(q, b * 18)) * -1.0f);
         const float bound = (clamped ? 1.0001f : 0.5001f) * step + scale_error;
         ASSERT_LE(std::fabs(x[i] - y[i]), bound)
             << "kind " << kind << " element " << i << " x " << x[i];
@@ -288,8 +292,8 @@ TEST(GgmlBlocksTest, Q4_0ErrorIsBoundedByTheBlockMax) {
 }
 
 TEST(GgmlBlocksTest, RequantizingTheDequantizedValuesIsStable) {
-  for (const GgmlType type : {GgmlType::kQ8_0, GgmlType::kQ4_0,
-                              GgmlType::kF16, GgmlType::kBF16}) {
+  for (const GgmlType type :
+       {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kF16, GgmlType::kBF16}) {
     for (int kind = 0; kind < 3; ++kind) {
       const std::vector<float> x = RandomData(kind, 300 + kind);
       const int64_t n = static_cast<int64_t>(x.size());
@@ -317,8 +321,9 @@ TEST(GgmlBlocksTest, ImportanceIsIgnoredWhereLlamaCppIgnoresIt) {
   const absl::Status status = QuantizeRowReference(
       GgmlType::kQ4_0, x.data(), 2048, out.data(), weights.data());
   EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(std::string(status.message()),
-              HasSubstr("importance-weighted q4_0 quantization is not supported"));
+  EXPECT_THAT(
+      std::string(status.message()),
+      HasSubstr("importance-weighted q4_0 quantization is not supported"));
 }
 
 TEST(GgmlBlocksTest, BadArguments) {
@@ -345,8 +350,7 @@ TEST(GgmlBlocksTest, BadArguments) {
   status = QuantizeRowReference(GgmlType::kQ8_0, x.data(), 32, nullptr);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(status.message()), HasSubstr("null"));
-  EXPECT_TRUE(
-      QuantizeRowReference(GgmlType::kQ8_0, nullptr, 0, nullptr).ok());
+  EXPECT_TRUE(QuantizeRowReference(GgmlType::kQ8_0, nullptr, 0, nullptr).ok());
   EXPECT_TRUE(IsQuantizeSupported(GgmlType::kQ4_0));
   EXPECT_FALSE(IsQuantizeSupported(GgmlType::kQ4_1));
 }

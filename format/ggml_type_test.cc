@@ -78,9 +78,9 @@ TEST(GgmlTypeTest, ParseRejectsUnknownNames) {
     const absl::StatusOr<GgmlType> parsed = ParseGgmlType(name);
     ASSERT_FALSE(parsed.ok()) << name;
     EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_THAT(std::string(parsed.status().message()),
-                HasSubstr(std::string("unknown GGML tensor type '") + name +
-                          "'"));
+    EXPECT_THAT(
+        std::string(parsed.status().message()),
+        HasSubstr(std::string("unknown GGML tensor type '") + name + "'"));
   }
 }
 
@@ -102,7 +102,8 @@ TEST(GgmlTypeTest, RowBytesErrors) {
   EXPECT_EQ(partial.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(
       std::string(partial.status().message()),
-      HasSubstr("row of 33 elements is not a multiple of the q8_0 block size 32"));
+      HasSubstr(
+          "row of 33 elements is not a multiple of the q8_0 block size 32"));
 
   const absl::StatusOr<uint64_t> k_quant = GgmlRowBytes(GgmlType::kQ4_K, 4000);
   ASSERT_FALSE(k_quant.ok());

@@ -26,8 +26,9 @@ HalfTable FiniteNonNegativeHalves() {
     const uint32_t exponent = h >> 10;
     const uint32_t mantissa = h & 0x3ffu;
     const double value =
-        exponent == 0 ? std::ldexp(mantissa, -24)
-                      : std::ldexp(1024 + mantissa, static_cast<int>(exponent) - 25);
+        exponent == 0
+            ? std::ldexp(mantissa, -24)
+            : std::ldexp(1024 + mantissa, static_cast<int>(exponent) - 25);
     table.values.push_back(value);
     table.bits.push_back(static_cast<uint16_t>(h));
   }
@@ -63,7 +64,7 @@ TEST(HalfTest, KnownValues) {
   EXPECT_EQ(HalfToFloat(0xc000), -2.0f);
   EXPECT_EQ(HalfToFloat(0x3555), 0.333251953125f);
   EXPECT_EQ(HalfToFloat(0x7bff), 65504.0f);
-  EXPECT_EQ(HalfToFloat(0x0400), std::ldexp(1.0f, -14));   // Smallest normal.
+  EXPECT_EQ(HalfToFloat(0x0400), std::ldexp(1.0f, -14));     // Smallest normal.
   EXPECT_EQ(HalfToFloat(0x03ff), std::ldexp(1023.0f, -24));  // Largest sub.
   EXPECT_EQ(HalfToFloat(0x0001), std::ldexp(1.0f, -24));
   EXPECT_EQ(HalfToFloat(0x7c00), std::numeric_limits<float>::infinity());
@@ -101,7 +102,9 @@ TEST(HalfTest, HalfToFloatIsExactAndMonotonic) {
         << std::hex << table.bits[i];
     ASSERT_EQ(static_cast<double>(HalfToFloat(table.bits[i] | 0x8000)),
               -table.values[i]);
-    if (i > 0) ASSERT_LT(table.values[i - 1], table.values[i]);
+    if (i > 0) {
+      ASSERT_LT(table.values[i - 1], table.values[i]);
+    }
   }
 }
 
@@ -129,7 +132,7 @@ TEST(HalfTest, FloatToHalfOverflowsToInfinity) {
   const float inf = std::numeric_limits<float>::infinity();
   EXPECT_EQ(FloatToHalf(65504.0f), 0x7bff);
   EXPECT_EQ(FloatToHalf(65519.996f), 0x7bff);  // Below the midpoint.
-  EXPECT_EQ(FloatToHalf(65520.0f), 0x7c00);  // Midpoint: ties to even = inf.
+  EXPECT_EQ(FloatToHalf(65520.0f), 0x7c00);    // Midpoint: ties to even = inf.
   EXPECT_EQ(FloatToHalf(-65520.0f), 0xfc00);
   EXPECT_EQ(FloatToHalf(1e10f), 0x7c00);
   EXPECT_EQ(FloatToHalf(std::numeric_limits<float>::max()), 0x7c00);
@@ -214,8 +217,9 @@ TEST(Bf16Test, RoundsToNearestEven) {
     const double below = std::fabs(f - low);
     const double above = std::fabs(high - f);
     const uint32_t expected =
-        below < above ? down
-                      : (above < below ? down + 1 : ((down & 1u) ? down + 1 : down));
+        below < above
+            ? down
+            : (above < below ? down + 1 : ((down & 1u) ? down + 1 : down));
     ASSERT_EQ(FloatToBf16(f), expected) << std::hex << u;
   }
 }

@@ -9,8 +9,12 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev nlohmann-json3-dev
   libsqlite3-dev libopenblas-dev liblapacke-dev libsentencepiece-dev
-  bazel-bootstrap nodejs npm
+  bazel-bootstrap
 )
+# Node.js may come from elsewhere (with its own npm); only fall back to
+# Debian's packages when the commands are missing.
+command -v node >/dev/null || packages+=(nodejs)
+command -v npm >/dev/null || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||

@@ -118,8 +118,8 @@ void DequantizeBlocksScalar(const uint8_t* src, int64_t blocks, float* dst) {
 #if QS_HAVE_X86
 
 QS_TARGET_AVX2 inline uint32_t HorizontalMaxU32(__m256i v) {
-  __m128i m = _mm_max_epu32(_mm256_castsi256_si128(v),
-                            _mm256_extracti128_si256(v, 1));
+  __m128i m =
+      _mm_max_epu32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
   m = _mm_max_epu32(m, _mm_shuffle_epi32(m, _MM_SHUFFLE(1, 0, 3, 2)));
   m = _mm_max_epu32(m, _mm_shuffle_epi32(m, _MM_SHUFFLE(2, 3, 0, 1)));
   return static_cast<uint32_t>(_mm_cvtsi128_si32(m));
@@ -131,8 +131,7 @@ QS_TARGET_AVX2 inline __m256 RoundHalfAwayFromZero(__m256 v) {
   const __m256 sign_mask = _mm256_set1_ps(-0.0f);
   const __m256 sign = _mm256_and_ps(v, sign_mask);
   const __m256 magnitude = _mm256_andnot_ps(sign_mask, v);
-  __m256 t =
-      _mm256_round_ps(magnitude, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+  __m256 t = _mm256_round_ps(magnitude, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
   const __m256 fraction = _mm256_sub_ps(magnitude, t);  // Exact.
   const __m256 round_up =
       _mm256_cmp_ps(fraction, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
@@ -211,9 +210,9 @@ QS_TARGET_AVX2 bool QuantizeQ4_0Avx2(const float* x, int64_t blocks,
       uint32_t hits = 0;
       for (int k = 0; k < 4; ++k) {
         const __m256i eq = _mm256_cmpeq_epi32(magnitude_bits[k], target);
-        hits |= static_cast<uint32_t>(
-                    _mm256_movemask_ps(_mm256_castsi256_ps(eq)))
-                << (8 * k);
+        hits |=
+            static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(eq)))
+            << (8 * k);
       }
       max = x[__builtin_ctz(hits)];
     }
@@ -232,15 +231,15 @@ QS_TARGET_AVX2 bool QuantizeQ4_0Avx2(const float* x, int64_t blocks,
       q[k] = _mm256_min_epi32(s, fifteen);
     }
     // Byte j: element j in the low nibble, element j + 16 in the high one.
-    const __m256i b0 =
-        _mm256_or_si256(_mm256_and_si256(q[0], byte_mask),
-                        _mm256_and_si256(_mm256_slli_epi32(q[2], 4), byte_mask));
-    const __m256i b1 =
-        _mm256_or_si256(_mm256_and_si256(q[1], byte_mask),
-                        _mm256_and_si256(_mm256_slli_epi32(q[3], 4), byte_mask));
+    const __m256i b0 = _mm256_or_si256(
+        _mm256_and_si256(q[0], byte_mask),
+        _mm256_and_si256(_mm256_slli_epi32(q[2], 4), byte_mask));
+    const __m256i b1 = _mm256_or_si256(
+        _mm256_and_si256(q[1], byte_mask),
+        _mm256_and_si256(_mm256_slli_epi32(q[3], 4), byte_mask));
     const __m256i words = _mm256_packus_epi32(b0, b1);
-    const __m256i bytes = _mm256_permutevar8x32_epi32(
-        _mm256_packus_epi16(words, words), order);
+    const __m256i bytes =
+        _mm256_permutevar8x32_epi32(_mm256_packus_epi16(words, words), order);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + sizeof(uint16_t)),
                      _mm256_castsi256_si128(bytes));
   }
@@ -290,8 +289,8 @@ QS_TARGET_AVX2 inline __m256i Bf16Bits(__m256i u) {
   const __m256i rounded = _mm256_srli_epi32(
       _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb)),
       16);
-  const __m256i quiet_nan = _mm256_or_si256(_mm256_srli_epi32(u, 16),
-                                            _mm256_set1_epi32(0x40));
+  const __m256i quiet_nan =
+      _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
   return _mm256_blendv_epi8(rounded, quiet_nan, is_nan);
 }
 
@@ -302,8 +301,8 @@ QS_TARGET_AVX2 bool QuantizeBf16Avx2(const float* x, int64_t n, uint8_t* out,
   __m256i bad = _mm256_setzero_si256();
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    const __m256i lo = Bf16Bits(
-        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)));
+    const __m256i lo =
+        Bf16Bits(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)));
     const __m256i hi = Bf16Bits(
         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i + 8)));
     bad = _mm256_or_si256(
@@ -312,8 +311,8 @@ QS_TARGET_AVX2 bool QuantizeBf16Avx2(const float* x, int64_t n, uint8_t* out,
     bad = _mm256_or_si256(
         bad, _mm256_cmpgt_epi32(_mm256_and_si256(hi, magnitude_mask),
                                 largest_finite));
-    const __m256i packed = _mm256_permute4x64_epi64(
-        _mm256_packus_epi32(lo, hi), _MM_SHUFFLE(3, 1, 2, 0));
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi),
+                                                    _MM_SHUFFLE(3, 1, 2, 0));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 2 * i), packed);
   }
   const bool ok = _mm256_movemask_epi8(bad) == 0;
@@ -322,8 +321,7 @@ QS_TARGET_AVX2 bool QuantizeBf16Avx2(const float* x, int64_t n, uint8_t* out,
 
 QS_TARGET_AVX2 void DequantizeQ8_0Avx2(const uint8_t* in, int64_t blocks,
                                        float* y) {
-  for (int64_t i = 0; i < blocks;
-       ++i, in += sizeof(BlockQ8_0), y += kQk8_0) {
+  for (int64_t i = 0; i < blocks; ++i, in += sizeof(BlockQ8_0), y += kQk8_0) {
     uint16_t d_half;
     std::memcpy(&d_half, in, sizeof(d_half));
     const __m256 d = _mm256_set1_ps(HalfToFloat(d_half));
@@ -341,13 +339,12 @@ QS_TARGET_AVX2 void DequantizeQ4_0Avx2(const uint8_t* in, int64_t blocks,
                                        float* y) {
   const __m128i low_nibble = _mm_set1_epi8(0x0f);
   const __m256i eight = _mm256_set1_epi32(8);
-  for (int64_t i = 0; i < blocks;
-       ++i, in += sizeof(BlockQ4_0), y += kQk4_0) {
+  for (int64_t i = 0; i < blocks; ++i, in += sizeof(BlockQ4_0), y += kQk4_0) {
     uint16_t d_half;
     std::memcpy(&d_half, in, sizeof(d_half));
     const __m256 d = _mm256_set1_ps(HalfToFloat(d_half));
-    const __m128i bytes =
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + sizeof(uint16_t)));
+    const __m128i bytes = _mm_loadu_si128(
+        reinterpret_cast<const __m128i*>(in + sizeof(uint16_t)));
     const __m128i lo = _mm_and_si128(bytes, low_nibble);
     const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low_nibble);
     const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi,
@@ -370,8 +367,7 @@ QS_TARGET_AVX2 void DequantizeF16Avx2(const uint8_t* in, int64_t n, float* y) {
   DequantizeF16Scalar(in + 2 * i, n - i, y + i);
 }
 
-QS_TARGET_AVX2 void DequantizeBf16Avx2(const uint8_t* in, int64_t n,
-                                       float* y) {
+QS_TARGET_AVX2 void DequantizeBf16Avx2(const uint8_t* in, int64_t n, float* y) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m128i h =
@@ -484,7 +480,7 @@ struct WorkSplit {
   int64_t rows = 0;
   int64_t units_per_row = 0;  // Blocks (or elements) per row.
   int64_t pieces = 1;         // Tasks per row.
-  int threads = 1;  // Threads to run.
+  int threads = 1;            // Threads to run.
 
   int64_t tasks() const { return rows * pieces; }
   // [begin, end) units of piece `p` of a row.
@@ -504,8 +500,8 @@ struct Geometry {
 
 // Validates a (de)quantization job and plans its split.
 absl::StatusOr<Geometry> Plan(GgmlType type, int64_t rows, int64_t cols,
-                              const void* src, const void* dst,
-                              int num_threads, const float* importance) {
+                              const void* src, const void* dst, int num_threads,
+                              const float* importance) {
   RETURN_IF_ERROR(CheckQuantizeArgs(type, cols, importance));
   if (rows < 0) {
     return absl::InvalidArgumentError(
@@ -520,9 +516,8 @@ absl::StatusOr<Geometry> Plan(GgmlType type, int64_t rows, int64_t cols,
     return absl::InvalidArgumentError(
         absl::StrCat(rows, " x ", cols, " elements overflow 64 bits"));
   }
-  if (g.row_bytes > 0 &&
-      static_cast<uint64_t>(rows) >
-          std::numeric_limits<size_t>::max() / g.row_bytes) {
+  if (g.row_bytes > 0 && static_cast<uint64_t>(rows) >
+                             std::numeric_limits<size_t>::max() / g.row_bytes) {
     return absl::InvalidArgumentError(
         absl::StrCat(rows, " rows of ", g.row_bytes, " bytes overflow size_t"));
   }
@@ -598,11 +593,11 @@ absl::Status QuantizeRows(GgmlType type, const float* src, int64_t rows,
     const int64_t begin = split.PieceBegin(piece);
     const int64_t end = split.PieceBegin(piece + 1);
     const int64_t first_col = begin * g.block_size;
-    const bool ok = kernel(
-        src + row * cols + first_col, end - begin,
-        out + static_cast<uint64_t>(row) * g.row_bytes +
-            static_cast<uint64_t>(begin) * g.block_bytes,
-        importance == nullptr ? nullptr : importance + first_col);
+    const bool ok =
+        kernel(src + row * cols + first_col, end - begin,
+               out + static_cast<uint64_t>(row) * g.row_bytes +
+                   static_cast<uint64_t>(begin) * g.block_bytes,
+               importance == nullptr ? nullptr : importance + first_col);
     representable = representable && ok;
   }
   if (!representable) {
@@ -628,8 +623,8 @@ absl::Status DequantizeRows(GgmlType type, const void* src, int64_t rows,
   }
   const WorkSplit& split = g.split;
   const uint8_t* const in = static_cast<const uint8_t*>(src);
-#pragma omp parallel for num_threads(split.threads) schedule(static) if ( \
-    split.threads > 1)
+#pragma omp parallel for num_threads(split.threads) \
+    schedule(static) if (split.threads > 1)
   for (int64_t task = 0; task < split.tasks(); ++task) {
     const int64_t row = task / split.pieces;
     const int64_t piece = task % split.pieces;

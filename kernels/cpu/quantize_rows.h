@@ -21,10 +21,13 @@ namespace quant {
 // over blocks within rows when there are fewer rows than threads; fewer
 // threads run when there are fewer processors or little work (under 16384
 // elements a thread).
-// Errors (nothing written for the first two): the type is unsupported,
-// `cols` is not a multiple of its block size or a size is negative or
-// overflows; for Q8_0 and Q4_0, non-finite input (InvalidArgument naming the
-// row and column of the first one in row-major order; `dst` partly written).
+// Errors: Unimplemented for an unsupported type (or importance weights
+// for Q4_0); InvalidArgument when `cols` is not a multiple of the block size,
+// a size is negative or overflows, a buffer is null (nothing written), or
+// the input holds what the type cannot represent (NaN, inf, F16 overflow, an
+// infinite block scale: see format/ggml_blocks.h) -- the message names the
+// row and column of the first offender in row-major order, whatever the
+// thread count, and `dst` is partly written.
 absl::Status QuantizeRows(GgmlType type, const float* src, int64_t rows,
                           int64_t cols, void* dst, int num_threads,
                           const float* importance = nullptr);

@@ -19,9 +19,8 @@ namespace {
 
 using ::testing::HasSubstr;
 
-constexpr GgmlType kTypes[] = {GgmlType::kF32, GgmlType::kF16,
-                               GgmlType::kBF16, GgmlType::kQ8_0,
-                               GgmlType::kQ4_0};
+constexpr GgmlType kTypes[] = {GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16,
+                               GgmlType::kQ8_0, GgmlType::kQ4_0};
 
 std::vector<QuantizeIsa> IsasToTest() {
   std::vector<QuantizeIsa> isas = {QuantizeIsa::kScalar};
@@ -138,10 +137,10 @@ TEST_F(QuantizeRowsTest, MatchesReferenceForOddShapesAndThreadCounts) {
             std::vector<float> back_expected(x.size());
             const uint64_t row_bytes = *GgmlRowBytes(type, cols);
             for (int64_t r = 0; r < rows; ++r) {
-              ASSERT_TRUE(DequantizeRowReference(
-                              type, expected.data() + r * row_bytes, cols,
-                              back_expected.data() + r * cols)
-                              .ok());
+              ASSERT_TRUE(
+                  DequantizeRowReference(type, expected.data() + r * row_bytes,
+                                         cols, back_expected.data() + r * cols)
+                      .ok());
             }
             ASSERT_EQ(std::memcmp(back.data(), back_expected.data(),
                                   back.size() * sizeof(float)),
@@ -163,7 +162,8 @@ TEST_F(QuantizeRowsTest, DequantizeArbitraryBytesMatchesReference) {
     SetQuantizeIsaForTesting(isa);
     for (const GgmlType type : kTypes) {
       const int64_t rows = 5;
-      const int64_t cols = GetGgmlTypeTraits(type).block_size == 1 ? 65536 : 4096;
+      const int64_t cols =
+          GetGgmlTypeTraits(type).block_size == 1 ? 65536 : 4096;
       const uint64_t row_bytes = *GgmlRowBytes(type, cols);
       std::vector<uint8_t> bytes(rows * row_bytes);
       for (size_t i = 0; i < bytes.size(); ++i) {
@@ -231,7 +231,7 @@ TEST_F(QuantizeRowsTest, ReportsTheFirstUnrepresentableValueInRowMajorOrder) {
       std::vector<float> x = HardData(rows * cols, 9);
       for (float& v : x) v = std::fmax(-100.0f, std::fmin(100.0f, v));
       x[c.row * cols + c.col] = c.value;
-      x[6 * cols + 3] = nan;   // Later in row-major order.
+      x[6 * cols + 3] = nan;    // Later in row-major order.
       x[8 * cols + 543] = inf;  // In the last task.
       std::vector<uint8_t> out(rows * *GgmlRowBytes(c.type, cols));
       for (const int threads : {1, 2, 3}) {
@@ -286,12 +286,12 @@ TEST_F(QuantizeRowsTest, Importance) {
   const std::vector<uint8_t> expected =
       ReferenceRows(GgmlType::kQ8_0, x, rows, cols);
   std::vector<uint8_t> got(expected.size());
-  ASSERT_TRUE(QuantizeRows(GgmlType::kQ8_0, x.data(), rows, cols, got.data(),
-                           2, weights.data())
+  ASSERT_TRUE(QuantizeRows(GgmlType::kQ8_0, x.data(), rows, cols, got.data(), 2,
+                           weights.data())
                   .ok());
   EXPECT_TRUE(got == expected);  // Ignored for Q8_0, as in llama.cpp.
-  const absl::Status status = QuantizeRows(
-      GgmlType::kQ4_0, x.data(), rows, cols, got.data(), 2, weights.data());
+  const absl::Status status = QuantizeRows(GgmlType::kQ4_0, x.data(), rows,
+                                           cols, got.data(), 2, weights.data());
   EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented);
   EXPECT_THAT(std::string(status.message()), HasSubstr("importance-weighted"));
 }
