@@ -144,6 +144,7 @@ absl::Status StreamTensor(const SafetensorsCheckpoint& checkpoint,
       1, kChunkElements / std::max<int64_t>(1, rows_per_unit * cols));
   const int64_t chunk_rows = units_per_chunk * rows_per_unit;
   ASSIGN_OR_RETURN(const uint64_t row_bytes, GgmlRowBytes(type, cols));
+  const size_t element_bytes = SafetensorsDTypeSize(view.dtype);
 
   std::vector<float> values(std::min(rows, chunk_rows) * cols);
   std::vector<float> permuted(heads > 0 ? values.size() : 0);
@@ -161,8 +162,13 @@ absl::Status StreamTensor(const SafetensorsCheckpoint& checkpoint,
         QuantizeRows(type, source, n_rows, cols, packed.data(), num_threads));
     RETURN_IF_ERROR(gguf.WriteTensorData(plan.gguf_name, packed.data(),
                                          n_rows * row_bytes));
+    // Drop the chunk's source pages now: a 70B model's embedding is 2 GB.
+    TensorView done = view;
+    done.data = view.data + row * cols * element_bytes;
+    done.nbytes = n_rows * cols * element_bytes;
+    checkpoint.Release(done);
   }
-  checkpoint.Release(view);
+  checkpoint.Release(view);  // Pages straddling chunk boundaries.
   return absl::OkStatus();
 }
 

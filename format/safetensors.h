@@ -107,7 +107,8 @@ class SafetensorsFile {
   bool Contains(const TensorView& t) const;
 
   // Drops the pages of `t` from the resident set (madvise DONTNEED); a later
-  // read faults them in again from the file. No-op for foreign views.
+  // read faults them in again from the file. `t` may be any byte range of a
+  // tensor (a view with narrowed data/nbytes). No-op for foreign views.
   void Release(const TensorView& t) const;
 
  private:
