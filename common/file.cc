@@ -84,13 +84,14 @@ void MappedFile::Release(size_t offset, size_t length) const {
 
 absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Create(
     const std::string& final_path) {
-  const std::string temp_path =
-      absl::StrCat(final_path, ".tmp.", static_cast<long>(::getpid()));
-  const int fd =
-      ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  // mkstemp: a fresh, exclusively created name, so two writers of one path
+  // never share a temporary file and a planted link is never followed.
+  std::string temp_path = absl::StrCat(final_path, ".tmp.XXXXXX");
+  const int fd = ::mkostemp(temp_path.data(), O_CLOEXEC);
   if (fd < 0) return ErrnoError("cannot create", temp_path);
+  ::fchmod(fd, 0644);  // mkstemp creates 0600; outputs are ordinary files.
   return std::unique_ptr<AtomicFileWriter>(
-      new AtomicFileWriter(final_path, temp_path, fd));
+      new AtomicFileWriter(final_path, std::move(temp_path), fd));
 }
 
 AtomicFileWriter::~AtomicFileWriter() {
@@ -118,14 +119,15 @@ absl::Status AtomicFileWriter::Write(const void* data, size_t size) {
     return absl::FailedPreconditionError(
         absl::StrCat("write to closed file '", temp_path_, "'"));
   }
-  offset_ += size;
   if (buffer_.size() + size <= kWriteBufferBytes) {
     buffer_.append(static_cast<const char*>(data), size);
+    offset_ += size;
     return absl::OkStatus();
   }
   RETURN_IF_ERROR(FlushBuffer());
   if (size <= kWriteBufferBytes) {
     buffer_.append(static_cast<const char*>(data), size);
+    offset_ += size;
     return absl::OkStatus();
   }
   // Large tensors bypass the buffer.
@@ -139,6 +141,7 @@ absl::Status AtomicFileWriter::Write(const void* data, size_t size) {
     }
     done += static_cast<size_t>(n);
   }
+  offset_ += size;
   return absl::OkStatus();
 }
 

@@ -41,7 +41,7 @@ class MappedFile {
   size_t size_;
 };
 
-// Writes `final_path` atomically: bytes go to "<final_path>.tmp.<pid>", and
+// Writes `final_path` atomically: bytes go to "<final_path>.tmp.XXXXXX", and
 // Commit() fsyncs, renames over `final_path` and fsyncs the directory.
 // Destroying an uncommitted writer removes the temporary file, so a failed
 // or interrupted write never leaves a partial output under the final name.
@@ -80,7 +80,8 @@ class AtomicFileWriter {
   bool committed_ = false;
 };
 
-// Reads a whole (small) file such as config.json into a string.
+// Reads a whole (small) regular file such as config.json into a string. Not
+// for /proc or other files that report a size of 0.
 absl::StatusOr<std::string> ReadFileToString(const std::string& path);
 
 // Writes a small file atomically (AtomicFileWriter under the hood).

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <fstream>
 #include <string>
 
 #include "common/test_data.h"
@@ -84,6 +85,48 @@ TEST(MappedFileTest, MapsContentsAndSurvivesRelease) {
   EXPECT_EQ(std::string(reinterpret_cast<const char*>((*file)->data()),
                         (*file)->size()),
             data);
+}
+
+// Resident file-backed memory of this process, from /proc/self/status.
+int64_t RssFileKb() {
+  // A stream, not ReadFileToString: /proc files report a size of 0.
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("RssFile:", 0) == 0) return std::stoll(line.substr(8));
+  }
+  return -1;
+}
+
+TEST(MappedFileTest, ReleaseDropsPagesFromTheResidentSet) {
+  const std::string dir = MakeTestTempDir("file_test");
+  const std::string path = dir + "/big";
+  constexpr size_t kBytes = 64 << 20;
+  ASSERT_TRUE(WriteFileAtomically(path, std::string(kBytes, '\x5a')).ok());
+  auto file = MappedFile::Open(path);
+  ASSERT_TRUE(file.ok());
+  const int64_t before = RssFileKb();
+  if (before < 0) GTEST_SKIP() << "no RssFile in /proc/self/status";
+  uint64_t sum = 0;
+  for (size_t i = 0; i < kBytes; i += 4096) sum += (*file)->data()[i];
+  EXPECT_EQ(sum, (kBytes / 4096) * 0x5a);
+  const int64_t touched = RssFileKb();
+  EXPECT_GT(touched - before, 60 << 10) << "touching 64 MiB maps it in";
+  (*file)->Release(0, kBytes);
+  EXPECT_LT(RssFileKb() - before, 4 << 10) << "Release hands it back";
+}
+
+TEST(AtomicFileWriterTest, TwoWritersOfOnePathDoNotCollide) {
+  const std::string dir = MakeTestTempDir("file_test");
+  auto a = AtomicFileWriter::Create(dir + "/out");
+  auto b = AtomicFileWriter::Create(dir + "/out");
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_NE((*a)->temp_path(), (*b)->temp_path());
+  ASSERT_TRUE((*a)->Write("first").ok());
+  ASSERT_TRUE((*b)->Write("second").ok());
+  ASSERT_TRUE((*a)->Commit().ok());
+  b->reset();  // Abandoning b must not disturb a's committed file.
+  EXPECT_EQ(*ReadFileToString(dir + "/out"), "first");
 }
 
 TEST(MappedFileTest, EmptyFileAndErrors) {

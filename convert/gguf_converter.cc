@@ -135,10 +135,20 @@ absl::Status StreamTensor(const SafetensorsCheckpoint& checkpoint,
                           const ModelSpec& spec, const GgufTensorPlan& plan,
                           GgmlType type, int num_threads, GgufWriter& gguf) {
   ASSIGN_OR_RETURN(TensorView view, checkpoint.Get(plan.hf_name));
-  const int64_t cols = plan.hf_shape.empty() ? 1 : plan.hf_shape.back();
-  const int64_t rows = cols == 0 ? 0 : view.num_elements() / cols;
-  // A chunk holds whole rope heads when rows are permuted.
   const int64_t heads = RopePermutationHeads(spec, plan.permutation);
+  // A permuted vector (a q/k bias) moves like the rows of its weight: treat
+  // it as a column, one element per row.
+  const bool column = heads > 0 && plan.hf_shape.size() == 1;
+  const int64_t cols =
+      column || plan.hf_shape.empty() ? 1 : plan.hf_shape.back();
+  const int64_t rows = cols == 0 ? 0 : view.num_elements() / cols;
+  if (heads > 0 && (rows == 0 || rows % heads != 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(plan.hf_name, " has ", rows,
+                                                   " rows, which do not split "
+                                                   "into ",
+                                                   heads, " rotary heads"));
+  }
+  // A chunk holds whole rope heads when rows are permuted.
   const int64_t rows_per_unit = heads > 0 ? rows / heads : 1;
   const int64_t units_per_chunk = std::max<int64_t>(
       1, kChunkElements / std::max<int64_t>(1, rows_per_unit * cols));
@@ -219,6 +229,8 @@ absl::StatusOr<ConvertResult> ConvertToGguf(const ConvertOptions& options) {
   };
   ASSIGN_OR_RETURN(const std::vector<GgufTensorPlan> plans,
                    PlanGgufTensors(spec, checkpoint->TensorNames(), shape_of));
+  std::vector<uint64_t> input_bytes;  // Source bytes of each plan.
+  uint64_t input_bytes_total = 0;
   for (const GgufTensorPlan& plan : plans) {
     ASSIGN_OR_RETURN(const TensorView view, checkpoint->Get(plan.hf_name));
     if (view.dtype != SafetensorsDType::kBF16 &&
@@ -229,6 +241,8 @@ absl::StatusOr<ConvertResult> ConvertToGguf(const ConvertOptions& options) {
           SafetensorsDTypeName(view.dtype),
           "; only BF16, F16 and F32 checkpoints can be converted"));
     }
+    input_bytes.push_back(view.nbytes);
+    input_bytes_total += view.nbytes;
   }
   ASSIGN_OR_RETURN(const GgufTokenizer tokenizer,
                    ImportTokenizer(options.model_dir, spec.vocab_size));
@@ -241,7 +255,6 @@ absl::StatusOr<ConvertResult> ConvertToGguf(const ConvertOptions& options) {
   // Plan every tensor's type before anything is written.
   ConvertResult result;
   std::vector<GgmlType> types;
-  uint64_t input_bytes_total = 0;
   const bool rope_factors = spec.rope_scaling.type == "llama3";
   if (rope_factors) {
     RETURN_IF_ERROR(gguf->AddTensor("rope_freqs.weight",
@@ -253,38 +266,38 @@ absl::StatusOr<ConvertResult> ConvertToGguf(const ConvertOptions& options) {
     RETURN_IF_ERROR(
         gguf->AddTensor(plan.gguf_name, GgufDims(plan.hf_shape), types.back()));
     ++result.tensors_by_type[types.back()];
-    ASSIGN_OR_RETURN(const TensorView view, checkpoint->Get(plan.hf_name));
-    input_bytes_total += view.nbytes;
   }
+  result.tensor_count = static_cast<int64_t>(plans.size()) + rope_factors;
+
+  ConvertProgress progress;
+  progress.tensor_count = result.tensor_count;
+  progress.input_bytes_total = input_bytes_total;
+  auto report = [&](const std::string& name, GgmlType type,
+                    uint64_t input_bytes) {
+    if (!options.on_progress) return;
+    ++progress.tensor_index;
+    progress.tensor_name = name;
+    progress.type = type;
+    progress.input_bytes_done += input_bytes;
+    progress.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count();
+    options.on_progress(progress);
+  };
   if (rope_factors) {
     const std::vector<float> factors = Llama3RopeFactors(spec);
     RETURN_IF_ERROR(gguf->WriteTensorData("rope_freqs.weight", factors.data(),
                                           factors.size() * sizeof(float)));
     ++result.tensors_by_type[GgmlType::kF32];
+    report("rope_freqs.weight", GgmlType::kF32, 0);
   }
-
-  ConvertProgress progress;
-  progress.tensor_count = static_cast<int64_t>(plans.size());
-  progress.input_bytes_total = input_bytes_total;
   for (size_t i = 0; i < plans.size(); ++i) {
     RETURN_IF_ERROR(StreamTensor(*checkpoint, spec, plans[i], types[i],
                                  options.num_threads, *gguf));
-    if (options.on_progress) {
-      ASSIGN_OR_RETURN(const TensorView view,
-                       checkpoint->Get(plans[i].hf_name));
-      progress.tensor_index = static_cast<int64_t>(i + 1);
-      progress.tensor_name = plans[i].gguf_name;
-      progress.type = types[i];
-      progress.input_bytes_done += view.nbytes;
-      progress.seconds = std::chrono::duration<double>(
-                             std::chrono::steady_clock::now() - start)
-                             .count();
-      options.on_progress(progress);
-    }
+    report(plans[i].gguf_name, types[i], input_bytes[i]);
   }
   RETURN_IF_ERROR(gguf->Finish());
 
-  result.tensor_count = static_cast<int64_t>(plans.size()) + rope_factors;
   std::error_code error;
   result.output_bytes = std::filesystem::file_size(options.output_path, error);
   result.seconds =

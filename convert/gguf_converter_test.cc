@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -226,6 +227,137 @@ TEST_F(GgufConverterTest, BadInputFailsCleanlyAndKeepsTheOldOutput) {
       << result.status();
 
   EXPECT_EQ(*ReadFileToString(out), "previous output");
+}
+
+// Q/K biases must move exactly like the rows of their weights. The source of
+// each GGUF row is found by its contents, not by the permutation formula.
+TEST(GgufConverterModelTest, BiasesFollowTheirPermutedRows) {
+  const std::string dir = MakeTestTempDir("converter");
+  TinyLlamaOptions tiny;
+  tiny.num_layers = 1;
+  tiny.attention_bias = true;
+  ASSERT_TRUE(WriteTinyLlama(dir + "/model", tiny).ok());
+  ConvertOptions options;
+  options.model_dir = dir + "/model";
+  options.output_path = dir + "/out.gguf";
+  options.type = GgmlType::kF32;
+  auto result = ConvertToGguf(options);
+  ASSERT_TRUE(result.ok()) << result.status();
+  auto gguf = GgufReader::Open(options.output_path);
+  ASSERT_TRUE(gguf.ok()) << gguf.status();
+  auto checkpoint = SafetensorsCheckpoint::Open(options.model_dir);
+  ASSERT_TRUE(checkpoint.ok());
+  const int64_t cols = tiny.hidden_size;
+  for (const std::string proj : {"q", "k", "v", "output"}) {
+    const std::string hf = std::string("model.layers.0.self_attn.") +
+                           (proj == "output" ? "o" : proj) + "_proj.";
+    const std::string gg = "blk.0.attn_" + proj + ".";
+    const std::vector<float> weight =
+        *(*checkpoint)->Get(hf + "weight")->ToFloatVector();
+    const std::vector<float> bias =
+        *(*checkpoint)->Get(hf + "bias")->ToFloatVector();
+    const GgufTensorInfo* w = (*gguf)->FindTensor(gg + "weight");
+    const GgufTensorInfo* b = (*gguf)->FindTensor(gg + "bias");
+    ASSERT_NE(w, nullptr) << gg;
+    ASSERT_NE(b, nullptr) << gg;
+    EXPECT_EQ(b->type, GgmlType::kF32);
+    const float* w_out =
+        reinterpret_cast<const float*>((*gguf)->TensorData(*w));
+    const float* b_out =
+        reinterpret_cast<const float*>((*gguf)->TensorData(*b));
+    const int64_t rows = static_cast<int64_t>(bias.size());
+    int64_t moved = 0;
+    for (int64_t row = 0; row < rows; ++row) {
+      int64_t from = -1;
+      for (int64_t candidate = 0; candidate < rows && from < 0; ++candidate) {
+        if (std::memcmp(w_out + row * cols, weight.data() + candidate * cols,
+                        cols * sizeof(float)) == 0) {
+          from = candidate;
+        }
+      }
+      ASSERT_GE(from, 0) << gg << " row " << row << " is no source row";
+      EXPECT_EQ(b_out[row], bias[from]) << gg << " row " << row;
+      moved += from != row;
+    }
+    // Q and K are permuted for llama.cpp's rope; V and O are not.
+    EXPECT_EQ(moved > 0, proj == "q" || proj == "k") << gg;
+  }
+}
+
+// A failure after the output has been started (a value Q8_0 cannot hold, in
+// the last tensor) leaves neither the output nor a temporary file.
+TEST(GgufConverterModelTest, FailureMidStreamLeavesNoFiles) {
+  const std::string dir = MakeTestTempDir("converter");
+  TinyLlamaOptions tiny;
+  tiny.num_layers = 1;
+  tiny.num_shards = 1;
+  ASSERT_TRUE(WriteTinyLlama(dir + "/model", tiny).ok());
+  const std::string shard = dir + "/model/model.safetensors";
+  std::string bytes = *ReadFileToString(shard);
+  uint64_t header_size = 0;
+  std::memcpy(&header_size, bytes.data(), sizeof(header_size));
+  const size_t at = bytes.find("\"lm_head.weight\"");
+  ASSERT_NE(at, std::string::npos);
+  const size_t offsets = bytes.find("data_offsets", at);
+  const uint64_t begin =
+      std::stoull(bytes.substr(bytes.find('[', offsets) + 1));
+  const uint16_t bf16_inf = 0x7f80;
+  std::memcpy(&bytes[8 + header_size + begin + 2 * 1000], &bf16_inf, 2);
+  ASSERT_TRUE(WriteFileAtomically(shard, bytes).ok());
+
+  ConvertOptions options;
+  options.model_dir = dir + "/model";
+  options.output_path = dir + "/out.gguf";
+  options.type = GgmlType::kQ8_0;
+  int written = 0;
+  options.on_progress = [&](const ConvertProgress&) { ++written; };
+  const auto result = ConvertToGguf(options);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(result.status().message().find("inf"), std::string::npos)
+      << result.status();
+  EXPECT_GT(written, 5) << "the failure must come after tensors were written";
+  std::vector<std::string> left;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    left.push_back(entry.path().filename().string());
+  }
+  EXPECT_EQ(left, std::vector<std::string>{"model"});
+}
+
+// Llama 3.1 rope scaling becomes llama.cpp's rope_freqs.weight: factor 1 for
+// the high frequencies, `factor` for the low ones, rising in between.
+TEST(GgufConverterModelTest, Llama3RopeScalingWritesRopeFreqs) {
+  const std::string dir = MakeTestTempDir("converter");
+  TinyLlamaOptions tiny;
+  tiny.num_layers = 1;
+  ASSERT_TRUE(WriteTinyLlama(dir + "/model", tiny).ok());
+  std::string config = *ReadFileToString(dir + "/model/config.json");
+  config.insert(config.find('{') + 1,
+                "\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, "
+                "\"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
+                "\"original_max_position_embeddings\": 1024},");
+  ASSERT_TRUE(WriteFileAtomically(dir + "/model/config.json", config).ok());
+  ConvertOptions options;
+  options.model_dir = dir + "/model";
+  options.output_path = dir + "/out.gguf";
+  int64_t reported = 0;
+  options.on_progress = [&](const ConvertProgress& p) {
+    reported = p.tensor_index;
+    EXPECT_EQ(p.tensor_count, 13);
+  };
+  auto result = ConvertToGguf(options);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->tensor_count, 13);  // 12 + rope_freqs.
+  EXPECT_EQ(reported, 13);
+  auto gguf = GgufReader::Open(options.output_path);
+  ASSERT_TRUE(gguf.ok());
+  const GgufTensorInfo* freqs = (*gguf)->FindTensor("rope_freqs.weight");
+  ASSERT_NE(freqs, nullptr);
+  EXPECT_EQ(freqs->type, GgmlType::kF32);
+  ASSERT_EQ(freqs->dims, std::vector<uint64_t>{32});  // head_dim / 2.
+  const float* f = reinterpret_cast<const float*>((*gguf)->TensorData(*freqs));
+  EXPECT_EQ(f[0], 1.0f);
+  EXPECT_EQ(f[31], 8.0f);
+  for (int i = 1; i < 32; ++i) EXPECT_GE(f[i], f[i - 1]) << i;
 }
 
 TEST(GgufConverterRealModelTest, SharedLlamaConvertsWithItsTokenizer) {

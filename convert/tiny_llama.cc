@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <map>
 #include <random>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -202,18 +203,17 @@ std::vector<TensorSpec> TensorSpecs(const TinyLlamaOptions& o,
   for (int64_t layer = 0; layer < o.num_layers; ++layer) {
     const std::string p = absl::StrCat("model.layers.", layer, ".");
     specs.push_back({p + "input_layernorm.weight", {o.hidden_size}, true});
-    specs.push_back({p + "self_attn.q_proj.weight",
-                     {o.num_heads * head_dim, o.hidden_size},
-                     false});
-    specs.push_back({p + "self_attn.k_proj.weight",
-                     {o.num_kv_heads * head_dim, o.hidden_size},
-                     false});
-    specs.push_back({p + "self_attn.v_proj.weight",
-                     {o.num_kv_heads * head_dim, o.hidden_size},
-                     false});
-    specs.push_back({p + "self_attn.o_proj.weight",
-                     {o.hidden_size, o.num_heads * head_dim},
-                     false});
+    const int64_t q_rows = o.num_heads * head_dim;
+    const int64_t kv_rows = o.num_kv_heads * head_dim;
+    for (const auto& [proj, rows, cols] :
+         {std::make_tuple("q_proj", q_rows, o.hidden_size),
+          std::make_tuple("k_proj", kv_rows, o.hidden_size),
+          std::make_tuple("v_proj", kv_rows, o.hidden_size),
+          std::make_tuple("o_proj", o.hidden_size, q_rows)}) {
+      const std::string name = p + "self_attn." + proj;
+      specs.push_back({name + ".weight", {rows, cols}, false});
+      if (o.attention_bias) specs.push_back({name + ".bias", {rows}, false});
+    }
     specs.push_back(
         {p + "post_attention_layernorm.weight", {o.hidden_size}, true});
     specs.push_back({p + "mlp.gate_proj.weight",
@@ -336,6 +336,7 @@ absl::Status WriteTinyLlama(const std::string& dir,
       {"bos_token_id", bos_id},
       {"eos_token_id", eos_id},
       {"tie_word_embeddings", options.tie_word_embeddings},
+      {"attention_bias", options.attention_bias},
       {"torch_dtype", "bfloat16"},
   };
   const json tokenizer_config = {

@@ -25,6 +25,7 @@ struct TinyLlamaOptions {
   // 253); the vocabulary is 256 byte tokens + the merges + 2 special tokens.
   int64_t num_merges = 254;
   bool tie_word_embeddings = false;
+  bool attention_bias = false;  // q/k/v/o biases, as Llama's config allows.
   int num_shards = 2;
   uint64_t seed = 1;
 };

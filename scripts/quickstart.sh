@@ -23,7 +23,8 @@ fi
 out=$work/$(basename "$model")-q8_0.gguf
 
 "$quantctl" convert --model "$model" --out "$out" --type q8_0
-"$quantctl" inspect "$out" | head -n 16
+# sed reads all its input (head would SIGPIPE quantctl under pipefail).
+"$quantctl" inspect "$out" | sed -n 1,16p
 
 if [[ -d .cache/node/node_modules/node-llama-cpp ]]; then
   echo "llama.cpp (node-llama-cpp) loads $out and generates:"
