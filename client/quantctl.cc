@@ -92,10 +92,13 @@ absl::Status RunMakeTinyModel(const QuantctlOptions& options,
   tiny.num_heads = std::max<int64_t>(1, options.hidden / 64);
   tiny.num_kv_heads = std::max<int64_t>(1, tiny.num_heads / 2);
   tiny.seed = options.seed;
+  tiny.architecture = options.arch;
+  tiny.tie_word_embeddings = options.tie_embeddings;
   RETURN_IF_ERROR(WriteTinyLlama(options.out, tiny));
   out << absl::StrFormat(
-      "wrote a random-weight Llama (%d layers, hidden %d) to %s\n",
-      tiny.num_layers, tiny.hidden_size, options.out);
+      "wrote a random-weight %s (%d layers, hidden %d%s) to %s\n",
+      tiny.architecture, tiny.num_layers, tiny.hidden_size,
+      tiny.tie_word_embeddings ? ", tied embeddings" : "", options.out);
   return absl::OkStatus();
 }
 
@@ -111,6 +114,7 @@ commands:
   inspect FILE     Print a GGUF file's metadata and tensors.
   make-tiny-model  Write a small random-weight Llama checkpoint (HF layout).
                    --out DIR [--layers N] [--hidden N] [--seed N]
+                   [--arch llama|qwen2] [--tie_embeddings]
   help             Print this text.
 )";
 }

@@ -25,6 +25,8 @@ struct QuantctlOptions {
   int64_t layers = 2;
   int64_t hidden = 256;
   uint64_t seed = 1;
+  std::string arch = "llama";  // llama or qwen2.
+  bool tie_embeddings = false;
   bool progress_on_tty = false;  // Redraw one progress line with '\r'.
 };
 

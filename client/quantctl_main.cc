@@ -16,6 +16,9 @@ ABSL_FLAG(int, threads, 0, "Worker threads (0: all cores)");
 ABSL_FLAG(int64_t, layers, 2, "make-tiny-model: decoder blocks");
 ABSL_FLAG(int64_t, hidden, 256, "make-tiny-model: hidden size");
 ABSL_FLAG(uint64_t, seed, 1, "make-tiny-model: random seed");
+ABSL_FLAG(std::string, arch, "llama", "make-tiny-model: llama or qwen2");
+ABSL_FLAG(bool, tie_embeddings, false,
+          "make-tiny-model: share the embedding with the output layer");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(quant::QuantctlUsage());
@@ -32,6 +35,8 @@ int main(int argc, char** argv) {
   options.layers = absl::GetFlag(FLAGS_layers);
   options.hidden = absl::GetFlag(FLAGS_hidden);
   options.seed = absl::GetFlag(FLAGS_seed);
+  options.arch = absl::GetFlag(FLAGS_arch);
+  options.tie_embeddings = absl::GetFlag(FLAGS_tie_embeddings);
   options.progress_on_tty = ::isatty(STDERR_FILENO);
   const absl::Status status = quant::RunQuantctl(options, std::cout, std::cerr);
   if (!status.ok()) {

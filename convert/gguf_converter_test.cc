@@ -331,10 +331,11 @@ TEST(GgufConverterModelTest, Llama3RopeScalingWritesRopeFreqs) {
   tiny.num_layers = 1;
   ASSERT_TRUE(WriteTinyLlama(dir + "/model", tiny).ok());
   std::string config = *ReadFileToString(dir + "/model/config.json");
-  config.insert(config.find('{') + 1,
-                "\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, "
-                "\"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
-                "\"original_max_position_embeddings\": 1024},");
+  config.insert(
+      config.find('{') + 1,
+      "\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, "
+      "\"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
+      "\"original_max_position_embeddings\": 1024},");
   ASSERT_TRUE(WriteFileAtomically(dir + "/model/config.json", config).ok());
   ConvertOptions options;
   options.model_dir = dir + "/model";
@@ -358,6 +359,46 @@ TEST(GgufConverterModelTest, Llama3RopeScalingWritesRopeFreqs) {
   EXPECT_EQ(f[0], 1.0f);
   EXPECT_EQ(f[31], 8.0f);
   for (int i = 1; i < 32; ++i) EXPECT_GE(f[i], f[i - 1]) << i;
+}
+
+// Qwen2: its own GGUF architecture, q/k/v biases kept as they are (NeoX rope
+// needs no permutation), and no output.weight when embeddings are tied.
+TEST(GgufConverterModelTest, Qwen2WithTiedEmbeddings) {
+  const std::string dir = MakeTestTempDir("converter");
+  TinyLlamaOptions tiny;
+  tiny.num_layers = 1;
+  tiny.architecture = "qwen2";
+  tiny.tie_word_embeddings = true;
+  ASSERT_TRUE(WriteTinyLlama(dir + "/model", tiny).ok());
+  ConvertOptions options;
+  options.model_dir = dir + "/model";
+  options.output_path = dir + "/out.gguf";
+  options.type = GgmlType::kF32;
+  auto result = ConvertToGguf(options);
+  ASSERT_TRUE(result.ok()) << result.status();
+  auto gguf = GgufReader::Open(options.output_path);
+  ASSERT_TRUE(gguf.ok());
+  EXPECT_EQ(*(*gguf)->Find("general.architecture")->AsString(), "qwen2");
+  EXPECT_EQ(MetaUint(**gguf, "qwen2.block_count"), 1u);
+  EXPECT_EQ((*gguf)->Find("llama.block_count"), nullptr);
+  EXPECT_EQ((*gguf)->FindTensor("output.weight"), nullptr);
+  EXPECT_EQ((*gguf)->FindTensor("blk.0.attn_output.bias"), nullptr);
+  auto checkpoint = SafetensorsCheckpoint::Open(options.model_dir);
+  for (const std::string proj : {"q", "k", "v"}) {
+    const std::string hf = "model.layers.0.self_attn." + proj + "_proj.";
+    const std::string gg = "blk.0.attn_" + proj + ".";
+    for (const std::string part : {"weight", "bias"}) {
+      const std::vector<float> source =
+          *(*checkpoint)->Get(hf + part)->ToFloatVector();
+      const GgufTensorInfo* info = (*gguf)->FindTensor(gg + part);
+      ASSERT_NE(info, nullptr) << gg + part;
+      ASSERT_EQ(info->nbytes, source.size() * sizeof(float));
+      EXPECT_EQ(
+          std::memcmp((*gguf)->TensorData(*info), source.data(), info->nbytes),
+          0)
+          << gg + part << " must not be permuted for qwen2";
+    }
+  }
 }
 
 TEST(GgufConverterRealModelTest, SharedLlamaConvertsWithItsTokenizer) {

@@ -212,7 +212,11 @@ std::vector<TensorSpec> TensorSpecs(const TinyLlamaOptions& o,
           std::make_tuple("o_proj", o.hidden_size, q_rows)}) {
       const std::string name = p + "self_attn." + proj;
       specs.push_back({name + ".weight", {rows, cols}, false});
-      if (o.attention_bias) specs.push_back({name + ".bias", {rows}, false});
+      const bool qwen2_bias =
+          o.architecture == "qwen2" && std::string(proj) != "o_proj";
+      if (o.attention_bias || qwen2_bias) {
+        specs.push_back({name + ".bias", {rows}, false});
+      }
     }
     specs.push_back(
         {p + "post_attention_layernorm.weight", {o.hidden_size}, true});
@@ -243,6 +247,14 @@ absl::Status ValidateOptions(const TinyLlamaOptions& o) {
   if (o.hidden_size % o.num_heads != 0 || (o.hidden_size / o.num_heads) % 2) {
     return absl::InvalidArgumentError(
         "hidden_size must split into num_heads heads of even size");
+  }
+  if (o.architecture != "llama" && o.architecture != "qwen2") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown architecture '", o.architecture, "'; use llama or qwen2"));
+  }
+  if (o.architecture == "qwen2" && o.attention_bias) {
+    return absl::InvalidArgumentError(
+        "attention_bias is a Llama option; Qwen2 always has q/k/v biases");
   }
   if (o.num_heads % o.num_kv_heads != 0) {
     return absl::InvalidArgumentError("num_kv_heads must divide num_heads");
@@ -319,9 +331,10 @@ absl::Status WriteTinyLlama(const std::string& dir,
     RETURN_IF_ERROR(WriteSafetensorsIndex(dir, weight_map, total_bytes));
   }
 
+  const bool qwen2 = options.architecture == "qwen2";
   const json config = {
-      {"architectures", {"LlamaForCausalLM"}},
-      {"model_type", "llama"},
+      {"architectures", {qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM"}},
+      {"model_type", options.architecture},
       {"hidden_size", options.hidden_size},
       {"intermediate_size", options.intermediate_size},
       {"num_hidden_layers", options.num_layers},
@@ -336,7 +349,7 @@ absl::Status WriteTinyLlama(const std::string& dir,
       {"bos_token_id", bos_id},
       {"eos_token_id", eos_id},
       {"tie_word_embeddings", options.tie_word_embeddings},
-      {"attention_bias", options.attention_bias},
+      {"attention_bias", options.attention_bias && !qwen2},
       {"torch_dtype", "bfloat16"},
   };
   const json tokenizer_config = {

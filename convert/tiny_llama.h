@@ -1,5 +1,5 @@
-// Writes a small random-weight Llama checkpoint in the Hugging Face layout
-// (config.json, sharded bf16 safetensors with an index, a byte-level BPE
+// Writes a small random-weight Llama (or Qwen2) checkpoint in the Hugging Face
+// layout (config.json, sharded bf16 safetensors with an index, a byte-level BPE
 // tokenizer.json, tokenizer_config.json), so the quick start and the tests
 // run end to end without downloading a model.
 #ifndef CONVERT_TINY_LLAMA_H_
@@ -24,8 +24,10 @@ struct TinyLlamaOptions {
   // Most byte-level BPE merges to learn from a built-in text (it supports
   // 253); the vocabulary is 256 byte tokens + the merges + 2 special tokens.
   int64_t num_merges = 254;
+  // "llama" or "qwen2" (Qwen2ForCausalLM: q/k/v biases, NeoX rope).
+  std::string architecture = "llama";
   bool tie_word_embeddings = false;
-  bool attention_bias = false;  // q/k/v/o biases, as Llama's config allows.
+  bool attention_bias = false;  // Llama only: q/k/v/o biases.
   int num_shards = 2;
   uint64_t seed = 1;
 };

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # llama.cpp (node-llama-cpp) loads what `quantctl make-tiny-model` + `convert`
-# write: the byte-level BPE ("gpt2") tokenizer path, every output type. Needs
+# write: the byte-level BPE ("gpt2") tokenizer path, every output type, and a
+# Qwen2 model (q/k/v biases, no rope permutation) with tied embeddings. Needs
 # no shared data, so it runs wherever node-llama-cpp is installed.
 #
 # usage: llamacpp_tiny_model_test.sh QUANTCTL NODE_MODULES
@@ -19,20 +20,32 @@ fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-"$quantctl" make-tiny-model --out "$work/model" --layers 2
-cat >"$work/expect.json" <<'JSON'
-{"tokenizer.ggml.model": "gpt2", "llama.block_count": 2,
- "llama.embedding_length": 256, "llama.attention.head_count_kv": 2,
- "vocab_size": 511}
+
+# check NAME ARCH TYPES... : convert $work/NAME to each type, load in llama.cpp.
+check() {
+  local name=$1 arch=$2
+  shift 2
+  cat >"$work/$name.expect.json" <<JSON
+{"general.architecture": "$arch", "tokenizer.ggml.model": "gpt2",
+ "$arch.block_count": 2, "$arch.embedding_length": 256,
+ "$arch.attention.head_count_kv": 2, "vocab_size": 511}
 JSON
-for type in f32 f16 bf16 q8_0 q4_0; do
-  "$quantctl" convert --model "$work/model" --out "$work/$type.gguf" \
-    --type "$type" 2>/dev/null
-  QS_NODE_MODULES=$node_modules node "$checker" --model "$work/$type.gguf" \
-    --expect "$work/expect.json" --generate 8 >"$work/$type.log" 2>&1 || {
-    cat "$work/$type.log"
-    echo "FAIL: llama.cpp rejected or misread the $type file"
-    exit 1
-  }
-  echo "PASS: $type: $(tail -n 1 "$work/$type.log")"
-done
+  for type in "$@"; do
+    local gguf=$work/$name-$type.gguf
+    "$quantctl" convert --model "$work/$name" --out "$gguf" --type "$type" \
+      2>/dev/null
+    QS_NODE_MODULES=$node_modules node "$checker" --model "$gguf" \
+      --expect "$work/$name.expect.json" --generate 8 >"$gguf.log" 2>&1 || {
+      cat "$gguf.log"
+      echo "FAIL: llama.cpp rejected or misread $name as $type"
+      exit 1
+    }
+    echo "PASS: $name $type: $(tail -n 1 "$gguf.log")"
+  done
+}
+
+"$quantctl" make-tiny-model --out "$work/llama" --layers 2
+check llama llama f32 f16 bf16 q8_0 q4_0
+"$quantctl" make-tiny-model --out "$work/qwen2-tied" --layers 2 --arch qwen2 \
+  --tie_embeddings
+check qwen2-tied qwen2 f16 q4_0
