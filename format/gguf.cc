@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "common/file.h"
 #include "common/status_macros.h"
+#include "common/utf8.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "GGUF I/O here assumes a little-endian host");
@@ -72,52 +73,6 @@ uint64_t AlignUp(uint64_t value, uint64_t alignment) {
 }
 
 bool IsPowerOfTwo(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
-
-bool IsValidUtf8(absl::string_view s) {
-  size_t i = 0;
-  const size_t n = s.size();
-  while (i < n) {
-    const uint8_t c = static_cast<uint8_t>(s[i]);
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    int len;
-    uint32_t cp;
-    if ((c & 0xE0) == 0xC0) {
-      len = 2;
-      cp = c & 0x1F;
-    } else if ((c & 0xF0) == 0xE0) {
-      len = 3;
-      cp = c & 0x0F;
-    } else if ((c & 0xF8) == 0xF0) {
-      len = 4;
-      cp = c & 0x07;
-    } else {
-      return false;
-    }
-    if (n - i < static_cast<size_t>(len)) return false;
-    for (int k = 1; k < len; ++k) {
-      const uint8_t cc = static_cast<uint8_t>(s[i + k]);
-      if ((cc & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (cc & 0x3F);
-    }
-    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) ||
-        (len == 4 && cp < 0x10000)) {
-      return false;  // Overlong.
-    }
-    if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
-    i += len;
-  }
-  return true;
-}
-
-// A name as it appears in error messages: quoted, escaped, shortened.
-std::string Quote(absl::string_view s) {
-  constexpr size_t kMax = 80;
-  if (s.size() <= kMax) return absl::StrCat("'", absl::CHexEscape(s), "'");
-  return absl::StrCat("'", absl::CHexEscape(s.substr(0, kMax)), "...'");
-}
 
 absl::Status Prefixed(absl::string_view prefix, const absl::Status& status) {
   if (status.ok()) return status;
@@ -396,7 +351,7 @@ absl::Status ValidateName(absl::string_view what, absl::string_view name) {
   }
   if (!IsValidUtf8(name)) {
     return absl::InvalidArgumentError(
-        absl::StrCat(what, " ", Quote(name), " is not valid UTF-8"));
+        absl::StrCat(what, " ", QuoteForMessage(name), " is not valid UTF-8"));
   }
   return absl::OkStatus();
 }
@@ -743,9 +698,10 @@ absl::Status GgufReader::Parse() {
         ValidateName(absl::StrCat("key of metadata pair ", i), key));
     if (metadata_index_.contains(key)) {
       return absl::InvalidArgumentError(
-          absl::StrCat("duplicate metadata key ", Quote(key)));
+          absl::StrCat("duplicate metadata key ", QuoteForMessage(key)));
     }
-    const std::string context = absl::StrCat("metadata key ", Quote(key), ": ");
+    const std::string context =
+        absl::StrCat("metadata key ", QuoteForMessage(key), ": ");
     uint32_t type = 0;
     RETURN_IF_ERROR(Prefixed(context, c.Read(&type, "value type")));
     if (!IsValidType(type)) {
@@ -783,9 +739,10 @@ absl::Status GgufReader::Parse() {
         ValidateName(absl::StrCat("name of tensor ", i), info.name));
     if (tensor_index_.contains(info.name)) {
       return absl::InvalidArgumentError(
-          absl::StrCat("duplicate tensor name ", Quote(info.name)));
+          absl::StrCat("duplicate tensor name ", QuoteForMessage(info.name)));
     }
-    const std::string context = absl::StrCat("tensor ", Quote(info.name), ": ");
+    const std::string context =
+        absl::StrCat("tensor ", QuoteForMessage(info.name), ": ");
     uint32_t n_dims = 0;
     RETURN_IF_ERROR(Prefixed(context, c.Read(&n_dims, "n_dims")));
     if (n_dims == 0 || n_dims > static_cast<uint32_t>(kGgufMaxDims)) {
@@ -824,7 +781,7 @@ absl::Status GgufReader::Parse() {
   for (const GgufTensorInfo& info : tensors_) {
     if (info.offset > data_size || info.nbytes > data_size - info.offset) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "tensor ", Quote(info.name), ": data of ", info.nbytes,
+          "tensor ", QuoteForMessage(info.name), ": data of ", info.nbytes,
           " bytes at data offset ", info.offset,
           " extends past the end of the file (the data section at file offset ",
           data_offset_, " holds ", data_size, " bytes)"));
@@ -844,9 +801,10 @@ absl::Status GgufReader::Parse() {
     if (furthest != nullptr &&
         info.offset < furthest->offset + furthest->nbytes) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "tensors ", Quote(furthest->name), " (data offset ", furthest->offset,
-          ", ", furthest->nbytes, " bytes) and ", Quote(info.name),
-          " (data offset ", info.offset, ", ", info.nbytes, " bytes) overlap"));
+          "tensors ", QuoteForMessage(furthest->name), " (data offset ",
+          furthest->offset, ", ", furthest->nbytes, " bytes) and ",
+          QuoteForMessage(info.name), " (data offset ", info.offset, ", ",
+          info.nbytes, " bytes) overlap"));
     }
     if (furthest == nullptr ||
         info.offset + info.nbytes > furthest->offset + furthest->nbytes) {
@@ -914,29 +872,31 @@ absl::Status GgufWriter::AddTensor(std::string name, std::vector<uint64_t> dims,
                                    GgmlType type) {
   if (header_written_ || finished_) {
     return absl::FailedPreconditionError(
-        absl::StrCat("cannot add tensor ", Quote(name),
+        absl::StrCat("cannot add tensor ", QuoteForMessage(name),
                      " after tensor data writing has started"));
   }
   RETURN_IF_ERROR(ValidateName("tensor name", name));
   if (name.size() > kMaxTensorNameBytes) {
     return absl::InvalidArgumentError(
-        absl::StrCat("tensor name ", Quote(name), " is ", name.size(),
+        absl::StrCat("tensor name ", QuoteForMessage(name), " is ", name.size(),
                      " bytes; llama.cpp allows at most ", kMaxTensorNameBytes));
   }
   if (tensor_index_.contains(name)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("duplicate tensor name ", Quote(name)));
+        absl::StrCat("duplicate tensor name ", QuoteForMessage(name)));
   }
   absl::StatusOr<uint64_t> bytes = GgufTensorBytes(type, dims);
   if (!bytes.ok()) {
-    return Prefixed(absl::StrCat("tensor ", Quote(name), ": "), bytes.status());
+    return Prefixed(absl::StrCat("tensor ", QuoteForMessage(name), ": "),
+                    bytes.status());
   }
   const uint64_t nbytes = *bytes;
   const uint64_t padded = AlignUp(nbytes, alignment_);
   if (padded < nbytes ||
       next_offset_ > std::numeric_limits<uint64_t>::max() - padded) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "tensor ", Quote(name), ": the data section would exceed 64 bits"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor ", QuoteForMessage(name),
+                     ": the data section would exceed 64 bits"));
   }
   GgufTensorInfo info;
   info.name = std::move(name);
@@ -972,8 +932,9 @@ absl::Status GgufWriter::WriteHeader() {
   uint64_t budget = kGgufMaxMetadataValues;
   for (const auto& [key, value] : metadata_) {
     RETURN_IF_ERROR(ValidateName("metadata key", key));
-    RETURN_IF_ERROR(Prefixed(absl::StrCat("metadata key ", Quote(key), ": "),
-                             ValidateValue(value, 0, &budget)));
+    RETURN_IF_ERROR(
+        Prefixed(absl::StrCat("metadata key ", QuoteForMessage(key), ": "),
+                 ValidateValue(value, 0, &budget)));
   }
   std::string header;
   header.append(reinterpret_cast<const char*>(kMagic), 4);
@@ -1012,23 +973,24 @@ absl::Status GgufWriter::WriteTensorData(absl::string_view name,
   SkipCompleteTensors();
   if (current_ == tensors_.size()) {
     return absl::FailedPreconditionError(
-        absl::StrCat("cannot write data for ", Quote(name),
+        absl::StrCat("cannot write data for ", QuoteForMessage(name),
                      ": every declared tensor is already complete"));
   }
   const GgufTensorInfo& info = tensors_[current_];
   if (name != info.name) {
     if (!tensor_index_.contains(name)) {
       return absl::InvalidArgumentError(
-          absl::StrCat("tensor ", Quote(name), " was not declared"));
+          absl::StrCat("tensor ", QuoteForMessage(name), " was not declared"));
     }
     return absl::FailedPreconditionError(absl::StrCat(
-        "tensor data out of order: got data for ", Quote(name), ", expected ",
-        Quote(info.name), " (tensor ", current_, " of ", tensors_.size(), ")"));
+        "tensor data out of order: got data for ", QuoteForMessage(name),
+        ", expected ", QuoteForMessage(info.name), " (tensor ", current_,
+        " of ", tensors_.size(), ")"));
   }
   const uint64_t left = info.nbytes - current_written_;
   if (size > left) {
     return absl::InvalidArgumentError(
-        absl::StrCat("tensor ", Quote(info.name), ": writing ", size,
+        absl::StrCat("tensor ", QuoteForMessage(info.name), ": writing ", size,
                      " bytes exceeds its size of ", info.nbytes, " bytes (",
                      current_written_, " already written)"));
   }
@@ -1061,9 +1023,10 @@ absl::Status GgufWriter::Finish() {
     if (current_ < tensors_.size()) {
       const GgufTensorInfo& info = tensors_[current_];
       return absl::FailedPreconditionError(absl::StrCat(
-          "tensor ", Quote(info.name), " is incomplete: ", current_written_,
-          " of ", info.nbytes, " bytes written (", tensors_.size() - current_,
-          " of ", tensors_.size(), " tensors unfinished)"));
+          "tensor ", QuoteForMessage(info.name),
+          " is incomplete: ", current_written_, " of ", info.nbytes,
+          " bytes written (", tensors_.size() - current_, " of ",
+          tensors_.size(), " tensors unfinished)"));
     }
     return file_->Commit();
   }();

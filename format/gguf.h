@@ -36,10 +36,11 @@ inline constexpr int kGgufMaxDims = 4;
 // Arrays may hold arrays; at most this many array levels are read or written.
 inline constexpr int kGgufMaxArrayDepth = 4;
 // A bound on the values (scalars, strings, arrays and their elements) that the
-// reader materializes from a file's metadata, so that a crafted file cannot
-// make it allocate far more memory than the file's size. Real vocabularies
-// hold a few hundred thousand entries.
-inline constexpr uint64_t kGgufMaxMetadataValues = uint64_t{1} << 24;
+// reader materializes from a file's metadata. Each value costs ~72 bytes in
+// memory however few bytes it takes in the file, so this caps what a crafted
+// file can make the reader allocate (~300 MB). Real vocabularies stay far
+// below it: Gemma's 256k tokens with scores and types are ~770k values.
+inline constexpr uint64_t kGgufMaxMetadataValues = uint64_t{1} << 22;
 
 enum class GgufValueType : uint32_t {
   kUint8 = 0,

@@ -503,7 +503,7 @@ TEST_F(GgufTest, WriterRejectsBadTensorDeclarations) {
   EXPECT_THAT(w.AddTensor("", {1}, GgmlType::kF32).message(),
               HasSubstr("tensor name is empty"));
   EXPECT_THAT(w.AddTensor("bad\xff", {1}, GgmlType::kF32).message(),
-              HasSubstr("not valid UTF-8"));
+              HasSubstr("tensor name 'bad\\xff' is not valid UTF-8"));
   EXPECT_THAT(w.AddTensor(std::string(64, 'n'), {1}, GgmlType::kF32).message(),
               HasSubstr("at most 63"));
   ASSERT_TRUE(w.AddTensor(std::string(63, 'n'), {1}, GgmlType::kF32).ok());
@@ -770,8 +770,9 @@ TEST_F(GgufTest, RejectsTooManyMetadataValues) {
   const uint64_t n = kGgufMaxMetadataValues;  // One more with the array.
   Bytes b;
   b.Header(0, 1).Str("big").U32(9).U32(0).U64(n).Zeros(n);
-  ExpectInvalid(b.str(),
-                {"metadata key 'big'", "exceeds the limit of 16777216"});
+  ExpectInvalid(
+      b.str(), {"metadata key 'big'",
+                absl::StrCat("exceeds the limit of ", kGgufMaxMetadataValues)});
 }
 
 TEST_F(GgufTest, RejectsDeepNesting) {
@@ -791,6 +792,13 @@ TEST_F(GgufTest, RejectsBadValues) {
                 {"metadata key 'k': bool value", "is 2, expected 0 or 1"});
   ExpectInvalid(Bytes().Header(0, 2).KvU32("dup", 1).KvU32("dup", 2).str(),
                 {"duplicate metadata key 'dup'"});
+  // Valid UTF-8 stays readable in messages; quotes are escaped.
+  ExpectInvalid(Bytes()
+                    .Header(0, 2)
+                    .KvU32("caf\xc3\xa9's", 1)
+                    .KvU32("caf\xc3\xa9's", 2)
+                    .str(),
+                {"duplicate metadata key 'caf\xc3\xa9\\'s'"});
   ExpectInvalid(Bytes().Header(0, 1).KvU32("\xff", 1).Zeros(8).str(),
                 {"key of metadata pair 0 '\\xff' is not valid UTF-8"});
   ExpectInvalid(Bytes().Header(0, 1).KvU32("a\xed\xa0\x80", 1).Zeros(8).str(),

@@ -15,6 +15,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 #include "common/file.h"
+#include "common/json_util.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -40,17 +41,11 @@ constexpr ArchInfo kArchs[] = {
     {"Qwen2ForCausalLM", "qwen2", "qwen2"},
 };
 
-// A short, printable rendering of a JSON value for error messages.
-std::string Describe(const json& v) {
-  std::string text = v.dump(-1, ' ', false, json::error_handler_t::replace);
-  if (text.size() > 64) text = text.substr(0, 61) + "...";
-  return absl::StrCat(v.type_name(), " ", text);
-}
-
 absl::Status WrongType(absl::string_view field, absl::string_view want,
                        const json& got) {
-  return absl::InvalidArgumentError(absl::StrCat(
-      "config.json: `", field, "` must be ", want, ", got ", Describe(got)));
+  return absl::InvalidArgumentError(absl::StrCat("config.json: `", field,
+                                                 "` must be ", want, ", got ",
+                                                 DescribeJson(got)));
 }
 
 // Member `key` of `obj`, or nullptr when absent or null.
@@ -210,14 +205,10 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
 }  // namespace
 
 absl::StatusOr<ModelSpec> ParseModelConfig(absl::string_view json_text) {
-  const json root = json::parse(json_text.begin(), json_text.end(), nullptr,
-                                /*allow_exceptions=*/false);
-  if (root.is_discarded()) {
-    return absl::InvalidArgumentError("config.json is not valid JSON");
-  }
+  ASSIGN_OR_RETURN(const json root, ParseJsonStrict(json_text, "config.json"));
   if (!root.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "config.json must hold a JSON object, got ", Describe(root)));
+        "config.json must hold a JSON object, got ", DescribeJson(root)));
   }
   ModelSpec spec;
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "common/file.h"
 #include "common/test_data.h"
 #include "gmock/gmock.h"
@@ -415,9 +416,39 @@ TEST(ModelConfigErrorTest, MlpBiasUnsupported) {
 
 TEST(ModelConfigErrorTest, NotJson) {
   ExpectError("{\"hidden_size\": ", absl::StatusCode::kInvalidArgument,
-              "not valid JSON");
+              "config.json is not well-formed JSON: parse error");
   ExpectError("[1, 2]", absl::StatusCode::kInvalidArgument,
-              "must hold a JSON object");
+              "config.json must hold a JSON object, got array [1,2]");
+  ExpectError("{\"a\": \"\xff\"}", absl::StatusCode::kInvalidArgument,
+              "config.json is not valid UTF-8 at byte 7");
+}
+
+TEST(ModelConfigErrorTest, RejectsDuplicateKeys) {
+  // nlohmann alone would silently keep the last value.
+  ExpectError(Replace(kSmall, "\"hidden_size\": 64",
+                      "\"hidden_size\": 64, \"hidden_size\": 128"),
+              absl::StatusCode::kInvalidArgument,
+              "config.json has duplicate key 'hidden_size'");
+}
+
+TEST(ModelConfigErrorTest, RejectsDeepNestingWithoutCrashing) {
+  // Once a stack overflow when the wrong-typed value was described.
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  ExpectError(
+      Replace(kSmall, "\"hidden_size\": 64", "\"hidden_size\": " + deep),
+      absl::StatusCode::kInvalidArgument,
+      "config.json nests deeper than 64 levels");
+  // Within the limit, a huge wrong-typed value is described briefly.
+  std::string wide = "[";
+  for (int i = 0; i < 100000; ++i) absl::StrAppend(&wide, i ? "," : "", i);
+  wide += "]";
+  const absl::StatusOr<ModelSpec> spec = ParseModelConfig(
+      Replace(kSmall, "\"hidden_size\": 64", "\"hidden_size\": " + wide));
+  ASSERT_FALSE(spec.ok());
+  EXPECT_THAT(std::string(spec.status().message()),
+              HasSubstr("`hidden_size` must be an integer, got array of "
+                        "100000 elements [0,1,2,"));
+  EXPECT_LT(spec.status().message().size(), 200u);
 }
 
 TEST(ModelConfigErrorTest, LoadMissingFile) {

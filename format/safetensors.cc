@@ -7,11 +7,11 @@
 #include <tuple>
 #include <utility>
 
-#include "absl/container/flat_hash_set.h"
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/json_util.h"
 #include "common/status_macros.h"
+#include "common/utf8.h"
 #include "format/half.h"
 #include "nlohmann/json.hpp"
 
@@ -56,12 +56,6 @@ const DTypeInfo* FindDType(SafetensorsDType dtype) {
   return nullptr;
 }
 
-// A name as it may appear in a message: printable, even when it is not UTF-8.
-std::string Printable(absl::string_view s) {
-  if (IsValidUtf8(s)) return std::string(s);
-  return absl::CHexEscape(s);
-}
-
 // Element count and byte count of a shape, or an error when either
 // overflows int64 or a dimension is negative. `what` prefixes messages.
 absl::Status ShapeSizes(const std::vector<int64_t>& shape,
@@ -92,65 +86,6 @@ absl::Status ShapeSizes(const std::vector<int64_t>& shape,
   return absl::OkStatus();
 }
 
-// Parses JSON without exceptions, rejecting duplicate keys in any object
-// (nlohmann would silently keep the last one). `what` prefixes messages.
-absl::StatusOr<json> ParseJsonStrict(absl::string_view text,
-                                     absl::string_view what) {
-  size_t bad = 0;
-  if (!IsValidUtf8(text, &bad)) {
-    const size_t context_end = std::min(text.size(), bad + 16);
-    const size_t context_begin = bad >= 16 ? bad - 16 : 0;
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, " is not valid UTF-8 at byte ", bad, " (near \"",
-                     absl::CHexEscape(text.substr(context_begin,
-                                                  context_end - context_begin)),
-                     "\"); tensor names and metadata must be UTF-8"));
-  }
-  // nlohmann stops at a NUL byte and would ignore whatever follows it.
-  const size_t nul = text.find('\0');
-  if (nul != absl::string_view::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, " is not well-formed JSON: NUL byte at offset ", nul,
-                     " (padding must be spaces)"));
-  }
-  std::vector<absl::flat_hash_set<std::string>> open_objects;
-  std::string duplicate;
-  bool has_duplicate = false;
-  json::parser_callback_t callback =
-      [&](int /*depth*/, json::parse_event_t event, json& parsed) {
-        switch (event) {
-          case json::parse_event_t::object_start:
-            open_objects.emplace_back();
-            break;
-          case json::parse_event_t::object_end:
-            if (!open_objects.empty()) open_objects.pop_back();
-            break;
-          case json::parse_event_t::key:
-            if (!open_objects.empty() && parsed.is_string() &&
-                !open_objects.back().insert(parsed.get<std::string>()).second &&
-                !has_duplicate) {
-              has_duplicate = true;
-              duplicate = parsed.get<std::string>();
-            }
-            break;
-          default:
-            break;
-        }
-        return true;
-      };
-  json parsed = json::parse(text.begin(), text.end(), callback,
-                            /*allow_exceptions=*/false);
-  if (parsed.is_discarded()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, " is not well-formed JSON"));
-  }
-  if (has_duplicate) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, " has duplicate key '", duplicate, "'"));
-  }
-  return parsed;
-}
-
 // Reads a JSON integer in [0, int64 max] (shape dims, offsets).
 bool GetNonNegative(const json& value, uint64_t* out) {
   if (value.is_number_unsigned()) {
@@ -173,8 +108,8 @@ absl::Status CheckPlainFileName(absl::string_view name,
       name.find('/') != absl::string_view::npos ||
       name.find('\0') != absl::string_view::npos) {
     return absl::InvalidArgumentError(
-        absl::StrCat(what, ": file name '", Printable(name),
-                     "' must be a plain file name in the checkpoint directory "
+        absl::StrCat(what, ": file name ", QuoteForMessage(name),
+                     " must be a plain file name in the checkpoint directory "
                      "(no '/', '.', '..' or path traversal)"));
   }
   return absl::OkStatus();
@@ -200,7 +135,7 @@ absl::StatusOr<ParsedEntry> ParseEntry(const std::string& name,
                                        absl::string_view file_what,
                                        uint64_t data_size) {
   const std::string what =
-      absl::StrCat(file_what, ": tensor '", Printable(name), "'");
+      absl::StrCat(file_what, ": tensor ", QuoteForMessage(name));
   if (name.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat(file_what, ": empty tensor name"));
@@ -245,12 +180,12 @@ absl::StatusOr<ParsedEntry> ParseEntry(const std::string& name,
         dim.get<int64_t>() < 0) {
       return absl::InvalidArgumentError(
           absl::StrCat(what, ": negative dimension ", dim.get<int64_t>(),
-                       " in 'shape' ", shape_it->dump()));
+                       " in 'shape' ", DescribeJson(*shape_it)));
     }
     uint64_t d = 0;
     if (!GetNonNegative(dim, &d)) {
       return absl::InvalidArgumentError(
-          absl::StrCat(what, ": 'shape' ", shape_it->dump(),
+          absl::StrCat(what, ": 'shape' ", DescribeJson(*shape_it),
                        " must hold integers in [0, 2^63)"));
     }
     entry.shape.push_back(static_cast<int64_t>(d));
@@ -272,7 +207,7 @@ absl::StatusOr<ParsedEntry> ParseEntry(const std::string& name,
         absl::StrCat(what,
                      ": 'data_offsets' must be [begin, end] with "
                      "non-negative integers, got ",
-                     offsets_it->dump()));
+                     DescribeJson(*offsets_it)));
   }
   if (entry.begin > entry.end) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": data_offsets [",
@@ -297,62 +232,12 @@ absl::StatusOr<ParsedEntry> ParseEntry(const std::string& name,
 
 }  // namespace
 
-bool IsValidUtf8(absl::string_view s, size_t* bad_offset) {
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  const size_t n = s.size();
-  size_t i = 0;
-  while (i < n) {
-    const unsigned char c = p[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t len = 0;
-    uint32_t cp = 0;
-    uint32_t min_cp = 0;
-    if ((c & 0xe0) == 0xc0) {
-      len = 2;
-      cp = c & 0x1f;
-      min_cp = 0x80;
-    } else if ((c & 0xf0) == 0xe0) {
-      len = 3;
-      cp = c & 0x0f;
-      min_cp = 0x800;
-    } else if ((c & 0xf8) == 0xf0) {
-      len = 4;
-      cp = c & 0x07;
-      min_cp = 0x10000;
-    } else {
-      if (bad_offset != nullptr) *bad_offset = i;
-      return false;
-    }
-    bool ok = n - i >= len;
-    for (size_t k = 1; ok && k < len; ++k) {
-      if ((p[i + k] & 0xc0) != 0x80) {
-        ok = false;
-      } else {
-        cp = (cp << 6) | (p[i + k] & 0x3f);
-      }
-    }
-    if (ok &&
-        (cp < min_cp || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))) {
-      ok = false;
-    }
-    if (!ok) {
-      if (bad_offset != nullptr) *bad_offset = i;
-      return false;
-    }
-    i += len;
-  }
-  return true;
-}
-
 absl::StatusOr<SafetensorsDType> ParseSafetensorsDType(absl::string_view name) {
   for (const DTypeInfo& info : kDTypes) {
     if (name == info.name) return info.dtype;
   }
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown safetensors dtype '", Printable(name), "'"));
+      absl::StrCat("unknown safetensors dtype ", QuoteForMessage(name)));
 }
 
 absl::string_view SafetensorsDTypeName(SafetensorsDType dtype) {
@@ -677,6 +562,7 @@ SafetensorsCheckpoint::Open(const std::string& path) {
   }
   const auto metadata_it = index.find("metadata");
   if (metadata_it != index.end()) {
+    // Safe to serialise: ParseJsonStrict bounds the nesting depth.
     checkpoint->index_metadata_json_ = metadata_it->dump();
   }
   const auto map_it = index.find("weight_map");
@@ -761,9 +647,9 @@ absl::StatusOr<TensorView> SafetensorsCheckpoint::Get(
     absl::string_view name) const {
   const auto it = index_.find(name);
   if (it == index_.end()) {
-    return absl::NotFoundError(absl::StrCat("tensor '", Printable(name),
-                                            "' not found in checkpoint '",
-                                            path_, "'"));
+    return absl::NotFoundError(absl::StrCat("tensor ", QuoteForMessage(name),
+                                            " not found in checkpoint '", path_,
+                                            "'"));
   }
   return files_[it->second.first]->tensors()[it->second.second];
 }
@@ -813,7 +699,7 @@ absl::Status SafetensorsWriter::AddTensor(std::string name,
                                           SafetensorsDType dtype,
                                           std::vector<int64_t> shape) {
   const std::string what = absl::StrCat("safetensors writer '", path_,
-                                        "': tensor '", Printable(name), "'");
+                                        "': tensor ", QuoteForMessage(name));
   if (done_) {
     return absl::FailedPreconditionError(
         absl::StrCat(what, ": writer already finished or failed"));
@@ -874,8 +760,8 @@ absl::Status SafetensorsWriter::WriteHeader() {
     for (const auto& [key, value] : metadata_) {
       if (!IsValidUtf8(key) || !IsValidUtf8(value)) {
         return absl::InvalidArgumentError(
-            absl::StrCat(what, ": metadata key '", Printable(key),
-                         "' or its value is not valid UTF-8"));
+            absl::StrCat(what, ": metadata key ", QuoteForMessage(key),
+                         " or its value is not valid UTF-8"));
       }
       metadata[key] = value;
     }
@@ -921,7 +807,7 @@ void SafetensorsWriter::SkipCompleteTensors() {
 absl::Status SafetensorsWriter::WriteTensorData(absl::string_view name,
                                                 const void* data, size_t size) {
   const std::string what = absl::StrCat("safetensors writer '", path_,
-                                        "': tensor '", Printable(name), "'");
+                                        "': tensor ", QuoteForMessage(name));
   if (done_) {
     return absl::FailedPreconditionError(
         absl::StrCat(what, ": writer already finished or failed"));
@@ -990,8 +876,8 @@ absl::Status WriteSafetensorsIndex(
   for (const auto& [name, file] : weight_map) {
     if (name.empty() || !IsValidUtf8(name)) {
       return absl::InvalidArgumentError(
-          absl::StrCat(what, ": tensor name '", Printable(name),
-                       "' is empty or not valid UTF-8"));
+          absl::StrCat(what, ": tensor name ", QuoteForMessage(name),
+                       " is empty or not valid UTF-8"));
     }
     if (!IsValidUtf8(file)) {
       return absl::InvalidArgumentError(absl::StrCat(

@@ -60,11 +60,6 @@ size_t SafetensorsDTypeSize(SafetensorsDType dtype);
 // Largest header accepted (and written), as in the reference implementation.
 inline constexpr uint64_t kSafetensorsMaxHeaderBytes = 100u * 1000 * 1000;
 
-// True when `s` is well-formed UTF-8 (no overlong forms, no surrogates, at
-// most U+10FFFF). On failure, `*bad_offset` (if given) is the offset of the
-// first byte of the offending sequence.
-bool IsValidUtf8(absl::string_view s, size_t* bad_offset = nullptr);
-
 // A tensor inside a mapped file: no copy. Valid while its file is open.
 struct TensorView {
   std::string name;

@@ -18,6 +18,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/string_view.h"
 #include "common/file.h"
+#include "common/json_util.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -52,12 +53,6 @@ bool FileExists(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
-std::string Describe(const json& v) {
-  std::string text = v.dump(-1, ' ', false, json::error_handler_t::replace);
-  if (text.size() > 64) text = text.substr(0, 61) + "...";
-  return absl::StrCat(v.type_name(), " ", text);
-}
-
 absl::Status Malformed(const std::string& path, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(path, ": ", what));
 }
@@ -65,18 +60,17 @@ absl::Status Malformed(const std::string& path, absl::string_view what) {
 absl::Status WrongType(const std::string& path, absl::string_view field,
                        absl::string_view want, const json& got) {
   return Malformed(path, absl::StrCat("`", field, "` must be ", want, ", got ",
-                                      Describe(got)));
+                                      DescribeJson(got)));
 }
 
 // Reads and parses an optional JSON file; nullopt when it does not exist.
 absl::StatusOr<std::optional<json>> ReadOptionalJson(const std::string& path) {
   if (!FileExists(path)) return std::optional<json>();
   ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
-  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return Malformed(path, "not valid JSON");
+  ASSIGN_OR_RETURN(json j, ParseJsonStrict(text, path));
   if (!j.is_object()) {
     return Malformed(
-        path, absl::StrCat("must hold a JSON object, got ", Describe(j)));
+        path, absl::StrCat("must hold a JSON object, got ", DescribeJson(j)));
   }
   return std::optional<json>(std::move(j));
 }

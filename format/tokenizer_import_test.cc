@@ -403,7 +403,7 @@ TEST(ImportTokenizerErrorTest, MalformedTokenizerJson) {
   const std::string dir = MakeTestTempDir("tok_bad_json");
   Write(dir + "/tokenizer.json", "{\"model\": {\"vocab\": {\"a\": 0");
   ExpectError(ImportTokenizer(dir, 0), absl::StatusCode::kInvalidArgument,
-              dir + "/tokenizer.json: not valid JSON");
+              dir + "/tokenizer.json is not well-formed JSON: parse error");
 
   Write(dir + "/tokenizer.json",
         R"({"model": {"vocab": ["a"], "merges": []}})");
@@ -460,6 +460,40 @@ TEST(ImportTokenizerErrorTest, UnsupportedModels) {
             "vocab": {"a": 0}, "merges": []}})");
   ExpectError(ImportTokenizer(dir, 0), absl::StatusCode::kUnimplemented,
               "needs its tokenizer.model");
+}
+
+TEST(ImportTokenizerErrorTest, RejectsDuplicateKeys) {
+  const std::string dir = MakeTestTempDir("tok_dup_keys");
+  // Two ids for "a": nlohmann alone would silently keep the last.
+  std::string text = SmallBpe(R"(["a b"])");
+  text.replace(text.find("\"a\": 0"), 6, "\"a\": 0, \"a\": 7");
+  Write(dir + "/tokenizer.json", text);
+  ExpectError(ImportTokenizer(dir, 0), absl::StatusCode::kInvalidArgument,
+              dir + "/tokenizer.json has duplicate key 'a'");
+}
+
+TEST(ImportTokenizerErrorTest, RejectsDeepNestingWithoutCrashing) {
+  const std::string dir = MakeTestTempDir("tok_deep");
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  // tokenizer.json: once a stack overflow when the wrong-typed value was
+  // described in the error message.
+  std::string text = SmallBpe(R"(["a b"])");
+  const std::string decoder = "\"decoder\": {\"type\": \"ByteLevel\"}";
+  text.replace(text.find(decoder), decoder.size(), "\"decoder\": " + deep);
+  Write(dir + "/tokenizer.json", text);
+  ExpectError(ImportTokenizer(dir, 0), absl::StatusCode::kInvalidArgument,
+              dir + "/tokenizer.json nests deeper than 64 levels");
+  // tokenizer_config.json goes through the same parser.
+  Write(dir + "/tokenizer.json", SmallBpe(R"(["a b"])"));
+  Write(dir + "/tokenizer_config.json", "{\"bos_token\": " + deep + "}");
+  ExpectError(ImportTokenizer(dir, 0), absl::StatusCode::kInvalidArgument,
+              dir + "/tokenizer_config.json nests deeper than 64 levels");
+  // Within the limit, a deep wrong-typed value is described briefly.
+  Write(dir + "/tokenizer_config.json",
+        "{\"bos_token\": " + std::string(60, '[') + std::string(60, ']') + "}");
+  ExpectError(ImportTokenizer(dir, 0), absl::StatusCode::kInvalidArgument,
+              "`bos_token` must be a string or {\"content\": string}, got "
+              "array of 1 element [[[[[[[[[...]]]]]]]]]");
 }
 
 TEST(ImportTokenizerErrorTest, BadSpecialTokens) {
