@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "format/half.h"
+#include "format/scale_fit.h"
 
 namespace quant {
 namespace {
@@ -96,6 +97,511 @@ void DequantizeBlockQ4_0Reference(const BlockQ4_0& block, float* y) {
   }
 }
 
+// ---------------------------------------------------------------------------
+// Searched types.
+
+namespace {
+
+// Fit weights: the value's importance (the diagonal of the input Hessian,
+// or 1) times sqrt(sigma^2 + x^2), sigma^2 the block's mean square. Without
+// calibration data the second factor stands in for what matters most: the
+// large weights, whose errors the activations amplify; the sigma^2 term keeps
+// small values from being ignored outright.
+// The weights are normalized to a largest of 1 so that the fits' weighted
+// sums stay far from overflow (blocks reach here with |x| <= 2^30).
+void FitWeights(const float* x, const float* importance, int n, float* w) {
+  float sum_squares = 0;
+  for (int i = 0; i < n; ++i) sum_squares += x[i] * x[i];
+  const float sigma2 = sum_squares / static_cast<float>(n);
+  float largest = 0;
+  for (int i = 0; i < n; ++i) {
+    const float base = std::sqrt(sigma2 + x[i] * x[i]);
+    w[i] = importance != nullptr ? importance[i] * base : base;
+    largest = std::max(largest, w[i]);
+  }
+  if (largest > 0) {
+    const float inverse = 1.0f / largest;
+    for (int i = 0; i < n; ++i) w[i] *= inverse;
+  }
+}
+
+// fp16 of v, and whether it is finite.
+bool StoreHalf(float v, uint16_t* h) {
+  *h = FloatToHalf(v);
+  return (*h & 0x7fffu) < 0x7c00u;
+}
+
+// Levels for x ~= scale * q + offset, q in [0, q_max] (0 when scale is 0).
+void RoundAffine(const float* x, int n, float scale, float offset, int q_max,
+                 uint8_t* q) {
+  const float inverse = scale > 0 ? 1.0f / scale : 0.0f;
+  for (int i = 0; i < n; ++i) {
+    q[i] =
+        static_cast<uint8_t>(RoundClamp((x[i] - offset) * inverse, 0, q_max));
+  }
+}
+
+// Levels for x ~= scale * q, q in [-q_neg, q_neg - 1], stored + q_neg.
+void RoundSymmetric(const float* x, int n, float scale, int q_neg, uint8_t* q) {
+  const float inverse = scale != 0 ? 1.0f / scale : 0.0f;
+  for (int i = 0; i < n; ++i) {
+    q[i] = static_cast<uint8_t>(RoundClamp(x[i] * inverse, -q_neg, q_neg - 1) +
+                                q_neg);
+  }
+}
+
+// Q4_0 / Q5_0: one symmetric fit per block of 32.
+bool QuantizeSymmetric32(const float* x, const float* importance, int q_neg,
+                         uint16_t* d, uint8_t q[32]) {
+  float w[32];
+  FitWeights(x, importance, 32, w);
+  const float scale = FitSymmetric(x, w, 32, q_neg, nullptr);
+  const bool ok = StoreHalf(scale, d);
+  RoundSymmetric(x, 32, HalfToFloat(*d), q_neg, q);
+  return ok;
+}
+
+// Q4_1 / Q5_1: one affine fit per block of 32.
+bool QuantizeAffine32(const float* x, const float* importance, int q_max,
+                      uint16_t* d, uint16_t* m, uint8_t q[32]) {
+  float w[32];
+  FitWeights(x, importance, 32, w);
+  AffineFit fit = FitAffine(x, w, 32, q_max, false, nullptr);
+  if (!(StoreHalf(fit.scale, d) && StoreHalf(fit.offset, m))) {
+    // Near the fp16 limit the fitted offset (which may lie below the block's
+    // minimum) can overflow where the min-max one does not.
+    const float* low = std::min_element(x, x + 32);
+    fit.offset = *low;
+    fit.scale = (*std::max_element(x, x + 32) - *low) / q_max;
+  }
+  const bool ok = StoreHalf(fit.scale, d) && StoreHalf(fit.offset, m);
+  RoundAffine(x, 32, HalfToFloat(*d), HalfToFloat(*m), q_max, q);
+  return ok;
+}
+
+// Low nibbles: element j; high nibbles: element j + 16.
+void PackNibbles32(const uint8_t q[32], uint8_t qs[16]) {
+  for (int j = 0; j < 16; ++j) {
+    qs[j] = static_cast<uint8_t>((q[j] & 15) | ((q[j + 16] & 15) << 4));
+  }
+}
+
+void PackHighBits32(const uint8_t q[32], uint8_t qh[4]) {
+  uint32_t bits = 0;
+  for (int j = 0; j < 32; ++j) bits |= static_cast<uint32_t>(q[j] >> 4) << j;
+  for (int k = 0; k < 4; ++k) qh[k] = static_cast<uint8_t>(bits >> (8 * k));
+}
+
+uint32_t HighBits32(const uint8_t qh[4]) {
+  return static_cast<uint32_t>(qh[0]) | static_cast<uint32_t>(qh[1]) << 8 |
+         static_cast<uint32_t>(qh[2]) << 16 |
+         static_cast<uint32_t>(qh[3]) << 24;
+}
+
+// An affine super-block (Q2_K, Q4_K, Q5_K): kGroups sub-blocks, each fitted
+// with levels 0..kQMax and a non-positive offset; then the sub-block scales
+// and mins (-offsets) quantized to 0..kScaleMax against d and dmin, and the
+// levels re-rounded with the quantized values the decoder will use.
+template <int kGroups, int kQMax, int kScaleMax>
+bool QuantizeAffineSuperBlock(const float* x, const float* importance,
+                              uint8_t levels[kQkK], uint8_t sc[kGroups],
+                              uint8_t mn[kGroups], uint16_t* d,
+                              uint16_t* dmin) {
+  constexpr int kGroupSize = kQkK / kGroups;
+  float w[kQkK];
+  FitWeights(x, importance, kQkK, w);
+  float scales[kGroups], mins[kGroups];
+  float max_scale = 0, max_min = 0;
+  for (int g = 0; g < kGroups; ++g) {
+    const AffineFit fit = FitAffine(x + g * kGroupSize, w + g * kGroupSize,
+                                    kGroupSize, kQMax, true, nullptr);
+    scales[g] = fit.scale;
+    mins[g] = -fit.offset;
+    max_scale = std::max(max_scale, scales[g]);
+    max_min = std::max(max_min, mins[g]);
+  }
+  const bool ok = StoreHalf(max_scale / kScaleMax, d) &&
+                  StoreHalf(max_min / kScaleMax, dmin);
+  const float d_value = HalfToFloat(*d);
+  const float dmin_value = HalfToFloat(*dmin);
+  const float inverse_d = d_value > 0 ? 1.0f / d_value : 0.0f;
+  const float inverse_dmin = dmin_value > 0 ? 1.0f / dmin_value : 0.0f;
+  for (int g = 0; g < kGroups; ++g) {
+    sc[g] =
+        static_cast<uint8_t>(RoundClamp(scales[g] * inverse_d, 0, kScaleMax));
+    mn[g] =
+        static_cast<uint8_t>(RoundClamp(mins[g] * inverse_dmin, 0, kScaleMax));
+    RoundAffine(x + g * kGroupSize, kGroupSize, d_value * sc[g],
+                -(dmin_value * mn[g]), kQMax, levels + g * kGroupSize);
+  }
+  return ok;
+}
+
+// A symmetric super-block (Q3_K, Q6_K): 16 sub-blocks of 16 with levels
+// -kQNeg..kQNeg-1, their scales quantized to -kScaleNeg..kScaleNeg-1 against
+// d. Levels are stored + kQNeg.
+template <int kQNeg, int kScaleNeg>
+bool QuantizeSymmetricSuperBlock(const float* x, const float* importance,
+                                 uint8_t levels[kQkK], int8_t sc[16],
+                                 uint16_t* d) {
+  float w[kQkK];
+  FitWeights(x, importance, kQkK, w);
+  float scales[16];
+  float extreme = 0;  // The first sub-block scale of largest magnitude.
+  for (int g = 0; g < 16; ++g) {
+    scales[g] = FitSymmetric(x + 16 * g, w + 16 * g, 16, kQNeg, nullptr);
+    if (std::fabs(scales[g]) > std::fabs(extreme)) extreme = scales[g];
+  }
+  const bool ok = StoreHalf(extreme / -kScaleNeg, d);
+  const float d_value = HalfToFloat(*d);
+  const float inverse_d = d_value != 0 ? 1.0f / d_value : 0.0f;
+  for (int g = 0; g < 16; ++g) {
+    sc[g] = static_cast<int8_t>(
+        RoundClamp(scales[g] * inverse_d, -kScaleNeg, kScaleNeg - 1));
+    RoundSymmetric(x + 16 * g, 16, d_value * sc[g], kQNeg, levels + 16 * g);
+  }
+  return ok;
+}
+
+// The 2-bit planes of Q2_K and Q3_K: element 128 h + 32 k + l in bits
+// 2k..2k+1 of qs[32 h + l].
+void Pack2BitPlanes(const uint8_t levels[kQkK], uint8_t qs[kQkK / 4]) {
+  for (int h = 0; h < 2; ++h) {
+    for (int l = 0; l < 32; ++l) {
+      uint8_t byte = 0;
+      for (int k = 0; k < 4; ++k) {
+        byte |=
+            static_cast<uint8_t>((levels[128 * h + 32 * k + l] & 3) << (2 * k));
+      }
+      qs[32 * h + l] = byte;
+    }
+  }
+}
+
+int Level2BitPlanes(const uint8_t qs[kQkK / 4], int e) {
+  const int h = e / 128, k = (e % 128) / 32, l = e % 32;
+  return (qs[32 * h + l] >> (2 * k)) & 3;
+}
+
+}  // namespace
+
+void PackScalesMinsK4(const uint8_t sc[8], const uint8_t mn[8],
+                      uint8_t packed[12]) {
+  for (int s = 0; s < 4; ++s) {
+    packed[s] = static_cast<uint8_t>((sc[s] & 63) | ((sc[s + 4] >> 4) << 6));
+    packed[s + 4] =
+        static_cast<uint8_t>((mn[s] & 63) | ((mn[s + 4] >> 4) << 6));
+    packed[s + 8] =
+        static_cast<uint8_t>((sc[s + 4] & 15) | ((mn[s + 4] & 15) << 4));
+  }
+}
+
+void UnpackScalesMinsK4(const uint8_t packed[12], uint8_t sc[8],
+                        uint8_t mn[8]) {
+  for (int s = 0; s < 4; ++s) {
+    sc[s] = packed[s] & 63;
+    mn[s] = packed[s + 4] & 63;
+    sc[s + 4] =
+        static_cast<uint8_t>((packed[s + 8] & 15) | ((packed[s] >> 6) << 4));
+    mn[s + 4] = static_cast<uint8_t>((packed[s + 8] >> 4) |
+                                     ((packed[s + 4] >> 6) << 4));
+  }
+}
+
+bool QuantizeBlockQ4_0Weighted(const float* x, const float* importance,
+                               BlockQ4_0* y) {
+  uint8_t q[32];
+  const bool ok = QuantizeSymmetric32(x, importance, 8, &y->d, q);
+  PackNibbles32(q, y->qs);
+  return ok;
+}
+
+bool QuantizeBlockQ4_1Reference(const float* x, const float* importance,
+                                BlockQ4_1* y) {
+  uint8_t q[32];
+  const bool ok = QuantizeAffine32(x, importance, 15, &y->d, &y->m, q);
+  PackNibbles32(q, y->qs);
+  return ok;
+}
+
+bool QuantizeBlockQ5_0Reference(const float* x, const float* importance,
+                                BlockQ5_0* y) {
+  uint8_t q[32];
+  const bool ok = QuantizeSymmetric32(x, importance, 16, &y->d, q);
+  PackNibbles32(q, y->qs);
+  PackHighBits32(q, y->qh);
+  return ok;
+}
+
+bool QuantizeBlockQ5_1Reference(const float* x, const float* importance,
+                                BlockQ5_1* y) {
+  uint8_t q[32];
+  const bool ok = QuantizeAffine32(x, importance, 31, &y->d, &y->m, q);
+  PackNibbles32(q, y->qs);
+  PackHighBits32(q, y->qh);
+  return ok;
+}
+
+bool QuantizeBlockQ2_KReference(const float* x, const float* importance,
+                                BlockQ2_K* y) {
+  uint8_t levels[kQkK], sc[16], mn[16];
+  const bool ok = QuantizeAffineSuperBlock<16, 3, 15>(x, importance, levels, sc,
+                                                      mn, &y->d, &y->dmin);
+  for (int s = 0; s < 16; ++s) {
+    y->scales[s] = static_cast<uint8_t>(sc[s] | (mn[s] << 4));
+  }
+  Pack2BitPlanes(levels, y->qs);
+  return ok;
+}
+
+bool QuantizeBlockQ3_KReference(const float* x, const float* importance,
+                                BlockQ3_K* y) {
+  uint8_t levels[kQkK];
+  int8_t sc[16];
+  const bool ok =
+      QuantizeSymmetricSuperBlock<4, 32>(x, importance, levels, sc, &y->d);
+  std::memset(y->scales, 0, sizeof(y->scales));
+  for (int s = 0; s < 16; ++s) {
+    const int stored = sc[s] + 32;  // 0..63
+    y->scales[s % 8] |= static_cast<uint8_t>((stored & 15) << (s < 8 ? 0 : 4));
+    y->scales[8 + s % 4] |=
+        static_cast<uint8_t>((stored >> 4) << (2 * (s / 4)));
+  }
+  std::memset(y->hmask, 0, sizeof(y->hmask));
+  for (int e = 0; e < kQkK; ++e) {
+    y->hmask[e % 32] |= static_cast<uint8_t>((levels[e] >> 2) << (e / 32));
+  }
+  Pack2BitPlanes(levels, y->qs);
+  return ok;
+}
+
+bool QuantizeBlockQ4_KReference(const float* x, const float* importance,
+                                BlockQ4_K* y) {
+  uint8_t levels[kQkK], sc[8], mn[8];
+  const bool ok = QuantizeAffineSuperBlock<8, 15, 63>(x, importance, levels, sc,
+                                                      mn, &y->d, &y->dmin);
+  PackScalesMinsK4(sc, mn, y->scales);
+  for (int i = 0; i < 4; ++i) {
+    for (int l = 0; l < 32; ++l) {
+      y->qs[32 * i + l] = static_cast<uint8_t>(levels[64 * i + l] |
+                                               (levels[64 * i + 32 + l] << 4));
+    }
+  }
+  return ok;
+}
+
+bool QuantizeBlockQ5_KReference(const float* x, const float* importance,
+                                BlockQ5_K* y) {
+  uint8_t levels[kQkK], sc[8], mn[8];
+  const bool ok = QuantizeAffineSuperBlock<8, 31, 63>(x, importance, levels, sc,
+                                                      mn, &y->d, &y->dmin);
+  PackScalesMinsK4(sc, mn, y->scales);
+  std::memset(y->qh, 0, sizeof(y->qh));
+  for (int i = 0; i < 4; ++i) {
+    for (int l = 0; l < 32; ++l) {
+      const uint8_t lo = levels[64 * i + l], hi = levels[64 * i + 32 + l];
+      y->qs[32 * i + l] = static_cast<uint8_t>((lo & 15) | ((hi & 15) << 4));
+      y->qh[l] |= static_cast<uint8_t>(((lo >> 4) << (2 * i)) |
+                                       ((hi >> 4) << (2 * i + 1)));
+    }
+  }
+  return ok;
+}
+
+bool QuantizeBlockQ6_KReference(const float* x, const float* importance,
+                                BlockQ6_K* y) {
+  uint8_t levels[kQkK];
+  const bool ok = QuantizeSymmetricSuperBlock<32, 128>(x, importance, levels,
+                                                       y->scales, &y->d);
+  for (int h = 0; h < 2; ++h) {
+    for (int l = 0; l < 32; ++l) {
+      const uint8_t* q = levels + 128 * h + l;
+      y->ql[64 * h + l] =
+          static_cast<uint8_t>((q[0] & 15) | ((q[64] & 15) << 4));
+      y->ql[64 * h + 32 + l] =
+          static_cast<uint8_t>((q[32] & 15) | ((q[96] & 15) << 4));
+      y->qh[32 * h + l] =
+          static_cast<uint8_t>((q[0] >> 4) | ((q[32] >> 4) << 2) |
+                               ((q[64] >> 4) << 4) | ((q[96] >> 4) << 6));
+    }
+  }
+  return ok;
+}
+
+void DequantizeBlockQ4_1Reference(const BlockQ4_1& block, float* y) {
+  const float d = HalfToFloat(block.d), m = HalfToFloat(block.m);
+  for (int j = 0; j < 16; ++j) {
+    y[j] = static_cast<float>(block.qs[j] & 15) * d + m;
+    y[j + 16] = static_cast<float>(block.qs[j] >> 4) * d + m;
+  }
+}
+
+void DequantizeBlockQ5_0Reference(const BlockQ5_0& block, float* y) {
+  const float d = HalfToFloat(block.d);
+  const uint32_t high = HighBits32(block.qh);
+  for (int j = 0; j < 16; ++j) {
+    const int q0 =
+        (block.qs[j] & 15) | static_cast<int>(((high >> j) & 1) << 4);
+    const int q1 =
+        (block.qs[j] >> 4) | static_cast<int>(((high >> (j + 16)) & 1) << 4);
+    y[j] = static_cast<float>(q0 - 16) * d;
+    y[j + 16] = static_cast<float>(q1 - 16) * d;
+  }
+}
+
+void DequantizeBlockQ5_1Reference(const BlockQ5_1& block, float* y) {
+  const float d = HalfToFloat(block.d), m = HalfToFloat(block.m);
+  const uint32_t high = HighBits32(block.qh);
+  for (int j = 0; j < 16; ++j) {
+    const int q0 =
+        (block.qs[j] & 15) | static_cast<int>(((high >> j) & 1) << 4);
+    const int q1 =
+        (block.qs[j] >> 4) | static_cast<int>(((high >> (j + 16)) & 1) << 4);
+    y[j] = static_cast<float>(q0) * d + m;
+    y[j + 16] = static_cast<float>(q1) * d + m;
+  }
+}
+
+void DequantizeBlockQ2_KReference(const BlockQ2_K& block, float* y) {
+  const float d = HalfToFloat(block.d), dmin = HalfToFloat(block.dmin);
+  for (int e = 0; e < kQkK; ++e) {
+    const uint8_t s = block.scales[e / 16];
+    y[e] = d * static_cast<float>(s & 15) *
+               static_cast<float>(Level2BitPlanes(block.qs, e)) -
+           dmin * static_cast<float>(s >> 4);
+  }
+}
+
+void DequantizeBlockQ3_KReference(const BlockQ3_K& block, float* y) {
+  const float d = HalfToFloat(block.d);
+  for (int e = 0; e < kQkK; ++e) {
+    const int s = e / 16;
+    const int stored = ((block.scales[s % 8] >> (s < 8 ? 0 : 4)) & 15) |
+                       (((block.scales[8 + s % 4] >> (2 * (s / 4))) & 3) << 4);
+    const int high = (block.hmask[e % 32] >> (e / 32)) & 1;
+    const int q = Level2BitPlanes(block.qs, e) + 4 * high - 4;
+    y[e] = d * static_cast<float>(stored - 32) * static_cast<float>(q);
+  }
+}
+
+void DequantizeBlockQ4_KReference(const BlockQ4_K& block, float* y) {
+  const float d = HalfToFloat(block.d), dmin = HalfToFloat(block.dmin);
+  uint8_t sc[8], mn[8];
+  UnpackScalesMinsK4(block.scales, sc, mn);
+  for (int e = 0; e < kQkK; ++e) {
+    const int s = e / 32, i = e / 64, l = e % 32;
+    const int q = (block.qs[32 * i + l] >> (4 * (s % 2))) & 15;
+    y[e] = d * static_cast<float>(sc[s]) * static_cast<float>(q) -
+           dmin * static_cast<float>(mn[s]);
+  }
+}
+
+void DequantizeBlockQ5_KReference(const BlockQ5_K& block, float* y) {
+  const float d = HalfToFloat(block.d), dmin = HalfToFloat(block.dmin);
+  uint8_t sc[8], mn[8];
+  UnpackScalesMinsK4(block.scales, sc, mn);
+  for (int e = 0; e < kQkK; ++e) {
+    const int s = e / 32, i = e / 64, l = e % 32;
+    const int q = ((block.qs[32 * i + l] >> (4 * (s % 2))) & 15) |
+                  (((block.qh[l] >> s) & 1) << 4);
+    y[e] = d * static_cast<float>(sc[s]) * static_cast<float>(q) -
+           dmin * static_cast<float>(mn[s]);
+  }
+}
+
+void DequantizeBlockQ6_KReference(const BlockQ6_K& block, float* y) {
+  const float d = HalfToFloat(block.d);
+  for (int e = 0; e < kQkK; ++e) {
+    const int h = e / 128, k = (e % 128) / 32, l = e % 32;
+    const int low = (block.ql[64 * h + 32 * (k % 2) + l] >> (4 * (k / 2))) & 15;
+    const int high = (block.qh[32 * h + l] >> (2 * k)) & 3;
+    y[e] = d * static_cast<float>(block.scales[e / 16]) *
+           static_cast<float>((low | (high << 4)) - 32);
+  }
+}
+
+namespace {
+
+template <typename Block, int64_t kBlockElements,
+          bool (*kQuantize)(const float*, const float*, Block*)>
+bool QuantizeOneBlock(const float* x, const float* importance, uint8_t* out) {
+  // No searched format has a scale that reaches this far (fp16 tops out at
+  // 65504, times at most 31 levels and 63 sub-block steps).
+  constexpr float kLargestSearched = 1073741824.0f;  // 2^30
+  float amax = 0;
+  for (int64_t i = 0; i < kBlockElements; ++i) {
+    amax = std::max(amax, std::fabs(x[i]));
+  }
+  if (!(amax <= kLargestSearched)) return false;  // Also NaN.
+  Block block;
+  const bool ok = kQuantize(x, importance, &block);
+  std::memcpy(out, &block, sizeof(Block));
+  return ok;
+}
+
+template <typename Block, void (*kDequantize)(const Block&, float*)>
+void DequantizeOneBlock(const uint8_t* in, float* y) {
+  Block block;
+  std::memcpy(&block, in, sizeof(Block));
+  kDequantize(block, y);
+}
+
+}  // namespace
+
+BlockQuantizeFn GetBlockQuantizer(GgmlType type, bool weighted) {
+  switch (type) {
+    case GgmlType::kQ4_0:
+      return weighted ? QuantizeOneBlock<BlockQ4_0, kQk4_0,
+                                         QuantizeBlockQ4_0Weighted>
+                      : nullptr;
+    case GgmlType::kQ4_1:
+      return QuantizeOneBlock<BlockQ4_1, kQk4_1, QuantizeBlockQ4_1Reference>;
+    case GgmlType::kQ5_0:
+      return QuantizeOneBlock<BlockQ5_0, kQk5_0, QuantizeBlockQ5_0Reference>;
+    case GgmlType::kQ5_1:
+      return QuantizeOneBlock<BlockQ5_1, kQk5_1, QuantizeBlockQ5_1Reference>;
+    case GgmlType::kQ2_K:
+      return QuantizeOneBlock<BlockQ2_K, kQkK, QuantizeBlockQ2_KReference>;
+    case GgmlType::kQ3_K:
+      return QuantizeOneBlock<BlockQ3_K, kQkK, QuantizeBlockQ3_KReference>;
+    case GgmlType::kQ4_K:
+      return QuantizeOneBlock<BlockQ4_K, kQkK, QuantizeBlockQ4_KReference>;
+    case GgmlType::kQ5_K:
+      return QuantizeOneBlock<BlockQ5_K, kQkK, QuantizeBlockQ5_KReference>;
+    case GgmlType::kQ6_K:
+      return QuantizeOneBlock<BlockQ6_K, kQkK, QuantizeBlockQ6_KReference>;
+    default:
+      return nullptr;
+  }
+}
+
+BlockDequantizeFn GetBlockDequantizer(GgmlType type) {
+  switch (type) {
+    case GgmlType::kQ8_0:
+      return DequantizeOneBlock<BlockQ8_0, DequantizeBlockQ8_0Reference>;
+    case GgmlType::kQ4_0:
+      return DequantizeOneBlock<BlockQ4_0, DequantizeBlockQ4_0Reference>;
+    case GgmlType::kQ4_1:
+      return DequantizeOneBlock<BlockQ4_1, DequantizeBlockQ4_1Reference>;
+    case GgmlType::kQ5_0:
+      return DequantizeOneBlock<BlockQ5_0, DequantizeBlockQ5_0Reference>;
+    case GgmlType::kQ5_1:
+      return DequantizeOneBlock<BlockQ5_1, DequantizeBlockQ5_1Reference>;
+    case GgmlType::kQ2_K:
+      return DequantizeOneBlock<BlockQ2_K, DequantizeBlockQ2_KReference>;
+    case GgmlType::kQ3_K:
+      return DequantizeOneBlock<BlockQ3_K, DequantizeBlockQ3_KReference>;
+    case GgmlType::kQ4_K:
+      return DequantizeOneBlock<BlockQ4_K, DequantizeBlockQ4_KReference>;
+    case GgmlType::kQ5_K:
+      return DequantizeOneBlock<BlockQ5_K, DequantizeBlockQ5_KReference>;
+    case GgmlType::kQ6_K:
+      return DequantizeOneBlock<BlockQ6_K, DequantizeBlockQ6_KReference>;
+    default:
+      return nullptr;
+  }
+}
+
 bool IsQuantizeSupported(GgmlType type) {
   switch (type) {
     case GgmlType::kF32:
@@ -103,21 +609,35 @@ bool IsQuantizeSupported(GgmlType type) {
     case GgmlType::kBF16:
     case GgmlType::kQ8_0:
     case GgmlType::kQ4_0:
+    case GgmlType::kQ4_1:
+    case GgmlType::kQ5_0:
+    case GgmlType::kQ5_1:
+    case GgmlType::kQ2_K:
+    case GgmlType::kQ3_K:
+    case GgmlType::kQ4_K:
+    case GgmlType::kQ5_K:
+    case GgmlType::kQ6_K:
       return true;
     default:
       return false;
   }
 }
 
-absl::Status CheckQuantizeArgs(GgmlType type, int64_t n,
-                               const float* importance) {
+absl::Status CheckImportance(const float* importance, int64_t n) {
+  for (int64_t i = 0; importance != nullptr && i < n; ++i) {
+    if (!(importance[i] >= 0) || std::isinf(importance[i])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("importance weight ", i, " is ", importance[i],
+                       "; weights must be finite and non-negative"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckQuantizeArgs(GgmlType type, int64_t n) {
   if (!IsQuantizeSupported(type)) {
     return absl::UnimplementedError(absl::StrCat(
         "(de)quantization to ", GgmlTypeName(type), " is not supported yet"));
-  }
-  if (importance != nullptr && type == GgmlType::kQ4_0) {
-    return absl::UnimplementedError(
-        "importance-weighted q4_0 quantization is not supported yet");
   }
   return GgmlRowBytes(type, n).status();
 }
@@ -146,10 +666,38 @@ std::string BlockPosition(int64_t row, int64_t first, int64_t size) {
 bool IsHalfInfOrNan(uint16_t h) { return (h & 0x7fffu) >= 0x7c00u; }
 bool IsBf16InfOrNan(uint16_t h) { return (h & 0x7fffu) >= 0x7f80u; }
 
+// Whether the block at x (finite values) gets an infinite fp16 scale, and
+// its largest magnitude.
+bool BlockOverflows(GgmlType type, const float* x, int64_t block,
+                    const float* importance, float* amax) {
+  *amax = 0.0f;
+  for (int64_t j = 0; j < block; ++j) *amax = std::max(*amax, std::fabs(x[j]));
+  switch (type) {
+    case GgmlType::kF16:
+      return IsHalfInfOrNan(FloatToHalf(x[0]));
+    case GgmlType::kBF16:
+      return IsBf16InfOrNan(FloatToBf16(x[0]));
+    case GgmlType::kQ8_0:
+      return IsHalfInfOrNan(FloatToHalf(*amax / 127.0f));
+    case GgmlType::kQ4_0:
+      if (importance == nullptr) {
+        return IsHalfInfOrNan(FloatToHalf(*amax / 8.0f));  // +-amax / 8.
+      }
+      break;
+    default:
+      break;
+  }
+  const BlockQuantizeFn searched =
+      GetBlockQuantizer(type, importance != nullptr);
+  if (searched == nullptr) return false;  // F32.
+  alignas(8) uint8_t scratch[kMaxBlockBytes];
+  return !searched(x, importance, scratch);
+}
+
 }  // namespace
 
 absl::Status CheckRepresentable(GgmlType type, const float* x, int64_t n,
-                                int64_t row) {
+                                int64_t row, const float* importance) {
   const GgmlTypeTraits& traits = GetGgmlTypeTraits(type);
   const int64_t block = traits.block_size;
   for (int64_t first = 0; first + block <= n; first += block) {
@@ -161,28 +709,12 @@ absl::Status CheckRepresentable(GgmlType type, const float* x, int64_t n,
                        std::isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf"), " at ",
                        Position(row, first + bad)));
     }
-    bool overflows = false;
-    float amax = 0.0f;
-    switch (type) {
-      case GgmlType::kF16:
-        overflows = IsHalfInfOrNan(FloatToHalf(x[first]));
-        break;
-      case GgmlType::kBF16:
-        overflows = IsBf16InfOrNan(FloatToBf16(x[first]));
-        break;
-      case GgmlType::kQ8_0:
-      case GgmlType::kQ4_0:
-        for (int64_t j = 0; j < block; ++j) {
-          amax = std::max(amax, std::fabs(x[first + j]));
-        }
-        // The scale is amax / 127 (Q8_0) or +-amax / 8 (Q4_0).
-        overflows = IsHalfInfOrNan(
-            FloatToHalf(type == GgmlType::kQ8_0 ? amax / 127.0f : amax / 8.0f));
-        break;
-      default:
-        break;
+    float amax;
+    if (!BlockOverflows(type, x + first, block,
+                        importance == nullptr ? nullptr : importance + first,
+                        &amax)) {
+      continue;
     }
-    if (!overflows) continue;
     if (block == 1) {
       return absl::InvalidArgumentError(
           absl::StrCat(traits.name, " cannot represent ", x[first], " at ",
@@ -197,51 +729,58 @@ absl::Status CheckRepresentable(GgmlType type, const float* x, int64_t n,
 
 absl::Status QuantizeRowReference(GgmlType type, const float* src, int64_t n,
                                   void* dst, const float* importance) {
-  const absl::Status args = CheckQuantizeArgs(type, n, importance);
+  const absl::Status args = CheckQuantizeArgs(type, n);
   if (!args.ok()) return args;
   if (n == 0) return absl::OkStatus();
   if (src == nullptr || dst == nullptr) {
     return absl::InvalidArgumentError("null source or destination buffer");
   }
-  const absl::Status representable = CheckRepresentable(type, src, n, -1);
+  const absl::Status weights = CheckImportance(importance, n);
+  if (!weights.ok()) return weights;
+  const absl::Status representable =
+      CheckRepresentable(type, src, n, -1, importance);
   if (!representable.ok()) return representable;
+  uint8_t* out = static_cast<uint8_t*>(dst);
   switch (type) {
     case GgmlType::kF32:
       std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
       return absl::OkStatus();
-    case GgmlType::kF16: {
-      uint8_t* out = static_cast<uint8_t*>(dst);
+    case GgmlType::kF16:
+    case GgmlType::kBF16:
       for (int64_t i = 0; i < n; ++i) {
-        const uint16_t h = FloatToHalf(src[i]);
+        const uint16_t h =
+            type == GgmlType::kF16 ? FloatToHalf(src[i]) : FloatToBf16(src[i]);
         std::memcpy(out + 2 * i, &h, sizeof(h));
       }
       return absl::OkStatus();
-    }
-    case GgmlType::kBF16: {
-      uint8_t* out = static_cast<uint8_t*>(dst);
-      for (int64_t i = 0; i < n; ++i) {
-        const uint16_t h = FloatToBf16(src[i]);
-        std::memcpy(out + 2 * i, &h, sizeof(h));
-      }
-      return absl::OkStatus();
-    }
     case GgmlType::kQ8_0:
       QuantizeBlocks<BlockQ8_0, kQk8_0, QuantizeBlockQ8_0Reference>(src, n,
                                                                     dst);
       return absl::OkStatus();
     case GgmlType::kQ4_0:
-      QuantizeBlocks<BlockQ4_0, kQk4_0, QuantizeBlockQ4_0Reference>(src, n,
-                                                                    dst);
-      return absl::OkStatus();
+      if (importance == nullptr) {
+        QuantizeBlocks<BlockQ4_0, kQk4_0, QuantizeBlockQ4_0Reference>(src, n,
+                                                                      dst);
+        return absl::OkStatus();
+      }
+      break;
     default:
       break;
   }
-  return absl::InternalError("unreachable: type passed CheckQuantizeArgs");
+  const BlockQuantizeFn quantize =
+      GetBlockQuantizer(type, importance != nullptr);
+  const GgmlTypeTraits& traits = GetGgmlTypeTraits(type);
+  for (int64_t first = 0, i = 0; first < n; first += traits.block_size, ++i) {
+    // CheckRepresentable above ran the same blocks.
+    quantize(src + first, importance == nullptr ? nullptr : importance + first,
+             out + i * traits.type_size);
+  }
+  return absl::OkStatus();
 }
 
 absl::Status DequantizeRowReference(GgmlType type, const void* src, int64_t n,
                                     float* dst) {
-  const absl::Status args = CheckQuantizeArgs(type, n, nullptr);
+  const absl::Status args = CheckQuantizeArgs(type, n);
   if (!args.ok()) return args;
   if (n == 0) return absl::OkStatus();
   if (src == nullptr || dst == nullptr) {
@@ -260,24 +799,15 @@ absl::Status DequantizeRowReference(GgmlType type, const void* src, int64_t n,
         dst[i] = type == GgmlType::kF16 ? HalfToFloat(h) : Bf16ToFloat(h);
       }
       return absl::OkStatus();
-    case GgmlType::kQ8_0:
-      for (int64_t i = 0; i < n / kQk8_0; ++i) {
-        BlockQ8_0 block;
-        std::memcpy(&block, in + i * sizeof(block), sizeof(block));
-        DequantizeBlockQ8_0Reference(block, dst + i * kQk8_0);
-      }
-      return absl::OkStatus();
-    case GgmlType::kQ4_0:
-      for (int64_t i = 0; i < n / kQk4_0; ++i) {
-        BlockQ4_0 block;
-        std::memcpy(&block, in + i * sizeof(block), sizeof(block));
-        DequantizeBlockQ4_0Reference(block, dst + i * kQk4_0);
-      }
-      return absl::OkStatus();
     default:
       break;
   }
-  return absl::InternalError("unreachable: type passed CheckQuantizeArgs");
+  const BlockDequantizeFn dequantize = GetBlockDequantizer(type);
+  const GgmlTypeTraits& traits = GetGgmlTypeTraits(type);
+  for (int64_t first = 0, i = 0; first < n; first += traits.block_size, ++i) {
+    dequantize(in + i * traits.type_size, dst + first);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace quant

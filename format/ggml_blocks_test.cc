@@ -317,13 +317,6 @@ TEST(GgmlBlocksTest, ImportanceIsIgnoredWhereLlamaCppIgnoresIt) {
                     .ok());
     EXPECT_EQ(weighted, plain) << GgmlTypeName(type);
   }
-  std::vector<uint8_t> out(18 * 64);
-  const absl::Status status = QuantizeRowReference(
-      GgmlType::kQ4_0, x.data(), 2048, out.data(), weights.data());
-  EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(
-      std::string(status.message()),
-      HasSubstr("importance-weighted q4_0 quantization is not supported"));
 }
 
 TEST(GgmlBlocksTest, BadArguments) {
@@ -341,10 +334,13 @@ TEST(GgmlBlocksTest, BadArguments) {
   status = QuantizeRowReference(GgmlType::kQ4_0, x.data(), -32, out.data());
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(status.message()), HasSubstr("must not be negative"));
-  status = QuantizeRowReference(GgmlType::kQ4_K, x.data(), 256, out.data());
+  status = QuantizeRowReference(GgmlType::kQ8_K, x.data(), 0, out.data());
   EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented);
   EXPECT_THAT(std::string(status.message()),
-              HasSubstr("(de)quantization to q4_K is not supported yet"));
+              HasSubstr("(de)quantization to q8_K is not supported yet"));
+  status = QuantizeRowReference(GgmlType::kQ4_K, x.data(), 64, out.data());
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("q4_K block size 256"));
   status = DequantizeRowReference(GgmlType::kI8, out.data(), 4, x.data());
   EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented);
   status = QuantizeRowReference(GgmlType::kQ8_0, x.data(), 32, nullptr);
@@ -352,7 +348,8 @@ TEST(GgmlBlocksTest, BadArguments) {
   EXPECT_THAT(std::string(status.message()), HasSubstr("null"));
   EXPECT_TRUE(QuantizeRowReference(GgmlType::kQ8_0, nullptr, 0, nullptr).ok());
   EXPECT_TRUE(IsQuantizeSupported(GgmlType::kQ4_0));
-  EXPECT_FALSE(IsQuantizeSupported(GgmlType::kQ4_1));
+  EXPECT_TRUE(IsQuantizeSupported(GgmlType::kQ6_K));
+  EXPECT_FALSE(IsQuantizeSupported(GgmlType::kQ8_K));
 }
 
 struct BadInputCase {
@@ -418,6 +415,376 @@ TEST(GgmlBlocksTest, UnrepresentableInputIsAnError) {
   EXPECT_EQ(FindNonFinite(x.data(), 32), -1);
   x[31] = -inf;
   EXPECT_EQ(FindNonFinite(x.data(), 32), 31);
+}
+
+// ---------------------------------------------------------------------------
+// The searched types.
+
+constexpr GgmlType kSearchedTypes[] = {
+    GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1, GgmlType::kQ2_K,
+    GgmlType::kQ3_K, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K};
+
+TEST(GgmlBlocksTest, SearchedLayouts) {
+  EXPECT_EQ(offsetof(BlockQ4_1, m), 2u);
+  EXPECT_EQ(offsetof(BlockQ4_1, qs), 4u);
+  EXPECT_EQ(offsetof(BlockQ5_0, qh), 2u);
+  EXPECT_EQ(offsetof(BlockQ5_0, qs), 6u);
+  EXPECT_EQ(offsetof(BlockQ5_1, qh), 4u);
+  EXPECT_EQ(offsetof(BlockQ5_1, qs), 8u);
+  EXPECT_EQ(offsetof(BlockQ2_K, qs), 16u);
+  EXPECT_EQ(offsetof(BlockQ2_K, d), 80u);
+  EXPECT_EQ(offsetof(BlockQ2_K, dmin), 82u);
+  EXPECT_EQ(offsetof(BlockQ3_K, qs), 32u);
+  EXPECT_EQ(offsetof(BlockQ3_K, scales), 96u);
+  EXPECT_EQ(offsetof(BlockQ3_K, d), 108u);
+  EXPECT_EQ(offsetof(BlockQ4_K, scales), 4u);
+  EXPECT_EQ(offsetof(BlockQ4_K, qs), 16u);
+  EXPECT_EQ(offsetof(BlockQ5_K, qh), 16u);
+  EXPECT_EQ(offsetof(BlockQ5_K, qs), 48u);
+  EXPECT_EQ(offsetof(BlockQ6_K, qh), 128u);
+  EXPECT_EQ(offsetof(BlockQ6_K, scales), 192u);
+  EXPECT_EQ(offsetof(BlockQ6_K, d), 208u);
+}
+
+TEST(GgmlBlocksTest, ScaleMinPackingRoundTrips) {
+  std::mt19937 rng(1);
+  for (int trial = 0; trial < 1000; ++trial) {
+    uint8_t sc[8], mn[8], packed[12], sc2[8], mn2[8];
+    for (int s = 0; s < 8; ++s) sc[s] = rng() % 64, mn[s] = rng() % 64;
+    PackScalesMinsK4(sc, mn, packed);
+    UnpackScalesMinsK4(packed, sc2, mn2);
+    ASSERT_EQ(std::memcmp(sc, sc2, 8), 0);
+    ASSERT_EQ(std::memcmp(mn, mn2, 8), 0);
+  }
+}
+
+// Every sub-block: scale 63 * 2^-8 and min 63 * 2^-8, levels e % 16, so the
+// fit is exact: d = dmin = 2^-8 (fp16 0x1c00), every 6-bit scale and min is
+// 63 (all packed bytes 0xff), and byte 32 i + l holds levels l % 16 in both
+// nibbles.
+TEST(GgmlBlocksTest, Q4_KHandComputed) {
+  std::vector<float> x(256);
+  for (int e = 0; e < 256; ++e) x[e] = 63.0f / 256 * (e % 16) - 63.0f / 256;
+  std::vector<uint8_t> expected = {0x00, 0x1c, 0x00, 0x1c};
+  for (int k = 0; k < 12; ++k) expected.push_back(0xff);
+  for (int b = 0; b < 128; ++b) expected.push_back(0x11 * (b % 16));
+  const std::vector<uint8_t> q = Quantize(GgmlType::kQ4_K, x);
+  EXPECT_THAT(q, ElementsAreArray(expected));
+  EXPECT_THAT(Dequantize(GgmlType::kQ4_K, q, 256), ElementsAreArray(x));
+}
+
+// x = -0.125 * v with v = -32 + 4 (e % 16): each sub-block's largest
+// magnitude (4.0, at v = -32) takes level -32, so every sub-block scale is
+// -0.125 = 2^-10 (fp16 0x1400) * -128 (int8 0x80); stored levels
+// L = v + 32 = 4 (e % 16) split into ql (low nibbles of elements e and e + 64
+// of each half) and qh (bits 4..5 of elements e, e + 32, e + 64, e + 96).
+TEST(GgmlBlocksTest, Q6_KHandComputed) {
+  std::vector<float> x(256);
+  for (int e = 0; e < 256; ++e) x[e] = -0.125f * (-32 + 4 * (e % 16));
+  std::vector<uint8_t> expected;
+  for (int h = 0; h < 2; ++h) {
+    for (int k = 0; k < 64; ++k) {
+      const int level = 4 * (k % 16);
+      expected.push_back(static_cast<uint8_t>((level & 15) * 0x11));
+    }
+  }
+  for (int h = 0; h < 2; ++h) {
+    for (int l = 0; l < 32; ++l) {
+      const int level = 4 * (l % 16);
+      expected.push_back(static_cast<uint8_t>((level >> 4) * 0x55));
+    }
+  }
+  for (int s = 0; s < 16; ++s) expected.push_back(0x80);
+  expected.push_back(0x00);
+  expected.push_back(0x14);
+  const std::vector<uint8_t> q = Quantize(GgmlType::kQ6_K, x);
+  EXPECT_THAT(q, ElementsAreArray(expected));
+  EXPECT_THAT(Dequantize(GgmlType::kQ6_K, q, 256), ElementsAreArray(x));
+}
+
+// Q3_K: one sub-block pattern, levels v = -4 + (e % 8) for scale
+// d * sc = 2^-6 * -32: x = -0.5 v; d = 2^-6 (fp16 0x2400), every stored
+// scale 0 (sc + 32), stored level v + 4 = e % 8: bit 2 in hmask, bits 0..1
+// in the 2-bit planes.
+TEST(GgmlBlocksTest, Q3_KHandComputed) {
+  std::vector<float> x(256);
+  for (int e = 0; e < 256; ++e) x[e] = -0.5f * (-4 + e % 8);
+  std::vector<uint8_t> expected;
+  for (int l = 0; l < 32; ++l) {  // hmask: bit b of byte l is element 32b+l.
+    expected.push_back((l % 8) >= 4 ? 0xff : 0x00);
+  }
+  for (int h = 0; h < 2; ++h) {  // qs: element 128h + 32k + l in bits 2k.
+    for (int l = 0; l < 32; ++l) expected.push_back(0x55 * (l % 4));
+  }
+  for (int k = 0; k < 12; ++k) expected.push_back(0x00);
+  expected.push_back(0x00);
+  expected.push_back(0x24);
+  const std::vector<uint8_t> q = Quantize(GgmlType::kQ3_K, x);
+  EXPECT_THAT(q, ElementsAreArray(expected));
+  EXPECT_THAT(Dequantize(GgmlType::kQ3_K, q, 256), ElementsAreArray(x));
+}
+
+// Q2_K: levels e % 4, scale 15 * 2^-4, min 15 * 2^-5: d = 2^-4 (0x2c00),
+// dmin = 2^-5 (0x2800), scale bytes 0xff, qs bytes 0b11100100 = 0xe4 ... no:
+// element 128h + 32k + l has level l % 4 in bits 2k, so byte l is
+// 0x55 * (l % 4).
+TEST(GgmlBlocksTest, Q2_KHandComputed) {
+  std::vector<float> x(256);
+  for (int e = 0; e < 256; ++e) x[e] = 15.0f / 16 * (e % 4) - 15.0f / 32;
+  std::vector<uint8_t> expected(16, 0xff);
+  for (int h = 0; h < 2; ++h) {
+    for (int l = 0; l < 32; ++l) expected.push_back(0x55 * (l % 4));
+  }
+  for (uint8_t b : {0x00, 0x2c, 0x00, 0x28}) expected.push_back(b);
+  const std::vector<uint8_t> q = Quantize(GgmlType::kQ2_K, x);
+  EXPECT_THAT(q, ElementsAreArray(expected));
+  EXPECT_THAT(Dequantize(GgmlType::kQ2_K, q, 256), ElementsAreArray(x));
+}
+
+// Q5_1: x = q * 0.5 - 3 with q = j (every level 0..31 once): d = 0.5
+// (0x3800), m = -3 (0xc200), low nibbles j % 16 (element j) and (j + 16) %
+// 16, high bits: elements 16..31 (0xffff0000).
+TEST(GgmlBlocksTest, Q5_1HandComputed) {
+  std::vector<float> x(32);
+  for (int j = 0; j < 32; ++j) x[j] = 0.5f * j - 3.0f;
+  std::vector<uint8_t> expected = {0x00, 0x38, 0x00, 0xc2,
+                                   0x00, 0x00, 0xff, 0xff};
+  for (int j = 0; j < 16; ++j) expected.push_back(0x11 * j);
+  const std::vector<uint8_t> q = Quantize(GgmlType::kQ5_1, x);
+  EXPECT_THAT(q, ElementsAreArray(expected));
+  EXPECT_THAT(Dequantize(GgmlType::kQ5_1, q, 32), ElementsAreArray(x));
+}
+
+// Values each type represents exactly, with every sub-block using its
+// lowest and highest level (so that the exact fit is the unique best one).
+std::vector<float> ExactlyRepresentable(GgmlType type, int blocks,
+                                        uint32_t seed) {
+  std::mt19937 rng(seed);
+  auto uniform = [&](int lo, int hi) {
+    return lo + static_cast<int>(rng() % static_cast<uint32_t>(hi - lo + 1));
+  };
+  struct Shape {
+    int block, group;
+    bool affine;
+    int q_max;        // Affine: levels 0..q_max.
+    int q_neg;        // Symmetric: levels -q_neg..q_neg-1.
+    int scale_steps;  // Sub-block scale levels (0: one fp16 scale).
+  };
+  Shape shape{};
+  switch (type) {
+    case GgmlType::kQ4_0:
+      shape = {32, 32, false, 0, 8, 0};
+      break;
+    case GgmlType::kQ4_1:
+      shape = {32, 32, true, 15, 0, 0};
+      break;
+    case GgmlType::kQ5_0:
+      shape = {32, 32, false, 0, 16, 0};
+      break;
+    case GgmlType::kQ5_1:
+      shape = {32, 32, true, 31, 0, 0};
+      break;
+    case GgmlType::kQ2_K:
+      shape = {256, 16, true, 3, 0, 15};
+      break;
+    case GgmlType::kQ3_K:
+      shape = {256, 16, false, 0, 4, 32};
+      break;
+    case GgmlType::kQ4_K:
+      shape = {256, 32, true, 15, 0, 63};
+      break;
+    case GgmlType::kQ5_K:
+      shape = {256, 32, true, 31, 0, 63};
+      break;
+    case GgmlType::kQ6_K:
+      shape = {256, 16, false, 0, 32, 128};
+      break;
+    default:
+      ADD_FAILURE() << "no shape";
+      return {};
+  }
+  std::vector<float> x;
+  for (int b = 0; b < blocks; ++b) {
+    const float d = std::ldexp(1.0f, uniform(-9, -2)) * (rng() & 1 ? 1 : -1);
+    const float dmin = std::ldexp(1.0f, uniform(-9, -2));
+    for (int g = 0; g < shape.block / shape.group; ++g) {
+      float scale = d, offset = 0;
+      if (shape.affine) {
+        scale = std::fabs(d);
+        if (shape.scale_steps > 0) {
+          scale *= g == 0 ? shape.scale_steps : uniform(1, shape.scale_steps);
+          offset = -dmin *
+                   (g == 0 ? shape.scale_steps : uniform(0, shape.scale_steps));
+        } else {
+          offset = -dmin * uniform(0, 100);
+        }
+      } else if (shape.scale_steps > 0) {
+        scale *= g == 0
+                     ? -shape.scale_steps
+                     : uniform(1, shape.scale_steps - 1) * (rng() & 1 ? 1 : -1);
+      }
+      for (int i = 0; i < shape.group; ++i) {
+        int q;
+        if (shape.affine) {
+          q = i == 0 ? 0 : (i == 1 ? shape.q_max : uniform(0, shape.q_max));
+        } else {
+          q = i == 0 ? -shape.q_neg : uniform(1 - shape.q_neg, shape.q_neg - 1);
+        }
+        x.push_back(scale * static_cast<float>(q) + offset);
+      }
+    }
+  }
+  return x;
+}
+
+TEST(GgmlBlocksTest, ExactlyRepresentableBlocksRoundTripExactly) {
+  const std::vector<float> none;
+  for (const GgmlType type : kSearchedTypes) {
+    const std::vector<float> x = ExactlyRepresentable(type, 9, 40);
+    const std::vector<uint8_t> q = Quantize(type, x);
+    EXPECT_THAT(Dequantize(type, q, static_cast<int64_t>(x.size())),
+                ElementsAreArray(x))
+        << GgmlTypeName(type);
+  }
+  // Q4_0's weighted search too.
+  const std::vector<float> x = ExactlyRepresentable(GgmlType::kQ4_0, 9, 41);
+  const std::vector<float> weights(x.size(), 1.0f);
+  std::vector<uint8_t> q(18 * 9);
+  ASSERT_TRUE(QuantizeRowReference(GgmlType::kQ4_0, x.data(), 288, q.data(),
+                                   weights.data())
+                  .ok());
+  EXPECT_THAT(Dequantize(GgmlType::kQ4_0, q, 288), ElementsAreArray(x));
+}
+
+double RelativeRmse(const std::vector<float>& x, const std::vector<float>& y) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    num +=
+        (static_cast<double>(x[i]) - y[i]) * (static_cast<double>(x[i]) - y[i]);
+    den += static_cast<double>(x[i]) * x[i];
+  }
+  return std::sqrt(num / den);
+}
+
+// Rows of 7 x 1280 values: normal, and heavy-tailed (Student-t, 3 degrees of
+// freedom) with rows at different scales.
+std::vector<float> WeightLike(bool heavy, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  std::student_t_distribution<float> student(3.0f);
+  std::vector<float> x;
+  for (int r = 0; r < 7; ++r) {
+    const float scale = std::ldexp(1.0f, -2 * r);
+    for (int c = 0; c < 1280; ++c) {
+      x.push_back(scale * (heavy ? student(rng) : normal(rng)));
+    }
+  }
+  return x;
+}
+
+// Relative RMS error per type, against bounds a little above what the
+// search reaches (and below what min-max rounding gives: e.g. Q4_0 without
+// search is ~0.112 on normal data).
+TEST(GgmlBlocksTest, SearchedTypesErrorBounds) {
+  struct Bound {
+    GgmlType type;
+    double normal, heavy;
+  };
+  const Bound bounds[] = {
+      {GgmlType::kQ4_1, 0.070, 0.100}, {GgmlType::kQ5_0, 0.042, 0.077},
+      {GgmlType::kQ5_1, 0.034, 0.049}, {GgmlType::kQ2_K, 0.272, 0.337},
+      {GgmlType::kQ3_K, 0.151, 0.210}, {GgmlType::kQ4_K, 0.072, 0.105},
+      {GgmlType::kQ5_K, 0.036, 0.053}, {GgmlType::kQ6_K, 0.017, 0.027},
+  };
+  for (const Bound& bound : bounds) {
+    for (const bool heavy : {false, true}) {
+      const std::vector<float> x = WeightLike(heavy, 77);
+      const std::vector<float> y = Dequantize(
+          bound.type, Quantize(bound.type, x), static_cast<int64_t>(x.size()));
+      const double error = RelativeRmse(x, y);
+      EXPECT_LT(error, heavy ? bound.heavy : bound.normal)
+          << GgmlTypeName(bound.type) << (heavy ? " heavy" : " normal");
+    }
+  }
+}
+
+// Requantizing dequantized values neither drifts nor loses quality: the
+// values move by a small fraction of the first pass's error (the sub-block
+// scales are re-fitted, so not always to the same grid) and stay as close to
+// the original.
+TEST(GgmlBlocksTest, SearchedTypesRequantizeStably) {
+  for (const GgmlType type : kSearchedTypes) {
+    const std::vector<float> x = WeightLike(true, 78);
+    const int64_t n = static_cast<int64_t>(x.size());
+    const std::vector<float> y = Dequantize(type, Quantize(type, x), n);
+    const std::vector<float> z = Dequantize(type, Quantize(type, y), n);
+    const double first_error = RelativeRmse(x, y);
+    EXPECT_LT(RelativeRmse(y, z), 0.3 * first_error) << GgmlTypeName(type);
+    EXPECT_LT(RelativeRmse(x, z), 1.05 * first_error) << GgmlTypeName(type);
+  }
+}
+
+// Heavy importance on some columns lowers their error.
+TEST(GgmlBlocksTest, ImportanceLowersTheErrorWhereItIsHigh) {
+  const std::vector<float> x = WeightLike(false, 79);
+  const int64_t n = static_cast<int64_t>(x.size());
+  std::vector<float> importance(n, 1.0f);
+  for (int64_t i = 0; i < n; i += 5) importance[i] = 100.0f;
+  for (const GgmlType type :
+       {GgmlType::kQ4_0, GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1,
+        GgmlType::kQ2_K, GgmlType::kQ3_K, GgmlType::kQ4_K, GgmlType::kQ5_K,
+        GgmlType::kQ6_K}) {
+    std::vector<uint8_t> weighted(*GgmlRowBytes(type, n));
+    ASSERT_TRUE(QuantizeRowReference(type, x.data(), n, weighted.data(),
+                                     importance.data())
+                    .ok());
+    const std::vector<float> plain = Dequantize(type, Quantize(type, x), n);
+    const std::vector<float> focused = Dequantize(type, weighted, n);
+    double plain_error = 0, focused_error = 0;
+    for (int64_t i = 0; i < n; i += 5) {
+      plain_error += (x[i] - plain[i]) * (x[i] - plain[i]);
+      focused_error += (x[i] - focused[i]) * (x[i] - focused[i]);
+    }
+    EXPECT_LT(focused_error, 0.8 * plain_error) << GgmlTypeName(type);
+  }
+}
+
+TEST(GgmlBlocksTest, BadImportanceWeights) {
+  std::vector<float> x(32, 1.0f), weights(32, 1.0f);
+  std::vector<uint8_t> out(64);
+  weights[7] = -1.0f;
+  absl::Status status = QuantizeRowReference(GgmlType::kQ5_0, x.data(), 32,
+                                             out.data(), weights.data());
+  EXPECT_EQ(status.message(),
+            "importance weight 7 is -1; weights must be finite and "
+            "non-negative");
+  weights[7] = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(QuantizeRowReference(GgmlType::kQ5_0, x.data(), 32, out.data(),
+                                 weights.data())
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(GgmlBlocksTest, SearchedTypesRejectWhatTheyCannotRepresent) {
+  std::vector<float> x(256, 1.0f);
+  x[40] = std::numeric_limits<float>::quiet_NaN();
+  std::vector<uint8_t> out(256);
+  absl::Status status =
+      QuantizeRowReference(GgmlType::kQ4_K, x.data(), 256, out.data());
+  EXPECT_EQ(status.message(), "q4_K cannot represent nan at element 40");
+  x[40] = -1e5f;  // Q5_1's fp16 offset overflows.
+  status = QuantizeRowReference(GgmlType::kQ5_1, x.data(), 64, out.data());
+  EXPECT_EQ(status.message(),
+            "q5_1 cannot represent the block of elements 32..63: its largest "
+            "magnitude 100000 makes the fp16 scale infinite");
+  x[40] = 3e38f;  // Every k-quant's d overflows.
+  for (const GgmlType type :
+       {GgmlType::kQ2_K, GgmlType::kQ3_K, GgmlType::kQ4_K, GgmlType::kQ6_K}) {
+    status = QuantizeRowReference(type, x.data(), 256, out.data());
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(status.message()),
+                HasSubstr("block of elements 0..255"));
+  }
 }
 
 }  // namespace

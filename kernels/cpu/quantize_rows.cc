@@ -79,6 +79,33 @@ bool QuantizeBlocksScalar(const float* src, int64_t blocks, uint8_t* dst,
   return true;
 }
 
+// The searched block types (and Q4_0 with importance weights): the reference
+// block functions, which do their own checks.
+template <GgmlType type>
+bool QuantizeSearchedScalar(const float* src, int64_t blocks, uint8_t* dst,
+                            const float* importance) {
+  const BlockQuantizeFn quantize =
+      GetBlockQuantizer(type, importance != nullptr);
+  const GgmlTypeTraits& traits = GetGgmlTypeTraits(type);
+  bool ok = true;
+  for (int64_t i = 0; i < blocks; ++i) {
+    const int64_t first = i * traits.block_size;
+    ok &= quantize(src + first,
+                   importance == nullptr ? nullptr : importance + first,
+                   dst + i * traits.type_size);
+  }
+  return ok;
+}
+
+template <GgmlType type>
+void DequantizeBlocksScalar(const uint8_t* src, int64_t blocks, float* dst) {
+  const BlockDequantizeFn dequantize = GetBlockDequantizer(type);
+  const GgmlTypeTraits& traits = GetGgmlTypeTraits(type);
+  for (int64_t i = 0; i < blocks; ++i) {
+    dequantize(src + i * traits.type_size, dst + i * traits.block_size);
+  }
+}
+
 void DequantizeF32Scalar(const uint8_t* src, int64_t n, float* dst) {
   std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
 }
@@ -96,16 +123,6 @@ void DequantizeBf16Scalar(const uint8_t* src, int64_t n, float* dst) {
     uint16_t h;
     std::memcpy(&h, src + 2 * i, sizeof(h));
     dst[i] = Bf16ToFloat(h);
-  }
-}
-
-template <typename Block, int64_t kBlockElements,
-          void (*kDequantize)(const Block&, float*)>
-void DequantizeBlocksScalar(const uint8_t* src, int64_t blocks, float* dst) {
-  for (int64_t i = 0; i < blocks; ++i) {
-    Block block;
-    std::memcpy(&block, src + i * sizeof(Block), sizeof(Block));
-    kDequantize(block, dst + i * kBlockElements);
   }
 }
 
@@ -398,7 +415,11 @@ std::atomic<QuantizeIsa>& ActiveIsa() {
   return isa;
 }
 
-QuantizeKernel FindQuantizeKernel(GgmlType type, QuantizeIsa isa) {
+QuantizeKernel FindQuantizeKernel(GgmlType type, QuantizeIsa isa,
+                                  bool weighted) {
+  if (weighted && type == GgmlType::kQ4_0) {
+    return QuantizeSearchedScalar<GgmlType::kQ4_0>;
+  }
 #if QS_HAVE_X86
   if (isa == QuantizeIsa::kAvx2) {
     switch (type) {
@@ -430,6 +451,22 @@ QuantizeKernel FindQuantizeKernel(GgmlType type, QuantizeIsa isa) {
     case GgmlType::kQ4_0:
       return QuantizeBlocksScalar<GgmlType::kQ4_0, BlockQ4_0, kQk4_0,
                                   QuantizeBlockQ4_0Reference>;
+    case GgmlType::kQ4_1:
+      return QuantizeSearchedScalar<GgmlType::kQ4_1>;
+    case GgmlType::kQ5_0:
+      return QuantizeSearchedScalar<GgmlType::kQ5_0>;
+    case GgmlType::kQ5_1:
+      return QuantizeSearchedScalar<GgmlType::kQ5_1>;
+    case GgmlType::kQ2_K:
+      return QuantizeSearchedScalar<GgmlType::kQ2_K>;
+    case GgmlType::kQ3_K:
+      return QuantizeSearchedScalar<GgmlType::kQ3_K>;
+    case GgmlType::kQ4_K:
+      return QuantizeSearchedScalar<GgmlType::kQ4_K>;
+    case GgmlType::kQ5_K:
+      return QuantizeSearchedScalar<GgmlType::kQ5_K>;
+    case GgmlType::kQ6_K:
+      return QuantizeSearchedScalar<GgmlType::kQ6_K>;
     default:
       return nullptr;
   }
@@ -460,11 +497,25 @@ DequantizeKernel FindDequantizeKernel(GgmlType type, QuantizeIsa isa) {
     case GgmlType::kBF16:
       return DequantizeBf16Scalar;
     case GgmlType::kQ8_0:
-      return DequantizeBlocksScalar<BlockQ8_0, kQk8_0,
-                                    DequantizeBlockQ8_0Reference>;
+      return DequantizeBlocksScalar<GgmlType::kQ8_0>;
     case GgmlType::kQ4_0:
-      return DequantizeBlocksScalar<BlockQ4_0, kQk4_0,
-                                    DequantizeBlockQ4_0Reference>;
+      return DequantizeBlocksScalar<GgmlType::kQ4_0>;
+    case GgmlType::kQ4_1:
+      return DequantizeBlocksScalar<GgmlType::kQ4_1>;
+    case GgmlType::kQ5_0:
+      return DequantizeBlocksScalar<GgmlType::kQ5_0>;
+    case GgmlType::kQ5_1:
+      return DequantizeBlocksScalar<GgmlType::kQ5_1>;
+    case GgmlType::kQ2_K:
+      return DequantizeBlocksScalar<GgmlType::kQ2_K>;
+    case GgmlType::kQ3_K:
+      return DequantizeBlocksScalar<GgmlType::kQ3_K>;
+    case GgmlType::kQ4_K:
+      return DequantizeBlocksScalar<GgmlType::kQ4_K>;
+    case GgmlType::kQ5_K:
+      return DequantizeBlocksScalar<GgmlType::kQ5_K>;
+    case GgmlType::kQ6_K:
+      return DequantizeBlocksScalar<GgmlType::kQ6_K>;
     default:
       return nullptr;
   }
@@ -500,9 +551,9 @@ struct Geometry {
 
 // Validates a (de)quantization job and plans its split.
 absl::StatusOr<Geometry> Plan(GgmlType type, int64_t rows, int64_t cols,
-                              const void* src, const void* dst, int num_threads,
-                              const float* importance) {
-  RETURN_IF_ERROR(CheckQuantizeArgs(type, cols, importance));
+                              const void* src, const void* dst,
+                              int num_threads) {
+  RETURN_IF_ERROR(CheckQuantizeArgs(type, cols));
   if (rows < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("row count ", rows, " must not be negative"));
@@ -576,9 +627,11 @@ absl::Status QuantizeRows(GgmlType type, const float* src, int64_t rows,
                           int64_t cols, void* dst, int num_threads,
                           const float* importance) {
   ASSIGN_OR_RETURN(const Geometry g,
-                   Plan(type, rows, cols, src, dst, num_threads, importance));
+                   Plan(type, rows, cols, src, dst, num_threads));
   if (rows == 0 || cols == 0) return absl::OkStatus();
-  const QuantizeKernel kernel = FindQuantizeKernel(type, ActiveQuantizeIsa());
+  RETURN_IF_ERROR(CheckImportance(importance, cols));
+  const QuantizeKernel kernel =
+      FindQuantizeKernel(type, ActiveQuantizeIsa(), importance != nullptr);
   if (kernel == nullptr) {
     return absl::InternalError("no kernel for a supported type");
   }
@@ -603,7 +656,8 @@ absl::Status QuantizeRows(GgmlType type, const float* src, int64_t rows,
   if (!representable) {
     // Rare: find the first offender in row-major order, whatever the split.
     for (int64_t row = 0; row < rows; ++row) {
-      RETURN_IF_ERROR(CheckRepresentable(type, src + row * cols, cols, row));
+      RETURN_IF_ERROR(
+          CheckRepresentable(type, src + row * cols, cols, row, importance));
     }
     return absl::InternalError(
         "a kernel reported unrepresentable input; the check found none");
@@ -614,7 +668,7 @@ absl::Status QuantizeRows(GgmlType type, const float* src, int64_t rows,
 absl::Status DequantizeRows(GgmlType type, const void* src, int64_t rows,
                             int64_t cols, float* dst, int num_threads) {
   ASSIGN_OR_RETURN(const Geometry g,
-                   Plan(type, rows, cols, src, dst, num_threads, nullptr));
+                   Plan(type, rows, cols, src, dst, num_threads));
   if (rows == 0 || cols == 0) return absl::OkStatus();
   const DequantizeKernel kernel =
       FindDequantizeKernel(type, ActiveQuantizeIsa());

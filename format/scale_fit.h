@@ -1,0 +1,51 @@
+// Error-minimizing scale fits for block quantization: given a group of
+// values x and per-value weights w, choose the scale (and offset) and the
+// integer levels q that make sum_i w_i * (dequant(q_i) - x_i)^2 small.
+//
+// For a fixed assignment q the best scale (and offset) is a weighted least
+// squares solution in closed form; for a fixed scale the best q is the
+// clamped rounding. Neither alone finds a good optimum (the problem is not
+// convex in q), so each fit tries a grid of candidate scales spread around
+// the min-max one, solves the least squares for each candidate's rounding,
+// keeps the best, then alternates rounding and re-fitting from there until
+// the error stops falling. Every step is deterministic (no reductions in
+// varying order), so results are bit-reproducible.
+//
+// Inputs must be finite; the caller checks.
+#ifndef FORMAT_SCALE_FIT_H_
+#define FORMAT_SCALE_FIT_H_
+
+#include <cstdint>
+
+namespace quant {
+
+// x ~= scale * q + offset with integer q in [0, q_max].
+struct AffineFit {
+  float scale = 0.0f;   // >= 0.
+  float offset = 0.0f;  // <= 0 when the fit asked for a non-positive offset.
+};
+
+// Fits x[0..n) with levels q in [0, q_max]. `w` may be null (all weights 1);
+// weights must be >= 0. With `nonpositive_offset` the offset is kept <= 0
+// (the k-quant formats store it as an unsigned "min" that is subtracted).
+// Writes the chosen levels to q[0..n) (when q is not null).
+AffineFit FitAffine(const float* x, const float* w, int n, int q_max,
+                    bool nonpositive_offset, uint8_t* q);
+
+// Fits x ~= scale * q with integer q in [-q_neg, q_neg - 1] (the signed
+// range of the symmetric formats: -8..7, -16..15, -4..3, -32..31). The
+// scale may be negative: the value of largest magnitude is mapped towards
+// -q_neg so that the extra negative level is used. Writes q[0..n).
+float FitSymmetric(const float* x, const float* w, int n, int q_neg, int8_t* q);
+
+// Rounds v to the nearest integer (ties to even) and clamps it to
+// [lo, hi]. `v` must be finite or +-inf.
+int RoundClamp(float v, int lo, int hi);
+
+// sum_i w_i * (scale * q_i + offset - x_i)^2 (w null: weights 1).
+double WeightedSquaredError(const float* x, const float* w, int n, float scale,
+                            float offset, const int* q);
+
+}  // namespace quant
+
+#endif  // FORMAT_SCALE_FIT_H_
