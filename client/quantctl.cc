@@ -28,7 +28,7 @@ absl::Status RunConvert(const QuantctlOptions& options, std::ostream& out,
   ConvertOptions convert;
   convert.model_dir = options.model;
   convert.output_path = options.out;
-  ASSIGN_OR_RETURN(convert.type, ParseGgmlType(options.type));
+  ASSIGN_OR_RETURN(convert.mix, ParseQuantMix(options.type));
   convert.num_threads = options.threads;
   convert.on_progress = [&](const ConvertProgress& p) {
     const double mb = p.input_bytes_done / 1e6;
@@ -109,8 +109,10 @@ std::string QuantctlUsage() {
 
 commands:
   convert          Convert a Hugging Face model directory to GGUF.
-                   --model DIR --out FILE.gguf [--type f16|bf16|f32|q8_0|q4_0]
-                   [--threads N]
+                   --model DIR --out FILE.gguf [--type TYPE] [--threads N]
+                   TYPE is a llama.cpp file type: F32 F16 BF16 Q8_0 Q6_K
+                   Q5_K_M Q5_K_S Q5_1 Q5_0 Q4_K_M Q4_K_S Q4_1 Q4_0 Q3_K_L
+                   Q3_K_M Q3_K_S Q2_K (default F16).
   inspect FILE     Print a GGUF file's metadata and tensors.
   make-tiny-model  Write a small random-weight Llama checkpoint (HF layout).
                    --out DIR [--layers N] [--hidden N] [--seed N]

@@ -19,7 +19,7 @@ struct QuantctlOptions {
   std::vector<std::string> args;  // Remaining positional arguments.
   std::string model;              // --model: HF model directory.
   std::string out;                // --out: output file or directory.
-  std::string type = "f16";       // --type: GGUF tensor type.
+  std::string type = "F16";       // --type: GGUF type (llama.cpp's name).
   int threads = 0;                // --threads: 0 = all cores.
   // make-tiny-model
   int64_t layers = 2;

@@ -184,40 +184,8 @@ absl::Status StreamTensor(const SafetensorsCheckpoint& checkpoint,
 
 }  // namespace
 
-absl::StatusOr<uint32_t> LlamaFileType(GgmlType type) {
-  switch (type) {
-    case GgmlType::kF32:
-      return 0;
-    case GgmlType::kF16:
-      return 1;
-    case GgmlType::kQ4_0:
-      return 2;
-    case GgmlType::kQ8_0:
-      return 7;
-    case GgmlType::kBF16:
-      return 32;
-    default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "conversion to ", GgmlTypeName(type),
-          " is not supported; choose one of F32, F16, BF16, Q8_0, Q4_0"));
-  }
-}
-
-GgmlType ChooseTensorType(const GgufTensorPlan& plan, GgmlType requested) {
-  if (plan.keep_f32 || plan.hf_shape.size() < 2) return GgmlType::kF32;
-  GgmlType type = requested;
-  if (requested == GgmlType::kQ4_0 && plan.gguf_name == "output.weight") {
-    type = GgmlType::kQ8_0;
-  }
-  if (plan.hf_shape.back() % GetGgmlTypeTraits(type).block_size != 0) {
-    return GgmlType::kF16;
-  }
-  return type;
-}
-
 absl::StatusOr<ConvertResult> ConvertToGguf(const ConvertOptions& options) {
   const auto start = std::chrono::steady_clock::now();
-  ASSIGN_OR_RETURN(const uint32_t file_type, LlamaFileType(options.type));
   ASSIGN_OR_RETURN(const ModelSpec spec, LoadModelConfig(options.model_dir));
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> checkpoint,
                    SafetensorsCheckpoint::Open(options.model_dir));
@@ -249,23 +217,27 @@ absl::StatusOr<ConvertResult> ConvertToGguf(const ConvertOptions& options) {
 
   ASSIGN_OR_RETURN(std::unique_ptr<GgufWriter> gguf,
                    GgufWriter::Create(options.output_path));
-  AddArchitectureMetadata(spec, BaseName(options.model_dir), file_type, *gguf);
+  AddArchitectureMetadata(spec, BaseName(options.model_dir),
+                          options.mix.file_type, *gguf);
   AddTokenizerMetadata(tokenizer, *gguf);
 
   // Plan every tensor's type before anything is written.
   ConvertResult result;
-  std::vector<GgmlType> types;
+  const MixModelInfo mix_model = {spec.gguf_arch, spec.num_layers,
+                                  spec.num_heads, spec.num_kv_heads,
+                                  /*has_importance=*/false};
+  const std::vector<GgmlType> types =
+      PlanMixTypes(options.mix, mix_model, plans);
   const bool rope_factors = spec.rope_scaling.type == "llama3";
   if (rope_factors) {
     RETURN_IF_ERROR(gguf->AddTensor("rope_freqs.weight",
                                     {static_cast<uint64_t>(spec.head_dim / 2)},
                                     GgmlType::kF32));
   }
-  for (const GgufTensorPlan& plan : plans) {
-    types.push_back(ChooseTensorType(plan, options.type));
-    RETURN_IF_ERROR(
-        gguf->AddTensor(plan.gguf_name, GgufDims(plan.hf_shape), types.back()));
-    ++result.tensors_by_type[types.back()];
+  for (size_t i = 0; i < plans.size(); ++i) {
+    RETURN_IF_ERROR(gguf->AddTensor(plans[i].gguf_name,
+                                    GgufDims(plans[i].hf_shape), types[i]));
+    ++result.tensors_by_type[types[i]];
   }
   result.tensor_count = static_cast<int64_t>(plans.size()) + rope_factors;
 

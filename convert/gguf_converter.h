@@ -10,8 +10,8 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "convert/quant_mix.h"
 #include "format/ggml_type.h"
-#include "format/llama_tensor_map.h"
 
 namespace quant {
 
@@ -28,9 +28,9 @@ struct ConvertProgress {
 struct ConvertOptions {
   std::string model_dir;    // config.json, *.safetensors, tokenizer files.
   std::string output_path;  // The .gguf to write (atomically).
-  // Type of the weight matrices: F32, F16, BF16, Q8_0 or Q4_0. Norms and
-  // biases stay F32.
-  GgmlType type = GgmlType::kF16;
+  // The GGUF type by llama.cpp's name (convert/quant_mix.h): F16, Q8_0,
+  // Q4_K_M, ... Norms and biases stay F32.
+  QuantMix mix = *ParseQuantMix("F16");
   int num_threads = 0;                                      // <= 0: all cores.
   std::function<void(const ConvertProgress&)> on_progress;  // Optional.
 };
@@ -41,15 +41,6 @@ struct ConvertResult {
   std::map<GgmlType, int64_t> tensors_by_type;
   double seconds = 0;
 };
-
-// llama.cpp's `general.file_type` (enum llama_ftype) for a whole-model type.
-absl::StatusOr<uint32_t> LlamaFileType(GgmlType type);
-
-// The type a tensor is stored in when the model is converted to `requested`:
-// norms, biases and vectors stay F32; rows that do not split into whole
-// blocks fall back to F16; with Q4_0, `output.weight` gets Q8_0 (llama.cpp
-// gives it Q6_K, which arrives with the k-quants).
-GgmlType ChooseTensorType(const GgufTensorPlan& plan, GgmlType requested);
 
 absl::StatusOr<ConvertResult> ConvertToGguf(const ConvertOptions& options);
 

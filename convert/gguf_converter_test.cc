@@ -33,11 +33,11 @@ class GgufConverterTest : public ::testing::Test {
   }
   static void TearDownTestSuite() { delete model_dir_; }
 
-  std::unique_ptr<GgufReader> Convert(GgmlType type) {
+  std::unique_ptr<GgufReader> Convert(const std::string& mix) {
     ConvertOptions options;
     options.model_dir = *model_dir_;
     options.output_path = MakeTestTempDir("converter") + "/out.gguf";
-    options.type = type;
+    options.mix = *ParseQuantMix(mix);
     int progress_calls = 0;
     options.on_progress = [&](const ConvertProgress& p) {
       ++progress_calls;
@@ -71,7 +71,7 @@ uint64_t MetaUint(const GgufReader& gguf, const std::string& key) {
 }
 
 TEST_F(GgufConverterTest, MetadataDescribesTheModel) {
-  auto gguf = Convert(GgmlType::kF16);
+  auto gguf = Convert("F16");
   ASSERT_NE(gguf, nullptr);
   EXPECT_EQ(*gguf->Find("general.architecture")->AsString(), "llama");
   EXPECT_EQ(MetaUint(*gguf, "general.file_type"), 1u);
@@ -102,7 +102,7 @@ TEST_F(GgufConverterTest, MetadataDescribesTheModel) {
 // half j, index i: HF keeps the two rotary halves apart, llama.cpp
 // interleaves them.
 TEST_F(GgufConverterTest, QueryAndKeyRowsArePermutedForLlamaRope) {
-  auto gguf = Convert(GgmlType::kF32);
+  auto gguf = Convert("F32");
   ASSERT_NE(gguf, nullptr);
   const int64_t cols = 256, head_dim = 64;
   for (const auto& [hf, gg] : std::vector<std::pair<std::string, std::string>>{
@@ -131,55 +131,35 @@ TEST_F(GgufConverterTest, QueryAndKeyRowsArePermutedForLlamaRope) {
 // Quantized tensors are byte-identical to the scalar reference quantizer
 // applied to the (permuted) source rows.
 TEST_F(GgufConverterTest, QuantizedTensorsMatchTheReferenceQuantizer) {
-  for (GgmlType type : {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kBF16}) {
-    auto gguf = Convert(type);
+  for (const std::string mix : {"Q8_0", "Q4_0", "BF16", "Q4_K_M", "Q2_K"}) {
+    auto gguf = Convert(mix);
     ASSERT_NE(gguf, nullptr);
-    EXPECT_EQ(gguf->FindTensor("blk.0.ffn_up.weight")->type, type);
+    const GgmlType base = ParseQuantMix(mix)->base;
+    EXPECT_EQ(gguf->FindTensor("blk.0.ffn_up.weight")->type, base);
     EXPECT_EQ(gguf->FindTensor("output_norm.weight")->type, GgmlType::kF32);
     EXPECT_EQ(gguf->FindTensor("output.weight")->type,
-              type == GgmlType::kQ4_0 ? GgmlType::kQ8_0 : type);
+              mix == "Q8_0" || mix == "BF16" ? base : GgmlType::kQ6_K);
+    EXPECT_EQ(MetaUint(*gguf, "general.file_type"),
+              ParseQuantMix(mix)->file_type);
     for (const auto& [hf, gg] :
          std::vector<std::pair<std::string, std::string>>{
              {"model.layers.0.mlp.up_proj.weight", "blk.0.ffn_up.weight"},
+             {"model.layers.0.mlp.down_proj.weight", "blk.0.ffn_down.weight"},
+             {"lm_head.weight", "output.weight"},
              {"model.embed_tokens.weight", "token_embd.weight"}}) {
       const std::vector<float> source = SourceRows(hf);
       const GgufTensorInfo* info = gguf->FindTensor(gg);
       std::vector<uint8_t> expected(info->nbytes);
-      ASSERT_TRUE(QuantizeRowReference(type, source.data(),
+      ASSERT_TRUE(QuantizeRowReference(info->type, source.data(),
                                        static_cast<int64_t>(source.size()),
                                        expected.data())
                       .ok());
       EXPECT_EQ(std::memcmp(gguf->TensorData(*info), expected.data(),
                             expected.size()),
                 0)
-          << gg << " as " << GgmlTypeName(type);
+          << gg << " as " << GgmlTypeName(info->type) << " in " << mix;
     }
   }
-}
-
-TEST_F(GgufConverterTest, FileTypeAndUnsupportedTypes) {
-  EXPECT_EQ(*LlamaFileType(GgmlType::kQ8_0), 7u);
-  EXPECT_EQ(*LlamaFileType(GgmlType::kQ4_0), 2u);
-  EXPECT_EQ(*LlamaFileType(GgmlType::kBF16), 32u);
-  ConvertOptions options;
-  options.model_dir = *model_dir_;
-  options.output_path = MakeTestTempDir("converter") + "/out.gguf";
-  options.type = GgmlType::kQ8_1;
-  const auto result = ConvertToGguf(options);
-  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(result.status().message().find("q8_1"), std::string::npos);
-  EXPECT_FALSE(Exists(options.output_path));
-}
-
-TEST_F(GgufConverterTest, RowsThatDoNotFillBlocksFallBackToF16) {
-  GgufTensorPlan plan;
-  plan.gguf_name = "blk.0.ffn_down.weight";
-  plan.hf_shape = {64, 64};
-  EXPECT_EQ(ChooseTensorType(plan, GgmlType::kQ4_0), GgmlType::kQ4_0);
-  plan.hf_shape = {64, 40};
-  EXPECT_EQ(ChooseTensorType(plan, GgmlType::kQ4_0), GgmlType::kF16);
-  plan.keep_f32 = true;
-  EXPECT_EQ(ChooseTensorType(plan, GgmlType::kQ4_0), GgmlType::kF32);
 }
 
 TEST_F(GgufConverterTest, BadInputFailsCleanlyAndKeepsTheOldOutput) {
@@ -240,7 +220,7 @@ TEST(GgufConverterModelTest, BiasesFollowTheirPermutedRows) {
   ConvertOptions options;
   options.model_dir = dir + "/model";
   options.output_path = dir + "/out.gguf";
-  options.type = GgmlType::kF32;
+  options.mix = *ParseQuantMix("F32");
   auto result = ConvertToGguf(options);
   ASSERT_TRUE(result.ok()) << result.status();
   auto gguf = GgufReader::Open(options.output_path);
@@ -308,7 +288,7 @@ TEST(GgufConverterModelTest, FailureMidStreamLeavesNoFiles) {
   ConvertOptions options;
   options.model_dir = dir + "/model";
   options.output_path = dir + "/out.gguf";
-  options.type = GgmlType::kQ8_0;
+  options.mix = *ParseQuantMix("Q8_0");
   int written = 0;
   options.on_progress = [&](const ConvertProgress&) { ++written; };
   const auto result = ConvertToGguf(options);
@@ -373,7 +353,7 @@ TEST(GgufConverterModelTest, Qwen2WithTiedEmbeddings) {
   ConvertOptions options;
   options.model_dir = dir + "/model";
   options.output_path = dir + "/out.gguf";
-  options.type = GgmlType::kF32;
+  options.mix = *ParseQuantMix("F32");
   auto result = ConvertToGguf(options);
   ASSERT_TRUE(result.ok()) << result.status();
   auto gguf = GgufReader::Open(options.output_path);
@@ -407,7 +387,7 @@ TEST(GgufConverterRealModelTest, SharedLlamaConvertsWithItsTokenizer) {
   ConvertOptions options;
   options.model_dir = data + "/llama-29m-books";
   options.output_path = MakeTestTempDir("converter") + "/books-q8_0.gguf";
-  options.type = GgmlType::kQ8_0;
+  options.mix = *ParseQuantMix("Q8_0");
   auto result = ConvertToGguf(options);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->tensor_count, 75);
