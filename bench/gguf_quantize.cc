@@ -116,7 +116,7 @@ int Run(const Options& options) {
   std::printf("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n");
 
   for (const GgmlType type :
-       {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kF16, GgmlType::kBF16}) {
+       {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1, GgmlType::kQ2_K, GgmlType::kQ3_K, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K, GgmlType::kF16, GgmlType::kBF16}) {
     const uint64_t row_bytes = *GgmlRowBytes(type, cols);
     std::vector<uint8_t> ref(static_cast<size_t>(rows * row_bytes));
     std::vector<uint8_t> out(ref.size());

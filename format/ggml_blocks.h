@@ -247,10 +247,11 @@ inline constexpr int64_t kMaxBlockBytes = sizeof(BlockQ6_K);
 // Quantizes `n` floats into GgmlRowBytes(type, n) bytes at `dst`.
 // `importance` is optional per-element weights (llama.cpp's imatrix entries
 // for the row's columns, `n` of them: the diagonal of the layer's input
-// Hessian). As in llama.cpp, the plain types and Q8_0 ignore it; Q4_0 without
-// it is llama.cpp's min-max quantizer, with it a weighted search; every other
-// type always searches, weighting each value by importance (1 if absent)
-// times sqrt(mean x^2 + x^2) over its block.
+// Hessian). As in llama.cpp, the plain types and Q8_0 ignore it; Q4_0, Q4_1,
+// Q5_0 and Q5_1 are min-max quantizers without it (Q4_0 bit-identical to
+// llama.cpp's) and weighted searches with it; the k-quants always search,
+// weighting each value by importance (1 if absent) times
+// sqrt(mean x^2 + x^2) over its super-block.
 absl::Status QuantizeRowReference(GgmlType type, const float* src, int64_t n,
                                   void* dst, const float* importance = nullptr);
 
