@@ -42,6 +42,11 @@ float FitSymmetric(const float* x, const float* w, int n, int q_neg, int8_t* q);
 // [lo, hi]. `v` must be finite or +-inf.
 int RoundClamp(float v, int lo, int hi);
 
+// For tests: force the portable loops (true) or the fastest this CPU has
+// (false) from now on; returns whether the AVX2 loops are in use. Not to be
+// called while another thread is fitting.
+bool UseScalarFitsForTesting(bool scalar);
+
 // sum_i w_i * (scale * q_i + offset - x_i)^2 (w null: weights 1).
 double WeightedSquaredError(const float* x, const float* w, int n, float scale,
                             float offset, const int* q);
