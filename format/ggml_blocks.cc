@@ -544,11 +544,11 @@ bool QuantizeOneBlock(const float* x, const float* importance, uint8_t* out) {
   // No searched format has a scale that reaches this far (fp16 tops out at
   // 65504, times at most 31 levels and 63 sub-block steps).
   constexpr float kLargestSearched = 1073741824.0f;  // 2^30
-  float amax = 0;
+  bool out_of_range = false;
   for (int64_t i = 0; i < kBlockElements; ++i) {
-    amax = std::max(amax, std::fabs(x[i]));
+    out_of_range |= !(std::fabs(x[i]) <= kLargestSearched);  // Also NaN.
   }
-  if (!(amax <= kLargestSearched)) return false;  // Also NaN.
+  if (out_of_range) return false;
   Block block;
   const bool ok = kQuantize(x, importance, &block);
   std::memcpy(out, &block, sizeof(Block));

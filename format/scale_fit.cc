@@ -213,11 +213,6 @@ bool UseScalarFitsForTesting(bool scalar) {
 #endif
 }
 
-int RoundClamp(float v, int lo, int hi) {
-  return static_cast<int>(
-      ClampRound(v, static_cast<float>(lo), static_cast<float>(hi)));
-}
-
 AffineFit FitAffine(const float* x, const float* w, int n, int q_max,
                     bool nonpositive_offset, uint8_t* q) {
   AffineFit fit;

@@ -38,9 +38,16 @@ AffineFit FitAffine(const float* x, const float* w, int n, int q_max,
 // -q_neg so that the extra negative level is used. Writes q[0..n).
 float FitSymmetric(const float* x, const float* w, int n, int q_neg, int8_t* q);
 
-// Rounds v to the nearest integer (ties to even) and clamps it to
-// [lo, hi]. `v` must be finite or +-inf.
-int RoundClamp(float v, int lo, int hi);
+// Clamps v to [lo, hi] (NaN to lo), then rounds it to the nearest integer
+// (ties to even) with the 1.5 * 2^23 trick, which vectorizes. Inline: the
+// quantizers call it per value.
+inline int RoundClamp(float v, int lo, int hi) {
+  const float l = static_cast<float>(lo), h = static_cast<float>(hi);
+  v = v > h ? h : v;
+  v = v >= l ? v : l;
+  const float magic = 12582912.0f;
+  return static_cast<int>((v + magic) - magic);
+}
 
 // For tests: force the portable loops (true) or the fastest this CPU has
 // (false) from now on; returns whether the AVX2 loops are in use. Not to be

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstddef>
 #include <cstring>
+#include <type_traits>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -263,6 +265,151 @@ QS_TARGET_AVX2 bool QuantizeQ4_0Avx2(const float* x, int64_t blocks,
   return ok;
 }
 
+// Levels 0..31 held as floats in q[0..3] (elements 0..31): writes the low
+// nibbles (element j low, j + 16 high, as Q4_0) to `qs`, and when `qh` is
+// not null bit 4 of element j to bit j of the little-endian word `qh`.
+QS_TARGET_AVX2 inline void PackLevels32(const __m256 q[4], uint8_t* qs,
+                                        uint8_t* qh) {
+  const __m256i byte_mask = _mm256_set1_epi32(0xff);
+  const __m256i nibble = _mm256_set1_epi32(15);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  __m256i n[4];
+  for (int k = 0; k < 4; ++k) n[k] = _mm256_cvttps_epi32(q[k]);
+  if (qh != nullptr) {
+    uint32_t bits = 0;
+    for (int k = 0; k < 4; ++k) {
+      const __m256i high = _mm256_slli_epi32(_mm256_srli_epi32(n[k], 4), 31);
+      bits |= static_cast<uint32_t>(
+                  _mm256_movemask_ps(_mm256_castsi256_ps(high)))
+              << (8 * k);
+    }
+    std::memcpy(qh, &bits, sizeof(bits));
+  }
+  const __m256i b0 = _mm256_or_si256(
+      _mm256_and_si256(n[0], nibble),
+      _mm256_and_si256(_mm256_slli_epi32(_mm256_and_si256(n[2], nibble), 4),
+                       byte_mask));
+  const __m256i b1 = _mm256_or_si256(
+      _mm256_and_si256(n[1], nibble),
+      _mm256_and_si256(_mm256_slli_epi32(_mm256_and_si256(n[3], nibble), 4),
+                       byte_mask));
+  const __m256i words = _mm256_packus_epi32(b0, b1);
+  const __m256i bytes =
+      _mm256_permutevar8x32_epi32(_mm256_packus_epi16(words, words), order);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(qs),
+                   _mm256_castsi256_si128(bytes));
+}
+
+// format/scale_fit.cc's clamp-then-round: v > hi -> hi, NaN or v < lo -> lo,
+// then to nearest even through 1.5 * 2^23.
+QS_TARGET_AVX2 inline __m256 ClampRound(__m256 v, __m256 lo, __m256 hi) {
+  const __m256 magic = _mm256_set1_ps(12582912.0f);
+  v = _mm256_blendv_ps(v, hi, _mm256_cmp_ps(v, hi, _CMP_GT_OQ));
+  v = _mm256_blendv_ps(lo, v, _mm256_cmp_ps(v, lo, _CMP_GE_OQ));
+  return _mm256_sub_ps(_mm256_add_ps(v, magic), magic);
+}
+
+// Blocks beyond this magnitude are refused by the reference (QuantizeOneBlock
+// in format/ggml_blocks.cc).
+constexpr uint32_t kLargestSearchedBits = 0x4e800000u;  // 2^30
+
+// Q5_0 without importance weights: the reference's min-max quantizer.
+QS_TARGET_AVX2 bool QuantizeQ5_0Avx2(const float* x, int64_t blocks,
+                                     uint8_t* out, const float*) {
+  bool ok = true;
+  for (int64_t i = 0; i < blocks; ++i, x += kQk5_0, out += sizeof(BlockQ5_0)) {
+    __m256 v[4];
+    __m256i magnitude_bits[4];
+    const uint32_t amax_bits = LoadBlock32(x, v, magnitude_bits);
+    if (amax_bits > kLargestSearchedBits) {  // Also NaN and inf.
+      ok = false;
+      continue;
+    }
+    float extreme = 0.0f;  // The first value of largest magnitude.
+    if (amax_bits != 0) {
+      const __m256i target = _mm256_set1_epi32(static_cast<int>(amax_bits));
+      uint32_t hits = 0;
+      for (int k = 0; k < 4; ++k) {
+        const __m256i eq = _mm256_cmpeq_epi32(magnitude_bits[k], target);
+        hits |=
+            static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(eq)))
+            << (8 * k);
+      }
+      extreme = x[__builtin_ctz(hits)];
+    }
+    const uint16_t d_half = FloatToHalf(extreme / -16.0f);
+    ok = ok && (d_half & 0x7fffu) < 0x7c00u;
+    std::memcpy(out, &d_half, sizeof(d_half));
+    const float d = HalfToFloat(d_half);
+    const __m256 inverse = _mm256_set1_ps(d != 0 ? 1.0f / d : 0.0f);
+    const __m256 lo = _mm256_set1_ps(-16.0f), hi = _mm256_set1_ps(15.0f);
+    const __m256 sixteen = _mm256_set1_ps(16.0f);
+    __m256 q[4];
+    for (int k = 0; k < 4; ++k) {
+      q[k] = _mm256_add_ps(ClampRound(_mm256_mul_ps(v[k], inverse), lo, hi),
+                           sixteen);
+    }
+    PackLevels32(q, out + offsetof(BlockQ5_0, qs), out + offsetof(BlockQ5_0, qh));
+  }
+  return ok;
+}
+
+// Q4_1 / Q5_1 without importance weights: the reference's min-max quantizer.
+template <GgmlType kType, typename Block>
+QS_TARGET_AVX2 bool QuantizeMinMaxAvx2(const float* x, int64_t blocks,
+                                       uint8_t* out, const float*) {
+  constexpr bool kFiveBits = std::is_same<Block, BlockQ5_1>::value;
+  constexpr int kQMax = kFiveBits ? 31 : 15;
+  bool ok = true;
+  for (int64_t i = 0; i < blocks; ++i, x += 32, out += sizeof(Block)) {
+    __m256 v[4];
+    __m256i magnitude_bits[4];
+    const uint32_t amax_bits = LoadBlock32(x, v, magnitude_bits);
+    if (amax_bits > kLargestSearchedBits) {  // Also NaN and inf.
+      ok = false;
+      continue;
+    }
+    const __m256 lows = _mm256_min_ps(_mm256_min_ps(v[0], v[1]),
+                                      _mm256_min_ps(v[2], v[3]));
+    const __m256 highs = _mm256_max_ps(_mm256_max_ps(v[0], v[1]),
+                                       _mm256_max_ps(v[2], v[3]));
+    alignas(32) float l[8], h[8];
+    _mm256_store_ps(l, lows);
+    _mm256_store_ps(h, highs);
+    float low = l[0], high = h[0];
+    for (int k = 1; k < 8; ++k) {
+      low = std::min(low, l[k]);
+      high = std::max(high, h[k]);
+    }
+    if (low == 0.0f || high == 0.0f) {
+      // Which zero (+0 or -0) the reference keeps depends on the order:
+      // let it decide.
+      ok = GetBlockQuantizer(kType, false)(x, nullptr, out) && ok;
+      continue;
+    }
+    uint16_t d_half, m_half;
+    d_half = FloatToHalf((high - low) / static_cast<float>(kQMax));
+    m_half = FloatToHalf(low);
+    ok = ok && (d_half & 0x7fffu) < 0x7c00u && (m_half & 0x7fffu) < 0x7c00u;
+    std::memcpy(out + offsetof(Block, d), &d_half, sizeof(d_half));
+    std::memcpy(out + offsetof(Block, m), &m_half, sizeof(m_half));
+    const float d = HalfToFloat(d_half);
+    const __m256 inverse = _mm256_set1_ps(d > 0 ? 1.0f / d : 0.0f);
+    const __m256 offset = _mm256_set1_ps(HalfToFloat(m_half));
+    const __m256 lo = _mm256_setzero_ps();
+    const __m256 hi = _mm256_set1_ps(static_cast<float>(kQMax));
+    __m256 q[4];
+    for (int k = 0; k < 4; ++k) {
+      q[k] = ClampRound(_mm256_mul_ps(_mm256_sub_ps(v[k], offset), inverse),
+                        lo, hi);
+    }
+    uint8_t* qh = nullptr;
+    if constexpr (kFiveBits) qh = out + offsetof(BlockQ5_1, qh);
+    PackLevels32(q, out + offsetof(Block, qs), qh);
+  }
+  return ok;
+}
+
 QS_TARGET_AVX2 bool QuantizeF32Avx2(const float* x, int64_t n, uint8_t* out,
                                     const float* importance) {
   const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
@@ -417,8 +564,20 @@ std::atomic<QuantizeIsa>& ActiveIsa() {
 
 QuantizeKernel FindQuantizeKernel(GgmlType type, QuantizeIsa isa,
                                   bool weighted) {
-  if (weighted && type == GgmlType::kQ4_0) {
-    return QuantizeSearchedScalar<GgmlType::kQ4_0>;
+  if (weighted && GetBlockQuantizer(type, true) != nullptr) {
+    // The weighted searches: Q4_0 .. Q5_1 and the k-quants.
+    switch (type) {
+      case GgmlType::kQ4_0:
+        return QuantizeSearchedScalar<GgmlType::kQ4_0>;
+      case GgmlType::kQ4_1:
+        return QuantizeSearchedScalar<GgmlType::kQ4_1>;
+      case GgmlType::kQ5_0:
+        return QuantizeSearchedScalar<GgmlType::kQ5_0>;
+      case GgmlType::kQ5_1:
+        return QuantizeSearchedScalar<GgmlType::kQ5_1>;
+      default:
+        break;  // The k-quants: below.
+    }
   }
 #if QS_HAVE_X86
   if (isa == QuantizeIsa::kAvx2) {
@@ -433,6 +592,12 @@ QuantizeKernel FindQuantizeKernel(GgmlType type, QuantizeIsa isa,
         return QuantizeQ8_0Avx2;
       case GgmlType::kQ4_0:
         return QuantizeQ4_0Avx2;
+      case GgmlType::kQ4_1:
+        return QuantizeMinMaxAvx2<GgmlType::kQ4_1, BlockQ4_1>;
+      case GgmlType::kQ5_0:
+        return QuantizeQ5_0Avx2;
+      case GgmlType::kQ5_1:
+        return QuantizeMinMaxAvx2<GgmlType::kQ5_1, BlockQ5_1>;
       default:
         break;
     }

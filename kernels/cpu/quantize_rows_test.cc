@@ -216,6 +216,7 @@ TEST_F(QuantizeRowsTest, ReportsTheFirstUnrepresentableValueInRowMajorOrder) {
     float value;
     int64_t row, col;
     const char* message;
+    int64_t cols = 544;
   };
   const Case cases[] = {
       {GgmlType::kQ8_0, nan, 5, 500,
@@ -235,24 +236,48 @@ TEST_F(QuantizeRowsTest, ReportsTheFirstUnrepresentableValueInRowMajorOrder) {
       {GgmlType::kQ4_0, -1e6f, 5, 500,
        "q4_0 cannot represent the block at row 5, columns 480..511: its "
        "largest magnitude 1e+06 makes the fp16 scale infinite"},
+      {GgmlType::kQ4_1, nan, 5, 500,
+       "q4_1 cannot represent nan at row 5, column 500"},
+      {GgmlType::kQ5_1, -inf, 5, 500,
+       "q5_1 cannot represent -inf at row 5, column 500"},
+      {GgmlType::kQ5_0, 2e6f, 5, 500,
+       "q5_0 cannot represent the block at row 5, columns 480..511: its "
+       "largest magnitude 2e+06 makes the fp16 scale infinite"},
+      {GgmlType::kQ4_K, nan, 5, 500,
+       "q4_K cannot represent nan at row 5, column 500", 768},
+      {GgmlType::kQ2_K, inf, 5, 500,
+       "q2_K cannot represent inf at row 5, column 500", 768},
+      {GgmlType::kQ6_K, 1e38f, 5, 500,
+       "q6_K cannot represent the block at row 5, columns 256..511: its "
+       "largest magnitude 1e+38 makes the fp16 scale infinite",
+       768},
+      {GgmlType::kQ3_K, -3e9f, 5, 500,
+       "q3_K cannot represent the block at row 5, columns 256..511: its "
+       "largest magnitude 3e+09 makes the fp16 scale infinite",
+       768},
   };
   const int64_t rows = 9;
-  const int64_t cols = 544;
   for (const QuantizeIsa isa : IsasToTest()) {
     SetQuantizeIsaForTesting(isa);
     for (const Case& c : cases) {
+      const int64_t cols = c.cols;
       std::vector<float> x = HardData(rows * cols, 9);
       for (float& v : x) v = std::fmax(-100.0f, std::fmin(100.0f, v));
       x[c.row * cols + c.col] = c.value;
       x[6 * cols + 3] = nan;    // Later in row-major order.
-      x[8 * cols + 543] = inf;  // In the last task.
+      x[8 * cols + cols - 1] = inf;  // In the last task.
       std::vector<uint8_t> out(rows * *GgmlRowBytes(c.type, cols));
+      const std::vector<float> weights(cols, 1.0f);
       for (const int threads : {1, 2, 3}) {
-        const absl::Status status =
-            QuantizeRows(c.type, x.data(), rows, cols, out.data(), threads);
-        EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
-        EXPECT_EQ(status.message(), c.message)
-            << QuantizeIsaName(isa) << " threads " << threads;
+        for (const float* importance :
+             {static_cast<const float*>(nullptr), weights.data()}) {
+          const absl::Status status = QuantizeRows(
+              c.type, x.data(), rows, cols, out.data(), threads, importance);
+          EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+          EXPECT_EQ(status.message(), c.message)
+              << QuantizeIsaName(isa) << " threads " << threads
+              << (importance != nullptr ? " weighted" : "");
+        }
       }
     }
   }
