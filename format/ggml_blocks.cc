@@ -383,9 +383,12 @@ bool QuantizeBlockQ3_KReference(const float* x, const float* importance,
     y->scales[8 + s % 4] |=
         static_cast<uint8_t>((stored >> 4) << (2 * (s / 4)));
   }
-  std::memset(y->hmask, 0, sizeof(y->hmask));
-  for (int e = 0; e < kQkK; ++e) {
-    y->hmask[e % 32] |= static_cast<uint8_t>((levels[e] >> 2) << (e / 32));
+  for (int l = 0; l < 32; ++l) {  // Bit b of hmask[l]: element 32 b + l.
+    uint8_t bits = 0;
+    for (int b = 0; b < 8; ++b) {
+      bits |= static_cast<uint8_t>((levels[32 * b + l] >> 2) << b);
+    }
+    y->hmask[l] = bits;
   }
   Pack2BitPlanes(levels, y->qs);
   return ok;
@@ -543,12 +546,14 @@ template <typename Block, int64_t kBlockElements,
 bool QuantizeOneBlock(const float* x, const float* importance, uint8_t* out) {
   // No searched format has a scale that reaches this far (fp16 tops out at
   // 65504, times at most 31 levels and 63 sub-block steps).
-  constexpr float kLargestSearched = 1073741824.0f;  // 2^30
-  bool out_of_range = false;
+  // Compared as bits: |x| as an unsigned integer orders like the float, and
+  // NaN and inf sort above every finite value.
+  constexpr uint32_t kLargestSearchedBits = 0x4e800000u;  // 2^30
+  uint32_t largest = 0;
   for (int64_t i = 0; i < kBlockElements; ++i) {
-    out_of_range |= !(std::fabs(x[i]) <= kLargestSearched);  // Also NaN.
+    largest = std::max(largest, FloatBits(x[i]) & 0x7fffffffu);
   }
-  if (out_of_range) return false;
+  if (largest > kLargestSearchedBits) return false;
   Block block;
   const bool ok = kQuantize(x, importance, &block);
   std::memcpy(out, &block, sizeof(Block));

@@ -42,9 +42,6 @@ constexpr int kSymmetricSteps = kSteps / 4;
 // does not reach its top level (values dequantized from this format) is fitted
 // exactly again, so requantizing is stable.
 constexpr int kExtraWholeLevels[] = {-2, -3, -4};
-// Rounding/re-fitting rounds after the grid; in practice it settles in one
-// or two.
-constexpr int kRefineRounds = 4;
 // Largest group the fits take (k-quants use 16 and 32).
 constexpr int kMaxGroup = 256;
 constexpr int kMaxCandidates = 32;
@@ -89,11 +86,6 @@ inline float ClampRound(float v, float lo, float hi) {
 
 inline float Level(const Candidate& c, float x, float lo, float hi) {
   return c.base + c.sign * ClampRound(c.scale * (x - c.origin), lo, hi);
-}
-
-void Levels(const Candidate& c, const float* x, int n, float lo, float hi,
-            float* q) {
-  for (int i = 0; i < n; ++i) q[i] = Level(c, x[i], lo, hi);
 }
 
 void EvaluateScalar(const float* x, const float* w, int n, float lo, float hi,
@@ -234,8 +226,9 @@ AffineFit FitAffine(const float* x, const float* w, int n, int q_max,
   const float range = x_max - x_min;
   const float inverse_range = range > 0 ? 1.0f / range : 0.0f;
   fit.offset = x_min;
-  float best[kMaxGroup];
-  std::fill(best, best + n, 0.0f);
+  // Degenerate groups (all values, and 0 for a non-positive offset, equal)
+  // keep q = 0 and the offset x_min.
+  if (q != nullptr) std::fill(q, q + n, 0);
   if (range > 0 && std::isfinite(inverse_range)) {
     Candidate candidates[kMaxCandidates];
     int count = 0;
@@ -268,33 +261,14 @@ AffineFit FitAffine(const float* x, const float* w, int n, int q_max,
       }
     }
     if (best_index >= 0) {
-      Levels(candidates[best_index], x, n, 0, top, best);
-      float trial[kMaxGroup];
-      for (int round = 0; round < kRefineRounds; ++round) {
-        const Candidate refit = {static_cast<float>(1.0 / best_scale),
-                                 static_cast<float>(best_offset), 0, 1};
-        if (!std::isfinite(refit.scale)) break;
-        Levels(refit, x, n, 0, top, trial);
-        if (std::equal(trial, trial + n, best)) break;
-        LevelSums s;
-        Evaluate(x, w, n, 0, top, &refit, 1, &s);
-        double scale, offset, gain;
-        if (!SolveAffine(s, sw, sx, nonpositive_offset, &scale, &offset,
-                         &gain) ||
-            !(gain > best_gain)) {
-          break;
-        }
-        best_gain = gain, best_scale = scale, best_offset = offset;
-        std::copy(trial, trial + n, best);
-      }
       fit.scale = static_cast<float>(best_scale);
       fit.offset = static_cast<float>(best_offset);
+      for (int i = 0; q != nullptr && i < n; ++i) {
+        q[i] =
+            static_cast<uint8_t>(Level(candidates[best_index], x[i], 0, top));
+      }
     }
   }
-  // Degenerate groups (all values, and 0 for a non-positive offset, equal)
-  // keep q = 0 and the offset x_min.
-  for (int i = 0; q != nullptr && i < n; ++i)
-    q[i] = static_cast<uint8_t>(best[i]);
   return fit;
 }
 
@@ -308,8 +282,7 @@ float FitSymmetric(const float* x, const float* w, int n, int q_neg,
   }
   float ones[kMaxGroup];
   w = UsableWeights(w, n, ones);
-  float best[kMaxGroup];
-  std::fill(best, best + n, 0.0f);
+  if (q != nullptr) std::fill(q, q + n, 0);
   const float lo = static_cast<float>(-q_neg),
               hi = static_cast<float>(q_neg - 1);
   const float inverse_extreme = amax > 0 ? -1.0f / extreme : 0.0f;
@@ -349,24 +322,11 @@ float FitSymmetric(const float* x, const float* w, int n, int q_neg,
     }
     if (best_index >= 0) {
       best_scale = best_sqx / best_sqq;
-      Levels(candidates[best_index], x, n, lo, hi, best);
-      float trial[kMaxGroup];
-      for (int round = 0; round < kRefineRounds; ++round) {
-        const Candidate refit = {static_cast<float>(1.0 / best_scale), 0, 0, 1};
-        if (!std::isfinite(refit.scale)) break;
-        Levels(refit, x, n, lo, hi, trial);
-        if (std::equal(trial, trial + n, best)) break;
-        LevelSums s;
-        Evaluate(x, w, n, lo, hi, &refit, 1, &s);
-        if (!better(s)) break;
-        best_sqx = s.sqx, best_sqq = s.sqq;
-        best_scale = best_sqx / best_sqq;
-        std::copy(trial, trial + n, best);
+      for (int i = 0; q != nullptr && i < n; ++i) {
+        q[i] = static_cast<int8_t>(Level(candidates[best_index], x[i], lo, hi));
       }
     }
   }
-  for (int i = 0; q != nullptr && i < n; ++i)
-    q[i] = static_cast<int8_t>(best[i]);
   return static_cast<float>(best_scale);
 }
 

