@@ -54,9 +54,21 @@ cleanup() {
 trap cleanup EXIT
 export QS_NODE_MODULES=$node_modules
 
-perplexity() {
-  "$bin/llama-perplexity" -m "$1" -f "$text" -c 512 -t "$(nproc)" 2>&1 |
-    sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p'
+perplexity() {  # FILE.gguf -> the perplexity, or a failure with the log.
+  # llama-perplexity sometimes exits (status 0) with its last log lines lost
+  # (llama.cpp logs from a background thread): the estimate is then missing.
+  # One retry; each miss is reported.
+  local log=$1.perplexity.log value status
+  for attempt in 1 2; do
+    status=0
+    "$bin/llama-perplexity" -m "$1" -f "$text" -c 512 -t "$(nproc)" >"$log" 2>&1 || status=$?
+    value=$(sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p' "$log")
+    [[ -n $value ]] && { echo "$value"; return 0; }
+    echo "llama-perplexity on $1 (attempt $attempt) exited with status $status and no estimate" >&2
+  done
+  tail -5 "$log" >&2
+  echo "FAIL: llama-perplexity gave no estimate for $1" >&2
+  return 1
 }
 
 "$quantctl" convert --model "$model" --out "$work/f16.gguf" --type F16 2>/dev/null
@@ -80,7 +92,9 @@ for mix in "${mixes[@]}"; do
   node "$here/llamacpp/gguf_check.mjs" --model "$ours" --expect "$work/expect-$mix.json" \
     --generate 16 >"$work/check-$mix.log" 2>&1 ||
     { tail -20 "$work/check-$mix.log"; echo "FAIL: llama.cpp checks on $mix"; exit 1; }
-  echo "$mix $(stat -c %s "$ours") $(stat -c %s "$theirs") $(perplexity "$ours") $(perplexity "$theirs")" \
+  ours_ppl=$(perplexity "$ours") || exit 1
+  theirs_ppl=$(perplexity "$theirs") || exit 1
+  echo "$mix $(stat -c %s "$ours") $(stat -c %s "$theirs") $ours_ppl $theirs_ppl" \
     >>"$work/results.txt"
 done
 

@@ -6,8 +6,8 @@
 #include <atomic>
 #include <cstddef>
 #include <cstring>
-#include <type_traits>
 #include <limits>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -172,6 +172,21 @@ QS_TARGET_AVX2 inline uint32_t LoadBlock32(const float* x, __m256 v[4],
                        _mm256_max_epu32(magnitude_bits[2], magnitude_bits[3])));
 }
 
+// The first of the block's values whose magnitude has the bits
+// `amax_bits` (from LoadBlock32), with its sign; +0 when all are zero.
+QS_TARGET_AVX2 inline float FirstOfLargestMagnitude(
+    const float* x, const __m256i magnitude_bits[4], uint32_t amax_bits) {
+  if (amax_bits == 0) return 0.0f;
+  const __m256i target = _mm256_set1_epi32(static_cast<int>(amax_bits));
+  uint32_t hits = 0;
+  for (int k = 0; k < 4; ++k) {
+    const __m256i eq = _mm256_cmpeq_epi32(magnitude_bits[k], target);
+    hits |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(eq)))
+            << (8 * k);
+  }
+  return x[__builtin_ctz(hits)];
+}
+
 QS_TARGET_AVX2 bool QuantizeQ8_0Avx2(const float* x, int64_t blocks,
                                      uint8_t* out, const float*) {
   const __m256i byte_mask = _mm256_set1_epi32(0xff);
@@ -223,18 +238,7 @@ QS_TARGET_AVX2 bool QuantizeQ4_0Avx2(const float* x, int64_t blocks,
     }
     // The first element of largest magnitude, with its sign; +0 when all
     // are zero (the reference never replaces its initial 0.0f then).
-    float max = 0.0f;
-    if (amax_bits != 0) {
-      const __m256i target = _mm256_set1_epi32(static_cast<int>(amax_bits));
-      uint32_t hits = 0;
-      for (int k = 0; k < 4; ++k) {
-        const __m256i eq = _mm256_cmpeq_epi32(magnitude_bits[k], target);
-        hits |=
-            static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(eq)))
-            << (8 * k);
-      }
-      max = x[__builtin_ctz(hits)];
-    }
+    const float max = FirstOfLargestMagnitude(x, magnitude_bits, amax_bits);
     const float d = max / -8.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     const uint16_t d_half = FloatToHalf(d);
@@ -279,9 +283,9 @@ QS_TARGET_AVX2 inline void PackLevels32(const __m256 q[4], uint8_t* qs,
     uint32_t bits = 0;
     for (int k = 0; k < 4; ++k) {
       const __m256i high = _mm256_slli_epi32(_mm256_srli_epi32(n[k], 4), 31);
-      bits |= static_cast<uint32_t>(
-                  _mm256_movemask_ps(_mm256_castsi256_ps(high)))
-              << (8 * k);
+      bits |=
+          static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(high)))
+          << (8 * k);
     }
     std::memcpy(qh, &bits, sizeof(bits));
   }
@@ -325,18 +329,7 @@ QS_TARGET_AVX2 bool QuantizeQ5_0Avx2(const float* x, int64_t blocks,
       ok = false;
       continue;
     }
-    float extreme = 0.0f;  // The first value of largest magnitude.
-    if (amax_bits != 0) {
-      const __m256i target = _mm256_set1_epi32(static_cast<int>(amax_bits));
-      uint32_t hits = 0;
-      for (int k = 0; k < 4; ++k) {
-        const __m256i eq = _mm256_cmpeq_epi32(magnitude_bits[k], target);
-        hits |=
-            static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(eq)))
-            << (8 * k);
-      }
-      extreme = x[__builtin_ctz(hits)];
-    }
+    const float extreme = FirstOfLargestMagnitude(x, magnitude_bits, amax_bits);
     const uint16_t d_half = FloatToHalf(extreme / -16.0f);
     ok = ok && (d_half & 0x7fffu) < 0x7c00u;
     std::memcpy(out, &d_half, sizeof(d_half));
@@ -349,7 +342,8 @@ QS_TARGET_AVX2 bool QuantizeQ5_0Avx2(const float* x, int64_t blocks,
       q[k] = _mm256_add_ps(ClampRound(_mm256_mul_ps(v[k], inverse), lo, hi),
                            sixteen);
     }
-    PackLevels32(q, out + offsetof(BlockQ5_0, qs), out + offsetof(BlockQ5_0, qh));
+    PackLevels32(q, out + offsetof(BlockQ5_0, qs),
+                 out + offsetof(BlockQ5_0, qh));
   }
   return ok;
 }
@@ -369,10 +363,10 @@ QS_TARGET_AVX2 bool QuantizeMinMaxAvx2(const float* x, int64_t blocks,
       ok = false;
       continue;
     }
-    const __m256 lows = _mm256_min_ps(_mm256_min_ps(v[0], v[1]),
-                                      _mm256_min_ps(v[2], v[3]));
-    const __m256 highs = _mm256_max_ps(_mm256_max_ps(v[0], v[1]),
-                                       _mm256_max_ps(v[2], v[3]));
+    const __m256 lows =
+        _mm256_min_ps(_mm256_min_ps(v[0], v[1]), _mm256_min_ps(v[2], v[3]));
+    const __m256 highs =
+        _mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3]));
     alignas(32) float l[8], h[8];
     _mm256_store_ps(l, lows);
     _mm256_store_ps(h, highs);
@@ -400,8 +394,8 @@ QS_TARGET_AVX2 bool QuantizeMinMaxAvx2(const float* x, int64_t blocks,
     const __m256 hi = _mm256_set1_ps(static_cast<float>(kQMax));
     __m256 q[4];
     for (int k = 0; k < 4; ++k) {
-      q[k] = ClampRound(_mm256_mul_ps(_mm256_sub_ps(v[k], offset), inverse),
-                        lo, hi);
+      q[k] = ClampRound(_mm256_mul_ps(_mm256_sub_ps(v[k], offset), inverse), lo,
+                        hi);
     }
     uint8_t* qh = nullptr;
     if constexpr (kFiveBits) qh = out + offsetof(BlockQ5_1, qh);

@@ -264,7 +264,7 @@ TEST_F(QuantizeRowsTest, ReportsTheFirstUnrepresentableValueInRowMajorOrder) {
       std::vector<float> x = HardData(rows * cols, 9);
       for (float& v : x) v = std::fmax(-100.0f, std::fmin(100.0f, v));
       x[c.row * cols + c.col] = c.value;
-      x[6 * cols + 3] = nan;    // Later in row-major order.
+      x[6 * cols + 3] = nan;         // Later in row-major order.
       x[8 * cols + cols - 1] = inf;  // In the last task.
       std::vector<uint8_t> out(rows * *GgmlRowBytes(c.type, cols));
       const std::vector<float> weights(cols, 1.0f);
