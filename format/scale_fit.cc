@@ -248,21 +248,26 @@ AffineFit FitAffine(const float* x, const float* w, int n, int q_max,
     }
     LevelSums sums[kMaxCandidates];
     Evaluate(x, w, n, 0, top, candidates, count, sums);
-    double best_gain = -std::numeric_limits<double>::infinity();
-    double best_scale = 0, best_offset = x_min;
-    int best_index = -1;
+    // All solutions first (independent, so they pipeline), then the first
+    // with the largest gain.
+    double gains[kMaxCandidates], scales[kMaxCandidates],
+        offsets[kMaxCandidates];
     for (int k = 0; k < count; ++k) {
-      double scale, offset, gain;
-      if (SolveAffine(sums[k], sw, sx, nonpositive_offset, &scale, &offset,
-                      &gain) &&
-          gain > best_gain) {
-        best_gain = gain, best_scale = scale, best_offset = offset;
-        best_index = k;
+      if (!SolveAffine(sums[k], sw, sx, nonpositive_offset, &scales[k],
+                       &offsets[k], &gains[k])) {
+        gains[k] = -std::numeric_limits<double>::infinity();
       }
     }
+    int best_index = -1;
+    double best_gain = -std::numeric_limits<double>::infinity();
+    for (int k = 0; k < count; ++k) {
+      const bool better = gains[k] > best_gain;
+      best_gain = better ? gains[k] : best_gain;
+      best_index = better ? k : best_index;
+    }
     if (best_index >= 0) {
-      fit.scale = static_cast<float>(best_scale);
-      fit.offset = static_cast<float>(best_offset);
+      fit.scale = static_cast<float>(scales[best_index]);
+      fit.offset = static_cast<float>(offsets[best_index]);
       for (int i = 0; q != nullptr && i < n; ++i) {
         q[i] =
             static_cast<uint8_t>(Level(candidates[best_index], x[i], 0, top));
@@ -308,20 +313,22 @@ float FitSymmetric(const float* x, const float* w, int n, int q_neg,
     }
     LevelSums sums[kMaxCandidates];
     Evaluate(x, w, n, lo, hi, candidates, count, sums);
-    // The best by sqx^2 / sqq (the error it removes), compared by
-    // cross-multiplying: no division per candidate.
-    double best_sqx = 0, best_sqq = 1;
-    int best_index = -1;
-    auto better = [&](const LevelSums& s) {
-      return s.sqq > 0 &&
-             s.sqx * s.sqx * best_sqq > best_sqx * best_sqx * s.sqq;
-    };
+    // The best by sqx^2 / sqq, the error its least-squares scale removes:
+    // all gains first (independent, so they pipeline), then the first
+    // largest.
+    double gains[kMaxCandidates];
     for (int k = 0; k < count; ++k) {
-      if (!better(sums[k])) continue;
-      best_sqx = sums[k].sqx, best_sqq = sums[k].sqq, best_index = k;
+      gains[k] = sums[k].sqq > 0 ? sums[k].sqx * sums[k].sqx / sums[k].sqq : 0;
+    }
+    int best_index = -1;
+    double best_gain = 0;
+    for (int k = 0; k < count; ++k) {
+      const bool better = gains[k] > best_gain;
+      best_gain = better ? gains[k] : best_gain;
+      best_index = better ? k : best_index;
     }
     if (best_index >= 0) {
-      best_scale = best_sqx / best_sqq;
+      best_scale = sums[best_index].sqx / sums[best_index].sqq;
       for (int i = 0; q != nullptr && i < n; ++i) {
         q[i] = static_cast<int8_t>(Level(candidates[best_index], x[i], lo, hi));
       }
