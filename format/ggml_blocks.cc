@@ -758,10 +758,29 @@ absl::Status QuantizeRowReference(GgmlType type, const float* src, int64_t n,
   }
   const absl::Status weights = CheckImportance(importance, n);
   if (!weights.ok()) return weights;
-  const absl::Status representable =
-      CheckRepresentable(type, src, n, -1, importance);
-  if (!representable.ok()) return representable;
+  const BlockQuantizeFn searched =
+      GetBlockQuantizer(type, importance != nullptr);
   uint8_t* out = static_cast<uint8_t*>(dst);
+  if (searched != nullptr) {
+    // The searched quantizers report unrepresentable blocks themselves; the
+    // check then finds the first offender for the message.
+    const GgmlTypeTraits& traits = GetGgmlTypeTraits(type);
+    bool ok = true;
+    for (int64_t first = 0, i = 0; first < n; first += traits.block_size, ++i) {
+      ok &= searched(src + first,
+                     importance == nullptr ? nullptr : importance + first,
+                     out + i * traits.type_size);
+    }
+    if (ok) return absl::OkStatus();
+    const absl::Status representable =
+        CheckRepresentable(type, src, n, -1, importance);
+    return representable.ok() ? absl::InternalError(
+                                    "a block quantizer failed on a block the "
+                                    "check accepts")
+                              : representable;
+  }
+  const absl::Status representable = CheckRepresentable(type, src, n, -1);
+  if (!representable.ok()) return representable;
   switch (type) {
     case GgmlType::kF32:
       std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
@@ -779,24 +798,13 @@ absl::Status QuantizeRowReference(GgmlType type, const float* src, int64_t n,
                                                                     dst);
       return absl::OkStatus();
     case GgmlType::kQ4_0:
-      if (importance == nullptr) {
-        QuantizeBlocks<BlockQ4_0, kQk4_0, QuantizeBlockQ4_0Reference>(src, n,
-                                                                      dst);
-        return absl::OkStatus();
-      }
-      break;
+      QuantizeBlocks<BlockQ4_0, kQk4_0, QuantizeBlockQ4_0Reference>(src, n,
+                                                                    dst);
+      return absl::OkStatus();
     default:
       break;
   }
-  const BlockQuantizeFn quantize =
-      GetBlockQuantizer(type, importance != nullptr);
-  const GgmlTypeTraits& traits = GetGgmlTypeTraits(type);
-  for (int64_t first = 0, i = 0; first < n; first += traits.block_size, ++i) {
-    // CheckRepresentable above ran the same blocks.
-    quantize(src + first, importance == nullptr ? nullptr : importance + first,
-             out + i * traits.type_size);
-  }
-  return absl::OkStatus();
+  return absl::InternalError("unreachable: type passed CheckQuantizeArgs");
 }
 
 absl::Status DequantizeRowReference(GgmlType type, const void* src, int64_t n,
