@@ -94,36 +94,6 @@ void AddTokenizerMetadata(const GgufTokenizer& tokenizer, GgufWriter& gguf) {
   }
 }
 
-// Llama 3.1's long-context rope scaling, which llama.cpp reads as a
-// per-frequency factor tensor rather than metadata.
-std::vector<float> Llama3RopeFactors(const ModelSpec& spec) {
-  const RopeScaling& s = spec.rope_scaling;
-  const double low_wavelen =
-      s.original_max_position_embeddings / s.low_freq_factor;
-  const double high_wavelen =
-      s.original_max_position_embeddings / s.high_freq_factor;
-  std::vector<float> factors;
-  for (int64_t i = 0; i < spec.head_dim; i += 2) {
-    const double freq =
-        1.0 / std::pow(spec.rope_theta, static_cast<double>(i) /
-                                            static_cast<double>(spec.head_dim));
-    const double wavelen = 2 * M_PI / freq;
-    double factor;
-    if (wavelen < high_wavelen) {
-      factor = 1;
-    } else if (wavelen > low_wavelen) {
-      factor = s.factor;
-    } else {
-      const double smooth =
-          (s.original_max_position_embeddings / wavelen - s.low_freq_factor) /
-          (s.high_freq_factor - s.low_freq_factor);
-      factor = 1 / ((1 - smooth) / s.factor + smooth);
-    }
-    factors.push_back(static_cast<float>(factor));
-  }
-  return factors;
-}
-
 // GGUF lists dimensions fastest-varying first.
 std::vector<uint64_t> GgufDims(const std::vector<int64_t>& hf_shape) {
   return std::vector<uint64_t>(hf_shape.rbegin(), hf_shape.rend());

@@ -162,6 +162,18 @@ TEST_F(GgufConverterTest, QuantizedTensorsMatchTheReferenceQuantizer) {
   }
 }
 
+// A mix whose type has no quantizer fails before anything is published.
+TEST_F(GgufConverterTest, TypesWithoutAQuantizerFailCleanly) {
+  ConvertOptions options;
+  options.model_dir = *model_dir_;
+  options.output_path = MakeTestTempDir("converter") + "/out.gguf";
+  options.mix = {"Q8_K", 99, GgmlType::kQ8_K};
+  const auto result = ConvertToGguf(options);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(result.status().message().find("q8_K"), std::string::npos);
+  EXPECT_FALSE(Exists(options.output_path));
+}
+
 TEST_F(GgufConverterTest, BadInputFailsCleanlyAndKeepsTheOldOutput) {
   const std::string dir = MakeTestTempDir("converter");
   const std::string out = dir + "/out.gguf";

@@ -437,7 +437,7 @@ std::vector<ExpectedTensor> ExpectedHfTensors(const ModelSpec& spec) {
   const std::string is = absl::StrCat("intermediate_size=", inter);
   const std::string vs = absl::StrCat("vocab_size=", spec.vocab_size);
   const bool qkv_bias = spec.attention_bias;
-  const bool o_bias = spec.attention_bias && spec.model_type == "llama";
+  const bool o_bias = HasOutputProjectionBias(spec);
 
   std::vector<ExpectedTensor> out;
   out.reserve(3 + spec.num_layers * 13);
@@ -507,6 +507,38 @@ absl::Status ValidateTensorShapes(const ModelSpec& spec,
         absl::StrJoin(reasons, " and "), " implies ", ShapeString(t.shape)));
   }
   return absl::OkStatus();
+}
+
+std::vector<float> Llama3RopeFactors(const ModelSpec& spec) {
+  const RopeScaling& s = spec.rope_scaling;
+  const double low_wavelen =
+      s.original_max_position_embeddings / s.low_freq_factor;
+  const double high_wavelen =
+      s.original_max_position_embeddings / s.high_freq_factor;
+  std::vector<float> factors;
+  for (int64_t i = 0; i < spec.head_dim; i += 2) {
+    const double freq =
+        1.0 / std::pow(spec.rope_theta, static_cast<double>(i) /
+                                            static_cast<double>(spec.head_dim));
+    const double wavelen = 2 * M_PI / freq;
+    double factor;
+    if (wavelen < high_wavelen) {
+      factor = 1;
+    } else if (wavelen > low_wavelen) {
+      factor = s.factor;
+    } else {
+      const double smooth =
+          (s.original_max_position_embeddings / wavelen - s.low_freq_factor) /
+          (s.high_freq_factor - s.low_freq_factor);
+      factor = 1 / ((1 - smooth) / s.factor + smooth);
+    }
+    factors.push_back(static_cast<float>(factor));
+  }
+  return factors;
+}
+
+bool HasOutputProjectionBias(const ModelSpec& spec) {
+  return spec.attention_bias && spec.model_type == "llama";
 }
 
 }  // namespace quant

@@ -104,6 +104,16 @@ std::vector<std::string> ExpectedHfTensorNames(const ModelSpec& spec);
 absl::Status ValidateTensorShapes(const ModelSpec& spec,
                                   const TensorShapeFn& shape_of);
 
+// Llama 3.1's rope scaling ("llama3"): per rotary pair i (head_dim / 2 of
+// them), the divisor of its base frequency 1 / theta^(2i / head_dim) --
+// 1 for high frequencies, `factor` for low ones, smoothly between. llama.cpp
+// reads these as the rope_freqs.weight tensor; the HF forward divides.
+std::vector<float> Llama3RopeFactors(const ModelSpec& spec);
+
+// Whether o_proj has a bias: Llama's attention_bias covers q, k, v and o;
+// Qwen2's biases are q, k and v only.
+bool HasOutputProjectionBias(const ModelSpec& spec);
+
 }  // namespace quant
 
 #endif  // FORMAT_MODEL_CONFIG_H_

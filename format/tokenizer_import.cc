@@ -19,18 +19,9 @@
 #include "absl/strings/string_view.h"
 #include "common/file.h"
 #include "common/json_util.h"
+#include "common/sentencepiece.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
-
-// sentencepiece_processor.h (0.1.97) declares `namespace absl { using
-// std::string_view; }`, which clashes with Abseil's own absl::string_view
-// class (Debian builds Abseil with ABSL_OPTION_USE_STD_STRING_VIEW 0). The
-// macro moves that shim into a namespace of its own while the header is
-// read; the declarations still take std::string_view, so the mangled names,
-// and linking, are unchanged.
-#define absl quant_sentencepiece_absl_shim
-#include <sentencepiece_processor.h>
-#undef absl
 
 namespace quant {
 namespace {

@@ -1,0 +1,91 @@
+// The Llama-family decoder forward pass on the CPU (Llama 2/3/3.1, Mistral,
+// Qwen2), one decoder block at a time, as Hugging Face transformers computes
+// it: RMSNorm, rotary embeddings in the HF convention (the two halves of
+// each head rotated together; Llama 3.1's "llama3" scaling), grouped-query
+// causal attention, SwiGLU MLP, optional q/k/v biases, final norm and
+// lm_head (or the tied embeddings). Float32 math with float64 reductions;
+// matrix products through BLAS (OpenBLAS).
+//
+// Memory is one block's weights plus the activations: a caller loads a
+// block, runs it over every sequence, drops it and loads the next.
+#ifndef MODEL_LLAMA_FORWARD_H_
+#define MODEL_LLAMA_FORWARD_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "format/model_config.h"
+#include "format/safetensors.h"
+
+namespace quant {
+
+// y = x W^T + b for row-major W [rows = outputs, cols = inputs].
+struct LinearWeights {
+  int64_t rows = 0;
+  int64_t cols = 0;
+  std::vector<float> weight;  // rows * cols.
+  std::vector<float> bias;    // rows, or empty.
+};
+
+struct DecoderBlockWeights {
+  std::vector<float> attn_norm;  // input_layernorm, hidden_size.
+  std::vector<float> ffn_norm;   // post_attention_layernorm, hidden_size.
+  LinearWeights q, k, v, o, gate, up, down;
+};
+
+struct OutputHeadWeights {
+  std::vector<float> norm;  // model.norm, hidden_size.
+  LinearWeights lm_head;    // [vocab, hidden] (the embeddings when tied).
+};
+
+// Reads the weights of decoder block `layer` (HF tensor names) as float32.
+// Errors: NotFound for a missing tensor, InvalidArgument for a wrong shape.
+absl::StatusOr<DecoderBlockWeights> LoadDecoderBlock(
+    const SafetensorsCheckpoint& checkpoint, const ModelSpec& spec, int layer);
+absl::StatusOr<OutputHeadWeights> LoadOutputHead(
+    const SafetensorsCheckpoint& checkpoint, const ModelSpec& spec);
+
+class LlamaForward {
+ public:
+  // Precomputes the rotary tables for positions below `max_positions`.
+  LlamaForward(const ModelSpec& spec, int64_t max_positions);
+
+  const ModelSpec& spec() const { return spec_; }
+
+  // hidden [tokens.size(), hidden_size] = the embeddings of `tokens`.
+  // InvalidArgument for a token outside the vocabulary.
+  absl::Status Embed(const SafetensorsCheckpoint& checkpoint,
+                     absl::Span<const int32_t> tokens, float* hidden) const;
+
+  // Runs one decoder block in place on `hidden`: `sequences` sequences of
+  // `seq_len` tokens, back to back ([sequences * seq_len, hidden_size]),
+  // each starting at position 0. InvalidArgument when seq_len exceeds the
+  // rotary tables or the weights do not fit the spec.
+  absl::Status ForwardBlock(const DecoderBlockWeights& block, int64_t sequences,
+                            int64_t seq_len, float* hidden) const;
+
+  // logits [tokens, vocab] from the final hidden states [tokens, hidden].
+  absl::Status Logits(const OutputHeadWeights& head, const float* hidden,
+                      int64_t tokens, float* logits) const;
+
+ private:
+  ModelSpec spec_;
+  int64_t max_positions_;
+  std::vector<float> cos_, sin_;  // [max_positions, head_dim / 2].
+};
+
+// y[n, rows] = x[n, cols] W^T + b, through BLAS.
+void ApplyLinear(const LinearWeights& linear, const float* x, int64_t n,
+                 float* y);
+
+// y = x / sqrt(mean(x^2) + eps) * weight, row by row ([n, dim]); in place
+// allowed.
+void RmsNorm(const float* x, const float* weight, int64_t n, int64_t dim,
+             double eps, float* y);
+
+}  // namespace quant
+
+#endif  // MODEL_LLAMA_FORWARD_H_

@@ -1,0 +1,237 @@
+#include "model/llama_forward.h"
+
+#include <cmath>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/test_data.h"
+#include "convert/tiny_llama.h"
+#include "format/model_config.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace quant {
+namespace {
+
+using ::testing::HasSubstr;
+
+// A direct float64 transcription of transformers' LlamaDecoderLayer, one
+// sequence at a time and one loop per formula: the oracle.
+class NaiveLlama {
+ public:
+  explicit NaiveLlama(const ModelSpec& spec) : spec_(spec) {}
+
+  std::vector<double> Linear(const LinearWeights& l,
+                             const std::vector<double>& x) const {
+    std::vector<double> y(static_cast<size_t>(l.rows));
+    for (int64_t r = 0; r < l.rows; ++r) {
+      double sum = l.bias.empty() ? 0.0 : l.bias[r];
+      for (int64_t c = 0; c < l.cols; ++c)
+        sum += l.weight[r * l.cols + c] * x[c];
+      y[r] = sum;
+    }
+    return y;
+  }
+
+  std::vector<double> Norm(const std::vector<double>& x,
+                           const std::vector<float>& w) const {
+    double ms = 0;
+    for (double v : x) ms += v * v;
+    ms /= static_cast<double>(x.size());
+    std::vector<double> y(x.size());
+    for (size_t i = 0; i < x.size(); ++i) {
+      y[i] = w[i] * (x[i] / std::sqrt(ms + spec_.rms_norm_eps));
+    }
+    return y;
+  }
+
+  void Rope(std::vector<double>& x, int64_t position) const {
+    const int64_t d = spec_.head_dim;
+    std::vector<float> divisors(d / 2, 1.0f);
+    if (spec_.rope_scaling.type == "llama3")
+      divisors = Llama3RopeFactors(spec_);
+    for (size_t h = 0; h < x.size() / d; ++h) {
+      std::vector<double> e(x.begin() + h * d, x.begin() + (h + 1) * d);
+      for (int64_t i = 0; i < d / 2; ++i) {
+        const double angle =
+            position / std::pow(spec_.rope_theta, 2.0 * i / d) / divisors[i];
+        x[h * d + i] = e[i] * std::cos(angle) - e[i + d / 2] * std::sin(angle);
+        x[h * d + i + d / 2] =
+            e[i + d / 2] * std::cos(angle) + e[i] * std::sin(angle);
+      }
+    }
+  }
+
+  // hidden: seq_len rows of hidden_size, updated in place.
+  void Block(const DecoderBlockWeights& w,
+             std::vector<std::vector<double>>& hidden) const {
+    const int64_t n = static_cast<int64_t>(hidden.size());
+    const int64_t d = spec_.head_dim;
+    std::vector<std::vector<double>> q(n), k(n), v(n);
+    for (int64_t t = 0; t < n; ++t) {
+      const std::vector<double> x = Norm(hidden[t], w.attn_norm);
+      q[t] = Linear(w.q, x);
+      k[t] = Linear(w.k, x);
+      v[t] = Linear(w.v, x);
+      Rope(q[t], t);
+      Rope(k[t], t);
+    }
+    const int64_t group = spec_.num_heads / spec_.num_kv_heads;
+    for (int64_t t = 0; t < n; ++t) {
+      std::vector<double> attended(static_cast<size_t>(spec_.num_heads * d));
+      for (int64_t h = 0; h < spec_.num_heads; ++h) {
+        const int64_t kvh = h / group;
+        std::vector<double> p(static_cast<size_t>(t + 1));
+        double largest = -1e300, total = 0;
+        for (int64_t j = 0; j <= t; ++j) {
+          double dot = 0;
+          for (int64_t i = 0; i < d; ++i)
+            dot += q[t][h * d + i] * k[j][kvh * d + i];
+          p[j] = dot / std::sqrt(static_cast<double>(d));
+          largest = std::max(largest, p[j]);
+        }
+        for (double& e : p) total += (e = std::exp(e - largest));
+        for (int64_t j = 0; j <= t; ++j) {
+          for (int64_t i = 0; i < d; ++i) {
+            attended[h * d + i] += p[j] / total * v[j][kvh * d + i];
+          }
+        }
+      }
+      const std::vector<double> o = Linear(w.o, attended);
+      for (size_t i = 0; i < o.size(); ++i) hidden[t][i] += o[i];
+    }
+    for (int64_t t = 0; t < n; ++t) {
+      const std::vector<double> x = Norm(hidden[t], w.ffn_norm);
+      std::vector<double> g = Linear(w.gate, x);
+      const std::vector<double> u = Linear(w.up, x);
+      for (size_t i = 0; i < g.size(); ++i)
+        g[i] = g[i] / (1 + std::exp(-g[i])) * u[i];
+      const std::vector<double> down = Linear(w.down, g);
+      for (size_t i = 0; i < down.size(); ++i) hidden[t][i] += down[i];
+    }
+  }
+
+ private:
+  ModelSpec spec_;
+};
+
+struct Model {
+  ModelSpec spec;
+  std::unique_ptr<SafetensorsCheckpoint> checkpoint;
+};
+
+Model MakeTinyModel(const std::string& arch, bool bias, bool tied) {
+  const std::string dir =
+      MakeTestTempDir("llama_forward") + "/" + arch + (bias ? "_bias" : "");
+  TinyLlamaOptions options;
+  options.architecture = arch;
+  options.attention_bias = bias;
+  options.tie_word_embeddings = tied;
+  options.hidden_size = 128;
+  options.intermediate_size = 320;
+  options.num_heads = 4;
+  options.num_kv_heads = 2;
+  options.num_layers = 2;
+  const absl::Status written = WriteTinyLlama(dir, options);
+  EXPECT_TRUE(written.ok()) << written;
+  Model model;
+  absl::StatusOr<ModelSpec> spec = LoadModelConfig(dir);
+  EXPECT_TRUE(spec.ok()) << spec.status();
+  model.spec = *spec;
+  auto checkpoint = SafetensorsCheckpoint::Open(dir);
+  EXPECT_TRUE(checkpoint.ok()) << checkpoint.status();
+  model.checkpoint = *std::move(checkpoint);
+  return model;
+}
+
+// Every block and the head, against the oracle, for 2 sequences of an odd
+// length.
+void ExpectMatchesOracle(const Model& model) {
+  const ModelSpec& spec = model.spec;
+  const int64_t sequences = 2, seq_len = 13, dim = spec.hidden_size;
+  std::mt19937 rng(3);
+  std::vector<int32_t> tokens(sequences * seq_len);
+  for (int32_t& t : tokens) t = static_cast<int32_t>(rng() % spec.vocab_size);
+  LlamaForward forward(spec, 64);
+  std::vector<float> hidden(tokens.size() * dim);
+  ASSERT_TRUE(forward.Embed(*model.checkpoint, tokens, hidden.data()).ok());
+  std::vector<std::vector<std::vector<double>>> oracle(sequences);
+  for (int64_t s = 0; s < sequences; ++s) {
+    for (int64_t t = 0; t < seq_len; ++t) {
+      const float* row = hidden.data() + (s * seq_len + t) * dim;
+      oracle[s].emplace_back(row, row + dim);
+    }
+  }
+  NaiveLlama naive(spec);
+  for (int layer = 0; layer < spec.num_layers; ++layer) {
+    absl::StatusOr<DecoderBlockWeights> block =
+        LoadDecoderBlock(*model.checkpoint, spec, layer);
+    ASSERT_TRUE(block.ok()) << block.status();
+    ASSERT_TRUE(
+        forward.ForwardBlock(*block, sequences, seq_len, hidden.data()).ok());
+    for (auto& sequence : oracle) naive.Block(*block, sequence);
+  }
+  absl::StatusOr<OutputHeadWeights> head =
+      LoadOutputHead(*model.checkpoint, spec);
+  ASSERT_TRUE(head.ok()) << head.status();
+  std::vector<float> logits(tokens.size() * spec.vocab_size);
+  ASSERT_TRUE(
+      forward.Logits(*head, hidden.data(), tokens.size(), logits.data()).ok());
+  double worst = 0;
+  for (int64_t s = 0; s < sequences; ++s) {
+    for (int64_t t = 0; t < seq_len; ++t) {
+      const std::vector<double> x = naive.Norm(oracle[s][t], head->norm);
+      const std::vector<double> expected = naive.Linear(head->lm_head, x);
+      double scale = 0, error = 0;
+      for (int64_t i = 0; i < spec.vocab_size; ++i) {
+        scale = std::max(scale, std::fabs(expected[i]));
+        error = std::max(
+            error, std::fabs(expected[i] -
+                             logits[(s * seq_len + t) * spec.vocab_size + i]));
+      }
+      worst = std::max(worst, error / scale);
+    }
+  }
+  EXPECT_LT(worst, 2e-5) << spec.model_type;
+}
+
+TEST(LlamaForwardTest, LlamaMatchesTheOracle) {
+  ExpectMatchesOracle(MakeTinyModel("llama", false, false));
+}
+
+TEST(LlamaForwardTest, LlamaWithAttentionBiasMatchesTheOracle) {
+  ExpectMatchesOracle(MakeTinyModel("llama", true, false));
+}
+
+TEST(LlamaForwardTest, Qwen2TiedMatchesTheOracle) {
+  ExpectMatchesOracle(MakeTinyModel("qwen2", false, true));  // q/k/v biases.
+}
+
+TEST(LlamaForwardTest, BadInput) {
+  const Model model = MakeTinyModel("llama", false, false);
+  LlamaForward forward(model.spec, 8);
+  std::vector<float> hidden(16 * model.spec.hidden_size);
+  const std::vector<int32_t> bad = {1, 2, 100000};
+  const absl::Status status =
+      forward.Embed(*model.checkpoint, bad, hidden.data());
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(
+      std::string(status.message()),
+      HasSubstr("token 100000 at position 2 is outside the vocabulary"));
+  absl::StatusOr<DecoderBlockWeights> block =
+      LoadDecoderBlock(*model.checkpoint, model.spec, 0);
+  ASSERT_TRUE(block.ok());
+  EXPECT_EQ(forward.ForwardBlock(*block, 1, 16, hidden.data()).code(),
+            absl::StatusCode::kInvalidArgument);  // Beyond 8 positions.
+  EXPECT_EQ(LoadDecoderBlock(*model.checkpoint, model.spec, 5).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  DecoderBlockWeights broken = *block;
+  broken.attn_norm.pop_back();
+  EXPECT_EQ(forward.ForwardBlock(broken, 1, 4, hidden.data()).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace quant

@@ -1,0 +1,48 @@
+// Held-out perplexity by the method of ../shared/data/README.md, for any
+// model the CPU forward pass runs: the text split on blank lines ("\n\n"),
+// empty paragraphs skipped, token stream = concat([BOS] + encode(paragraph));
+// windows of `context` tokens at s = 0, context, 2 context, ... while
+// s + context < len; inputs t[s, s + context), targets t[s + 1, s + context
+// + 1); perplexity = exp(total NLL / number of targets). Each window is a
+// fresh sequence from position 0.
+#ifndef MODEL_PERPLEXITY_H_
+#define MODEL_PERPLEXITY_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace quant {
+
+// The token stream of `text` with the SentencePiece model at
+// `tokenizer_model` (a tokenizer.model file). Errors: the model cannot be
+// loaded, or `text` is not valid UTF-8 for it.
+absl::StatusOr<std::vector<int32_t>> HeldOutTokenStream(
+    const std::string& tokenizer_model, absl::string_view text, int32_t bos);
+
+struct PerplexityOptions {
+  int64_t context = 512;
+  int64_t max_windows = -1;       // < 0: all windows.
+  int64_t windows_per_pass = 16;  // Activations held at once.
+};
+
+struct PerplexityResult {
+  double perplexity = 0;
+  double total_nll = 0;
+  int64_t targets = 0;
+  int64_t windows = 0;
+  std::vector<double> window_nll;  // Sum of NLL per window.
+};
+
+// Runs the model in `model_dir` (HF checkpoint) block by block over the
+// windows of `tokens`. InvalidArgument when there is not one window.
+absl::StatusOr<PerplexityResult> EvaluatePerplexity(
+    const std::string& model_dir, const std::vector<int32_t>& tokens,
+    const PerplexityOptions& options);
+
+}  // namespace quant
+
+#endif  // MODEL_PERPLEXITY_H_
