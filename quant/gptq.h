@@ -1,0 +1,73 @@
+// GPTQ (Frantar et al., 2022) and round-to-nearest for one linear layer,
+// as pure functions: (W, H, options) -> (integer levels, scales, zeros,
+// g_idx, loss). The options are those of AutoGPTQ / GPTQModel: bits, group
+// size, act-order (desc_act), static groups, symmetric or asymmetric levels,
+// dampening with automatic increase when the Cholesky factorization fails,
+// and the block size of the lazy batch updates.
+//
+// Conventions follow the GPTQ v1 checkpoints: W is [rows = out_features,
+// cols = in_features]; a value is dequantized as scale * (q - zero) with q
+// in [0, 2^bits - 1]; each input column c belongs to group g_idx[c], whose
+// scales and zeros are [groups, rows].
+#ifndef QUANT_GPTQ_H_
+#define QUANT_GPTQ_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace quant {
+
+struct GptqOptions {
+  int bits = 4;           // 2, 3, 4 or 8.
+  int group_size = 128;   // Columns per group; -1: one group per row.
+  bool desc_act = false;  // Quantize columns by decreasing Hessian diagonal.
+  bool static_groups = false;  // Group parameters from the original weights.
+  bool sym = true;             // Symmetric levels (zero at 2^(bits-1)).
+  double damp_percent = 0.01;  // Of the mean Hessian diagonal, added to it.
+  double damp_auto_increment = 0.0025;  // Added until Cholesky succeeds.
+  int block_size = 128;                 // Columns per lazy batch update.
+};
+
+struct QuantizedLinear {
+  int64_t rows = 0, cols = 0;
+  int bits = 0;
+  int group_size = -1;
+  std::vector<int32_t> q;      // [rows, cols], levels in [0, 2^bits).
+  std::vector<float> scales;   // [groups, rows].
+  std::vector<int32_t> zeros;  // [groups, rows].
+  std::vector<int32_t> g_idx;  // [cols]: the group of each input column.
+  int64_t groups() const {
+    return rows == 0 ? 0 : static_cast<int64_t>(scales.size()) / rows;
+  }
+  // scale * (q - zero), [rows, cols].
+  std::vector<float> Dequantize() const;
+};
+
+struct GptqResult {
+  QuantizedLinear quantized;
+  // GPTQ's proxy loss: sum over weights of (w - q)^2 / [H^-1]_jj / 2, with
+  // the running weights and the Cholesky factor of H^-1.
+  double loss = 0;
+  double damp_percent_used = 0;
+};
+
+// Round to nearest with min-max group parameters (the baseline): groups of
+// `group_size` consecutive columns (-1: whole rows).
+absl::StatusOr<QuantizedLinear> RtnQuantize(const float* w, int64_t rows,
+                                            int64_t cols, int bits,
+                                            int group_size, bool sym);
+
+// `hessian` is [cols, cols] (row-major, symmetric), e.g. 2/N sum x x^T over
+// the layer's calibration inputs. Errors: InvalidArgument for bad sizes or
+// options; FailedPrecondition when no dampening up to 100% makes H positive
+// definite.
+absl::StatusOr<GptqResult> GptqQuantize(const float* w, int64_t rows,
+                                        int64_t cols,
+                                        const std::vector<double>& hessian,
+                                        const GptqOptions& options);
+
+}  // namespace quant
+
+#endif  // QUANT_GPTQ_H_
