@@ -1,0 +1,66 @@
+#include "quant/hessian.h"
+
+#include <cblas.h>
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace quant {
+
+HessianAccumulator::HessianAccumulator(int64_t columns)
+    : columns_(columns > 0 ? columns : 0),
+      sum_xxt_(static_cast<size_t>(columns_ * columns_), 0.0),
+      sum_abs_(static_cast<size_t>(columns_), 0.0) {}
+
+void HessianAccumulator::Add(const float* x, int64_t n) {
+  if (n <= 0 || columns_ == 0) return;
+  // The batch's X^T X (lower triangle) in float32, then into the totals.
+  std::vector<float> batch(static_cast<size_t>(columns_ * columns_), 0.0f);
+  cblas_ssyrk(CblasRowMajor, CblasLower, CblasTrans, static_cast<int>(columns_),
+              static_cast<int>(n), 1.0f, x, static_cast<int>(columns_), 0.0f,
+              batch.data(), static_cast<int>(columns_));
+  for (int64_t i = 0; i < columns_; ++i) {
+    for (int64_t j = 0; j <= i; ++j)
+      sum_xxt_[i * columns_ + j] += batch[i * columns_ + j];
+  }
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t c = 0; c < columns_; ++c)
+      sum_abs_[c] += std::fabs(x[t * columns_ + c]);
+  }
+  samples_ += n;
+}
+
+absl::Status HessianAccumulator::Merge(const HessianAccumulator& other) {
+  if (other.columns_ != columns_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot merge statistics of ", other.columns_,
+                     " columns into ", columns_));
+  }
+  for (size_t i = 0; i < sum_xxt_.size(); ++i) sum_xxt_[i] += other.sum_xxt_[i];
+  for (size_t c = 0; c < sum_abs_.size(); ++c) sum_abs_[c] += other.sum_abs_[c];
+  samples_ += other.samples_;
+  return absl::OkStatus();
+}
+
+std::vector<double> HessianAccumulator::Hessian() const {
+  std::vector<double> h(sum_xxt_.size(), 0.0);
+  if (samples_ == 0) return h;
+  const double scale = 2.0 / static_cast<double>(samples_);
+  for (int64_t i = 0; i < columns_; ++i) {
+    for (int64_t j = 0; j <= i; ++j) {
+      h[i * columns_ + j] = h[j * columns_ + i] =
+          scale * sum_xxt_[i * columns_ + j];
+    }
+  }
+  return h;
+}
+
+std::vector<double> HessianAccumulator::MeanAbs() const {
+  std::vector<double> mean(sum_abs_.size(), 0.0);
+  if (samples_ == 0) return mean;
+  for (size_t c = 0; c < mean.size(); ++c) mean[c] = sum_abs_[c] / samples_;
+  return mean;
+}
+
+}  // namespace quant

@@ -1,0 +1,84 @@
+#include "quant/hessian.h"
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace quant {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::vector<float> Inputs(int64_t n, int64_t columns, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  std::vector<float> x(static_cast<size_t>(n * columns));
+  for (int64_t t = 0; t < n; ++t) {
+    const float shared = normal(rng);
+    for (int64_t c = 0; c < columns; ++c) {
+      x[t * columns + c] = (1.0f + c % 5) * normal(rng) + shared;
+    }
+  }
+  return x;
+}
+
+// 2/N sum x x^T and mean |x| in float64, one product at a time: the oracle.
+TEST(HessianTest, MatchesTheDirectSum) {
+  const int64_t columns = 37, n = 301;
+  const std::vector<float> x = Inputs(n, columns, 1);
+  HessianAccumulator acc(columns);
+  acc.Add(x.data(), 100);  // Uneven batches.
+  acc.Add(x.data() + 100 * columns, 201);
+  ASSERT_EQ(acc.samples(), n);
+  const std::vector<double> h = acc.Hessian();
+  const std::vector<double> mean = acc.MeanAbs();
+  for (int64_t i = 0; i < columns; ++i) {
+    double abs_sum = 0;
+    for (int64_t t = 0; t < n; ++t) abs_sum += std::fabs(x[t * columns + i]);
+    EXPECT_NEAR(mean[i], abs_sum / n, 1e-9 * abs_sum);
+    for (int64_t j = 0; j < columns; ++j) {
+      double want = 0;
+      for (int64_t t = 0; t < n; ++t) {
+        want += 2.0 * x[t * columns + i] * x[t * columns + j] / n;
+      }
+      ASSERT_NEAR(h[i * columns + j], want, 1e-5 * (1 + std::fabs(want)))
+          << i << "," << j;
+      ASSERT_EQ(h[i * columns + j], h[j * columns + i]);
+    }
+  }
+}
+
+// Shards accumulated apart and merged give the statistics of all samples.
+TEST(HessianTest, MergingShardsEqualsOneRun) {
+  const int64_t columns = 16;
+  const std::vector<float> x = Inputs(90, columns, 2);
+  HessianAccumulator whole(columns), first(columns), second(columns);
+  whole.Add(x.data(), 40);
+  whole.Add(x.data() + 40 * columns, 50);
+  first.Add(x.data(), 40);
+  second.Add(x.data() + 40 * columns, 50);
+  ASSERT_TRUE(first.Merge(second).ok());
+  EXPECT_EQ(first.samples(), 90);
+  EXPECT_EQ(first.Hessian(), whole.Hessian());
+  EXPECT_EQ(first.MeanAbs(), whole.MeanAbs());
+}
+
+TEST(HessianTest, EmptyAndMismatched) {
+  HessianAccumulator acc(4);
+  EXPECT_EQ(acc.Hessian(), std::vector<double>(16, 0.0));
+  EXPECT_EQ(acc.MeanAbs(), std::vector<double>(4, 0.0));
+  acc.Add(nullptr, 0);
+  EXPECT_EQ(acc.samples(), 0);
+  HessianAccumulator other(5);
+  const absl::Status status = acc.Merge(other);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()),
+              HasSubstr("cannot merge statistics of 5 columns into 4"));
+}
+
+}  // namespace
+}  // namespace quant
