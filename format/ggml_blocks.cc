@@ -128,7 +128,7 @@ void FitWeights(const float* x, const float* importance, int n, float* w) {
 // fp16 of v, and whether it is finite.
 bool StoreHalf(float v, uint16_t* h) {
   *h = FloatToHalf(v);
-  return (*h & 0x7fffu) < 0x7c00u;
+  return IsFiniteHalf(*h);
 }
 
 // Levels for x ~= scale * q + offset, q in [0, q_max] (0 when scale is 0).
@@ -208,10 +208,14 @@ void PackHighBits32(const uint8_t q[32], uint8_t qh[4]) {
   for (int k = 0; k < 4; ++k) qh[k] = static_cast<uint8_t>(bits >> (8 * k));
 }
 
-uint32_t HighBits32(const uint8_t qh[4]) {
-  return static_cast<uint32_t>(qh[0]) | static_cast<uint32_t>(qh[1]) << 8 |
-         static_cast<uint32_t>(qh[2]) << 16 |
-         static_cast<uint32_t>(qh[3]) << 24;
+// Element j (< 32) of a Q5_0 / Q5_1 block: the low nibble from qs (as
+// PackNibbles32 puts it), bit 4 from the little-endian word qh.
+int Level5(const uint8_t qs[16], const uint8_t qh[4], int j) {
+  const uint32_t high =
+      static_cast<uint32_t>(qh[0]) | static_cast<uint32_t>(qh[1]) << 8 |
+      static_cast<uint32_t>(qh[2]) << 16 | static_cast<uint32_t>(qh[3]) << 24;
+  const int nibble = j < 16 ? qs[j] & 15 : qs[j - 16] >> 4;
+  return nibble | static_cast<int>(((high >> j) & 1) << 4);
 }
 
 // An affine super-block (Q2_K, Q4_K, Q5_K): kGroups sub-blocks, each fitted
@@ -457,27 +461,15 @@ void DequantizeBlockQ4_1Reference(const BlockQ4_1& block, float* y) {
 
 void DequantizeBlockQ5_0Reference(const BlockQ5_0& block, float* y) {
   const float d = HalfToFloat(block.d);
-  const uint32_t high = HighBits32(block.qh);
-  for (int j = 0; j < 16; ++j) {
-    const int q0 =
-        (block.qs[j] & 15) | static_cast<int>(((high >> j) & 1) << 4);
-    const int q1 =
-        (block.qs[j] >> 4) | static_cast<int>(((high >> (j + 16)) & 1) << 4);
-    y[j] = static_cast<float>(q0 - 16) * d;
-    y[j + 16] = static_cast<float>(q1 - 16) * d;
+  for (int j = 0; j < 32; ++j) {
+    y[j] = static_cast<float>(Level5(block.qs, block.qh, j) - 16) * d;
   }
 }
 
 void DequantizeBlockQ5_1Reference(const BlockQ5_1& block, float* y) {
   const float d = HalfToFloat(block.d), m = HalfToFloat(block.m);
-  const uint32_t high = HighBits32(block.qh);
-  for (int j = 0; j < 16; ++j) {
-    const int q0 =
-        (block.qs[j] & 15) | static_cast<int>(((high >> j) & 1) << 4);
-    const int q1 =
-        (block.qs[j] >> 4) | static_cast<int>(((high >> (j + 16)) & 1) << 4);
-    y[j] = static_cast<float>(q0) * d + m;
-    y[j + 16] = static_cast<float>(q1) * d + m;
+  for (int j = 0; j < 32; ++j) {
+    y[j] = static_cast<float>(Level5(block.qs, block.qh, j)) * d + m;
   }
 }
 
@@ -544,16 +536,11 @@ namespace {
 template <typename Block, int64_t kBlockElements,
           bool (*kQuantize)(const float*, const float*, Block*)>
 bool QuantizeOneBlock(const float* x, const float* importance, uint8_t* out) {
-  // No searched format has a scale that reaches this far (fp16 tops out at
-  // 65504, times at most 31 levels and 63 sub-block steps).
-  // Compared as bits: |x| as an unsigned integer orders like the float, and
-  // NaN and inf sort above every finite value.
-  constexpr uint32_t kLargestSearchedBits = 0x4e800000u;  // 2^30
   uint32_t largest = 0;
   for (int64_t i = 0; i < kBlockElements; ++i) {
     largest = std::max(largest, FloatBits(x[i]) & 0x7fffffffu);
   }
-  if (largest > kLargestSearchedBits) return false;
+  if (largest > kLargestSearchedMagnitudeBits) return false;
   Block block;
   const bool ok = kQuantize(x, importance, &block);
   std::memcpy(out, &block, sizeof(Block));
@@ -684,7 +671,6 @@ std::string BlockPosition(int64_t row, int64_t first, int64_t size) {
              : absl::StrCat("the block at row ", row, ", columns ", columns);
 }
 
-bool IsHalfInfOrNan(uint16_t h) { return (h & 0x7fffu) >= 0x7c00u; }
 bool IsBf16InfOrNan(uint16_t h) { return (h & 0x7fffu) >= 0x7f80u; }
 
 // Whether the block at x (finite values) gets an infinite fp16 scale, and
@@ -695,14 +681,14 @@ bool BlockOverflows(GgmlType type, const float* x, int64_t block,
   for (int64_t j = 0; j < block; ++j) *amax = std::max(*amax, std::fabs(x[j]));
   switch (type) {
     case GgmlType::kF16:
-      return IsHalfInfOrNan(FloatToHalf(x[0]));
+      return !IsFiniteHalf(FloatToHalf(x[0]));
     case GgmlType::kBF16:
       return IsBf16InfOrNan(FloatToBf16(x[0]));
     case GgmlType::kQ8_0:
-      return IsHalfInfOrNan(FloatToHalf(*amax / 127.0f));
+      return !IsFiniteHalf(FloatToHalf(*amax / 127.0f));
     case GgmlType::kQ4_0:
       if (importance == nullptr) {
-        return IsHalfInfOrNan(FloatToHalf(*amax / 8.0f));  // +-amax / 8.
+        return !IsFiniteHalf(FloatToHalf(*amax / 8.0f));  // +-amax / 8.
       }
       break;
     default:

@@ -244,6 +244,13 @@ BlockQuantizeFn GetBlockQuantizer(GgmlType type, bool weighted);
 BlockDequantizeFn GetBlockDequantizer(GgmlType type);  // Block types.
 inline constexpr int64_t kMaxBlockBytes = sizeof(BlockQ6_K);
 
+// The searched quantizers (and their optimized twins) refuse blocks with a
+// value beyond 2^30 in magnitude: no searched format has a scale reaching
+// that far (fp16 tops out at 65504, times at most 31 levels and 63 sub-block
+// steps). Compared as bits of |x|, which order like the floats, with NaN
+// and inf above every finite value.
+inline constexpr uint32_t kLargestSearchedMagnitudeBits = 0x4e800000u;
+
 // Quantizes `n` floats into GgmlRowBytes(type, n) bytes at `dst`.
 // `importance` is optional per-element weights (llama.cpp's imatrix entries
 // for the row's columns, `n` of them: the diagonal of the layer's input

@@ -50,6 +50,9 @@ inline float HalfToFloat(uint16_t h) {
   return sign ? -magnitude : magnitude;
 }
 
+// Whether IEEE half bits `h` are finite (not inf or NaN).
+inline bool IsFiniteHalf(uint16_t h) { return (h & 0x7fffu) < 0x7c00u; }
+
 inline uint16_t FloatToHalf(float f) {
   const uint32_t u = FloatBits(f);
   const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);

@@ -75,15 +75,6 @@ const float* UsableWeights(const float* w, int n, float* ones) {
   return ones;
 }
 
-constexpr float kRoundMagic = 12582912.0f;  // 1.5 * 2^23
-
-// Clamp (NaN to lo), then round to nearest even (|v| < 2^22 after the clamp).
-inline float ClampRound(float v, float lo, float hi) {
-  v = v > hi ? hi : v;
-  v = v >= lo ? v : lo;
-  return (v + kRoundMagic) - kRoundMagic;
-}
-
 inline float Level(const Candidate& c, float x, float lo, float hi) {
   return c.base + c.sign * ClampRound(c.scale * (x - c.origin), lo, hi);
 }
@@ -335,16 +326,6 @@ float FitSymmetric(const float* x, const float* w, int n, int q_neg,
     }
   }
   return static_cast<float>(best_scale);
-}
-
-double WeightedSquaredError(const float* x, const float* w, int n, float scale,
-                            float offset, const int* q) {
-  double error = 0;
-  for (int i = 0; i < n; ++i) {
-    const double d = static_cast<double>(scale) * q[i] + offset - x[i];
-    error += (w != nullptr ? w[i] : 1.0) * d * d;
-  }
-  return error;
 }
 
 }  // namespace quant

@@ -39,25 +39,28 @@ AffineFit FitAffine(const float* x, const float* w, int n, int q_max,
 // -q_neg so that the extra negative level is used. Writes q[0..n).
 float FitSymmetric(const float* x, const float* w, int n, int q_neg, int8_t* q);
 
+// 1.5 * 2^23: adding and subtracting it rounds |v| < 2^22 to the nearest
+// integer, ties to even.
+inline constexpr float kRoundMagic = 12582912.0f;
+
 // Clamps v to [lo, hi] (NaN to lo), then rounds it to the nearest integer
-// (ties to even) with the 1.5 * 2^23 trick, which vectorizes. Inline: the
-// quantizers call it per value.
+// (ties to even) with kRoundMagic, which vectorizes. Inline: the quantizers
+// call it per value.
+inline float ClampRound(float v, float lo, float hi) {
+  v = v > hi ? hi : v;
+  v = v >= lo ? v : lo;
+  return (v + kRoundMagic) - kRoundMagic;
+}
+
 inline int RoundClamp(float v, int lo, int hi) {
-  const float l = static_cast<float>(lo), h = static_cast<float>(hi);
-  v = v > h ? h : v;
-  v = v >= l ? v : l;
-  const float magic = 12582912.0f;
-  return static_cast<int>((v + magic) - magic);
+  return static_cast<int>(
+      ClampRound(v, static_cast<float>(lo), static_cast<float>(hi)));
 }
 
 // For tests: force the portable loops (true) or the fastest this CPU has
 // (false) from now on; returns whether the AVX2 loops are in use. Not to be
 // called while another thread is fitting.
 bool UseScalarFitsForTesting(bool scalar);
-
-// sum_i w_i * (scale * q_i + offset - x_i)^2 (w null: weights 1).
-double WeightedSquaredError(const float* x, const float* w, int n, float scale,
-                            float offset, const int* q);
 
 }  // namespace quant
 

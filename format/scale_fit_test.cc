@@ -71,6 +71,17 @@ double BruteForceSymmetric(const std::vector<float>& x,
   return best;
 }
 
+// sum_i w_i * (scale * q_i + offset - x_i)^2 (w null: weights 1).
+double WeightedSquaredError(const float* x, const float* w, int n, float scale,
+                            float offset, const int* q) {
+  double error = 0;
+  for (int i = 0; i < n; ++i) {
+    const double d = static_cast<double>(scale) * q[i] + offset - x[i];
+    error += (w != nullptr ? w[i] : 1.0) * d * d;
+  }
+  return error;
+}
+
 std::vector<int> Widen(const uint8_t* q, int n) { return {q, q + n}; }
 std::vector<int> Widen(const int8_t* q, int n) { return {q, q + n}; }
 

@@ -13,6 +13,7 @@
 #include "common/status_macros.h"
 #include "format/ggml_blocks.h"
 #include "format/half.h"
+#include "format/scale_fit.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -49,7 +50,7 @@ bool QuantizeF16Scalar(const float* src, int64_t n, uint8_t* dst,
   bool ok = true;
   for (int64_t i = 0; i < n; ++i) {
     const uint16_t h = FloatToHalf(src[i]);
-    ok = ok && (h & 0x7fffu) < 0x7c00u;
+    ok = ok && IsFiniteHalf(h);
     std::memcpy(dst + 2 * i, &h, sizeof(h));
   }
   return ok;
@@ -203,7 +204,7 @@ QS_TARGET_AVX2 bool QuantizeQ8_0Avx2(const float* x, int64_t blocks,
     const float d = BitsToFloat(amax_bits) / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     const uint16_t d_half = FloatToHalf(d);
-    ok = ok && (d_half & 0x7fffu) < 0x7c00u;  // Scale overflow.
+    ok = ok && IsFiniteHalf(d_half);  // Scale overflow.
     std::memcpy(out, &d_half, sizeof(d_half));
     const __m256 vid = _mm256_set1_ps(id);
     __m256i q[4];
@@ -242,7 +243,7 @@ QS_TARGET_AVX2 bool QuantizeQ4_0Avx2(const float* x, int64_t blocks,
     const float d = max / -8.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     const uint16_t d_half = FloatToHalf(d);
-    ok = ok && (d_half & 0x7fffu) < 0x7c00u;  // Scale overflow.
+    ok = ok && IsFiniteHalf(d_half);  // Scale overflow.
     std::memcpy(out, &d_half, sizeof(d_half));
     const __m256 vid = _mm256_set1_ps(id);
     __m256i q[4];
@@ -304,18 +305,13 @@ QS_TARGET_AVX2 inline void PackLevels32(const __m256 q[4], uint8_t* qs,
                    _mm256_castsi256_si128(bytes));
 }
 
-// format/scale_fit.cc's clamp-then-round: v > hi -> hi, NaN or v < lo -> lo,
-// then to nearest even through 1.5 * 2^23.
+// ClampRound (format/scale_fit.h), eight lanes at a time.
 QS_TARGET_AVX2 inline __m256 ClampRound(__m256 v, __m256 lo, __m256 hi) {
-  const __m256 magic = _mm256_set1_ps(12582912.0f);
+  const __m256 magic = _mm256_set1_ps(kRoundMagic);
   v = _mm256_blendv_ps(v, hi, _mm256_cmp_ps(v, hi, _CMP_GT_OQ));
   v = _mm256_blendv_ps(lo, v, _mm256_cmp_ps(v, lo, _CMP_GE_OQ));
   return _mm256_sub_ps(_mm256_add_ps(v, magic), magic);
 }
-
-// Blocks beyond this magnitude are refused by the reference (QuantizeOneBlock
-// in format/ggml_blocks.cc).
-constexpr uint32_t kLargestSearchedBits = 0x4e800000u;  // 2^30
 
 // Q5_0 without importance weights: the reference's min-max quantizer.
 QS_TARGET_AVX2 bool QuantizeQ5_0Avx2(const float* x, int64_t blocks,
@@ -325,13 +321,13 @@ QS_TARGET_AVX2 bool QuantizeQ5_0Avx2(const float* x, int64_t blocks,
     __m256 v[4];
     __m256i magnitude_bits[4];
     const uint32_t amax_bits = LoadBlock32(x, v, magnitude_bits);
-    if (amax_bits > kLargestSearchedBits) {  // Also NaN and inf.
+    if (amax_bits > kLargestSearchedMagnitudeBits) {  // Also NaN and inf.
       ok = false;
       continue;
     }
     const float extreme = FirstOfLargestMagnitude(x, magnitude_bits, amax_bits);
     const uint16_t d_half = FloatToHalf(extreme / -16.0f);
-    ok = ok && (d_half & 0x7fffu) < 0x7c00u;
+    ok = ok && IsFiniteHalf(d_half);
     std::memcpy(out, &d_half, sizeof(d_half));
     const float d = HalfToFloat(d_half);
     const __m256 inverse = _mm256_set1_ps(d != 0 ? 1.0f / d : 0.0f);
@@ -359,7 +355,7 @@ QS_TARGET_AVX2 bool QuantizeMinMaxAvx2(const float* x, int64_t blocks,
     __m256 v[4];
     __m256i magnitude_bits[4];
     const uint32_t amax_bits = LoadBlock32(x, v, magnitude_bits);
-    if (amax_bits > kLargestSearchedBits) {  // Also NaN and inf.
+    if (amax_bits > kLargestSearchedMagnitudeBits) {  // Also NaN and inf.
       ok = false;
       continue;
     }
@@ -384,7 +380,7 @@ QS_TARGET_AVX2 bool QuantizeMinMaxAvx2(const float* x, int64_t blocks,
     uint16_t d_half, m_half;
     d_half = FloatToHalf((high - low) / static_cast<float>(kQMax));
     m_half = FloatToHalf(low);
-    ok = ok && (d_half & 0x7fffu) < 0x7c00u && (m_half & 0x7fffu) < 0x7c00u;
+    ok = ok && IsFiniteHalf(d_half) && IsFiniteHalf(m_half);
     std::memcpy(out + offsetof(Block, d), &d_half, sizeof(d_half));
     std::memcpy(out + offsetof(Block, m), &m_half, sizeof(m_half));
     const float d = HalfToFloat(d_half);
@@ -558,23 +554,12 @@ std::atomic<QuantizeIsa>& ActiveIsa() {
 
 QuantizeKernel FindQuantizeKernel(GgmlType type, QuantizeIsa isa,
                                   bool weighted) {
-  if (weighted && GetBlockQuantizer(type, true) != nullptr) {
-    // The weighted searches: Q4_0 .. Q5_1 and the k-quants.
-    switch (type) {
-      case GgmlType::kQ4_0:
-        return QuantizeSearchedScalar<GgmlType::kQ4_0>;
-      case GgmlType::kQ4_1:
-        return QuantizeSearchedScalar<GgmlType::kQ4_1>;
-      case GgmlType::kQ5_0:
-        return QuantizeSearchedScalar<GgmlType::kQ5_0>;
-      case GgmlType::kQ5_1:
-        return QuantizeSearchedScalar<GgmlType::kQ5_1>;
-      default:
-        break;  // The k-quants: below.
-    }
-  }
+  // Importance weights change only the searched quantizers' results: those
+  // run their reference block functions.
+  const bool searched_weighted =
+      weighted && GetBlockQuantizer(type, true) != nullptr;
 #if QS_HAVE_X86
-  if (isa == QuantizeIsa::kAvx2) {
+  if (isa == QuantizeIsa::kAvx2 && !searched_weighted) {
     switch (type) {
       case GgmlType::kF32:
         return QuantizeF32Avx2;
@@ -608,6 +593,7 @@ QuantizeKernel FindQuantizeKernel(GgmlType type, QuantizeIsa isa,
       return QuantizeBlocksScalar<GgmlType::kQ8_0, BlockQ8_0, kQk8_0,
                                   QuantizeBlockQ8_0Reference>;
     case GgmlType::kQ4_0:
+      if (searched_weighted) return QuantizeSearchedScalar<GgmlType::kQ4_0>;
       return QuantizeBlocksScalar<GgmlType::kQ4_0, BlockQ4_0, kQk4_0,
                                   QuantizeBlockQ4_0Reference>;
     case GgmlType::kQ4_1:
