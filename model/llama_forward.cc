@@ -176,37 +176,41 @@ absl::Status LlamaForward::Embed(const SafetensorsCheckpoint& checkpoint,
   return absl::OkStatus();
 }
 
-absl::Status LlamaForward::ForwardBlock(const DecoderBlockWeights& block,
-                                        int64_t sequences, int64_t seq_len,
-                                        float* hidden) const {
-  const int64_t dim = spec_.hidden_size;
-  const int64_t heads = spec_.num_heads, kv_heads = spec_.num_kv_heads;
-  const int64_t head_dim = spec_.head_dim, half = head_dim / 2;
+absl::Status LlamaForward::CheckBlock(const DecoderBlockWeights& block,
+                                      int64_t seq_len) const {
+  const int64_t dim = spec_.hidden_size, head_dim = spec_.head_dim;
   if (seq_len > max_positions_) {
     return absl::InvalidArgumentError(
         absl::StrCat("sequences of ", seq_len, " tokens exceed the ",
                      max_positions_, " positions prepared"));
   }
-  if (block.q.cols != dim || block.q.rows != heads * head_dim ||
-      block.k.rows != kv_heads * head_dim ||
-      block.v.rows != kv_heads * head_dim || block.o.rows != dim ||
-      block.down.rows != dim || block.gate.rows != block.down.cols ||
+  if (block.q.cols != dim || block.q.rows != spec_.num_heads * head_dim ||
+      block.k.rows != spec_.num_kv_heads * head_dim ||
+      block.v.rows != spec_.num_kv_heads * head_dim || block.o.rows != dim ||
+      block.o.cols != block.q.rows || block.down.rows != dim ||
+      block.gate.rows != block.down.cols || block.up.rows != block.down.cols ||
       static_cast<int64_t>(block.attn_norm.size()) != dim ||
       static_cast<int64_t>(block.ffn_norm.size()) != dim) {
     return absl::InvalidArgumentError(
         "decoder block weights do not match the model spec");
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> LlamaForward::Attention(
+    const DecoderBlockWeights& block, int64_t sequences, int64_t seq_len,
+    const float* normed, float* out, const BlockInputObserver& observer) const {
+  RETURN_IF_ERROR(CheckBlock(block, seq_len));
+  const int64_t heads = spec_.num_heads, kv_heads = spec_.num_kv_heads;
+  const int64_t head_dim = spec_.head_dim, half = head_dim / 2;
   const int64_t tokens = sequences * seq_len;
   const int64_t q_width = heads * head_dim, kv_width = kv_heads * head_dim;
-  std::vector<float> normed(static_cast<size_t>(tokens * dim));
   std::vector<float> q(static_cast<size_t>(tokens * q_width));
   std::vector<float> k(static_cast<size_t>(tokens * kv_width));
   std::vector<float> v(static_cast<size_t>(tokens * kv_width));
-  RmsNorm(hidden, block.attn_norm.data(), tokens, dim, spec_.rms_norm_eps,
-          normed.data());
-  ApplyLinear(block.q, normed.data(), tokens, q.data());
-  ApplyLinear(block.k, normed.data(), tokens, k.data());
-  ApplyLinear(block.v, normed.data(), tokens, v.data());
+  ApplyLinear(block.q, normed, tokens, q.data());
+  ApplyLinear(block.k, normed, tokens, k.data());
+  ApplyLinear(block.v, normed, tokens, v.data());
 
   // Rotary embeddings, HF convention: element i pairs with i + head_dim / 2.
   auto rotate = [&](float* x, int64_t width) {
@@ -270,24 +274,62 @@ absl::Status LlamaForward::ForwardBlock(const DecoderBlockWeights& block,
   q = {};
   k = {};
   v = {};
-  ApplyLinear(block.o, attended.data(), tokens, normed.data());
-  attended = {};
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < tokens * dim; ++i) hidden[i] += normed[i];
+  if (observer && !observer(BlockInput::kAttentionOutput, attended.data(),
+                            tokens, q_width)) {
+    return false;
+  }
+  ApplyLinear(block.o, attended.data(), tokens, out);
+  return true;
+}
 
-  // SwiGLU MLP.
-  RmsNorm(hidden, block.ffn_norm.data(), tokens, dim, spec_.rms_norm_eps,
-          normed.data());
+bool LlamaForward::Mlp(const DecoderBlockWeights& block, int64_t tokens,
+                       const float* normed, float* out,
+                       const BlockInputObserver& observer) const {
   const int64_t ffn = block.gate.rows;
   std::vector<float> gate(static_cast<size_t>(tokens * ffn));
   std::vector<float> up(static_cast<size_t>(tokens * ffn));
-  ApplyLinear(block.gate, normed.data(), tokens, gate.data());
-  ApplyLinear(block.up, normed.data(), tokens, up.data());
+  ApplyLinear(block.gate, normed, tokens, gate.data());
+  ApplyLinear(block.up, normed, tokens, up.data());
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < tokens * ffn; ++i) gate[i] = Silu(gate[i]) * up[i];
-  ApplyLinear(block.down, gate.data(), tokens, normed.data());
+  if (observer && !observer(BlockInput::kMlpOutput, gate.data(), tokens, ffn)) {
+    return false;
+  }
+  ApplyLinear(block.down, gate.data(), tokens, out);
+  return true;
+}
+
+absl::Status LlamaForward::ForwardBlock(
+    const DecoderBlockWeights& block, int64_t sequences, int64_t seq_len,
+    float* hidden, const BlockInputObserver& observer) const {
+  RETURN_IF_ERROR(CheckBlock(block, seq_len));
+  const int64_t dim = spec_.hidden_size;
+  const int64_t tokens = sequences * seq_len;
+  std::vector<float> normed(static_cast<size_t>(tokens * dim));
+  std::vector<float> sublayer(static_cast<size_t>(tokens * dim));
+  RmsNorm(hidden, block.attn_norm.data(), tokens, dim, spec_.rms_norm_eps,
+          normed.data());
+  if (observer &&
+      !observer(BlockInput::kAttention, normed.data(), tokens, dim)) {
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(const bool attended,
+                   Attention(block, sequences, seq_len, normed.data(),
+                             sublayer.data(), observer));
+  if (!attended) return absl::OkStatus();
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < tokens * dim; ++i) hidden[i] += normed[i];
+  for (int64_t i = 0; i < tokens * dim; ++i) hidden[i] += sublayer[i];
+
+  RmsNorm(hidden, block.ffn_norm.data(), tokens, dim, spec_.rms_norm_eps,
+          normed.data());
+  if (observer && !observer(BlockInput::kMlp, normed.data(), tokens, dim)) {
+    return absl::OkStatus();
+  }
+  if (!Mlp(block, tokens, normed.data(), sublayer.data(), observer)) {
+    return absl::OkStatus();
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < tokens * dim; ++i) hidden[i] += sublayer[i];
   return absl::OkStatus();
 }
 

@@ -12,6 +12,7 @@
 #define MODEL_LLAMA_FORWARD_H_
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -48,6 +49,20 @@ absl::StatusOr<DecoderBlockWeights> LoadDecoderBlock(
 absl::StatusOr<OutputHeadWeights> LoadOutputHead(
     const SafetensorsCheckpoint& checkpoint, const ModelSpec& spec);
 
+// The inputs of a block's linears, in the order the forward pass reaches
+// them.
+enum class BlockInput {
+  kAttention,        // input_layernorm output: q, k, v.
+  kAttentionOutput,  // attention heads, concatenated: o.
+  kMlp,              // post_attention_layernorm output: gate, up.
+  kMlpOutput,        // silu(gate) * up: down.
+};
+
+// Sees each linear input x [tokens, width] during a forward pass (to
+// accumulate calibration statistics); returning false ends the pass there.
+using BlockInputObserver = std::function<bool(BlockInput input, const float* x,
+                                              int64_t tokens, int64_t width)>;
+
 class LlamaForward {
  public:
   // Precomputes the rotary tables for positions below `max_positions`.
@@ -63,15 +78,32 @@ class LlamaForward {
   // Runs one decoder block in place on `hidden`: `sequences` sequences of
   // `seq_len` tokens, back to back ([sequences * seq_len, hidden_size]),
   // each starting at position 0. InvalidArgument when seq_len exceeds the
-  // rotary tables or the weights do not fit the spec.
+  // rotary tables or the weights do not fit the spec. When `observer` ends
+  // the pass early, `hidden` holds a partial result.
   absl::Status ForwardBlock(const DecoderBlockWeights& block, int64_t sequences,
-                            int64_t seq_len, float* hidden) const;
+                            int64_t seq_len, float* hidden,
+                            const BlockInputObserver& observer = {}) const;
+
+  // The sublayers without their residual connections: out [tokens, dim] =
+  // o(attention(q, k, v)) of the normalized input `normed`, and
+  // down(silu(gate) * up). False when `observer` ended the pass (before o or
+  // down ran).
+  absl::StatusOr<bool> Attention(const DecoderBlockWeights& block,
+                                 int64_t sequences, int64_t seq_len,
+                                 const float* normed, float* out,
+                                 const BlockInputObserver& observer = {}) const;
+  bool Mlp(const DecoderBlockWeights& block, int64_t tokens,
+           const float* normed, float* out,
+           const BlockInputObserver& observer = {}) const;
 
   // logits [tokens, vocab] from the final hidden states [tokens, hidden].
   absl::Status Logits(const OutputHeadWeights& head, const float* hidden,
                       int64_t tokens, float* logits) const;
 
  private:
+  absl::Status CheckBlock(const DecoderBlockWeights& block,
+                          int64_t seq_len) const;
+
   ModelSpec spec_;
   int64_t max_positions_;
   std::vector<float> cos_, sin_;  // [max_positions, head_dim / 2].

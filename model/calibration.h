@@ -1,0 +1,60 @@
+// Calibration data for GPTQ and AWQ: token windows drawn from a text or from
+// pre-tokenized ids.
+//
+// Sampling (documented so that any implementation can reproduce it): the
+// source becomes one token stream (text: split on blank lines, empty
+// paragraphs skipped, concat([BOS] + encode(paragraph)) with the model's
+// SentencePiece tokenizer, as for held-out perplexity; ids: as stored). For
+// sample i = 0 .. N-1 the window start is SplitMix64(seed)'s i-th output
+// modulo (len - L + 1), and the window is stream[start, start + L). The
+// windows may overlap. The same seed gives the same windows everywhere.
+#ifndef MODEL_CALIBRATION_H_
+#define MODEL_CALIBRATION_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace quant {
+
+struct CalibrationOptions {
+  std::string text_path;    // UTF-8 text; or
+  std::string tokens_path;  // token ids: .npy (1-D int32/int64) or .txt
+                            // (whitespace-separated integers).
+  int64_t samples = 128;    // N windows ...
+  int64_t seq_len = 512;    // ... of L tokens.
+  uint64_t seed = 0;
+};
+
+// The i-th output of SplitMix64 started at `seed`, for i = 0, 1, ...
+class SplitMix64 {
+ public:
+  explicit SplitMix64(uint64_t seed) : state_(seed) {}
+  uint64_t Next();
+
+ private:
+  uint64_t state_;
+};
+
+// `samples` windows of `seq_len` tokens, back to back. InvalidArgument when
+// the stream is shorter than one window or the sizes are not positive.
+absl::StatusOr<std::vector<int32_t>> SampleCalibrationWindows(
+    const std::vector<int32_t>& stream, int64_t samples, int64_t seq_len,
+    uint64_t seed);
+
+// Reads token ids from a .npy (1-D, little-endian int32 or int64) or a text
+// file of whitespace-separated integers.
+absl::StatusOr<std::vector<int32_t>> ReadTokenIds(const std::string& path);
+
+// The calibration windows for the model in `model_dir` (its tokenizer.model,
+// config bos_token_id, default 1): exactly one of text_path / tokens_path
+// must be set; ids outside [0, vocab_size) are InvalidArgument naming the
+// first one.
+absl::StatusOr<std::vector<int32_t>> LoadCalibrationWindows(
+    const std::string& model_dir, const CalibrationOptions& options);
+
+}  // namespace quant
+
+#endif  // MODEL_CALIBRATION_H_
