@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "format/half.h"
 
 namespace quant {
 namespace {
@@ -38,7 +39,9 @@ GroupParams FindParams(int64_t rows, int64_t columns, int maxq, bool sym,
       if (lo < 0) lo = -hi;
     }
     if (lo == 0 && hi == 0) lo = -1, hi = 1;
-    const float scale = (hi - lo) / static_cast<float>(maxq);
+    // Scales are stored as fp16 in every format we write: quantize with the
+    // stored value so that the model evaluated is the model exported.
+    const float scale = RoundScaleToHalf((hi - lo) / static_cast<float>(maxq));
     p.scale[r] = scale;
     p.zero[r] = sym ? (maxq + 1) / 2
                     : static_cast<int32_t>(std::nearbyint(-lo / scale));
@@ -61,9 +64,9 @@ absl::Status CheckShape(int64_t rows, int64_t cols, int bits, int group_size) {
     return absl::InvalidArgumentError(
         absl::StrCat("weight shape [", rows, ", ", cols, "] is empty"));
   }
-  if (bits != 2 && bits != 3 && bits != 4 && bits != 8) {
+  if (bits < 2 || bits > 8) {
     return absl::InvalidArgumentError(
-        absl::StrCat("bits must be 2, 3, 4 or 8, not ", bits));
+        absl::StrCat("bits must be 2 to 8, not ", bits));
   }
   if (group_size == 0 || group_size < -1) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -104,6 +107,12 @@ bool InverseCholesky(std::vector<double> h, int64_t n, double damp,
 }
 
 }  // namespace
+
+float RoundScaleToHalf(float scale) {
+  const float rounded = HalfToFloat(FloatToHalf(scale));
+  // The smallest positive fp16 (2^-24) keeps tiny groups quantizable.
+  return rounded > 0 ? rounded : HalfToFloat(1);
+}
 
 std::vector<float> QuantizedLinear::Dequantize() const {
   std::vector<float> w(static_cast<size_t>(rows * cols));

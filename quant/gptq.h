@@ -20,7 +20,9 @@
 namespace quant {
 
 struct GptqOptions {
-  int bits = 4;           // 2, 3, 4 or 8.
+  // 2 to 8; the GPTQ v1 checkpoint layout stores 2, 3, 4 and 8 (5 and 6
+  // serve GGUF targets).
+  int bits = 4;
   int group_size = 128;   // Columns per group; -1: one group per row.
   bool desc_act = false;  // Quantize columns by decreasing Hessian diagonal.
   bool static_groups = false;  // Group parameters from the original weights.
@@ -52,6 +54,10 @@ struct GptqResult {
   double loss = 0;
   double damp_percent_used = 0;
 };
+
+// `scale` rounded to fp16 (at least the smallest positive fp16): group
+// scales are stored as fp16, so every quantizer uses the stored value.
+float RoundScaleToHalf(float scale);
 
 // Round to nearest with min-max group parameters (the baseline): groups of
 // `group_size` consecutive columns (-1: whole rows).

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "format/half.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -81,7 +82,8 @@ OracleResult OracleGptq(const Problem& p, const GptqOptions& o) {
         if (lo < 0) lo = -hi;
       }
       if (lo == 0 && hi == 0) lo = -1, hi = 1;
-      scale[r] = (hi - lo) / maxq;
+      // Stored as fp16, as every checkpoint format keeps it.
+      scale[r] = HalfToFloat(FloatToHalf(static_cast<float>((hi - lo) / maxq)));
       zero[r] = o.sym ? (maxq + 1) / 2
                       : static_cast<int>(std::nearbyint(-lo / scale[r]));
     }
@@ -275,10 +277,10 @@ TEST(GptqTest, DeadInputsAndBadArguments) {
   const std::vector<float> deq = r->quantized.Dequantize();
   for (int r2 = 0; r2 < 3; ++r2) EXPECT_EQ(deq[r2 * 32 + 5], 0.0f);  // Zeroed.
   GptqOptions bad;
-  bad.bits = 5;
+  bad.bits = 9;
   EXPECT_THAT(
       std::string(GptqQuantize(p.w.data(), 3, 32, p.h, bad).status().message()),
-      HasSubstr("bits must be 2, 3, 4 or 8, not 5"));
+      HasSubstr("bits must be 2 to 8, not 9"));
   bad = GptqOptions();
   bad.group_size = 0;
   EXPECT_EQ(GptqQuantize(p.w.data(), 3, 32, p.h, bad).status().code(),

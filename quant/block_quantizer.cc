@@ -1,0 +1,505 @@
+#include "quant/block_quantizer.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <optional>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "format/half.h"
+#include "quant/hessian.h"
+
+namespace quant {
+namespace {
+
+constexpr int kQ = 0, kK = 1, kV = 2, kO = 3, kGate = 4, kUp = 5, kDown = 6;
+constexpr int kInputs = 4;
+
+// The input each linear reads.
+BlockInput InputOf(int linear) {
+  switch (linear) {
+    case kQ:
+    case kK:
+    case kV:
+      return BlockInput::kAttention;
+    case kO:
+      return BlockInput::kAttentionOutput;
+    case kGate:
+    case kUp:
+      return BlockInput::kMlp;
+    default:
+      return BlockInput::kMlpOutput;
+  }
+}
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+      .count();
+}
+
+float RoundTo(SafetensorsDType dtype, float x) {
+  switch (dtype) {
+    case SafetensorsDType::kBF16:
+      return Bf16ToFloat(FloatToBf16(x));
+    case SafetensorsDType::kF16:
+      return HalfToFloat(FloatToHalf(x));
+    default:
+      return x;
+  }
+}
+
+// What one pass over the calibration sequences collects per block input.
+struct Capture {
+  std::array<std::optional<HessianAccumulator>, kInputs> hessians;
+  // The inputs of the first `keep_sequences` sequences, for AWQ's searches.
+  int64_t keep_sequences = 0;
+  std::array<std::vector<float>, kInputs> kept;
+};
+
+// Runs the block over every sequence, feeding the wanted inputs to their
+// accumulators; the pass stops after the last wanted input. `hidden` is
+// left unchanged.
+absl::Status CaptureInputs(const LlamaForward& forward,
+                           const DecoderBlockWeights& block,
+                           const float* hidden, int64_t sequences,
+                           int64_t seq_len, int64_t per_pass,
+                           std::array<bool, kInputs> wanted, Capture& capture) {
+  const int64_t dim = forward.spec().hidden_size;
+  int last = -1;
+  for (int i = 0; i < kInputs; ++i) {
+    if (!wanted[i]) continue;
+    last = i;
+    if (!capture.hessians[i]) {
+      const int64_t width =
+          i == static_cast<int>(BlockInput::kMlpOutput) ? block.down.cols
+          : i == static_cast<int>(BlockInput::kAttentionOutput) ? block.o.cols
+                                                                : dim;
+      capture.hessians[i].emplace(width);
+    }
+  }
+  if (last < 0) return absl::OkStatus();
+  std::vector<float> chunk;
+  for (int64_t first = 0; first < sequences; first += per_pass) {
+    const int64_t count = std::min(per_pass, sequences - first);
+    chunk.assign(hidden + first * seq_len * dim,
+                 hidden + (first + count) * seq_len * dim);
+    const int64_t kept =
+        std::max<int64_t>(0, std::min(count, capture.keep_sequences - first));
+    const BlockInputObserver observer = [&](BlockInput input, const float* x,
+                                            int64_t tokens, int64_t width) {
+      const int i = static_cast<int>(input);
+      if (wanted[i]) {
+        capture.hessians[i]->Add(x, tokens);
+        if (kept > 0) {
+          capture.kept[i].insert(capture.kept[i].end(), x,
+                                 x + kept * seq_len * width);
+        }
+      }
+      return i != last;
+    };
+    RETURN_IF_ERROR(
+        forward.ForwardBlock(block, count, seq_len, chunk.data(), observer));
+  }
+  return absl::OkStatus();
+}
+
+// Sum over elements of (A H) .* A for A [rows, cols], H [cols, cols]:
+// tr(A H A^T).
+double HessianQuadratic(const std::vector<double>& a, int64_t rows,
+                        int64_t cols, const std::vector<double>& h) {
+  std::vector<double> ah(a.size());
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows),
+              static_cast<int>(cols), static_cast<int>(cols), 1.0, a.data(),
+              static_cast<int>(cols), h.data(), static_cast<int>(cols), 0.0,
+              ah.data(), static_cast<int>(cols));
+  double total = 0;
+  for (size_t i = 0; i < a.size(); ++i) total += ah[i] * a[i];
+  return total;
+}
+
+void ReportErrors(const std::vector<float>& original,
+                  const std::vector<float>& quantized, int64_t rows,
+                  int64_t cols, const std::vector<double>* hessian,
+                  LinearReport& report) {
+  if (hessian == nullptr) {
+    report.proxy_loss = report.relative_output_error =
+        std::numeric_limits<double>::quiet_NaN();
+    return;
+  }
+  std::vector<double> w(original.begin(), original.end());
+  std::vector<double> dw(w.size());
+  for (size_t i = 0; i < w.size(); ++i) dw[i] = quantized[i] - w[i];
+  const double error = HessianQuadratic(dw, rows, cols, *hessian);
+  const double signal = HessianQuadratic(w, rows, cols, *hessian);
+  report.proxy_loss = error / 2;
+  report.relative_output_error =
+      signal > 0 ? std::sqrt(std::max(0.0, error) / signal) : 0;
+}
+
+std::vector<float> Diagonal(const std::vector<double>& h, int64_t n) {
+  std::vector<float> d(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) d[i] = static_cast<float>(h[i * n + i]);
+  return d;
+}
+
+// H of inputs divided by s: H_ij / (s_i s_j).
+void ScaleHessian(const std::vector<float>& s, std::vector<double>& h) {
+  const int64_t n = static_cast<int64_t>(s.size());
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < n; ++j) h[i * n + j] /= double{s[i]} * s[j];
+  }
+}
+
+double MeanSquaredDifference(const std::vector<float>& a,
+                             const std::vector<float>& b) {
+  double total = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double d = double{a[i]} - b[i];
+    total += d * d;
+  }
+  return a.empty() ? 0 : total / static_cast<double>(a.size());
+}
+
+class BlockQuantizer {
+ public:
+  BlockQuantizer(const LlamaForward& forward, DecoderBlockWeights block,
+                 const BlockRecipe& recipe, int64_t sequences, int64_t seq_len,
+                 float* hidden)
+      : forward_(forward),
+        recipe_(recipe),
+        sequences_(sequences),
+        seq_len_(seq_len),
+        per_pass_(std::max<int64_t>(1, recipe.sequences_per_pass)),
+        hidden_(hidden) {
+    result_.weights = std::move(block);
+  }
+
+  absl::StatusOr<BlockResult> Run() {
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < kBlockLinears; ++i) {
+      const WeightFormat& f = recipe_.formats[i];
+      LinearReport& report = result_.reports[i];
+      report.name = std::string(kBlockLinearNames[i]);
+      report.bits = f.bits;
+      report.group_size = f.group_size;
+    }
+    if (sequences_ == 0 && recipe_.method != QuantMethod::kRtn) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(QuantMethodName(recipe_.method),
+                       " needs calibration data; only RTN runs without"));
+    }
+    switch (recipe_.method) {
+      case QuantMethod::kRtn:
+        RETURN_IF_ERROR(RunRtn());
+        break;
+      case QuantMethod::kGptq:
+        RETURN_IF_ERROR(RunGptq());
+        break;
+      case QuantMethod::kAwq:
+        RETURN_IF_ERROR(RunAwq());
+        break;
+    }
+    if (sequences_ > 0) {
+      RETURN_IF_ERROR(ForwardBlockInPasses(
+          forward_, result_.weights, sequences_, seq_len_, per_pass_, hidden_));
+    }
+    result_.seconds = SecondsSince(start);
+    return std::move(result_);
+  }
+
+ private:
+  absl::Status CaptureStage(std::array<bool, kInputs> wanted,
+                            int64_t keep = 0) {
+    capture_.keep_sequences = keep;
+    return CaptureInputs(forward_, result_.weights, hidden_, sequences_,
+                         seq_len_, per_pass_, wanted, capture_);
+  }
+
+  const std::vector<double>* HessianOf(int linear) {
+    const int input = static_cast<int>(InputOf(linear));
+    if (!capture_.hessians[input]) return nullptr;
+    auto it = hessian_cache_.find(input);
+    if (it == hessian_cache_.end()) {
+      it = hessian_cache_.emplace(input, capture_.hessians[input]->Hessian())
+               .first;
+    }
+    return &it->second;
+  }
+
+  // Records the solution of linear i and makes the block compute with it.
+  void Install(int i, QuantizedLinear quantized,
+               const std::vector<float>& original,
+               std::chrono::steady_clock::time_point start) {
+    LinearWeights& linear = BlockLinear(result_.weights, i);
+    linear.weight = quantized.Dequantize();
+    const std::vector<double>* h = HessianOf(i);
+    ReportErrors(original, linear.weight, linear.rows, linear.cols, h,
+                 result_.reports[i]);
+    if (h != nullptr) result_.importance[i] = Diagonal(*h, linear.cols);
+    result_.quantized[i] = std::move(quantized);
+    result_.reports[i].seconds = SecondsSince(start);
+  }
+
+  absl::Status RunRtn() {
+    if (sequences_ > 0) RETURN_IF_ERROR(CaptureStage({true, true, true, true}));
+    for (int i = 0; i < kBlockLinears; ++i) {
+      const auto start = std::chrono::steady_clock::now();
+      const WeightFormat& f = recipe_.formats[i];
+      const LinearWeights& linear = BlockLinear(result_.weights, i);
+      const std::vector<float> original = linear.weight;
+      ASSIGN_OR_RETURN(QuantizedLinear q,
+                       RtnQuantize(original.data(), linear.rows, linear.cols,
+                                   f.bits, f.group_size, f.sym));
+      Install(i, std::move(q), original, start);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status RunGptq() {
+    // Stages by input; without true_sequential all inputs come from the FP
+    // block in one pass.
+    const std::vector<std::vector<int>> stages =
+        recipe_.true_sequential ? std::vector<std::vector<int>>{{kQ, kK, kV},
+                                                                {kO},
+                                                                {kGate, kUp},
+                                                                {kDown}}
+                                : std::vector<std::vector<int>>{
+                                      {kQ, kK, kV, kO, kGate, kUp, kDown}};
+    for (const std::vector<int>& stage : stages) {
+      std::array<bool, kInputs> wanted = {false, false, false, false};
+      for (int i : stage) wanted[static_cast<int>(InputOf(i))] = true;
+      RETURN_IF_ERROR(CaptureStage(wanted));
+      for (int i : stage) {
+        const auto start = std::chrono::steady_clock::now();
+        const LinearWeights& linear = BlockLinear(result_.weights, i);
+        GptqOptions options = recipe_.gptq;
+        options.bits = recipe_.formats[i].bits;
+        options.group_size = recipe_.formats[i].group_size;
+        options.sym = recipe_.formats[i].sym;
+        const std::vector<float> original = linear.weight;
+        absl::StatusOr<GptqResult> solved = GptqQuantize(
+            original.data(), linear.rows, linear.cols, *HessianOf(i), options);
+        if (!solved.ok()) {
+          return absl::Status(solved.status().code(),
+                              absl::StrCat(kBlockLinearNames[i], ": ",
+                                           solved.status().message()));
+        }
+        result_.reports[i].damp_percent = solved->damp_percent_used;
+        Install(i, std::move(solved->quantized), original, start);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status RunAwq() {
+    const int64_t keep = std::min(sequences_, recipe_.awq.search_sequences);
+    RETURN_IF_ERROR(CaptureStage({true, true, true, true}, keep));
+    DecoderBlockWeights& block = result_.weights;
+    const DecoderBlockWeights original = block;
+    const int64_t dim = forward_.spec().hidden_size;
+    const int64_t kept_tokens = keep * seq_len_;
+
+    // AWQ's groups: (scaled linears, input, module whose output is
+    // measured); all searched on the FP block before any is applied.
+    struct Group {
+      std::vector<int> linears;
+      BlockInput input;
+    };
+    std::vector<Group> groups = {{{kQ, kK, kV}, BlockInput::kAttention}};
+    if (block.v.rows == block.o.cols) {  // Not with grouped-query attention.
+      groups.push_back({{kO}, BlockInput::kAttentionOutput});
+    }
+    groups.push_back({{kGate, kUp}, BlockInput::kMlp});
+    groups.push_back({{kDown}, BlockInput::kMlpOutput});
+
+    AwqOptions awq = recipe_.awq;
+    std::vector<std::vector<float>> group_scales;
+    for (const Group& group : groups) {
+      const int input = static_cast<int>(group.input);
+      const std::vector<float>& x = capture_.kept[input];
+      const WeightFormat& f = recipe_.formats[group.linears[0]];
+      awq.zero_point = !f.sym;
+      for (int i : group.linears) {
+        const WeightFormat& g = recipe_.formats[i];
+        if (g.bits != f.bits || g.group_size != f.group_size ||
+            g.sym != f.sym) {
+          return absl::InvalidArgumentError(
+              "the linears AWQ scales together need one weight format");
+        }
+      }
+      // The module output the search compares against the FP one.
+      auto output = [&](const DecoderBlockWeights& weights)
+          -> absl::StatusOr<std::vector<float>> {
+        std::vector<float> out;
+        switch (group.input) {
+          case BlockInput::kAttention: {
+            out.resize(static_cast<size_t>(kept_tokens * dim));
+            ASSIGN_OR_RETURN(const bool done,
+                             forward_.Attention(weights, keep, seq_len_,
+                                                x.data(), out.data()));
+            (void)done;
+            break;
+          }
+          case BlockInput::kMlp:
+            out.resize(static_cast<size_t>(kept_tokens * dim));
+            forward_.Mlp(weights, kept_tokens, x.data(), out.data());
+            break;
+          default: {
+            const LinearWeights& linear =
+                BlockLinear(weights, group.linears[0]);
+            out.resize(static_cast<size_t>(kept_tokens * linear.rows));
+            ApplyLinear(linear, x.data(), kept_tokens, out.data());
+          }
+        }
+        return out;
+      };
+      ASSIGN_OR_RETURN(const std::vector<float> reference, output(original));
+      DecoderBlockWeights trial = original;
+      const AwqLossFn loss = [&](const std::vector<LinearWeights>& replaced)
+          -> absl::StatusOr<double> {
+        for (size_t k = 0; k < replaced.size(); ++k) {
+          BlockLinear(trial, group.linears[k]).weight = replaced[k].weight;
+        }
+        ASSIGN_OR_RETURN(const std::vector<float> out, output(trial));
+        return MeanSquaredDifference(out, reference);
+      };
+      std::vector<const LinearWeights*> linears;
+      for (int i : group.linears) linears.push_back(&BlockLinear(original, i));
+      const std::vector<double> x_mean = capture_.hessians[input]->MeanAbs();
+      ASSIGN_OR_RETURN(
+          const AwqScaleSearchResult found,
+          SearchAwqScales(linears, x_mean, f.bits, f.group_size, awq, loss));
+      result_.awq_ratios.push_back(found.ratio);
+      group_scales.push_back(found.scales);
+    }
+
+    // Fold: the producer of each input is divided by s, its readers'
+    // columns multiplied; the captured statistics follow.
+    for (size_t g = 0; g < groups.size(); ++g) {
+      const std::vector<float>& s = group_scales[g];
+      const int input = static_cast<int>(groups[g].input);
+      switch (groups[g].input) {
+        case BlockInput::kAttention:
+        case BlockInput::kMlp: {
+          std::vector<float>& norm = groups[g].input == BlockInput::kAttention
+                                         ? block.attn_norm
+                                         : block.ffn_norm;
+          for (size_t c = 0; c < norm.size(); ++c) {
+            norm[c] = RoundTo(recipe_.norm_dtype, norm[c] / s[c]);
+          }
+          break;
+        }
+        case BlockInput::kAttentionOutput:
+          DivideOutputRows(s, block.v);
+          break;
+        case BlockInput::kMlpOutput:
+          DivideOutputRows(s, block.up);
+          break;
+      }
+      for (int i : groups[g].linears)
+        ScaleInputColumns(s, BlockLinear(block, i));
+      std::vector<float>& x = capture_.kept[input];
+      const int64_t width = static_cast<int64_t>(s.size());
+      for (size_t t = 0; t < x.size(); ++t) x[t] /= s[t % width];
+      hessian_cache_.emplace(input, capture_.hessians[input]->Hessian());
+      ScaleHessian(s, hessian_cache_[input]);
+    }
+
+    for (int i = 0; i < kBlockLinears; ++i) {
+      const auto start = std::chrono::steady_clock::now();
+      LinearWeights& linear = BlockLinear(block, i);
+      const WeightFormat& f = recipe_.formats[i];
+      const std::vector<float> scaled = linear.weight;
+      // AutoAWQ leaves q and k unclipped: their errors pass through softmax.
+      if (recipe_.awq.clip && i != kQ && i != kK) {
+        AwqOptions clip = recipe_.awq;
+        clip.zero_point = !f.sym;
+        RETURN_IF_ERROR(
+            ClipAwq(capture_.kept[static_cast<int>(InputOf(i))].data(),
+                    kept_tokens, f.bits, f.group_size, clip, linear));
+      }
+      ASSIGN_OR_RETURN(QuantizedLinear q,
+                       AwqQuantize(linear.weight.data(), linear.rows,
+                                   linear.cols, f.bits, f.group_size, !f.sym));
+      Install(i, std::move(q), scaled, start);
+    }
+    return absl::OkStatus();
+  }
+
+  const LlamaForward& forward_;
+  const BlockRecipe& recipe_;
+  const int64_t sequences_, seq_len_, per_pass_;
+  float* hidden_;
+  BlockResult result_;
+  struct Capture capture_;
+  std::map<int, std::vector<double>> hessian_cache_;
+};
+
+}  // namespace
+
+LinearWeights& BlockLinear(DecoderBlockWeights& block, int index) {
+  LinearWeights* linears[] = {&block.q,    &block.k,  &block.v,   &block.o,
+                              &block.gate, &block.up, &block.down};
+  return *linears[index];
+}
+
+const LinearWeights& BlockLinear(const DecoderBlockWeights& block, int index) {
+  return BlockLinear(const_cast<DecoderBlockWeights&>(block), index);
+}
+
+absl::StatusOr<QuantMethod> ParseQuantMethod(absl::string_view name) {
+  const std::string lower = absl::AsciiStrToLower(name);
+  if (lower == "rtn") return QuantMethod::kRtn;
+  if (lower == "gptq") return QuantMethod::kGptq;
+  if (lower == "awq") return QuantMethod::kAwq;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown quantization method \"", name, "\" (rtn, gptq or awq)"));
+}
+
+absl::string_view QuantMethodName(QuantMethod method) {
+  switch (method) {
+    case QuantMethod::kRtn:
+      return "rtn";
+    case QuantMethod::kGptq:
+      return "gptq";
+    case QuantMethod::kAwq:
+      return "awq";
+  }
+  return "?";
+}
+
+absl::Status ForwardBlockInPasses(const LlamaForward& forward,
+                                  const DecoderBlockWeights& block,
+                                  int64_t sequences, int64_t seq_len,
+                                  int64_t sequences_per_pass, float* hidden) {
+  const int64_t dim = forward.spec().hidden_size;
+  const int64_t per_pass = std::max<int64_t>(1, sequences_per_pass);
+  for (int64_t first = 0; first < sequences; first += per_pass) {
+    const int64_t count = std::min(per_pass, sequences - first);
+    RETURN_IF_ERROR(forward.ForwardBlock(block, count, seq_len,
+                                         hidden + first * seq_len * dim));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<BlockResult> QuantizeBlock(const LlamaForward& forward,
+                                          DecoderBlockWeights block,
+                                          const BlockRecipe& recipe,
+                                          int64_t sequences, int64_t seq_len,
+                                          float* hidden) {
+  if (sequences < 0 || (sequences > 0 && seq_len < 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "bad calibration shape: ", sequences, " sequences of ", seq_len));
+  }
+  return BlockQuantizer(forward, std::move(block), recipe, sequences, seq_len,
+                        hidden)
+      .Run();
+}
+
+}  // namespace quant

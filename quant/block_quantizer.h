@@ -1,0 +1,108 @@
+// One decoder block quantized on its calibration activations: the unit of
+// work of the pipeline (and of a worker's layer job). Input: the block's FP
+// weights and the activations entering it; output: each linear's integer
+// solution, the weights the quantized block computes with, the calibration
+// statistics the GGUF export uses as importance, a quality report, and the
+// activations leaving the quantized block (the next block's input).
+//
+// Methods: RTN (min-max groups), GPTQ (with true-sequential stages q/k/v,
+// o, gate/up, down, each calibrated on the outputs of the stages already
+// quantized), AWQ (scales searched on the FP activations and folded into the
+// norms / v / up, clipping search, then AutoAWQ's quantizer).
+#ifndef QUANT_BLOCK_QUANTIZER_H_
+#define QUANT_BLOCK_QUANTIZER_H_
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "format/safetensors.h"
+#include "model/llama_forward.h"
+#include "quant/awq.h"
+#include "quant/gptq.h"
+
+namespace quant {
+
+// The linears of a decoder block, in the order of this array everywhere.
+inline constexpr int kBlockLinears = 7;
+inline constexpr std::array<absl::string_view, kBlockLinears>
+    kBlockLinearNames = {"self_attn.q_proj", "self_attn.k_proj",
+                         "self_attn.v_proj", "self_attn.o_proj",
+                         "mlp.gate_proj",    "mlp.up_proj",
+                         "mlp.down_proj"};
+LinearWeights& BlockLinear(DecoderBlockWeights& block, int index);
+const LinearWeights& BlockLinear(const DecoderBlockWeights& block, int index);
+
+enum class QuantMethod { kRtn, kGptq, kAwq };
+absl::StatusOr<QuantMethod> ParseQuantMethod(absl::string_view name);
+absl::string_view QuantMethodName(QuantMethod method);
+
+// How one linear's weights are stored: scale * (q - zero), q < 2^bits.
+struct WeightFormat {
+  int bits = 4;
+  int group_size = 128;  // -1: one group per row.
+  bool sym = false;
+};
+
+struct BlockRecipe {
+  QuantMethod method = QuantMethod::kGptq;
+  std::array<WeightFormat, kBlockLinears> formats;
+  // desc_act, static_groups, damping and block_size (its bits, group_size
+  // and sym are ignored: `formats` decides).
+  GptqOptions gptq;
+  bool true_sequential = true;
+  AwqOptions awq;  // Its zero_point is ignored: formats[i].sym decides.
+  // Sequences run through the block at once (activation memory).
+  int64_t sequences_per_pass = 16;
+  // Norm weights changed by AWQ are rounded to this dtype (the one they are
+  // stored in), so that the model calibrated is the model written.
+  SafetensorsDType norm_dtype = SafetensorsDType::kF32;
+};
+
+struct LinearReport {
+  std::string name;  // e.g. "self_attn.q_proj".
+  int bits = 0;
+  int group_size = 0;
+  // With H the calibration Hessian of the linear's inputs and dW = Q - W:
+  // 1/2 tr(dW H dW^T) (GPTQ's objective; NaN without calibration data) ...
+  double proxy_loss = 0;
+  // ... and ||W X - Q X|| / ||W X|| = sqrt(tr(dW H dW^T) / tr(W H W^T)).
+  double relative_output_error = 0;
+  double damp_percent = 0;  // GPTQ's dampening after automatic increases.
+  double seconds = 0;
+};
+
+struct BlockResult {
+  // The weights the quantized block computes with: every linear
+  // dequantized; norms as AWQ left them.
+  DecoderBlockWeights weights;
+  std::array<QuantizedLinear, kBlockLinears> quantized;
+  // Per linear, the Hessian diagonal (mean x^2 per input column, times 2),
+  // for the GGUF export's importance; empty without calibration data.
+  std::array<std::vector<float>, kBlockLinears> importance;
+  std::array<LinearReport, kBlockLinears> reports;
+  std::vector<double> awq_ratios;  // Per scaled group, the chosen exponent.
+  double seconds = 0;
+};
+
+// Quantizes `block` on `hidden` [sequences * seq_len, hidden_size], the
+// activations entering it, and replaces them with the quantized block's
+// outputs. sequences == 0 is a data-free run (RTN only).
+absl::StatusOr<BlockResult> QuantizeBlock(const LlamaForward& forward,
+                                          DecoderBlockWeights block,
+                                          const BlockRecipe& recipe,
+                                          int64_t sequences, int64_t seq_len,
+                                          float* hidden);
+
+// Runs `block` over `hidden` in passes of `sequences_per_pass` sequences.
+absl::Status ForwardBlockInPasses(const LlamaForward& forward,
+                                  const DecoderBlockWeights& block,
+                                  int64_t sequences, int64_t seq_len,
+                                  int64_t sequences_per_pass, float* hidden);
+
+}  // namespace quant
+
+#endif  // QUANT_BLOCK_QUANTIZER_H_

@@ -1,0 +1,173 @@
+#include "quant/block_quantizer.h"
+
+#include <cmath>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/test_data.h"
+#include "convert/tiny_llama.h"
+#include "format/model_config.h"
+#include "format/safetensors.h"
+#include "gtest/gtest.h"
+
+namespace quant {
+namespace {
+
+struct Fixture {
+  ModelSpec spec;
+  DecoderBlockWeights block;
+  std::vector<float> hidden;  // Activations entering block 0.
+  int64_t sequences = 6, seq_len = 32;
+};
+
+Fixture MakeFixture(int64_t kv_heads) {
+  Fixture f;
+  const std::string dir =
+      MakeTestTempDir("block_quantizer_" + std::to_string(kv_heads));
+  TinyLlamaOptions options;
+  options.num_kv_heads = kv_heads;
+  EXPECT_TRUE(WriteTinyLlama(dir, options).ok());
+  f.spec = *LoadModelConfig(dir);
+  const auto checkpoint = *SafetensorsCheckpoint::Open(dir);
+  f.block = *LoadDecoderBlock(*checkpoint, f.spec, 0);
+  // Token embeddings of random ids, as the pipeline feeds block 0.
+  const LlamaForward forward(f.spec, f.seq_len);
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int32_t> id(0, f.spec.vocab_size - 1);
+  std::vector<int32_t> tokens(f.sequences * f.seq_len);
+  for (int32_t& t : tokens) t = id(rng);
+  f.hidden.resize(tokens.size() * f.spec.hidden_size);
+  EXPECT_TRUE(forward.Embed(*checkpoint, tokens, f.hidden.data()).ok());
+  return f;
+}
+
+BlockRecipe Recipe(QuantMethod method, int bits, int group_size) {
+  BlockRecipe recipe;
+  recipe.method = method;
+  for (WeightFormat& format : recipe.formats) {
+    format.bits = bits, format.group_size = group_size, format.sym = false;
+  }
+  recipe.sequences_per_pass = 4;  // Several passes over 6 sequences.
+  return recipe;
+}
+
+BlockResult Quantize(const Fixture& f, const BlockRecipe& recipe,
+                     std::vector<float>& hidden) {
+  const LlamaForward forward(f.spec, f.seq_len);
+  hidden = f.hidden;
+  absl::StatusOr<BlockResult> result = QuantizeBlock(
+      forward, f.block, recipe, f.sequences, f.seq_len, hidden.data());
+  EXPECT_TRUE(result.ok()) << result.status();
+  return *std::move(result);
+}
+
+double RelativeDifference(const std::vector<float>& a,
+                          const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (double{a[i]} - b[i]) * (double{a[i]} - b[i]);
+    den += double{b[i]} * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+TEST(BlockQuantizerTest, OutputsAreTheQuantizedBlocksForwardPass) {
+  const Fixture f = MakeFixture(2);
+  for (QuantMethod method :
+       {QuantMethod::kRtn, QuantMethod::kGptq, QuantMethod::kAwq}) {
+    std::vector<float> out;
+    const BlockResult r = Quantize(f, Recipe(method, 4, 64), out);
+    std::vector<float> expected = f.hidden;
+    const LlamaForward forward(f.spec, f.seq_len);
+    ASSERT_TRUE(ForwardBlockInPasses(forward, r.weights, f.sequences, f.seq_len,
+                                     2, expected.data())
+                    .ok());
+    EXPECT_EQ(out, expected) << QuantMethodName(method);
+    for (int i = 0; i < kBlockLinears; ++i) {
+      EXPECT_EQ(r.quantized[i].Dequantize(), BlockLinear(r.weights, i).weight)
+          << kBlockLinearNames[i];
+      EXPECT_EQ(r.importance[i].size(),
+                static_cast<size_t>(BlockLinear(r.weights, i).cols));
+      EXPECT_GT(r.reports[i].relative_output_error, 0.0);
+      EXPECT_LT(r.reports[i].relative_output_error, 0.2)
+          << QuantMethodName(method) << " " << kBlockLinearNames[i];
+    }
+  }
+}
+
+TEST(BlockQuantizerTest, GptqBeatsRtnOnEveryLinear) {
+  const Fixture f = MakeFixture(2);
+  for (bool true_sequential : {true, false}) {
+    for (bool desc_act : {false, true}) {
+      std::vector<float> rtn_out, gptq_out;
+      const BlockResult rtn =
+          Quantize(f, Recipe(QuantMethod::kRtn, 3, 64), rtn_out);
+      BlockRecipe recipe = Recipe(QuantMethod::kGptq, 3, 64);
+      recipe.true_sequential = true_sequential;
+      recipe.gptq.desc_act = desc_act;
+      const BlockResult gptq = Quantize(f, recipe, gptq_out);
+      for (int i = 0; i < kBlockLinears; ++i) {
+        EXPECT_LT(gptq.reports[i].proxy_loss, rtn.reports[i].proxy_loss)
+            << kBlockLinearNames[i] << " sequential " << true_sequential
+            << " act-order " << desc_act;
+      }
+      std::vector<float> fp = f.hidden;
+      const LlamaForward forward(f.spec, f.seq_len);
+      ASSERT_TRUE(ForwardBlockInPasses(forward, f.block, f.sequences, f.seq_len,
+                                       6, fp.data())
+                      .ok());
+      EXPECT_LT(RelativeDifference(gptq_out, fp),
+                RelativeDifference(rtn_out, fp));
+    }
+  }
+}
+
+TEST(BlockQuantizerTest, AwqFoldsExactlyAndScalesVIntoOWithoutGqa) {
+  // Without GQA, v -> o is a scaled pair: four groups searched. At 8 bits the
+  // quantization error is small, so the block must compute nearly what the
+  // FP block computes, as RTN does: the folding into the norms and v / up is
+  // exact (a wrong fold errs by tens of percent).
+  const Fixture f = MakeFixture(4);
+  std::vector<float> out;
+  BlockRecipe recipe = Recipe(QuantMethod::kAwq, 8, 64);
+  recipe.awq.clip = false;
+  const BlockResult r = Quantize(f, recipe, out);
+  EXPECT_EQ(r.awq_ratios.size(), 4u);
+  std::vector<float> fp = f.hidden;
+  const LlamaForward forward(f.spec, f.seq_len);
+  ASSERT_TRUE(ForwardBlockInPasses(forward, f.block, f.sequences, f.seq_len, 6,
+                                   fp.data())
+                  .ok());
+  std::vector<float> rtn_out;
+  Quantize(f, Recipe(QuantMethod::kRtn, 8, 64), rtn_out);
+  EXPECT_LT(RelativeDifference(out, fp), 2 * RelativeDifference(rtn_out, fp));
+  EXPECT_NE(r.weights.attn_norm, f.block.attn_norm);  // Scales were folded.
+  // With GQA the v -> o pair is skipped.
+  const Fixture gqa = MakeFixture(2);
+  EXPECT_EQ(Quantize(gqa, recipe, out).awq_ratios.size(), 3u);
+}
+
+TEST(BlockQuantizerTest, DataFreeRtnAndBadInput) {
+  const Fixture f = MakeFixture(2);
+  const LlamaForward forward(f.spec, f.seq_len);
+  const auto rtn = QuantizeBlock(
+      forward, f.block, Recipe(QuantMethod::kRtn, 4, 128), 0, 0, nullptr);
+  ASSERT_TRUE(rtn.ok()) << rtn.status();
+  EXPECT_TRUE(std::isnan(rtn->reports[0].proxy_loss));
+  EXPECT_TRUE(rtn->importance[0].empty());
+  const auto gptq = QuantizeBlock(
+      forward, f.block, Recipe(QuantMethod::kGptq, 4, 128), 0, 0, nullptr);
+  EXPECT_EQ(gptq.status().code(), absl::StatusCode::kInvalidArgument);
+  std::vector<float> hidden = f.hidden;
+  const auto bad =
+      QuantizeBlock(forward, f.block, Recipe(QuantMethod::kGptq, 9, 100),
+                    f.sequences, f.seq_len, hidden.data());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseQuantMethod("GPTQ").value(), QuantMethod::kGptq);
+  EXPECT_FALSE(ParseQuantMethod("squeezellm").ok());
+}
+
+}  // namespace
+}  // namespace quant
