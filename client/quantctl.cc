@@ -6,10 +6,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/file.h"
 #include "common/status_macros.h"
 #include "convert/gguf_converter.h"
 #include "convert/tiny_llama.h"
 #include "format/gguf.h"
+#include "format/model_config.h"
+#include "model/perplexity.h"
+#include "quant/checkpoint_export.h"
 
 namespace quant {
 namespace {
@@ -102,6 +106,63 @@ absl::Status RunMakeTinyModel(const QuantctlOptions& options,
   return absl::OkStatus();
 }
 
+absl::Status RunQuantize(const QuantctlOptions& options, std::ostream& out,
+                         std::ostream& err) {
+  RETURN_IF_ERROR(RequireFlag(options.model, "model", "quantize"));
+  RETURN_IF_ERROR(RequireFlag(options.out, "out", "quantize"));
+  QuantizeModelOptions quantize = options.quantize;
+  quantize.model_dir = options.model;
+  quantize.output = options.out;
+  quantize.gguf_type = options.type;
+  if (quantize.work_dir.empty()) quantize.work_dir = options.out + ".work";
+  quantize.log = [&](const std::string& line) { err << line << "\n"; };
+  ASSIGN_OR_RETURN(const QuantizeModelResult result, QuantizeModel(quantize));
+  if (!result.finished) {
+    out << absl::StrFormat(
+        "stopped: %d blocks quantized now, %d found done; run the same "
+        "command again to resume from %s\n",
+        result.blocks_quantized, result.blocks_resumed, quantize.work_dir);
+    return absl::OkStatus();
+  }
+  out << result.report_table;
+  out << absl::StrFormat("wrote %s (%d blocks quantized now, %d resumed)\n",
+                         options.out, result.blocks_quantized,
+                         result.blocks_resumed);
+  return absl::OkStatus();
+}
+
+absl::Status RunPerplexity(const QuantctlOptions& options, std::ostream& out) {
+  RETURN_IF_ERROR(RequireFlag(options.model, "model", "perplexity"));
+  if (options.quantize.eval_texts.empty()) {
+    return absl::InvalidArgumentError("quantctl perplexity needs --eval");
+  }
+  ASSIGN_OR_RETURN(const std::optional<QuantizationConfig> config,
+                   ReadQuantizationConfig(options.model));
+  BlockLoader loader;
+  if (config) {
+    loader = [config](const SafetensorsCheckpoint& checkpoint,
+                      const ModelSpec& spec, int layer) {
+      return LoadQuantizedDecoderBlock(checkpoint, spec, layer, *config);
+    };
+  }
+  ASSIGN_OR_RETURN(const ModelSpec spec, LoadModelConfig(options.model));
+  PerplexityOptions eval;
+  eval.max_windows = options.quantize.eval_max_windows;
+  for (const std::string& path : options.quantize.eval_texts) {
+    ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path));
+    ASSIGN_OR_RETURN(const std::vector<int32_t> tokens,
+                     HeldOutTokenStream(
+                         options.model + "/tokenizer.model", text,
+                         static_cast<int32_t>(spec.bos_token_id.value_or(1))));
+    ASSIGN_OR_RETURN(const PerplexityResult result,
+                     EvaluatePerplexity(options.model, tokens, eval, loader));
+    out << absl::StrFormat("%s: perplexity %.4f (%d windows of %d tokens)\n",
+                           path, result.perplexity, result.windows,
+                           eval.context);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::string QuantctlUsage() {
@@ -113,6 +174,20 @@ commands:
                    TYPE is a llama.cpp file type: F32 F16 BF16 Q8_0 Q6_K
                    Q5_K_M Q5_K_S Q5_1 Q5_0 Q4_K_M Q4_K_S Q4_1 Q4_0 Q3_K_L
                    Q3_K_M Q3_K_S Q2_K (default F16).
+  quantize         Calibrated quantization, block by block (resumable).
+                   --model DIR --out DIR|FILE.gguf [--format gptq|awq|gguf]
+                   [--method gptq|awq|rtn] [--bits 4] [--group-size 128]
+                   [--sym] [--desc-act] [--static-groups] [--damp 0.01]
+                   [--true-sequential=false] [--block-size 128]
+                   [--type Q4_K_M (gguf)] [--calib TEXT | --calib-tokens
+                   FILE.npy|.txt] [--calib-samples 128] [--calib-seqlen 512]
+                   [--calib-seed 0] [--work-dir DIR (default OUT.work)]
+                   [--stop-after-block N] [--eval TEXT,...] [--eval-windows N]
+                   Windows start at SplitMix64(seed) outputs modulo
+                   (tokens - seqlen + 1); --calib-samples 0 is data-free RTN.
+  perplexity       Held-out perplexity (512-token windows, BOS per paragraph)
+                   of an FP, GPTQ or AWQ checkpoint: --model DIR --eval TEXT,...
+                   [--eval-windows N]
   inspect FILE     Print a GGUF file's metadata and tensors.
   make-tiny-model  Write a small random-weight Llama checkpoint (HF layout).
                    --out DIR [--layers N] [--hidden N] [--seed N]
@@ -125,6 +200,8 @@ absl::Status RunQuantctl(const QuantctlOptions& options, std::ostream& out,
                          std::ostream& err) {
   if (options.command == "convert") return RunConvert(options, out, err);
   if (options.command == "inspect") return RunInspect(options, out);
+  if (options.command == "quantize") return RunQuantize(options, out, err);
+  if (options.command == "perplexity") return RunPerplexity(options, out);
   if (options.command == "make-tiny-model") {
     return RunMakeTinyModel(options, out);
   }

@@ -1,4 +1,6 @@
 // quantctl, the command-line client. Today: `convert` (HF -> GGUF),
+// `quantize` (calibrated RTN / GPTQ / AWQ -> GPTQ, AWQ or GGUF output),
+// `perplexity` (held-out perplexity of an FP, GPTQ or AWQ checkpoint),
 // `inspect` (print a GGUF's metadata and tensors) and `make-tiny-model`
 // (a small random-weight Llama to try things on). The service commands
 // (submit, watch, resume, ...) join these as the service lands.
@@ -11,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "quant/quantize_model.h"
 
 namespace quant {
 
@@ -28,6 +31,9 @@ struct QuantctlOptions {
   std::string arch = "llama";  // llama or qwen2.
   bool tie_embeddings = false;
   bool progress_on_tty = false;  // Redraw one progress line with '\r'.
+  // quantize (model_dir, output and gguf_type come from --model, --out and
+  // --type) and perplexity (eval_texts, eval_max_windows).
+  QuantizeModelOptions quantize;
 };
 
 // The usage text printed for `quantctl help` and on a usage error.

@@ -1,6 +1,7 @@
 // quantctl: parses flags into QuantctlOptions and runs the command.
 #include <unistd.h>
 
+#include <cstring>
 #include <iostream>
 
 #include "absl/flags/flag.h"
@@ -22,8 +23,39 @@ ABSL_FLAG(std::string, arch, "llama", "make-tiny-model: llama or qwen2");
 ABSL_FLAG(bool, tie_embeddings, false,
           "make-tiny-model: share the embedding with the output layer");
 
+ABSL_FLAG(std::string, method, "gptq", "quantize: gptq, awq or rtn");
+ABSL_FLAG(std::string, format, "gptq", "quantize: output gptq, awq or gguf");
+ABSL_FLAG(int, bits, 4, "quantize: bits per weight");
+ABSL_FLAG(int, group_size, 128, "quantize: columns per group (-1: per row)");
+ABSL_FLAG(bool, sym, false, "quantize: symmetric levels");
+ABSL_FLAG(bool, desc_act, false, "quantize: GPTQ act-order");
+ABSL_FLAG(bool, static_groups, false, "quantize: GPTQ static groups");
+ABSL_FLAG(double, damp, 0.01, "quantize: GPTQ damp_percent");
+ABSL_FLAG(int, block_size, 128, "quantize: GPTQ lazy-update block");
+ABSL_FLAG(bool, true_sequential, true,
+          "quantize: GPTQ stages q/k/v, o, gate/up, down");
+ABSL_FLAG(bool, awq_clip, true, "quantize: AWQ clipping search");
+ABSL_FLAG(std::string, calib, "", "quantize: calibration text");
+ABSL_FLAG(std::string, calib_tokens, "",
+          "quantize: calibration token ids (.npy or .txt)");
+ABSL_FLAG(int64_t, calib_samples, 128, "quantize: calibration windows");
+ABSL_FLAG(int64_t, calib_seqlen, 512, "quantize: tokens per window");
+ABSL_FLAG(uint64_t, calib_seed, 0, "quantize: window sampling seed");
+ABSL_FLAG(std::string, work_dir, "", "quantize: resumable work directory");
+ABSL_FLAG(int, stop_after_block, -1, "quantize: stop after this block");
+ABSL_FLAG(std::vector<std::string>, eval, {},
+          "quantize / perplexity: held-out texts");
+ABSL_FLAG(int64_t, eval_windows, -1, "perplexity windows per text (-1: all)");
+
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(quant::QuantctlUsage());
+  // --calib-samples and --calib_samples alike.
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--", 2) != 0) continue;
+    for (char* c = argv[i] + 2; *c != '\0' && *c != '='; ++c) {
+      if (*c == '-') *c = '_';
+    }
+  }
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   quant::QuantctlOptions options;
   if (positional.size() > 1) options.command = positional[1];
@@ -40,6 +72,37 @@ int main(int argc, char** argv) {
   options.arch = absl::GetFlag(FLAGS_arch);
   options.tie_embeddings = absl::GetFlag(FLAGS_tie_embeddings);
   options.progress_on_tty = ::isatty(STDERR_FILENO);
+  quant::QuantizeModelOptions& q = options.quantize;
+  absl::StatusOr<quant::QuantMethod> method =
+      quant::ParseQuantMethod(absl::GetFlag(FLAGS_method));
+  absl::StatusOr<quant::OutputFormat> format =
+      quant::ParseOutputFormat(absl::GetFlag(FLAGS_format));
+  if (!method.ok() || !format.ok()) {
+    std::cerr << "quantctl: "
+              << (method.ok() ? format.status() : method.status()).message()
+              << "\n";
+    return 2;
+  }
+  q.method = *method;
+  q.output_format = *format;
+  q.weights.bits = absl::GetFlag(FLAGS_bits);
+  q.weights.group_size = absl::GetFlag(FLAGS_group_size);
+  q.weights.sym = absl::GetFlag(FLAGS_sym);
+  q.gptq.desc_act = absl::GetFlag(FLAGS_desc_act);
+  q.gptq.static_groups = absl::GetFlag(FLAGS_static_groups);
+  q.gptq.damp_percent = absl::GetFlag(FLAGS_damp);
+  q.gptq.block_size = absl::GetFlag(FLAGS_block_size);
+  q.true_sequential = absl::GetFlag(FLAGS_true_sequential);
+  q.awq.clip = absl::GetFlag(FLAGS_awq_clip);
+  q.calibration.text_path = absl::GetFlag(FLAGS_calib);
+  q.calibration.tokens_path = absl::GetFlag(FLAGS_calib_tokens);
+  q.calibration.samples = absl::GetFlag(FLAGS_calib_samples);
+  q.calibration.seq_len = absl::GetFlag(FLAGS_calib_seqlen);
+  q.calibration.seed = absl::GetFlag(FLAGS_calib_seed);
+  q.work_dir = absl::GetFlag(FLAGS_work_dir);
+  q.stop_after_block = absl::GetFlag(FLAGS_stop_after_block);
+  q.eval_texts = absl::GetFlag(FLAGS_eval);
+  q.eval_max_windows = absl::GetFlag(FLAGS_eval_windows);
   const absl::Status status = quant::RunQuantctl(options, std::cout, std::cerr);
   if (!status.ok()) {
     std::cerr << "quantctl: " << status.message() << "\n";

@@ -103,8 +103,29 @@ std::vector<uint64_t> GgufDims(const std::vector<int64_t>& hf_shape) {
 // permutation) -> target type -> output.
 absl::Status StreamTensor(const SafetensorsCheckpoint& checkpoint,
                           const ModelSpec& spec, const GgufTensorPlan& plan,
-                          GgmlType type, int num_threads, GgufWriter& gguf) {
+                          GgmlType type, int num_threads,
+                          const std::optional<TensorOverride>& replacement,
+                          GgufWriter& gguf) {
   ASSIGN_OR_RETURN(TensorView view, checkpoint.Get(plan.hf_name));
+  const float* importance = nullptr;
+  if (replacement) {
+    if (static_cast<int64_t>(replacement->values.size()) !=
+        view.num_elements()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the replacement of ", plan.hf_name, " holds ",
+          replacement->values.size(), " values, not ", view.num_elements()));
+    }
+    if (!replacement->importance.empty()) {
+      if (plan.hf_shape.size() != 2 ||
+          static_cast<int64_t>(replacement->importance.size()) !=
+              plan.hf_shape.back()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "the importance of ", plan.hf_name, " holds ",
+            replacement->importance.size(), " values, not one per column"));
+      }
+      importance = replacement->importance.data();
+    }
+  }
   const int64_t heads = RopePermutationHeads(spec, plan.permutation);
   // A permuted vector (a q/k bias) moves like the rows of its weight: treat
   // it as a column, one element per row.
@@ -131,15 +152,24 @@ absl::Status StreamTensor(const SafetensorsCheckpoint& checkpoint,
   std::vector<uint8_t> packed(std::min(rows, chunk_rows) * row_bytes);
   for (int64_t row = 0; row < rows; row += chunk_rows) {
     const int64_t n_rows = std::min(chunk_rows, rows - row);
-    RETURN_IF_ERROR(view.ToFloat(row * cols, n_rows * cols, values.data()));
+    if (replacement) {
+      std::copy_n(replacement->values.data() + row * cols, n_rows * cols,
+                  values.data());
+    } else {
+      RETURN_IF_ERROR(view.ToFloat(row * cols, n_rows * cols, values.data()));
+    }
     const float* source = values.data();
     if (heads > 0) {
       RETURN_IF_ERROR(PermuteRowsForRope(values.data(), permuted.data(), n_rows,
                                          cols, n_rows / rows_per_unit));
       source = permuted.data();
     }
-    RETURN_IF_ERROR(
-        QuantizeRows(type, source, n_rows, cols, packed.data(), num_threads));
+    // Importance only for quantized types (F32/F16 copy the values).
+    const bool quantized = type != GgmlType::kF32 && type != GgmlType::kF16 &&
+                           type != GgmlType::kBF16;
+    RETURN_IF_ERROR(QuantizeRows(type, source, n_rows, cols, packed.data(),
+                                 num_threads,
+                                 quantized ? importance : nullptr));
     RETURN_IF_ERROR(gguf.WriteTensorData(plan.gguf_name, packed.data(),
                                          n_rows * row_bytes));
     // Drop the chunk's source pages now: a 70B model's embedding is 2 GB.
@@ -152,21 +182,50 @@ absl::Status StreamTensor(const SafetensorsCheckpoint& checkpoint,
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<GgufTensorPlan>> PlanTensors(
+    const ModelSpec& spec, const SafetensorsCheckpoint& checkpoint) {
+  const TensorShapeFn shape_of =
+      [&](const std::string& name) -> std::optional<std::vector<int64_t>> {
+    absl::StatusOr<std::vector<int64_t>> shape = checkpoint.Shape(name);
+    if (!shape.ok()) return std::nullopt;
+    return *std::move(shape);
+  };
+  return PlanGgufTensors(spec, checkpoint.TensorNames(), shape_of);
+}
+
+std::vector<GgmlType> PlanTypes(const ModelSpec& spec,
+                                const std::vector<GgufTensorPlan>& plans,
+                                const QuantMix& mix, bool has_importance) {
+  const MixModelInfo mix_model = {spec.gguf_arch, spec.num_layers,
+                                  spec.num_heads, spec.num_kv_heads,
+                                  has_importance};
+  return PlanMixTypes(mix, mix_model, plans);
+}
+
 }  // namespace
+
+absl::StatusOr<std::map<std::string, GgmlType>> PlanGgufTypes(
+    const std::string& model_dir, const QuantMix& mix, bool has_importance) {
+  ASSIGN_OR_RETURN(const ModelSpec spec, LoadModelConfig(model_dir));
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> checkpoint,
+                   SafetensorsCheckpoint::Open(model_dir));
+  ASSIGN_OR_RETURN(const std::vector<GgufTensorPlan> plans,
+                   PlanTensors(spec, *checkpoint));
+  const std::vector<GgmlType> types =
+      PlanTypes(spec, plans, mix, has_importance);
+  std::map<std::string, GgmlType> by_name;
+  for (size_t i = 0; i < plans.size(); ++i)
+    by_name[plans[i].hf_name] = types[i];
+  return by_name;
+}
 
 absl::StatusOr<ConvertResult> ConvertToGguf(const ConvertOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   ASSIGN_OR_RETURN(const ModelSpec spec, LoadModelConfig(options.model_dir));
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> checkpoint,
                    SafetensorsCheckpoint::Open(options.model_dir));
-  const TensorShapeFn shape_of =
-      [&](const std::string& name) -> std::optional<std::vector<int64_t>> {
-    absl::StatusOr<std::vector<int64_t>> shape = checkpoint->Shape(name);
-    if (!shape.ok()) return std::nullopt;
-    return *std::move(shape);
-  };
   ASSIGN_OR_RETURN(const std::vector<GgufTensorPlan> plans,
-                   PlanGgufTensors(spec, checkpoint->TensorNames(), shape_of));
+                   PlanTensors(spec, *checkpoint));
   std::vector<uint64_t> input_bytes;  // Source bytes of each plan.
   uint64_t input_bytes_total = 0;
   for (const GgufTensorPlan& plan : plans) {
@@ -193,11 +252,8 @@ absl::StatusOr<ConvertResult> ConvertToGguf(const ConvertOptions& options) {
 
   // Plan every tensor's type before anything is written.
   ConvertResult result;
-  const MixModelInfo mix_model = {spec.gguf_arch, spec.num_layers,
-                                  spec.num_heads, spec.num_kv_heads,
-                                  /*has_importance=*/false};
   const std::vector<GgmlType> types =
-      PlanMixTypes(options.mix, mix_model, plans);
+      PlanTypes(spec, plans, options.mix, options.has_importance);
   const bool rope_factors = spec.rope_scaling.type == "llama3";
   if (rope_factors) {
     RETURN_IF_ERROR(gguf->AddTensor("rope_freqs.weight",
@@ -234,8 +290,12 @@ absl::StatusOr<ConvertResult> ConvertToGguf(const ConvertOptions& options) {
     report("rope_freqs.weight", GgmlType::kF32, 0);
   }
   for (size_t i = 0; i < plans.size(); ++i) {
+    std::optional<TensorOverride> replacement;
+    if (options.tensor_source) {
+      ASSIGN_OR_RETURN(replacement, options.tensor_source(plans[i].hf_name));
+    }
     RETURN_IF_ERROR(StreamTensor(*checkpoint, spec, plans[i], types[i],
-                                 options.num_threads, *gguf));
+                                 options.num_threads, replacement, *gguf));
     report(plans[i].gguf_name, types[i], input_bytes[i]);
   }
   RETURN_IF_ERROR(gguf->Finish());

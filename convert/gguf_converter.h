@@ -7,7 +7,9 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "convert/quant_mix.h"
@@ -25,12 +27,30 @@ struct ConvertProgress {
   double seconds = 0;
 };
 
+// Replacement data for one checkpoint tensor (e.g. a quantized solution,
+// dequantized): its values in the checkpoint's layout (HF row order), and
+// optional per-input-column importance (the calibration Hessian diagonal)
+// for the GGUF quantizer.
+struct TensorOverride {
+  std::vector<float> values;
+  std::vector<float> importance;
+};
+// Given an HF tensor name, the data to write instead of the checkpoint's,
+// or nullopt to keep the checkpoint's.
+using TensorSource =
+    std::function<absl::StatusOr<std::optional<TensorOverride>>(
+        const std::string& hf_name)>;
+
 struct ConvertOptions {
   std::string model_dir;    // config.json, *.safetensors, tokenizer files.
   std::string output_path;  // The .gguf to write (atomically).
   // The GGUF type by llama.cpp's name (convert/quant_mix.h): F16, Q8_0,
   // Q4_K_M, ... Norms and biases stay F32.
   QuantMix mix = *ParseQuantMix("F16");
+  // Whether importance comes with the quantized tensors (llama-quantize's
+  // imatrix rules then apply to the mix).
+  bool has_importance = false;
+  TensorSource tensor_source;                               // Optional.
   int num_threads = 0;                                      // <= 0: all cores.
   std::function<void(const ConvertProgress&)> on_progress;  // Optional.
 };
@@ -43,6 +63,11 @@ struct ConvertResult {
 };
 
 absl::StatusOr<ConvertResult> ConvertToGguf(const ConvertOptions& options);
+
+// The GGUF type ConvertToGguf gives each tensor of the checkpoint in
+// `model_dir` for `mix`, by HF tensor name.
+absl::StatusOr<std::map<std::string, GgmlType>> PlanGgufTypes(
+    const std::string& model_dir, const QuantMix& mix, bool has_importance);
 
 }  // namespace quant
 

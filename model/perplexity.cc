@@ -41,7 +41,7 @@ absl::StatusOr<std::vector<int32_t>> HeldOutTokenStream(
 
 absl::StatusOr<PerplexityResult> EvaluatePerplexity(
     const std::string& model_dir, const std::vector<int32_t>& tokens,
-    const PerplexityOptions& options) {
+    const PerplexityOptions& options, const BlockLoader& load_block) {
   const int64_t context = options.context;
   const int64_t length = static_cast<int64_t>(tokens.size());
   if (context < 1) {
@@ -75,7 +75,8 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(
     RETURN_IF_ERROR(forward.Embed(*checkpoint, inputs, hidden.data()));
     for (int layer = 0; layer < spec.num_layers; ++layer) {
       ASSIGN_OR_RETURN(const DecoderBlockWeights block,
-                       LoadDecoderBlock(*checkpoint, spec, layer));
+                       load_block ? load_block(*checkpoint, spec, layer)
+                                  : LoadDecoderBlock(*checkpoint, spec, layer));
       RETURN_IF_ERROR(
           forward.ForwardBlock(block, count, context, hidden.data()));
     }

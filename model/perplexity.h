@@ -9,11 +9,15 @@
 #define MODEL_PERPLEXITY_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "format/model_config.h"
+#include "format/safetensors.h"
+#include "model/llama_forward.h"
 
 namespace quant {
 
@@ -37,11 +41,17 @@ struct PerplexityResult {
   std::vector<double> window_nll;  // Sum of NLL per window.
 };
 
-// Runs the model in `model_dir` (HF checkpoint) block by block over the
+// Reads decoder block `layer`'s weights (LoadDecoderBlock by default; a
+// quantized checkpoint's reader, or a run's results, otherwise).
+using BlockLoader = std::function<absl::StatusOr<DecoderBlockWeights>(
+    const SafetensorsCheckpoint& checkpoint, const ModelSpec& spec, int layer)>;
+
+// Runs the model in `model_dir` (HF checkpoint: embeddings, final norm and
+// lm_head from it; blocks through `load_block`) block by block over the
 // windows of `tokens`. InvalidArgument when there is not one window.
 absl::StatusOr<PerplexityResult> EvaluatePerplexity(
     const std::string& model_dir, const std::vector<int32_t>& tokens,
-    const PerplexityOptions& options);
+    const PerplexityOptions& options, const BlockLoader& load_block = {});
 
 }  // namespace quant
 

@@ -70,8 +70,10 @@ absl::StatusOr<QuantizedLinear> AwqQuantize(const float* w, int64_t rows,
       if (zero_point) {
         scale = RoundScaleToHalf(std::max(hi - lo, 1e-5f) /
                                  static_cast<float>(maxq));
+        // At least 1 (as in quant/gptq): the GPTQ v1 layout cannot store a
+        // zero point of 0, and AWQ results are written in it too.
         zero = static_cast<int32_t>(
-            std::min(std::max(-std::nearbyint(lo / scale), 0.0f), float(maxq)));
+            std::min(std::max(-std::nearbyint(lo / scale), 1.0f), float(maxq)));
       } else {
         scale = RoundScaleToHalf(std::max(largest, 1e-5f) /
                                  static_cast<float>((1 << (bits - 1)) - 1));

@@ -36,8 +36,10 @@ struct AwqOptions {
 
 // AutoAWQ's pseudo-quantizer for groups of consecutive columns: zero_point:
 // scale = max(max - min, 1e-5) / (2^bits - 1), zero = clamp(-round(min /
-// scale)); else scale = max(|w|max, 1e-5) / (2^(bits-1) - 1), levels
-// centered at zero 2^(bits-1). Scales are rounded to fp16 first.
+// scale), 1, 2^bits - 1) (AutoAWQ clamps at 0; 1 keeps every result
+// storable in the GPTQ v1 layout too); else scale = max(|w|max, 1e-5) /
+// (2^(bits-1) - 1), levels centered at zero 2^(bits-1). Scales are rounded to
+// fp16 first.
 absl::StatusOr<QuantizedLinear> AwqQuantize(const float* w, int64_t rows,
                                             int64_t cols, int bits,
                                             int group_size, bool zero_point);

@@ -57,6 +57,11 @@ TEST(AwqQuantizeTest, FollowsAutoAwqsMinMaxRule) {
   EXPECT_EQ(s->scales[0], 2.0f);
   EXPECT_EQ(s->zeros[0], 2);
   EXPECT_EQ(s->q, (std::vector<int32_t>{2, 2, 2, 3}));
+  // A group without negative values still gets zero point 1.
+  const float positive[] = {0.0f, 1.0f, 2.0f, 3.0f};
+  const auto p = AwqQuantize(positive, 1, 4, 2, -1, true);
+  EXPECT_EQ(p->zeros[0], 1);
+  EXPECT_EQ(p->q, (std::vector<int32_t>{1, 2, 3, 3}));
   // Groups must tile the row.
   EXPECT_EQ(AwqQuantize(w, 1, 4, 4, 3, true).status().code(),
             absl::StatusCode::kInvalidArgument);

@@ -43,8 +43,11 @@ GroupParams FindParams(int64_t rows, int64_t columns, int maxq, bool sym,
     // stored value so that the model evaluated is the model exported.
     const float scale = RoundScaleToHalf((hi - lo) / static_cast<float>(maxq));
     p.scale[r] = scale;
+    // Zero point 0 (a group with no negative value) has no encoding in the
+    // GPTQ v1 layout, which stores zero - 1: start the grid at -scale.
     p.zero[r] = sym ? (maxq + 1) / 2
-                    : static_cast<int32_t>(std::nearbyint(-lo / scale));
+                    : std::max<int32_t>(
+                          1, static_cast<int32_t>(std::nearbyint(-lo / scale)));
   }
   return p;
 }

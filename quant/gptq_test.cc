@@ -84,8 +84,9 @@ OracleResult OracleGptq(const Problem& p, const GptqOptions& o) {
       if (lo == 0 && hi == 0) lo = -1, hi = 1;
       // Stored as fp16, as every checkpoint format keeps it.
       scale[r] = HalfToFloat(FloatToHalf(static_cast<float>((hi - lo) / maxq)));
-      zero[r] = o.sym ? (maxq + 1) / 2
-                      : static_cast<int>(std::nearbyint(-lo / scale[r]));
+      zero[r] =
+          o.sym ? (maxq + 1) / 2
+                : std::max(1, static_cast<int>(std::nearbyint(-lo / scale[r])));
     }
   };
   std::vector<std::vector<double>> static_scale;

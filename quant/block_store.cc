@@ -1,0 +1,245 @@
+#include "quant/block_store.h"
+
+#include <cmath>
+#include <cstring>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/json_util.h"
+#include "common/status_macros.h"
+#include "format/safetensors.h"
+
+namespace quant {
+namespace {
+
+constexpr char kNormAttention[] = "input_layernorm.weight";
+constexpr char kNormMlp[] = "post_attention_layernorm.weight";
+
+// One tensor to write: name, dtype, shape, bytes.
+struct Item {
+  std::string name;
+  SafetensorsDType dtype;
+  std::vector<int64_t> shape;
+  const void* data;
+  size_t bytes;
+};
+
+template <typename T>
+Item MakeItem(std::string name, SafetensorsDType dtype,
+              std::vector<int64_t> shape, const std::vector<T>& values) {
+  return {std::move(name), dtype, std::move(shape), values.data(),
+          values.size() * sizeof(T)};
+}
+
+absl::Status WriteItems(const std::string& path, const std::vector<Item>& items,
+                        const std::map<std::string, std::string>& metadata) {
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWriter> writer,
+                   SafetensorsWriter::Create(path));
+  for (const auto& [key, value] : metadata) writer->SetMetadata(key, value);
+  for (const Item& item : items) {
+    RETURN_IF_ERROR(writer->AddTensor(item.name, item.dtype, item.shape));
+  }
+  for (const Item& item : items) {
+    RETURN_IF_ERROR(writer->WriteTensorData(item.name, item.data, item.bytes));
+  }
+  return writer->Finish();
+}
+
+// Copies tensor `name` of `file` into `out`, checking dtype and shape.
+template <typename T>
+absl::Status Read(const SafetensorsFile& file, const std::string& name,
+                  SafetensorsDType dtype, const std::vector<int64_t>& shape,
+                  std::vector<T>& out) {
+  const TensorView* view = file.Find(name);
+  if (view == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(file.path(), " lacks tensor ", name));
+  }
+  if (view->dtype != dtype || view->shape != shape) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        file.path(), ": tensor ", name, " is ",
+        SafetensorsDTypeName(view->dtype), " [",
+        absl::StrJoin(view->shape, ", "), "], expected ",
+        SafetensorsDTypeName(dtype), " [", absl::StrJoin(shape, ", "), "]"));
+  }
+  out.resize(view->nbytes / sizeof(T));
+  if (!out.empty()) std::memcpy(out.data(), view->data, view->nbytes);
+  return absl::OkStatus();
+}
+
+nlohmann::json Number(double x) {
+  return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr);
+}
+
+}  // namespace
+
+nlohmann::json BlockReportJson(const BlockResult& result) {
+  nlohmann::json linears = nlohmann::json::array();
+  for (const LinearReport& r : result.reports) {
+    linears.push_back(
+        {{"name", r.name},
+         {"bits", r.bits},
+         {"group_size", r.group_size},
+         {"proxy_loss", Number(r.proxy_loss)},
+         {"relative_output_error", Number(r.relative_output_error)},
+         {"damp_percent", r.damp_percent},
+         {"seconds", r.seconds}});
+  }
+  return {{"linears", linears},
+          {"awq_ratios", result.awq_ratios},
+          {"seconds", result.seconds}};
+}
+
+absl::Status SaveBlockResult(const std::string& path,
+                             const BlockResult& result) {
+  std::vector<Item> items;
+  std::vector<std::vector<uint8_t>> levels(kBlockLinears);
+  for (int i = 0; i < kBlockLinears; ++i) {
+    const QuantizedLinear& q = result.quantized[i];
+    const std::string name(kBlockLinearNames[i]);
+    levels[i].assign(q.q.begin(), q.q.end());  // Levels < 2^8.
+    items.push_back(MakeItem(name + ".q", SafetensorsDType::kU8,
+                             {q.rows, q.cols}, levels[i]));
+    items.push_back(MakeItem(name + ".scales", SafetensorsDType::kF32,
+                             {q.groups(), q.rows}, q.scales));
+    items.push_back(MakeItem(name + ".zeros", SafetensorsDType::kI32,
+                             {q.groups(), q.rows}, q.zeros));
+    items.push_back(
+        MakeItem(name + ".g_idx", SafetensorsDType::kI32, {q.cols}, q.g_idx));
+    const LinearWeights& linear = BlockLinear(result.weights, i);
+    if (!linear.bias.empty()) {
+      items.push_back(MakeItem(name + ".bias", SafetensorsDType::kF32,
+                               {linear.rows}, linear.bias));
+    }
+    if (!result.importance[i].empty()) {
+      items.push_back(MakeItem(name + ".importance", SafetensorsDType::kF32,
+                               {q.cols}, result.importance[i]));
+    }
+  }
+  const int64_t dim = static_cast<int64_t>(result.weights.attn_norm.size());
+  items.push_back(MakeItem(kNormAttention, SafetensorsDType::kF32, {dim},
+                           result.weights.attn_norm));
+  items.push_back(MakeItem(kNormMlp, SafetensorsDType::kF32, {dim},
+                           result.weights.ffn_norm));
+  nlohmann::json formats = nlohmann::json::array();
+  for (const QuantizedLinear& q : result.quantized) {
+    formats.push_back({{"bits", q.bits}, {"group_size", q.group_size}});
+  }
+  return WriteItems(path, items,
+                    {{"report", BlockReportJson(result).dump()},
+                     {"formats", formats.dump()}});
+}
+
+absl::StatusOr<BlockResult> LoadBlockResult(const std::string& path) {
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
+                   SafetensorsFile::Open(path));
+  auto meta = [&](const std::string& key) -> absl::StatusOr<nlohmann::json> {
+    auto it = file->metadata().find(key);
+    if (it == file->metadata().end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, " has no \"", key, "\" metadata"));
+    }
+    return ParseJsonStrict(it->second, absl::StrCat(path, " ", key));
+  };
+  ASSIGN_OR_RETURN(const nlohmann::json formats, meta("formats"));
+  ASSIGN_OR_RETURN(const nlohmann::json report, meta("report"));
+  if (!formats.is_array() || formats.size() != kBlockLinears ||
+      !report.contains("linears") ||
+      report["linears"].size() != kBlockLinears) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": metadata does not describe ", kBlockLinears, " linears"));
+  }
+  BlockResult result;
+  try {
+    for (int i = 0; i < kBlockLinears; ++i) {
+      const std::string name(kBlockLinearNames[i]);
+      const TensorView* levels = file->Find(name + ".q");
+      if (levels == nullptr || levels->shape.size() != 2) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, " lacks a 2-D tensor ", name, ".q"));
+      }
+      QuantizedLinear& q = result.quantized[i];
+      q.rows = levels->shape[0], q.cols = levels->shape[1];
+      q.bits = formats[i].at("bits").get<int>();
+      q.group_size = formats[i].at("group_size").get<int>();
+      std::vector<uint8_t> bytes;
+      RETURN_IF_ERROR(Read(*file, name + ".q", SafetensorsDType::kU8,
+                           {q.rows, q.cols}, bytes));
+      q.q.assign(bytes.begin(), bytes.end());
+      const TensorView* scales = file->Find(name + ".scales");
+      const int64_t groups =
+          scales != nullptr && !scales->shape.empty() ? scales->shape[0] : 0;
+      RETURN_IF_ERROR(Read(*file, name + ".scales", SafetensorsDType::kF32,
+                           {groups, q.rows}, q.scales));
+      RETURN_IF_ERROR(Read(*file, name + ".zeros", SafetensorsDType::kI32,
+                           {groups, q.rows}, q.zeros));
+      RETURN_IF_ERROR(Read(*file, name + ".g_idx", SafetensorsDType::kI32,
+                           {q.cols}, q.g_idx));
+      for (int32_t g : q.g_idx) {
+        if (g < 0 || g >= groups) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              path, ": ", name, ".g_idx holds group ", g, " of ", groups));
+        }
+      }
+      LinearWeights& linear = BlockLinear(result.weights, i);
+      linear.rows = q.rows, linear.cols = q.cols;
+      linear.weight = q.Dequantize();
+      if (file->Find(name + ".bias") != nullptr) {
+        RETURN_IF_ERROR(Read(*file, name + ".bias", SafetensorsDType::kF32,
+                             {q.rows}, linear.bias));
+      }
+      if (file->Find(name + ".importance") != nullptr) {
+        RETURN_IF_ERROR(Read(*file, name + ".importance",
+                             SafetensorsDType::kF32, {q.cols},
+                             result.importance[i]));
+      }
+      const nlohmann::json& r = report["linears"][i];
+      LinearReport& out = result.reports[i];
+      out.name = r.at("name").get<std::string>();
+      out.bits = r.at("bits").get<int>();
+      out.group_size = r.at("group_size").get<int>();
+      auto number = [](const nlohmann::json& v) {
+        return v.is_null() ? std::nan("") : v.get<double>();
+      };
+      out.proxy_loss = number(r.at("proxy_loss"));
+      out.relative_output_error = number(r.at("relative_output_error"));
+      out.damp_percent = r.at("damp_percent").get<double>();
+      out.seconds = r.at("seconds").get<double>();
+    }
+    result.awq_ratios = report.at("awq_ratios").get<std::vector<double>>();
+    result.seconds = report.at("seconds").get<double>();
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": malformed metadata: ", e.what()));
+  }
+  const int64_t dim = result.weights.q.cols;
+  RETURN_IF_ERROR(Read(*file, kNormAttention, SafetensorsDType::kF32, {dim},
+                       result.weights.attn_norm));
+  RETURN_IF_ERROR(Read(*file, kNormMlp, SafetensorsDType::kF32, {dim},
+                       result.weights.ffn_norm));
+  return result;
+}
+
+absl::Status SaveActivations(const std::string& path,
+                             const std::vector<float>& hidden,
+                             int64_t sequences, int64_t seq_len, int64_t dim) {
+  return WriteItems(path,
+                    {MakeItem("hidden", SafetensorsDType::kF32,
+                              {sequences, seq_len, dim}, hidden)},
+                    {});
+}
+
+absl::StatusOr<std::vector<float>> LoadActivations(const std::string& path,
+                                                   int64_t sequences,
+                                                   int64_t seq_len,
+                                                   int64_t dim) {
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
+                   SafetensorsFile::Open(path));
+  std::vector<float> hidden;
+  RETURN_IF_ERROR(Read(*file, "hidden", SafetensorsDType::kF32,
+                       {sequences, seq_len, dim}, hidden));
+  return hidden;
+}
+
+}  // namespace quant

@@ -1,0 +1,104 @@
+#include "quant/block_store.h"
+
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <string>
+
+#include "common/test_data.h"
+#include "gtest/gtest.h"
+
+namespace quant {
+namespace {
+
+BlockResult RandomResult() {
+  std::mt19937 rng(4);
+  BlockResult r;
+  for (int i = 0; i < kBlockLinears; ++i) {
+    const int64_t rows = 8 + i, cols = 64;
+    absl::StatusOr<QuantizedLinear> q;
+    std::vector<float> w(rows * cols);
+    std::normal_distribution<float> normal;
+    for (float& x : w) x = normal(rng);
+    q = RtnQuantize(w.data(), rows, cols, 3, 32, false);
+    LinearWeights& linear = BlockLinear(r.weights, i);
+    linear.rows = rows, linear.cols = cols;
+    linear.weight = q->Dequantize();
+    if (i < 3) linear.bias.assign(rows, 0.5f * i);
+    r.importance[i].assign(cols, 1.5f);
+    r.reports[i].name = std::string(kBlockLinearNames[i]);
+    r.reports[i].bits = 3;
+    r.reports[i].group_size = 32;
+    r.reports[i].proxy_loss = i == 0 ? std::nan("") : 0.25 * i;
+    r.quantized[i] = *std::move(q);
+  }
+  r.weights.attn_norm.assign(64, 1.25f);
+  r.weights.ffn_norm.assign(64, 0.75f);
+  r.awq_ratios = {0.35, 0.5};
+  r.seconds = 2.5;
+  return r;
+}
+
+TEST(BlockStoreTest, BlockResultRoundTrips) {
+  const std::string path =
+      MakeTestTempDir("block_store") + "/block-0.safetensors";
+  const BlockResult r = RandomResult();
+  ASSERT_TRUE(SaveBlockResult(path, r).ok());
+  const auto back = LoadBlockResult(path);
+  ASSERT_TRUE(back.ok()) << back.status();
+  for (int i = 0; i < kBlockLinears; ++i) {
+    EXPECT_EQ(back->quantized[i].q, r.quantized[i].q);
+    EXPECT_EQ(back->quantized[i].scales, r.quantized[i].scales);
+    EXPECT_EQ(back->quantized[i].zeros, r.quantized[i].zeros);
+    EXPECT_EQ(back->quantized[i].g_idx, r.quantized[i].g_idx);
+    EXPECT_EQ(back->quantized[i].bits, 3);
+    EXPECT_EQ(BlockLinear(back->weights, i).weight,
+              BlockLinear(r.weights, i).weight);
+    EXPECT_EQ(BlockLinear(back->weights, i).bias,
+              BlockLinear(r.weights, i).bias);
+    EXPECT_EQ(back->importance[i], r.importance[i]);
+  }
+  EXPECT_TRUE(std::isnan(back->reports[0].proxy_loss));
+  EXPECT_EQ(back->reports[2].proxy_loss, 0.5);
+  EXPECT_EQ(back->weights.ffn_norm, r.weights.ffn_norm);
+  EXPECT_EQ(back->awq_ratios, r.awq_ratios);
+}
+
+TEST(BlockStoreTest, ActivationsRoundTripAndShapesAreChecked) {
+  const std::string path =
+      MakeTestTempDir("block_store_act") + "/activations-3.safetensors";
+  std::vector<float> hidden(2 * 5 * 8);
+  for (size_t i = 0; i < hidden.size(); ++i) hidden[i] = 0.1f * i - 3;
+  ASSERT_TRUE(SaveActivations(path, hidden, 2, 5, 8).ok());
+  EXPECT_EQ(*LoadActivations(path, 2, 5, 8), hidden);
+  const absl::Status wrong = LoadActivations(path, 2, 4, 8).status();
+  EXPECT_EQ(wrong.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(wrong.message().find("expected F32 [2, 4, 8]"), std::string::npos)
+      << wrong;
+}
+
+TEST(BlockStoreTest, DamagedFilesAreErrors) {
+  const std::string dir = MakeTestTempDir("block_store_bad");
+  const std::string path = dir + "/block-0.safetensors";
+  ASSERT_TRUE(SaveBlockResult(path, RandomResult()).ok());
+  // Truncated.
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  {
+    std::ofstream out(dir + "/short.safetensors", std::ios::binary);
+    out << bytes.substr(0, bytes.size() - 100);
+  }
+  EXPECT_FALSE(LoadBlockResult(dir + "/short.safetensors").ok());
+  // A result without its metadata.
+  ASSERT_TRUE(SaveActivations(dir + "/act.safetensors", {1, 2}, 1, 1, 2).ok());
+  const absl::Status no_meta =
+      LoadBlockResult(dir + "/act.safetensors").status();
+  EXPECT_EQ(no_meta.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(no_meta.message().find("metadata"), std::string::npos) << no_meta;
+}
+
+}  // namespace
+}  // namespace quant

@@ -1,0 +1,446 @@
+#include "quant/checkpoint_export.h"
+
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/file.h"
+#include "common/json_util.h"
+#include "common/status_macros.h"
+#include "format/half.h"
+#include "quant/packing.h"
+
+namespace quant {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* kTokenizerFiles[] = {
+    "tokenizer.model",        "tokenizer.json",
+    "tokenizer_config.json",  "special_tokens_map.json",
+    "generation_config.json", "added_tokens.json"};
+
+std::string LayerPrefix(int layer) {
+  return absl::StrCat("model.layers.", layer, ".");
+}
+
+// The packed tensors of one linear, by suffix.
+struct PackedTensor {
+  std::string suffix;  // "qweight", ...
+  SafetensorsDType dtype;
+  std::vector<int64_t> shape;
+  std::vector<uint8_t> bytes;
+};
+
+template <typename T>
+PackedTensor Packed(std::string suffix, SafetensorsDType dtype,
+                    std::vector<int64_t> shape, const std::vector<T>& values) {
+  PackedTensor t{std::move(suffix), dtype, std::move(shape), {}};
+  t.bytes.resize(values.size() * sizeof(T));
+  if (!values.empty())
+    std::memcpy(t.bytes.data(), values.data(), t.bytes.size());
+  return t;
+}
+
+absl::StatusOr<std::vector<PackedTensor>> PackLinear(
+    const QuantizedLinear& q, const LinearWeights& linear,
+    const QuantizationConfig& config) {
+  std::vector<PackedTensor> out;
+  if (q.bits != config.bits || q.group_size != config.group_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a linear quantized with ", q.bits, " bits, group ",
+                     q.group_size, " does not fit the checkpoint's ",
+                     config.bits, " bits, group ", config.group_size));
+  }
+  if (config.layout == CheckpointLayout::kGptqV1) {
+    ASSIGN_OR_RETURN(const PackedGptqV1 p, PackGptqV1(q));
+    out.push_back(Packed("qweight", SafetensorsDType::kI32, p.qweight_shape(),
+                         p.qweight));
+    out.push_back(
+        Packed("qzeros", SafetensorsDType::kI32, p.qzeros_shape(), p.qzeros));
+    out.push_back(
+        Packed("scales", SafetensorsDType::kF16, p.scales_shape(), p.scales));
+    out.push_back(
+        Packed("g_idx", SafetensorsDType::kI32, p.g_idx_shape(), p.g_idx));
+  } else {
+    ASSIGN_OR_RETURN(const PackedAwqGemm p, PackAwqGemm(q));
+    out.push_back(Packed("qweight", SafetensorsDType::kI32, p.qweight_shape(),
+                         p.qweight));
+    out.push_back(
+        Packed("qzeros", SafetensorsDType::kI32, p.qzeros_shape(), p.qzeros));
+    out.push_back(
+        Packed("scales", SafetensorsDType::kF16, p.scales_shape(), p.scales));
+  }
+  if (!linear.bias.empty()) {
+    std::vector<uint16_t> bias(linear.bias.size());
+    for (size_t i = 0; i < bias.size(); ++i)
+      bias[i] = FloatToHalf(linear.bias[i]);
+    out.push_back(Packed("bias", SafetensorsDType::kF16, {linear.rows}, bias));
+  }
+  return out;
+}
+
+// Float values as `dtype` bytes (F32, F16 or BF16).
+absl::StatusOr<std::vector<uint8_t>> Encode(const std::vector<float>& values,
+                                            SafetensorsDType dtype) {
+  std::vector<uint8_t> bytes(values.size() * SafetensorsDTypeSize(dtype));
+  for (size_t i = 0; i < values.size(); ++i) {
+    switch (dtype) {
+      case SafetensorsDType::kF32:
+        std::memcpy(bytes.data() + 4 * i, &values[i], 4);
+        break;
+      case SafetensorsDType::kF16: {
+        const uint16_t h = FloatToHalf(values[i]);
+        std::memcpy(bytes.data() + 2 * i, &h, 2);
+        break;
+      }
+      case SafetensorsDType::kBF16: {
+        const uint16_t h = FloatToBf16(values[i]);
+        std::memcpy(bytes.data() + 2 * i, &h, 2);
+        break;
+      }
+      default:
+        return absl::InvalidArgumentError(
+            absl::StrCat("norms stored as ", SafetensorsDTypeName(dtype),
+                         " cannot be written"));
+    }
+  }
+  return bytes;
+}
+
+// One output tensor: where its bytes come from.
+struct Planned {
+  std::string name;
+  SafetensorsDType dtype;
+  std::vector<int64_t> shape;
+  int layer = -1;      // Produced from that block's result; else copied.
+  std::string source;  // Copied tensor's name.
+};
+
+}  // namespace
+
+nlohmann::json QuantizationConfigJson(const QuantizationConfig& config) {
+  if (config.layout == CheckpointLayout::kAwqGemm) {
+    return {{"quant_method", "awq"},     {"version", "gemm"},
+            {"bits", config.bits},       {"group_size", config.group_size},
+            {"zero_point", !config.sym}, {"modules_to_not_convert", nullptr}};
+  }
+  return {{"quant_method", "gptq"},
+          {"bits", config.bits},
+          {"group_size", config.group_size},
+          {"desc_act", config.desc_act},
+          {"sym", config.sym},
+          {"static_groups", config.static_groups},
+          {"true_sequential", config.true_sequential},
+          {"damp_percent", config.damp_percent},
+          {"checkpoint_format", "gptq"},
+          {"lm_head", false}};
+}
+
+absl::StatusOr<std::optional<QuantizationConfig>> ReadQuantizationConfig(
+    const std::string& model_dir) {
+  const std::string path = model_dir + "/config.json";
+  ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path));
+  ASSIGN_OR_RETURN(const nlohmann::json json, ParseJsonStrict(text, path));
+  if (!json.is_object() || !json.contains("quantization_config")) {
+    return std::nullopt;
+  }
+  const nlohmann::json& q = json["quantization_config"];
+  QuantizationConfig config;
+  try {
+    const std::string method = q.at("quant_method").get<std::string>();
+    config.bits = q.at("bits").get<int>();
+    config.group_size = q.at("group_size").get<int>();
+    if (method == "gptq") {
+      config.layout = CheckpointLayout::kGptqV1;
+      config.sym = q.value("sym", true);
+      config.desc_act = q.value("desc_act", false);
+      if (q.value("checkpoint_format", std::string("gptq")) != "gptq") {
+        return absl::InvalidArgumentError(absl::StrCat(
+            path, ": only the GPTQ v1 checkpoint_format \"gptq\" is read"));
+      }
+    } else if (method == "awq") {
+      config.layout = CheckpointLayout::kAwqGemm;
+      config.sym = !q.value("zero_point", true);
+      if (absl::AsciiStrToLower(q.value("version", std::string("gemm"))) !=
+          "gemm") {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": only AWQ version \"gemm\" is read"));
+      }
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": quant_method \"", method, "\" is not gptq or awq"));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": malformed quantization_config: ", e.what()));
+  }
+  return config;
+}
+
+absl::Status WriteQuantizedCheckpoint(
+    const std::string& model_dir, const std::string& output_dir,
+    const QuantizationConfig& config,
+    const std::function<absl::StatusOr<BlockResult>(int layer)>& block) {
+  std::error_code error;
+  if (fs::exists(output_dir, error)) {
+    return absl::AlreadyExistsError(
+        absl::StrCat(output_dir, " exists; choose a new output directory"));
+  }
+  ASSIGN_OR_RETURN(const ModelSpec spec, LoadModelConfig(model_dir));
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> checkpoint,
+                   SafetensorsCheckpoint::Open(model_dir));
+
+  // The first block's result gives every packed shape (blocks are alike).
+  ASSIGN_OR_RETURN(BlockResult current, block(0));
+  std::vector<std::vector<PackedTensor>> first_packed;
+  for (int i = 0; i < kBlockLinears; ++i) {
+    ASSIGN_OR_RETURN(std::vector<PackedTensor> packed,
+                     PackLinear(current.quantized[i],
+                                BlockLinear(current.weights, i), config));
+    first_packed.push_back(std::move(packed));
+  }
+  std::vector<Planned> plan;
+  for (const std::string& name : checkpoint->TensorNames()) {
+    ASSIGN_OR_RETURN(const TensorView view, checkpoint->Get(name));
+    int layer = -1;
+    for (int l = 0; l < spec.num_layers && layer < 0; ++l) {
+      if (absl::StartsWith(name, LayerPrefix(l))) layer = l;
+    }
+    if (layer < 0) {
+      plan.push_back({name, view.dtype, view.shape, -1, name});
+      continue;
+    }
+    const std::string local = name.substr(LayerPrefix(layer).size());
+    bool linear = false;
+    for (int i = 0; i < kBlockLinears; ++i) {
+      const std::string prefix = std::string(kBlockLinearNames[i]);
+      if (local == prefix + ".weight") {
+        linear = true;
+        for (const PackedTensor& t : first_packed[i]) {
+          plan.push_back({LayerPrefix(layer) + prefix + "." + t.suffix, t.dtype,
+                          t.shape, layer, ""});
+        }
+      } else if (local == prefix + ".bias") {
+        linear = true;  // Written with the packed tensors.
+      }
+    }
+    if (linear) continue;
+    if (local == "input_layernorm.weight" ||
+        local == "post_attention_layernorm.weight") {
+      plan.push_back({name, view.dtype, view.shape, layer, ""});
+      continue;
+    }
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor ", name, " of a decoder block is not a known linear or norm"));
+  }
+  // Blocks in order, one result in memory at a time.
+  std::stable_sort(
+      plan.begin(), plan.end(),
+      [](const Planned& a, const Planned& b) { return a.layer < b.layer; });
+
+  const std::string temp_dir = absl::StrCat(output_dir, ".partial-", getpid());
+  fs::remove_all(temp_dir, error);
+  fs::create_directories(temp_dir, error);
+  if (error) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("cannot create ", temp_dir, ": ", error.message()));
+  }
+  auto write_all = [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(
+        std::unique_ptr<SafetensorsWriter> writer,
+        SafetensorsWriter::Create(temp_dir + "/model.safetensors"));
+    writer->SetMetadata("format", "pt");
+    for (const Planned& p : plan) {
+      RETURN_IF_ERROR(writer->AddTensor(p.name, p.dtype, p.shape));
+    }
+    int loaded = 0;
+    std::vector<std::vector<PackedTensor>> packed = std::move(first_packed);
+    for (const Planned& p : plan) {
+      if (p.layer < 0) {
+        ASSIGN_OR_RETURN(const TensorView view, checkpoint->Get(p.source));
+        RETURN_IF_ERROR(
+            writer->WriteTensorData(p.name, view.data, view.nbytes));
+        checkpoint->Release(view);
+        continue;
+      }
+      if (p.layer != loaded) {
+        ASSIGN_OR_RETURN(current, block(p.layer));
+        loaded = p.layer;
+        packed.clear();
+        for (int i = 0; i < kBlockLinears; ++i) {
+          ASSIGN_OR_RETURN(std::vector<PackedTensor> linear,
+                           PackLinear(current.quantized[i],
+                                      BlockLinear(current.weights, i), config));
+          packed.push_back(std::move(linear));
+        }
+      }
+      const std::string local = p.name.substr(LayerPrefix(p.layer).size());
+      if (local == "input_layernorm.weight" ||
+          local == "post_attention_layernorm.weight") {
+        ASSIGN_OR_RETURN(
+            const std::vector<uint8_t> bytes,
+            Encode(local == "input_layernorm.weight" ? current.weights.attn_norm
+                                                     : current.weights.ffn_norm,
+                   p.dtype));
+        RETURN_IF_ERROR(
+            writer->WriteTensorData(p.name, bytes.data(), bytes.size()));
+        continue;
+      }
+      bool written = false;
+      for (int i = 0; i < kBlockLinears && !written; ++i) {
+        for (const PackedTensor& t : packed[i]) {
+          if (local == std::string(kBlockLinearNames[i]) + "." + t.suffix) {
+            RETURN_IF_ERROR(writer->WriteTensorData(p.name, t.bytes.data(),
+                                                    t.bytes.size()));
+            written = true;
+            break;
+          }
+        }
+      }
+      if (!written) {
+        return absl::InternalError(absl::StrCat("no data for ", p.name));
+      }
+    }
+    RETURN_IF_ERROR(writer->Finish());
+
+    ASSIGN_OR_RETURN(const std::string config_text,
+                     ReadFileToString(model_dir + "/config.json"));
+    ASSIGN_OR_RETURN(nlohmann::json config_json,
+                     ParseJsonStrict(config_text, model_dir + "/config.json"));
+    config_json["quantization_config"] = QuantizationConfigJson(config);
+    RETURN_IF_ERROR(WriteFileAtomically(temp_dir + "/config.json",
+                                        config_json.dump(2) + "\n"));
+    if (config.layout == CheckpointLayout::kGptqV1) {
+      nlohmann::json quantize_config = QuantizationConfigJson(config);
+      quantize_config["model_file_base_name"] = "model";
+      RETURN_IF_ERROR(WriteFileAtomically(temp_dir + "/quantize_config.json",
+                                          quantize_config.dump(2) + "\n"));
+    }
+    for (const char* file : kTokenizerFiles) {
+      const std::string from = model_dir + "/" + file;
+      if (!fs::exists(from, error)) continue;
+      ASSIGN_OR_RETURN(const std::string bytes, ReadFileToString(from));
+      RETURN_IF_ERROR(WriteFileAtomically(temp_dir + "/" + file, bytes));
+    }
+    fs::rename(temp_dir, output_dir, error);
+    if (error) {
+      return absl::InternalError(absl::StrCat("cannot rename ", temp_dir,
+                                              " to ", output_dir, ": ",
+                                              error.message()));
+    }
+    return absl::OkStatus();
+  };
+  absl::Status status = write_all();
+  if (!status.ok()) fs::remove_all(temp_dir, error);
+  return status;
+}
+
+absl::StatusOr<DecoderBlockWeights> LoadQuantizedDecoderBlock(
+    const SafetensorsCheckpoint& checkpoint, const ModelSpec& spec, int layer,
+    const QuantizationConfig& config) {
+  DecoderBlockWeights block;
+  const std::string prefix = LayerPrefix(layer);
+  auto floats =
+      [&](const std::string& name) -> absl::StatusOr<std::vector<float>> {
+    ASSIGN_OR_RETURN(const TensorView view, checkpoint.Get(name));
+    return view.ToFloatVector();
+  };
+  auto ints =
+      [&](const std::string& name,
+          std::vector<int64_t>& shape) -> absl::StatusOr<std::vector<int32_t>> {
+    ASSIGN_OR_RETURN(const TensorView view, checkpoint.Get(name));
+    if (view.dtype != SafetensorsDType::kI32) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, " is ", SafetensorsDTypeName(view.dtype), ", expected I32"));
+    }
+    shape = view.shape;
+    std::vector<int32_t> values(view.nbytes / 4);
+    std::memcpy(values.data(), view.data, view.nbytes);
+    return values;
+  };
+  auto halves = [&](const std::string& name, std::vector<int64_t>& shape)
+      -> absl::StatusOr<std::vector<uint16_t>> {
+    ASSIGN_OR_RETURN(const TensorView view, checkpoint.Get(name));
+    if (view.dtype != SafetensorsDType::kF16) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, " is ", SafetensorsDTypeName(view.dtype), ", expected F16"));
+    }
+    shape = view.shape;
+    std::vector<uint16_t> values(view.nbytes / 2);
+    std::memcpy(values.data(), view.data, view.nbytes);
+    return values;
+  };
+  ASSIGN_OR_RETURN(block.attn_norm, floats(prefix + "input_layernorm.weight"));
+  ASSIGN_OR_RETURN(block.ffn_norm,
+                   floats(prefix + "post_attention_layernorm.weight"));
+  for (int i = 0; i < kBlockLinears; ++i) {
+    const std::string name = prefix + std::string(kBlockLinearNames[i]) + ".";
+    std::vector<int64_t> qweight_shape, qzeros_shape, scales_shape, g_shape;
+    ASSIGN_OR_RETURN(std::vector<int32_t> qweight,
+                     ints(name + "qweight", qweight_shape));
+    ASSIGN_OR_RETURN(std::vector<int32_t> qzeros,
+                     ints(name + "qzeros", qzeros_shape));
+    ASSIGN_OR_RETURN(std::vector<uint16_t> scales,
+                     halves(name + "scales", scales_shape));
+    if (qweight_shape.size() != 2 || scales_shape.size() != 2) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, "qweight/scales are not 2-D"));
+    }
+    QuantizedLinear q;
+    if (config.layout == CheckpointLayout::kGptqV1) {
+      PackedGptqV1 p;
+      p.rows = qweight_shape[1];
+      p.cols = qweight_shape[0] * 32 / config.bits;
+      p.bits = config.bits;
+      p.groups = scales_shape[0];
+      p.qweight = std::move(qweight);
+      p.qzeros = std::move(qzeros);
+      p.scales = std::move(scales);
+      ASSIGN_OR_RETURN(p.g_idx, ints(name + "g_idx", g_shape));
+      absl::StatusOr<QuantizedLinear> unpacked =
+          UnpackGptqV1(p, config.group_size);
+      if (!unpacked.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(name, "*: ", unpacked.status().message()));
+      }
+      q = *std::move(unpacked);
+    } else {
+      PackedAwqGemm p;
+      p.cols = qweight_shape[0];
+      p.rows = qweight_shape[1] * 8;
+      p.groups = scales_shape[0];
+      p.qweight = std::move(qweight);
+      p.qzeros = std::move(qzeros);
+      p.scales = std::move(scales);
+      absl::StatusOr<QuantizedLinear> unpacked =
+          UnpackAwqGemm(p, config.group_size);
+      if (!unpacked.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(name, "*: ", unpacked.status().message()));
+      }
+      q = *std::move(unpacked);
+    }
+    LinearWeights& linear = BlockLinear(block, i);
+    linear.rows = q.rows, linear.cols = q.cols;
+    linear.weight = q.Dequantize();
+    if (checkpoint.Has(name + "bias")) {
+      ASSIGN_OR_RETURN(linear.bias, floats(name + "bias"));
+    }
+  }
+  if (block.q.cols != spec.hidden_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(prefix, "self_attn.q_proj has ", block.q.cols,
+                     " inputs, not the hidden size ", spec.hidden_size));
+  }
+  return block;
+}
+
+}  // namespace quant

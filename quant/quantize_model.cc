@@ -1,0 +1,476 @@
+#include "quant/quantize_model.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/file.h"
+#include "common/json_util.h"
+#include "common/status_macros.h"
+#include "convert/gguf_converter.h"
+#include "convert/quant_mix.h"
+#include "format/model_config.h"
+#include "format/safetensors.h"
+#include "model/llama_forward.h"
+#include "model/perplexity.h"
+#include "quant/block_store.h"
+#include "quant/checkpoint_export.h"
+
+namespace quant {
+namespace {
+
+namespace fs = std::filesystem;
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+      .count();
+}
+
+// Peak resident set (VmHWM) in MiB, or -1 when /proc is unavailable.
+double PeakRssMiB() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) {
+      return std::strtod(line.c_str() + 6, nullptr) / 1024.0;
+    }
+  }
+  return -1;
+}
+
+std::string BlockPath(const std::string& work_dir, int layer) {
+  return absl::StrCat(work_dir, "/block-", layer, ".safetensors");
+}
+std::string ActivationsPath(const std::string& work_dir, int layer) {
+  return absl::StrCat(work_dir, "/activations-", layer, ".safetensors");
+}
+
+// The weight format a GGUF block type holds, for solving into it.
+absl::StatusOr<WeightFormat> FormatOfGgmlType(GgmlType type) {
+  switch (type) {
+    case GgmlType::kQ4_0:
+      return WeightFormat{4, 32, true};
+    case GgmlType::kQ4_1:
+      return WeightFormat{4, 32, false};
+    case GgmlType::kQ5_0:
+      return WeightFormat{5, 32, true};
+    case GgmlType::kQ5_1:
+      return WeightFormat{5, 32, false};
+    case GgmlType::kQ8_0:
+      return WeightFormat{8, 32, true};
+    case GgmlType::kQ2_K:
+      return WeightFormat{2, 16, false};
+    case GgmlType::kQ3_K:
+      return WeightFormat{3, 16, true};
+    case GgmlType::kQ4_K:
+      return WeightFormat{4, 32, false};
+    case GgmlType::kQ5_K:
+      return WeightFormat{5, 32, false};
+    case GgmlType::kQ6_K:
+      return WeightFormat{6, 16, true};
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("GGUF type ", GgmlTypeName(type),
+                       " is not a quantized type a linear can be solved for"));
+  }
+}
+
+nlohmann::json RecipeJson(const QuantizeModelOptions& o) {
+  std::error_code error;
+  const std::string model = fs::absolute(o.model_dir, error).string();
+  const CalibrationOptions& c = o.calibration;
+  return {
+      {"model", model},
+      {"method", std::string(QuantMethodName(o.method))},
+      {"output_format", o.output_format == OutputFormat::kGguf  ? "gguf"
+                        : o.output_format == OutputFormat::kAwq ? "awq"
+                                                                : "gptq"},
+      {"gguf_type", o.output_format == OutputFormat::kGguf ? o.gguf_type : ""},
+      {"bits", o.weights.bits},
+      {"group_size", o.weights.group_size},
+      {"sym", o.weights.sym},
+      {"desc_act", o.gptq.desc_act},
+      {"static_groups", o.gptq.static_groups},
+      {"damp_percent", o.gptq.damp_percent},
+      {"block_size", o.gptq.block_size},
+      {"true_sequential", o.true_sequential},
+      {"awq",
+       {{"n_grid", o.awq.n_grid},
+        {"duo_scaling", o.awq.duo_scaling},
+        {"clip", o.awq.clip},
+        {"clip_grid", o.awq.clip_grid},
+        {"max_shrink", o.awq.max_shrink},
+        {"clip_sample_tokens", o.awq.clip_sample_tokens},
+        {"search_sequences", o.awq.search_sequences}}},
+      {"calibration",
+       {{"text", c.text_path},
+        {"tokens", c.tokens_path},
+        {"samples", c.samples},
+        {"seq_len", c.seq_len},
+        {"seed", c.seed}}},
+      {"sequences_per_pass", o.sequences_per_pass}};
+}
+
+absl::Status CheckOptions(const QuantizeModelOptions& o) {
+  if (o.work_dir.empty()) {
+    return absl::InvalidArgumentError("a work directory is required");
+  }
+  if (o.output.empty()) return absl::InvalidArgumentError("no output given");
+  if (o.calibration.samples == 0 && o.method != QuantMethod::kRtn) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(QuantMethodName(o.method),
+                     " needs calibration data (calibration samples > 0)"));
+  }
+  if (o.output_format == OutputFormat::kGptq) {
+    if (o.weights.bits != 2 && o.weights.bits != 3 && o.weights.bits != 4 &&
+        o.weights.bits != 8) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("bits: GPTQ checkpoints hold 2, 3, 4 or 8 bits, not ",
+                       o.weights.bits));
+    }
+  }
+  if (o.output_format == OutputFormat::kAwq) {
+    if (o.weights.bits != 4) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "bits: AWQ GEMM checkpoints hold 4 bits, not ", o.weights.bits));
+    }
+    if (o.gptq.desc_act) {
+      return absl::InvalidArgumentError(
+          "desc_act: the AWQ layout has no act-order (g_idx)");
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string FormatTable(const nlohmann::json& report) {
+  std::string out =
+      absl::StrFormat("%-6s %-18s %4s %5s %12s %10s %8s\n", "block", "linear",
+                      "bits", "group", "proxy_loss", "rel_error", "seconds");
+  for (const nlohmann::json& block : report["blocks"]) {
+    for (const nlohmann::json& l : block["linears"]) {
+      auto number = [](const nlohmann::json& v, const char* format) {
+        return v.is_null() ? std::string("-")
+                           : absl::StrFormat(format, v.get<double>());
+      };
+      absl::StrAppendFormat(&out, "%-6d %-18s %4d %5d %12s %10s %8.2f\n",
+                            block["layer"].get<int>(),
+                            l["name"].get<std::string>(), l["bits"].get<int>(),
+                            l["group_size"].get<int>(),
+                            number(l["proxy_loss"], "%.4g"),
+                            number(l["relative_output_error"], "%.5f"),
+                            l["seconds"].get<double>());
+    }
+  }
+  if (report.contains("perplexity")) {
+    absl::StrAppendFormat(&out, "\n%-24s %10s %10s\n", "held-out text",
+                          "before", "after");
+    for (const auto& [text, p] : report["perplexity"].items()) {
+      absl::StrAppendFormat(
+          &out, "%-24s %10.3f %10.3f\n", fs::path(text).filename().string(),
+          p["before"].get<double>(), p["after"].get<double>());
+    }
+  }
+  absl::StrAppendFormat(&out, "\ntotal %.1f s, peak RSS %.0f MiB\n",
+                        report["seconds"].get<double>(),
+                        report["peak_rss_mib"].get<double>());
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<OutputFormat> ParseOutputFormat(absl::string_view name) {
+  const std::string lower = absl::AsciiStrToLower(name);
+  if (lower == "gptq") return OutputFormat::kGptq;
+  if (lower == "awq") return OutputFormat::kAwq;
+  if (lower == "gguf") return OutputFormat::kGguf;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown output format \"", name, "\" (gptq, awq or gguf)"));
+}
+
+absl::StatusOr<QuantizeModelResult> QuantizeModel(
+    const QuantizeModelOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  RETURN_IF_ERROR(CheckOptions(options));
+  auto log = [&](const std::string& line) {
+    if (options.log) options.log(line);
+  };
+  ASSIGN_OR_RETURN(const ModelSpec spec, LoadModelConfig(options.model_dir));
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> checkpoint,
+                   SafetensorsCheckpoint::Open(options.model_dir));
+
+  // Each block's recipe: one format, or per linear from the GGUF plan.
+  std::vector<BlockRecipe> recipes(static_cast<size_t>(spec.num_layers));
+  std::map<std::string, GgmlType> gguf_types;
+  std::optional<QuantMix> mix;
+  if (options.output_format == OutputFormat::kGguf) {
+    ASSIGN_OR_RETURN(mix, ParseQuantMix(options.gguf_type));
+    ASSIGN_OR_RETURN(gguf_types,
+                     PlanGgufTypes(options.model_dir, *mix,
+                                   /*has_importance=*/
+                                   options.calibration.samples > 0));
+  }
+  SafetensorsDType norm_dtype = SafetensorsDType::kF32;
+  {
+    ASSIGN_OR_RETURN(const TensorView norm,
+                     checkpoint->Get("model.layers.0.input_layernorm.weight"));
+    norm_dtype = norm.dtype;
+  }
+  for (int layer = 0; layer < spec.num_layers; ++layer) {
+    BlockRecipe& r = recipes[layer];
+    r.method = options.method;
+    r.gptq = options.gptq;
+    r.true_sequential = options.true_sequential;
+    r.awq = options.awq;
+    r.sequences_per_pass = options.sequences_per_pass;
+    r.norm_dtype = options.output_format == OutputFormat::kGguf
+                       ? SafetensorsDType::kF32  // GGUF norms are F32.
+                       : norm_dtype;
+    for (int i = 0; i < kBlockLinears; ++i) {
+      if (options.output_format != OutputFormat::kGguf) {
+        r.formats[i] = options.weights;
+        continue;
+      }
+      const std::string name = absl::StrCat("model.layers.", layer, ".",
+                                            kBlockLinearNames[i], ".weight");
+      auto it = gguf_types.find(name);
+      if (it == gguf_types.end()) {
+        return absl::InternalError(absl::StrCat("no GGUF type for ", name));
+      }
+      ASSIGN_OR_RETURN(r.formats[i], FormatOfGgmlType(it->second));
+    }
+  }
+
+  // The work directory: one run's files; a different run is refused.
+  std::error_code error;
+  fs::create_directories(options.work_dir, error);
+  if (error) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("cannot create work directory ", options.work_dir, ": ",
+                     error.message()));
+  }
+  const nlohmann::json recipe = RecipeJson(options);
+  const std::string recipe_path = options.work_dir + "/recipe.json";
+  if (fs::exists(recipe_path, error)) {
+    ASSIGN_OR_RETURN(const std::string text, ReadFileToString(recipe_path));
+    ASSIGN_OR_RETURN(const nlohmann::json saved,
+                     ParseJsonStrict(text, recipe_path));
+    if (saved != recipe) {
+      std::string field = "?";
+      for (const auto& [key, value] : recipe.items()) {
+        if (!saved.contains(key) || saved[key] != value) {
+          field = key;
+          break;
+        }
+      }
+      return absl::FailedPreconditionError(
+          absl::StrCat(options.work_dir, " holds a run with another recipe (",
+                       field, " differs); use a new work directory"));
+    }
+  } else {
+    RETURN_IF_ERROR(WriteFileAtomically(recipe_path, recipe.dump(2) + "\n"));
+  }
+
+  QuantizeModelResult result;
+  const bool calibrated = options.calibration.samples > 0;
+  const int64_t sequences = calibrated ? options.calibration.samples : 0;
+  const int64_t seq_len = calibrated ? options.calibration.seq_len : 0;
+  const int64_t dim = spec.hidden_size;
+  int first = 0;
+  while (first < spec.num_layers &&
+         fs::exists(BlockPath(options.work_dir, first), error)) {
+    ++first;
+  }
+  result.blocks_resumed = first;
+  nlohmann::json blocks = nlohmann::json::array();
+  if (first < spec.num_layers) {
+    std::vector<float> hidden;
+    if (calibrated) {
+      const std::string saved = ActivationsPath(options.work_dir, first);
+      if (fs::exists(saved, error)) {
+        ASSIGN_OR_RETURN(hidden,
+                         LoadActivations(saved, sequences, seq_len, dim));
+        log(absl::StrCat("resuming at block ", first));
+      } else if (first == 0) {
+        ASSIGN_OR_RETURN(
+            const std::vector<int32_t> windows,
+            LoadCalibrationWindows(options.model_dir, options.calibration));
+        hidden.resize(windows.size() * static_cast<size_t>(dim));
+        const LlamaForward embed(spec, seq_len);
+        RETURN_IF_ERROR(embed.Embed(*checkpoint, windows, hidden.data()));
+        RETURN_IF_ERROR(
+            SaveActivations(saved, hidden, sequences, seq_len, dim));
+      } else {
+        return absl::FailedPreconditionError(
+            absl::StrCat(options.work_dir, " has the result of block ",
+                         first - 1, " but not the activations after it"));
+      }
+    }
+    const LlamaForward forward(spec, std::max<int64_t>(seq_len, 1));
+    for (int layer = first; layer < spec.num_layers; ++layer) {
+      ASSIGN_OR_RETURN(DecoderBlockWeights block,
+                       LoadDecoderBlock(*checkpoint, spec, layer));
+      absl::StatusOr<BlockResult> done =
+          QuantizeBlock(forward, std::move(block), recipes[layer], sequences,
+                        seq_len, hidden.data());
+      if (!done.ok()) {
+        return absl::Status(
+            done.status().code(),
+            absl::StrCat("block ", layer, ": ", done.status().message()));
+      }
+      // Activations first, then the result that commits the block.
+      if (calibrated && layer + 1 < spec.num_layers) {
+        RETURN_IF_ERROR(
+            SaveActivations(ActivationsPath(options.work_dir, layer + 1),
+                            hidden, sequences, seq_len, dim));
+      }
+      RETURN_IF_ERROR(
+          SaveBlockResult(BlockPath(options.work_dir, layer), *done));
+      fs::remove(ActivationsPath(options.work_dir, layer), error);
+      ++result.blocks_quantized;
+      log(absl::StrFormat("block %d/%d quantized in %.1f s", layer + 1,
+                          spec.num_layers, done->seconds));
+      if (layer == options.stop_after_block && layer + 1 < spec.num_layers) {
+        log(absl::StrCat("stopped after block ", layer));
+        return result;
+      }
+    }
+  }
+
+  // Reports of every block, from the committed results.
+  const auto load_block = [&](int layer) {
+    return LoadBlockResult(BlockPath(options.work_dir, layer));
+  };
+  for (int layer = 0; layer < spec.num_layers; ++layer) {
+    ASSIGN_OR_RETURN(const BlockResult done, load_block(layer));
+    nlohmann::json entry = BlockReportJson(done);
+    entry["layer"] = layer;
+    blocks.push_back(std::move(entry));
+  }
+
+  // The output, then the perplexity of what was written.
+  BlockLoader evaluated;
+  if (options.output_format == OutputFormat::kGguf) {
+    ConvertOptions convert;
+    convert.model_dir = options.model_dir;
+    convert.output_path = options.output;
+    convert.mix = *mix;
+    convert.has_importance = calibrated;
+    int cached_layer = -1;
+    BlockResult cached;
+    convert.tensor_source = [&](const std::string& hf_name)
+        -> absl::StatusOr<std::optional<TensorOverride>> {
+      for (int layer = 0; layer < spec.num_layers; ++layer) {
+        const std::string prefix = absl::StrCat("model.layers.", layer, ".");
+        if (hf_name.rfind(prefix, 0) != 0) continue;
+        if (cached_layer != layer) {
+          ASSIGN_OR_RETURN(cached, load_block(layer));
+          cached_layer = layer;
+        }
+        const std::string local = hf_name.substr(prefix.size());
+        TensorOverride tensor;
+        if (local == "input_layernorm.weight") {
+          tensor.values = cached.weights.attn_norm;
+          return tensor;
+        }
+        if (local == "post_attention_layernorm.weight") {
+          tensor.values = cached.weights.ffn_norm;
+          return tensor;
+        }
+        for (int i = 0; i < kBlockLinears; ++i) {
+          const std::string name(kBlockLinearNames[i]);
+          const LinearWeights& linear = BlockLinear(cached.weights, i);
+          if (local == name + ".weight") {
+            tensor.values = linear.weight;
+            tensor.importance = cached.importance[i];
+            return tensor;
+          }
+          if (local == name + ".bias") {
+            tensor.values = linear.bias;
+            return tensor;
+          }
+        }
+      }
+      return std::nullopt;
+    };
+    ASSIGN_OR_RETURN(const ConvertResult written, ConvertToGguf(convert));
+    log(absl::StrCat("wrote ", options.output, " (", written.output_bytes,
+                     " bytes)"));
+    // llama.cpp evaluates the GGUF itself; here the solution before it was
+    // written in the GGUF types.
+    evaluated = [&](const SafetensorsCheckpoint&, const ModelSpec&,
+                    int layer) -> absl::StatusOr<DecoderBlockWeights> {
+      ASSIGN_OR_RETURN(BlockResult done, load_block(layer));
+      return std::move(done.weights);
+    };
+  } else {
+    QuantizationConfig config;
+    config.layout = options.output_format == OutputFormat::kAwq
+                        ? CheckpointLayout::kAwqGemm
+                        : CheckpointLayout::kGptqV1;
+    config.bits = options.weights.bits;
+    config.group_size = options.weights.group_size;
+    config.sym = options.weights.sym;
+    config.desc_act = options.gptq.desc_act;
+    config.static_groups = options.gptq.static_groups;
+    config.true_sequential = options.true_sequential;
+    config.damp_percent = options.gptq.damp_percent;
+    RETURN_IF_ERROR(WriteQuantizedCheckpoint(options.model_dir, options.output,
+                                             config, load_block));
+    log(absl::StrCat("wrote ", options.output));
+    evaluated = [config](const SafetensorsCheckpoint& written,
+                         const ModelSpec& written_spec, int layer) {
+      return LoadQuantizedDecoderBlock(written, written_spec, layer, config);
+    };
+  }
+
+  nlohmann::json report = {{"recipe", recipe}, {"blocks", blocks}};
+  if (!options.eval_texts.empty()) {
+    const std::string evaluated_dir =
+        options.output_format == OutputFormat::kGguf ? options.model_dir
+                                                     : options.output;
+    PerplexityOptions eval;
+    eval.max_windows = options.eval_max_windows;
+    nlohmann::json perplexity = nlohmann::json::object();
+    for (const std::string& text_path : options.eval_texts) {
+      ASSIGN_OR_RETURN(const std::string text, ReadFileToString(text_path));
+      ASSIGN_OR_RETURN(
+          const std::vector<int32_t> tokens,
+          HeldOutTokenStream(
+              options.model_dir + "/tokenizer.model", text,
+              static_cast<int32_t>(spec.bos_token_id.value_or(1))));
+      ASSIGN_OR_RETURN(const PerplexityResult before,
+                       EvaluatePerplexity(options.model_dir, tokens, eval));
+      ASSIGN_OR_RETURN(
+          const PerplexityResult after,
+          EvaluatePerplexity(evaluated_dir, tokens, eval, evaluated));
+      perplexity[text_path] = {{"before", before.perplexity},
+                               {"after", after.perplexity},
+                               {"windows", after.windows}};
+      log(absl::StrFormat("%s: perplexity %.3f -> %.3f", text_path,
+                          before.perplexity, after.perplexity));
+    }
+    report["perplexity"] = perplexity;
+  }
+  report["seconds"] = SecondsSince(start);
+  report["peak_rss_mib"] = PeakRssMiB();
+  result.report = report;
+  result.report_table = FormatTable(report);
+  const std::string report_base = options.output_format == OutputFormat::kGguf
+                                      ? options.output + ".report"
+                                      : options.output + "/quantization_report";
+  RETURN_IF_ERROR(
+      WriteFileAtomically(report_base + ".json", report.dump(2) + "\n"));
+  RETURN_IF_ERROR(
+      WriteFileAtomically(report_base + ".txt", result.report_table));
+  result.finished = true;
+  return result;
+}
+
+}  // namespace quant

@@ -1,0 +1,75 @@
+// A whole model quantized block by block (the GPTQ paper's sequential
+// order): block b is calibrated on the outputs of the already-quantized
+// blocks < b. Memory holds one block's weights, its calibration statistics
+// and the activations at one block boundary, never the whole model.
+//
+// The work directory makes a run resumable: after each block, the
+// activations leaving it (exact F32) and the block's result are written
+// atomically; a run started again on the same directory, with the same
+// model, recipe and calibration, continues at the first block without a
+// result and produces bit for bit the output of an uninterrupted run.
+#ifndef QUANT_QUANTIZE_MODEL_H_
+#define QUANT_QUANTIZE_MODEL_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "model/calibration.h"
+#include "nlohmann/json.hpp"
+#include "quant/awq.h"
+#include "quant/block_quantizer.h"
+#include "quant/gptq.h"
+
+namespace quant {
+
+enum class OutputFormat { kGptq, kAwq, kGguf };
+absl::StatusOr<OutputFormat> ParseOutputFormat(absl::string_view name);
+
+struct QuantizeModelOptions {
+  std::string model_dir;  // HF checkpoint (config.json, safetensors).
+  // gptq / awq: a directory to create; gguf: the .gguf file to write.
+  std::string output;
+  OutputFormat output_format = OutputFormat::kGptq;
+  // GGUF only: the llama.cpp type or mix (Q4_K_M, Q4_0, ...). Each linear
+  // is solved in the format of its GGUF type, then written in that type
+  // with its Hessian diagonal as importance.
+  std::string gguf_type = "Q4_K_M";
+
+  QuantMethod method = QuantMethod::kGptq;
+  WeightFormat weights;  // bits, group_size, sym (not for GGUF).
+  GptqOptions gptq;      // desc_act, static_groups, damping, block_size.
+  bool true_sequential = true;
+  AwqOptions awq;
+  CalibrationOptions calibration;  // samples == 0: data-free (RTN only).
+  int64_t sequences_per_pass = 16;
+
+  std::string work_dir;       // Required: block results and activations.
+  int stop_after_block = -1;  // >= 0: stop once that block is committed.
+
+  // Held-out perplexity (the data README's method) of the FP model and of
+  // the result, on each text; at most this many 512-token windows (< 0:
+  // all).
+  std::vector<std::string> eval_texts;
+  int64_t eval_max_windows = -1;
+
+  std::function<void(const std::string&)> log;  // Progress lines; optional.
+};
+
+struct QuantizeModelResult {
+  bool finished = false;     // False when stopped by stop_after_block.
+  int blocks_quantized = 0;  // By this call.
+  int blocks_resumed = 0;    // Found committed in the work directory.
+  nlohmann::json report;     // Also written beside the output.
+  std::string report_table;  // The readable table.
+};
+
+absl::StatusOr<QuantizeModelResult> QuantizeModel(
+    const QuantizeModelOptions& options);
+
+}  // namespace quant
+
+#endif  // QUANT_QUANTIZE_MODEL_H_
