@@ -1,5 +1,6 @@
 #include "client/quantctl.h"
 
+#include <fstream>
 #include <sstream>
 #include <string>
 
@@ -46,6 +47,44 @@ TEST(QuantctlTest, MakeConvertInspectEndToEnd) {
   ASSERT_TRUE(RunCommand(inspect, &out).ok());
   EXPECT_NE(out.find("general.file_type = 2"), std::string::npos) << out;
   EXPECT_NE(out.find("blk.0.attn_q.weight"), std::string::npos) << out;
+}
+
+TEST(QuantctlTest, QuantizeStopsAndResumes) {
+  const std::string dir = MakeTestTempDir("quantctl_quantize");
+  std::string out, err;
+  QuantctlOptions make;
+  make.command = "make-tiny-model";
+  make.out = dir + "/model";
+  ASSERT_TRUE(RunCommand(make, &out).ok());
+  {
+    std::ofstream tokens(dir + "/tokens.txt");
+    for (int i = 0; i < 500; ++i) tokens << (i * 7) % 300 << " ";
+  }
+  QuantctlOptions quantize;
+  quantize.command = "quantize";
+  quantize.model = dir + "/model";
+  quantize.out = dir + "/gptq";
+  quantize.quantize.calibration.tokens_path = dir + "/tokens.txt";
+  quantize.quantize.calibration.samples = 3;
+  quantize.quantize.calibration.seq_len = 32;
+  quantize.quantize.stop_after_block = 0;
+  absl::Status status = RunCommand(quantize, &out, &err);
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_NE(out.find("stopped: 1 blocks quantized now"), std::string::npos)
+      << out;
+  quantize.quantize.stop_after_block = -1;
+  status = RunCommand(quantize, &out, &err);
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_NE(out.find("1 blocks quantized now, 1 resumed"), std::string::npos)
+      << out;
+  EXPECT_NE(out.find("mlp.down_proj"), std::string::npos) << out;  // Table.
+  EXPECT_NE(err.find("block 2/2 quantized"), std::string::npos) << err;
+  // Perplexity needs a SentencePiece model, which the tiny model lacks.
+  QuantctlOptions perplexity;
+  perplexity.command = "perplexity";
+  perplexity.model = quantize.out;
+  perplexity.quantize.eval_texts = {dir + "/tokens.txt"};
+  EXPECT_FALSE(RunCommand(perplexity, &out).ok());
 }
 
 TEST(QuantctlTest, UsageErrorsNameTheProblem) {

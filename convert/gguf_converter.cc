@@ -107,6 +107,30 @@ absl::Status StreamTensor(const SafetensorsCheckpoint& checkpoint,
                           const std::optional<TensorOverride>& replacement,
                           GgufWriter& gguf) {
   ASSIGN_OR_RETURN(TensorView view, checkpoint.Get(plan.hf_name));
+  const int64_t heads = RopePermutationHeads(spec, plan.permutation);
+  if (replacement && !replacement->encoded.empty()) {
+    const int64_t cols = plan.hf_shape.empty() ? 1 : plan.hf_shape.back();
+    ASSIGN_OR_RETURN(const uint64_t row_bytes, GgmlRowBytes(type, cols));
+    const int64_t rows = cols == 0 ? 0 : view.num_elements() / cols;
+    if (replacement->encoded_type != type ||
+        replacement->encoded.size() != rows * row_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          plan.hf_name, " was encoded as ",
+          GgmlTypeName(replacement->encoded_type), " (",
+          replacement->encoded.size(), " bytes), not as the planned ",
+          GgmlTypeName(type), " (", rows * row_bytes, " bytes)"));
+    }
+    if (heads == 0) {
+      return gguf.WriteTensorData(plan.gguf_name, replacement->encoded.data(),
+                                  replacement->encoded.size());
+    }
+    std::vector<uint8_t> permuted(replacement->encoded.size());
+    RETURN_IF_ERROR(PermuteRowsForRope(replacement->encoded.data(),
+                                       permuted.data(), rows,
+                                       static_cast<int64_t>(row_bytes), heads));
+    return gguf.WriteTensorData(plan.gguf_name, permuted.data(),
+                                permuted.size());
+  }
   const float* importance = nullptr;
   if (replacement) {
     if (static_cast<int64_t>(replacement->values.size()) !=
@@ -126,7 +150,6 @@ absl::Status StreamTensor(const SafetensorsCheckpoint& checkpoint,
       importance = replacement->importance.data();
     }
   }
-  const int64_t heads = RopePermutationHeads(spec, plan.permutation);
   // A permuted vector (a q/k bias) moves like the rows of its weight: treat
   // it as a column, one element per row.
   const bool column = heads > 0 && plan.hf_shape.size() == 1;

@@ -31,9 +31,13 @@ struct ConvertProgress {
 // dequantized): its values in the checkpoint's layout (HF row order), and
 // optional per-input-column importance (the calibration Hessian diagonal)
 // for the GGUF quantizer.
+// Or the rows already encoded in the planned GGUF type (HF row order), for
+// solutions that are exactly that type's blocks.
 struct TensorOverride {
   std::vector<float> values;
   std::vector<float> importance;
+  std::vector<uint8_t> encoded;
+  GgmlType encoded_type = GgmlType::kF32;
 };
 // Given an HF tensor name, the data to write instead of the checkpoint's,
 // or nullopt to keep the checkpoint's.

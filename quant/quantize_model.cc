@@ -22,6 +22,7 @@
 #include "model/perplexity.h"
 #include "quant/block_store.h"
 #include "quant/checkpoint_export.h"
+#include "quant/gguf_pack.h"
 
 namespace quant {
 namespace {
@@ -387,6 +388,15 @@ absl::StatusOr<QuantizeModelResult> QuantizeModel(
           const std::string name(kBlockLinearNames[i]);
           const LinearWeights& linear = BlockLinear(cached.weights, i);
           if (local == name + ".weight") {
+            // Exactly the solution where the formats coincide (Q4_0, Q5_0,
+            // Q8_0); else re-fitted with the Hessian diagonal as importance.
+            const GgmlType type = gguf_types.at(hf_name);
+            if (FitsGgufTypeExactly(cached.quantized[i], type)) {
+              ASSIGN_OR_RETURN(tensor.encoded,
+                               PackGgufRows(cached.quantized[i], type));
+              tensor.encoded_type = type;
+              return tensor;
+            }
             tensor.values = linear.weight;
             tensor.importance = cached.importance[i];
             return tensor;

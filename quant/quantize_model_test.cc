@@ -13,6 +13,7 @@
 #include "format/model_config.h"
 #include "format/safetensors.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/quantize_rows.h"
 #include "quant/block_store.h"
 #include "quant/checkpoint_export.h"
 
@@ -167,6 +168,28 @@ TEST(QuantizeModelTest, GgufFromGptqUsesTheMixTypes) {
   EXPECT_EQ(types["blk.0.ffn_down.weight"], GgmlType::kQ4_K);
   EXPECT_EQ(done->report["blocks"][0]["linears"][6]["bits"], 4);
   EXPECT_TRUE(std::filesystem::exists(o.output + ".report.json"));
+}
+
+TEST(QuantizeModelTest, GgufQ4_0HoldsTheGptqSolutionExactly) {
+  const TinyRun s = MakeTinyRun("quantize_gguf_q4_0");
+  QuantizeModelOptions o = Options(s, "model.gguf");
+  o.output_format = OutputFormat::kGguf;
+  o.gguf_type = "Q4_0";
+  ASSERT_TRUE(QuantizeModel(o).ok());
+  const auto gguf = *GgufReader::Open(o.output);
+  const auto saved = *LoadBlockResult(o.work_dir + "/block-1.safetensors");
+  for (const auto& [name, index] : {std::pair{"blk.1.ffn_up.weight", 5},
+                                    std::pair{"blk.1.attn_v.weight", 2}}) {
+    const GgufTensorInfo* info = gguf->FindTensor(name);
+    ASSERT_NE(info, nullptr) << name;
+    ASSERT_EQ(info->type, GgmlType::kQ4_0) << name;
+    const LinearWeights& linear = BlockLinear(saved.weights, index);
+    std::vector<float> values(linear.weight.size());
+    ASSERT_TRUE(DequantizeRows(GgmlType::kQ4_0, gguf->TensorData(*info),
+                               linear.rows, linear.cols, values.data(), 1)
+                    .ok());
+    EXPECT_TRUE(values == linear.weight) << name;
+  }
 }
 
 TEST(QuantizeModelTest, RejectsBadRecipes) {

@@ -1,0 +1,29 @@
+// GPTQ / AWQ solutions written in GGUF block types where the formats
+// coincide, with no re-fit: a symmetric group of 32 with zero point
+// 2^(bits-1) is exactly a Q4_0 (4 bits), Q5_0 (5 bits) or Q8_0 (8 bits)
+// block, d = the group's (fp16) scale and the levels as they are.
+#ifndef QUANT_GGUF_PACK_H_
+#define QUANT_GGUF_PACK_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "format/ggml_type.h"
+#include "quant/gptq.h"
+
+namespace quant {
+
+// True when `linear` is exactly representable in `type` (see above): bits
+// and type agree, groups of 32 consecutive columns, every zero point
+// 2^(bits-1).
+bool FitsGgufTypeExactly(const QuantizedLinear& linear, GgmlType type);
+
+// The rows of `linear` as `type` blocks (rows * GgmlRowBytes(type, cols)
+// bytes). InvalidArgument naming the mismatch when it does not fit.
+absl::StatusOr<std::vector<uint8_t>> PackGgufRows(const QuantizedLinear& linear,
+                                                  GgmlType type);
+
+}  // namespace quant
+
+#endif  // QUANT_GGUF_PACK_H_
