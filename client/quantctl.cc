@@ -177,7 +177,8 @@ commands:
   quantize         Calibrated quantization, block by block (resumable).
                    --model DIR --out DIR|FILE.gguf [--format gptq|awq|gguf]
                    [--method gptq|awq|rtn] [--bits 4] [--group-size 128]
-                   [--sym] [--desc-act] [--static-groups] [--damp 0.01]
+                   [--sym] [--desc-act] [--static-groups] [--mse]
+                   [--damp 0.01]
                    [--true-sequential=false] [--block-size 128]
                    [--type Q4_K_M (gguf)] [--calib TEXT | --calib-tokens
                    FILE.npy|.txt] [--calib-samples 128] [--calib-seqlen 512]

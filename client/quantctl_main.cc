@@ -30,6 +30,8 @@ ABSL_FLAG(int, group_size, 128, "quantize: columns per group (-1: per row)");
 ABSL_FLAG(bool, sym, false, "quantize: symmetric levels");
 ABSL_FLAG(bool, desc_act, false, "quantize: GPTQ act-order");
 ABSL_FLAG(bool, static_groups, false, "quantize: GPTQ static groups");
+ABSL_FLAG(bool, mse, false,
+          "quantize: group ranges searched for least error (GPTQ, RTN)");
 ABSL_FLAG(double, damp, 0.01, "quantize: GPTQ damp_percent");
 ABSL_FLAG(int, block_size, 128, "quantize: GPTQ lazy-update block");
 ABSL_FLAG(bool, true_sequential, true,
@@ -90,6 +92,7 @@ int main(int argc, char** argv) {
   q.weights.sym = absl::GetFlag(FLAGS_sym);
   q.gptq.desc_act = absl::GetFlag(FLAGS_desc_act);
   q.gptq.static_groups = absl::GetFlag(FLAGS_static_groups);
+  q.gptq.mse = absl::GetFlag(FLAGS_mse);
   q.gptq.damp_percent = absl::GetFlag(FLAGS_damp);
   q.gptq.block_size = absl::GetFlag(FLAGS_block_size);
   q.true_sequential = absl::GetFlag(FLAGS_true_sequential);

@@ -253,9 +253,10 @@ class BlockQuantizer {
       const WeightFormat& f = recipe_.formats[i];
       const LinearWeights& linear = BlockLinear(result_.weights, i);
       const std::vector<float> original = linear.weight;
-      ASSIGN_OR_RETURN(QuantizedLinear q,
-                       RtnQuantize(original.data(), linear.rows, linear.cols,
-                                   f.bits, f.group_size, f.sym));
+      ASSIGN_OR_RETURN(
+          QuantizedLinear q,
+          RtnQuantize(original.data(), linear.rows, linear.cols, f.bits,
+                      f.group_size, f.sym, recipe_.gptq.mse));
       Install(i, std::move(q), original, start);
     }
     return absl::OkStatus();

@@ -50,8 +50,8 @@ struct WeightFormat {
 struct BlockRecipe {
   QuantMethod method = QuantMethod::kGptq;
   std::array<WeightFormat, kBlockLinears> formats;
-  // desc_act, static_groups, damping and block_size (its bits, group_size
-  // and sym are ignored: `formats` decides).
+  // desc_act, static_groups, mse (RTN too), damping and block_size (its
+  // bits, group_size and sym are ignored: `formats` decides).
   GptqOptions gptq;
   bool true_sequential = true;
   AwqOptions awq;  // Its zero_point is ignored: formats[i].sym decides.

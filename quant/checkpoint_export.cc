@@ -115,6 +115,24 @@ absl::StatusOr<std::vector<uint8_t>> Encode(const std::vector<float>& values,
   return bytes;
 }
 
+// The elements of tensor `name`, which must have `dtype`; its shape into
+// `shape`.
+template <typename T>
+absl::StatusOr<std::vector<T>> RawTensor(
+    const SafetensorsCheckpoint& checkpoint, const std::string& name,
+    SafetensorsDType dtype, std::vector<int64_t>& shape) {
+  ASSIGN_OR_RETURN(const TensorView view, checkpoint.Get(name));
+  if (view.dtype != dtype) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " is ", SafetensorsDTypeName(view.dtype),
+                     ", expected ", SafetensorsDTypeName(dtype)));
+  }
+  shape = view.shape;
+  std::vector<T> values(view.nbytes / sizeof(T));
+  if (!values.empty()) std::memcpy(values.data(), view.data, view.nbytes);
+  return values;
+}
+
 // One output tensor: where its bytes come from.
 struct Planned {
   std::string name;
@@ -353,30 +371,11 @@ absl::StatusOr<DecoderBlockWeights> LoadQuantizedDecoderBlock(
     ASSIGN_OR_RETURN(const TensorView view, checkpoint.Get(name));
     return view.ToFloatVector();
   };
-  auto ints =
-      [&](const std::string& name,
-          std::vector<int64_t>& shape) -> absl::StatusOr<std::vector<int32_t>> {
-    ASSIGN_OR_RETURN(const TensorView view, checkpoint.Get(name));
-    if (view.dtype != SafetensorsDType::kI32) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          name, " is ", SafetensorsDTypeName(view.dtype), ", expected I32"));
-    }
-    shape = view.shape;
-    std::vector<int32_t> values(view.nbytes / 4);
-    std::memcpy(values.data(), view.data, view.nbytes);
-    return values;
+  auto ints = [&](const std::string& name, std::vector<int64_t>& shape) {
+    return RawTensor<int32_t>(checkpoint, name, SafetensorsDType::kI32, shape);
   };
-  auto halves = [&](const std::string& name, std::vector<int64_t>& shape)
-      -> absl::StatusOr<std::vector<uint16_t>> {
-    ASSIGN_OR_RETURN(const TensorView view, checkpoint.Get(name));
-    if (view.dtype != SafetensorsDType::kF16) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          name, " is ", SafetensorsDTypeName(view.dtype), ", expected F16"));
-    }
-    shape = view.shape;
-    std::vector<uint16_t> values(view.nbytes / 2);
-    std::memcpy(values.data(), view.data, view.nbytes);
-    return values;
+  auto halves = [&](const std::string& name, std::vector<int64_t>& shape) {
+    return RawTensor<uint16_t>(checkpoint, name, SafetensorsDType::kF16, shape);
   };
   ASSIGN_OR_RETURN(block.attn_norm, floats(prefix + "input_layernorm.weight"));
   ASSIGN_OR_RETURN(block.ffn_norm,

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
@@ -19,12 +20,37 @@ struct GroupParams {
   std::vector<int32_t> zero;
 };
 
+int32_t Level(float x, float scale, int32_t zero, int maxq);
+float Dequantize(int32_t q, float scale, int32_t zero);
+
+// Scale and zero of the range [lo, hi] (which includes 0).
+void RangeParams(float lo, float hi, int maxq, bool sym, float& scale,
+                 int32_t& zero) {
+  if (sym) {
+    hi = std::max(-lo, hi);
+    if (lo < 0) lo = -hi;
+  }
+  if (lo == 0 && hi == 0) lo = -1, hi = 1;
+  // Scales are stored as fp16 in every format we write: quantize with the
+  // stored value so that the model evaluated is the model exported.
+  scale = RoundScaleToHalf((hi - lo) / static_cast<float>(maxq));
+  // Zero point 0 (a group with no negative value) has no encoding in the
+  // GPTQ v1 layout, which stores zero - 1: start the grid at -scale.
+  zero = sym ? (maxq + 1) / 2
+             : std::max<int32_t>(
+                   1, static_cast<int32_t>(std::nearbyint(-lo / scale)));
+}
+
 // Min-max parameters from `columns` values per row, read through
 // `value(row, k)` (AutoGPTQ's Quantizer.find_params for weights: the range
-// always includes 0; symmetric grids center it at (maxq + 1) / 2).
+// always includes 0; symmetric grids center it at (maxq + 1) / 2). With
+// `mse`, the range shrinks to p [lo, hi] for p = 1, 0.99, ..., 0.2 and the p
+// of least sum |q(x) - x|^2.4 is kept (AutoGPTQ's mse option).
 template <typename Value>
 GroupParams FindParams(int64_t rows, int64_t columns, int maxq, bool sym,
-                       Value value) {
+                       bool mse, Value value) {
+  constexpr int kGrid = 100;
+  constexpr double kMaxShrink = 0.8, kNorm = 2.4;
   GroupParams p;
   p.scale.resize(static_cast<size_t>(rows));
   p.zero.resize(static_cast<size_t>(rows));
@@ -34,20 +60,27 @@ GroupParams FindParams(int64_t rows, int64_t columns, int maxq, bool sym,
       lo = std::min(lo, value(r, k));
       hi = std::max(hi, value(r, k));
     }
-    if (sym) {
-      hi = std::max(-lo, hi);
-      if (lo < 0) lo = -hi;
+    RangeParams(lo, hi, maxq, sym, p.scale[r], p.zero[r]);
+    if (!mse) continue;
+    double best = std::numeric_limits<double>::infinity();
+    for (int i = 0; i < static_cast<int>(kMaxShrink * kGrid); ++i) {
+      const float shrink = 1.0f - static_cast<float>(i) / kGrid;
+      float scale;
+      int32_t zero;
+      RangeParams(shrink * lo, shrink * hi, maxq, sym, scale, zero);
+      double error = 0;
+      for (int64_t k = 0; k < columns; ++k) {
+        const float x = value(r, k);
+        error += std::pow(
+            std::fabs(Dequantize(Level(x, scale, zero, maxq), scale, zero) - x),
+            kNorm);
+      }
+      if (error < best) {
+        best = error;
+        p.scale[r] = scale;
+        p.zero[r] = zero;
+      }
     }
-    if (lo == 0 && hi == 0) lo = -1, hi = 1;
-    // Scales are stored as fp16 in every format we write: quantize with the
-    // stored value so that the model evaluated is the model exported.
-    const float scale = RoundScaleToHalf((hi - lo) / static_cast<float>(maxq));
-    p.scale[r] = scale;
-    // Zero point 0 (a group with no negative value) has no encoding in the
-    // GPTQ v1 layout, which stores zero - 1: start the grid at -scale.
-    p.zero[r] = sym ? (maxq + 1) / 2
-                    : std::max<int32_t>(
-                          1, static_cast<int32_t>(std::nearbyint(-lo / scale)));
   }
   return p;
 }
@@ -131,7 +164,8 @@ std::vector<float> QuantizedLinear::Dequantize() const {
 
 absl::StatusOr<QuantizedLinear> RtnQuantize(const float* w, int64_t rows,
                                             int64_t cols, int bits,
-                                            int group_size, bool sym) {
+                                            int group_size, bool sym,
+                                            bool mse) {
   if (absl::Status s = CheckShape(rows, cols, bits, group_size); !s.ok()) {
     return s;
   }
@@ -145,7 +179,7 @@ absl::StatusOr<QuantizedLinear> RtnQuantize(const float* w, int64_t rows,
   for (int64_t first = 0, g = 0; first < cols; first += width, ++g) {
     const int64_t n = std::min(width, cols - first);
     const GroupParams p = FindParams(
-        rows, n, maxq, sym,
+        rows, n, maxq, sym, mse,
         [&](int64_t r, int64_t k) { return w[r * cols + first + k]; });
     AppendParams(p, out);
     for (int64_t c = first; c < first + n; ++c) {
@@ -198,12 +232,12 @@ absl::StatusOr<GptqResult> GptqQuantize(const float* w_in, int64_t rows,
   std::vector<GroupParams> fixed;
   if (gs < 0) {
     fixed.push_back(
-        FindParams(rows, cols, maxq, options.sym,
+        FindParams(rows, cols, maxq, options.sym, options.mse,
                    [&](int64_t r, int64_t k) { return w[r * cols + k]; }));
   } else if (options.static_groups) {
     for (int64_t first = 0; first < cols; first += gs) {
       fixed.push_back(FindParams(
-          rows, std::min(gs, cols - first), maxq, options.sym,
+          rows, std::min(gs, cols - first), maxq, options.sym, options.mse,
           [&](int64_t r, int64_t k) { return w[r * cols + first + k]; }));
     }
   }
@@ -271,17 +305,18 @@ absl::StatusOr<GptqResult> GptqQuantize(const float* w_in, int64_t rows,
         if (j % gs == 0) {
           // Columns past this block still lack its pending updates.
           const int64_t width = std::min(gs, cols - j);
-          current = FindParams(
-              rows, width, maxq, options.sym, [&](int64_t r, int64_t k) {
-                const int64_t c = j + k;
-                float v = w[r * cols + c];
-                if (c >= i2) {
-                  for (int64_t m = 0; m < j - i1; ++m) {
-                    v -= errors[r * count + m] * hinv[(i1 + m) * cols + c];
-                  }
-                }
-                return v;
-              });
+          current = FindParams(rows, width, maxq, options.sym, options.mse,
+                               [&](int64_t r, int64_t k) {
+                                 const int64_t c = j + k;
+                                 float v = w[r * cols + c];
+                                 if (c >= i2) {
+                                   for (int64_t m = 0; m < j - i1; ++m) {
+                                     v -= errors[r * count + m] *
+                                          hinv[(i1 + m) * cols + c];
+                                   }
+                                 }
+                                 return v;
+                               });
           AppendParams(current, out);
           ++groups_found;
         }

@@ -27,6 +27,8 @@ struct GptqOptions {
   bool desc_act = false;  // Quantize columns by decreasing Hessian diagonal.
   bool static_groups = false;  // Group parameters from the original weights.
   bool sym = true;             // Symmetric levels (zero at 2^(bits-1)).
+  // Group ranges shrunk to minimize sum |q(w) - w|^2.4 (AutoGPTQ's mse).
+  bool mse = false;
   double damp_percent = 0.01;  // Of the mean Hessian diagonal, added to it.
   double damp_auto_increment = 0.0025;  // Added until Cholesky succeeds.
   int block_size = 128;                 // Columns per lazy batch update.
@@ -60,10 +62,11 @@ struct GptqResult {
 float RoundScaleToHalf(float scale);
 
 // Round to nearest with min-max group parameters (the baseline): groups of
-// `group_size` consecutive columns (-1: whole rows).
+// `group_size` consecutive columns (-1: whole rows); `mse` as in GptqOptions.
 absl::StatusOr<QuantizedLinear> RtnQuantize(const float* w, int64_t rows,
                                             int64_t cols, int bits,
-                                            int group_size, bool sym);
+                                            int group_size, bool sym,
+                                            bool mse = false);
 
 // `hessian` is [cols, cols] (row-major, symmetric), e.g. 2/N sum x x^T over
 // the layer's calibration inputs. Errors: InvalidArgument for bad sizes or

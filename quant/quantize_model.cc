@@ -99,6 +99,7 @@ nlohmann::json RecipeJson(const QuantizeModelOptions& o) {
       {"sym", o.weights.sym},
       {"desc_act", o.gptq.desc_act},
       {"static_groups", o.gptq.static_groups},
+      {"mse", o.gptq.mse},
       {"damp_percent", o.gptq.damp_percent},
       {"block_size", o.gptq.block_size},
       {"true_sequential", o.true_sequential},
