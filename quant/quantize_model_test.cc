@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -190,6 +191,40 @@ TEST(QuantizeModelTest, GgufQ4_0HoldsTheGptqSolutionExactly) {
                     .ok());
     EXPECT_TRUE(values == linear.weight) << name;
   }
+}
+
+TEST(QuantizeModelTest, GptqBeatsRtnOnEveryTensorOfTheSharedModel) {
+  const std::string data = SharedDataDir();
+  if (data.empty()) GTEST_SKIP() << "../shared/data is absent";
+  const std::string dir = MakeTestTempDir("quantize_shared");
+  QuantizeModelOptions o;
+  o.model_dir = data + "/llama-29m-books";
+  o.calibration.text_path = data + "/text/calibration.txt";
+  o.calibration.samples = 8;
+  o.calibration.seq_len = 256;
+  o.weights = {3, 128, false};
+  std::map<QuantMethod, nlohmann::json> reports;
+  for (QuantMethod method : {QuantMethod::kRtn, QuantMethod::kGptq}) {
+    const std::string name(QuantMethodName(method));
+    o.method = method;
+    o.output = dir + "/" + name;
+    o.work_dir = dir + "/" + name + ".work";
+    const auto done = QuantizeModel(o);
+    ASSERT_TRUE(done.ok()) << done.status();
+    reports[method] = done->report;
+  }
+  int compared = 0;
+  for (int layer = 0; layer < 8; ++layer) {
+    for (int i = 0; i < kBlockLinears; ++i) {
+      const double rtn = reports[QuantMethod::kRtn]["blocks"][layer]["linears"]
+                                [i]["proxy_loss"];
+      const double gptq = reports[QuantMethod::kGptq]["blocks"][layer]
+                                 ["linears"][i]["proxy_loss"];
+      EXPECT_LT(gptq, rtn) << "block " << layer << " " << kBlockLinearNames[i];
+      ++compared;
+    }
+  }
+  EXPECT_EQ(compared, 56);
 }
 
 TEST(QuantizeModelTest, RejectsBadRecipes) {
