@@ -185,6 +185,162 @@ std::string FormatTable(const nlohmann::json& report) {
   return out;
 }
 
+// Each block's recipe: one format, or per linear from the GGUF plan.
+absl::StatusOr<std::vector<BlockRecipe>> BlockRecipes(
+    const QuantizeModelOptions& options, const ModelSpec& spec,
+    const SafetensorsCheckpoint& checkpoint,
+    const std::map<std::string, GgmlType>& gguf_types) {
+  std::vector<BlockRecipe> recipes(static_cast<size_t>(spec.num_layers));
+  ASSIGN_OR_RETURN(const TensorView norm,
+                   checkpoint.Get("model.layers.0.input_layernorm.weight"));
+  for (int layer = 0; layer < spec.num_layers; ++layer) {
+    BlockRecipe& r = recipes[layer];
+    r.method = options.method;
+    r.gptq = options.gptq;
+    r.true_sequential = options.true_sequential;
+    r.awq = options.awq;
+    r.sequences_per_pass = options.sequences_per_pass;
+    r.norm_dtype = options.output_format == OutputFormat::kGguf
+                       ? SafetensorsDType::kF32  // GGUF norms are F32.
+                       : norm.dtype;
+    for (int i = 0; i < kBlockLinears; ++i) {
+      if (options.output_format != OutputFormat::kGguf) {
+        r.formats[i] = options.weights;
+        continue;
+      }
+      const std::string name = absl::StrCat("model.layers.", layer, ".",
+                                            kBlockLinearNames[i], ".weight");
+      auto it = gguf_types.find(name);
+      if (it == gguf_types.end()) {
+        return absl::InternalError(absl::StrCat("no GGUF type for ", name));
+      }
+      ASSIGN_OR_RETURN(r.formats[i], FormatOfGgmlType(it->second));
+    }
+  }
+  return recipes;
+}
+
+// The work directory holds one run's files: it records the recipe and
+// refuses a run with another.
+absl::Status ClaimWorkDir(const std::string& work_dir,
+                          const nlohmann::json& recipe) {
+  std::error_code error;
+  fs::create_directories(work_dir, error);
+  if (error) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "cannot create work directory ", work_dir, ": ", error.message()));
+  }
+  const std::string recipe_path = work_dir + "/recipe.json";
+  if (!fs::exists(recipe_path, error)) {
+    return WriteFileAtomically(recipe_path, recipe.dump(2) + "\n");
+  }
+  ASSIGN_OR_RETURN(const std::string text, ReadFileToString(recipe_path));
+  ASSIGN_OR_RETURN(const nlohmann::json saved,
+                   ParseJsonStrict(text, recipe_path));
+  if (saved == recipe) return absl::OkStatus();
+  std::string field = "?";
+  for (const auto& [key, value] : recipe.items()) {
+    if (!saved.contains(key) || saved[key] != value) {
+      field = key;
+      break;
+    }
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat(work_dir, " holds a run with another recipe (", field,
+                   " differs); use a new work directory"));
+}
+
+// Writes the GGUF from the committed block results: norms and biases as the
+// blocks left them, each linear exactly where its GGUF type coincides with
+// the solution's format, else re-fitted with the Hessian diagonal as
+// importance; everything else converted from the checkpoint.
+absl::StatusOr<ConvertResult> WriteGgufFromResults(
+    const QuantizeModelOptions& options, const ModelSpec& spec,
+    const QuantMix& mix, const std::map<std::string, GgmlType>& gguf_types,
+    bool has_importance,
+    const std::function<absl::StatusOr<BlockResult>(int)>& load_block) {
+  ConvertOptions convert;
+  convert.model_dir = options.model_dir;
+  convert.output_path = options.output;
+  convert.mix = mix;
+  convert.has_importance = has_importance;
+  int cached_layer = -1;
+  BlockResult cached;
+  convert.tensor_source = [&](const std::string& hf_name)
+      -> absl::StatusOr<std::optional<TensorOverride>> {
+    for (int layer = 0; layer < spec.num_layers; ++layer) {
+      const std::string prefix = absl::StrCat("model.layers.", layer, ".");
+      if (hf_name.rfind(prefix, 0) != 0) continue;
+      if (cached_layer != layer) {
+        ASSIGN_OR_RETURN(cached, load_block(layer));
+        cached_layer = layer;
+      }
+      const std::string local = hf_name.substr(prefix.size());
+      TensorOverride tensor;
+      if (local == "input_layernorm.weight") {
+        tensor.values = cached.weights.attn_norm;
+        return tensor;
+      }
+      if (local == "post_attention_layernorm.weight") {
+        tensor.values = cached.weights.ffn_norm;
+        return tensor;
+      }
+      for (int i = 0; i < kBlockLinears; ++i) {
+        const std::string name(kBlockLinearNames[i]);
+        const LinearWeights& linear = BlockLinear(cached.weights, i);
+        if (local == name + ".weight") {
+          // Exactly the solution where the formats coincide (Q4_0, Q5_0,
+          // Q8_0); else re-fitted with the Hessian diagonal as importance.
+          const GgmlType type = gguf_types.at(hf_name);
+          if (FitsGgufTypeExactly(cached.quantized[i], type)) {
+            ASSIGN_OR_RETURN(tensor.encoded,
+                             PackGgufRows(cached.quantized[i], type));
+            tensor.encoded_type = type;
+            return tensor;
+          }
+          tensor.values = linear.weight;
+          tensor.importance = cached.importance[i];
+          return tensor;
+        }
+        if (local == name + ".bias") {
+          tensor.values = linear.bias;
+          return tensor;
+        }
+      }
+    }
+    return std::nullopt;
+  };
+  return ConvertToGguf(convert);
+}
+
+// Held-out perplexity of the FP model and of the result, per text.
+absl::StatusOr<nlohmann::json> Perplexities(
+    const QuantizeModelOptions& options, const ModelSpec& spec,
+    const std::string& evaluated_dir, const BlockLoader& evaluated,
+    const std::function<void(const std::string&)>& log) {
+  PerplexityOptions eval;
+  eval.max_windows = options.eval_max_windows;
+  nlohmann::json perplexity = nlohmann::json::object();
+  for (const std::string& text_path : options.eval_texts) {
+    ASSIGN_OR_RETURN(const std::string text, ReadFileToString(text_path));
+    ASSIGN_OR_RETURN(const std::vector<int32_t> tokens,
+                     HeldOutTokenStream(
+                         options.model_dir + "/tokenizer.model", text,
+                         static_cast<int32_t>(spec.bos_token_id.value_or(1))));
+    ASSIGN_OR_RETURN(const PerplexityResult before,
+                     EvaluatePerplexity(options.model_dir, tokens, eval));
+    ASSIGN_OR_RETURN(
+        const PerplexityResult after,
+        EvaluatePerplexity(evaluated_dir, tokens, eval, evaluated));
+    perplexity[text_path] = {{"before", before.perplexity},
+                             {"after", after.perplexity},
+                             {"windows", after.windows}};
+    log(absl::StrFormat("%s: perplexity %.3f -> %.3f", text_path,
+                        before.perplexity, after.perplexity));
+  }
+  return perplexity;
+}
+
 }  // namespace
 
 absl::StatusOr<OutputFormat> ParseOutputFormat(absl::string_view name) {
@@ -207,8 +363,6 @@ absl::StatusOr<QuantizeModelResult> QuantizeModel(
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> checkpoint,
                    SafetensorsCheckpoint::Open(options.model_dir));
 
-  // Each block's recipe: one format, or per linear from the GGUF plan.
-  std::vector<BlockRecipe> recipes(static_cast<size_t>(spec.num_layers));
   std::map<std::string, GgmlType> gguf_types;
   std::optional<QuantMix> mix;
   if (options.output_format == OutputFormat::kGguf) {
@@ -218,68 +372,13 @@ absl::StatusOr<QuantizeModelResult> QuantizeModel(
                                    /*has_importance=*/
                                    options.calibration.samples > 0));
   }
-  SafetensorsDType norm_dtype = SafetensorsDType::kF32;
-  {
-    ASSIGN_OR_RETURN(const TensorView norm,
-                     checkpoint->Get("model.layers.0.input_layernorm.weight"));
-    norm_dtype = norm.dtype;
-  }
-  for (int layer = 0; layer < spec.num_layers; ++layer) {
-    BlockRecipe& r = recipes[layer];
-    r.method = options.method;
-    r.gptq = options.gptq;
-    r.true_sequential = options.true_sequential;
-    r.awq = options.awq;
-    r.sequences_per_pass = options.sequences_per_pass;
-    r.norm_dtype = options.output_format == OutputFormat::kGguf
-                       ? SafetensorsDType::kF32  // GGUF norms are F32.
-                       : norm_dtype;
-    for (int i = 0; i < kBlockLinears; ++i) {
-      if (options.output_format != OutputFormat::kGguf) {
-        r.formats[i] = options.weights;
-        continue;
-      }
-      const std::string name = absl::StrCat("model.layers.", layer, ".",
-                                            kBlockLinearNames[i], ".weight");
-      auto it = gguf_types.find(name);
-      if (it == gguf_types.end()) {
-        return absl::InternalError(absl::StrCat("no GGUF type for ", name));
-      }
-      ASSIGN_OR_RETURN(r.formats[i], FormatOfGgmlType(it->second));
-    }
-  }
-
-  // The work directory: one run's files; a different run is refused.
-  std::error_code error;
-  fs::create_directories(options.work_dir, error);
-  if (error) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("cannot create work directory ", options.work_dir, ": ",
-                     error.message()));
-  }
+  ASSIGN_OR_RETURN(const std::vector<BlockRecipe> recipes,
+                   BlockRecipes(options, spec, *checkpoint, gguf_types));
   const nlohmann::json recipe = RecipeJson(options);
-  const std::string recipe_path = options.work_dir + "/recipe.json";
-  if (fs::exists(recipe_path, error)) {
-    ASSIGN_OR_RETURN(const std::string text, ReadFileToString(recipe_path));
-    ASSIGN_OR_RETURN(const nlohmann::json saved,
-                     ParseJsonStrict(text, recipe_path));
-    if (saved != recipe) {
-      std::string field = "?";
-      for (const auto& [key, value] : recipe.items()) {
-        if (!saved.contains(key) || saved[key] != value) {
-          field = key;
-          break;
-        }
-      }
-      return absl::FailedPreconditionError(
-          absl::StrCat(options.work_dir, " holds a run with another recipe (",
-                       field, " differs); use a new work directory"));
-    }
-  } else {
-    RETURN_IF_ERROR(WriteFileAtomically(recipe_path, recipe.dump(2) + "\n"));
-  }
+  RETURN_IF_ERROR(ClaimWorkDir(options.work_dir, recipe));
 
   QuantizeModelResult result;
+  std::error_code error;
   const bool calibrated = options.calibration.samples > 0;
   const int64_t sequences = calibrated ? options.calibration.samples : 0;
   const int64_t seq_len = calibrated ? options.calibration.seq_len : 0;
@@ -359,58 +458,9 @@ absl::StatusOr<QuantizeModelResult> QuantizeModel(
   // The output, then the perplexity of what was written.
   BlockLoader evaluated;
   if (options.output_format == OutputFormat::kGguf) {
-    ConvertOptions convert;
-    convert.model_dir = options.model_dir;
-    convert.output_path = options.output;
-    convert.mix = *mix;
-    convert.has_importance = calibrated;
-    int cached_layer = -1;
-    BlockResult cached;
-    convert.tensor_source = [&](const std::string& hf_name)
-        -> absl::StatusOr<std::optional<TensorOverride>> {
-      for (int layer = 0; layer < spec.num_layers; ++layer) {
-        const std::string prefix = absl::StrCat("model.layers.", layer, ".");
-        if (hf_name.rfind(prefix, 0) != 0) continue;
-        if (cached_layer != layer) {
-          ASSIGN_OR_RETURN(cached, load_block(layer));
-          cached_layer = layer;
-        }
-        const std::string local = hf_name.substr(prefix.size());
-        TensorOverride tensor;
-        if (local == "input_layernorm.weight") {
-          tensor.values = cached.weights.attn_norm;
-          return tensor;
-        }
-        if (local == "post_attention_layernorm.weight") {
-          tensor.values = cached.weights.ffn_norm;
-          return tensor;
-        }
-        for (int i = 0; i < kBlockLinears; ++i) {
-          const std::string name(kBlockLinearNames[i]);
-          const LinearWeights& linear = BlockLinear(cached.weights, i);
-          if (local == name + ".weight") {
-            // Exactly the solution where the formats coincide (Q4_0, Q5_0,
-            // Q8_0); else re-fitted with the Hessian diagonal as importance.
-            const GgmlType type = gguf_types.at(hf_name);
-            if (FitsGgufTypeExactly(cached.quantized[i], type)) {
-              ASSIGN_OR_RETURN(tensor.encoded,
-                               PackGgufRows(cached.quantized[i], type));
-              tensor.encoded_type = type;
-              return tensor;
-            }
-            tensor.values = linear.weight;
-            tensor.importance = cached.importance[i];
-            return tensor;
-          }
-          if (local == name + ".bias") {
-            tensor.values = linear.bias;
-            return tensor;
-          }
-        }
-      }
-      return std::nullopt;
-    };
-    ASSIGN_OR_RETURN(const ConvertResult written, ConvertToGguf(convert));
+    ASSIGN_OR_RETURN(const ConvertResult written,
+                     WriteGgufFromResults(options, spec, *mix, gguf_types,
+                                          calibrated, load_block));
     log(absl::StrCat("wrote ", options.output, " (", written.output_bytes,
                      " bytes)"));
     // llama.cpp evaluates the GGUF itself; here the solution before it was
@@ -446,28 +496,9 @@ absl::StatusOr<QuantizeModelResult> QuantizeModel(
     const std::string evaluated_dir =
         options.output_format == OutputFormat::kGguf ? options.model_dir
                                                      : options.output;
-    PerplexityOptions eval;
-    eval.max_windows = options.eval_max_windows;
-    nlohmann::json perplexity = nlohmann::json::object();
-    for (const std::string& text_path : options.eval_texts) {
-      ASSIGN_OR_RETURN(const std::string text, ReadFileToString(text_path));
-      ASSIGN_OR_RETURN(
-          const std::vector<int32_t> tokens,
-          HeldOutTokenStream(
-              options.model_dir + "/tokenizer.model", text,
-              static_cast<int32_t>(spec.bos_token_id.value_or(1))));
-      ASSIGN_OR_RETURN(const PerplexityResult before,
-                       EvaluatePerplexity(options.model_dir, tokens, eval));
-      ASSIGN_OR_RETURN(
-          const PerplexityResult after,
-          EvaluatePerplexity(evaluated_dir, tokens, eval, evaluated));
-      perplexity[text_path] = {{"before", before.perplexity},
-                               {"after", after.perplexity},
-                               {"windows", after.windows}};
-      log(absl::StrFormat("%s: perplexity %.3f -> %.3f", text_path,
-                          before.perplexity, after.perplexity));
-    }
-    report["perplexity"] = perplexity;
+    ASSIGN_OR_RETURN(
+        report["perplexity"],
+        Perplexities(options, spec, evaluated_dir, evaluated, log));
   }
   report["seconds"] = SecondsSince(start);
   report["peak_rss_mib"] = PeakRssMiB();
