@@ -180,6 +180,8 @@ commands:
                    [--sym] [--desc-act] [--static-groups] [--mse]
                    [--damp 0.01]
                    [--true-sequential=false] [--block-size 128]
+                   [--awq-clip=false] [--awq-search-sequences 16]
+                   [--awq-duo-scaling=false]
                    [--type Q4_K_M (gguf)] [--calib TEXT | --calib-tokens
                    FILE.npy|.txt] [--calib-samples 128] [--calib-seqlen 512]
                    [--calib-seed 0] [--work-dir DIR (default OUT.work)]

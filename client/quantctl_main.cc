@@ -37,6 +37,10 @@ ABSL_FLAG(int, block_size, 128, "quantize: GPTQ lazy-update block");
 ABSL_FLAG(bool, true_sequential, true,
           "quantize: GPTQ stages q/k/v, o, gate/up, down");
 ABSL_FLAG(bool, awq_clip, true, "quantize: AWQ clipping search");
+ABSL_FLAG(int64_t, awq_search_sequences, 16,
+          "quantize: calibration sequences AWQ's scale search measures");
+ABSL_FLAG(bool, awq_duo_scaling, true,
+          "quantize: AWQ scales from activations and weights");
 ABSL_FLAG(std::string, calib, "", "quantize: calibration text");
 ABSL_FLAG(std::string, calib_tokens, "",
           "quantize: calibration token ids (.npy or .txt)");
@@ -97,6 +101,8 @@ int main(int argc, char** argv) {
   q.gptq.block_size = absl::GetFlag(FLAGS_block_size);
   q.true_sequential = absl::GetFlag(FLAGS_true_sequential);
   q.awq.clip = absl::GetFlag(FLAGS_awq_clip);
+  q.awq.search_sequences = absl::GetFlag(FLAGS_awq_search_sequences);
+  q.awq.duo_scaling = absl::GetFlag(FLAGS_awq_duo_scaling);
   q.calibration.text_path = absl::GetFlag(FLAGS_calib);
   q.calibration.tokens_path = absl::GetFlag(FLAGS_calib_tokens);
   q.calibration.samples = absl::GetFlag(FLAGS_calib_samples);
