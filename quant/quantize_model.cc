@@ -257,13 +257,15 @@ absl::Status ClaimWorkDir(const std::string& work_dir,
 absl::StatusOr<ConvertResult> WriteGgufFromResults(
     const QuantizeModelOptions& options, const ModelSpec& spec,
     const QuantMix& mix, const std::map<std::string, GgmlType>& gguf_types,
-    bool has_importance,
     const std::function<absl::StatusOr<BlockResult>(int)>& load_block) {
   ConvertOptions convert;
   convert.model_dir = options.model_dir;
   convert.output_path = options.output;
   convert.mix = mix;
-  convert.has_importance = has_importance;
+  // The types (and so the file size) of a plain conversion, so that the two
+  // compare at equal size: llama-quantize's imatrix rule (Q4_0's first
+  // ffn_down in Q4_1) stays off.
+  convert.has_importance = false;
   int cached_layer = -1;
   BlockResult cached;
   convert.tensor_source = [&](const std::string& hf_name)
@@ -367,10 +369,8 @@ absl::StatusOr<QuantizeModelResult> QuantizeModel(
   std::optional<QuantMix> mix;
   if (options.output_format == OutputFormat::kGguf) {
     ASSIGN_OR_RETURN(mix, ParseQuantMix(options.gguf_type));
-    ASSIGN_OR_RETURN(gguf_types,
-                     PlanGgufTypes(options.model_dir, *mix,
-                                   /*has_importance=*/
-                                   options.calibration.samples > 0));
+    ASSIGN_OR_RETURN(gguf_types, PlanGgufTypes(options.model_dir, *mix,
+                                               /*has_importance=*/false));
   }
   ASSIGN_OR_RETURN(const std::vector<BlockRecipe> recipes,
                    BlockRecipes(options, spec, *checkpoint, gguf_types));
@@ -458,9 +458,9 @@ absl::StatusOr<QuantizeModelResult> QuantizeModel(
   // The output, then the perplexity of what was written.
   BlockLoader evaluated;
   if (options.output_format == OutputFormat::kGguf) {
-    ASSIGN_OR_RETURN(const ConvertResult written,
-                     WriteGgufFromResults(options, spec, *mix, gguf_types,
-                                          calibrated, load_block));
+    ASSIGN_OR_RETURN(
+        const ConvertResult written,
+        WriteGgufFromResults(options, spec, *mix, gguf_types, load_block));
     log(absl::StrCat("wrote ", options.output, " (", written.output_bytes,
                      " bytes)"));
     // llama.cpp evaluates the GGUF itself; here the solution before it was
