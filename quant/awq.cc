@@ -94,21 +94,26 @@ absl::StatusOr<QuantizedLinear> AwqQuantize(const float* w, int64_t rows,
 
 absl::StatusOr<AwqScaleSearchResult> SearchAwqScales(
     const std::vector<const LinearWeights*>& linears,
-    const std::vector<double>& x_mean, int bits, int group_size,
+    const std::vector<WeightFormat>& formats, const std::vector<double>& x_mean,
     const AwqOptions& options, const AwqLossFn& loss) {
-  if (linears.empty()) return absl::InvalidArgumentError("no linears to scale");
+  if (linears.empty() || formats.size() != linears.size()) {
+    return absl::InvalidArgumentError(
+        "AWQ needs linears to scale, each with its weight format");
+  }
   const int64_t cols = linears[0]->cols;
   if (static_cast<int64_t>(x_mean.size()) != cols) {
     return absl::InvalidArgumentError(absl::StrCat(
         x_mean.size(), " activation means for ", cols, " input channels"));
   }
-  for (const LinearWeights* linear : linears) {
-    if (linear->cols != cols) {
+  for (size_t i = 0; i < linears.size(); ++i) {
+    if (linears[i]->cols != cols) {
       return absl::InvalidArgumentError(
           "the linears of one AWQ group must share their input");
     }
-    RETURN_IF_ERROR(CheckFormat(linear->rows, cols, bits, group_size));
+    RETURN_IF_ERROR(CheckFormat(linears[i]->rows, cols, formats[i].bits,
+                                formats[i].group_size));
   }
+  const int group_size = formats[0].group_size;
   if (options.n_grid < 1) {
     return absl::InvalidArgumentError("AWQ n_grid must be positive");
   }
@@ -133,11 +138,12 @@ absl::StatusOr<AwqScaleSearchResult> SearchAwqScales(
 
   auto quantized_with = [&](const std::vector<float>& s) {
     std::vector<LinearWeights> replaced;
-    for (const LinearWeights* linear : linears) {
-      LinearWeights scaled = *linear;
+    for (size_t i = 0; i < linears.size(); ++i) {
+      const WeightFormat& f = formats[i];
+      LinearWeights scaled = *linears[i];
       ScaleInputColumns(s, scaled);
       scaled.weight = PseudoQuantize(scaled.weight.data(), scaled.rows, cols,
-                                     bits, group_size, options.zero_point);
+                                     f.bits, f.group_size, !f.sym);
       std::vector<float> inverse(s.size());
       for (size_t i = 0; i < s.size(); ++i) inverse[i] = 1.0f / s[i];
       ScaleInputColumns(inverse, scaled);
@@ -197,9 +203,10 @@ void DivideOutputRows(const std::vector<float>& scales, LinearWeights& linear) {
   }
 }
 
-absl::Status ClipAwq(const float* x, int64_t tokens, int bits, int group_size,
+absl::Status ClipAwq(const float* x, int64_t tokens, const WeightFormat& format,
                      const AwqOptions& options, LinearWeights& linear) {
   const int64_t rows = linear.rows, cols = linear.cols;
+  const int bits = format.bits, group_size = format.group_size;
   RETURN_IF_ERROR(CheckFormat(rows, cols, bits, group_size));
   if (tokens < 1) return absl::InvalidArgumentError("no tokens to clip on");
   const int64_t width = group_size < 0 ? cols : group_size;
@@ -255,8 +262,8 @@ absl::Status ClipAwq(const float* x, int64_t tokens, int bits, int group_size,
               std::min(std::max(wg[r * width + k], -bound), bound);
         }
       }
-      const std::vector<float> quantized = PseudoQuantize(
-          clamped.data(), rows, width, bits, -1, options.zero_point);
+      const std::vector<float> quantized =
+          PseudoQuantize(clamped.data(), rows, width, bits, -1, !format.sym);
       group_output(quantized, candidate);
       for (int64_t r = 0; r < rows; ++r) {
         double error = 0;

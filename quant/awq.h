@@ -22,7 +22,6 @@
 namespace quant {
 
 struct AwqOptions {
-  bool zero_point = true;   // Asymmetric groups (AutoAWQ's default).
   int n_grid = 20;          // Scale exponents 0, 1/n, ..., (n - 1)/n.
   bool duo_scaling = true;  // s = x_mean^r / w_mean^(1 - r), else x_mean^r.
   bool clip = true;         // Search a clipping range per group.
@@ -59,11 +58,12 @@ using AwqLossFn =
 // Grid search over r: s = (x_mean^r / (w_mean^(1 - r) + 1e-4)) (duo) or
 // x_mean^r, clamped at 1e-4, normalized by sqrt(max s * min s); keeps the
 // s of least loss. w_mean is the mean over rows of |w| / max|w| of its
-// group. `x_mean` is the mean |x| per input channel. All scales 1 is a
-// candidate too, so the measured loss never exceeds the unscaled one.
+// group (the first linear's group size). `formats` holds each linear's
+// (zero point: !sym). `x_mean` is the mean |x| per input channel. All scales 1
+// is a candidate too, so the measured loss never exceeds the unscaled one.
 absl::StatusOr<AwqScaleSearchResult> SearchAwqScales(
     const std::vector<const LinearWeights*>& linears,
-    const std::vector<double>& x_mean, int bits, int group_size,
+    const std::vector<WeightFormat>& formats, const std::vector<double>& x_mean,
     const AwqOptions& options, const AwqLossFn& loss);
 
 // Multiplies the input columns of `linear` by `scales`.
@@ -74,7 +74,7 @@ void DivideOutputRows(const std::vector<float>& scales, LinearWeights& linear);
 // AWQ's clipping search: per row and group, the range max|w| (1 - i /
 // clip_grid), i < max_shrink * clip_grid, whose quantized group output on
 // the sampled inputs x [tokens, cols] errs least; clamps `linear` to it.
-absl::Status ClipAwq(const float* x, int64_t tokens, int bits, int group_size,
+absl::Status ClipAwq(const float* x, int64_t tokens, const WeightFormat& format,
                      const AwqOptions& options, LinearWeights& linear);
 
 }  // namespace quant

@@ -85,15 +85,15 @@ TEST(AwqScaleSearchTest, ProtectsSalientChannelsAndNeverLosesToNoScaling) {
     return OutputError(a, replaced[0], x, tokens) +
            OutputError(b, replaced[1], x, tokens);
   };
-  const auto found =
-      SearchAwqScales({&a, &b}, x_mean, 3, 32, AwqOptions(), loss);
+  const auto found = SearchAwqScales({&a, &b}, {{3, 32, false}, {3, 32, false}},
+                                     x_mean, AwqOptions(), loss);
   ASSERT_TRUE(found.ok()) << found.status();
   EXPECT_GT(found->ratio, 0.0);
   EXPECT_LT(found->loss, 0.8 * found->loss_unscaled);
   // Salient channels get the larger scales.
   EXPECT_GT(found->scales[3], found->scales[4]);
-  EXPECT_EQ(SearchAwqScales({&a, &b}, std::vector<double>(5, 1.0), 3, 32,
-                            AwqOptions(), loss)
+  EXPECT_EQ(SearchAwqScales({&a, &b}, {{3, 32, false}, {3, 32, false}},
+                            std::vector<double>(5, 1.0), AwqOptions(), loss)
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
@@ -141,7 +141,7 @@ TEST(AwqClipTest, ClippingLowersTheOutputErrorOfOutlierWeights) {
     return OutputError(original, q, x, tokens);
   };
   AwqOptions options;
-  ASSERT_TRUE(ClipAwq(x.data(), tokens, 3, 64, options, linear).ok());
+  ASSERT_TRUE(ClipAwq(x.data(), tokens, {3, 64, false}, options, linear).ok());
   EXPECT_LT(quantized_error(linear), 0.9 * quantized_error(original));
   for (size_t i = 0; i < linear.weight.size(); ++i) {
     EXPECT_LE(std::fabs(linear.weight[i]),

@@ -319,21 +319,10 @@ class BlockQuantizer {
     groups.push_back({{kGate, kUp}, BlockInput::kMlp});
     groups.push_back({{kDown}, BlockInput::kMlpOutput});
 
-    AwqOptions awq = recipe_.awq;
     std::vector<std::vector<float>> group_scales;
     for (const Group& group : groups) {
       const int input = static_cast<int>(group.input);
       const std::vector<float>& x = capture_.kept[input];
-      const WeightFormat& f = recipe_.formats[group.linears[0]];
-      awq.zero_point = !f.sym;
-      for (int i : group.linears) {
-        const WeightFormat& g = recipe_.formats[i];
-        if (g.bits != f.bits || g.group_size != f.group_size ||
-            g.sym != f.sym) {
-          return absl::InvalidArgumentError(
-              "the linears AWQ scales together need one weight format");
-        }
-      }
       // The module output the search compares against the FP one.
       auto output = [&](const DecoderBlockWeights& weights)
           -> absl::StatusOr<std::vector<float>> {
@@ -371,11 +360,15 @@ class BlockQuantizer {
         return MeanSquaredDifference(out, reference);
       };
       std::vector<const LinearWeights*> linears;
-      for (int i : group.linears) linears.push_back(&BlockLinear(original, i));
+      std::vector<WeightFormat> formats;
+      for (int i : group.linears) {
+        linears.push_back(&BlockLinear(original, i));
+        formats.push_back(recipe_.formats[i]);
+      }
       const std::vector<double> x_mean = capture_.hessians[input]->MeanAbs();
       ASSIGN_OR_RETURN(
           const AwqScaleSearchResult found,
-          SearchAwqScales(linears, x_mean, f.bits, f.group_size, awq, loss));
+          SearchAwqScales(linears, formats, x_mean, recipe_.awq, loss));
       result_.awq_ratios.push_back(found.ratio);
       group_scales.push_back(found.scales);
     }
@@ -419,11 +412,9 @@ class BlockQuantizer {
       const std::vector<float> scaled = linear.weight;
       // AutoAWQ leaves q and k unclipped: their errors pass through softmax.
       if (recipe_.awq.clip && i != kQ && i != kK) {
-        AwqOptions clip = recipe_.awq;
-        clip.zero_point = !f.sym;
         RETURN_IF_ERROR(
             ClipAwq(capture_.kept[static_cast<int>(InputOf(i))].data(),
-                    kept_tokens, f.bits, f.group_size, clip, linear));
+                    kept_tokens, f, recipe_.awq, linear));
       }
       ASSIGN_OR_RETURN(QuantizedLinear q,
                        AwqQuantize(linear.weight.data(), linear.rows,

@@ -40,13 +40,6 @@ enum class QuantMethod { kRtn, kGptq, kAwq };
 absl::StatusOr<QuantMethod> ParseQuantMethod(absl::string_view name);
 absl::string_view QuantMethodName(QuantMethod method);
 
-// How one linear's weights are stored: scale * (q - zero), q < 2^bits.
-struct WeightFormat {
-  int bits = 4;
-  int group_size = 128;  // -1: one group per row.
-  bool sym = false;
-};
-
 struct BlockRecipe {
   QuantMethod method = QuantMethod::kGptq;
   std::array<WeightFormat, kBlockLinears> formats;
@@ -54,7 +47,7 @@ struct BlockRecipe {
   // bits, group_size and sym are ignored: `formats` decides).
   GptqOptions gptq;
   bool true_sequential = true;
-  AwqOptions awq;  // Its zero_point is ignored: formats[i].sym decides.
+  AwqOptions awq;
   // Sequences run through the block at once (activation memory).
   int64_t sequences_per_pass = 16;
   // Norm weights changed by AWQ are rounded to this dtype (the one they are

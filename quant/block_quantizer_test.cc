@@ -149,6 +149,19 @@ TEST(BlockQuantizerTest, AwqFoldsExactlyAndScalesVIntoOWithoutGqa) {
   EXPECT_EQ(Quantize(gqa, recipe, out).awq_ratios.size(), 3u);
 }
 
+TEST(BlockQuantizerTest, AwqScalesLinearsOfDifferentFormatsTogether) {
+  // As a GGUF mix asks: v in 6 bits beside q and k in 4.
+  const Fixture f = MakeFixture(2);
+  BlockRecipe recipe = Recipe(QuantMethod::kAwq, 4, 32);
+  recipe.formats[2] = {6, 16, true};
+  std::vector<float> out;
+  const BlockResult r = Quantize(f, recipe, out);
+  EXPECT_EQ(r.quantized[2].bits, 6);
+  EXPECT_EQ(r.quantized[0].bits, 4);
+  EXPECT_LT(r.reports[2].relative_output_error,
+            r.reports[1].relative_output_error);
+}
+
 TEST(BlockQuantizerTest, DataFreeRtnAndBadInput) {
   const Fixture f = MakeFixture(2);
   const LlamaForward forward(f.spec, f.seq_len);

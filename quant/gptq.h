@@ -19,6 +19,13 @@
 
 namespace quant {
 
+// How one linear's weights are stored: scale * (q - zero), q < 2^bits.
+struct WeightFormat {
+  int bits = 4;
+  int group_size = 128;  // -1: one group per row.
+  bool sym = false;      // Symmetric: zero = 2^(bits-1).
+};
+
 struct GptqOptions {
   // 2 to 8; the GPTQ v1 checkpoint layout stores 2, 3, 4 and 8 (5 and 6
   // serve GGUF targets).

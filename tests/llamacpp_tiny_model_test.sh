@@ -49,3 +49,31 @@ check llama llama f32 f16 bf16 q8_0 q4_0
 "$quantctl" make-tiny-model --out "$work/qwen2-tied" --layers 2 --arch qwen2 \
   --tie_embeddings
 check qwen2-tied qwen2 f16 q4_0
+
+# GGUF written from calibrated solutions (GPTQ, AWQ; llama and qwen2 with
+# q/k/v biases): the exact Q4_0 path and the re-fitted Q4_K_M path.
+for i in $(seq 1 1500); do echo -n "$(( (i * 37) % 500 )) "; done >"$work/tokens.txt"
+for spec in "llama gptq Q4_0" "llama gptq Q4_K_M" "qwen2-tied awq Q4_K_M"; do
+  read -r name method type <<<"$spec"
+  gguf=$work/$name-$method-$type.gguf
+  arch=${name%-tied}
+  "$quantctl" quantize --model "$work/$name" --out "$gguf" --format gguf \
+    --type "$type" --method "$method" --calib-tokens "$work/tokens.txt" \
+    --calib-samples 4 --calib-seqlen 64 >"$gguf.quantize.log" 2>&1 || {
+    cat "$gguf.quantize.log"
+    echo "FAIL: quantctl quantize $name $method $type"
+    exit 1
+  }
+  cat >"$work/$name.expect.json" <<JSON
+{"general.architecture": "$arch", "tokenizer.ggml.model": "gpt2",
+ "$arch.block_count": 2, "$arch.embedding_length": 256,
+ "$arch.attention.head_count_kv": 2, "vocab_size": 511}
+JSON
+  QS_NODE_MODULES=$node_modules node "$checker" --model "$gguf" \
+    --expect "$work/$name.expect.json" --generate 8 >"$gguf.log" 2>&1 || {
+    cat "$gguf.log"
+    echo "FAIL: llama.cpp rejected or misread $name from $method as $type"
+    exit 1
+  }
+  echo "PASS: $name from $method as $type: $(tail -n 1 "$gguf.log")"
+done
