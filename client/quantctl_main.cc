@@ -34,6 +34,8 @@ ABSL_FLAG(bool, mse, false,
           "quantize: group ranges searched for least error (GPTQ, RTN)");
 ABSL_FLAG(double, damp, 0.01, "quantize: GPTQ damp_percent");
 ABSL_FLAG(int, block_size, 128, "quantize: GPTQ lazy-update block");
+ABSL_FLAG(bool, group_params_at_block_start, false,
+          "quantize: GPTQ group ranges as AutoGPTQ finds them");
 ABSL_FLAG(bool, true_sequential, true,
           "quantize: GPTQ stages q/k/v, o, gate/up, down");
 ABSL_FLAG(bool, awq_clip, true, "quantize: AWQ clipping search");
@@ -99,6 +101,8 @@ int main(int argc, char** argv) {
   q.gptq.mse = absl::GetFlag(FLAGS_mse);
   q.gptq.damp_percent = absl::GetFlag(FLAGS_damp);
   q.gptq.block_size = absl::GetFlag(FLAGS_block_size);
+  q.gptq.group_params_at_block_start =
+      absl::GetFlag(FLAGS_group_params_at_block_start);
   q.true_sequential = absl::GetFlag(FLAGS_true_sequential);
   q.awq.clip = absl::GetFlag(FLAGS_awq_clip);
   q.awq.search_sequences = absl::GetFlag(FLAGS_awq_search_sequences);

@@ -288,11 +288,19 @@ absl::StatusOr<GptqResult> GptqQuantize(const float* w_in, int64_t rows,
   std::vector<int32_t> permuted_q(static_cast<size_t>(rows * cols));
   std::vector<int32_t> permuted_group(static_cast<size_t>(cols));
   GroupParams current;
+  std::vector<float> block_start;  // [rows, block]: w as the block began.
   int64_t groups_found = 0;
   double loss = 0;
   for (int64_t i1 = 0; i1 < cols; i1 += block) {
     const int64_t i2 = std::min(i1 + block, cols), count = i2 - i1;
     errors.assign(static_cast<size_t>(rows * count), 0.0f);
+    if (options.group_params_at_block_start) {
+      block_start.resize(static_cast<size_t>(rows * count));
+      for (int64_t r = 0; r < rows; ++r) {
+        std::copy_n(w.data() + r * cols + i1, count,
+                    block_start.data() + r * count);
+      }
+    }
     for (int64_t j = i1; j < i2; ++j) {
       const GroupParams* params;
       if (gs < 0) {
@@ -305,18 +313,22 @@ absl::StatusOr<GptqResult> GptqQuantize(const float* w_in, int64_t rows,
         if (j % gs == 0) {
           // Columns past this block still lack its pending updates.
           const int64_t width = std::min(gs, cols - j);
-          current = FindParams(rows, width, maxq, options.sym, options.mse,
-                               [&](int64_t r, int64_t k) {
-                                 const int64_t c = j + k;
-                                 float v = w[r * cols + c];
-                                 if (c >= i2) {
-                                   for (int64_t m = 0; m < j - i1; ++m) {
-                                     v -= errors[r * count + m] *
-                                          hinv[(i1 + m) * cols + c];
-                                   }
-                                 }
-                                 return v;
-                               });
+          current = FindParams(
+              rows, width, maxq, options.sym, options.mse,
+              [&](int64_t r, int64_t k) {
+                const int64_t c = j + k;
+                if (options.group_params_at_block_start) {
+                  return c < i2 ? block_start[r * count + c - i1]
+                                : w[r * cols + c];
+                }
+                float v = w[r * cols + c];
+                if (c >= i2) {
+                  for (int64_t m = 0; m < j - i1; ++m) {
+                    v -= errors[r * count + m] * hinv[(i1 + m) * cols + c];
+                  }
+                }
+                return v;
+              });
           AppendParams(current, out);
           ++groups_found;
         }

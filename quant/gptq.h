@@ -39,6 +39,9 @@ struct GptqOptions {
   double damp_percent = 0.01;  // Of the mean Hessian diagonal, added to it.
   double damp_auto_increment = 0.0025;  // Added until Cholesky succeeds.
   int block_size = 128;                 // Columns per lazy batch update.
+  // A group's min-max from the weights as its lazy block began (AutoGPTQ's
+  // behaviour) instead of the fully updated weights (the default).
+  bool group_params_at_block_start = false;
 };
 
 struct QuantizedLinear {

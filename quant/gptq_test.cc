@@ -321,5 +321,28 @@ TEST(GptqTest, MseRangesLowerTheWeightError) {
   EXPECT_GT(with_mse->loss, 0);
 }
 
+TEST(GptqTest, GroupParamsAtBlockStartWithOneBlockAreStaticGroups) {
+  // One lazy block over every column: the weights as the block began are
+  // the original ones, which static groups use.
+  Problem p = MakeProblem(12, 96, 300, 9);
+  GptqOptions at_start;
+  at_start.bits = 3, at_start.group_size = 32, at_start.sym = false;
+  at_start.block_size = 96;
+  at_start.group_params_at_block_start = true;
+  GptqOptions fixed = at_start;
+  fixed.group_params_at_block_start = false;
+  fixed.static_groups = true;
+  const auto a = GptqQuantize(p.w.data(), 12, 96, p.h, at_start);
+  const auto b = GptqQuantize(p.w.data(), 12, 96, p.h, fixed);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->quantized.q, b->quantized.q);
+  EXPECT_EQ(a->quantized.scales, b->quantized.scales);
+  // With lazy blocks of 32 the later groups see earlier blocks' updates.
+  at_start.block_size = 32;
+  const auto c = GptqQuantize(p.w.data(), 12, 96, p.h, at_start);
+  ASSERT_TRUE(c.ok());
+  EXPECT_NE(c->quantized.scales, b->quantized.scales);
+}
+
 }  // namespace
 }  // namespace quant

@@ -102,6 +102,7 @@ nlohmann::json RecipeJson(const QuantizeModelOptions& o) {
       {"mse", o.gptq.mse},
       {"damp_percent", o.gptq.damp_percent},
       {"block_size", o.gptq.block_size},
+      {"group_params_at_block_start", o.gptq.group_params_at_block_start},
       {"true_sequential", o.true_sequential},
       {"awq",
        {{"n_grid", o.awq.n_grid},
