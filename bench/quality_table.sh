@@ -4,7 +4,10 @@
 # by the data README's method (512-token windows, BOS per paragraph), on
 # heldout_books and heldout_stories. Recipe as the README's reference rows:
 # 128 calibration windows of 512 tokens from calibration.txt, asymmetric
-# min-max groups, damp 0.01, lazy block 128, true-sequential.
+# min-max groups, damp 0.01, lazy block 128, true-sequential. Then the
+# option sets that do best at 3 and 2 bits: act-order with group ranges
+# found as AutoGPTQ finds them (at the start of each lazy block), and with
+# searched ranges (--mse).
 #
 # usage: bash bench/quality_table.sh [BUILD_DIR] [WORK_DIR] > table.md
 set -euo pipefail
@@ -61,3 +64,6 @@ for spec in "4 128" "3 128" "2 64"; do
     run "awq-${bits}b-g${group}" awq "$bits" "$group" --format gptq "${calib[@]}"
   fi
 done
+run gptq-3b-g128-act-bs gptq 3 128 --desc-act --group-params-at-block-start "${calib[@]}"
+run gptq-2b-g64-act-bs gptq 2 64 --desc-act --group-params-at-block-start "${calib[@]}"
+run gptq-2b-g64-act-bs-mse gptq 2 64 --desc-act --group-params-at-block-start --mse "${calib[@]}"
