@@ -27,7 +27,9 @@ struct AwqOptions {
   bool clip = true;         // Search a clipping range per group.
   int clip_grid = 20;       // Shrink steps of 1/clip_grid ...
   double max_shrink = 0.5;  // ... down to (1 - max_shrink) of the max.
-  int64_t clip_sample_tokens = 512;  // Tokens the clip error is measured on.
+  // Tokens the clip error is measured on, evenly spaced over all of the
+  // calibration data.
+  int64_t clip_sample_tokens = 512;
   // The scale search measures its loss on this many calibration sequences
   // (the activation means use all of them).
   int64_t search_sequences = 16;

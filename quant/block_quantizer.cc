@@ -57,9 +57,14 @@ float RoundTo(SafetensorsDType dtype, float x) {
 // What one pass over the calibration sequences collects per block input.
 struct Capture {
   std::array<std::optional<HessianAccumulator>, kInputs> hessians;
-  // The inputs of the first `keep_sequences` sequences, for AWQ's searches.
+  // The inputs of the first `keep_sequences` sequences, for AWQ's scale
+  // search, ...
   int64_t keep_sequences = 0;
   std::array<std::vector<float>, kInputs> kept;
+  // ... and every `sample_step`-th token of all sequences, for its clipping
+  // search (0: none).
+  int64_t sample_step = 0;
+  std::array<std::vector<float>, kInputs> sampled;
 };
 
 // Runs the block over every sequence, feeding the wanted inputs to their
@@ -99,6 +104,13 @@ absl::Status CaptureInputs(const LlamaForward& forward,
         if (kept > 0) {
           capture.kept[i].insert(capture.kept[i].end(), x,
                                  x + kept * seq_len * width);
+        }
+        const int64_t step = capture.sample_step;
+        for (int64_t t = step > 0 ? (step - first * seq_len % step) % step
+                                  : tokens;
+             t < tokens; t += step) {
+          capture.sampled[i].insert(capture.sampled[i].end(), x + t * width,
+                                    x + (t + 1) * width);
         }
       }
       return i != last;
@@ -214,9 +226,10 @@ class BlockQuantizer {
   }
 
  private:
-  absl::Status CaptureStage(std::array<bool, kInputs> wanted,
-                            int64_t keep = 0) {
+  absl::Status CaptureStage(std::array<bool, kInputs> wanted, int64_t keep = 0,
+                            int64_t sample_step = 0) {
     capture_.keep_sequences = keep;
+    capture_.sample_step = sample_step;
     return CaptureInputs(forward_, result_.weights, hidden_, sequences_,
                          seq_len_, per_pass_, wanted, capture_);
   }
@@ -300,7 +313,11 @@ class BlockQuantizer {
 
   absl::Status RunAwq() {
     const int64_t keep = std::min(sequences_, recipe_.awq.search_sequences);
-    RETURN_IF_ERROR(CaptureStage({true, true, true, true}, keep));
+    // The clipping search sees tokens from every sequence, as AutoAWQ's.
+    const int64_t sample_step = std::max<int64_t>(
+        1, sequences_ * seq_len_ /
+               std::max<int64_t>(1, recipe_.awq.clip_sample_tokens));
+    RETURN_IF_ERROR(CaptureStage({true, true, true, true}, keep, sample_step));
     DecoderBlockWeights& block = result_.weights;
     const DecoderBlockWeights original = block;
     const int64_t dim = forward_.spec().hidden_size;
@@ -398,9 +415,11 @@ class BlockQuantizer {
       }
       for (int i : groups[g].linears)
         ScaleInputColumns(s, BlockLinear(block, i));
-      std::vector<float>& x = capture_.kept[input];
       const int64_t width = static_cast<int64_t>(s.size());
-      for (size_t t = 0; t < x.size(); ++t) x[t] /= s[t % width];
+      for (std::vector<float>* x :
+           {&capture_.kept[input], &capture_.sampled[input]}) {
+        for (size_t t = 0; t < x->size(); ++t) (*x)[t] /= s[t % width];
+      }
       hessian_cache_.emplace(input, capture_.hessians[input]->Hessian());
       ScaleHessian(s, hessian_cache_[input]);
     }
@@ -412,9 +431,11 @@ class BlockQuantizer {
       const std::vector<float> scaled = linear.weight;
       // AutoAWQ leaves q and k unclipped: their errors pass through softmax.
       if (recipe_.awq.clip && i != kQ && i != kK) {
-        RETURN_IF_ERROR(
-            ClipAwq(capture_.kept[static_cast<int>(InputOf(i))].data(),
-                    kept_tokens, f, recipe_.awq, linear));
+        const std::vector<float>& x =
+            capture_.sampled[static_cast<int>(InputOf(i))];
+        RETURN_IF_ERROR(ClipAwq(x.data(),
+                                static_cast<int64_t>(x.size()) / linear.cols, f,
+                                recipe_.awq, linear));
       }
       ASSIGN_OR_RETURN(QuantizedLinear q,
                        AwqQuantize(linear.weight.data(), linear.rows,
