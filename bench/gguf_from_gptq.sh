@@ -38,11 +38,11 @@ perplexity() {  # FILE.gguf -> llama-perplexity's final estimate (one retry)
 
 echo "| type | weights from | file bytes | llama-perplexity (books) |"
 echo "| --- | --- | --- | --- |"
-"$quantctl" convert --model "$model" --out "$work/f16.gguf" --type F16 2>/dev/null
+"$quantctl" convert --model "$model" --out "$work/f16.gguf" --type F16 >/dev/null 2>&1
 echo "| F16 | convert | $(stat -c %s "$work/f16.gguf") | $(perplexity "$work/f16.gguf") |"
 for type in "${types[@]}"; do
   "$quantctl" convert --model "$model" --out "$work/plain-$type.gguf" \
-    --type "$type" 2>/dev/null
+    --type "$type" >/dev/null 2>&1
   "$bin/llama-quantize" "$work/f16.gguf" "$work/llama-$type.gguf" "$type" \
     "$(nproc)" >"$work/llama-$type.log" 2>&1
   rm -rf "$work/gptq-$type.gguf" "$work/gptq-$type.gguf.work"
