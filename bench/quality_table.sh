@@ -67,3 +67,4 @@ done
 run gptq-3b-g128-act-bs gptq 3 128 --desc-act --group-params-at-block-start "${calib[@]}"
 run gptq-2b-g64-act-bs gptq 2 64 --desc-act --group-params-at-block-start "${calib[@]}"
 run gptq-2b-g64-act-bs-mse gptq 2 64 --desc-act --group-params-at-block-start --mse "${calib[@]}"
+run gptq-3b-g128-act-bs-mse gptq 3 128 --desc-act --group-params-at-block-start --mse "${calib[@]}"
