@@ -145,15 +145,11 @@ absl::Status RunPerplexity(const QuantctlOptions& options, std::ostream& out) {
       return LoadQuantizedDecoderBlock(checkpoint, spec, layer, *config);
     };
   }
-  ASSIGN_OR_RETURN(const ModelSpec spec, LoadModelConfig(options.model));
   PerplexityOptions eval;
   eval.max_windows = options.quantize.eval_max_windows;
   for (const std::string& path : options.quantize.eval_texts) {
-    ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path));
     ASSIGN_OR_RETURN(const std::vector<int32_t> tokens,
-                     HeldOutTokenStream(
-                         options.model + "/tokenizer.model", text,
-                         static_cast<int32_t>(spec.bos_token_id.value_or(1))));
+                     HeldOutTokensOfFile(options.model, path));
     ASSIGN_OR_RETURN(const PerplexityResult result,
                      EvaluatePerplexity(options.model, tokens, eval, loader));
     out << absl::StrFormat("%s: perplexity %.4f (%d windows of %d tokens)\n",

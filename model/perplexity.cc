@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/file.h"
 #include "common/sentencepiece.h"
 #include "common/status_macros.h"
 #include "format/model_config.h"
@@ -37,6 +38,15 @@ absl::StatusOr<std::vector<int32_t>> HeldOutTokenStream(
     tokens.insert(tokens.end(), ids.begin(), ids.end());
   }
   return tokens;
+}
+
+absl::StatusOr<std::vector<int32_t>> HeldOutTokensOfFile(
+    const std::string& model_dir, const std::string& text_path) {
+  ASSIGN_OR_RETURN(const ModelSpec spec, LoadModelConfig(model_dir));
+  ASSIGN_OR_RETURN(const std::string text, ReadFileToString(text_path));
+  return HeldOutTokenStream(
+      model_dir + "/tokenizer.model", text,
+      static_cast<int32_t>(spec.bos_token_id.value_or(1)));
 }
 
 absl::StatusOr<PerplexityResult> EvaluatePerplexity(

@@ -27,6 +27,11 @@ namespace quant {
 absl::StatusOr<std::vector<int32_t>> HeldOutTokenStream(
     const std::string& tokenizer_model, absl::string_view text, int32_t bos);
 
+// The token stream of the text file at `text_path` with the tokenizer.model
+// and BOS id (config.json's, default 1) of the model in `model_dir`.
+absl::StatusOr<std::vector<int32_t>> HeldOutTokensOfFile(
+    const std::string& model_dir, const std::string& text_path);
+
 struct PerplexityOptions {
   int64_t context = 512;
   int64_t max_windows = -1;       // < 0: all windows.

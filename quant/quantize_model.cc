@@ -318,18 +318,15 @@ absl::StatusOr<ConvertResult> WriteGgufFromResults(
 
 // Held-out perplexity of the FP model and of the result, per text.
 absl::StatusOr<nlohmann::json> Perplexities(
-    const QuantizeModelOptions& options, const ModelSpec& spec,
-    const std::string& evaluated_dir, const BlockLoader& evaluated,
+    const QuantizeModelOptions& options, const std::string& evaluated_dir,
+    const BlockLoader& evaluated,
     const std::function<void(const std::string&)>& log) {
   PerplexityOptions eval;
   eval.max_windows = options.eval_max_windows;
   nlohmann::json perplexity = nlohmann::json::object();
   for (const std::string& text_path : options.eval_texts) {
-    ASSIGN_OR_RETURN(const std::string text, ReadFileToString(text_path));
     ASSIGN_OR_RETURN(const std::vector<int32_t> tokens,
-                     HeldOutTokenStream(
-                         options.model_dir + "/tokenizer.model", text,
-                         static_cast<int32_t>(spec.bos_token_id.value_or(1))));
+                     HeldOutTokensOfFile(options.model_dir, text_path));
     ASSIGN_OR_RETURN(const PerplexityResult before,
                      EvaluatePerplexity(options.model_dir, tokens, eval));
     ASSIGN_OR_RETURN(
@@ -497,9 +494,8 @@ absl::StatusOr<QuantizeModelResult> QuantizeModel(
     const std::string evaluated_dir =
         options.output_format == OutputFormat::kGguf ? options.model_dir
                                                      : options.output;
-    ASSIGN_OR_RETURN(
-        report["perplexity"],
-        Perplexities(options, spec, evaluated_dir, evaluated, log));
+    ASSIGN_OR_RETURN(report["perplexity"],
+                     Perplexities(options, evaluated_dir, evaluated, log));
   }
   report["seconds"] = SecondsSince(start);
   report["peak_rss_mib"] = PeakRssMiB();
