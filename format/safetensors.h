@@ -19,6 +19,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <string>
@@ -76,6 +77,14 @@ struct TensorView {
   // its dtype. A range outside the tensor gives OutOfRange.
   absl::Status ToFloat(int64_t begin, int64_t count, float* out) const;
   absl::StatusOr<std::vector<float>> ToFloatVector() const;
+  // The stored elements, bit for bit, as T: the caller has checked that T
+  // is the C++ type of `dtype` (int32_t for I32, uint16_t for F16, ...).
+  template <typename T>
+  std::vector<T> CopyElements() const {
+    std::vector<T> out(nbytes / sizeof(T));
+    if (!out.empty()) std::memcpy(out.data(), data, out.size() * sizeof(T));
+    return out;
+  }
 };
 
 // One mapped .safetensors file, fully validated on Open.

@@ -63,9 +63,19 @@ absl::Status Read(const SafetensorsFile& file, const std::string& name,
         absl::StrJoin(view->shape, ", "), "], expected ",
         SafetensorsDTypeName(dtype), " [", absl::StrJoin(shape, ", "), "]"));
   }
-  out.resize(view->nbytes / sizeof(T));
-  if (!out.empty()) std::memcpy(out.data(), view->data, view->nbytes);
+  out = view->CopyElements<T>();
   return absl::OkStatus();
+}
+
+// The JSON metadata entry `key` of a block result file.
+absl::StatusOr<nlohmann::json> Metadata(const SafetensorsFile& file,
+                                        const std::string& key) {
+  auto it = file.metadata().find(key);
+  if (it == file.metadata().end()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(file.path(), " has no \"", key, "\" metadata"));
+  }
+  return ParseJsonStrict(it->second, absl::StrCat(file.path(), " ", key));
 }
 
 nlohmann::json Number(double x) {
@@ -131,19 +141,17 @@ absl::Status SaveBlockResult(const std::string& path,
                      {"formats", formats.dump()}});
 }
 
+absl::StatusOr<nlohmann::json> LoadBlockReport(const std::string& path) {
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
+                   SafetensorsFile::Open(path));
+  return Metadata(*file, "report");
+}
+
 absl::StatusOr<BlockResult> LoadBlockResult(const std::string& path) {
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
                    SafetensorsFile::Open(path));
-  auto meta = [&](const std::string& key) -> absl::StatusOr<nlohmann::json> {
-    auto it = file->metadata().find(key);
-    if (it == file->metadata().end()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, " has no \"", key, "\" metadata"));
-    }
-    return ParseJsonStrict(it->second, absl::StrCat(path, " ", key));
-  };
-  ASSIGN_OR_RETURN(const nlohmann::json formats, meta("formats"));
-  ASSIGN_OR_RETURN(const nlohmann::json report, meta("report"));
+  ASSIGN_OR_RETURN(const nlohmann::json formats, Metadata(*file, "formats"));
+  ASSIGN_OR_RETURN(const nlohmann::json report, Metadata(*file, "report"));
   if (!formats.is_array() || formats.size() != kBlockLinears ||
       !report.contains("linears") ||
       report["linears"].size() != kBlockLinears) {

@@ -24,6 +24,8 @@ absl::StatusOr<BlockResult> LoadBlockResult(const std::string& path);
 
 // The block's reports, AWQ ratios and timing as JSON.
 nlohmann::json BlockReportJson(const BlockResult& result);
+// BlockReportJson of a saved result, read from its metadata alone.
+absl::StatusOr<nlohmann::json> LoadBlockReport(const std::string& path);
 
 // hidden [sequences, seq_len, dim].
 absl::Status SaveActivations(const std::string& path,

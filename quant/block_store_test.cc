@@ -62,6 +62,7 @@ TEST(BlockStoreTest, BlockResultRoundTrips) {
   EXPECT_EQ(back->reports[2].proxy_loss, 0.5);
   EXPECT_EQ(back->weights.ffn_norm, r.weights.ffn_norm);
   EXPECT_EQ(back->awq_ratios, r.awq_ratios);
+  EXPECT_EQ(*LoadBlockReport(path), BlockReportJson(r));
 }
 
 TEST(BlockStoreTest, ActivationsRoundTripAndShapesAreChecked) {

@@ -14,7 +14,9 @@
 #include "common/file.h"
 #include "common/json_util.h"
 #include "common/status_macros.h"
+#include "format/ggml_type.h"
 #include "format/half.h"
+#include "kernels/cpu/quantize_rows.h"
 #include "quant/packing.h"
 
 namespace quant {
@@ -87,31 +89,29 @@ absl::StatusOr<std::vector<PackedTensor>> PackLinear(
   return out;
 }
 
-// Float values as `dtype` bytes (F32, F16 or BF16).
+// Float values as `dtype` bytes (F32, F16 or BF16), by the GGUF row
+// converter, which has those element types too.
 absl::StatusOr<std::vector<uint8_t>> Encode(const std::vector<float>& values,
                                             SafetensorsDType dtype) {
-  std::vector<uint8_t> bytes(values.size() * SafetensorsDTypeSize(dtype));
-  for (size_t i = 0; i < values.size(); ++i) {
-    switch (dtype) {
-      case SafetensorsDType::kF32:
-        std::memcpy(bytes.data() + 4 * i, &values[i], 4);
-        break;
-      case SafetensorsDType::kF16: {
-        const uint16_t h = FloatToHalf(values[i]);
-        std::memcpy(bytes.data() + 2 * i, &h, 2);
-        break;
-      }
-      case SafetensorsDType::kBF16: {
-        const uint16_t h = FloatToBf16(values[i]);
-        std::memcpy(bytes.data() + 2 * i, &h, 2);
-        break;
-      }
-      default:
-        return absl::InvalidArgumentError(
-            absl::StrCat("norms stored as ", SafetensorsDTypeName(dtype),
-                         " cannot be written"));
-    }
+  GgmlType type;
+  switch (dtype) {
+    case SafetensorsDType::kF32:
+      type = GgmlType::kF32;
+      break;
+    case SafetensorsDType::kF16:
+      type = GgmlType::kF16;
+      break;
+    case SafetensorsDType::kBF16:
+      type = GgmlType::kBF16;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("norms stored as ", SafetensorsDTypeName(dtype),
+                       " cannot be written"));
   }
+  const int64_t n = static_cast<int64_t>(values.size());
+  std::vector<uint8_t> bytes(values.size() * SafetensorsDTypeSize(dtype));
+  RETURN_IF_ERROR(QuantizeRows(type, values.data(), 1, n, bytes.data(), 1));
   return bytes;
 }
 
@@ -128,9 +128,7 @@ absl::StatusOr<std::vector<T>> RawTensor(
                      ", expected ", SafetensorsDTypeName(dtype)));
   }
   shape = view.shape;
-  std::vector<T> values(view.nbytes / sizeof(T));
-  if (!values.empty()) std::memcpy(values.data(), view.data, view.nbytes);
-  return values;
+  return view.CopyElements<T>();
 }
 
 // One output tensor: where its bytes come from.

@@ -11,24 +11,47 @@ namespace {
 
 constexpr int64_t kGroup = 32;
 
-int BitsOf(GgmlType type) {
-  switch (type) {
-    case GgmlType::kQ4_0:
-      return 4;
-    case GgmlType::kQ5_0:
-      return 5;
-    case GgmlType::kQ8_0:
-      return 8;
-    default:
-      return 0;
-  }
+// The types whose blocks are one symmetric group of 32 and its levels.
+bool IsGroupOf32Type(GgmlType type) {
+  return type == GgmlType::kQ4_0 || type == GgmlType::kQ5_0 ||
+         type == GgmlType::kQ8_0;
 }
 
 }  // namespace
 
+absl::StatusOr<WeightFormat> SolveFormatOfGgmlType(GgmlType type) {
+  switch (type) {
+    case GgmlType::kQ4_0:
+      return WeightFormat{4, 32, true};
+    case GgmlType::kQ4_1:
+      return WeightFormat{4, 32, false};
+    case GgmlType::kQ5_0:
+      return WeightFormat{5, 32, true};
+    case GgmlType::kQ5_1:
+      return WeightFormat{5, 32, false};
+    case GgmlType::kQ8_0:
+      return WeightFormat{8, 32, true};
+    case GgmlType::kQ2_K:
+      return WeightFormat{2, 16, false};
+    case GgmlType::kQ3_K:
+      return WeightFormat{3, 16, true};
+    case GgmlType::kQ4_K:
+      return WeightFormat{4, 32, false};
+    case GgmlType::kQ5_K:
+      return WeightFormat{5, 32, false};
+    case GgmlType::kQ6_K:
+      return WeightFormat{6, 16, true};
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("GGUF type ", GgmlTypeName(type),
+                       " is not a quantized type a linear can be solved for"));
+  }
+}
+
 bool FitsGgufTypeExactly(const QuantizedLinear& linear, GgmlType type) {
-  const int bits = BitsOf(type);
-  if (bits == 0 || linear.bits != bits || linear.cols % kGroup != 0 ||
+  if (!IsGroupOf32Type(type)) return false;
+  const int bits = SolveFormatOfGgmlType(type)->bits;
+  if (linear.bits != bits || linear.cols % kGroup != 0 ||
       linear.groups() != linear.cols / kGroup) {
     return false;
   }

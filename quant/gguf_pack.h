@@ -14,6 +14,12 @@
 
 namespace quant {
 
+// The weight format a linear is solved in for GGUF `type`: the grid its
+// blocks hold (Q4_0: 4-bit symmetric groups of 32; Q4_K: 4-bit asymmetric
+// groups of 32; Q6_K: 6-bit symmetric groups of 16; ...). InvalidArgument
+// for a type that is not a quantized block type.
+absl::StatusOr<WeightFormat> SolveFormatOfGgmlType(GgmlType type);
+
 // True when `linear` is exactly representable in `type` (see above): bits
 // and type agree, groups of 32 consecutive columns, every zero point
 // 2^(bits-1).

@@ -53,36 +53,6 @@ std::string ActivationsPath(const std::string& work_dir, int layer) {
   return absl::StrCat(work_dir, "/activations-", layer, ".safetensors");
 }
 
-// The weight format a GGUF block type holds, for solving into it.
-absl::StatusOr<WeightFormat> FormatOfGgmlType(GgmlType type) {
-  switch (type) {
-    case GgmlType::kQ4_0:
-      return WeightFormat{4, 32, true};
-    case GgmlType::kQ4_1:
-      return WeightFormat{4, 32, false};
-    case GgmlType::kQ5_0:
-      return WeightFormat{5, 32, true};
-    case GgmlType::kQ5_1:
-      return WeightFormat{5, 32, false};
-    case GgmlType::kQ8_0:
-      return WeightFormat{8, 32, true};
-    case GgmlType::kQ2_K:
-      return WeightFormat{2, 16, false};
-    case GgmlType::kQ3_K:
-      return WeightFormat{3, 16, true};
-    case GgmlType::kQ4_K:
-      return WeightFormat{4, 32, false};
-    case GgmlType::kQ5_K:
-      return WeightFormat{5, 32, false};
-    case GgmlType::kQ6_K:
-      return WeightFormat{6, 16, true};
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("GGUF type ", GgmlTypeName(type),
-                       " is not a quantized type a linear can be solved for"));
-  }
-}
-
 nlohmann::json RecipeJson(const QuantizeModelOptions& o) {
   std::error_code error;
   const std::string model = fs::absolute(o.model_dir, error).string();
@@ -215,7 +185,7 @@ absl::StatusOr<std::vector<BlockRecipe>> BlockRecipes(
       if (it == gguf_types.end()) {
         return absl::InternalError(absl::StrCat("no GGUF type for ", name));
       }
-      ASSIGN_OR_RETURN(r.formats[i], FormatOfGgmlType(it->second));
+      ASSIGN_OR_RETURN(r.formats[i], SolveFormatOfGgmlType(it->second));
     }
   }
   return recipes;
@@ -447,8 +417,8 @@ absl::StatusOr<QuantizeModelResult> QuantizeModel(
     return LoadBlockResult(BlockPath(options.work_dir, layer));
   };
   for (int layer = 0; layer < spec.num_layers; ++layer) {
-    ASSIGN_OR_RETURN(const BlockResult done, load_block(layer));
-    nlohmann::json entry = BlockReportJson(done);
+    ASSIGN_OR_RETURN(nlohmann::json entry,
+                     LoadBlockReport(BlockPath(options.work_dir, layer)));
     entry["layer"] = layer;
     blocks.push_back(std::move(entry));
   }

@@ -22,14 +22,18 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # check NAME ARCH TYPES... : convert $work/NAME to each type, load in llama.cpp.
+expect() {  # NAME ARCH: what llama.cpp must read from the tiny model's GGUFs
+  cat >"$work/$1.expect.json" <<JSON
+{"general.architecture": "$2", "tokenizer.ggml.model": "gpt2",
+ "$2.block_count": 2, "$2.embedding_length": 256,
+ "$2.attention.head_count_kv": 2, "vocab_size": 511}
+JSON
+}
+
 check() {
   local name=$1 arch=$2
   shift 2
-  cat >"$work/$name.expect.json" <<JSON
-{"general.architecture": "$arch", "tokenizer.ggml.model": "gpt2",
- "$arch.block_count": 2, "$arch.embedding_length": 256,
- "$arch.attention.head_count_kv": 2, "vocab_size": 511}
-JSON
+  expect "$name" "$arch"
   for type in "$@"; do
     local gguf=$work/$name-$type.gguf
     "$quantctl" convert --model "$work/$name" --out "$gguf" --type "$type" \
@@ -56,7 +60,6 @@ for i in $(seq 1 1500); do echo -n "$(( (i * 37) % 500 )) "; done >"$work/tokens
 for spec in "llama gptq Q4_0" "llama gptq Q4_K_M" "qwen2-tied awq Q4_K_M"; do
   read -r name method type <<<"$spec"
   gguf=$work/$name-$method-$type.gguf
-  arch=${name%-tied}
   "$quantctl" quantize --model "$work/$name" --out "$gguf" --format gguf \
     --type "$type" --method "$method" --calib-tokens "$work/tokens.txt" \
     --calib-samples 4 --calib-seqlen 64 >"$gguf.quantize.log" 2>&1 || {
@@ -64,11 +67,7 @@ for spec in "llama gptq Q4_0" "llama gptq Q4_K_M" "qwen2-tied awq Q4_K_M"; do
     echo "FAIL: quantctl quantize $name $method $type"
     exit 1
   }
-  cat >"$work/$name.expect.json" <<JSON
-{"general.architecture": "$arch", "tokenizer.ggml.model": "gpt2",
- "$arch.block_count": 2, "$arch.embedding_length": 256,
- "$arch.attention.head_count_kv": 2, "vocab_size": 511}
-JSON
+  expect "$name" "${name%-tied}"
   QS_NODE_MODULES=$node_modules node "$checker" --model "$gguf" \
     --expect "$work/$name.expect.json" --generate 8 >"$gguf.log" 2>&1 || {
     cat "$gguf.log"
