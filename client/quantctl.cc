@@ -177,8 +177,10 @@ commands:
                    [--damp 0.01]
                    [--true-sequential=false] [--block-size 128]
                    [--awq-clip=false] [--awq-search-sequences 16]
-                   [--awq-duo-scaling=false]
-                   [--type Q4_K_M (gguf)] [--calib TEXT | --calib-tokens
+                   [--awq-duo-scaling=false] [--awq-fp-inputs]
+                   [--type Q4_K_M (gguf)] [--gguf-grid=false (gguf: GPTQ
+                   in the nearest checkpoint format, then re-fitted)]
+                   [--calib TEXT | --calib-tokens
                    FILE.npy|.txt] [--calib-samples 128] [--calib-seqlen 512]
                    [--calib-seed 0] [--work-dir DIR (default OUT.work)]
                    [--stop-after-block N] [--eval TEXT,...] [--eval-windows N]

@@ -36,11 +36,15 @@ ABSL_FLAG(double, damp, 0.01, "quantize: GPTQ damp_percent");
 ABSL_FLAG(int, block_size, 128, "quantize: GPTQ lazy-update block");
 ABSL_FLAG(bool, group_params_at_block_start, false,
           "quantize: GPTQ group ranges as AutoGPTQ finds them");
+ABSL_FLAG(bool, gguf_grid, true,
+          "quantize: GGUF output: GPTQ solves on each GGUF type's own grid");
 ABSL_FLAG(bool, true_sequential, true,
           "quantize: GPTQ stages q/k/v, o, gate/up, down");
 ABSL_FLAG(bool, awq_clip, true, "quantize: AWQ clipping search");
 ABSL_FLAG(int64_t, awq_search_sequences, 16,
           "quantize: calibration sequences AWQ's scale search measures");
+ABSL_FLAG(bool, awq_fp_inputs, false,
+          "quantize: AWQ calibrates every block on the FP model's activations");
 ABSL_FLAG(bool, awq_duo_scaling, true,
           "quantize: AWQ scales from activations and weights");
 ABSL_FLAG(std::string, calib, "", "quantize: calibration text");
@@ -103,10 +107,12 @@ int main(int argc, char** argv) {
   q.gptq.block_size = absl::GetFlag(FLAGS_block_size);
   q.gptq.group_params_at_block_start =
       absl::GetFlag(FLAGS_group_params_at_block_start);
+  q.gguf_grid = absl::GetFlag(FLAGS_gguf_grid);
   q.true_sequential = absl::GetFlag(FLAGS_true_sequential);
   q.awq.clip = absl::GetFlag(FLAGS_awq_clip);
   q.awq.search_sequences = absl::GetFlag(FLAGS_awq_search_sequences);
   q.awq.duo_scaling = absl::GetFlag(FLAGS_awq_duo_scaling);
+  q.awq.fp_inputs = absl::GetFlag(FLAGS_awq_fp_inputs);
   q.calibration.text_path = absl::GetFlag(FLAGS_calib);
   q.calibration.tokens_path = absl::GetFlag(FLAGS_calib_tokens);
   q.calibration.samples = absl::GetFlag(FLAGS_calib_samples);

@@ -303,6 +303,55 @@ int Level2BitPlanes(const uint8_t qs[kQkK / 4], int e) {
   return (qs[32 * h + l] >> (2 * k)) & 3;
 }
 
+// The level packings of the k-quants (stored levels, i.e. 0-based), as the
+// layout comments in ggml_blocks.h describe them.
+void PackLevelsQ3_K(const uint8_t levels[kQkK], BlockQ3_K* y) {
+  for (int l = 0; l < 32; ++l) {  // Bit b of hmask[l]: element 32 b + l.
+    uint8_t bits = 0;
+    for (int b = 0; b < 8; ++b) {
+      bits |= static_cast<uint8_t>((levels[32 * b + l] >> 2) << b);
+    }
+    y->hmask[l] = bits;
+  }
+  Pack2BitPlanes(levels, y->qs);
+}
+
+void PackLevelsQ4_K(const uint8_t levels[kQkK], BlockQ4_K* y) {
+  for (int i = 0; i < 4; ++i) {
+    for (int l = 0; l < 32; ++l) {
+      y->qs[32 * i + l] = static_cast<uint8_t>(levels[64 * i + l] |
+                                               (levels[64 * i + 32 + l] << 4));
+    }
+  }
+}
+
+void PackLevelsQ5_K(const uint8_t levels[kQkK], BlockQ5_K* y) {
+  std::memset(y->qh, 0, sizeof(y->qh));
+  for (int i = 0; i < 4; ++i) {
+    for (int l = 0; l < 32; ++l) {
+      const uint8_t lo = levels[64 * i + l], hi = levels[64 * i + 32 + l];
+      y->qs[32 * i + l] = static_cast<uint8_t>((lo & 15) | ((hi & 15) << 4));
+      y->qh[l] |= static_cast<uint8_t>(((lo >> 4) << (2 * i)) |
+                                       ((hi >> 4) << (2 * i + 1)));
+    }
+  }
+}
+
+void PackLevelsQ6_K(const uint8_t levels[kQkK], BlockQ6_K* y) {
+  for (int h = 0; h < 2; ++h) {
+    for (int l = 0; l < 32; ++l) {
+      const uint8_t* q = levels + 128 * h + l;
+      y->ql[64 * h + l] =
+          static_cast<uint8_t>((q[0] & 15) | ((q[64] & 15) << 4));
+      y->ql[64 * h + 32 + l] =
+          static_cast<uint8_t>((q[32] & 15) | ((q[96] & 15) << 4));
+      y->qh[32 * h + l] =
+          static_cast<uint8_t>((q[0] >> 4) | ((q[32] >> 4) << 2) |
+                               ((q[64] >> 4) << 4) | ((q[96] >> 4) << 6));
+    }
+  }
+}
+
 }  // namespace
 
 void PackScalesMinsK4(const uint8_t sc[8], const uint8_t mn[8],
@@ -387,14 +436,7 @@ bool QuantizeBlockQ3_KReference(const float* x, const float* importance,
     y->scales[8 + s % 4] |=
         static_cast<uint8_t>((stored >> 4) << (2 * (s / 4)));
   }
-  for (int l = 0; l < 32; ++l) {  // Bit b of hmask[l]: element 32 b + l.
-    uint8_t bits = 0;
-    for (int b = 0; b < 8; ++b) {
-      bits |= static_cast<uint8_t>((levels[32 * b + l] >> 2) << b);
-    }
-    y->hmask[l] = bits;
-  }
-  Pack2BitPlanes(levels, y->qs);
+  PackLevelsQ3_K(levels, y);
   return ok;
 }
 
@@ -404,12 +446,7 @@ bool QuantizeBlockQ4_KReference(const float* x, const float* importance,
   const bool ok = QuantizeAffineSuperBlock<8, 15, 63>(x, importance, levels, sc,
                                                       mn, &y->d, &y->dmin);
   PackScalesMinsK4(sc, mn, y->scales);
-  for (int i = 0; i < 4; ++i) {
-    for (int l = 0; l < 32; ++l) {
-      y->qs[32 * i + l] = static_cast<uint8_t>(levels[64 * i + l] |
-                                               (levels[64 * i + 32 + l] << 4));
-    }
-  }
+  PackLevelsQ4_K(levels, y);
   return ok;
 }
 
@@ -419,15 +456,7 @@ bool QuantizeBlockQ5_KReference(const float* x, const float* importance,
   const bool ok = QuantizeAffineSuperBlock<8, 31, 63>(x, importance, levels, sc,
                                                       mn, &y->d, &y->dmin);
   PackScalesMinsK4(sc, mn, y->scales);
-  std::memset(y->qh, 0, sizeof(y->qh));
-  for (int i = 0; i < 4; ++i) {
-    for (int l = 0; l < 32; ++l) {
-      const uint8_t lo = levels[64 * i + l], hi = levels[64 * i + 32 + l];
-      y->qs[32 * i + l] = static_cast<uint8_t>((lo & 15) | ((hi & 15) << 4));
-      y->qh[l] |= static_cast<uint8_t>(((lo >> 4) << (2 * i)) |
-                                       ((hi >> 4) << (2 * i + 1)));
-    }
-  }
+  PackLevelsQ5_K(levels, y);
   return ok;
 }
 
@@ -436,18 +465,7 @@ bool QuantizeBlockQ6_KReference(const float* x, const float* importance,
   uint8_t levels[kQkK];
   const bool ok = QuantizeSymmetricSuperBlock<32, 128>(x, importance, levels,
                                                        y->scales, &y->d);
-  for (int h = 0; h < 2; ++h) {
-    for (int l = 0; l < 32; ++l) {
-      const uint8_t* q = levels + 128 * h + l;
-      y->ql[64 * h + l] =
-          static_cast<uint8_t>((q[0] & 15) | ((q[64] & 15) << 4));
-      y->ql[64 * h + 32 + l] =
-          static_cast<uint8_t>((q[32] & 15) | ((q[96] & 15) << 4));
-      y->qh[32 * h + l] =
-          static_cast<uint8_t>((q[0] >> 4) | ((q[32] >> 4) << 2) |
-                               ((q[64] >> 4) << 4) | ((q[96] >> 4) << 6));
-    }
-  }
+  PackLevelsQ6_K(levels, y);
   return ok;
 }
 
@@ -528,6 +546,252 @@ void DequantizeBlockQ6_KReference(const BlockQ6_K& block, float* y) {
     const int high = (block.qh[32 * h + l] >> (2 * k)) & 3;
     y[e] = d * static_cast<float>(block.scales[e / 16]) *
            static_cast<float>((low | (high << 4)) - 32);
+  }
+}
+
+namespace {
+
+template <typename Block>
+Block LoadBlock(const uint8_t* data) {
+  Block block;
+  std::memcpy(&block, data, sizeof(Block));
+  return block;
+}
+
+template <typename Block>
+void StoreBlock(const Block& block, uint8_t* data) {
+  std::memcpy(data, &block, sizeof(Block));
+}
+
+// Element j (< 32) of a Q4_0 / Q4_1 block, as PackNibbles32 puts it.
+int Level4(const uint8_t qs[16], int j) {
+  return j < 16 ? qs[j] & 15 : qs[j - 16] >> 4;
+}
+
+// The k-quants with 8 sub-blocks of 32 (Q4_K, Q5_K): d sc[s] q - dmin mn[s].
+template <typename Block>
+void AffineK4Grid(const Block& b, BlockGrid* grid) {
+  const float d = HalfToFloat(b.d), dmin = HalfToFloat(b.dmin);
+  uint8_t sc[8], mn[8];
+  UnpackScalesMinsK4(b.scales, sc, mn);
+  for (int e = 0; e < kQkK; ++e) {
+    grid->step[e] = d * static_cast<float>(sc[e / 32]);
+    grid->offset[e] = -(dmin * static_cast<float>(mn[e / 32]));
+  }
+}
+
+}  // namespace
+
+BlockLevelRange GetBlockLevelRange(GgmlType type) {
+  switch (type) {
+    case GgmlType::kQ8_0:
+      return {-128, 127};
+    case GgmlType::kQ4_0:
+      return {-8, 7};
+    case GgmlType::kQ4_1:
+    case GgmlType::kQ4_K:
+      return {0, 15};
+    case GgmlType::kQ5_0:
+      return {-16, 15};
+    case GgmlType::kQ5_1:
+    case GgmlType::kQ5_K:
+      return {0, 31};
+    case GgmlType::kQ2_K:
+      return {0, 3};
+    case GgmlType::kQ3_K:
+      return {-4, 3};
+    case GgmlType::kQ6_K:
+      return {-32, 31};
+    default:
+      return {0, -1};
+  }
+}
+
+bool GetBlockGrid(GgmlType type, const uint8_t* data, BlockGrid* grid) {
+  const BlockLevelRange range = GetBlockLevelRange(type);
+  if (range.max < range.min) return false;
+  grid->range = range;
+  std::fill(std::begin(grid->offset), std::end(grid->offset), 0.0f);
+  switch (type) {
+    case GgmlType::kQ8_0: {
+      const auto b = LoadBlock<BlockQ8_0>(data);
+      for (int j = 0; j < kQk8_0; ++j) {
+        grid->step[j] = HalfToFloat(b.d);
+        grid->level[j] = b.qs[j];
+      }
+      return true;
+    }
+    case GgmlType::kQ4_0: {
+      const auto b = LoadBlock<BlockQ4_0>(data);
+      for (int j = 0; j < 32; ++j) {
+        grid->step[j] = HalfToFloat(b.d);
+        grid->level[j] = Level4(b.qs, j) + range.min;
+      }
+      return true;
+    }
+    case GgmlType::kQ4_1: {
+      const auto b = LoadBlock<BlockQ4_1>(data);
+      for (int j = 0; j < 32; ++j) {
+        grid->step[j] = HalfToFloat(b.d);
+        grid->offset[j] = HalfToFloat(b.m);
+        grid->level[j] = Level4(b.qs, j);
+      }
+      return true;
+    }
+    case GgmlType::kQ5_0: {
+      const auto b = LoadBlock<BlockQ5_0>(data);
+      for (int j = 0; j < 32; ++j) {
+        grid->step[j] = HalfToFloat(b.d);
+        grid->level[j] = Level5(b.qs, b.qh, j) + range.min;
+      }
+      return true;
+    }
+    case GgmlType::kQ5_1: {
+      const auto b = LoadBlock<BlockQ5_1>(data);
+      for (int j = 0; j < 32; ++j) {
+        grid->step[j] = HalfToFloat(b.d);
+        grid->offset[j] = HalfToFloat(b.m);
+        grid->level[j] = Level5(b.qs, b.qh, j);
+      }
+      return true;
+    }
+    case GgmlType::kQ2_K: {
+      const auto b = LoadBlock<BlockQ2_K>(data);
+      const float d = HalfToFloat(b.d), dmin = HalfToFloat(b.dmin);
+      for (int e = 0; e < kQkK; ++e) {
+        const uint8_t s = b.scales[e / 16];
+        grid->step[e] = d * static_cast<float>(s & 15);
+        grid->offset[e] = -(dmin * static_cast<float>(s >> 4));
+        grid->level[e] = Level2BitPlanes(b.qs, e);
+      }
+      return true;
+    }
+    case GgmlType::kQ3_K: {
+      const auto b = LoadBlock<BlockQ3_K>(data);
+      const float d = HalfToFloat(b.d);
+      for (int e = 0; e < kQkK; ++e) {
+        const int s = e / 16;
+        const int stored = ((b.scales[s % 8] >> (s < 8 ? 0 : 4)) & 15) |
+                           (((b.scales[8 + s % 4] >> (2 * (s / 4))) & 3) << 4);
+        grid->step[e] = d * static_cast<float>(stored - 32);
+        const int high = (b.hmask[e % 32] >> (e / 32)) & 1;
+        grid->level[e] = Level2BitPlanes(b.qs, e) + 4 * high + range.min;
+      }
+      return true;
+    }
+    case GgmlType::kQ4_K: {
+      const auto b = LoadBlock<BlockQ4_K>(data);
+      AffineK4Grid(b, grid);
+      for (int e = 0; e < kQkK; ++e) {
+        grid->level[e] =
+            (b.qs[32 * (e / 64) + e % 32] >> (4 * (e / 32 % 2))) & 15;
+      }
+      return true;
+    }
+    case GgmlType::kQ5_K: {
+      const auto b = LoadBlock<BlockQ5_K>(data);
+      AffineK4Grid(b, grid);
+      for (int e = 0; e < kQkK; ++e) {
+        const int s = e / 32;
+        grid->level[e] =
+            ((b.qs[32 * (e / 64) + e % 32] >> (4 * (s % 2))) & 15) |
+            (((b.qh[e % 32] >> s) & 1) << 4);
+      }
+      return true;
+    }
+    case GgmlType::kQ6_K: {
+      const auto b = LoadBlock<BlockQ6_K>(data);
+      const float d = HalfToFloat(b.d);
+      for (int e = 0; e < kQkK; ++e) {
+        const int h = e / 128, k = (e % 128) / 32, l = e % 32;
+        const int low = (b.ql[64 * h + 32 * (k % 2) + l] >> (4 * (k / 2))) & 15;
+        const int high = (b.qh[32 * h + l] >> (2 * k)) & 3;
+        grid->step[e] = d * static_cast<float>(b.scales[e / 16]);
+        grid->level[e] = (low | (high << 4)) + range.min;
+      }
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
+bool SetBlockLevels(GgmlType type, const int* levels, uint8_t* data) {
+  const BlockLevelRange range = GetBlockLevelRange(type);
+  if (range.max < range.min) return false;
+  const int64_t n = GetGgmlTypeTraits(type).block_size;
+  uint8_t stored[kQkK];
+  for (int64_t e = 0; e < n; ++e) {
+    stored[e] = static_cast<uint8_t>(
+        std::min(std::max(levels[e], range.min), range.max) - range.min);
+  }
+  switch (type) {
+    case GgmlType::kQ8_0: {
+      auto b = LoadBlock<BlockQ8_0>(data);
+      for (int j = 0; j < kQk8_0; ++j) {
+        b.qs[j] = static_cast<int8_t>(stored[j] + range.min);
+      }
+      StoreBlock(b, data);
+      return true;
+    }
+    case GgmlType::kQ4_0: {
+      auto b = LoadBlock<BlockQ4_0>(data);
+      PackNibbles32(stored, b.qs);
+      StoreBlock(b, data);
+      return true;
+    }
+    case GgmlType::kQ4_1: {
+      auto b = LoadBlock<BlockQ4_1>(data);
+      PackNibbles32(stored, b.qs);
+      StoreBlock(b, data);
+      return true;
+    }
+    case GgmlType::kQ5_0: {
+      auto b = LoadBlock<BlockQ5_0>(data);
+      PackNibbles32(stored, b.qs);
+      PackHighBits32(stored, b.qh);
+      StoreBlock(b, data);
+      return true;
+    }
+    case GgmlType::kQ5_1: {
+      auto b = LoadBlock<BlockQ5_1>(data);
+      PackNibbles32(stored, b.qs);
+      PackHighBits32(stored, b.qh);
+      StoreBlock(b, data);
+      return true;
+    }
+    case GgmlType::kQ2_K: {
+      auto b = LoadBlock<BlockQ2_K>(data);
+      Pack2BitPlanes(stored, b.qs);
+      StoreBlock(b, data);
+      return true;
+    }
+    case GgmlType::kQ3_K: {
+      auto b = LoadBlock<BlockQ3_K>(data);
+      PackLevelsQ3_K(stored, &b);
+      StoreBlock(b, data);
+      return true;
+    }
+    case GgmlType::kQ4_K: {
+      auto b = LoadBlock<BlockQ4_K>(data);
+      PackLevelsQ4_K(stored, &b);
+      StoreBlock(b, data);
+      return true;
+    }
+    case GgmlType::kQ5_K: {
+      auto b = LoadBlock<BlockQ5_K>(data);
+      PackLevelsQ5_K(stored, &b);
+      StoreBlock(b, data);
+      return true;
+    }
+    case GgmlType::kQ6_K: {
+      auto b = LoadBlock<BlockQ6_K>(data);
+      PackLevelsQ6_K(stored, &b);
+      StoreBlock(b, data);
+      return true;
+    }
+    default:
+      return false;
   }
 }
 

@@ -244,6 +244,31 @@ BlockQuantizeFn GetBlockQuantizer(GgmlType type, bool weighted);
 BlockDequantizeFn GetBlockDequantizer(GgmlType type);  // Block types.
 inline constexpr int64_t kMaxBlockBytes = sizeof(BlockQ6_K);
 
+// The values a quantized block holds with its scales (and mins) as they
+// are: element e is step[e] * level + offset[e] for an integer level in
+// [range.min, range.max]. Solvers that choose levels themselves (GPTQ on a
+// GGUF type's grid) read a fitted block's grid and write their levels back.
+struct BlockLevelRange {
+  int min = 0;
+  int max = -1;  // Below min: not a block type with levels.
+};
+// Q8_0 -128..127, Q4_0 -8..7, Q4_1 / Q4_K 0..15, Q5_0 -16..15, Q5_1 / Q5_K
+// 0..31, Q2_K 0..3, Q3_K -4..3, Q6_K -32..31; {0, -1} for other types.
+BlockLevelRange GetBlockLevelRange(GgmlType type);
+struct BlockGrid {
+  BlockLevelRange range;
+  float step[kQkK];
+  float offset[kQkK];
+  int level[kQkK];  // The levels the block holds.
+};
+// The grid of one block of `type` (the block types GetBlockDequantizer
+// serves); step * level + offset equals what the dequantizer computes
+// (zeros may differ in sign). False for other types.
+bool GetBlockGrid(GgmlType type, const uint8_t* block, BlockGrid* grid);
+// Replaces the levels of a block (block_size of them, clamped to the type's
+// range), keeping its scales and mins. False for other types.
+bool SetBlockLevels(GgmlType type, const int* levels, uint8_t* block);
+
 // The searched quantizers (and their optimized twins) refuse blocks with a
 // value beyond 2^30 in magnitude: no searched format has a scale reaching
 // that far (fp16 tops out at 65504, times at most 31 levels and 63 sub-block

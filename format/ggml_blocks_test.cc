@@ -731,6 +731,64 @@ TEST(GgmlBlocksTest, SearchedTypesRequantizeStably) {
   }
 }
 
+// A block's grid reproduces its dequantization exactly, and writing its
+// own levels back reproduces its bytes; other levels written into it
+// dequantize to their grid values, with the scales untouched.
+TEST(GgmlBlocksTest, BlockGridsMatchTheDequantizers) {
+  std::mt19937 rng(80);
+  for (const GgmlType type :
+       {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ4_1, GgmlType::kQ5_0,
+        GgmlType::kQ5_1, GgmlType::kQ2_K, GgmlType::kQ3_K, GgmlType::kQ4_K,
+        GgmlType::kQ5_K, GgmlType::kQ6_K}) {
+    const GgmlTypeTraits& traits = GetGgmlTypeTraits(type);
+    const std::vector<float> x = WeightLike(true, 81);
+    const int64_t n = static_cast<int64_t>(x.size());
+    const std::vector<uint8_t> q = Quantize(type, x);
+    const std::vector<float> y = Dequantize(type, q, n);
+    const BlockLevelRange range = GetBlockLevelRange(type);
+    ASSERT_LT(range.min, range.max) << traits.name;
+    std::uniform_int_distribution<int> any_level(range.min, range.max);
+    for (int64_t b = 0; b < n / traits.block_size; ++b) {
+      const uint8_t* block = q.data() + b * traits.type_size;
+      BlockGrid grid;
+      ASSERT_TRUE(GetBlockGrid(type, block, &grid)) << traits.name;
+      for (int64_t e = 0; e < traits.block_size; ++e) {
+        ASSERT_GE(grid.level[e], range.min);
+        ASSERT_LE(grid.level[e], range.max);
+        const float value =
+            grid.step[e] * static_cast<float>(grid.level[e]) + grid.offset[e];
+        ASSERT_EQ(value, y[b * traits.block_size + e])
+            << traits.name << " block " << b << " element " << e;
+      }
+      std::vector<uint8_t> copy(block, block + traits.type_size);
+      ASSERT_TRUE(SetBlockLevels(type, grid.level, copy.data()));
+      EXPECT_TRUE(std::equal(copy.begin(), copy.end(), block)) << traits.name;
+
+      int levels[kQkK];
+      for (int64_t e = 0; e < traits.block_size; ++e)
+        levels[e] = any_level(rng);
+      ASSERT_TRUE(SetBlockLevels(type, levels, copy.data()));
+      float z[kQkK];
+      GetBlockDequantizer(type)(copy.data(), z);
+      BlockGrid rewritten;
+      ASSERT_TRUE(GetBlockGrid(type, copy.data(), &rewritten));
+      for (int64_t e = 0; e < traits.block_size; ++e) {
+        ASSERT_EQ(rewritten.level[e], levels[e]) << traits.name << " " << e;
+        ASSERT_EQ(rewritten.step[e], grid.step[e]);
+        ASSERT_EQ(rewritten.offset[e], grid.offset[e]);
+        ASSERT_EQ(z[e],
+                  grid.step[e] * static_cast<float>(levels[e]) + grid.offset[e])
+            << traits.name << " element " << e;
+      }
+    }
+  }
+  EXPECT_LT(GetBlockLevelRange(GgmlType::kF16).max,
+            GetBlockLevelRange(GgmlType::kF16).min);
+  BlockGrid grid;
+  uint8_t block[4] = {};
+  EXPECT_FALSE(GetBlockGrid(GgmlType::kF32, block, &grid));
+}
+
 // Heavy importance on some columns lowers their error.
 TEST(GgmlBlocksTest, ImportanceLowersTheErrorWhereItIsHigh) {
   const std::vector<float> x = WeightLike(false, 79);

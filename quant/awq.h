@@ -33,6 +33,10 @@ struct AwqOptions {
   // The scale search measures its loss on this many calibration sequences
   // (the activation means use all of them).
   int64_t search_sequences = 16;
+  // Each block calibrated on the FP model's activations, as AutoAWQ does
+  // (the next block's input is the FP block's output); false: on the
+  // outputs of the quantized blocks before it, as GPTQ.
+  bool fp_inputs = false;
 };
 
 // AutoAWQ's pseudo-quantizer for groups of consecutive columns: zero_point:

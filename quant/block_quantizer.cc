@@ -189,6 +189,9 @@ class BlockQuantizer {
         seq_len_(seq_len),
         per_pass_(std::max<int64_t>(1, recipe.sequences_per_pass)),
         hidden_(hidden) {
+    if (recipe.method == QuantMethod::kAwq && recipe.awq.fp_inputs) {
+      fp_block_ = block;
+    }
     result_.weights = std::move(block);
   }
 
@@ -218,8 +221,11 @@ class BlockQuantizer {
         break;
     }
     if (sequences_ > 0) {
+      const bool fp_outputs =
+          recipe_.method == QuantMethod::kAwq && recipe_.awq.fp_inputs;
       RETURN_IF_ERROR(ForwardBlockInPasses(
-          forward_, result_.weights, sequences_, seq_len_, per_pass_, hidden_));
+          forward_, fp_outputs ? fp_block_ : result_.weights, sequences_,
+          seq_len_, per_pass_, hidden_));
     }
     result_.seconds = SecondsSince(start);
     return std::move(result_);
@@ -297,8 +303,13 @@ class BlockQuantizer {
         options.group_size = recipe_.formats[i].group_size;
         options.sym = recipe_.formats[i].sym;
         const std::vector<float> original = linear.weight;
-        absl::StatusOr<GptqResult> solved = GptqQuantize(
-            original.data(), linear.rows, linear.cols, *HessianOf(i), options);
+        absl::StatusOr<GptqResult> solved =
+            recipe_.gguf_grid[i].has_value()
+                ? GptqQuantizeGguf(original.data(), linear.rows, linear.cols,
+                                   *HessianOf(i), *recipe_.gguf_grid[i],
+                                   options)
+                : GptqQuantize(original.data(), linear.rows, linear.cols,
+                               *HessianOf(i), options);
         if (!solved.ok()) {
           return absl::Status(solved.status().code(),
                               absl::StrCat(kBlockLinearNames[i], ": ",
@@ -449,6 +460,7 @@ class BlockQuantizer {
   const BlockRecipe& recipe_;
   const int64_t sequences_, seq_len_, per_pass_;
   float* hidden_;
+  DecoderBlockWeights fp_block_;  // Kept for AWQ's FP outputs.
   BlockResult result_;
   struct Capture capture_;
   std::map<int, std::vector<double>> hessian_cache_;

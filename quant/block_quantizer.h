@@ -14,11 +14,13 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "format/ggml_type.h"
 #include "format/safetensors.h"
 #include "model/llama_forward.h"
 #include "quant/awq.h"
@@ -46,6 +48,9 @@ struct BlockRecipe {
   // desc_act, static_groups, mse (RTN too), damping and block_size (its
   // bits, group_size and sym are ignored: `formats` decides).
   GptqOptions gptq;
+  // GPTQ solves the linears given a type here on that GGUF type's own grid
+  // (GptqQuantizeGguf; `formats` then only labels the report).
+  std::array<std::optional<GgmlType>, kBlockLinears> gguf_grid;
   bool true_sequential = true;
   AwqOptions awq;
   // Sequences run through the block at once (activation memory).

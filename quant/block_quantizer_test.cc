@@ -97,6 +97,51 @@ TEST(BlockQuantizerTest, OutputsAreTheQuantizedBlocksForwardPass) {
   }
 }
 
+// GPTQ on GGUF grids (a Q4_K_M-like mix): each linear's solution is its
+// type's rows, the block computes with what they decode to, and the error
+// feedback still beats plain weighted quantization of the same type.
+TEST(BlockQuantizerTest, GptqOnGgufGridsGivesTheTypesRows) {
+  const Fixture f = MakeFixture(2);
+  BlockRecipe recipe = Recipe(QuantMethod::kGptq, 4, 32);
+  for (int i = 0; i < kBlockLinears; ++i) {
+    recipe.gguf_grid[i] = i == 2 || i == 6 ? GgmlType::kQ6_K : GgmlType::kQ4_K;
+  }
+  std::vector<float> out;
+  const BlockResult r = Quantize(f, recipe, out);
+  for (int i = 0; i < kBlockLinears; ++i) {
+    const QuantizedLinear& q = r.quantized[i];
+    const LinearWeights& linear = BlockLinear(r.weights, i);
+    ASSERT_EQ(q.gguf_type, recipe.gguf_grid[i]) << kBlockLinearNames[i];
+    EXPECT_EQ(q.gguf_rows.size(),
+              linear.rows * *GgmlRowBytes(*q.gguf_type, linear.cols));
+    EXPECT_EQ(q.Dequantize(), linear.weight);
+    EXPECT_GT(r.reports[i].relative_output_error, 0.0);
+    EXPECT_LT(r.reports[i].relative_output_error, 0.1) << kBlockLinearNames[i];
+  }
+  std::vector<float> expected = f.hidden;
+  const LlamaForward forward(f.spec, f.seq_len);
+  ASSERT_TRUE(ForwardBlockInPasses(forward, r.weights, f.sequences, f.seq_len,
+                                   3, expected.data())
+                  .ok());
+  EXPECT_EQ(out, expected);
+}
+
+// AutoAWQ's chaining: the next block's input is the FP block's output.
+TEST(BlockQuantizerTest, AwqWithFpInputsPassesTheFpOutputsOn) {
+  const Fixture f = MakeFixture(2);
+  BlockRecipe recipe = Recipe(QuantMethod::kAwq, 4, 64);
+  recipe.awq.fp_inputs = true;
+  std::vector<float> out;
+  const BlockResult r = Quantize(f, recipe, out);
+  std::vector<float> fp = f.hidden;
+  const LlamaForward forward(f.spec, f.seq_len);
+  ASSERT_TRUE(ForwardBlockInPasses(forward, f.block, f.sequences, f.seq_len, 6,
+                                   fp.data())
+                  .ok());
+  EXPECT_EQ(out, fp);
+  EXPECT_NE(BlockLinear(r.weights, 0).weight, f.block.q.weight);
+}
+
 TEST(BlockQuantizerTest, GptqBeatsRtnOnEveryLinear) {
   const Fixture f = MakeFixture(2);
   for (bool true_sequential : {true, false}) {

@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "common/json_util.h"
 #include "common/status_macros.h"
+#include "format/ggml_type.h"
 #include "format/safetensors.h"
 
 namespace quant {
@@ -82,6 +83,56 @@ nlohmann::json Number(double x) {
   return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr);
 }
 
+// A linear's integer levels, group parameters and g_idx.
+absl::Status ReadLevels(const SafetensorsFile& file, const std::string& name,
+                        QuantizedLinear& q) {
+  const TensorView* levels = file.Find(name + ".q");
+  if (levels == nullptr || levels->shape.size() != 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(file.path(), " lacks a 2-D tensor ", name, ".q"));
+  }
+  q.rows = levels->shape[0], q.cols = levels->shape[1];
+  std::vector<uint8_t> bytes;
+  RETURN_IF_ERROR(
+      Read(file, name + ".q", SafetensorsDType::kU8, {q.rows, q.cols}, bytes));
+  q.q.assign(bytes.begin(), bytes.end());
+  const TensorView* scales = file.Find(name + ".scales");
+  const int64_t groups =
+      scales != nullptr && !scales->shape.empty() ? scales->shape[0] : 0;
+  RETURN_IF_ERROR(Read(file, name + ".scales", SafetensorsDType::kF32,
+                       {groups, q.rows}, q.scales));
+  RETURN_IF_ERROR(Read(file, name + ".zeros", SafetensorsDType::kI32,
+                       {groups, q.rows}, q.zeros));
+  RETURN_IF_ERROR(
+      Read(file, name + ".g_idx", SafetensorsDType::kI32, {q.cols}, q.g_idx));
+  for (int32_t g : q.g_idx) {
+    if (g < 0 || g >= groups) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          file.path(), ": ", name, ".g_idx holds group ", g, " of ", groups));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// A linear solved on a GGUF type's grid: its rows in that type.
+absl::Status ReadGgufRows(const SafetensorsFile& file, const std::string& name,
+                          const nlohmann::json& format, QuantizedLinear& q) {
+  ASSIGN_OR_RETURN(const GgmlType type,
+                   ParseGgmlType(format.at("gguf_type").get<std::string>()));
+  q.gguf_type = type;
+  q.cols = format.at("cols").get<int64_t>();
+  const absl::StatusOr<uint64_t> row_bytes = GgmlRowBytes(type, q.cols);
+  const TensorView* rows = file.Find(name + ".gguf");
+  if (!row_bytes.ok() || rows == nullptr || rows->shape.size() != 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(file.path(), " lacks the ", GgmlTypeName(type), " rows ",
+                     name, ".gguf of ", q.cols, " columns"));
+  }
+  q.rows = rows->shape[0];
+  return Read(file, name + ".gguf", SafetensorsDType::kU8,
+              {q.rows, static_cast<int64_t>(*row_bytes)}, q.gguf_rows);
+}
+
 }  // namespace
 
 nlohmann::json BlockReportJson(const BlockResult& result) {
@@ -108,15 +159,22 @@ absl::Status SaveBlockResult(const std::string& path,
   for (int i = 0; i < kBlockLinears; ++i) {
     const QuantizedLinear& q = result.quantized[i];
     const std::string name(kBlockLinearNames[i]);
-    levels[i].assign(q.q.begin(), q.q.end());  // Levels < 2^8.
-    items.push_back(MakeItem(name + ".q", SafetensorsDType::kU8,
-                             {q.rows, q.cols}, levels[i]));
-    items.push_back(MakeItem(name + ".scales", SafetensorsDType::kF32,
-                             {q.groups(), q.rows}, q.scales));
-    items.push_back(MakeItem(name + ".zeros", SafetensorsDType::kI32,
-                             {q.groups(), q.rows}, q.zeros));
-    items.push_back(
-        MakeItem(name + ".g_idx", SafetensorsDType::kI32, {q.cols}, q.g_idx));
+    if (q.gguf_type.has_value()) {
+      items.push_back(
+          MakeItem(name + ".gguf", SafetensorsDType::kU8,
+                   {q.rows, static_cast<int64_t>(q.gguf_rows.size()) / q.rows},
+                   q.gguf_rows));
+    } else {
+      levels[i].assign(q.q.begin(), q.q.end());  // Levels < 2^8.
+      items.push_back(MakeItem(name + ".q", SafetensorsDType::kU8,
+                               {q.rows, q.cols}, levels[i]));
+      items.push_back(MakeItem(name + ".scales", SafetensorsDType::kF32,
+                               {q.groups(), q.rows}, q.scales));
+      items.push_back(MakeItem(name + ".zeros", SafetensorsDType::kI32,
+                               {q.groups(), q.rows}, q.zeros));
+      items.push_back(
+          MakeItem(name + ".g_idx", SafetensorsDType::kI32, {q.cols}, q.g_idx));
+    }
     const LinearWeights& linear = BlockLinear(result.weights, i);
     if (!linear.bias.empty()) {
       items.push_back(MakeItem(name + ".bias", SafetensorsDType::kF32,
@@ -134,7 +192,12 @@ absl::Status SaveBlockResult(const std::string& path,
                            result.weights.ffn_norm));
   nlohmann::json formats = nlohmann::json::array();
   for (const QuantizedLinear& q : result.quantized) {
-    formats.push_back({{"bits", q.bits}, {"group_size", q.group_size}});
+    nlohmann::json format = {{"bits", q.bits}, {"group_size", q.group_size}};
+    if (q.gguf_type.has_value()) {
+      format["gguf_type"] = std::string(GgmlTypeName(*q.gguf_type));
+      format["cols"] = q.cols;
+    }
+    formats.push_back(std::move(format));
   }
   return WriteItems(path, items,
                     {{"report", BlockReportJson(result).dump()},
@@ -162,33 +225,13 @@ absl::StatusOr<BlockResult> LoadBlockResult(const std::string& path) {
   try {
     for (int i = 0; i < kBlockLinears; ++i) {
       const std::string name(kBlockLinearNames[i]);
-      const TensorView* levels = file->Find(name + ".q");
-      if (levels == nullptr || levels->shape.size() != 2) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(path, " lacks a 2-D tensor ", name, ".q"));
-      }
       QuantizedLinear& q = result.quantized[i];
-      q.rows = levels->shape[0], q.cols = levels->shape[1];
       q.bits = formats[i].at("bits").get<int>();
       q.group_size = formats[i].at("group_size").get<int>();
-      std::vector<uint8_t> bytes;
-      RETURN_IF_ERROR(Read(*file, name + ".q", SafetensorsDType::kU8,
-                           {q.rows, q.cols}, bytes));
-      q.q.assign(bytes.begin(), bytes.end());
-      const TensorView* scales = file->Find(name + ".scales");
-      const int64_t groups =
-          scales != nullptr && !scales->shape.empty() ? scales->shape[0] : 0;
-      RETURN_IF_ERROR(Read(*file, name + ".scales", SafetensorsDType::kF32,
-                           {groups, q.rows}, q.scales));
-      RETURN_IF_ERROR(Read(*file, name + ".zeros", SafetensorsDType::kI32,
-                           {groups, q.rows}, q.zeros));
-      RETURN_IF_ERROR(Read(*file, name + ".g_idx", SafetensorsDType::kI32,
-                           {q.cols}, q.g_idx));
-      for (int32_t g : q.g_idx) {
-        if (g < 0 || g >= groups) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              path, ": ", name, ".g_idx holds group ", g, " of ", groups));
-        }
+      if (formats[i].contains("gguf_type")) {
+        RETURN_IF_ERROR(ReadGgufRows(*file, name, formats[i], q));
+      } else {
+        RETURN_IF_ERROR(ReadLevels(*file, name, q));
       }
       LinearWeights& linear = BlockLinear(result.weights, i);
       linear.rows = q.rows, linear.cols = q.cols;

@@ -11,6 +11,8 @@
 namespace quant {
 namespace {
 
+constexpr int kGgufLinear = 5;
+
 BlockResult RandomResult() {
   std::mt19937 rng(4);
   BlockResult r;
@@ -20,7 +22,15 @@ BlockResult RandomResult() {
     std::vector<float> w(rows * cols);
     std::normal_distribution<float> normal;
     for (float& x : w) x = normal(rng);
-    q = RtnQuantize(w.data(), rows, cols, 3, 32, false);
+    if (i == kGgufLinear) {  // Solved on Q4_0's grid: rows of blocks.
+      std::vector<double> h(cols * cols, 0.0);
+      for (int64_t j = 0; j < cols; ++j) h[j * cols + j] = 1.0 + j;
+      absl::StatusOr<GptqResult> solved = GptqQuantizeGguf(
+          w.data(), rows, cols, h, GgmlType::kQ4_0, GptqOptions());
+      q = std::move(solved->quantized);
+    } else {
+      q = RtnQuantize(w.data(), rows, cols, 3, 32, false);
+    }
     LinearWeights& linear = BlockLinear(r.weights, i);
     linear.rows = rows, linear.cols = cols;
     linear.weight = q->Dequantize();
@@ -51,13 +61,18 @@ TEST(BlockStoreTest, BlockResultRoundTrips) {
     EXPECT_EQ(back->quantized[i].scales, r.quantized[i].scales);
     EXPECT_EQ(back->quantized[i].zeros, r.quantized[i].zeros);
     EXPECT_EQ(back->quantized[i].g_idx, r.quantized[i].g_idx);
-    EXPECT_EQ(back->quantized[i].bits, 3);
+    EXPECT_EQ(back->quantized[i].bits, r.quantized[i].bits);
+    EXPECT_EQ(back->quantized[i].gguf_type, r.quantized[i].gguf_type);
+    EXPECT_EQ(back->quantized[i].gguf_rows, r.quantized[i].gguf_rows);
     EXPECT_EQ(BlockLinear(back->weights, i).weight,
               BlockLinear(r.weights, i).weight);
     EXPECT_EQ(BlockLinear(back->weights, i).bias,
               BlockLinear(r.weights, i).bias);
     EXPECT_EQ(back->importance[i], r.importance[i]);
   }
+  EXPECT_EQ(back->quantized[kGgufLinear].gguf_type, GgmlType::kQ4_0);
+  EXPECT_EQ(back->quantized[kGgufLinear].gguf_rows.size(), 13u * 2 * 18);
+  EXPECT_EQ(back->quantized[0].bits, 3);
   EXPECT_TRUE(std::isnan(back->reports[0].proxy_loss));
   EXPECT_EQ(back->reports[2].proxy_loss, 0.5);
   EXPECT_EQ(back->weights.ffn_norm, r.weights.ffn_norm);

@@ -5,10 +5,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <functional>
 #include <limits>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "format/ggml_blocks.h"
 #include "format/half.h"
 
 namespace quant {
@@ -152,6 +156,15 @@ float RoundScaleToHalf(float scale) {
 
 std::vector<float> QuantizedLinear::Dequantize() const {
   std::vector<float> w(static_cast<size_t>(rows * cols));
+  if (gguf_type.has_value()) {
+    const BlockDequantizeFn dequantize = GetBlockDequantizer(*gguf_type);
+    const GgmlTypeTraits& traits = GetGgmlTypeTraits(*gguf_type);
+    for (int64_t i = 0; i < rows * cols / traits.block_size; ++i) {
+      dequantize(gguf_rows.data() + i * traits.type_size,
+                 w.data() + i * traits.block_size);
+    }
+    return w;
+  }
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < cols; ++c) {
       const int64_t g = g_idx[c];
@@ -193,14 +206,41 @@ absl::StatusOr<QuantizedLinear> RtnQuantize(const float* w, int64_t rows,
   return out;
 }
 
-absl::StatusOr<GptqResult> GptqQuantize(const float* w_in, int64_t rows,
-                                        int64_t cols,
-                                        const std::vector<double>& hessian,
-                                        const GptqOptions& options) {
-  if (absl::Status s = CheckShape(rows, cols, options.bits, options.group_size);
-      !s.ok()) {
-    return s;
-  }
+namespace {
+
+// The grid GPTQ rounds each weight onto, column by column, and what it
+// records of the solution.
+class Grid {
+ public:
+  virtual ~Grid() = default;
+  // Columns per group whose parameters are fitted on the running weights
+  // when the solve reaches the group (in solve order); 0: all fixed up front.
+  virtual int64_t group_width() const = 0;
+  // Before the solve: the weights in their original column order, dead
+  // columns zeroed.
+  virtual absl::Status FitUpFront(const float* w) = 0;
+  // The group at solve positions [first, first + width): value(r, k) is the
+  // running weight of row r at position first + k.
+  virtual absl::Status FitGroup(
+      int64_t first, int64_t width,
+      const std::function<float(int64_t, int64_t)>& value) = 0;
+  // The grid value for running weight x at (row, column), column in the
+  // original order; the grid records the level.
+  virtual float Quantize(int64_t row, int64_t column, float x) = 0;
+};
+
+struct SolveStats {
+  double loss = 0;
+  double damp_percent_used = 0;
+};
+
+// GPTQ's error-feedback solve: columns in order (or by decreasing Hessian
+// diagonal with desc_act), each rounded onto `grid` and its error spread
+// over the columns not yet quantized through the Cholesky factor of H^-1,
+// in lazy batches of block_size columns.
+absl::StatusOr<SolveStats> Solve(const float* w_in, int64_t rows, int64_t cols,
+                                 const std::vector<double>& hessian,
+                                 const GptqOptions& options, Grid& grid) {
   if (static_cast<int64_t>(hessian.size()) != cols * cols) {
     return absl::InvalidArgumentError(absl::StrCat(
         "the Hessian has ", hessian.size(), " entries, expected ", cols, "^2"));
@@ -211,8 +251,6 @@ absl::StatusOr<GptqResult> GptqQuantize(const float* w_in, int64_t rows,
         "block_size and damp_auto_increment must be positive, damp_percent "
         "non-negative");
   }
-  const int maxq = (1 << options.bits) - 1;
-  const int64_t gs = options.group_size;
   std::vector<float> w(w_in, w_in + rows * cols);
   std::vector<double> h = hessian;
   // Dead inputs (never active): no information, weight zeroed.
@@ -222,25 +260,7 @@ absl::StatusOr<GptqResult> GptqQuantize(const float* w_in, int64_t rows,
       for (int64_t r = 0; r < rows; ++r) w[r * cols + j] = 0;
     }
   }
-  QuantizedLinear out;
-  out.rows = rows, out.cols = cols, out.bits = options.bits;
-  out.group_size = options.group_size;
-  out.q.resize(static_cast<size_t>(rows * cols));
-  out.g_idx.resize(static_cast<size_t>(cols));
-
-  // Group parameters fixed up front: per row (-1), or static groups.
-  std::vector<GroupParams> fixed;
-  if (gs < 0) {
-    fixed.push_back(
-        FindParams(rows, cols, maxq, options.sym, options.mse,
-                   [&](int64_t r, int64_t k) { return w[r * cols + k]; }));
-  } else if (options.static_groups) {
-    for (int64_t first = 0; first < cols; first += gs) {
-      fixed.push_back(FindParams(
-          rows, std::min(gs, cols - first), maxq, options.sym, options.mse,
-          [&](int64_t r, int64_t k) { return w[r * cols + first + k]; }));
-    }
-  }
+  RETURN_IF_ERROR(grid.FitUpFront(w.data()));
 
   // Act-order: columns by decreasing Hessian diagonal (stable).
   std::vector<int64_t> perm(static_cast<size_t>(cols));
@@ -268,29 +288,25 @@ absl::StatusOr<GptqResult> GptqQuantize(const float* w_in, int64_t rows,
   for (int64_t j = 0; j < cols; ++j) mean_diagonal += h[j * cols + j];
   mean_diagonal /= static_cast<double>(cols);
   std::vector<float> hinv;
-  double damp_percent = options.damp_percent;
-  while (!InverseCholesky(h, cols, damp_percent * mean_diagonal, hinv)) {
-    damp_percent += options.damp_auto_increment;
-    if (damp_percent > 1.0) {
+  SolveStats stats;
+  stats.damp_percent_used = options.damp_percent;
+  while (!InverseCholesky(h, cols, stats.damp_percent_used * mean_diagonal,
+                          hinv)) {
+    stats.damp_percent_used += options.damp_auto_increment;
+    if (stats.damp_percent_used > 1.0) {
       return absl::FailedPreconditionError(
           "the Hessian is not positive definite even with 100% dampening");
     }
   }
   h = {};
 
-  GptqResult result;
-  result.damp_percent_used = damp_percent;
+  const int64_t gs = grid.group_width();
   // Blocks hold whole groups when groups are smaller, so that a group's
   // parameters are always found on fully updated weights.
   int64_t block = options.block_size;
   if (gs > 0 && gs < block) block = (block / gs) * gs;
-  std::vector<float> errors;  // [rows, block]: (w - q) / d of the block.
-  std::vector<int32_t> permuted_q(static_cast<size_t>(rows * cols));
-  std::vector<int32_t> permuted_group(static_cast<size_t>(cols));
-  GroupParams current;
+  std::vector<float> errors;       // [rows, block]: (w - q) / d of the block.
   std::vector<float> block_start;  // [rows, block]: w as the block began.
-  int64_t groups_found = 0;
-  double loss = 0;
   for (int64_t i1 = 0; i1 < cols; i1 += block) {
     const int64_t i2 = std::min(i1 + block, cols), count = i2 - i1;
     errors.assign(static_cast<size_t>(rows * count), 0.0f);
@@ -302,47 +318,29 @@ absl::StatusOr<GptqResult> GptqQuantize(const float* w_in, int64_t rows,
       }
     }
     for (int64_t j = i1; j < i2; ++j) {
-      const GroupParams* params;
-      if (gs < 0) {
-        params = &fixed[0];
-        permuted_group[j] = 0;
-      } else if (options.static_groups) {
-        params = &fixed[perm[j] / gs];
-        permuted_group[j] = static_cast<int32_t>(perm[j] / gs);
-      } else {
-        if (j % gs == 0) {
-          // Columns past this block still lack its pending updates.
-          const int64_t width = std::min(gs, cols - j);
-          current = FindParams(
-              rows, width, maxq, options.sym, options.mse,
-              [&](int64_t r, int64_t k) {
-                const int64_t c = j + k;
-                if (options.group_params_at_block_start) {
-                  return c < i2 ? block_start[r * count + c - i1]
-                                : w[r * cols + c];
+      if (gs > 0 && j % gs == 0) {
+        // Columns past this block still lack its pending updates.
+        RETURN_IF_ERROR(
+            grid.FitGroup(j, std::min(gs, cols - j), [&](int64_t r, int64_t k) {
+              const int64_t c = j + k;
+              if (options.group_params_at_block_start) {
+                return c < i2 ? block_start[r * count + c - i1]
+                              : w[r * cols + c];
+              }
+              float v = w[r * cols + c];
+              if (c >= i2) {
+                for (int64_t m = 0; m < j - i1; ++m) {
+                  v -= errors[r * count + m] * hinv[(i1 + m) * cols + c];
                 }
-                float v = w[r * cols + c];
-                if (c >= i2) {
-                  for (int64_t m = 0; m < j - i1; ++m) {
-                    v -= errors[r * count + m] * hinv[(i1 + m) * cols + c];
-                  }
-                }
-                return v;
-              });
-          AppendParams(current, out);
-          ++groups_found;
-        }
-        params = &current;
-        permuted_group[j] = static_cast<int32_t>(groups_found - 1);
+              }
+              return v;
+            }));
       }
       const float d = hinv[j * cols + j];
       for (int64_t r = 0; r < rows; ++r) {
         const float x = w[r * cols + j];
-        const int32_t q = Level(x, params->scale[r], params->zero[r], maxq);
-        permuted_q[r * cols + j] = q;
-        const float e =
-            (x - Dequantize(q, params->scale[r], params->zero[r])) / d;
-        loss += static_cast<double>(e) * e / 2;
+        const float e = (x - grid.Quantize(r, perm[j], x)) / d;
+        stats.loss += static_cast<double>(e) * e / 2;
         errors[r * count + (j - i1)] = e;
         float* row = w.data() + r * cols;
         const float* hrow = hinv.data() + j * cols;
@@ -358,19 +356,252 @@ absl::StatusOr<GptqResult> GptqQuantize(const float* w_in, int64_t rows,
           static_cast<int>(cols), 1.0f, w.data() + i2, static_cast<int>(cols));
     }
   }
-  if (gs < 0) AppendParams(fixed[0], out);
-  if (gs > 0 && options.static_groups) {
-    for (const GroupParams& p : fixed) AppendParams(p, out);
+  return stats;
+}
+
+// The min-max grid of GPTQ checkpoints: scale * (q - zero) per group, with
+// groups per row (-1), static (fitted up front on the original columns) or
+// fitted as the solve reaches them (in solve order, hence g_idx).
+class MinMaxGrid : public Grid {
+ public:
+  MinMaxGrid(int64_t rows, int64_t cols, const GptqOptions& options)
+      : options_(options), maxq_((1 << options.bits) - 1) {
+    out_.rows = rows, out_.cols = cols, out_.bits = options.bits;
+    out_.group_size = options.group_size;
+    out_.q.resize(static_cast<size_t>(rows * cols));
+    out_.g_idx.resize(static_cast<size_t>(cols));
   }
-  for (int64_t j = 0; j < cols; ++j) {
-    out.g_idx[perm[j]] = permuted_group[j];
-    for (int64_t r = 0; r < rows; ++r) {
-      out.q[r * cols + perm[j]] = permuted_q[r * cols + j];
+
+  int64_t group_width() const override {
+    return options_.group_size > 0 && !options_.static_groups
+               ? options_.group_size
+               : 0;
+  }
+
+  absl::Status FitUpFront(const float* w) override {
+    const int64_t rows = out_.rows, cols = out_.cols, gs = options_.group_size;
+    if (gs < 0) {
+      fixed_.push_back(
+          FindParams(rows, cols, maxq_, options_.sym, options_.mse,
+                     [&](int64_t r, int64_t k) { return w[r * cols + k]; }));
+    } else if (options_.static_groups) {
+      for (int64_t first = 0; first < cols; first += gs) {
+        fixed_.push_back(FindParams(
+            rows, std::min(gs, cols - first), maxq_, options_.sym, options_.mse,
+            [&](int64_t r, int64_t k) { return w[r * cols + first + k]; }));
+      }
     }
+    return absl::OkStatus();
   }
-  result.quantized = std::move(out);
-  result.loss = loss;
-  return result;
+
+  absl::Status FitGroup(
+      int64_t, int64_t width,
+      const std::function<float(int64_t, int64_t)>& value) override {
+    current_ =
+        FindParams(out_.rows, width, maxq_, options_.sym, options_.mse, value);
+    AppendParams(current_, out_);
+    ++groups_fitted_;
+    return absl::OkStatus();
+  }
+
+  float Quantize(int64_t row, int64_t column, float x) override {
+    const GroupParams* params = &current_;
+    int64_t group = groups_fitted_ - 1;
+    if (options_.group_size < 0) {
+      params = &fixed_[0], group = 0;
+    } else if (options_.static_groups) {
+      group = column / options_.group_size;
+      params = &fixed_[group];
+    }
+    out_.g_idx[column] = static_cast<int32_t>(group);
+    const int32_t q = Level(x, params->scale[row], params->zero[row], maxq_);
+    out_.q[row * out_.cols + column] = q;
+    return quant::Dequantize(q, params->scale[row], params->zero[row]);
+  }
+
+  QuantizedLinear Take() {
+    for (const GroupParams& p : fixed_) AppendParams(p, out_);
+    return std::move(out_);
+  }
+
+ private:
+  const GptqOptions& options_;
+  const int maxq_;
+  QuantizedLinear out_;
+  std::vector<GroupParams> fixed_;
+  GroupParams current_;
+  int64_t groups_fitted_ = 0;
+};
+
+// The quantizer that fits a block of `type`: the importance-weighted search
+// where the type has one, llama.cpp's min-max rule for Q8_0 (which ignores
+// importance, as llama.cpp does).
+BlockQuantizeFn BlockFitter(GgmlType type) {
+  if (type != GgmlType::kQ8_0) return GetBlockQuantizer(type, true);
+  return [](const float* x, const float*, uint8_t* out) {
+    BlockQ8_0 block;
+    QuantizeBlockQ8_0Reference(x, &block);
+    std::memcpy(out, &block, sizeof(block));
+    return IsFiniteHalf(block.d);
+  };
+}
+
+// A GGUF block type's own grid: each block (a row's block_size consecutive
+// columns) fitted by the type's importance-weighted quantizer on the
+// running weights when the solve reaches it (up front with act-order or
+// static groups), then every weight rounded onto the block's grid.
+class GgufGrid : public Grid {
+ public:
+  GgufGrid(GgmlType type, int64_t rows, int64_t cols,
+           std::vector<float> importance, bool up_front)
+      : type_(type),
+        traits_(GetGgmlTypeTraits(type)),
+        rows_(rows),
+        cols_(cols),
+        row_bytes_(cols / traits_.block_size * traits_.type_size),
+        importance_(std::move(importance)),
+        up_front_(up_front),
+        range_(GetBlockLevelRange(type)),
+        quantize_block_(BlockFitter(type)),
+        data_(static_cast<size_t>(rows * row_bytes_)),
+        step_(static_cast<size_t>(rows * cols)),
+        offset_(static_cast<size_t>(rows * cols)),
+        levels_(static_cast<size_t>(rows * cols)) {}
+
+  int64_t group_width() const override {
+    return up_front_ ? 0 : traits_.block_size;
+  }
+
+  absl::Status FitUpFront(const float* w) override {
+    if (!up_front_) return absl::OkStatus();
+    for (int64_t first = 0; first < cols_; first += traits_.block_size) {
+      RETURN_IF_ERROR(FitBlocks(first, [&](int64_t r, int64_t k) {
+        return w[r * cols_ + first + k];
+      }));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status FitGroup(
+      int64_t first, int64_t,
+      const std::function<float(int64_t, int64_t)>& value) override {
+    return FitBlocks(first, value);  // Solve order is column order here.
+  }
+
+  float Quantize(int64_t row, int64_t column, float x) override {
+    const size_t i = static_cast<size_t>(row * cols_ + column);
+    const float step = step_[i], offset = offset_[i];
+    // A zero step (an unused sub-block scale) holds one value: level 0
+    // where the range has it, else the range's bottom.
+    int level = std::max(range_.min, 0);
+    if (step != 0) {
+      const float q = std::nearbyint((x - offset) / step);
+      level =
+          static_cast<int>(std::min(std::max(q, static_cast<float>(range_.min)),
+                                    static_cast<float>(range_.max)));
+    }
+    levels_[i] = level;
+    return step * static_cast<float>(level) + offset;
+  }
+
+  QuantizedLinear Take() {
+    const int64_t block = traits_.block_size;
+    for (int64_t r = 0; r < rows_; ++r) {
+      for (int64_t first = 0; first < cols_; first += block) {
+        SetBlockLevels(type_, levels_.data() + r * cols_ + first,
+                       BlockBytes(r, first));
+      }
+    }
+    QuantizedLinear out;
+    out.rows = rows_, out.cols = cols_;
+    out.bits = 0;  // Bits per level: 2 to 8.
+    while ((1 << out.bits) < range_.max - range_.min + 1) ++out.bits;
+    out.group_size = static_cast<int>(block);
+    out.gguf_type = type_;
+    out.gguf_rows = std::move(data_);
+    return out;
+  }
+
+ private:
+  uint8_t* BlockBytes(int64_t row, int64_t first) {
+    return data_.data() + row * row_bytes_ +
+           first / traits_.block_size * traits_.type_size;
+  }
+
+  absl::Status FitBlocks(int64_t first,
+                         const std::function<float(int64_t, int64_t)>& value) {
+    const int64_t block = traits_.block_size;
+    std::vector<float> x(static_cast<size_t>(block));
+    BlockGrid grid;
+    for (int64_t r = 0; r < rows_; ++r) {
+      for (int64_t k = 0; k < block; ++k) x[k] = value(r, k);
+      uint8_t* bytes = BlockBytes(r, first);
+      if (!quantize_block_(x.data(), importance_.data() + first, bytes)) {
+        RETURN_IF_ERROR(CheckRepresentable(type_, x.data(), block, r,
+                                           importance_.data() + first));
+        return absl::InternalError(absl::StrCat(traits_.name, " block at row ",
+                                                r, ", column ", first,
+                                                " failed to quantize"));
+      }
+      GetBlockGrid(type_, bytes, &grid);
+      std::copy_n(grid.step, block, step_.data() + r * cols_ + first);
+      std::copy_n(grid.offset, block, offset_.data() + r * cols_ + first);
+    }
+    return absl::OkStatus();
+  }
+
+  const GgmlType type_;
+  const GgmlTypeTraits& traits_;
+  const int64_t rows_, cols_, row_bytes_;
+  const std::vector<float> importance_;
+  const bool up_front_;
+  const BlockLevelRange range_;
+  const BlockQuantizeFn quantize_block_;
+  std::vector<uint8_t> data_;         // The rows in type_, levels written last.
+  std::vector<float> step_, offset_;  // [rows, cols]: each weight's grid.
+  std::vector<int> levels_;           // [rows, cols].
+};
+
+}  // namespace
+
+absl::StatusOr<GptqResult> GptqQuantize(const float* w, int64_t rows,
+                                        int64_t cols,
+                                        const std::vector<double>& hessian,
+                                        const GptqOptions& options) {
+  RETURN_IF_ERROR(CheckShape(rows, cols, options.bits, options.group_size));
+  MinMaxGrid grid(rows, cols, options);
+  ASSIGN_OR_RETURN(const SolveStats stats,
+                   Solve(w, rows, cols, hessian, options, grid));
+  return GptqResult{grid.Take(), stats.loss, stats.damp_percent_used};
+}
+
+absl::StatusOr<GptqResult> GptqQuantizeGguf(const float* w, int64_t rows,
+                                            int64_t cols,
+                                            const std::vector<double>& hessian,
+                                            GgmlType type,
+                                            const GptqOptions& options) {
+  if (GetBlockLevelRange(type).max < GetBlockLevelRange(type).min) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "GPTQ cannot solve on the grid of GGUF type ", GgmlTypeName(type)));
+  }
+  // Shape: 8 bits and one group per row pass for any type; then the
+  // columns must make whole blocks.
+  RETURN_IF_ERROR(CheckShape(rows, cols, 8, -1));
+  RETURN_IF_ERROR(GgmlRowBytes(type, cols).status());
+  if (static_cast<int64_t>(hessian.size()) != cols * cols) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the Hessian has ", hessian.size(), " entries, expected ", cols, "^2"));
+  }
+  std::vector<float> importance(static_cast<size_t>(cols));
+  for (int64_t j = 0; j < cols; ++j) {
+    importance[j] = static_cast<float>(hessian[j * cols + j]);
+  }
+  RETURN_IF_ERROR(CheckImportance(importance.data(), cols));
+  GgufGrid grid(type, rows, cols, std::move(importance),
+                /*up_front=*/options.desc_act || options.static_groups);
+  ASSIGN_OR_RETURN(const SolveStats stats,
+                   Solve(w, rows, cols, hessian, options, grid));
+  return GptqResult{grid.Take(), stats.loss, stats.damp_percent_used};
 }
 
 }  // namespace quant

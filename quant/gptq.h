@@ -13,9 +13,11 @@
 #define QUANT_GPTQ_H_
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "format/ggml_type.h"
 
 namespace quant {
 
@@ -52,10 +54,15 @@ struct QuantizedLinear {
   std::vector<float> scales;   // [groups, rows].
   std::vector<int32_t> zeros;  // [groups, rows].
   std::vector<int32_t> g_idx;  // [cols]: the group of each input column.
+  // Set for a solution on a GGUF type's grid (GptqQuantizeGguf): the rows
+  // encoded in that type; q, scales, zeros and g_idx are then empty, bits
+  // is the level width and group_size the type's block size.
+  std::optional<GgmlType> gguf_type;
+  std::vector<uint8_t> gguf_rows;
   int64_t groups() const {
     return rows == 0 ? 0 : static_cast<int64_t>(scales.size()) / rows;
   }
-  // scale * (q - zero), [rows, cols].
+  // scale * (q - zero), or the GGUF rows decoded; [rows, cols].
   std::vector<float> Dequantize() const;
 };
 
@@ -86,6 +93,22 @@ absl::StatusOr<GptqResult> GptqQuantize(const float* w, int64_t rows,
                                         int64_t cols,
                                         const std::vector<double>& hessian,
                                         const GptqOptions& options);
+
+// GPTQ onto the grid of GGUF block type `type` itself (Q4_0, Q5_0, Q8_0,
+// Q4_1, Q5_1, Q2_K..Q6_K), so that the solution is the file's content, not
+// re-fitted into it: when the solve reaches a block (a row's block_size
+// consecutive columns), the type's quantizer fits the block's scales (and
+// mins) on the running weights with the Hessian diagonal as importance;
+// each weight is then rounded onto that block's grid and its error fed
+// forward as GPTQ does. With desc_act or static_groups the blocks are fitted
+// up front on the original weights. Uses desc_act, static_groups, damping,
+// block_size and group_params_at_block_start of `options`. InvalidArgument
+// for other types or columns that are not whole blocks.
+absl::StatusOr<GptqResult> GptqQuantizeGguf(const float* w, int64_t rows,
+                                            int64_t cols,
+                                            const std::vector<double>& hessian,
+                                            GgmlType type,
+                                            const GptqOptions& options);
 
 }  // namespace quant
 

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "format/ggml_blocks.h"
 #include "format/half.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -342,6 +343,148 @@ TEST(GptqTest, GroupParamsAtBlockStartWithOneBlockAreStaticGroups) {
   const auto c = GptqQuantize(p.w.data(), 12, 96, p.h, at_start);
   ASSERT_TRUE(c.ok());
   EXPECT_NE(c->quantized.scales, b->quantized.scales);
+}
+
+constexpr GgmlType kGgufGridTypes[] = {
+    GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ4_1, GgmlType::kQ5_0,
+    GgmlType::kQ5_1, GgmlType::kQ2_K, GgmlType::kQ3_K, GgmlType::kQ4_K,
+    GgmlType::kQ5_K, GgmlType::kQ6_K};
+
+// The type's own quantizer with the Hessian diagonal as importance: what
+// re-fitting (or plain imatrix quantization) gives.
+std::vector<uint8_t> WeightedRows(const Problem& p, GgmlType type) {
+  const int64_t row_bytes = static_cast<int64_t>(*GgmlRowBytes(type, p.cols));
+  std::vector<float> importance(p.cols);
+  for (int64_t j = 0; j < p.cols; ++j) importance[j] = p.h[j * p.cols + j];
+  std::vector<uint8_t> out(static_cast<size_t>(p.rows * row_bytes));
+  for (int64_t r = 0; r < p.rows; ++r) {
+    EXPECT_TRUE(QuantizeRowReference(type, p.w.data() + r * p.cols, p.cols,
+                                     out.data() + r * row_bytes,
+                                     importance.data())
+                    .ok());
+  }
+  return out;
+}
+
+// With a diagonal Hessian no error can be compensated: GPTQ on a GGUF grid
+// is then the type's weighted quantizer, byte for byte, in either order.
+TEST(GptqGgufTest, DiagonalHessianGivesTheWeightedQuantizer) {
+  Problem p = MakeProblem(3, 512, 1, 8);
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<double> uniform(0.1, 10.0);
+  for (int64_t i = 0; i < p.cols; ++i) {
+    for (int64_t j = 0; j < p.cols; ++j) {
+      p.h[i * p.cols + j] = i == j ? uniform(rng) : 0.0;
+    }
+  }
+  for (const GgmlType type : kGgufGridTypes) {
+    for (const bool desc_act : {false, true}) {
+      GptqOptions o;
+      o.desc_act = desc_act;
+      absl::StatusOr<GptqResult> r =
+          GptqQuantizeGguf(p.w.data(), p.rows, p.cols, p.h, type, o);
+      ASSERT_TRUE(r.ok()) << r.status();
+      ASSERT_EQ(r->quantized.gguf_type, type);
+      const std::vector<uint8_t> want = WeightedRows(p, type);
+      if (type != GgmlType::kQ8_0) {
+        EXPECT_TRUE(r->quantized.gguf_rows == want)
+            << GgmlTypeName(type) << (desc_act ? " act-order" : "");
+        continue;
+      }
+      // llama.cpp rounds Q8_0 levels against the scale before its fp16
+      // rounding; the solver rounds against the stored scale: a level may
+      // differ by one, never for the worse.
+      std::vector<float> got_values(p.w.size()), want_values(p.w.size());
+      ASSERT_TRUE(DequantizeRowReference(type, want.data(), p.rows * p.cols,
+                                         want_values.data())
+                      .ok());
+      got_values = r->quantized.Dequantize();
+      for (size_t i = 0; i < p.w.size(); ++i) {
+        EXPECT_LE(std::fabs(got_values[i] - p.w[i]),
+                  std::fabs(want_values[i] - p.w[i]))
+            << i;
+      }
+    }
+  }
+}
+
+// Output error tr(dW H dW^T) on correlated inputs: GPTQ on the grid beats
+// the weighted quantizer of every type, and its solution is what the rows
+// decode to.
+TEST(GptqGgufTest, BeatsTheWeightedQuantizerOnTheLayerOutput) {
+  const Problem p = MakeProblem(8, 512, 1024, 10);
+  auto output_error = [&](const std::vector<float>& q) {
+    double total = 0;
+    for (int64_t r = 0; r < p.rows; ++r) {
+      for (int64_t i = 0; i < p.cols; ++i) {
+        const double di = double{q[r * p.cols + i]} - p.w[r * p.cols + i];
+        for (int64_t j = 0; j < p.cols; ++j) {
+          total += di * p.h[i * p.cols + j] *
+                   (double{q[r * p.cols + j]} - p.w[r * p.cols + j]);
+        }
+      }
+    }
+    return total;
+  };
+  for (const GgmlType type : kGgufGridTypes) {
+    absl::StatusOr<GptqResult> r =
+        GptqQuantizeGguf(p.w.data(), p.rows, p.cols, p.h, type, GptqOptions());
+    ASSERT_TRUE(r.ok()) << r.status();
+    const std::vector<uint8_t> plain_rows = WeightedRows(p, type);
+    std::vector<float> plain(p.w.size()), solved(p.w.size());
+    ASSERT_TRUE(DequantizeRowReference(type, plain_rows.data(), p.rows * p.cols,
+                                       plain.data())
+                    .ok());
+    ASSERT_TRUE(DequantizeRowReference(type, r->quantized.gguf_rows.data(),
+                                       p.rows * p.cols, solved.data())
+                    .ok());
+    EXPECT_TRUE(r->quantized.Dequantize() == solved);
+    const double ratio = output_error(solved) / output_error(plain);
+    EXPECT_LT(ratio, 0.8) << GgmlTypeName(type);
+  }
+}
+
+// Lazy batches change the arithmetic, not the algorithm: blocks fitted on
+// weights with pending updates applied (block_size 64 < 256) agree with one
+// batch per super-block.
+TEST(GptqGgufTest, LazyBatchSizeDoesNotChangeTheSolution) {
+  const Problem p = MakeProblem(6, 512, 600, 11);
+  for (const GgmlType type : {GgmlType::kQ4_K, GgmlType::kQ6_K}) {
+    GptqOptions small, large;
+    small.block_size = 64, large.block_size = 256;
+    absl::StatusOr<GptqResult> a =
+        GptqQuantizeGguf(p.w.data(), p.rows, p.cols, p.h, type, small);
+    absl::StatusOr<GptqResult> b =
+        GptqQuantizeGguf(p.w.data(), p.rows, p.cols, p.h, type, large);
+    ASSERT_TRUE(a.ok() && b.ok());
+    const std::vector<float> x = a->quantized.Dequantize();
+    const std::vector<float> y = b->quantized.Dequantize();
+    int64_t same = 0;
+    for (size_t i = 0; i < x.size(); ++i) same += x[i] == y[i];
+    EXPECT_GE(static_cast<double>(same) / x.size(), 0.99) << GgmlTypeName(type);
+    EXPECT_NEAR(a->loss / b->loss, 1.0, 0.01) << GgmlTypeName(type);
+  }
+}
+
+TEST(GptqGgufTest, BadArguments) {
+  const Problem p = MakeProblem(2, 256, 50, 12);
+  EXPECT_THAT(std::string(GptqQuantizeGguf(p.w.data(), 2, 256, p.h,
+                                           GgmlType::kF16, GptqOptions())
+                              .status()
+                              .message()),
+              HasSubstr("grid of GGUF type f16"));
+  const Problem odd = MakeProblem(2, 96, 50, 13);
+  EXPECT_EQ(GptqQuantizeGguf(odd.w.data(), 2, 96, odd.h, GgmlType::kQ4_K,
+                             GptqOptions())
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(
+      std::string(GptqQuantizeGguf(p.w.data(), 2, 256, std::vector<double>(7),
+                                   GgmlType::kQ4_K, GptqOptions())
+                      .status()
+                      .message()),
+      HasSubstr("the Hessian has 7 entries"));
 }
 
 }  // namespace

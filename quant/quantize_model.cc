@@ -64,6 +64,7 @@ nlohmann::json RecipeJson(const QuantizeModelOptions& o) {
                         : o.output_format == OutputFormat::kAwq ? "awq"
                                                                 : "gptq"},
       {"gguf_type", o.output_format == OutputFormat::kGguf ? o.gguf_type : ""},
+      {"gguf_grid", o.output_format == OutputFormat::kGguf && o.gguf_grid},
       {"bits", o.weights.bits},
       {"group_size", o.weights.group_size},
       {"sym", o.weights.sym},
@@ -81,7 +82,8 @@ nlohmann::json RecipeJson(const QuantizeModelOptions& o) {
         {"clip_grid", o.awq.clip_grid},
         {"max_shrink", o.awq.max_shrink},
         {"clip_sample_tokens", o.awq.clip_sample_tokens},
-        {"search_sequences", o.awq.search_sequences}}},
+        {"search_sequences", o.awq.search_sequences},
+        {"fp_inputs", o.awq.fp_inputs}}},
       {"calibration",
        {{"text", c.text_path},
         {"tokens", c.tokens_path},
@@ -186,6 +188,7 @@ absl::StatusOr<std::vector<BlockRecipe>> BlockRecipes(
         return absl::InternalError(absl::StrCat("no GGUF type for ", name));
       }
       ASSIGN_OR_RETURN(r.formats[i], SolveFormatOfGgmlType(it->second));
+      if (options.gguf_grid) r.gguf_grid[i] = it->second;
     }
   }
   return recipes;
@@ -222,9 +225,9 @@ absl::Status ClaimWorkDir(const std::string& work_dir,
 }
 
 // Writes the GGUF from the committed block results: norms and biases as the
-// blocks left them, each linear exactly where its GGUF type coincides with
-// the solution's format, else re-fitted with the Hessian diagonal as
-// importance; everything else converted from the checkpoint.
+// blocks left them, each linear exactly where the solution is in its GGUF
+// type, else re-fitted with the Hessian diagonal as importance; everything
+// else converted from the checkpoint.
 absl::StatusOr<ConvertResult> WriteGgufFromResults(
     const QuantizeModelOptions& options, const ModelSpec& spec,
     const QuantMix& mix, const std::map<std::string, GgmlType>& gguf_types,
@@ -262,12 +265,18 @@ absl::StatusOr<ConvertResult> WriteGgufFromResults(
         const std::string name(kBlockLinearNames[i]);
         const LinearWeights& linear = BlockLinear(cached.weights, i);
         if (local == name + ".weight") {
-          // Exactly the solution where the formats coincide (Q4_0, Q5_0,
-          // Q8_0); else re-fitted with the Hessian diagonal as importance.
+          // Exactly the solution where it is in the type (solved on its
+          // grid, or in a coinciding format: Q4_0, Q5_0, Q8_0); else
+          // re-fitted with the Hessian diagonal as importance.
+          const QuantizedLinear& solved = cached.quantized[i];
           const GgmlType type = gguf_types.at(hf_name);
-          if (FitsGgufTypeExactly(cached.quantized[i], type)) {
-            ASSIGN_OR_RETURN(tensor.encoded,
-                             PackGgufRows(cached.quantized[i], type));
+          if (solved.gguf_type == type) {
+            tensor.encoded = solved.gguf_rows;
+            tensor.encoded_type = type;
+            return tensor;
+          }
+          if (FitsGgufTypeExactly(solved, type)) {
+            ASSIGN_OR_RETURN(tensor.encoded, PackGgufRows(solved, type));
             tensor.encoded_type = type;
             return tensor;
           }

@@ -34,10 +34,14 @@ struct QuantizeModelOptions {
   // gptq / awq: a directory to create; gguf: the .gguf file to write.
   std::string output;
   OutputFormat output_format = OutputFormat::kGptq;
-  // GGUF only: the llama.cpp type or mix (Q4_K_M, Q4_0, ...). Each linear
-  // is solved in the format of its GGUF type, then written in that type
-  // with its Hessian diagonal as importance.
+  // GGUF only: the llama.cpp type or mix (Q4_K_M, Q4_0, ...). GPTQ solves
+  // each linear on its GGUF type's own grid (the file holds the solution);
+  // with gguf_grid off, and for RTN / AWQ, each linear is solved in the
+  // nearest checkpoint format and written exactly where the formats
+  // coincide (Q4_0, Q5_0, Q8_0), else re-fitted into its type with the
+  // Hessian diagonal as importance.
   std::string gguf_type = "Q4_K_M";
+  bool gguf_grid = true;
 
   QuantMethod method = QuantMethod::kGptq;
   WeightFormat weights;  // bits, group_size, sym (not for GGUF).

@@ -1,5 +1,6 @@
 #include "quant/quantize_model.h"
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -169,27 +170,48 @@ TEST(QuantizeModelTest, GgufFromGptqUsesTheMixTypes) {
   EXPECT_EQ(types["blk.0.ffn_down.weight"], GgmlType::kQ4_K);
   EXPECT_EQ(done->report["blocks"][0]["linears"][6]["bits"], 4);
   EXPECT_TRUE(std::filesystem::exists(o.output + ".report.json"));
+  // Solved on the k-quant grids: the file holds each solution's rows (q
+  // and k rows are permuted for llama.cpp's rotary layout; not compared).
+  const auto saved = *LoadBlockResult(o.work_dir + "/block-1.safetensors");
+  for (const auto& [name, index] : {std::pair{"blk.1.attn_v.weight", 2},
+                                    std::pair{"blk.1.ffn_down.weight", 6}}) {
+    const GgufTensorInfo* info = (*gguf)->FindTensor(name);
+    ASSERT_NE(info, nullptr) << name;
+    const std::vector<uint8_t>& rows = saved.quantized[index].gguf_rows;
+    ASSERT_EQ(saved.quantized[index].gguf_type, info->type) << name;
+    ASSERT_EQ(info->nbytes, rows.size()) << name;
+    EXPECT_EQ(std::memcmp((*gguf)->TensorData(*info), rows.data(), rows.size()),
+              0)
+        << name;
+  }
 }
 
+// On Q4_0's grid, or in the coinciding checkpoint format (4-bit symmetric
+// groups of 32) written exactly.
 TEST(QuantizeModelTest, GgufQ4_0HoldsTheGptqSolutionExactly) {
-  const TinyRun s = MakeTinyRun("quantize_gguf_q4_0");
-  QuantizeModelOptions o = Options(s, "model.gguf");
-  o.output_format = OutputFormat::kGguf;
-  o.gguf_type = "Q4_0";
-  ASSERT_TRUE(QuantizeModel(o).ok());
-  const auto gguf = *GgufReader::Open(o.output);
-  const auto saved = *LoadBlockResult(o.work_dir + "/block-1.safetensors");
-  for (const auto& [name, index] : {std::pair{"blk.1.ffn_up.weight", 5},
-                                    std::pair{"blk.1.attn_v.weight", 2}}) {
-    const GgufTensorInfo* info = gguf->FindTensor(name);
-    ASSERT_NE(info, nullptr) << name;
-    ASSERT_EQ(info->type, GgmlType::kQ4_0) << name;
-    const LinearWeights& linear = BlockLinear(saved.weights, index);
-    std::vector<float> values(linear.weight.size());
-    ASSERT_TRUE(DequantizeRows(GgmlType::kQ4_0, gguf->TensorData(*info),
-                               linear.rows, linear.cols, values.data(), 1)
-                    .ok());
-    EXPECT_TRUE(values == linear.weight) << name;
+  for (const bool gguf_grid : {true, false}) {
+    const TinyRun s = MakeTinyRun(gguf_grid ? "quantize_gguf_q4_0_grid"
+                                            : "quantize_gguf_q4_0");
+    QuantizeModelOptions o = Options(s, "model.gguf");
+    o.output_format = OutputFormat::kGguf;
+    o.gguf_type = "Q4_0";
+    o.gguf_grid = gguf_grid;
+    ASSERT_TRUE(QuantizeModel(o).ok());
+    const auto gguf = *GgufReader::Open(o.output);
+    const auto saved = *LoadBlockResult(o.work_dir + "/block-1.safetensors");
+    for (const auto& [name, index] : {std::pair{"blk.1.ffn_up.weight", 5},
+                                      std::pair{"blk.1.attn_v.weight", 2}}) {
+      const GgufTensorInfo* info = gguf->FindTensor(name);
+      ASSERT_NE(info, nullptr) << name;
+      ASSERT_EQ(info->type, GgmlType::kQ4_0) << name;
+      const LinearWeights& linear = BlockLinear(saved.weights, index);
+      std::vector<float> values(linear.weight.size());
+      ASSERT_TRUE(DequantizeRows(GgmlType::kQ4_0, gguf->TensorData(*info),
+                                 linear.rows, linear.cols, values.data(), 1)
+                      .ok());
+      EXPECT_TRUE(values == linear.weight) << name;
+      EXPECT_EQ(saved.quantized[index].gguf_type.has_value(), gguf_grid);
+    }
   }
 }
 
