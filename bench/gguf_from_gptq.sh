@@ -4,10 +4,9 @@
 # llama-perplexity -c 512 on heldout_books (llama-perplexity counts
 # differently from the data README's method: compare rows with each other).
 # GPTQ recipe: 128 calibration windows of 512 tokens from calibration.txt,
-# each linear solved in its GGUF type's format (Q4_0: 4-bit symmetric
-# groups of 32; Q4_K: 4-bit asymmetric groups of 32; Q6_K: 6-bit symmetric
-# groups of 16; ...), then written in that type with the Hessian diagonal
-# as importance.
+# each linear solved by GPTQ on its GGUF type's own grid (every block fitted
+# with the Hessian diagonal as importance when the solve reaches it), the
+# rows written as solved.
 #
 # usage: bash bench/gguf_from_gptq.sh BUILD_DIR [WORK_DIR] > table.md
 # Needs the llama.cpp tools that tests/llamacpp/build_llama_tools.sh builds
@@ -22,7 +21,7 @@ bin=$(bash "$here/../tests/llamacpp/build_llama_tools.sh" \
   "${QS_NODE_MODULES:-$here/../.cache/node/node_modules}" "$build/llama-tools" | tail -1)
 model="$data/llama-29m-books"
 text="$data/text/heldout_books.txt"
-types=(${QS_GGUF_TYPES:-Q4_0 Q4_K_M Q3_K_M})
+types=(${QS_GGUF_TYPES:-Q4_0 Q4_K_M Q3_K_M Q2_K})
 mkdir -p "$work"
 
 perplexity() {  # FILE.gguf -> llama-perplexity's final estimate (one retry)

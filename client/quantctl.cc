@@ -182,10 +182,14 @@ commands:
                    in the nearest checkpoint format, then re-fitted)]
                    [--calib TEXT | --calib-tokens
                    FILE.npy|.txt] [--calib-samples 128] [--calib-seqlen 512]
-                   [--calib-seed 0] [--work-dir DIR (default OUT.work)]
+                   [--calib-seed 0] [--calib-sampling splitmix64|python]
+                   [--work-dir DIR (default OUT.work)]
                    [--stop-after-block N] [--eval TEXT,...] [--eval-windows N]
                    Windows start at SplitMix64(seed) outputs modulo
-                   (tokens - seqlen + 1); --calib-samples 0 is data-free RTN.
+                   (tokens - seqlen + 1), or with python at Python's
+                   random.seed(seed); random.randint(0, tokens - seqlen - 1)
+                   as GPTQ's data scripts draw them; --calib-samples 0 is
+                   data-free RTN.
   perplexity       Held-out perplexity (512-token windows, BOS per paragraph)
                    of an FP, GPTQ or AWQ checkpoint: --model DIR --eval TEXT,...
                    [--eval-windows N]

@@ -8,6 +8,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "client/quantctl.h"
+#include "model/calibration.h"
 
 ABSL_FLAG(std::string, model, "", "Hugging Face model directory");
 ABSL_FLAG(std::string, out, "", "Output file (convert) or directory");
@@ -53,6 +54,9 @@ ABSL_FLAG(std::string, calib_tokens, "",
 ABSL_FLAG(int64_t, calib_samples, 128, "quantize: calibration windows");
 ABSL_FLAG(int64_t, calib_seqlen, 512, "quantize: tokens per window");
 ABSL_FLAG(uint64_t, calib_seed, 0, "quantize: window sampling seed");
+ABSL_FLAG(std::string, calib_sampling, "splitmix64",
+          "quantize: window starts from splitmix64 or python (random.seed, "
+          "randint as GPTQ's data scripts)");
 ABSL_FLAG(std::string, work_dir, "", "quantize: resumable work directory");
 ABSL_FLAG(int, stop_after_block, -1, "quantize: stop after this block");
 ABSL_FLAG(std::vector<std::string>, eval, {},
@@ -89,11 +93,14 @@ int main(int argc, char** argv) {
       quant::ParseQuantMethod(absl::GetFlag(FLAGS_method));
   absl::StatusOr<quant::OutputFormat> format =
       quant::ParseOutputFormat(absl::GetFlag(FLAGS_format));
-  if (!method.ok() || !format.ok()) {
-    std::cerr << "quantctl: "
-              << (method.ok() ? format.status() : method.status()).message()
-              << "\n";
-    return 2;
+  absl::StatusOr<quant::CalibrationSampling> sampling =
+      quant::ParseCalibrationSampling(absl::GetFlag(FLAGS_calib_sampling));
+  for (const absl::Status& status :
+       {method.status(), format.status(), sampling.status()}) {
+    if (!status.ok()) {
+      std::cerr << "quantctl: " << status.message() << "\n";
+      return 2;
+    }
   }
   q.method = *method;
   q.output_format = *format;
@@ -118,6 +125,7 @@ int main(int argc, char** argv) {
   q.calibration.samples = absl::GetFlag(FLAGS_calib_samples);
   q.calibration.seq_len = absl::GetFlag(FLAGS_calib_seqlen);
   q.calibration.seed = absl::GetFlag(FLAGS_calib_seed);
+  q.calibration.sampling = *sampling;
   q.work_dir = absl::GetFlag(FLAGS_work_dir);
   q.stop_after_block = absl::GetFlag(FLAGS_stop_after_block);
   q.eval_texts = absl::GetFlag(FLAGS_eval);

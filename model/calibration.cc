@@ -98,9 +98,79 @@ uint64_t SplitMix64::Next() {
   return z ^ (z >> 31);
 }
 
+absl::StatusOr<CalibrationSampling> ParseCalibrationSampling(
+    absl::string_view name) {
+  if (name == "splitmix64") return CalibrationSampling::kSplitMix64;
+  if (name == "python") return CalibrationSampling::kPythonRandom;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown calibration sampling \"", name, "\" (splitmix64 or python)"));
+}
+
+absl::string_view CalibrationSamplingName(CalibrationSampling sampling) {
+  return sampling == CalibrationSampling::kPythonRandom ? "python"
+                                                        : "splitmix64";
+}
+
+PythonRandom::PythonRandom(uint64_t seed) {
+  // init_genrand(19650218), then init_by_array(key) as in mt19937ar.c.
+  constexpr int kN = 624;
+  state_[0] = 19650218u;
+  for (int i = 1; i < kN; ++i) {
+    state_[i] = 1812433253u * (state_[i - 1] ^ (state_[i - 1] >> 30)) +
+                static_cast<uint32_t>(i);
+  }
+  std::vector<uint32_t> key = {static_cast<uint32_t>(seed)};
+  if (seed >> 32 != 0) key.push_back(static_cast<uint32_t>(seed >> 32));
+  const int key_length = static_cast<int>(key.size());
+  int i = 1, j = 0;
+  for (int k = std::max(kN, key_length); k > 0; --k) {
+    state_[i] =
+        (state_[i] ^ ((state_[i - 1] ^ (state_[i - 1] >> 30)) * 1664525u)) +
+        key[j] + static_cast<uint32_t>(j);
+    if (++i >= kN) state_[0] = state_[kN - 1], i = 1;
+    if (++j >= key_length) j = 0;
+  }
+  for (int k = kN - 1; k > 0; --k) {
+    state_[i] =
+        (state_[i] ^ ((state_[i - 1] ^ (state_[i - 1] >> 30)) * 1566083941u)) -
+        static_cast<uint32_t>(i);
+    if (++i >= kN) state_[0] = state_[kN - 1], i = 1;
+  }
+  state_[0] = 0x80000000u;
+  index_ = kN;
+}
+
+uint32_t PythonRandom::Next() {
+  constexpr int kN = 624, kM = 397;
+  if (index_ >= kN) {
+    for (int i = 0; i < kN; ++i) {
+      const uint32_t y =
+          (state_[i] & 0x80000000u) | (state_[(i + 1) % kN] & 0x7fffffffu);
+      state_[i] = state_[(i + kM) % kN] ^ (y >> 1) ^ (y & 1 ? 0x9908b0dfu : 0);
+    }
+    index_ = 0;
+  }
+  uint32_t y = state_[index_++];
+  y ^= y >> 11;
+  y ^= (y << 7) & 0x9d2c5680u;
+  y ^= (y << 15) & 0xefc60000u;
+  return y ^ (y >> 18);
+}
+
+uint32_t PythonRandom::GetRandBits(int bits) { return Next() >> (32 - bits); }
+
+int64_t PythonRandom::RandInt(int64_t a, int64_t b) {
+  const uint64_t n = static_cast<uint64_t>(b - a) + 1;
+  int bits = 0;
+  while ((uint64_t{1} << bits) <= n) ++bits;  // n's bit length.
+  uint64_t r = GetRandBits(bits);
+  while (r >= n) r = GetRandBits(bits);
+  return a + static_cast<int64_t>(r);
+}
+
 absl::StatusOr<std::vector<int32_t>> SampleCalibrationWindows(
     const std::vector<int32_t>& stream, int64_t samples, int64_t seq_len,
-    uint64_t seed) {
+    uint64_t seed, CalibrationSampling sampling) {
   if (samples < 1 || seq_len < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("calibration needs at least one sample of one token, not ",
@@ -112,14 +182,23 @@ absl::StatusOr<std::vector<int32_t>> SampleCalibrationWindows(
         absl::StrCat("the calibration data holds ", length,
                      " tokens, fewer than one window of ", seq_len));
   }
+  const bool python = sampling == CalibrationSampling::kPythonRandom;
+  if (python && length == seq_len) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("python sampling needs more than one window of ", seq_len,
+                     " tokens; the calibration data holds exactly that"));
+  }
   const uint64_t starts = static_cast<uint64_t>(length - seq_len + 1);
-  SplitMix64 random(seed);
+  SplitMix64 splitmix(seed);
+  PythonRandom python_random(seed);
   std::vector<int32_t> windows;
   windows.reserve(static_cast<size_t>(samples * seq_len));
   for (int64_t i = 0; i < samples; ++i) {
-    const auto begin =
-        stream.begin() + static_cast<int64_t>(random.Next() % starts);
-    windows.insert(windows.end(), begin, begin + seq_len);
+    const int64_t start = python
+                              ? python_random.RandInt(0, length - seq_len - 1)
+                              : static_cast<int64_t>(splitmix.Next() % starts);
+    windows.insert(windows.end(), stream.begin() + start,
+                   stream.begin() + start + seq_len);
   }
   return windows;
 }
@@ -173,7 +252,7 @@ absl::StatusOr<std::vector<int32_t>> LoadCalibrationWindows(
     }
   }
   return SampleCalibrationWindows(stream, options.samples, options.seq_len,
-                                  options.seed);
+                                  options.seed, options.sampling);
 }
 
 }  // namespace quant

@@ -8,16 +8,27 @@
 // sample i = 0 .. N-1 the window start is SplitMix64(seed)'s i-th output
 // modulo (len - L + 1), and the window is stream[start, start + L). The
 // windows may overlap. The same seed gives the same windows everywhere.
+// The alternative kPythonRandom draws the starts as GPTQ's reference data
+// scripts (and AutoGPTQ's examples) do: Python's random.seed(seed), then
+// random.randint(0, len - L - 1) per window.
 #ifndef MODEL_CALIBRATION_H_
 #define MODEL_CALIBRATION_H_
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace quant {
+
+enum class CalibrationSampling { kSplitMix64, kPythonRandom };
+// "splitmix64" or "python".
+absl::StatusOr<CalibrationSampling> ParseCalibrationSampling(
+    absl::string_view name);
+absl::string_view CalibrationSamplingName(CalibrationSampling sampling);
 
 struct CalibrationOptions {
   std::string text_path;    // UTF-8 text; or
@@ -26,6 +37,7 @@ struct CalibrationOptions {
   int64_t samples = 128;    // N windows ...
   int64_t seq_len = 512;    // ... of L tokens.
   uint64_t seed = 0;
+  CalibrationSampling sampling = CalibrationSampling::kSplitMix64;
 };
 
 // The i-th output of SplitMix64 started at `seed`, for i = 0, 1, ...
@@ -38,11 +50,30 @@ class SplitMix64 {
   uint64_t state_;
 };
 
+// CPython's random module for an integer seed: MT19937 seeded by
+// init_by_array over the seed's 32-bit words (least significant first),
+// getrandbits(k <= 32) as the top k bits of one output, randint(a, b) by
+// rejection on getrandbits(bit_length(b - a + 1)).
+class PythonRandom {
+ public:
+  explicit PythonRandom(uint64_t seed);
+  uint32_t GetRandBits(int bits);  // 1 <= bits <= 32.
+  // a <= b, b - a < 2^32 - 1.
+  int64_t RandInt(int64_t a, int64_t b);
+
+ private:
+  uint32_t Next();  // MT19937's tempered output.
+  std::array<uint32_t, 624> state_;
+  int index_;
+};
+
 // `samples` windows of `seq_len` tokens, back to back. InvalidArgument when
-// the stream is shorter than one window or the sizes are not positive.
+// the stream is shorter than one window (kPythonRandom: not longer) or the
+// sizes are not positive.
 absl::StatusOr<std::vector<int32_t>> SampleCalibrationWindows(
     const std::vector<int32_t>& stream, int64_t samples, int64_t seq_len,
-    uint64_t seed);
+    uint64_t seed,
+    CalibrationSampling sampling = CalibrationSampling::kSplitMix64);
 
 // Reads token ids from a .npy (1-D, little-endian int32 or int64) or a text
 // file of whitespace-separated integers.

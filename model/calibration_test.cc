@@ -18,6 +18,49 @@ TEST(SplitMix64Test, MatchesThePublishedSequence) {
   EXPECT_EQ(random.Next(), 9817491932198370423ull);
 }
 
+// Outputs of CPython's random module (3.11) for the same seeds.
+TEST(PythonRandomTest, MatchesCPython) {
+  PythonRandom zero(0);
+  EXPECT_EQ(zero.GetRandBits(32), 3626764237u);
+  EXPECT_EQ(zero.GetRandBits(32), 1654615998u);
+  EXPECT_EQ(zero.GetRandBits(32), 3255389356u);
+  PythonRandom again(0);
+  std::vector<int64_t> ints;
+  for (int i = 0; i < 5; ++i) ints.push_back(again.RandInt(0, 1000));
+  EXPECT_EQ(ints, (std::vector<int64_t>{864, 394, 776, 911, 430}));
+  PythonRandom two_words(12345678901ull);  // A seed of two 32-bit words.
+  ints.clear();
+  for (int i = 0; i < 5; ++i) ints.push_back(two_words.RandInt(0, 70000));
+  EXPECT_EQ(ints, (std::vector<int64_t>{42991, 50304, 46419, 15026, 21928}));
+  PythonRandom small(7);
+  ints.clear();
+  for (int i = 0; i < 8; ++i) ints.push_back(small.RandInt(0, 5));
+  EXPECT_EQ(ints, (std::vector<int64_t>{2, 1, 3, 5, 0, 0, 4, 0}));
+}
+
+TEST(CalibrationTest, PythonSamplingDrawsAsGptqsDataScripts) {
+  std::vector<int32_t> stream(1000);
+  for (int i = 0; i < 1000; ++i) stream[i] = i;
+  // random.seed(5); [random.randint(0, 1000 - 10 - 1) for _ in range(3)]
+  const int32_t starts[] = {637, 261, 759};
+  const auto windows = SampleCalibrationWindows(
+      stream, 3, 10, 5, CalibrationSampling::kPythonRandom);
+  ASSERT_TRUE(windows.ok()) << windows.status();
+  for (int s = 0; s < 3; ++s) {
+    for (int t = 0; t < 10; ++t) {
+      EXPECT_EQ((*windows)[s * 10 + t], starts[s] + t);
+    }
+  }
+  EXPECT_EQ(SampleCalibrationWindows(std::vector<int32_t>(10, 1), 1, 10, 0,
+                                     CalibrationSampling::kPythonRandom)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(*ParseCalibrationSampling("python"),
+            CalibrationSampling::kPythonRandom);
+  EXPECT_FALSE(ParseCalibrationSampling("torch").ok());
+}
+
 TEST(CalibrationTest, WindowsStartWhereTheDocumentedRuleSays) {
   std::vector<int32_t> stream(1000);
   for (int i = 0; i < 1000; ++i) stream[i] = i;

@@ -115,6 +115,15 @@ absl::Status CheckShape(int64_t rows, int64_t cols, int bits, int group_size) {
   return absl::OkStatus();
 }
 
+absl::Status CheckHessianSize(const std::vector<double>& hessian,
+                              int64_t cols) {
+  if (static_cast<int64_t>(hessian.size()) == cols * cols) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "the Hessian has ", hessian.size(), " entries, expected ", cols, "^2"));
+}
+
 void AppendParams(const GroupParams& p, QuantizedLinear& out) {
   out.scales.insert(out.scales.end(), p.scale.begin(), p.scale.end());
   out.zeros.insert(out.zeros.end(), p.zero.begin(), p.zero.end());
@@ -241,10 +250,7 @@ struct SolveStats {
 absl::StatusOr<SolveStats> Solve(const float* w_in, int64_t rows, int64_t cols,
                                  const std::vector<double>& hessian,
                                  const GptqOptions& options, Grid& grid) {
-  if (static_cast<int64_t>(hessian.size()) != cols * cols) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the Hessian has ", hessian.size(), " entries, expected ", cols, "^2"));
-  }
+  RETURN_IF_ERROR(CheckHessianSize(hessian, cols));
   if (options.block_size <= 0 || !(options.damp_percent >= 0) ||
       !(options.damp_auto_increment > 0)) {
     return absl::InvalidArgumentError(
@@ -588,10 +594,7 @@ absl::StatusOr<GptqResult> GptqQuantizeGguf(const float* w, int64_t rows,
   // columns must make whole blocks.
   RETURN_IF_ERROR(CheckShape(rows, cols, 8, -1));
   RETURN_IF_ERROR(GgmlRowBytes(type, cols).status());
-  if (static_cast<int64_t>(hessian.size()) != cols * cols) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the Hessian has ", hessian.size(), " entries, expected ", cols, "^2"));
-  }
+  RETURN_IF_ERROR(CheckHessianSize(hessian, cols));
   std::vector<float> importance(static_cast<size_t>(cols));
   for (int64_t j = 0; j < cols; ++j) {
     importance[j] = static_cast<float>(hessian[j * cols + j]);

@@ -89,7 +89,8 @@ nlohmann::json RecipeJson(const QuantizeModelOptions& o) {
         {"tokens", c.tokens_path},
         {"samples", c.samples},
         {"seq_len", c.seq_len},
-        {"seed", c.seed}}},
+        {"seed", c.seed},
+        {"sampling", std::string(CalibrationSamplingName(c.sampling))}}},
       {"sequences_per_pass", o.sequences_per_pass}};
 }
 
