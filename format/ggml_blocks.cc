@@ -558,11 +558,6 @@ Block LoadBlock(const uint8_t* data) {
   return block;
 }
 
-template <typename Block>
-void StoreBlock(const Block& block, uint8_t* data) {
-  std::memcpy(data, &block, sizeof(Block));
-}
-
 // Element j (< 32) of a Q4_0 / Q4_1 block, as PackNibbles32 puts it.
 int Level4(const uint8_t qs[16], int j) {
   return j < 16 ? qs[j] & 15 : qs[j - 16] >> 4;
@@ -725,71 +720,51 @@ bool SetBlockLevels(GgmlType type, const int* levels, uint8_t* data) {
     stored[e] = static_cast<uint8_t>(
         std::min(std::max(levels[e], range.min), range.max) - range.min);
   }
+  // Rewrites the block's level fields with `pack`, the rest kept.
+  auto repack = [data](auto block, auto pack) {
+    std::memcpy(&block, data, sizeof(block));
+    pack(block);
+    std::memcpy(data, &block, sizeof(block));
+    return true;
+  };
   switch (type) {
-    case GgmlType::kQ8_0: {
-      auto b = LoadBlock<BlockQ8_0>(data);
-      for (int j = 0; j < kQk8_0; ++j) {
-        b.qs[j] = static_cast<int8_t>(stored[j] + range.min);
-      }
-      StoreBlock(b, data);
-      return true;
-    }
-    case GgmlType::kQ4_0: {
-      auto b = LoadBlock<BlockQ4_0>(data);
-      PackNibbles32(stored, b.qs);
-      StoreBlock(b, data);
-      return true;
-    }
-    case GgmlType::kQ4_1: {
-      auto b = LoadBlock<BlockQ4_1>(data);
-      PackNibbles32(stored, b.qs);
-      StoreBlock(b, data);
-      return true;
-    }
-    case GgmlType::kQ5_0: {
-      auto b = LoadBlock<BlockQ5_0>(data);
-      PackNibbles32(stored, b.qs);
-      PackHighBits32(stored, b.qh);
-      StoreBlock(b, data);
-      return true;
-    }
-    case GgmlType::kQ5_1: {
-      auto b = LoadBlock<BlockQ5_1>(data);
-      PackNibbles32(stored, b.qs);
-      PackHighBits32(stored, b.qh);
-      StoreBlock(b, data);
-      return true;
-    }
-    case GgmlType::kQ2_K: {
-      auto b = LoadBlock<BlockQ2_K>(data);
-      Pack2BitPlanes(stored, b.qs);
-      StoreBlock(b, data);
-      return true;
-    }
-    case GgmlType::kQ3_K: {
-      auto b = LoadBlock<BlockQ3_K>(data);
-      PackLevelsQ3_K(stored, &b);
-      StoreBlock(b, data);
-      return true;
-    }
-    case GgmlType::kQ4_K: {
-      auto b = LoadBlock<BlockQ4_K>(data);
-      PackLevelsQ4_K(stored, &b);
-      StoreBlock(b, data);
-      return true;
-    }
-    case GgmlType::kQ5_K: {
-      auto b = LoadBlock<BlockQ5_K>(data);
-      PackLevelsQ5_K(stored, &b);
-      StoreBlock(b, data);
-      return true;
-    }
-    case GgmlType::kQ6_K: {
-      auto b = LoadBlock<BlockQ6_K>(data);
-      PackLevelsQ6_K(stored, &b);
-      StoreBlock(b, data);
-      return true;
-    }
+    case GgmlType::kQ8_0:
+      return repack(BlockQ8_0{}, [&](BlockQ8_0& b) {
+        for (int j = 0; j < kQk8_0; ++j) {
+          b.qs[j] = static_cast<int8_t>(stored[j] + range.min);
+        }
+      });
+    case GgmlType::kQ4_0:
+      return repack(BlockQ4_0{},
+                    [&](BlockQ4_0& b) { PackNibbles32(stored, b.qs); });
+    case GgmlType::kQ4_1:
+      return repack(BlockQ4_1{},
+                    [&](BlockQ4_1& b) { PackNibbles32(stored, b.qs); });
+    case GgmlType::kQ5_0:
+      return repack(BlockQ5_0{}, [&](BlockQ5_0& b) {
+        PackNibbles32(stored, b.qs);
+        PackHighBits32(stored, b.qh);
+      });
+    case GgmlType::kQ5_1:
+      return repack(BlockQ5_1{}, [&](BlockQ5_1& b) {
+        PackNibbles32(stored, b.qs);
+        PackHighBits32(stored, b.qh);
+      });
+    case GgmlType::kQ2_K:
+      return repack(BlockQ2_K{},
+                    [&](BlockQ2_K& b) { Pack2BitPlanes(stored, b.qs); });
+    case GgmlType::kQ3_K:
+      return repack(BlockQ3_K{},
+                    [&](BlockQ3_K& b) { PackLevelsQ3_K(stored, &b); });
+    case GgmlType::kQ4_K:
+      return repack(BlockQ4_K{},
+                    [&](BlockQ4_K& b) { PackLevelsQ4_K(stored, &b); });
+    case GgmlType::kQ5_K:
+      return repack(BlockQ5_K{},
+                    [&](BlockQ5_K& b) { PackLevelsQ5_K(stored, &b); });
+    case GgmlType::kQ6_K:
+      return repack(BlockQ6_K{},
+                    [&](BlockQ6_K& b) { PackLevelsQ6_K(stored, &b); });
     default:
       return false;
   }

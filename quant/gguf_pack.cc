@@ -11,13 +11,12 @@ namespace {
 
 constexpr int64_t kGroup = 32;
 
-// The types whose blocks are one symmetric group of 32 and its levels.
-bool IsGroupOf32Type(GgmlType type) {
+}  // namespace
+
+bool IsSymmetricGroupOf32Type(GgmlType type) {
   return type == GgmlType::kQ4_0 || type == GgmlType::kQ5_0 ||
          type == GgmlType::kQ8_0;
 }
-
-}  // namespace
 
 absl::StatusOr<WeightFormat> SolveFormatOfGgmlType(GgmlType type) {
   switch (type) {
@@ -49,7 +48,7 @@ absl::StatusOr<WeightFormat> SolveFormatOfGgmlType(GgmlType type) {
 }
 
 bool FitsGgufTypeExactly(const QuantizedLinear& linear, GgmlType type) {
-  if (!IsGroupOf32Type(type)) return false;
+  if (!IsSymmetricGroupOf32Type(type)) return false;
   const int bits = SolveFormatOfGgmlType(type)->bits;
   if (linear.bits != bits || linear.cols % kGroup != 0 ||
       linear.groups() != linear.cols / kGroup) {

@@ -20,6 +20,10 @@ namespace quant {
 // for a type that is not a quantized block type.
 absl::StatusOr<WeightFormat> SolveFormatOfGgmlType(GgmlType type);
 
+// Q4_0, Q5_0 and Q8_0: types whose blocks are GPTQ's symmetric min-max
+// groups of 32 (so a GPTQ solution in that format is the type exactly).
+bool IsSymmetricGroupOf32Type(GgmlType type);
+
 // True when `linear` is exactly representable in `type` (see above): bits
 // and type agree, groups of 32 consecutive columns, every zero point
 // 2^(bits-1).

@@ -35,11 +35,12 @@ struct QuantizeModelOptions {
   std::string output;
   OutputFormat output_format = OutputFormat::kGptq;
   // GGUF only: the llama.cpp type or mix (Q4_K_M, Q4_0, ...). GPTQ solves
-  // each linear on its GGUF type's own grid (the file holds the solution);
-  // with gguf_grid off, and for RTN / AWQ, each linear is solved in the
-  // nearest checkpoint format and written exactly where the formats
-  // coincide (Q4_0, Q5_0, Q8_0), else re-fitted into its type with the
-  // Hessian diagonal as importance.
+  // each linear on its GGUF type's own grid (the file holds the solution),
+  // except in Q4_0, Q5_0 and Q8_0, whose blocks are GPTQ's symmetric
+  // min-max groups of 32: solved in that format, written exactly. With
+  // gguf_grid off, and for RTN / AWQ, each linear is solved in the nearest
+  // checkpoint format and written exactly where the formats coincide, else
+  // re-fitted into its type with the Hessian diagonal as importance.
   std::string gguf_type = "Q4_K_M";
   bool gguf_grid = true;
 

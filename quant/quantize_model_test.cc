@@ -186,32 +186,28 @@ TEST(QuantizeModelTest, GgufFromGptqUsesTheMixTypes) {
   }
 }
 
-// On Q4_0's grid, or in the coinciding checkpoint format (4-bit symmetric
-// groups of 32) written exactly.
+// Q4_0 blocks are GPTQ's 4-bit symmetric groups of 32: the solution in that
+// format is written exactly (not on the type's weighted-fit grid).
 TEST(QuantizeModelTest, GgufQ4_0HoldsTheGptqSolutionExactly) {
-  for (const bool gguf_grid : {true, false}) {
-    const TinyRun s = MakeTinyRun(gguf_grid ? "quantize_gguf_q4_0_grid"
-                                            : "quantize_gguf_q4_0");
-    QuantizeModelOptions o = Options(s, "model.gguf");
-    o.output_format = OutputFormat::kGguf;
-    o.gguf_type = "Q4_0";
-    o.gguf_grid = gguf_grid;
-    ASSERT_TRUE(QuantizeModel(o).ok());
-    const auto gguf = *GgufReader::Open(o.output);
-    const auto saved = *LoadBlockResult(o.work_dir + "/block-1.safetensors");
-    for (const auto& [name, index] : {std::pair{"blk.1.ffn_up.weight", 5},
-                                      std::pair{"blk.1.attn_v.weight", 2}}) {
-      const GgufTensorInfo* info = gguf->FindTensor(name);
-      ASSERT_NE(info, nullptr) << name;
-      ASSERT_EQ(info->type, GgmlType::kQ4_0) << name;
-      const LinearWeights& linear = BlockLinear(saved.weights, index);
-      std::vector<float> values(linear.weight.size());
-      ASSERT_TRUE(DequantizeRows(GgmlType::kQ4_0, gguf->TensorData(*info),
-                                 linear.rows, linear.cols, values.data(), 1)
-                      .ok());
-      EXPECT_TRUE(values == linear.weight) << name;
-      EXPECT_EQ(saved.quantized[index].gguf_type.has_value(), gguf_grid);
-    }
+  const TinyRun s = MakeTinyRun("quantize_gguf_q4_0");
+  QuantizeModelOptions o = Options(s, "model.gguf");
+  o.output_format = OutputFormat::kGguf;
+  o.gguf_type = "Q4_0";
+  ASSERT_TRUE(QuantizeModel(o).ok());
+  const auto gguf = *GgufReader::Open(o.output);
+  const auto saved = *LoadBlockResult(o.work_dir + "/block-1.safetensors");
+  for (const auto& [name, index] : {std::pair{"blk.1.ffn_up.weight", 5},
+                                    std::pair{"blk.1.attn_v.weight", 2}}) {
+    const GgufTensorInfo* info = gguf->FindTensor(name);
+    ASSERT_NE(info, nullptr) << name;
+    ASSERT_EQ(info->type, GgmlType::kQ4_0) << name;
+    EXPECT_FALSE(saved.quantized[index].gguf_type.has_value());
+    const LinearWeights& linear = BlockLinear(saved.weights, index);
+    std::vector<float> values(linear.weight.size());
+    ASSERT_TRUE(DequantizeRows(GgmlType::kQ4_0, gguf->TensorData(*info),
+                               linear.rows, linear.cols, values.data(), 1)
+                    .ok());
+    EXPECT_TRUE(values == linear.weight) << name;
   }
 }
 
