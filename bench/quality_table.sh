@@ -64,6 +64,14 @@ for spec in "4 128" "3 128" "2 64"; do
     run "awq-${bits}b-g${group}" awq "$bits" "$group" --format gptq "${calib[@]}"
   fi
 done
+# The reference recipe with AutoGPTQ's conventions: windows drawn as GPTQ's
+# data scripts draw them (Python's random, seed 0) and group ranges found
+# at the start of each lazy block.
+autogptq=(--calib-sampling python --group-params-at-block-start)
+run gptq-4b-g128-autogptq gptq 4 128 "${autogptq[@]}" "${calib[@]}"
+run gptq-3b-g128-autogptq gptq 3 128 "${autogptq[@]}" "${calib[@]}"
+run gptq-2b-g64-autogptq gptq 2 64 "${autogptq[@]}" "${calib[@]}"
+run awq-4b-g128-fp-inputs awq 4 128 --format awq --awq-fp-inputs "${calib[@]}"
 run gptq-3b-g128-act-bs gptq 3 128 --desc-act --group-params-at-block-start "${calib[@]}"
 run gptq-2b-g64-act-bs gptq 2 64 --desc-act --group-params-at-block-start "${calib[@]}"
 run gptq-2b-g64-act-bs-mse gptq 2 64 --desc-act --group-params-at-block-start --mse "${calib[@]}"
