@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <string>
 
@@ -303,6 +304,24 @@ int Level2BitPlanes(const uint8_t qs[kQkK / 4], int e) {
   return (qs[32 * h + l] >> (2 * k)) & 3;
 }
 
+// Sub-block s's 6-bit scale of a Q3_K block, -32..31 (stored + 32).
+int ScaleQ3_K(const BlockQ3_K& b, int s) {
+  const int stored = ((b.scales[s % 8] >> (s < 8 ? 0 : 4)) & 15) |
+                     (((b.scales[8 + s % 4] >> (2 * (s / 4))) & 3) << 4);
+  return stored - 32;
+}
+
+void SetScaleQ3_K(int s, int scale, BlockQ3_K* b) {
+  const int stored = scale + 32;  // 0..63
+  const int low_shift = s < 8 ? 0 : 4, high_shift = 2 * (s / 4);
+  uint8_t& low = b->scales[s % 8];
+  uint8_t& high = b->scales[8 + s % 4];
+  low = static_cast<uint8_t>((low & ~(15 << low_shift)) |
+                             ((stored & 15) << low_shift));
+  high = static_cast<uint8_t>((high & ~(3 << high_shift)) |
+                              ((stored >> 4) << high_shift));
+}
+
 // The level packings of the k-quants (stored levels, i.e. 0-based), as the
 // layout comments in ggml_blocks.h describe them.
 void PackLevelsQ3_K(const uint8_t levels[kQkK], BlockQ3_K* y) {
@@ -429,13 +448,7 @@ bool QuantizeBlockQ3_KReference(const float* x, const float* importance,
   int8_t sc[16];
   const bool ok =
       QuantizeSymmetricSuperBlock<4, 32>(x, importance, levels, sc, &y->d);
-  std::memset(y->scales, 0, sizeof(y->scales));
-  for (int s = 0; s < 16; ++s) {
-    const int stored = sc[s] + 32;  // 0..63
-    y->scales[s % 8] |= static_cast<uint8_t>((stored & 15) << (s < 8 ? 0 : 4));
-    y->scales[8 + s % 4] |=
-        static_cast<uint8_t>((stored >> 4) << (2 * (s / 4)));
-  }
+  for (int s = 0; s < 16; ++s) SetScaleQ3_K(s, sc[s], y);
   PackLevelsQ3_K(levels, y);
   return ok;
 }
@@ -665,10 +678,7 @@ bool GetBlockGrid(GgmlType type, const uint8_t* data, BlockGrid* grid) {
       const auto b = LoadBlock<BlockQ3_K>(data);
       const float d = HalfToFloat(b.d);
       for (int e = 0; e < kQkK; ++e) {
-        const int s = e / 16;
-        const int stored = ((b.scales[s % 8] >> (s < 8 ? 0 : 4)) & 15) |
-                           (((b.scales[8 + s % 4] >> (2 * (s / 4))) & 3) << 4);
-        grid->step[e] = d * static_cast<float>(stored - 32);
+        grid->step[e] = d * static_cast<float>(ScaleQ3_K(b, e / 16));
         const int high = (b.hmask[e % 32] >> (e / 32)) & 1;
         grid->level[e] = Level2BitPlanes(b.qs, e) + 4 * high + range.min;
       }
@@ -765,6 +775,130 @@ bool SetBlockLevels(GgmlType type, const int* levels, uint8_t* data) {
     case GgmlType::kQ6_K:
       return repack(BlockQ6_K{},
                     [&](BlockQ6_K& b) { PackLevelsQ6_K(stored, &b); });
+    default:
+      return false;
+  }
+}
+
+int SubBlockSize(GgmlType type) {
+  switch (type) {
+    case GgmlType::kQ2_K:
+    case GgmlType::kQ3_K:
+    case GgmlType::kQ6_K:
+      return 16;
+    case GgmlType::kQ4_K:
+    case GgmlType::kQ5_K:
+      return 32;
+    default:
+      return 0;
+  }
+}
+
+namespace {
+
+// Sum of w (x - value)^2 over a sub-block rounded onto step * q + offset,
+// q in [q_min, q_max] (a zero step holds `offset` alone).
+double SubBlockError(const float* x, const float* w, int n, float step,
+                     float offset, int q_min, int q_max) {
+  const float inverse = step != 0 ? 1.0f / step : 0.0f;
+  double total = 0;
+  for (int i = 0; i < n; ++i) {
+    const float q = step != 0 ? ClampRound((x[i] - offset) * inverse,
+                                           static_cast<float>(q_min),
+                                           static_cast<float>(q_max))
+                              : 0.0f;
+    const double e = double{x[i]} - (step * q + offset);
+    total += double{w[i]} * e * e;
+  }
+  return total;
+}
+
+// The integer scale (and min) of an affine sub-block (Q2_K, Q4_K, Q5_K)
+// against the block's d and dmin: the current pair, or the least-squares
+// fit's neighbours on the integer grid, whichever has the least error.
+void RefitAffine(const float* x, const float* w, int n, int q_max,
+                 int scale_max, float d, float dmin, int& sc, int& mn) {
+  auto error = [&](int a, int b) {
+    return SubBlockError(x, w, n, d * static_cast<float>(a),
+                         -(dmin * static_cast<float>(b)), 0, q_max);
+  };
+  double best = error(sc, mn);
+  const AffineFit fit = FitAffine(x, w, n, q_max, true, nullptr);
+  const float a = d > 0 ? fit.scale / d : 0.0f;
+  const float b = dmin > 0 ? -fit.offset / dmin : 0.0f;
+  for (const float ca : {std::floor(a), std::ceil(a)}) {
+    for (const float cb : {std::floor(b), std::ceil(b)}) {
+      const int na = RoundClamp(ca, 0, scale_max);
+      const int nb = RoundClamp(cb, 0, scale_max);
+      const double e = error(na, nb);
+      if (e < best) best = e, sc = na, mn = nb;
+    }
+  }
+}
+
+// The same for a symmetric sub-block (Q3_K, Q6_K): levels -q_neg..q_neg-1,
+// integer scales -scale_neg..scale_neg-1.
+void RefitSymmetric(const float* x, const float* w, int n, int q_neg,
+                    int scale_neg, float d, int& sc) {
+  auto error = [&](int a) {
+    return SubBlockError(x, w, n, d * static_cast<float>(a), 0.0f, -q_neg,
+                         q_neg - 1);
+  };
+  double best = error(sc);
+  const float a = d != 0 ? FitSymmetric(x, w, n, q_neg, nullptr) / d : 0.0f;
+  for (const float ca : {std::floor(a), std::ceil(a)}) {
+    const int na = RoundClamp(ca, -scale_neg, scale_neg - 1);
+    const double e = error(na);
+    if (e < best) best = e, sc = na;
+  }
+}
+
+}  // namespace
+
+bool RefitSubBlock(GgmlType type, uint8_t* data, int s, const float* x,
+                   const float* weights) {
+  const int n = SubBlockSize(type);
+  if (n == 0 || s < 0 || s >= kQkK / n) return false;
+  switch (type) {
+    case GgmlType::kQ2_K: {
+      auto b = LoadBlock<BlockQ2_K>(data);
+      int sc = b.scales[s] & 15, mn = b.scales[s] >> 4;
+      RefitAffine(x, weights, n, 3, 15, HalfToFloat(b.d), HalfToFloat(b.dmin),
+                  sc, mn);
+      b.scales[s] = static_cast<uint8_t>(sc | (mn << 4));
+      std::memcpy(data, &b, sizeof(b));
+      return true;
+    }
+    case GgmlType::kQ3_K: {
+      auto b = LoadBlock<BlockQ3_K>(data);
+      int sc = ScaleQ3_K(b, s);
+      RefitSymmetric(x, weights, n, 4, 32, HalfToFloat(b.d), sc);
+      SetScaleQ3_K(s, sc, &b);
+      std::memcpy(data, &b, sizeof(b));
+      return true;
+    }
+    case GgmlType::kQ4_K:
+    case GgmlType::kQ5_K: {
+      // Q4_K's d, dmin and scales are a prefix of Q5_K's fields.
+      auto b = LoadBlock<BlockQ4_K>(data);
+      uint8_t sc[8], mn[8];
+      UnpackScalesMinsK4(b.scales, sc, mn);
+      int a = sc[s], m = mn[s];
+      RefitAffine(x, weights, n, type == GgmlType::kQ4_K ? 15 : 31, 63,
+                  HalfToFloat(b.d), HalfToFloat(b.dmin), a, m);
+      sc[s] = static_cast<uint8_t>(a), mn[s] = static_cast<uint8_t>(m);
+      PackScalesMinsK4(sc, mn, b.scales);
+      std::memcpy(data, &b, offsetof(BlockQ4_K, qs));
+      return true;
+    }
+    case GgmlType::kQ6_K: {
+      auto b = LoadBlock<BlockQ6_K>(data);
+      int sc = b.scales[s];
+      RefitSymmetric(x, weights, n, 32, 128, HalfToFloat(b.d), sc);
+      b.scales[s] = static_cast<int8_t>(sc);
+      std::memcpy(data, &b, sizeof(b));
+      return true;
+    }
     default:
       return false;
   }

@@ -268,6 +268,17 @@ bool GetBlockGrid(GgmlType type, const uint8_t* block, BlockGrid* grid);
 // Replaces the levels of a block (block_size of them, clamped to the type's
 // range), keeping its scales and mins. False for other types.
 bool SetBlockLevels(GgmlType type, const int* levels, uint8_t* block);
+// Elements per sub-block of the k-quants (Q2_K, Q3_K, Q6_K: 16; Q4_K, Q5_K:
+// 32); 0 for other types.
+int SubBlockSize(GgmlType type);
+// Re-chooses sub-block s's integer scale (and min) of a k-quant block for
+// the values x[0..SubBlockSize) with weights w (>= 0), keeping the block's
+// fp16 d and dmin and every other sub-block: the least-squares fit's
+// neighbours on the integer grid replace the current choice only where
+// their weighted error (levels rounded to nearest) is lower. The levels are
+// not touched (see SetBlockLevels). False for other types or a bad s.
+bool RefitSubBlock(GgmlType type, uint8_t* block, int s, const float* x,
+                   const float* w);
 
 // The searched quantizers (and their optimized twins) refuse blocks with a
 // value beyond 2^30 in magnitude: no searched format has a scale reaching

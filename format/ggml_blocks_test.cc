@@ -789,6 +789,74 @@ TEST(GgmlBlocksTest, BlockGridsMatchTheDequantizers) {
   EXPECT_FALSE(GetBlockGrid(GgmlType::kF32, block, &grid));
 }
 
+// Refitting a sub-block to values that moved (scaled by 1.6 here) lowers
+// its weighted error, never raises it, and leaves the rest of the block.
+TEST(GgmlBlocksTest, RefitSubBlockFollowsMovedValues) {
+  std::mt19937 rng(82);
+  std::uniform_real_distribution<float> weight(0.5f, 2.0f);
+  for (const GgmlType type : {GgmlType::kQ2_K, GgmlType::kQ3_K, GgmlType::kQ4_K,
+                              GgmlType::kQ5_K, GgmlType::kQ6_K}) {
+    const GgmlTypeTraits& traits = GetGgmlTypeTraits(type);
+    const int n = SubBlockSize(type);
+    ASSERT_GT(n, 0);
+    const std::vector<float> x = WeightLike(false, 83);
+    std::vector<uint8_t> q = Quantize(type, x);
+    const std::vector<uint8_t> before(q.begin(), q.begin() + traits.type_size);
+    const int s = 3;
+    std::vector<float> moved(x.begin() + s * n, x.begin() + (s + 1) * n);
+    for (float& v : moved) v *= 1.6f;
+    std::vector<float> w(n);
+    for (float& v : w) v = weight(rng);
+    // Weighted error of the moved values on a block's grid of sub-block s.
+    auto error = [&](const uint8_t* block) {
+      BlockGrid grid;
+      EXPECT_TRUE(GetBlockGrid(type, block, &grid));
+      double total = 0;
+      for (int i = 0; i < n; ++i) {
+        const float step = grid.step[s * n + i];
+        const float offset = grid.offset[s * n + i];
+        const float level =
+            step != 0 ? std::min<float>(
+                            std::max<float>(
+                                std::nearbyint((moved[i] - offset) / step),
+                                grid.range.min),
+                            grid.range.max)
+                      : 0.0f;
+        const double e = moved[i] - (step * level + offset);
+        total += w[i] * e * e;
+      }
+      return total;
+    };
+    const double old_error = error(before.data());
+    ASSERT_TRUE(RefitSubBlock(type, q.data(), s, moved.data(), w.data()));
+    const double new_error = error(q.data());
+    EXPECT_LT(new_error, 0.8 * old_error) << traits.name;
+    // Other sub-blocks keep their values.
+    BlockGrid a, b;
+    GetBlockGrid(type, before.data(), &a);
+    GetBlockGrid(type, q.data(), &b);
+    for (int e = 0; e < kQkK; ++e) {
+      if (e / n == s) continue;
+      ASSERT_EQ(a.step[e], b.step[e]) << traits.name << " " << e;
+      ASSERT_EQ(a.offset[e], b.offset[e]) << traits.name << " " << e;
+      ASSERT_EQ(a.level[e], b.level[e]) << traits.name << " " << e;
+    }
+    // Values it already fits are kept.
+    std::vector<uint8_t> again = q;
+    std::vector<float> on_grid(n);
+    for (int i = 0; i < n; ++i) {
+      on_grid[i] = b.step[s * n + i] * static_cast<float>(b.level[s * n + i]) +
+                   b.offset[s * n + i];
+    }
+    ASSERT_TRUE(RefitSubBlock(type, again.data(), s, on_grid.data(), w.data()));
+    EXPECT_TRUE(again == q) << traits.name;
+  }
+  uint8_t block[kMaxBlockBytes] = {};
+  const float x[32] = {}, w[32] = {};
+  EXPECT_FALSE(RefitSubBlock(GgmlType::kQ4_0, block, 0, x, w));
+  EXPECT_FALSE(RefitSubBlock(GgmlType::kQ4_K, block, 8, x, w));
+}
+
 // Heavy importance on some columns lowers their error.
 TEST(GgmlBlocksTest, ImportanceLowersTheErrorWhereItIsHigh) {
   const std::vector<float> x = WeightLike(false, 79);

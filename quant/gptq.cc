@@ -229,7 +229,8 @@ class Grid {
   // columns zeroed.
   virtual absl::Status FitUpFront(const float* w) = 0;
   // The group at solve positions [first, first + width): value(r, k) is the
-  // running weight of row r at position first + k.
+  // running weight of row r at position first + k (any k < cols - first,
+  // so a grid may look past the group).
   virtual absl::Status FitGroup(
       int64_t first, int64_t width,
       const std::function<float(int64_t, int64_t)>& value) = 0;
@@ -474,8 +475,10 @@ class GgufGrid : public Grid {
         offset_(static_cast<size_t>(rows * cols)),
         levels_(static_cast<size_t>(rows * cols)) {}
 
+  // The k-quants' sub-blocks are refitted as the solve reaches them.
   int64_t group_width() const override {
-    return up_front_ ? 0 : traits_.block_size;
+    if (up_front_) return 0;
+    return SubBlockSize(type_) > 0 ? SubBlockSize(type_) : traits_.block_size;
   }
 
   absl::Status FitUpFront(const float* w) override {
@@ -488,10 +491,28 @@ class GgufGrid : public Grid {
     return absl::OkStatus();
   }
 
+  // Solve order is column order here. A block is fitted whole when the
+  // solve reaches it; each later k-quant sub-block gets its integer scale
+  // (and min) refitted, against the block's fp16 d and dmin, on its running
+  // weights (which the solve has moved since the block was fitted).
   absl::Status FitGroup(
-      int64_t first, int64_t,
+      int64_t first, int64_t width,
       const std::function<float(int64_t, int64_t)>& value) override {
-    return FitBlocks(first, value);  // Solve order is column order here.
+    if (first % traits_.block_size == 0) return FitBlocks(first, value);
+    const int64_t offset = first % traits_.block_size;
+    std::vector<float> x(static_cast<size_t>(width));
+    BlockGrid grid;
+    for (int64_t r = 0; r < rows_; ++r) {
+      for (int64_t k = 0; k < width; ++k) x[k] = value(r, k);
+      uint8_t* bytes = BlockBytes(r, first - offset);
+      RefitSubBlock(type_, bytes, static_cast<int>(offset / width), x.data(),
+                    importance_.data() + first);
+      GetBlockGrid(type_, bytes, &grid);
+      std::copy_n(grid.step + offset, width, step_.data() + r * cols_ + first);
+      std::copy_n(grid.offset + offset, width,
+                  offset_.data() + r * cols_ + first);
+    }
+    return absl::OkStatus();
   }
 
   float Quantize(int64_t row, int64_t column, float x) override {
