@@ -448,6 +448,7 @@ bool QuantizeBlockQ3_KReference(const float* x, const float* importance,
   int8_t sc[16];
   const bool ok =
       QuantizeSymmetricSuperBlock<4, 32>(x, importance, levels, sc, &y->d);
+  std::memset(y->scales, 0, sizeof(y->scales));
   for (int s = 0; s < 16; ++s) SetScaleQ3_K(s, sc[s], y);
   PackLevelsQ3_K(levels, y);
   return ok;

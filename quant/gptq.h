@@ -98,10 +98,12 @@ absl::StatusOr<GptqResult> GptqQuantize(const float* w, int64_t rows,
 // Q4_1, Q5_1, Q2_K..Q6_K), so that the solution is the file's content, not
 // re-fitted into it: when the solve reaches a block (a row's block_size
 // consecutive columns), the type's quantizer fits the block's scales (and
-// mins) on the running weights with the Hessian diagonal as importance;
-// each weight is then rounded onto that block's grid and its error fed
-// forward as GPTQ does. With desc_act or static_groups the blocks are fitted
-// up front on the original weights. Uses desc_act, static_groups, damping,
+// mins) on the running weights with the Hessian diagonal as importance, and
+// when it reaches each later sub-block of a k-quant, that sub-block's
+// integer scale (and min) is refitted against the block's fp16 d (and dmin)
+// on its running weights; each weight is then rounded onto its grid and its
+// error fed forward as GPTQ does. With desc_act or static_groups the blocks
+// are fitted up front on the original weights. Uses desc_act, static_groups, damping,
 // block_size and group_params_at_block_start of `options`. InvalidArgument
 // for other types or columns that are not whole blocks.
 absl::StatusOr<GptqResult> GptqQuantizeGguf(const float* w, int64_t rows,
