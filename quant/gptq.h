@@ -103,9 +103,9 @@ absl::StatusOr<GptqResult> GptqQuantize(const float* w, int64_t rows,
 // integer scale (and min) is refitted against the block's fp16 d (and dmin)
 // on its running weights; each weight is then rounded onto its grid and its
 // error fed forward as GPTQ does. With desc_act or static_groups the blocks
-// are fitted up front on the original weights. Uses desc_act, static_groups, damping,
-// block_size and group_params_at_block_start of `options`. InvalidArgument
-// for other types or columns that are not whole blocks.
+// are fitted up front on the original weights. Uses desc_act, static_groups,
+// damping, block_size and group_params_at_block_start of `options`.
+// InvalidArgument for other types or columns that are not whole blocks.
 absl::StatusOr<GptqResult> GptqQuantizeGguf(const float* w, int64_t rows,
                                             int64_t cols,
                                             const std::vector<double>& hessian,
