@@ -501,16 +501,12 @@ class GgufGrid : public Grid {
     if (first % traits_.block_size == 0) return FitBlocks(first, value);
     const int64_t offset = first % traits_.block_size;
     std::vector<float> x(static_cast<size_t>(width));
-    BlockGrid grid;
     for (int64_t r = 0; r < rows_; ++r) {
       for (int64_t k = 0; k < width; ++k) x[k] = value(r, k);
-      uint8_t* bytes = BlockBytes(r, first - offset);
-      RefitSubBlock(type_, bytes, static_cast<int>(offset / width), x.data(),
+      RefitSubBlock(type_, BlockBytes(r, first),
+                    static_cast<int>(offset / width), x.data(),
                     importance_.data() + first);
-      GetBlockGrid(type_, bytes, &grid);
-      std::copy_n(grid.step + offset, width, step_.data() + r * cols_ + first);
-      std::copy_n(grid.offset + offset, width,
-                  offset_.data() + r * cols_ + first);
+      ReadGrid(r, first, width);
     }
     return absl::OkStatus();
   }
@@ -550,16 +546,27 @@ class GgufGrid : public Grid {
   }
 
  private:
-  uint8_t* BlockBytes(int64_t row, int64_t first) {
+  // The block of `row` that holds column `column`.
+  uint8_t* BlockBytes(int64_t row, int64_t column) {
     return data_.data() + row * row_bytes_ +
-           first / traits_.block_size * traits_.type_size;
+           column / traits_.block_size * traits_.type_size;
+  }
+
+  // Each weight's grid in columns [first, first + width) of `row`, from its
+  // block as it now stands.
+  void ReadGrid(int64_t row, int64_t first, int64_t width) {
+    BlockGrid grid;
+    GetBlockGrid(type_, BlockBytes(row, first), &grid);
+    const int64_t offset = first % traits_.block_size;
+    std::copy_n(grid.step + offset, width, step_.data() + row * cols_ + first);
+    std::copy_n(grid.offset + offset, width,
+                offset_.data() + row * cols_ + first);
   }
 
   absl::Status FitBlocks(int64_t first,
                          const std::function<float(int64_t, int64_t)>& value) {
     const int64_t block = traits_.block_size;
     std::vector<float> x(static_cast<size_t>(block));
-    BlockGrid grid;
     for (int64_t r = 0; r < rows_; ++r) {
       for (int64_t k = 0; k < block; ++k) x[k] = value(r, k);
       uint8_t* bytes = BlockBytes(r, first);
@@ -570,9 +577,7 @@ class GgufGrid : public Grid {
                                                 r, ", column ", first,
                                                 " failed to quantize"));
       }
-      GetBlockGrid(type_, bytes, &grid);
-      std::copy_n(grid.step, block, step_.data() + r * cols_ + first);
-      std::copy_n(grid.offset, block, offset_.data() + r * cols_ + first);
+      ReadGrid(r, first, block);
     }
     return absl::OkStatus();
   }
