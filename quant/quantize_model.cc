@@ -46,13 +46,6 @@ double PeakRssMiB() {
   return -1;
 }
 
-std::string BlockPath(const std::string& work_dir, int layer) {
-  return absl::StrCat(work_dir, "/block-", layer, ".safetensors");
-}
-std::string ActivationsPath(const std::string& work_dir, int layer) {
-  return absl::StrCat(work_dir, "/activations-", layer, ".safetensors");
-}
-
 nlohmann::json RecipeJson(const QuantizeModelOptions& o) {
   std::error_code error;
   const std::string model = fs::absolute(o.model_dir, error).string();
@@ -159,75 +152,24 @@ std::string FormatTable(const nlohmann::json& report) {
   return out;
 }
 
-// Each block's recipe: one format, or per linear from the GGUF plan.
-absl::StatusOr<std::vector<BlockRecipe>> BlockRecipes(
-    const QuantizeModelOptions& options, const ModelSpec& spec,
-    const SafetensorsCheckpoint& checkpoint,
-    const std::map<std::string, GgmlType>& gguf_types) {
-  std::vector<BlockRecipe> recipes(static_cast<size_t>(spec.num_layers));
-  ASSIGN_OR_RETURN(const TensorView norm,
-                   checkpoint.Get("model.layers.0.input_layernorm.weight"));
+// Per block and linear, the GGUF type it is written in.
+absl::StatusOr<std::vector<std::array<std::optional<GgmlType>, kBlockLinears>>>
+LinearTypes(const ModelSpec& spec,
+            const std::map<std::string, GgmlType>& gguf_types) {
+  std::vector<std::array<std::optional<GgmlType>, kBlockLinears>> types(
+      static_cast<size_t>(spec.num_layers));
   for (int layer = 0; layer < spec.num_layers; ++layer) {
-    BlockRecipe& r = recipes[layer];
-    r.method = options.method;
-    r.gptq = options.gptq;
-    r.true_sequential = options.true_sequential;
-    r.awq = options.awq;
-    r.sequences_per_pass = options.sequences_per_pass;
-    r.norm_dtype = options.output_format == OutputFormat::kGguf
-                       ? SafetensorsDType::kF32  // GGUF norms are F32.
-                       : norm.dtype;
     for (int i = 0; i < kBlockLinears; ++i) {
-      if (options.output_format != OutputFormat::kGguf) {
-        r.formats[i] = options.weights;
-        continue;
-      }
       const std::string name = absl::StrCat("model.layers.", layer, ".",
                                             kBlockLinearNames[i], ".weight");
       auto it = gguf_types.find(name);
       if (it == gguf_types.end()) {
         return absl::InternalError(absl::StrCat("no GGUF type for ", name));
       }
-      ASSIGN_OR_RETURN(r.formats[i], SolveFormatOfGgmlType(it->second));
-      // Where GPTQ's own min-max groups are the type, they are used: on
-      // llama-29m-books they scored better in Q4_0 than the type's
-      // weighted fit (bench/gguf_from_gptq.md).
-      if (options.gguf_grid && !IsSymmetricGroupOf32Type(it->second)) {
-        r.gguf_grid[i] = it->second;
-      }
+      types[layer][i] = it->second;
     }
   }
-  return recipes;
-}
-
-// The work directory holds one run's files: it records the recipe and
-// refuses a run with another.
-absl::Status ClaimWorkDir(const std::string& work_dir,
-                          const nlohmann::json& recipe) {
-  std::error_code error;
-  fs::create_directories(work_dir, error);
-  if (error) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "cannot create work directory ", work_dir, ": ", error.message()));
-  }
-  const std::string recipe_path = work_dir + "/recipe.json";
-  if (!fs::exists(recipe_path, error)) {
-    return WriteFileAtomically(recipe_path, recipe.dump(2) + "\n");
-  }
-  ASSIGN_OR_RETURN(const std::string text, ReadFileToString(recipe_path));
-  ASSIGN_OR_RETURN(const nlohmann::json saved,
-                   ParseJsonStrict(text, recipe_path));
-  if (saved == recipe) return absl::OkStatus();
-  std::string field = "?";
-  for (const auto& [key, value] : recipe.items()) {
-    if (!saved.contains(key) || saved[key] != value) {
-      field = key;
-      break;
-    }
-  }
-  return absl::FailedPreconditionError(
-      absl::StrCat(work_dir, " holds a run with another recipe (", field,
-                   " differs); use a new work directory"));
+  return types;
 }
 
 // Writes the GGUF from the committed block results: norms and biases as the
@@ -235,13 +177,14 @@ absl::Status ClaimWorkDir(const std::string& work_dir,
 // type, else re-fitted with the Hessian diagonal as importance; everything
 // else converted from the checkpoint.
 absl::StatusOr<ConvertResult> WriteGgufFromResults(
-    const QuantizeModelOptions& options, const ModelSpec& spec,
-    const QuantMix& mix, const std::map<std::string, GgmlType>& gguf_types,
+    const QuantizeModelOptions& options, const QuantizationPlan& plan,
     const std::function<absl::StatusOr<BlockResult>(int)>& load_block) {
+  const ModelSpec& spec = plan.spec;
+  const std::map<std::string, GgmlType>& gguf_types = plan.gguf_types;
   ConvertOptions convert;
   convert.model_dir = options.model_dir;
   convert.output_path = options.output;
-  convert.mix = mix;
+  convert.mix = *plan.mix;
   // The types (and so the file size) of a plain conversion, so that the two
   // compare at equal size: llama-quantize's imatrix rule (Q4_0's first
   // ffn_down in Q4_1) stays off.
@@ -337,28 +280,116 @@ absl::StatusOr<OutputFormat> ParseOutputFormat(absl::string_view name) {
       absl::StrCat("unknown output format \"", name, "\" (gptq, awq or gguf)"));
 }
 
+std::string BlockResultPath(const std::string& work_dir, int layer) {
+  return absl::StrCat(work_dir, "/block-", layer, ".safetensors");
+}
+std::string ActivationsPath(const std::string& work_dir, int layer) {
+  return absl::StrCat(work_dir, "/activations-", layer, ".safetensors");
+}
+
+absl::StatusOr<BlockRecipe> MakeBlockRecipe(
+    const QuantizeModelOptions& options, SafetensorsDType norm_dtype,
+    const std::array<std::optional<GgmlType>, kBlockLinears>& linear_types) {
+  BlockRecipe r;
+  r.method = options.method;
+  r.gptq = options.gptq;
+  r.true_sequential = options.true_sequential;
+  r.awq = options.awq;
+  r.sequences_per_pass = options.sequences_per_pass;
+  r.norm_dtype = options.output_format == OutputFormat::kGguf
+                     ? SafetensorsDType::kF32  // GGUF norms are F32.
+                     : norm_dtype;
+  for (int i = 0; i < kBlockLinears; ++i) {
+    if (options.output_format != OutputFormat::kGguf) {
+      r.formats[i] = options.weights;
+      continue;
+    }
+    if (!linear_types[i].has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "GGUF output: no type for ", kBlockLinearNames[i]));
+    }
+    const GgmlType type = *linear_types[i];
+    ASSIGN_OR_RETURN(r.formats[i], SolveFormatOfGgmlType(type));
+    // Where GPTQ's own min-max groups are the type, they are used: on
+    // llama-29m-books they scored better in Q4_0 than the type's weighted
+    // fit (bench/gguf_from_gptq.md).
+    if (options.gguf_grid && !IsSymmetricGroupOf32Type(type)) {
+      r.gguf_grid[i] = type;
+    }
+  }
+  return r;
+}
+
+// The work directory holds one run's files: it records the recipe and
+// refuses a run with another.
+absl::Status ClaimWorkDir(const std::string& work_dir,
+                          const nlohmann::json& recipe) {
+  std::error_code error;
+  fs::create_directories(work_dir, error);
+  if (error) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "cannot create work directory ", work_dir, ": ", error.message()));
+  }
+  const std::string recipe_path = work_dir + "/recipe.json";
+  if (!fs::exists(recipe_path, error)) {
+    return WriteFileAtomically(recipe_path, recipe.dump(2) + "\n");
+  }
+  ASSIGN_OR_RETURN(const std::string text, ReadFileToString(recipe_path));
+  ASSIGN_OR_RETURN(const nlohmann::json saved,
+                   ParseJsonStrict(text, recipe_path));
+  if (saved == recipe) return absl::OkStatus();
+  std::string field = "?";
+  for (const auto& [key, value] : recipe.items()) {
+    if (!saved.contains(key) || saved[key] != value) {
+      field = key;
+      break;
+    }
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat(work_dir, " holds a run with another recipe (", field,
+                   " differs); use a new work directory"));
+}
+
+absl::StatusOr<QuantizationPlan> PlanQuantization(
+    const QuantizeModelOptions& options) {
+  RETURN_IF_ERROR(CheckOptions(options));
+  QuantizationPlan plan;
+  ASSIGN_OR_RETURN(plan.spec, LoadModelConfig(options.model_dir));
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> checkpoint,
+                   SafetensorsCheckpoint::Open(options.model_dir));
+  ASSIGN_OR_RETURN(const TensorView norm,
+                   checkpoint->Get("model.layers.0.input_layernorm.weight"));
+  plan.norm_dtype = norm.dtype;
+  plan.linear_types.resize(static_cast<size_t>(plan.spec.num_layers));
+  if (options.output_format == OutputFormat::kGguf) {
+    ASSIGN_OR_RETURN(plan.mix, ParseQuantMix(options.gguf_type));
+    ASSIGN_OR_RETURN(plan.gguf_types,
+                     PlanGgufTypes(options.model_dir, *plan.mix,
+                                   /*has_importance=*/false));
+    ASSIGN_OR_RETURN(plan.linear_types,
+                     LinearTypes(plan.spec, plan.gguf_types));
+  }
+  for (int layer = 0; layer < plan.spec.num_layers; ++layer) {
+    ASSIGN_OR_RETURN(
+        BlockRecipe recipe,
+        MakeBlockRecipe(options, plan.norm_dtype, plan.linear_types[layer]));
+    plan.block_recipes.push_back(std::move(recipe));
+  }
+  plan.recipe = RecipeJson(options);
+  return plan;
+}
+
 absl::StatusOr<QuantizeModelResult> QuantizeModel(
     const QuantizeModelOptions& options) {
   const auto start = std::chrono::steady_clock::now();
-  RETURN_IF_ERROR(CheckOptions(options));
   auto log = [&](const std::string& line) {
     if (options.log) options.log(line);
   };
-  ASSIGN_OR_RETURN(const ModelSpec spec, LoadModelConfig(options.model_dir));
+  ASSIGN_OR_RETURN(const QuantizationPlan plan, PlanQuantization(options));
+  const ModelSpec& spec = plan.spec;
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> checkpoint,
                    SafetensorsCheckpoint::Open(options.model_dir));
-
-  std::map<std::string, GgmlType> gguf_types;
-  std::optional<QuantMix> mix;
-  if (options.output_format == OutputFormat::kGguf) {
-    ASSIGN_OR_RETURN(mix, ParseQuantMix(options.gguf_type));
-    ASSIGN_OR_RETURN(gguf_types, PlanGgufTypes(options.model_dir, *mix,
-                                               /*has_importance=*/false));
-  }
-  ASSIGN_OR_RETURN(const std::vector<BlockRecipe> recipes,
-                   BlockRecipes(options, spec, *checkpoint, gguf_types));
-  const nlohmann::json recipe = RecipeJson(options);
-  RETURN_IF_ERROR(ClaimWorkDir(options.work_dir, recipe));
+  RETURN_IF_ERROR(ClaimWorkDir(options.work_dir, plan.recipe));
 
   QuantizeModelResult result;
   std::error_code error;
@@ -368,11 +399,10 @@ absl::StatusOr<QuantizeModelResult> QuantizeModel(
   const int64_t dim = spec.hidden_size;
   int first = 0;
   while (first < spec.num_layers &&
-         fs::exists(BlockPath(options.work_dir, first), error)) {
+         fs::exists(BlockResultPath(options.work_dir, first), error)) {
     ++first;
   }
   result.blocks_resumed = first;
-  nlohmann::json blocks = nlohmann::json::array();
   if (first < spec.num_layers) {
     std::vector<float> hidden;
     if (calibrated) {
@@ -401,8 +431,8 @@ absl::StatusOr<QuantizeModelResult> QuantizeModel(
       ASSIGN_OR_RETURN(DecoderBlockWeights block,
                        LoadDecoderBlock(*checkpoint, spec, layer));
       absl::StatusOr<BlockResult> done =
-          QuantizeBlock(forward, std::move(block), recipes[layer], sequences,
-                        seq_len, hidden.data());
+          QuantizeBlock(forward, std::move(block), plan.block_recipes[layer],
+                        sequences, seq_len, hidden.data());
       if (!done.ok()) {
         return absl::Status(
             done.status().code(),
@@ -415,7 +445,7 @@ absl::StatusOr<QuantizeModelResult> QuantizeModel(
                             hidden, sequences, seq_len, dim));
       }
       RETURN_IF_ERROR(
-          SaveBlockResult(BlockPath(options.work_dir, layer), *done));
+          SaveBlockResult(BlockResultPath(options.work_dir, layer), *done));
       fs::remove(ActivationsPath(options.work_dir, layer), error);
       ++result.blocks_quantized;
       log(absl::StrFormat("block %d/%d quantized in %.1f s", layer + 1,
@@ -426,24 +456,38 @@ absl::StatusOr<QuantizeModelResult> QuantizeModel(
       }
     }
   }
+  ASSIGN_OR_RETURN(QuantizeModelResult assembled,
+                   AssembleOutput(options, plan, start));
+  assembled.blocks_quantized = result.blocks_quantized;
+  assembled.blocks_resumed = result.blocks_resumed;
+  return assembled;
+}
 
+absl::StatusOr<QuantizeModelResult> AssembleOutput(
+    const QuantizeModelOptions& options, const QuantizationPlan& plan,
+    std::chrono::steady_clock::time_point start) {
+  auto log = [&](const std::string& line) {
+    if (options.log) options.log(line);
+  };
+  const ModelSpec& spec = plan.spec;
+  QuantizeModelResult result;
   // Reports of every block, from the committed results.
   const auto load_block = [&](int layer) {
-    return LoadBlockResult(BlockPath(options.work_dir, layer));
+    return LoadBlockResult(BlockResultPath(options.work_dir, layer));
   };
+  nlohmann::json blocks = nlohmann::json::array();
   for (int layer = 0; layer < spec.num_layers; ++layer) {
     ASSIGN_OR_RETURN(nlohmann::json entry,
-                     LoadBlockReport(BlockPath(options.work_dir, layer)));
+                     LoadBlockReport(BlockResultPath(options.work_dir, layer)));
     entry["layer"] = layer;
     blocks.push_back(std::move(entry));
   }
-
   // The output, then the perplexity of what was written.
   BlockLoader evaluated;
   if (options.output_format == OutputFormat::kGguf) {
     ASSIGN_OR_RETURN(
         const ConvertResult written,
-        WriteGgufFromResults(options, spec, *mix, gguf_types, load_block));
+        WriteGgufFromResults(options, plan, load_block));
     log(absl::StrCat("wrote ", options.output, " (", written.output_bytes,
                      " bytes)"));
     // llama.cpp evaluates the GGUF itself; here the solution before it was
@@ -474,7 +518,7 @@ absl::StatusOr<QuantizeModelResult> QuantizeModel(
     };
   }
 
-  nlohmann::json report = {{"recipe", recipe}, {"blocks", blocks}};
+  nlohmann::json report = {{"recipe", plan.recipe}, {"blocks", blocks}};
   if (!options.eval_texts.empty()) {
     const std::string evaluated_dir =
         options.output_format == OutputFormat::kGguf ? options.model_dir

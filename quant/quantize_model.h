@@ -11,13 +11,21 @@
 #ifndef QUANT_QUANTIZE_MODEL_H_
 #define QUANT_QUANTIZE_MODEL_H_
 
+#include <array>
+#include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "convert/quant_mix.h"
+#include "format/ggml_type.h"
+#include "format/model_config.h"
+#include "format/safetensors.h"
 #include "model/calibration.h"
 #include "nlohmann/json.hpp"
 #include "quant/awq.h"
@@ -74,6 +82,50 @@ struct QuantizeModelResult {
 
 absl::StatusOr<QuantizeModelResult> QuantizeModel(
     const QuantizeModelOptions& options);
+
+// The pieces QuantizeModel is made of, shared with the distributed service
+// (whose coordinator plans and assembles, and whose workers run blocks).
+
+// What a run will do, fixed before any work: the checked options, the
+// model, the recipe as recorded in the work directory, and each block's
+// recipe.
+struct QuantizationPlan {
+  ModelSpec spec;
+  nlohmann::json recipe;
+  std::vector<BlockRecipe> block_recipes;
+  SafetensorsDType norm_dtype = SafetensorsDType::kF32;  // As stored.
+  // GGUF output: the type of every tensor, and the mix.
+  std::map<std::string, GgmlType> gguf_types;
+  std::optional<QuantMix> mix;
+  // Per block and linear, the GGUF type it is written in (GGUF only).
+  std::vector<std::array<std::optional<GgmlType>, kBlockLinears>>
+      linear_types;
+};
+// InvalidArgument names the option at fault.
+absl::StatusOr<QuantizationPlan> PlanQuantization(
+    const QuantizeModelOptions& options);
+
+// One block's recipe from the options, the dtype the model stores norms
+// in, and (GGUF output) the GGUF type of each of its linears.
+absl::StatusOr<BlockRecipe> MakeBlockRecipe(
+    const QuantizeModelOptions& options, SafetensorsDType norm_dtype,
+    const std::array<std::optional<GgmlType>, kBlockLinears>& linear_types);
+
+// The work directory's files (QuantizeModel's layout, also the
+// coordinator's per-job directory).
+std::string BlockResultPath(const std::string& work_dir, int layer);
+std::string ActivationsPath(const std::string& work_dir, int layer);
+// Records the recipe in the work directory, or refuses one that holds a run
+// with another recipe (FailedPrecondition naming the field that differs).
+absl::Status ClaimWorkDir(const std::string& work_dir,
+                          const nlohmann::json& recipe);
+
+// Writes the output and its report (beside it) from the block results
+// committed in options.work_dir, then the held-out perplexities the options
+// ask for. `start` is when the run began (for the report's time).
+absl::StatusOr<QuantizeModelResult> AssembleOutput(
+    const QuantizeModelOptions& options, const QuantizationPlan& plan,
+    std::chrono::steady_clock::time_point start);
 
 }  // namespace quant
 
