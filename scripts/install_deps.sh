@@ -8,7 +8,7 @@ packages=(
   build-essential cmake ninja-build pkg-config python3 python3-numpy
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev nlohmann-json3-dev
-  libsqlite3-dev libopenblas-dev liblapacke-dev libsentencepiece-dev
+  libsqlite3-dev libssl-dev libopenblas-dev liblapacke-dev libsentencepiece-dev
   bazel-bootstrap
 )
 # Node.js may come from elsewhere (with its own npm); only fall back to

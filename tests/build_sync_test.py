@@ -51,7 +51,7 @@ def bazel_targets():
             targets["//%s:%s" % (package, attrs["name"])] = files
 
         env = {name: rule for name in (
-            "cc_library", "cc_test", "cc_binary", "sh_test", "genrule")}
+            "cc_library", "cc_test", "cc_binary", "sh_test")}
         env.update({
             "load": lambda *args, **kwargs: None,
             "package": lambda **kwargs: None,
@@ -59,6 +59,9 @@ def bazel_targets():
             "glob": lambda *args, **kwargs: [],
             "select": lambda *args, **kwargs: [],
             "filegroup": lambda **kwargs: None,
+            # protoc runs; its outputs belong to the cc_library of the
+            # same name without "_gen" (CMake: qs_proto_library).
+            "genrule": lambda **kwargs: None,
             "True": True, "False": False,
         })
         with open(os.path.join(dirpath, "BUILD.bazel")) as f:
@@ -68,8 +71,8 @@ def bazel_targets():
 
 
 CMAKE_CALL = re.compile(r"\bqs_(?:cc_library|cc_test|cc_binary|cuda_library|"
-                        r"cuda_test)\s*\(([^)]*)\)", re.S)
-KEYWORDS = {"SRCS", "HDRS", "DEPS", "OUTPUT_NAME"}
+                        r"cuda_test|proto_library)\s*\(([^)]*)\)", re.S)
+KEYWORDS = {"SRCS", "HDRS", "DEPS", "OUTPUT_NAME", "PROTOS"}
 
 
 def cmake_targets():

@@ -1,0 +1,192 @@
+#include "common/metrics.h"
+
+#include <exception>
+#include <sstream>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "prometheus/text_serializer.h"
+
+namespace quant {
+namespace {
+
+// The family builders throw only on invalid metric or label names (ours are
+// fixed and valid) or on a name registered twice in one registry (each
+// ServiceMetrics has its own registry), so construction cannot throw.
+prometheus::Family<prometheus::Counter>* AddCounter(
+    prometheus::Registry& registry, const std::string& name,
+    const std::string& help) {
+  return &prometheus::BuildCounter().Name(name).Help(help).Register(registry);
+}
+
+prometheus::Family<prometheus::Gauge>* AddGauge(prometheus::Registry& registry,
+                                                const std::string& name,
+                                                const std::string& help) {
+  return &prometheus::BuildGauge().Name(name).Help(help).Register(registry);
+}
+
+// 0.1 s .. 10000 s in 1-2.5-5 steps: sub-second tasks up to the 2 h ones.
+const prometheus::Histogram::BucketBoundaries& DurationBuckets() {
+  static const auto* const kBuckets =
+      new prometheus::Histogram::BucketBoundaries{
+          0.1, 0.25, 0.5, 1,   2.5,  5,    10,   25,
+          50,  100,  250, 500, 1000, 2500, 5000, 10000};
+  return *kBuckets;
+}
+
+prometheus::Labels Label(const char* name, absl::string_view value) {
+  return {{name, std::string(value)}};
+}
+
+}  // namespace
+
+ServiceMetrics::ServiceMetrics()
+    : registry_(std::make_shared<prometheus::Registry>()) {
+  prometheus::Registry& r = *registry_;
+  jobs_ = AddGauge(r, "quant_jobs", "Quantization jobs by state.");
+  tasks_completed_ =
+      AddCounter(r, "quant_tasks_completed_total", "Tasks completed, by kind.");
+  tasks_failed_ = AddCounter(
+      r, "quant_tasks_failed_total",
+      "Task failures, by kind and fault (task: the task itself; infra: "
+      "worker or transport).");
+  tasks_retried_ =
+      AddCounter(r, "quant_tasks_retried_total", "Tasks retried, by kind.");
+  tasks_released_ = AddCounter(r, "quant_tasks_released_total",
+                               "Task leases that expired and were re-leased.");
+  task_duration_ = &prometheus::BuildHistogram()
+                        .Name("quant_task_duration_seconds")
+                        .Help(
+                            "Task run time in seconds, by method and "
+                            "backend.")
+                        .Register(r);
+  bytes_streamed_ =
+      AddCounter(r, "quant_bytes_streamed_total",
+                 "Tensor bytes streamed between coordinator and workers.");
+  workers_active_ = AddGauge(r, "quant_workers_active",
+                             "Workers connected and alive, by backend.");
+  queue_depth_ =
+      &AddGauge(r, "quant_queue_depth", "Tasks ready and waiting for a worker.")
+           ->Add({});
+  job_progress_ = AddGauge(r, "quant_job_progress_ratio",
+                           "Fraction of a running job's tasks done (0..1).");
+  worker_tasks_ = AddCounter(r, "quant_worker_tasks_total",
+                             "Tasks finished by this worker, by kind and "
+                             "outcome (done, failed, released).");
+  worker_busy_ = &AddGauge(r, "quant_worker_busy",
+                           "1 while this worker runs a task, else 0.")
+                      ->Add({});
+}
+
+void ServiceMetrics::SetJobs(absl::string_view state, double count) {
+  jobs_->Add(Label("state", state)).Set(count);
+}
+
+void ServiceMetrics::TaskCompleted(absl::string_view kind) {
+  tasks_completed_->Add(Label("kind", kind)).Increment();
+}
+
+void ServiceMetrics::TaskFailed(absl::string_view kind, bool task_fault) {
+  tasks_failed_
+      ->Add({{"kind", std::string(kind)},
+             {"fault", task_fault ? "task" : "infra"}})
+      .Increment();
+}
+
+void ServiceMetrics::TaskRetried(absl::string_view kind) {
+  tasks_retried_->Add(Label("kind", kind)).Increment();
+}
+
+void ServiceMetrics::TaskReleased(absl::string_view kind) {
+  tasks_released_->Add(Label("kind", kind)).Increment();
+}
+
+void ServiceMetrics::ObserveTaskDuration(absl::string_view method,
+                                         absl::string_view backend,
+                                         double seconds) {
+  task_duration_
+      ->Add(
+          {{"method", std::string(method)}, {"backend", std::string(backend)}},
+          DurationBuckets())
+      .Observe(seconds);
+}
+
+void ServiceMetrics::AddBytesStreamed(absl::string_view direction,
+                                      uint64_t bytes) {
+  bytes_streamed_->Add(Label("direction", direction))
+      .Increment(static_cast<double>(bytes));
+}
+
+void ServiceMetrics::SetActiveWorkers(absl::string_view backend, double count) {
+  workers_active_->Add(Label("backend", backend)).Set(count);
+}
+
+void ServiceMetrics::SetQueueDepth(double count) { queue_depth_->Set(count); }
+
+void ServiceMetrics::SetJobProgress(absl::string_view job_id, double fraction) {
+  // NaN fails both comparisons and is kept as is.
+  if (fraction < 0) fraction = 0;
+  if (fraction > 1) fraction = 1;
+  absl::MutexLock lock(&job_progress_mu_);
+  job_progress_->Add(Label("job", job_id)).Set(fraction);
+}
+
+void ServiceMetrics::RemoveJobProgress(absl::string_view job_id) {
+  const prometheus::Labels labels = Label("job", job_id);
+  absl::MutexLock lock(&job_progress_mu_);
+  if (!job_progress_->Has(labels)) return;
+  job_progress_->Remove(&job_progress_->Add(labels));
+}
+
+void ServiceMetrics::WorkerTaskFinished(absl::string_view kind,
+                                        absl::string_view outcome) {
+  worker_tasks_
+      ->Add({{"kind", std::string(kind)}, {"outcome", std::string(outcome)}})
+      .Increment();
+}
+
+void ServiceMetrics::SetWorkerBusy(bool busy) {
+  worker_busy_->Set(busy ? 1 : 0);
+}
+
+std::string ServiceMetrics::TextExposition() const {
+  std::ostringstream out;
+  prometheus::TextSerializer().Serialize(out, registry_->Collect());
+  return out.str();
+}
+
+absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
+    const std::string& address,
+    std::shared_ptr<prometheus::Registry> registry) {
+  if (registry == nullptr) {
+    return absl::InvalidArgumentError("MetricsEndpoint: null registry");
+  }
+  std::unique_ptr<prometheus::Exposer> exposer;
+  try {
+    exposer = std::make_unique<prometheus::Exposer>(address);
+    exposer->RegisterCollectable(registry);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot serve metrics on '", address, "': ", e.what()));
+  } catch (...) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot serve metrics on '", address, "'"));
+  }
+  return std::unique_ptr<MetricsEndpoint>(
+      new MetricsEndpoint(std::move(exposer), std::move(registry)));
+}
+
+MetricsEndpoint::MetricsEndpoint(std::unique_ptr<prometheus::Exposer> exposer,
+                                 std::shared_ptr<prometheus::Registry> registry)
+    : registry_(std::move(registry)), exposer_(std::move(exposer)) {}
+
+MetricsEndpoint::~MetricsEndpoint() = default;
+
+int MetricsEndpoint::port() const {
+  const std::vector<int> ports = exposer_->GetListeningPorts();
+  return ports.empty() ? 0 : ports.front();
+}
+
+}  // namespace quant

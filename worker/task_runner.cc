@@ -1,0 +1,156 @@
+#include "worker/task_runner.h"
+
+#include <array>
+#include <chrono>
+#include <memory>
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "format/ggml_type.h"
+#include "format/model_config.h"
+#include "format/safetensors.h"
+#include "model/llama_forward.h"
+#include "proto/recipe.h"
+#include "proto/task_tensors.h"
+#include "quant/block_quantizer.h"
+#include "quant/block_store.h"
+#include "quant/quantize_model.h"
+
+namespace quant {
+namespace {
+
+absl::StatusOr<std::vector<float>> ReadActivations(
+    const SafetensorsCheckpoint& inputs, int64_t sequences, int64_t seq_len,
+    int64_t dim) {
+  ASSIGN_OR_RETURN(const TensorView view, inputs.Get(kActivationsTensor));
+  const std::vector<int64_t> want = {sequences, seq_len, dim};
+  if (view.dtype != SafetensorsDType::kF32 || view.shape != want) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("input ", kActivationsTensor, " is not F32 [", sequences,
+                     ", ", seq_len, ", ", dim, "]"));
+  }
+  return view.CopyElements<float>();
+}
+
+absl::StatusOr<std::array<std::optional<GgmlType>, kBlockLinears>>
+LinearTypesOf(const v1::TaskSpec& spec) {
+  std::array<std::optional<GgmlType>, kBlockLinears> types;
+  if (spec.gguf_types_size() == 0) return types;
+  if (spec.gguf_types_size() != kBlockLinears) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("task spec: ", spec.gguf_types_size(), " GGUF types for ",
+                     kBlockLinears, " linears"));
+  }
+  for (int i = 0; i < kBlockLinears; ++i) {
+    ASSIGN_OR_RETURN(types[i], ParseGgmlType(spec.gguf_types(i)));
+  }
+  return types;
+}
+
+}  // namespace
+
+absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
+                                      const std::string& inputs_path,
+                                      const std::string& output_dir) {
+  const auto start = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(const ModelSpec model,
+                   ParseModelConfig(spec.model_config_json()));
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> inputs,
+                   SafetensorsCheckpoint::Open(inputs_path));
+  const int64_t sequences = spec.sequences();
+  const int64_t seq_len = spec.seq_len();
+  const int64_t dim = model.hidden_size;
+  const std::string activations_out =
+      absl::StrCat(output_dir, "/", kActivationsTensor, ".safetensors");
+  TaskRunResult result;
+  switch (spec.kind()) {
+    case v1::TASK_KIND_EMBED: {
+      ASSIGN_OR_RETURN(const TensorView windows_view,
+                       inputs->Get(kWindowsTensor));
+      if (windows_view.dtype != SafetensorsDType::kI32 ||
+          windows_view.num_elements() != sequences * seq_len) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("input ", kWindowsTensor, " is not I32 [", sequences,
+                         ", ", seq_len, "]"));
+      }
+      const std::vector<int32_t> windows = windows_view.CopyElements<int32_t>();
+      std::vector<float> hidden(windows.size() * static_cast<size_t>(dim));
+      const LlamaForward forward(model, seq_len);
+      RETURN_IF_ERROR(forward.Embed(*inputs, windows, hidden.data()));
+      RETURN_IF_ERROR(
+          SaveActivations(activations_out, hidden, sequences, seq_len, dim));
+      result.outputs.emplace_back(kActivationsTensor, activations_out);
+      break;
+    }
+    case v1::TASK_KIND_FORWARD: {
+      ASSIGN_OR_RETURN(std::vector<float> hidden,
+                       ReadActivations(*inputs, sequences, seq_len, dim));
+      ASSIGN_OR_RETURN(const DecoderBlockWeights block,
+                       LoadDecoderBlock(*inputs, model, spec.layer()));
+      ASSIGN_OR_RETURN(const QuantizeModelOptions options,
+                       OptionsFromRecipe(spec.recipe()));
+      const LlamaForward forward(model, seq_len);
+      RETURN_IF_ERROR(ForwardBlockInPasses(forward, block, sequences, seq_len,
+                                           options.sequences_per_pass,
+                                           hidden.data()));
+      RETURN_IF_ERROR(
+          SaveActivations(activations_out, hidden, sequences, seq_len, dim));
+      result.outputs.emplace_back(kActivationsTensor, activations_out);
+      break;
+    }
+    case v1::TASK_KIND_BLOCK: {
+      ASSIGN_OR_RETURN(const QuantizeModelOptions options,
+                       OptionsFromRecipe(spec.recipe()));
+      ASSIGN_OR_RETURN(const SafetensorsDType norm_dtype,
+                       ParseSafetensorsDType(spec.norm_dtype()));
+      ASSIGN_OR_RETURN(const auto linear_types, LinearTypesOf(spec));
+      ASSIGN_OR_RETURN(const BlockRecipe recipe,
+                       MakeBlockRecipe(options, norm_dtype, linear_types));
+      std::vector<float> hidden;
+      if (sequences > 0) {
+        ASSIGN_OR_RETURN(hidden,
+                         ReadActivations(*inputs, sequences, seq_len, dim));
+      }
+      ASSIGN_OR_RETURN(DecoderBlockWeights block,
+                       LoadDecoderBlock(*inputs, model, spec.layer()));
+      const LlamaForward forward(model, std::max<int64_t>(seq_len, 1));
+      absl::StatusOr<BlockResult> done = QuantizeBlock(
+          forward, std::move(block), recipe, sequences, seq_len, hidden.data());
+      if (!done.ok()) {
+        return absl::Status(done.status().code(),
+                            absl::StrCat("block ", spec.layer(), ": ",
+                                         done.status().message()));
+      }
+      const std::string result_path =
+          absl::StrCat(output_dir, "/", kResultTensor, ".safetensors");
+      RETURN_IF_ERROR(SaveBlockResult(result_path, *done));
+      result.outputs.emplace_back(kResultTensor, result_path);
+      for (const std::string& name : spec.outputs()) {
+        if (name != kActivationsTensor) continue;
+        RETURN_IF_ERROR(
+            SaveActivations(activations_out, hidden, sequences, seq_len, dim));
+        result.outputs.emplace_back(kActivationsTensor, activations_out);
+      }
+      break;
+    }
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown task kind ", spec.kind()));
+  }
+  for (const std::string& name : spec.outputs()) {
+    bool made = false;
+    for (const auto& output : result.outputs) made |= output.first == name;
+    if (!made) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("task spec asks for output \"", name, "\", which a ",
+                       v1::TaskKind_Name(spec.kind()), " task does not make"));
+    }
+  }
+  result.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
+  return result;
+}
+
+}  // namespace quant

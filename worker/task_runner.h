@@ -1,0 +1,34 @@
+// A worker's CPU executor: runs one task of the worker protocol on inputs
+// fetched into a local safetensors file, writing each output as a file.
+// The same engine calls as quantctl quantize, so a block computed here is
+// bit for bit the block computed there.
+#ifndef WORKER_TASK_RUNNER_H_
+#define WORKER_TASK_RUNNER_H_
+
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "proto/quant/v1/worker_service.pb.h"
+
+namespace quant {
+
+struct TaskRunResult {
+  // (output tensor name, file under the output directory), in the order of
+  // TaskSpec.outputs.
+  std::vector<std::pair<std::string, std::string>> outputs;
+  double seconds = 0;
+};
+
+// `inputs_path` holds every tensor of spec.inputs under its name; outputs go
+// to `output_dir` (which exists). Errors are the task's own faults (bad
+// input, a numerical failure); InvalidArgument names what is wrong.
+absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
+                                      const std::string& inputs_path,
+                                      const std::string& output_dir);
+
+}  // namespace quant
+
+#endif  // WORKER_TASK_RUNNER_H_

@@ -1,0 +1,206 @@
+#include "worker/task_runner.h"
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/file.h"
+#include "common/test_data.h"
+#include "convert/tiny_llama.h"
+#include "format/safetensors.h"
+#include "gtest/gtest.h"
+#include "model/calibration.h"
+#include "proto/recipe.h"
+#include "proto/task_tensors.h"
+#include "quant/quantize_model.h"
+
+namespace quant {
+namespace {
+
+struct Input {
+  std::string name;
+  SafetensorsDType dtype;
+  std::vector<int64_t> shape;
+  const void* data;
+  size_t bytes;
+};
+
+// The inputs file a worker assembles from what it fetched.
+void WriteInputs(const std::string& path, const std::vector<Input>& inputs) {
+  auto writer = SafetensorsWriter::Create(path);
+  ASSERT_TRUE(writer.ok());
+  for (const Input& in : inputs) {
+    ASSERT_TRUE((*writer)->AddTensor(in.name, in.dtype, in.shape).ok());
+  }
+  for (const Input& in : inputs) {
+    ASSERT_TRUE((*writer)->WriteTensorData(in.name, in.data, in.bytes).ok());
+  }
+  ASSERT_TRUE((*writer)->Finish().ok());
+}
+
+std::vector<Input> BlockInputs(const SafetensorsCheckpoint& checkpoint,
+                               int layer) {
+  std::vector<Input> inputs;
+  const std::string prefix = absl::StrCat("model.layers.", layer, ".");
+  for (const std::string& name : checkpoint.TensorNames()) {
+    if (name.rfind(prefix, 0) != 0) continue;
+    const TensorView t = *checkpoint.Get(name);
+    inputs.push_back({name, t.dtype, t.shape, t.data, t.nbytes});
+  }
+  return inputs;
+}
+
+// Same tensors, byte for byte (the metadata holds timings).
+void ExpectSameTensors(const std::string& a, const std::string& b) {
+  auto fa = SafetensorsFile::Open(a);
+  auto fb = SafetensorsFile::Open(b);
+  ASSERT_TRUE(fa.ok() && fb.ok());
+  ASSERT_EQ((*fa)->tensors().size(), (*fb)->tensors().size());
+  for (const TensorView& t : (*fa)->tensors()) {
+    const TensorView* u = (*fb)->Find(t.name);
+    ASSERT_NE(u, nullptr) << t.name;
+    EXPECT_TRUE(t.dtype == u->dtype && t.shape == u->shape &&
+                t.nbytes == u->nbytes &&
+                std::memcmp(t.data, u->data, t.nbytes) == 0)
+        << t.name;
+  }
+}
+
+class TaskRunnerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = MakeTestTempDir("task_runner");
+    model_ = dir_ + "/model";
+    ASSERT_TRUE(WriteTinyLlama(model_, TinyLlamaOptions()).ok());
+    const std::string tokens = dir_ + "/tokens.txt";
+    std::ofstream out(tokens);
+    std::mt19937 rng(3);
+    for (int i = 0; i < 2000; ++i) out << rng() % 500 << " ";
+    out.close();
+    options_.model_dir = model_;
+    options_.calibration.tokens_path = tokens;
+    options_.calibration.samples = 4;
+    options_.calibration.seq_len = 40;
+    options_.sequences_per_pass = 3;
+    options_.weights = {4, 64, false};
+  }
+
+  v1::TaskSpec Spec(v1::TaskKind kind, int layer) {
+    v1::TaskSpec spec;
+    spec.set_kind(kind);
+    spec.set_layer(layer);
+    spec.set_model_config_json(*ReadFileToString(model_ + "/config.json"));
+    *spec.mutable_recipe() = RecipeFromOptions(options_);
+    spec.set_norm_dtype("F32");
+    spec.set_sequences(options_.calibration.samples);
+    spec.set_seq_len(options_.calibration.seq_len);
+    return spec;
+  }
+
+  std::string dir_, model_;
+  QuantizeModelOptions options_;
+};
+
+// embed -> block 0 -> block 1 through RunTask computes the files
+// quantize_model computes, byte for byte.
+TEST_F(TaskRunnerTest, BlockChainMatchesTheEngineByteForByte) {
+  QuantizeModelOptions whole = options_;
+  whole.output = dir_ + "/whole";
+  whole.work_dir = dir_ + "/whole.work";
+  ASSERT_TRUE(QuantizeModel(whole).ok());
+  QuantizeModelOptions staged = whole;
+  staged.output = dir_ + "/staged";
+  staged.work_dir = dir_ + "/staged.work";
+  staged.stop_after_block = 0;
+  ASSERT_TRUE(QuantizeModel(staged).ok());
+
+  auto checkpoint = SafetensorsCheckpoint::Open(model_);
+  ASSERT_TRUE(checkpoint.ok());
+  const auto windows = LoadCalibrationWindows(model_, options_.calibration);
+  ASSERT_TRUE(windows.ok());
+  const TensorView embedding = *(*checkpoint)->Get("model.embed_tokens.weight");
+  const int64_t samples = options_.calibration.samples;
+  const int64_t seq_len = options_.calibration.seq_len;
+  WriteInputs(dir_ + "/embed.in",
+              {{kWindowsTensor,
+                SafetensorsDType::kI32,
+                {samples, seq_len},
+                windows->data(),
+                windows->size() * sizeof(int32_t)},
+               {embedding.name, embedding.dtype, embedding.shape,
+                embedding.data, embedding.nbytes}});
+  v1::TaskSpec embed = Spec(v1::TASK_KIND_EMBED, -1);
+  embed.add_outputs(kActivationsTensor);
+  std::filesystem::create_directories(dir_ + "/embed.out");
+  const auto embedded = RunTask(embed, dir_ + "/embed.in", dir_ + "/embed.out");
+  ASSERT_TRUE(embedded.ok()) << embedded.status();
+  ASSERT_EQ(embedded->outputs.size(), 1u);
+
+  std::string activations = embedded->outputs[0].second;
+  for (int layer = 0; layer < 2; ++layer) {
+    auto file = SafetensorsFile::Open(activations);
+    ASSERT_TRUE(file.ok());
+    const TensorView* hidden = (*file)->Find("hidden");
+    ASSERT_NE(hidden, nullptr);
+    std::vector<Input> inputs = BlockInputs(**checkpoint, layer);
+    inputs.push_back({kActivationsTensor, hidden->dtype, hidden->shape,
+                      hidden->data, hidden->nbytes});
+    const std::string in = absl::StrCat(dir_, "/block", layer, ".in");
+    const std::string out = absl::StrCat(dir_, "/block", layer, ".out");
+    WriteInputs(in, inputs);
+    std::filesystem::create_directories(out);
+    v1::TaskSpec spec = Spec(v1::TASK_KIND_BLOCK, layer);
+    spec.add_outputs(kResultTensor);
+    if (layer == 0) spec.add_outputs(kActivationsTensor);
+    const auto done = RunTask(spec, in, out);
+    ASSERT_TRUE(done.ok()) << done.status();
+    ASSERT_EQ(done->outputs.size(), layer == 0 ? 2u : 1u);
+    EXPECT_EQ(done->outputs[0].first, kResultTensor);
+    ExpectSameTensors(done->outputs[0].second,
+                      BlockResultPath(whole.work_dir, layer));
+    if (layer == 0) {
+      activations = done->outputs[1].second;
+      EXPECT_TRUE(*ReadFileToString(activations) ==
+                  *ReadFileToString(ActivationsPath(staged.work_dir, 1)));
+    }
+  }
+}
+
+TEST_F(TaskRunnerTest, BadInputIsTheTasksFault) {
+  auto checkpoint = SafetensorsCheckpoint::Open(model_);
+  ASSERT_TRUE(checkpoint.ok());
+  // Activations of the wrong shape.
+  std::vector<float> hidden(10, 0.5f);
+  std::vector<Input> inputs = BlockInputs(**checkpoint, 0);
+  inputs.push_back({kActivationsTensor,
+                    SafetensorsDType::kF32,
+                    {10},
+                    hidden.data(),
+                    hidden.size() * sizeof(float)});
+  WriteInputs(dir_ + "/bad.in", inputs);
+  v1::TaskSpec spec = Spec(v1::TASK_KIND_BLOCK, 0);
+  spec.add_outputs(kResultTensor);
+  absl::Status status = RunTask(spec, dir_ + "/bad.in", dir_).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("activations"), absl::string_view::npos)
+      << status.message();
+  // An output the kind does not make.
+  spec.set_kind(v1::TASK_KIND_FORWARD);
+  spec.set_sequences(0);
+  spec.clear_outputs();
+  spec.add_outputs(kResultTensor);
+  status = RunTask(spec, dir_ + "/bad.in", dir_).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  // A config that is not JSON.
+  spec = Spec(v1::TASK_KIND_BLOCK, 0);
+  spec.set_model_config_json("{");
+  EXPECT_FALSE(RunTask(spec, dir_ + "/bad.in", dir_).ok());
+}
+
+}  // namespace
+}  // namespace quant
