@@ -1,16 +1,55 @@
-// libsentencepiece's processor header, includable beside Abseil.
+// SentencePiece tokenizers (tokenizer.model), loaded so that they can live
+// in the same process as gRPC and protobuf.
 //
-// sentencepiece_processor.h (0.1.97) declares `namespace absl { using
-// std::string_view; }`, which clashes with Abseil's own absl::string_view
-// class (Debian builds Abseil with ABSL_OPTION_USE_STD_STRING_VIEW 0). The
-// macro moves that shim into a namespace of its own while the header is
-// read; the declarations still take std::string_view, so the mangled names,
-// and linking, are unchanged.
+// Debian's libsentencepiece (0.1.97) carries its own copy of protobuf-lite
+// 3.14 and exports it; linked into a program that also links libprotobuf
+// 3.21 (every gRPC program), one of the two copies aborts or crashes at
+// start-up, whatever the link order. So the library is never linked: it is
+// opened with dlopen(RTLD_LOCAL | RTLD_DEEPBIND), which binds it to its own
+// protobuf, and used only through its virtual methods (dispatched through
+// its own vtables) and a constructor looked up by name.
 #ifndef COMMON_SENTENCEPIECE_H_
 #define COMMON_SENTENCEPIECE_H_
 
-#define absl quant_sentencepiece_absl_shim
-#include <sentencepiece_processor.h>
-#undef absl
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace quant {
+
+class SentencePieceModel {
+ public:
+  // InvalidArgument naming `path` when it is not a SentencePiece model;
+  // FailedPrecondition when libsentencepiece.so.0 is not installed.
+  static absl::StatusOr<std::unique_ptr<SentencePieceModel>> Load(
+      const std::string& path);
+  ~SentencePieceModel();
+  SentencePieceModel(const SentencePieceModel&) = delete;
+  SentencePieceModel& operator=(const SentencePieceModel&) = delete;
+
+  absl::StatusOr<std::vector<int>> Encode(absl::string_view text) const;
+
+  int PieceSize() const;
+  std::string IdToPiece(int id) const;
+  float Score(int id) const;
+  bool IsUnknown(int id) const;
+  bool IsControl(int id) const;
+  bool IsUnused(int id) const;
+  bool IsByte(int id) const;
+  int bos_id() const;  // -1 when the model has none; likewise below.
+  int eos_id() const;
+  int unk_id() const;
+  int pad_id() const;
+
+ private:
+  struct Impl;
+  explicit SentencePieceModel(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace quant
 
 #endif  // COMMON_SENTENCEPIECE_H_

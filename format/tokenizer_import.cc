@@ -117,13 +117,15 @@ absl::StatusOr<std::optional<bool>> OptionalBool(const json& obj,
 // ---- SentencePiece (tokenizer.model) ----
 
 absl::Status ImportSentencePiece(const std::string& path, GgufTokenizer* out) {
-  sentencepiece::SentencePieceProcessor sp;
-  const sentencepiece::util::Status status = sp.Load(path);
-  if (!status.ok()) {
-    return Malformed(
-        path, absl::StrCat("not a SentencePiece model: ", status.ToString()));
+  absl::StatusOr<std::unique_ptr<SentencePieceModel>> loaded =
+      SentencePieceModel::Load(path);
+  if (loaded.status().code() == absl::StatusCode::kInvalidArgument) {
+    return Malformed(path, absl::StrCat("not a SentencePiece model: ",
+                                        loaded.status().message()));
   }
-  const int n = sp.GetPieceSize();
+  if (!loaded.ok()) return loaded.status();
+  const SentencePieceModel& sp = **loaded;
+  const int n = sp.PieceSize();
   out->model = "llama";
   out->pre = "default";
   out->tokens.reserve(n);
@@ -131,7 +133,7 @@ absl::Status ImportSentencePiece(const std::string& path, GgufTokenizer* out) {
   out->token_types.reserve(n);
   for (int id = 0; id < n; ++id) {
     out->tokens.push_back(sp.IdToPiece(id));
-    out->scores.push_back(sp.GetScore(id));
+    out->scores.push_back(sp.Score(id));
     int32_t type = kTokenTypeNormal;
     if (sp.IsUnknown(id)) {
       type = kTokenTypeUnknown;

@@ -17,23 +17,12 @@ namespace quant {
 
 absl::StatusOr<std::vector<int32_t>> HeldOutTokenStream(
     const std::string& tokenizer_model, absl::string_view text, int32_t bos) {
-  sentencepiece::SentencePieceProcessor processor;
-  const sentencepiece::util::Status loaded = processor.Load(tokenizer_model);
-  if (!loaded.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot load SentencePiece model ", tokenizer_model, ": ",
-                     loaded.ToString()));
-  }
+  ASSIGN_OR_RETURN(const std::unique_ptr<SentencePieceModel> processor,
+                   SentencePieceModel::Load(tokenizer_model));
   std::vector<int32_t> tokens;
   for (absl::string_view paragraph : absl::StrSplit(text, "\n\n")) {
     if (paragraph.empty()) continue;
-    std::vector<int> ids;
-    const sentencepiece::util::Status encoded = processor.Encode(
-        std::string_view(paragraph.data(), paragraph.size()), &ids);
-    if (!encoded.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("cannot tokenize the text: ", encoded.ToString()));
-    }
+    ASSIGN_OR_RETURN(const std::vector<int> ids, processor->Encode(paragraph));
     tokens.push_back(bos);
     tokens.insert(tokens.end(), ids.begin(), ids.end());
   }

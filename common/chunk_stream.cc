@@ -1,0 +1,95 @@
+#include "common/chunk_stream.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace quant {
+
+absl::Status SendTensor(const v1::TensorInfo& info, const uint8_t* data,
+                        uint64_t offset, size_t chunk_bytes,
+                        const std::function<bool(const v1::Chunk&)>& emit,
+                        const std::function<void(size_t)>& sent) {
+  const uint64_t size = info.size_bytes();
+  if (offset > size) {
+    return absl::OutOfRangeError(absl::StrCat(info.name(), ": offset ", offset,
+                                              " past its ", size, " bytes"));
+  }
+  if (chunk_bytes == 0) {
+    return absl::InvalidArgumentError("chunks of zero bytes");
+  }
+  Sha256 hash;
+  hash.Update(data, offset);  // A resumed stream still hashes every byte.
+  v1::Chunk chunk;
+  do {
+    const size_t n =
+        static_cast<size_t>(std::min<uint64_t>(chunk_bytes, size - offset));
+    chunk.Clear();
+    if (offset == 0) *chunk.mutable_info() = info;
+    chunk.set_tensor(info.name());
+    chunk.set_offset(offset);
+    chunk.set_data(data + offset, n);
+    chunk.set_crc32c(Crc32c(data + offset, n));
+    hash.Update(data + offset, n);
+    offset += n;
+    if (offset == size) {
+      chunk.set_last(true);
+      chunk.set_sha256(hash.Finish());
+    }
+    if (!emit(chunk)) {
+      return absl::CancelledError(
+          absl::StrCat("the receiver of ", info.name(), " went away"));
+    }
+    if (sent) sent(n);
+  } while (offset < size);
+  return absl::OkStatus();
+}
+
+ChunkVerifier::ChunkVerifier(std::string tensor, uint64_t size)
+    : tensor_(std::move(tensor)), size_(size) {}
+
+absl::Status ChunkVerifier::Accept(const v1::Chunk& chunk) {
+  if (done_) {
+    return absl::DataLossError(
+        absl::StrCat(tensor_, ": chunk after the last one"));
+  }
+  if (chunk.tensor() != tensor_) {
+    return absl::DataLossError(absl::StrCat("expected a chunk of ", tensor_,
+                                            ", got one of ", chunk.tensor()));
+  }
+  if (chunk.offset() != offset_) {
+    return absl::DataLossError(absl::StrCat(
+        tensor_, ": chunk at offset ", chunk.offset(), ", expected ", offset_));
+  }
+  if (chunk.has_info() && chunk.info().size_bytes() != size_) {
+    return absl::DataLossError(absl::StrCat(tensor_, ": stream says ",
+                                            chunk.info().size_bytes(),
+                                            " bytes, expected ", size_));
+  }
+  const std::string& data = chunk.data();
+  if (offset_ + data.size() > size_) {
+    return absl::DataLossError(
+        absl::StrCat(tensor_, ": chunk runs past its ", size_, " bytes"));
+  }
+  if (Crc32c(data.data(), data.size()) != chunk.crc32c()) {
+    return absl::DataLossError(absl::StrCat(
+        tensor_, ": CRC-32C mismatch in the chunk at offset ", offset_));
+  }
+  hash_.Update(data.data(), data.size());
+  offset_ += data.size();
+  if (chunk.last()) {
+    if (offset_ != size_) {
+      return absl::DataLossError(absl::StrCat(
+          tensor_, ": last chunk after ", offset_, " of ", size_, " bytes"));
+    }
+    sha256_ = hash_.Finish();
+    if (sha256_ != chunk.sha256()) {
+      return absl::DataLossError(absl::StrCat(tensor_, ": SHA-256 mismatch"));
+    }
+    done_ = true;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace quant

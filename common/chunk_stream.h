@@ -1,0 +1,56 @@
+// Tensors as streams of chunks (proto quant.v1.Chunk): at most a given
+// number of bytes each, each with the CRC-32C of its data, the tensor's
+// first chunk with its TensorInfo and its last with the SHA-256 of all its
+// bytes. The sending and the checking side of every stream in the service
+// (inputs to workers, results back).
+#ifndef COMMON_CHUNK_STREAM_H_
+#define COMMON_CHUNK_STREAM_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "common/checksum.h"
+#include "proto/quant/v1/common.pb.h"
+
+namespace quant {
+
+// Sends bytes [offset, info.size_bytes()) of the tensor whose bytes are
+// `data`, in chunks of at most `chunk_bytes`, to `emit` (false: the
+// receiver is gone; Cancelled). A tensor of zero bytes is one chunk. With
+// offset > 0 (a resumed stream) the SHA-256 still covers every byte.
+// `sent` (optional) is told the size of each chunk's data once emitted.
+absl::Status SendTensor(const v1::TensorInfo& info, const uint8_t* data,
+                        uint64_t offset, size_t chunk_bytes,
+                        const std::function<bool(const v1::Chunk&)>& emit,
+                        const std::function<void(size_t)>& sent = {});
+
+// Checks the chunks of one tensor as they arrive, in order. Each Accept
+// returns DataLoss naming the tensor for a wrong name, an offset out of
+// order, a chunk past the expected size, a CRC-32C or (on the last chunk) a
+// SHA-256 mismatch or a short tensor.
+class ChunkVerifier {
+ public:
+  ChunkVerifier(std::string tensor, uint64_t size);
+  absl::Status Accept(const v1::Chunk& chunk);
+  bool done() const { return done_; }
+  uint64_t offset() const { return offset_; }
+  const std::string& tensor() const { return tensor_; }
+  // The SHA-256 of the tensor, once done.
+  const std::string& sha256() const { return sha256_; }
+
+ private:
+  const std::string tensor_;
+  const uint64_t size_;
+  uint64_t offset_ = 0;
+  Sha256 hash_;
+  bool done_ = false;
+  std::string sha256_;
+};
+
+}  // namespace quant
+
+#endif  // COMMON_CHUNK_STREAM_H_

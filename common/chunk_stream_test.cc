@@ -1,0 +1,113 @@
+#include "common/chunk_stream.h"
+
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace quant {
+namespace {
+
+std::vector<uint8_t> RandomBytes(size_t n) {
+  std::mt19937 rng(static_cast<uint32_t>(n));
+  std::vector<uint8_t> out(n);
+  for (uint8_t& b : out) b = static_cast<uint8_t>(rng());
+  return out;
+}
+
+v1::TensorInfo Info(const std::string& name, uint64_t size) {
+  v1::TensorInfo info;
+  info.set_name(name);
+  info.set_dtype("U8");
+  info.add_shape(static_cast<int64_t>(size));
+  info.set_size_bytes(size);
+  return info;
+}
+
+std::vector<v1::Chunk> Send(const v1::TensorInfo& info,
+                            const std::vector<uint8_t>& data, uint64_t offset,
+                            size_t chunk_bytes) {
+  std::vector<v1::Chunk> chunks;
+  EXPECT_TRUE(SendTensor(info, data.data(), offset, chunk_bytes,
+                         [&](const v1::Chunk& c) {
+                           chunks.push_back(c);
+                           return true;
+                         })
+                  .ok());
+  return chunks;
+}
+
+TEST(ChunkStreamTest, OddSizesRoundTrip) {
+  for (size_t size : {0, 1, 7, 4096, 4097, 100003}) {
+    const std::vector<uint8_t> data = RandomBytes(size);
+    const std::vector<v1::Chunk> chunks = Send(Info("t", size), data, 0, 4096);
+    EXPECT_EQ(chunks.size(), size == 0 ? 1u : (size + 4095) / 4096) << size;
+    EXPECT_TRUE(chunks.front().has_info());
+    ChunkVerifier verifier("t", size);
+    std::string joined;
+    for (const v1::Chunk& c : chunks) {
+      EXPECT_LE(c.data().size(), 4096u);
+      ASSERT_TRUE(verifier.Accept(c).ok()) << size;
+      joined += c.data();
+    }
+    EXPECT_TRUE(verifier.done());
+    EXPECT_EQ(verifier.sha256(), Sha256Of(joined));
+    EXPECT_TRUE(joined == std::string(data.begin(), data.end()));
+  }
+}
+
+TEST(ChunkStreamTest, AResumedStreamHashesTheWholeTensor) {
+  const std::vector<uint8_t> data = RandomBytes(10000);
+  const std::vector<v1::Chunk> all = Send(Info("t", 10000), data, 0, 3000);
+  const std::vector<v1::Chunk> resumed =
+      Send(Info("t", 10000), data, 6000, 3000);
+  ASSERT_EQ(resumed.size(), 2u);
+  EXPECT_EQ(resumed[0].offset(), 6000u);
+  EXPECT_EQ(resumed.back().sha256(), all.back().sha256());
+  ChunkVerifier verifier("t", 10000);
+  ASSERT_TRUE(verifier.Accept(all[0]).ok());
+  ASSERT_TRUE(verifier.Accept(all[1]).ok());
+  for (const v1::Chunk& c : resumed) ASSERT_TRUE(verifier.Accept(c).ok());
+  EXPECT_TRUE(verifier.done());
+}
+
+TEST(ChunkStreamTest, DamageIsDataLoss) {
+  const std::vector<uint8_t> data = RandomBytes(9000);
+  const std::vector<v1::Chunk> chunks = Send(Info("t", 9000), data, 0, 4000);
+  auto expect_loss = [&](std::vector<v1::Chunk> stream, const char* what) {
+    ChunkVerifier verifier("t", 9000);
+    absl::Status status;
+    for (const v1::Chunk& c : stream) {
+      status = verifier.Accept(c);
+      if (!status.ok()) break;
+    }
+    EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << what;
+  };
+  std::vector<v1::Chunk> flipped = chunks;
+  (*flipped[1].mutable_data())[5] ^= 1;
+  expect_loss(flipped, "flipped byte");
+  std::vector<v1::Chunk> skipped = {chunks[0], chunks[2]};
+  expect_loss(skipped, "skipped chunk");
+  std::vector<v1::Chunk> renamed = chunks;
+  renamed[0].set_tensor("u");
+  expect_loss(renamed, "wrong tensor");
+  // Consistent chunks of other bytes: only the SHA-256 tells.
+  std::vector<v1::Chunk> swapped = chunks;
+  std::string* d = swapped[0].mutable_data();
+  (*d)[0] ^= 1;
+  swapped[0].set_crc32c(Crc32c(d->data(), d->size()));
+  expect_loss(swapped, "other bytes");
+  ChunkVerifier longer("t", 9001);
+  for (const v1::Chunk& c : chunks) {
+    const absl::Status s = longer.Accept(c);
+    if (c.last()) EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  }
+  // A receiver that went away cancels the send.
+  EXPECT_EQ(SendTensor(Info("t", 9000), data.data(), 0, 4000,
+                       [](const v1::Chunk&) { return false; })
+                .code(),
+            absl::StatusCode::kCancelled);
+}
+
+}  // namespace
+}  // namespace quant

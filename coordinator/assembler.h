@@ -1,0 +1,52 @@
+// The assembler: a completed task's uploaded, verified files become the
+// job's durable per-task files (renamed into the job directory, fsynced,
+// committed in the store by the scheduler); once every task is done, the
+// final GGUF file or safetensors directory is written from them, with the
+// quality report beside it (staged in the job directory, fsynced, renamed
+// into place).
+#ifndef COORDINATOR_ASSEMBLER_H_
+#define COORDINATOR_ASSEMBLER_H_
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "coordinator/job_store.h"
+#include "coordinator/planner.h"
+#include "coordinator/tensor_service.h"
+#include "proto/quant/v1/quantization_service.pb.h"
+
+namespace quant {
+
+// Checks each uploaded output (a readable safetensors file; activations of
+// the planned shape) and renames it to its place in `job_dir`. Returns the
+// outputs as JSON for the store ({"name": {"path", "bytes", "sha256"}}).
+absl::StatusOr<std::string> CommitTaskOutputs(
+    const std::string& job_dir, const JobPlan& plan, const TaskRow& task,
+    int64_t hidden_size,
+    const std::map<std::string, UploadReceiver::Received>& received);
+
+// Removes the activations at block boundaries that no unfinished task
+// reads any more (`tasks` as committed).
+void DropConsumedActivations(const std::string& job_dir, const JobPlan& plan,
+                             const std::vector<TaskRow>& tasks);
+
+// Removes what an interrupted coordinator left in `job_dir`: temporary
+// files, uploads that were never committed, a half-written output.
+void CleanJobDir(const std::string& job_dir);
+
+// Writes the job's output from the block results in `job_dir` and returns
+// the path of its quality report (JSON).
+absl::StatusOr<std::string> AssembleJob(
+    const v1::JobSpec& spec, const std::string& job_dir,
+    const std::function<void(const std::string&)>& log);
+
+// Where the report of `spec`'s output is written.
+std::string ReportPath(const v1::JobSpec& spec);
+
+}  // namespace quant
+
+#endif  // COORDINATOR_ASSEMBLER_H_

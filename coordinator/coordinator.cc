@@ -1,0 +1,88 @@
+#include "coordinator/coordinator.h"
+
+#include <chrono>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+
+namespace quant {
+
+grpc::ChannelArguments ServiceChannelArguments() {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  args.SetMaxSendMessageSize(kMaxMessageBytes);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30'000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10'000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  return args;
+}
+
+absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(
+    CoordinatorOptions options) {
+  std::unique_ptr<Coordinator> c(new Coordinator);
+  if (options.jobs.max_chunk_bytes <= 0 ||
+      options.jobs.max_chunk_bytes > kMaxMessageBytes / 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_chunk_bytes must be in (0, ", kMaxMessageBytes / 2, "]"));
+  }
+  if (!options.metrics_address.empty()) {
+    ASSIGN_OR_RETURN(c->metrics_endpoint_,
+                     MetricsEndpoint::Start(options.metrics_address,
+                                            c->metrics_.registry()));
+  }
+  options.jobs.metrics = &c->metrics_;
+  ASSIGN_OR_RETURN(c->manager_, JobManager::Create(options.jobs));
+  c->public_service_ =
+      std::make_unique<QuantizationServiceImpl>(c->manager_.get());
+  c->worker_gateway_ = std::make_unique<WorkerGatewayImpl>(c->manager_.get());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  if (!options.listen_address.empty()) {
+    builder.AddListeningPort(options.listen_address,
+                             grpc::InsecureServerCredentials(), &c->port_);
+  }
+  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30'000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10'000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(
+      GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10'000);
+  builder.RegisterService(c->public_service_.get());
+  builder.RegisterService(c->worker_gateway_.get());
+  c->server_ = builder.BuildAndStart();
+  if (c->server_ == nullptr ||
+      (!options.listen_address.empty() && c->port_ == 0)) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot serve on ", options.listen_address));
+  }
+  c->server_->GetHealthCheckService()->SetServingStatus(true);
+  return c;
+}
+
+Coordinator::~Coordinator() { Shutdown(); }
+
+int Coordinator::metrics_port() const {
+  return metrics_endpoint_ == nullptr ? 0 : metrics_endpoint_->port();
+}
+
+std::shared_ptr<grpc::Channel> Coordinator::InProcessChannel() {
+  grpc::ChannelArguments args = ServiceChannelArguments();
+  return server_->InProcessChannel(args);
+}
+
+void Coordinator::Shutdown() {
+  if (shut_down_) return;
+  shut_down_ = true;
+  server_->GetHealthCheckService()->SetServingStatus(false);
+  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  server_->Wait();
+  manager_.reset();  // Joins the background threads.
+}
+
+}  // namespace quant

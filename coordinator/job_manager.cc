@@ -1,0 +1,690 @@
+#include "coordinator/job_manager.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <random>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/file.h"
+#include "common/status_macros.h"
+#include "coordinator/assembler.h"
+#include "coordinator/planner.h"
+#include "format/model_config.h"
+#include "format/safetensors.h"
+#include "model/calibration.h"
+#include "proto/recipe.h"
+#include "proto/task_tensors.h"
+#include "quant/quantize_model.h"
+
+namespace quant {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string JobIdString(int64_t id) { return absl::StrCat(id); }
+
+v1::TaskState ToProto(TaskState state) {
+  return static_cast<v1::TaskState>(static_cast<int>(state));
+}
+v1::JobState ToProto(JobState state) {
+  return static_cast<v1::JobState>(static_cast<int>(state));
+}
+
+std::string UploadDir(const std::string& job_dir, const TaskRow& task,
+                      int64_t epoch) {
+  return absl::StrCat(job_dir, "/upload-", task.index, "-", epoch);
+}
+
+v1::Backend BackendOf(const v1::Capabilities& caps) { return caps.backend(); }
+
+const char* BackendName(v1::Backend backend) {
+  return backend == v1::BACKEND_CUDA ? "cuda" : "cpu";
+}
+
+}  // namespace
+
+absl::StatusOr<int64_t> ParseJobId(const std::string& job_id) {
+  int64_t id = 0;
+  if (!absl::SimpleAtoi(job_id, &id) || id <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("job_id: \"", job_id, "\" is not a job id"));
+  }
+  return id;
+}
+
+JobManager::JobManager(JobManagerOptions options)
+    : options_(std::move(options)),
+      clock_(options_.clock != nullptr ? options_.clock : &system_clock_) {}
+
+absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
+    JobManagerOptions options) {
+  if (options.state_dir.empty()) {
+    return absl::InvalidArgumentError("a state directory is required");
+  }
+  std::error_code error;
+  fs::create_directories(options.state_dir + "/jobs", error);
+  if (error) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "cannot create ", options.state_dir, "/jobs: ", error.message()));
+  }
+  std::unique_ptr<JobManager> manager(new JobManager(std::move(options)));
+  ASSIGN_OR_RETURN(manager->store_,
+                   JobStore::Open(manager->options_.state_dir + "/jobs.db"));
+  SchedulerEvents events;
+  ServiceMetrics* metrics = manager->options_.metrics;
+  if (metrics != nullptr) {
+    events.task_released = [metrics](const TaskRow& t) {
+      metrics->TaskReleased(t.kind);
+    };
+    events.task_failed = [metrics](const TaskRow& t, bool task_fault) {
+      metrics->TaskFailed(t.kind, task_fault);
+    };
+    events.task_retried = [metrics](const TaskRow& t) {
+      metrics->TaskRetried(t.kind);
+    };
+  }
+  manager->scheduler_ = std::make_unique<Scheduler>(
+      manager->store_.get(), manager->clock_, manager->options_.scheduler,
+      std::move(events));
+  RETURN_IF_ERROR(manager->scheduler_->Recover());
+  // What a crash left half-done in the directories of unfinished jobs.
+  ASSIGN_OR_RETURN(const std::vector<JobRow> jobs, manager->store_->ListJobs());
+  for (const JobRow& job : jobs) {
+    if (IsFinal(job.state)) continue;
+    ASSIGN_OR_RETURN(const JobPlan plan, JobPlan::FromJson(job.plan));
+    CleanJobDir(plan.job_dir);
+    manager->Log(absl::StrCat("job ", job.id, ": continuing (",
+                              JobStateName(job.state), ")"));
+  }
+  manager->tick_thread_ = std::thread([m = manager.get()] { m->TickLoop(); });
+  manager->assemble_thread_ =
+      std::thread([m = manager.get()] { m->AssembleLoop(); });
+  return manager;
+}
+
+JobManager::~JobManager() {
+  stopping_ = true;
+  if (tick_thread_.joinable()) tick_thread_.join();
+  if (assemble_thread_.joinable()) assemble_thread_.join();
+}
+
+void JobManager::Log(const std::string& line) const {
+  if (options_.log) options_.log(line);
+}
+
+absl::Status JobManager::CheckPath(
+    const std::string& field, const std::string& path,
+    const std::vector<std::string>& roots) const {
+  if (path.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": empty"));
+  }
+  std::error_code error;
+  const fs::path canonical = fs::weakly_canonical(fs::absolute(path), error);
+  if (error) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": cannot resolve ", path));
+  }
+  for (const std::string& root : roots) {
+    const fs::path base = fs::weakly_canonical(fs::absolute(root), error);
+    if (error) continue;
+    const std::string b = base.string();
+    const std::string c = canonical.string();
+    if (c == b || (c.size() > b.size() && c.compare(0, b.size(), b) == 0 &&
+                   (b.back() == '/' || c[b.size()] == '/'))) {
+      return absl::OkStatus();
+    }
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, ": ", path, " is outside the allowed roots (",
+                   absl::StrJoin(roots, ", "), ")"));
+}
+
+absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::JobSpec& spec) {
+  RETURN_IF_ERROR(CheckNoUnknownFields(spec, "spec"));
+  RETURN_IF_ERROR(
+      CheckPath("spec.model_dir", spec.model_dir(), options_.model_roots));
+  RETURN_IF_ERROR(
+      CheckPath("spec.output", spec.output(), options_.output_roots));
+  std::error_code error;
+  if (!fs::is_directory(spec.model_dir(), error)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.model_dir: ", spec.model_dir(), " is not a directory"));
+  }
+  if (fs::exists(spec.output(), error)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.output: ", spec.output(), " already exists"));
+  }
+  const fs::path parent = fs::absolute(spec.output()).parent_path();
+  if (!fs::is_directory(parent, error)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.output: the directory ", parent.string(), " does not exist"));
+  }
+  ASSIGN_OR_RETURN(QuantizeModelOptions options,
+                   OptionsFromRecipe(spec.recipe()));
+  const v1::Calibration& calibration = spec.recipe().calibration();
+  if (!calibration.text_path().empty()) {
+    RETURN_IF_ERROR(CheckPath("recipe.calibration.text_path",
+                              calibration.text_path(), options_.model_roots));
+  }
+  if (!calibration.tokens_path().empty()) {
+    RETURN_IF_ERROR(CheckPath("recipe.calibration.tokens_path",
+                              calibration.tokens_path(), options_.model_roots));
+  }
+  for (int i = 0; i < spec.recipe().eval_texts_size(); ++i) {
+    RETURN_IF_ERROR(CheckPath(absl::StrCat("recipe.eval_texts[", i, "]"),
+                              spec.recipe().eval_texts(i),
+                              options_.model_roots));
+  }
+  options.model_dir = spec.model_dir();
+  options.output = spec.output();
+  options.work_dir = "unused";  // The planner's checks want one.
+  absl::StatusOr<QuantizationPlan> engine_plan = PlanQuantization(options);
+  if (!engine_plan.ok()) {
+    // Bad bits for the format, an unknown GGUF type, a config that lies:
+    // all of them the submission's fault.
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec: ", engine_plan.status().message()));
+  }
+  ASSIGN_OR_RETURN(PlannedJob planned,
+                   PlanJob(spec.recipe().mode(), options, *engine_plan));
+
+  // The job's directory, with its calibration windows, exists before the
+  // job is committed (a worker may lease its first task at once).
+  const std::string job_dir = absl::StrFormat(
+      "%s/jobs/%016x", options_.state_dir,
+      std::random_device{}() * uint64_t{0x100000000} + std::random_device{}());
+  fs::create_directories(job_dir, error);
+  if (error) {
+    return absl::InternalError(absl::StrCat("cannot create ", job_dir));
+  }
+  planned.plan.job_dir = job_dir;
+  if (options.calibration.samples > 0) {
+    absl::StatusOr<std::vector<int32_t>> windows =
+        LoadCalibrationWindows(options.model_dir, options.calibration);
+    if (!windows.ok()) {
+      fs::remove_all(job_dir, error);
+      return absl::InvalidArgumentError(
+          absl::StrCat("recipe.calibration: ", windows.status().message()));
+    }
+    ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWriter> writer,
+                     SafetensorsWriter::Create(WindowsPath(job_dir)));
+    RETURN_IF_ERROR(writer->AddTensor(
+        kWindowsTensor, SafetensorsDType::kI32,
+        {options.calibration.samples, options.calibration.seq_len}));
+    RETURN_IF_ERROR(writer->WriteTensorData(kWindowsTensor, windows->data(),
+                                            windows->size() * sizeof(int32_t)));
+    RETURN_IF_ERROR(writer->Finish());
+  }
+  JobRow row;
+  row.spec = spec.SerializeAsString();
+  ASSIGN_OR_RETURN(const int64_t id,
+                   scheduler_->AddJob(row, planned.plan, planned.tasks));
+  Log(absl::StrCat("job ", id, ": submitted, ", planned.tasks.size(),
+                   " tasks (", spec.model_dir(), " -> ", spec.output(), ")"));
+  return JobMessage(id, false);
+}
+
+absl::StatusOr<JobManager::JobContext> JobManager::Context(int64_t job_id) {
+  JobContext job;
+  ASSIGN_OR_RETURN(job.snapshot, scheduler_->GetJob(job_id));
+  if (!job.spec.ParseFromString(job.snapshot.job.spec)) {
+    return absl::DataLossError(
+        absl::StrCat("job ", job_id, ": the stored spec does not parse"));
+  }
+  ASSIGN_OR_RETURN(job.plan, JobPlan::FromJson(job.snapshot.job.plan));
+  return job;
+}
+
+absl::StatusOr<v1::Job> JobManager::JobMessage(int64_t job_id,
+                                               bool include_tasks) {
+  ASSIGN_OR_RETURN(const JobContext job, Context(job_id));
+  const JobRow& row = job.snapshot.job;
+  v1::Job out;
+  out.set_job_id(JobIdString(job_id));
+  *out.mutable_spec() = job.spec;
+  out.set_state(ToProto(row.state));
+  out.set_error(row.error);
+  out.set_create_time_ms(row.create_ms);
+  out.set_update_time_ms(row.update_ms);
+  std::map<std::string, std::pair<int, int>> stages;      // kind -> total, done
+  std::map<std::string, std::pair<double, int>> seconds;  // kind -> sum, n
+  std::vector<std::string> order;
+  int done = 0, leased = 0;
+  for (const TaskRow& task : job.snapshot.tasks) {
+    if (stages.count(task.kind) == 0) order.push_back(task.kind);
+    auto& stage = stages[task.kind];
+    ++stage.first;
+    if (task.state == TaskState::kDone) {
+      ++stage.second;
+      ++done;
+      seconds[task.kind].first += task.seconds;
+      ++seconds[task.kind].second;
+    }
+    if (task.state == TaskState::kLeased) ++leased;
+    if (include_tasks) {
+      v1::Task* t = out.add_tasks();
+      t->set_index(task.index);
+      t->set_kind(task.kind);
+      t->set_layer(task.layer);
+      t->set_state(ToProto(task.state));
+      t->set_worker_id(task.worker_id);
+      t->set_task_faults(task.task_faults);
+      t->set_infra_faults(task.infra_faults);
+      t->set_error(task.error);
+      t->set_seconds(task.seconds);
+    }
+  }
+  out.set_tasks_total(static_cast<int32_t>(job.snapshot.tasks.size()));
+  out.set_tasks_done(done);
+  out.set_tasks_leased(leased);
+  // ETA: each kind's remaining tasks at that kind's mean time (the blocks'
+  // mean for a kind with none done yet), one task at a time.
+  double eta = 0;
+  bool known = true;
+  for (const std::string& kind : order) {
+    v1::Stage* stage = out.add_stages();
+    stage->set_name(kind);
+    stage->set_total(stages[kind].first);
+    stage->set_done(stages[kind].second);
+    const int remaining = stages[kind].first - stages[kind].second;
+    if (remaining == 0) continue;
+    auto it = seconds.find(kind);
+    if (it == seconds.end()) it = seconds.find(kBlockTask);
+    if (it == seconds.end() || it->second.second == 0) {
+      known = false;
+      continue;
+    }
+    eta += remaining * it->second.first / it->second.second;
+  }
+  out.set_eta_seconds(IsFinal(row.state) ? 0 : known ? eta : -1);
+  if (row.state == JobState::kSucceeded)
+    out.set_report_path(ReportPath(job.spec));
+  return out;
+}
+
+absl::StatusOr<v1::Job> JobManager::GetJob(const std::string& job_id,
+                                           bool include_tasks) {
+  ASSIGN_OR_RETURN(const int64_t id, ParseJobId(job_id));
+  return JobMessage(id, include_tasks);
+}
+
+absl::StatusOr<v1::ListJobsResponse> JobManager::ListJobs(v1::JobState state) {
+  std::optional<JobState> filter;
+  if (state != v1::JOB_STATE_UNSPECIFIED) {
+    if (!v1::JobState_IsValid(state)) {
+      return absl::InvalidArgumentError("state: unknown job state");
+    }
+    filter = static_cast<JobState>(static_cast<int>(state));
+  }
+  ASSIGN_OR_RETURN(const std::vector<JobRow> rows, store_->ListJobs(filter));
+  v1::ListJobsResponse response;
+  for (const JobRow& row : rows) {
+    ASSIGN_OR_RETURN(*response.add_jobs(), JobMessage(row.id, false));
+  }
+  return response;
+}
+
+absl::Status JobManager::WatchJob(
+    const std::string& job_id,
+    const std::function<bool(const v1::JobEvent&)>& emit,
+    const std::function<bool()>& cancelled) {
+  ASSIGN_OR_RETURN(const int64_t id, ParseJobId(job_id));
+  std::string last;
+  while (true) {
+    const uint64_t version = scheduler_->version();
+    ASSIGN_OR_RETURN(v1::Job job, JobMessage(id, false));
+    const std::string now = job.SerializeAsString();
+    if (now != last) {
+      v1::JobEvent event;
+      *event.mutable_job() = job;
+      event.set_time_ms(clock_->NowMs());
+      if (!emit(event)) return absl::CancelledError("the watcher went away");
+      last = now;
+    }
+    if (job.state() == v1::JOB_STATE_SUCCEEDED ||
+        job.state() == v1::JOB_STATE_FAILED ||
+        job.state() == v1::JOB_STATE_CANCELLED) {
+      return absl::OkStatus();
+    }
+    if (cancelled() || stopping_) {
+      return absl::CancelledError("the watch was cancelled");
+    }
+    scheduler_->WaitForChange(version, absl::Milliseconds(500));
+  }
+}
+
+absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& job_id) {
+  ASSIGN_OR_RETURN(const int64_t id, ParseJobId(job_id));
+  RETURN_IF_ERROR(scheduler_->Cancel(id));
+  Log(absl::StrCat("job ", id, ": cancelled"));
+  return JobMessage(id, false);
+}
+
+absl::StatusOr<v1::Job> JobManager::ResumeJob(const std::string& job_id) {
+  ASSIGN_OR_RETURN(const int64_t id, ParseJobId(job_id));
+  RETURN_IF_ERROR(scheduler_->Resume(id));
+  ASSIGN_OR_RETURN(const JobContext job, Context(id));
+  CleanJobDir(job.plan.job_dir);
+  Log(absl::StrCat("job ", id, ": resumed"));
+  return JobMessage(id, false);
+}
+
+v1::ListWorkersResponse JobManager::ListWorkers() {
+  v1::ListWorkersResponse response;
+  for (const WorkerInfo& w : scheduler_->ListWorkers()) {
+    v1::WorkerInfo* info = response.add_workers();
+    info->set_worker_id(w.id);
+    info->set_name(w.name);
+    info->set_backend(w.capabilities.backend());
+    info->set_threads(w.capabilities.threads());
+    info->set_memory_bytes(w.capabilities.memory_bytes());
+    info->set_task(w.task);
+    info->set_last_seen_ms(w.last_seen_ms);
+    info->set_tasks_done(w.tasks_done);
+  }
+  return response;
+}
+
+absl::StatusOr<v1::RegisterWorkerResponse> JobManager::RegisterWorker(
+    const v1::RegisterWorkerRequest& request) {
+  if (request.capabilities().backend() == v1::BACKEND_UNSPECIFIED ||
+      !v1::Backend_IsValid(request.capabilities().backend())) {
+    return absl::InvalidArgumentError("capabilities.backend: unknown");
+  }
+  v1::RegisterWorkerResponse response;
+  response.set_worker_id(
+      scheduler_->RegisterWorker(request.name(), request.capabilities()));
+  response.set_heartbeat_interval_ms(options_.scheduler.heartbeat_interval_ms);
+  response.set_lease_ms(options_.scheduler.lease_ms);
+  response.set_max_chunk_bytes(options_.max_chunk_bytes);
+  Log(absl::StrCat("worker ", response.worker_id(), " (", request.name(),
+                   ") registered"));
+  return response;
+}
+
+absl::StatusOr<v1::TaskSpec> JobManager::BuildTaskSpec(const JobContext& job,
+                                                       const TaskRow& task) {
+  v1::TaskSpec spec;
+  spec.set_kind(task.kind == kEmbedTask     ? v1::TASK_KIND_EMBED
+                : task.kind == kForwardTask ? v1::TASK_KIND_FORWARD
+                                            : v1::TASK_KIND_BLOCK);
+  spec.set_layer(task.layer);
+  ASSIGN_OR_RETURN(*spec.mutable_model_config_json(),
+                   ReadFileToString(job.spec.model_dir() + "/config.json"));
+  *spec.mutable_recipe() = job.spec.recipe();
+  if (task.kind == kBlockTask && task.layer >= 0 &&
+      task.layer < static_cast<int>(job.plan.linear_types.size())) {
+    for (const std::string& type : job.plan.linear_types[task.layer]) {
+      spec.add_gguf_types(type);
+    }
+  }
+  spec.set_norm_dtype(job.plan.norm_dtype);
+  spec.set_sequences(job.plan.sequences);
+  spec.set_seq_len(job.plan.seq_len);
+  ASSIGN_OR_RETURN(
+      const std::unique_ptr<TaskInputs> inputs,
+      TaskInputs::Open(job.spec.model_dir(), job.plan.job_dir, job.plan, task));
+  for (const v1::TensorInfo& info : inputs->infos()) *spec.add_inputs() = info;
+  for (const std::string& output : TaskOutputs(job.plan, task)) {
+    spec.add_outputs(output);
+  }
+  return spec;
+}
+
+absl::StatusOr<v1::LeaseTaskResponse> JobManager::LeaseTask(
+    const v1::LeaseTaskRequest& request,
+    const std::function<bool()>& cancelled) {
+  const int64_t wait_ms =
+      std::clamp<int64_t>(request.wait_ms(), 0, options_.max_lease_wait_ms);
+  const absl::Time deadline = absl::Now() + absl::Milliseconds(wait_ms);
+  while (true) {
+    const uint64_t version = scheduler_->version();
+    ASSIGN_OR_RETURN(std::optional<Lease> lease,
+                     scheduler_->TryLease(request.worker_id()));
+    if (lease.has_value()) {
+      v1::LeaseTaskResponse response;
+      absl::StatusOr<JobContext> job = Context(lease->key.job_id);
+      absl::StatusOr<v1::TaskSpec> spec =
+          job.ok() ? BuildTaskSpec(*job, lease->task) : job.status();
+      if (!spec.ok()) {
+        // The job's own inputs are broken (a model file gone): a task fault.
+        RETURN_IF_ERROR(scheduler_->Fail(lease->key, lease->epoch, true,
+                                         std::string(spec.status().message())));
+        continue;
+      }
+      v1::TaskRef* ref = response.mutable_task();
+      ref->set_worker_id(request.worker_id());
+      ref->set_job_id(JobIdString(lease->key.job_id));
+      ref->set_task_index(lease->key.index);
+      ref->set_epoch(lease->epoch);
+      *response.mutable_spec() = std::move(*spec);
+      response.set_lease_ms(lease->lease_ms);
+      Log(absl::StrCat("job ", lease->key.job_id, ": ", lease->task.kind,
+                       " task ", lease->key.index, " leased to ",
+                       request.worker_id(), " (epoch ", lease->epoch, ")"));
+      return response;
+    }
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration() || cancelled() || stopping_) {
+      return v1::LeaseTaskResponse();
+    }
+    scheduler_->WaitForChange(version, std::min(left, absl::Milliseconds(250)));
+  }
+}
+
+namespace {
+
+absl::StatusOr<TaskKey> KeyOf(const v1::TaskRef& ref) {
+  ASSIGN_OR_RETURN(const int64_t job_id, ParseJobId(ref.job_id()));
+  return TaskKey{job_id, ref.task_index()};
+}
+
+}  // namespace
+
+absl::StatusOr<v1::HeartbeatResponse> JobManager::Heartbeat(
+    const v1::HeartbeatRequest& request) {
+  ASSIGN_OR_RETURN(const TaskKey key, KeyOf(request.task()));
+  v1::HeartbeatResponse response;
+  absl::StatusOr<int64_t> left = scheduler_->Heartbeat(
+      key, request.task().epoch(), request.task().worker_id());
+  if (left.status().code() == absl::StatusCode::kCancelled) {
+    response.set_cancel(true);
+    return response;
+  }
+  RETURN_IF_ERROR(left.status());
+  response.set_lease_ms(*left);
+  return response;
+}
+
+absl::Status JobManager::FetchInputs(
+    const v1::FetchInputsRequest& request,
+    const std::function<bool(const v1::Chunk&)>& emit) {
+  ASSIGN_OR_RETURN(const TaskKey key, KeyOf(request.task()));
+  RETURN_IF_ERROR(scheduler_->CheckLease(key, request.task().epoch()));
+  ASSIGN_OR_RETURN(const JobContext job, Context(key.job_id));
+  const TaskRow& task = job.snapshot.tasks[key.index];
+  ASSIGN_OR_RETURN(
+      const std::unique_ptr<TaskInputs> inputs,
+      TaskInputs::Open(job.spec.model_dir(), job.plan.job_dir, job.plan, task));
+  ServiceMetrics* metrics = options_.metrics;
+  return inputs->Stream(request.tensor(), request.offset(),
+                        static_cast<size_t>(options_.max_chunk_bytes), emit,
+                        [metrics](size_t n) {
+                          if (metrics != nullptr) {
+                            metrics->AddBytesStreamed("to_worker", n);
+                          }
+                        });
+}
+
+absl::StatusOr<v1::UploadResultResponse> JobManager::UploadResult(
+    const std::function<bool(v1::UploadResultRequest*)>& read) {
+  v1::UploadResultRequest message;
+  if (!read(&message) || !message.has_task()) {
+    return absl::InvalidArgumentError(
+        "an upload starts with the task it belongs to");
+  }
+  const v1::TaskRef ref = message.task();
+  ASSIGN_OR_RETURN(const TaskKey key, KeyOf(ref));
+  RETURN_IF_ERROR(scheduler_->CheckLease(key, ref.epoch()));
+  ASSIGN_OR_RETURN(const JobContext job, Context(key.job_id));
+  const TaskRow& task = job.snapshot.tasks[key.index];
+  const std::string dir = UploadDir(job.plan.job_dir, task, ref.epoch());
+  std::error_code error;
+  fs::remove_all(dir, error);
+  fs::create_directories(dir, error);
+  if (error) return absl::InternalError(absl::StrCat("cannot create ", dir));
+  UploadReceiver receiver(dir, TaskOutputs(job.plan, task));
+  while (read(&message)) {
+    if (!message.has_chunk()) {
+      return absl::InvalidArgumentError("an upload sends its task once");
+    }
+    RETURN_IF_ERROR(receiver.Accept(message.chunk()));
+  }
+  RETURN_IF_ERROR(receiver.Finish());
+  if (options_.metrics != nullptr) {
+    options_.metrics->AddBytesStreamed("from_worker", receiver.bytes());
+  }
+  {
+    absl::MutexLock lock(&uploads_mu_);
+    uploads_[{key.job_id, key.index, ref.epoch()}] = receiver.received();
+  }
+  v1::UploadResultResponse response;
+  response.set_bytes_received(receiver.bytes());
+  return response;
+}
+
+absl::Status JobManager::CompleteTask(const v1::CompleteTaskRequest& request) {
+  const v1::TaskRef& ref = request.task();
+  ASSIGN_OR_RETURN(const TaskKey key, KeyOf(ref));
+  std::map<std::string, UploadReceiver::Received> received;
+  {
+    absl::MutexLock lock(&uploads_mu_);
+    auto it = uploads_.find({key.job_id, key.index, ref.epoch()});
+    if (it != uploads_.end()) {
+      received = std::move(it->second);
+      uploads_.erase(it);
+    }
+  }
+  ASSIGN_OR_RETURN(const JobContext job, Context(key.job_id));
+  if (key.index < 0 ||
+      key.index >= static_cast<int32_t>(job.snapshot.tasks.size())) {
+    return absl::NotFoundError(absl::StrCat("no task ", key.index));
+  }
+  const TaskRow task = job.snapshot.tasks[key.index];
+  ASSIGN_OR_RETURN(const ModelSpec model,
+                   LoadModelConfig(job.spec.model_dir()));
+  RETURN_IF_ERROR(scheduler_->Complete(
+      key, ref.epoch(), ref.worker_id(), request.seconds(), [&] {
+        return CommitTaskOutputs(job.plan.job_dir, job.plan, task,
+                                 model.hidden_size, received);
+      }));
+  ASSIGN_OR_RETURN(const JobSnapshot after, scheduler_->GetJob(key.job_id));
+  std::error_code error;
+  fs::remove_all(UploadDir(job.plan.job_dir, task, ref.epoch()), error);
+  DropConsumedActivations(job.plan.job_dir, job.plan, after.tasks);
+  if (options_.metrics != nullptr) {
+    options_.metrics->TaskCompleted(task.kind);
+    options_.metrics->ObserveTaskDuration(
+        QuantMethodName(OptionsFromRecipe(job.spec.recipe())->method), "cpu",
+        request.seconds());
+  }
+  Log(absl::StrFormat("job %d: %s task %d done in %.1f s", key.job_id,
+                      task.kind, key.index, request.seconds()));
+  return absl::OkStatus();
+}
+
+absl::Status JobManager::FailTask(const v1::FailTaskRequest& request) {
+  const v1::TaskRef& ref = request.task();
+  ASSIGN_OR_RETURN(const TaskKey key, KeyOf(ref));
+  RETURN_IF_ERROR(scheduler_->Fail(key, ref.epoch(), request.task_fault(),
+                                   request.error()));
+  Log(absl::StrCat("job ", key.job_id, ": task ", key.index, " failed (",
+                   request.task_fault() ? "task" : "worker",
+                   " fault): ", request.error()));
+  return absl::OkStatus();
+}
+
+void JobManager::TickLoop() {
+  while (!stopping_) {
+    const int expired = scheduler_->ExpireLeases();
+    if (expired > 0) Log(absl::StrCat(expired, " lease(s) expired"));
+    RefreshMetrics();
+    const absl::Time until = absl::Now() + absl::Milliseconds(options_.tick_ms);
+    while (!stopping_ && absl::Now() < until) {
+      absl::SleepFor(
+          absl::Milliseconds(std::min<int64_t>(options_.tick_ms, 50)));
+    }
+  }
+}
+
+void JobManager::AssembleLoop() {
+  while (!stopping_) {
+    const uint64_t version = scheduler_->version();
+    for (int64_t id : scheduler_->JobsToAssemble()) {
+      absl::StatusOr<JobContext> job = Context(id);
+      absl::StatusOr<std::string> report =
+          job.ok() ? AssembleJob(job->spec, job->plan.job_dir,
+                                 [this, id](const std::string& line) {
+                                   Log(absl::StrCat("job ", id, ": ", line));
+                                 })
+                   : job.status();
+      if (report.ok()) {
+        const absl::Status marked = scheduler_->MarkSucceeded(id);
+        Log(absl::StrCat("job ", id, ": ",
+                         marked.ok() ? "succeeded" : marked.ToString()));
+      } else {
+        Log(absl::StrCat("job ", id,
+                         ": assembly failed: ", report.status().ToString()));
+        (void)scheduler_->MarkFailed(
+            id, absl::StrCat("assembly: ", report.status().message()));
+      }
+      if (options_.metrics != nullptr)
+        options_.metrics->RemoveJobProgress(JobIdString(id));
+    }
+    scheduler_->WaitForChange(version, absl::Milliseconds(200));
+  }
+}
+
+void JobManager::RefreshMetrics() {
+  ServiceMetrics* metrics = options_.metrics;
+  if (metrics == nullptr) return;
+  absl::StatusOr<std::vector<JobRow>> jobs = store_->ListJobs();
+  if (jobs.ok()) {
+    std::map<std::string, int> by_state;
+    for (JobState s :
+         {JobState::kQueued, JobState::kRunning, JobState::kSucceeded,
+          JobState::kFailed, JobState::kCancelled}) {
+      by_state[JobStateName(s)] = 0;
+    }
+    for (const JobRow& row : *jobs) {
+      ++by_state[JobStateName(row.state)];
+      if (row.state != JobState::kRunning && row.state != JobState::kQueued) {
+        continue;
+      }
+      absl::StatusOr<JobSnapshot> snapshot = scheduler_->GetJob(row.id);
+      if (!snapshot.ok() || snapshot->tasks.empty()) continue;
+      int done = 0;
+      for (const TaskRow& t : snapshot->tasks) {
+        done += t.state == TaskState::kDone ? 1 : 0;
+      }
+      metrics->SetJobProgress(
+          JobIdString(row.id),
+          done / static_cast<double>(snapshot->tasks.size()));
+    }
+    for (const auto& [state, count] : by_state) metrics->SetJobs(state, count);
+  }
+  metrics->SetQueueDepth(scheduler_->ReadyTasks());
+  std::map<std::string, int> workers = {{"cpu", 0}, {"cuda", 0}};
+  for (const WorkerInfo& w : scheduler_->ListWorkers()) {
+    ++workers[BackendName(BackendOf(w.capabilities))];
+  }
+  for (const auto& [backend, count] : workers) {
+    metrics->SetActiveWorkers(backend, count);
+  }
+}
+
+}  // namespace quant

@@ -1,0 +1,131 @@
+// The coordinator's work, behind its RPCs: submitting and watching jobs,
+// and the worker side (leases, input streams, result uploads, commits).
+// Every call returns an absl::Status; coordinator/service.h adapts them to
+// gRPC one to one.
+//
+// Background threads expire leases, refresh the metrics, and assemble the
+// output of jobs whose tasks are all done.
+#ifndef COORDINATOR_JOB_MANAGER_H_
+#define COORDINATOR_JOB_MANAGER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "common/metrics.h"
+#include "coordinator/job_store.h"
+#include "coordinator/scheduler.h"
+#include "coordinator/tensor_service.h"
+#include "proto/quant/v1/quantization_service.pb.h"
+#include "proto/quant/v1/worker_service.pb.h"
+
+namespace quant {
+
+struct JobManagerOptions {
+  // The job store (jobs.db) and one directory per job (jobs/).
+  std::string state_dir;
+  // Paths a job may read (models, calibration and held-out texts) and
+  // write (outputs): inside one of these directories.
+  std::vector<std::string> model_roots;
+  std::vector<std::string> output_roots;
+  SchedulerOptions scheduler;
+  int64_t max_chunk_bytes = 4 << 20;
+  int64_t max_lease_wait_ms = 30'000;
+  int64_t tick_ms = 500;   // Lease expiry and metrics refresh.
+  Clock* clock = nullptr;  // nullptr: the system clock.
+  ServiceMetrics* metrics = nullptr;
+  std::function<void(const std::string&)> log;
+};
+
+class JobManager {
+ public:
+  // Opens the store, cleans what an interrupted run left in the job
+  // directories, and continues every unfinished job from its committed
+  // tasks.
+  static absl::StatusOr<std::unique_ptr<JobManager>> Create(
+      JobManagerOptions options);
+  ~JobManager();  // Stops the background threads.
+
+  // ---- The public API ----
+  // INVALID_ARGUMENT names the field at fault.
+  absl::StatusOr<v1::Job> SubmitJob(const v1::JobSpec& spec);
+  absl::StatusOr<v1::Job> GetJob(const std::string& job_id, bool include_tasks);
+  absl::StatusOr<v1::ListJobsResponse> ListJobs(v1::JobState state);
+  // Emits the job, then again on every change, until it is final (OK),
+  // `emit` returns false or `cancelled` returns true (Cancelled).
+  absl::Status WatchJob(const std::string& job_id,
+                        const std::function<bool(const v1::JobEvent&)>& emit,
+                        const std::function<bool()>& cancelled);
+  absl::StatusOr<v1::Job> CancelJob(const std::string& job_id);
+  absl::StatusOr<v1::Job> ResumeJob(const std::string& job_id);
+  v1::ListWorkersResponse ListWorkers();
+
+  // ---- The worker gateway ----
+  absl::StatusOr<v1::RegisterWorkerResponse> RegisterWorker(
+      const v1::RegisterWorkerRequest& request);
+  absl::StatusOr<v1::LeaseTaskResponse> LeaseTask(
+      const v1::LeaseTaskRequest& request,
+      const std::function<bool()>& cancelled);
+  absl::StatusOr<v1::HeartbeatResponse> Heartbeat(
+      const v1::HeartbeatRequest& request);
+  absl::Status FetchInputs(const v1::FetchInputsRequest& request,
+                           const std::function<bool(const v1::Chunk&)>& emit);
+  // `read` yields the stream's messages (false at its end).
+  absl::StatusOr<v1::UploadResultResponse> UploadResult(
+      const std::function<bool(v1::UploadResultRequest*)>& read);
+  absl::Status CompleteTask(const v1::CompleteTaskRequest& request);
+  absl::Status FailTask(const v1::FailTaskRequest& request);
+
+  Scheduler& scheduler() { return *scheduler_; }
+
+ private:
+  explicit JobManager(JobManagerOptions options);
+  struct JobContext {
+    v1::JobSpec spec;
+    JobPlan plan;
+    JobSnapshot snapshot;
+  };
+  absl::StatusOr<JobContext> Context(int64_t job_id);
+  absl::StatusOr<v1::Job> JobMessage(int64_t job_id, bool include_tasks);
+  absl::StatusOr<v1::TaskSpec> BuildTaskSpec(const JobContext& job,
+                                             const TaskRow& task);
+  absl::Status CheckPath(const std::string& field, const std::string& path,
+                         const std::vector<std::string>& roots) const;
+  void Log(const std::string& line) const;
+  void TickLoop();
+  void AssembleLoop();
+  void RefreshMetrics();
+
+  const JobManagerOptions options_;
+  SystemClock system_clock_;
+  Clock* clock_;
+  std::unique_ptr<JobStore> store_;
+  std::unique_ptr<Scheduler> scheduler_;
+
+  // Verified uploads waiting for CompleteTask, by (job, task, epoch).
+  absl::Mutex uploads_mu_;
+  std::map<std::tuple<int64_t, int32_t, int64_t>,
+           std::map<std::string, UploadReceiver::Received>>
+      uploads_ ABSL_GUARDED_BY(uploads_mu_);
+
+  std::atomic<bool> stopping_{false};
+  std::thread tick_thread_;
+  std::thread assemble_thread_;
+};
+
+// "42" -> 42; InvalidArgument otherwise.
+absl::StatusOr<int64_t> ParseJobId(const std::string& job_id);
+
+}  // namespace quant
+
+#endif  // COORDINATOR_JOB_MANAGER_H_

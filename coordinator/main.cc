@@ -1,0 +1,85 @@
+// quant-coordinator: parses flags into CoordinatorOptions, starts the
+// coordinator, and shuts it down gracefully on SIGTERM / SIGINT (a second
+// signal exits at once).
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/notification.h"
+#include "common/process.h"
+#include "coordinator/coordinator.h"
+
+ABSL_FLAG(std::string, listen, "0.0.0.0:50051",
+          "gRPC address (clients and workers), host:port");
+ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9100",
+          "Prometheus /metrics address, host:port (empty: off)");
+ABSL_FLAG(std::string, state_dir, "",
+          "Job store and per-job files (a persistent volume)");
+ABSL_FLAG(std::vector<std::string>, model_roots, {},
+          "Directories jobs may read models and texts from");
+ABSL_FLAG(std::vector<std::string>, output_roots, {},
+          "Directories jobs may write outputs to");
+ABSL_FLAG(int64_t, lease_ms, 60000, "Lease of a task without heartbeats");
+ABSL_FLAG(int64_t, heartbeat_ms, 5000, "Heartbeat interval for workers");
+ABSL_FLAG(int, max_task_faults, 3, "Failures of a task before its job fails");
+ABSL_FLAG(int, max_infra_faults, 20,
+          "Workers a task may lose before its job fails");
+ABSL_FLAG(int64_t, max_chunk_bytes, 4 << 20, "Largest streamed chunk");
+
+namespace {
+void Log(const std::string& line) { quant::LogLine("quant-coordinator", line); }
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "quant-coordinator --state_dir=DIR --model_roots=DIR[,DIR] "
+      "--output_roots=DIR[,DIR] [--listen=host:port]");
+  absl::ParseCommandLine(argc, argv);
+  quant::BlockStopSignals();
+
+  quant::CoordinatorOptions options;
+  options.listen_address = absl::GetFlag(FLAGS_listen);
+  options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  quant::JobManagerOptions& jobs = options.jobs;
+  jobs.state_dir = absl::GetFlag(FLAGS_state_dir);
+  jobs.model_roots = absl::GetFlag(FLAGS_model_roots);
+  jobs.output_roots = absl::GetFlag(FLAGS_output_roots);
+  jobs.scheduler.lease_ms = absl::GetFlag(FLAGS_lease_ms);
+  jobs.scheduler.heartbeat_interval_ms = absl::GetFlag(FLAGS_heartbeat_ms);
+  jobs.scheduler.max_task_faults = absl::GetFlag(FLAGS_max_task_faults);
+  jobs.scheduler.max_infra_faults = absl::GetFlag(FLAGS_max_infra_faults);
+  jobs.max_chunk_bytes = absl::GetFlag(FLAGS_max_chunk_bytes);
+  jobs.log = Log;
+  if (jobs.state_dir.empty() || jobs.model_roots.empty() ||
+      jobs.output_roots.empty()) {
+    std::cerr << "quant-coordinator: --state_dir, --model_roots and "
+                 "--output_roots are required\n";
+    return 2;
+  }
+
+  absl::StatusOr<std::unique_ptr<quant::Coordinator>> coordinator =
+      quant::Coordinator::Create(options);
+  if (!coordinator.ok()) {
+    Log(absl::StrCat("cannot start: ", coordinator.status().ToString()));
+    return 1;
+  }
+  Log(absl::StrCat("serving on port ", (*coordinator)->port(), ", metrics on ",
+                   (*coordinator)->metrics_port(), "; models from ",
+                   absl::StrJoin(jobs.model_roots, ","), ", outputs to ",
+                   absl::StrJoin(jobs.output_roots, ",")));
+  absl::Notification stop;
+  quant::OnStopSignal([&stop](int signal) {
+    Log(absl::StrCat("signal ", signal, ": shutting down"));
+    stop.Notify();
+  });
+  stop.WaitForNotification();
+  (*coordinator)->Shutdown();
+  Log("stopped");
+  std::cerr.flush();
+  std::_Exit(0);
+}

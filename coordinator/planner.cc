@@ -1,0 +1,171 @@
+#include "coordinator/planner.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/json_util.h"
+#include "common/status_macros.h"
+#include "nlohmann/json.hpp"
+#include "proto/task_tensors.h"
+
+namespace quant {
+namespace {
+
+TaskRow MakeTask(int index, const char* kind, int layer,
+                 std::vector<int32_t> deps) {
+  TaskRow task;
+  task.index = index;
+  task.kind = kind;
+  task.layer = layer;
+  task.deps = std::move(deps);
+  return task;
+}
+
+}  // namespace
+
+std::string JobPlan::ToJson() const {
+  nlohmann::json j = {{"mode", v1::Mode_Name(mode)},
+                      {"job_dir", job_dir},
+                      {"num_layers", num_layers},
+                      {"sequences", sequences},
+                      {"seq_len", seq_len},
+                      {"norm_dtype", norm_dtype},
+                      {"linear_types", linear_types},
+                      {"embed_bytes", embed_bytes},
+                      {"forward_bytes", forward_bytes},
+                      {"block_bytes", block_bytes}};
+  return j.dump();
+}
+
+absl::StatusOr<JobPlan> JobPlan::FromJson(const std::string& json) {
+  ASSIGN_OR_RETURN(const nlohmann::json j, ParseJsonStrict(json, "job plan"));
+  JobPlan plan;
+  v1::Mode mode;
+  if (!j.is_object() || !j.contains("mode") || !j["mode"].is_string() ||
+      !v1::Mode_Parse(j["mode"].get<std::string>(), &mode)) {
+    return absl::DataLossError("job plan: no valid mode");
+  }
+  plan.mode = mode;
+  // A malformed plan (a damaged store) is data loss, never a crash.
+  if (!j.contains("num_layers") || !j["num_layers"].is_number_integer() ||
+      !j.contains("linear_types") || !j["linear_types"].is_array()) {
+    return absl::DataLossError("job plan: malformed");
+  }
+  plan.num_layers = j["num_layers"].get<int>();
+  plan.job_dir = j.value("job_dir", std::string());
+  plan.sequences = j.value("sequences", int64_t{0});
+  plan.seq_len = j.value("seq_len", int64_t{0});
+  plan.norm_dtype = j.value("norm_dtype", std::string());
+  for (const nlohmann::json& layer : j["linear_types"]) {
+    if (!layer.is_array()) return absl::DataLossError("job plan: malformed");
+    std::vector<std::string> types;
+    for (const nlohmann::json& t : layer) {
+      if (!t.is_string()) return absl::DataLossError("job plan: malformed");
+      types.push_back(t.get<std::string>());
+    }
+    plan.linear_types.push_back(std::move(types));
+  }
+  plan.embed_bytes = j.value("embed_bytes", int64_t{0});
+  plan.forward_bytes = j.value("forward_bytes", int64_t{0});
+  plan.block_bytes = j.value("block_bytes", int64_t{0});
+  return plan;
+}
+
+absl::StatusOr<PlannedJob> PlanJob(v1::Mode mode,
+                                   const QuantizeModelOptions& options,
+                                   const QuantizationPlan& engine_plan) {
+  PlannedJob job;
+  JobPlan& plan = job.plan;
+  plan.mode =
+      mode == v1::MODE_PARALLEL ? v1::MODE_PARALLEL : v1::MODE_SEQUENTIAL;
+  const ModelSpec& spec = engine_plan.spec;
+  plan.num_layers = static_cast<int>(spec.num_layers);
+  const bool calibrated = options.calibration.samples > 0;
+  plan.sequences = calibrated ? options.calibration.samples : 0;
+  plan.seq_len = calibrated ? options.calibration.seq_len : 0;
+  plan.norm_dtype = std::string(SafetensorsDTypeName(engine_plan.norm_dtype));
+  for (const auto& layer : engine_plan.linear_types) {
+    std::vector<std::string> names;
+    for (const auto& type : layer) {
+      if (type.has_value()) names.emplace_back(GgmlTypeName(*type));
+    }
+    plan.linear_types.push_back(std::move(names));
+  }
+
+  // Memory: activations in and out (F32), the block's weights as F32 a few
+  // times over (original, working copy, dequantized), and the largest
+  // Hessian (inputs of down_proj) in doubles, twice (it and its inverse).
+  const int64_t tokens = plan.sequences * plan.seq_len;
+  const int64_t dim = spec.hidden_size;
+  const int64_t inter = spec.intermediate_size;
+  const int64_t kv = spec.num_kv_heads * spec.head_dim;
+  const int64_t block_params =
+      dim * (dim + 2 * kv) + dim * dim + 3 * dim * inter;
+  const int64_t activations = 2 * tokens * dim * 4;
+  const int64_t pass = std::min<int64_t>(options.sequences_per_pass,
+                                         std::max<int64_t>(plan.sequences, 1)) *
+                       std::max<int64_t>(plan.seq_len, 1);
+  const int64_t scratch = pass * (2 * inter + 4 * dim) * 4;
+  const int64_t hessian = 2 * std::max(dim, inter) * std::max(dim, inter) * 8;
+  plan.embed_bytes = spec.vocab_size * dim * 4 + activations;
+  plan.forward_bytes = 2 * block_params * 4 + activations + scratch;
+  plan.block_bytes = 4 * block_params * 4 + activations + scratch + hessian;
+
+  const int layers = plan.num_layers;
+  if (!calibrated) {
+    for (int layer = 0; layer < layers; ++layer) {
+      job.tasks.push_back(MakeTask(layer, kBlockTask, layer, {}));
+    }
+    return job;
+  }
+  job.tasks.push_back(MakeTask(0, kEmbedTask, -1, {}));
+  if (plan.mode == v1::MODE_SEQUENTIAL) {
+    for (int layer = 0; layer < layers; ++layer) {
+      job.tasks.push_back(MakeTask(layer + 1, kBlockTask, layer, {layer}));
+    }
+    return job;
+  }
+  // Parallel: forward tasks 1 .. layers-1 (none after the last block),
+  // then the blocks.
+  for (int layer = 0; layer + 1 < layers; ++layer) {
+    job.tasks.push_back(MakeTask(layer + 1, kForwardTask, layer, {layer}));
+  }
+  const int first_block = layers;  // == 1 + (layers - 1).
+  for (int layer = 0; layer < layers; ++layer) {
+    // Activations entering block b: embed (task 0) or forward b-1 (task b).
+    job.tasks.push_back(
+        MakeTask(first_block + layer, kBlockTask, layer, {layer}));
+  }
+  return job;
+}
+
+std::vector<std::string> TaskOutputs(const JobPlan& plan, const TaskRow& task) {
+  if (task.kind == kBlockTask) {
+    std::vector<std::string> outputs = {kResultTensor};
+    if (plan.sequences > 0 && plan.mode == v1::MODE_SEQUENTIAL &&
+        task.layer + 1 < plan.num_layers) {
+      outputs.push_back(kActivationsTensor);
+    }
+    return outputs;
+  }
+  return {kActivationsTensor};
+}
+
+std::string OutputPath(const std::string& job_dir, const TaskRow& task,
+                       const std::string& output) {
+  if (output == kResultTensor) return BlockResultPath(job_dir, task.layer);
+  return ActivationsPath(job_dir, task.layer + 1);
+}
+
+bool ReadsActivations(const JobPlan& plan, const TaskRow& task) {
+  return plan.sequences > 0 && task.kind != kEmbedTask;
+}
+
+int64_t TaskMemoryBytes(const JobPlan& plan, const TaskRow& task) {
+  if (task.kind == kEmbedTask) return plan.embed_bytes;
+  if (task.kind == kForwardTask) return plan.forward_bytes;
+  return plan.block_bytes;
+}
+
+}  // namespace quant

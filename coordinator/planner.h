@@ -1,0 +1,80 @@
+// The planner: a model and a recipe -> the job's tasks and their
+// dependencies (the task graph of DESIGN.md).
+//
+// - sequential, calibrated: embed -> block 0 -> block 1 -> ...; each block
+//   is calibrated on what the quantized block before it output.
+// - parallel, calibrated: embed -> forward 0 -> forward 1 -> ... (the FP
+//   model's activations at every block boundary), and block b needs only
+//   the activations entering it (embed for b = 0, else forward b-1): the
+//   block solves are independent of each other.
+// - data-free (RTN without calibration): one task per block, no
+//   dependencies.
+// Embeddings, norms and the output head are written by the assembler
+// (converted or copied from the mapped checkpoint, one tensor at a time).
+//
+// Where each task's inputs come from and its outputs go is a function of
+// the plan and the task alone, so a restarted coordinator recomputes it.
+#ifndef COORDINATOR_PLANNER_H_
+#define COORDINATOR_PLANNER_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "coordinator/job_store.h"
+#include "proto/quant/v1/recipe.pb.h"
+#include "quant/quantize_model.h"
+
+namespace quant {
+
+inline constexpr char kEmbedTask[] = "embed";
+inline constexpr char kForwardTask[] = "forward";
+inline constexpr char kBlockTask[] = "block";
+
+// What the coordinator keeps of a plan (as JSON in the job store).
+struct JobPlan {
+  v1::Mode mode = v1::MODE_SEQUENTIAL;
+  // The job's directory (its durable per-task files), set by the
+  // coordinator before the job is committed.
+  std::string job_dir;
+  int num_layers = 0;
+  int64_t sequences = 0;  // Calibration windows; 0: data-free.
+  int64_t seq_len = 0;
+  std::string norm_dtype;  // Of the checkpoint's norms.
+  // Per block, the GGUF type names of its linears (empty lists unless GGUF).
+  std::vector<std::vector<std::string>> linear_types;
+  // Estimated peak memory of a task of each kind on a worker, bytes.
+  int64_t embed_bytes = 0;
+  int64_t forward_bytes = 0;
+  int64_t block_bytes = 0;
+
+  std::string ToJson() const;
+  static absl::StatusOr<JobPlan> FromJson(const std::string& json);
+};
+
+struct PlannedJob {
+  JobPlan plan;
+  std::vector<TaskRow> tasks;  // job_id left 0.
+};
+
+// `options` and `engine_plan` come from the recipe (OptionsFromRecipe,
+// PlanQuantization).
+absl::StatusOr<PlannedJob> PlanJob(v1::Mode mode,
+                                   const QuantizeModelOptions& options,
+                                   const QuantizationPlan& engine_plan);
+
+// The output tensors the task's worker uploads (proto/task_tensors.h).
+std::vector<std::string> TaskOutputs(const JobPlan& plan, const TaskRow& task);
+// Where a committed output lives in the job directory.
+std::string OutputPath(const std::string& job_dir, const TaskRow& task,
+                       const std::string& output);
+// True when the task reads the activations entering block task.layer
+// (ActivationsPath(job_dir, task.layer)).
+bool ReadsActivations(const JobPlan& plan, const TaskRow& task);
+// Bytes a task of this kind needs on a worker.
+int64_t TaskMemoryBytes(const JobPlan& plan, const TaskRow& task);
+
+}  // namespace quant
+
+#endif  // COORDINATOR_PLANNER_H_

@@ -1,0 +1,481 @@
+#include "coordinator/scheduler.h"
+
+#include <chrono>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+
+namespace quant {
+namespace {
+
+std::string KeyName(const TaskKey& key) {
+  return absl::StrCat(key.job_id, "/", key.index);
+}
+
+v1::Backend BackendOf(const std::string& kind) {
+  (void)kind;  // Every task kind runs on the CPU engine today.
+  return v1::BACKEND_CPU;
+}
+
+}  // namespace
+
+int64_t SystemClock::NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+Scheduler::Scheduler(JobStore* store, Clock* clock, SchedulerOptions options,
+                     SchedulerEvents events)
+    : store_(store),
+      clock_(clock),
+      options_(options),
+      events_(std::move(events)),
+      run_id_(std::random_device{}()) {}
+
+absl::Status Scheduler::Recover() {
+  ASSIGN_OR_RETURN(const std::vector<JobRow> jobs, store_->ListJobs());
+  absl::MutexLock lock(&mu_);
+  for (const JobRow& job : jobs) {
+    if (IsFinal(job.state)) continue;
+    ActiveJob active;
+    active.job = job;
+    ASSIGN_OR_RETURN(active.plan, JobPlan::FromJson(job.plan));
+    ASSIGN_OR_RETURN(active.tasks, store_->GetTasks(job.id));
+    jobs_[job.id] = std::move(active);
+  }
+  Changed();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> Scheduler::AddJob(const JobRow& job,
+                                          const JobPlan& plan,
+                                          const std::vector<TaskRow>& tasks) {
+  absl::MutexLock lock(&mu_);
+  JobRow row = job;
+  row.plan = plan.ToJson();
+  const int64_t now = clock_->NowMs();
+  ASSIGN_OR_RETURN(const int64_t id, store_->CreateJob(row, tasks, now));
+  ActiveJob active;
+  ASSIGN_OR_RETURN(active.job, store_->GetJob(id));
+  active.plan = plan;
+  ASSIGN_OR_RETURN(active.tasks, store_->GetTasks(id));
+  jobs_[id] = std::move(active);
+  Changed();
+  return id;
+}
+
+std::string Scheduler::RegisterWorker(const std::string& name,
+                                      const v1::Capabilities& capabilities) {
+  absl::MutexLock lock(&mu_);
+  WorkerInfo worker;
+  worker.id = absl::StrFormat("w-%08x-%d", run_id_, next_worker_++);
+  worker.name = name;
+  worker.capabilities = capabilities;
+  worker.last_seen_ms = clock_->NowMs();
+  const std::string id = worker.id;
+  workers_[id] = std::move(worker);
+  Changed();
+  return id;
+}
+
+std::vector<WorkerInfo> Scheduler::ListWorkers() {
+  absl::MutexLock lock(&mu_);
+  const int64_t now = clock_->NowMs();
+  std::vector<WorkerInfo> out;
+  for (auto it = workers_.begin(); it != workers_.end();) {
+    if (now - it->second.last_seen_ms > options_.worker_timeout_ms) {
+      it = workers_.erase(it);
+      continue;
+    }
+    out.push_back(it->second);
+    ++it;
+  }
+  return out;
+}
+
+bool Scheduler::Ready(const ActiveJob& job, const TaskRow& task) const {
+  if (task.state != TaskState::kPending) return false;
+  for (int32_t dep : task.deps) {
+    if (dep < 0 || dep >= static_cast<int32_t>(job.tasks.size()) ||
+        job.tasks[dep].state != TaskState::kDone) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool Scheduler::Fits(const WorkerInfo& worker, const ActiveJob& job,
+                     const TaskRow& task) const {
+  const v1::Capabilities& caps = worker.capabilities;
+  if (caps.backend() != BackendOf(task.kind)) return false;
+  return caps.memory_bytes() <= 0 ||
+         caps.memory_bytes() >= TaskMemoryBytes(job.plan, task);
+}
+
+absl::Status Scheduler::Commit(
+    ActiveJob& job, const std::vector<TaskRow>& tasks,
+    std::optional<std::pair<JobState, std::string>> state) {
+  const int64_t now = clock_->NowMs();
+  RETURN_IF_ERROR(store_->Transaction([&]() -> absl::Status {
+    for (const TaskRow& task : tasks) RETURN_IF_ERROR(store_->UpdateTask(task));
+    if (state.has_value()) {
+      RETURN_IF_ERROR(
+          store_->UpdateJobState(job.job.id, state->first, state->second, now));
+    }
+    return absl::OkStatus();
+  }));
+  for (const TaskRow& task : tasks) job.tasks[task.index] = task;
+  if (state.has_value()) {
+    job.job.state = state->first;
+    job.job.error = state->second;
+    job.job.update_ms = now;
+  }
+  Changed();
+  return absl::OkStatus();
+}
+
+void Scheduler::Changed() { ++version_; }
+
+absl::StatusOr<std::optional<Lease>> Scheduler::TryLease(
+    const std::string& worker_id) {
+  absl::MutexLock lock(&mu_);
+  auto w = workers_.find(worker_id);
+  if (w == workers_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("unknown worker ", worker_id, "; register again"));
+  }
+  WorkerInfo& worker = w->second;
+  const int64_t now = clock_->NowMs();
+  worker.last_seen_ms = now;
+  // Oldest job first; within a job, task order (the sequential order).
+  for (auto& [id, job] : jobs_) {
+    if (job.job.state != JobState::kQueued &&
+        job.job.state != JobState::kRunning) {
+      continue;
+    }
+    for (TaskRow& candidate : job.tasks) {
+      if (!Ready(job, candidate) || !Fits(worker, job, candidate)) continue;
+      TaskRow task = candidate;
+      task.state = TaskState::kLeased;
+      task.epoch += 1;
+      task.worker_id = worker_id;
+      task.lease_deadline_ms = now + options_.lease_ms;
+      std::optional<std::pair<JobState, std::string>> state;
+      if (job.job.state == JobState::kQueued) {
+        state.emplace(JobState::kRunning, "");
+      }
+      RETURN_IF_ERROR(Commit(job, {task}, state));
+      worker.task = KeyName({id, task.index});
+      Lease lease;
+      lease.key = {id, task.index};
+      lease.epoch = task.epoch;
+      lease.lease_ms = options_.lease_ms;
+      lease.job = job.job;
+      lease.plan = job.plan;
+      lease.task = task;
+      return std::optional<Lease>(std::move(lease));
+    }
+  }
+  return std::optional<Lease>();
+}
+
+absl::StatusOr<TaskRow*> Scheduler::FindTask(const TaskKey& key) {
+  auto it = jobs_.find(key.job_id);
+  if (it == jobs_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("job ", key.job_id, " is not active"));
+  }
+  if (key.index < 0 ||
+      key.index >= static_cast<int32_t>(it->second.tasks.size())) {
+    return absl::NotFoundError(
+        absl::StrCat("job ", key.job_id, " has no task ", key.index));
+  }
+  return &it->second.tasks[key.index];
+}
+
+absl::StatusOr<TaskRow*> Scheduler::LiveLease(const TaskKey& key,
+                                              int64_t epoch) {
+  ASSIGN_OR_RETURN(TaskRow * task, FindTask(key));
+  if (task->state != TaskState::kLeased || task->epoch != epoch) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("stale lease on task ", KeyName(key), ": epoch ", epoch,
+                     ", the task is ", TaskStateName(task->state), " at epoch ",
+                     task->epoch));
+  }
+  return task;
+}
+
+absl::Status Scheduler::CheckLease(const TaskKey& key, int64_t epoch) {
+  absl::MutexLock lock(&mu_);
+  return LiveLease(key, epoch).status();
+}
+
+absl::StatusOr<int64_t> Scheduler::Heartbeat(const TaskKey& key, int64_t epoch,
+                                             const std::string& worker_id) {
+  absl::MutexLock lock(&mu_);
+  const int64_t now = clock_->NowMs();
+  auto w = workers_.find(worker_id);
+  if (w != workers_.end()) {
+    w->second.last_seen_ms = now;
+    w->second.task = KeyName(key);
+  }
+  ASSIGN_OR_RETURN(TaskRow * live, LiveLease(key, epoch));
+  ActiveJob& job = jobs_[key.job_id];
+  if (job.job.state == JobState::kCancelled ||
+      job.job.state == JobState::kFailed) {
+    return absl::CancelledError(
+        absl::StrCat("job ", key.job_id, " is ", JobStateName(job.job.state)));
+  }
+  TaskRow task = *live;
+  task.worker_id = worker_id;
+  task.lease_deadline_ms = now + options_.lease_ms;
+  RETURN_IF_ERROR(Commit(job, {task}, std::nullopt));
+  return options_.lease_ms;
+}
+
+absl::Status Scheduler::Complete(
+    const TaskKey& key, int64_t epoch, const std::string& worker_id,
+    double seconds,
+    const std::function<absl::StatusOr<std::string>()>& commit_outputs) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(TaskRow * live, LiveLease(key, epoch));
+  ActiveJob& job = jobs_[key.job_id];
+  if (job.job.state != JobState::kRunning) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", key.job_id, " is ", JobStateName(job.job.state)));
+  }
+  ASSIGN_OR_RETURN(const std::string outputs_json, commit_outputs());
+  TaskRow task = *live;
+  task.state = TaskState::kDone;
+  task.worker_id = "";
+  task.lease_deadline_ms = 0;
+  task.error = "";
+  task.seconds = seconds;
+  task.outputs = outputs_json;
+  RETURN_IF_ERROR(Commit(job, {task}, std::nullopt));
+  auto w = workers_.find(worker_id);
+  if (w != workers_.end()) {
+    w->second.task.clear();
+    ++w->second.tasks_done;
+    w->second.last_seen_ms = clock_->NowMs();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Scheduler::Fail(const TaskKey& key, int64_t epoch, bool task_fault,
+                             const std::string& error) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(TaskRow * live, LiveLease(key, epoch));
+  ActiveJob& job = jobs_[key.job_id];
+  for (auto& [id, worker] : workers_) {
+    if (worker.id == live->worker_id) worker.task.clear();
+  }
+  TaskRow task = *live;
+  task.worker_id = "";
+  task.lease_deadline_ms = 0;
+  task.error = error;
+  std::optional<std::pair<JobState, std::string>> state;
+  if (task_fault) {
+    ++task.task_faults;
+  } else {
+    ++task.infra_faults;
+  }
+  const bool exhausted = task_fault
+                             ? task.task_faults >= options_.max_task_faults
+                             : task.infra_faults > options_.max_infra_faults;
+  if (exhausted) {
+    task.state = TaskState::kFailed;
+    state.emplace(
+        JobState::kFailed,
+        absl::StrCat(task.kind, " task ", task.index,
+                     task.layer >= 0 ? absl::StrCat(" (block ", task.layer, ")")
+                                     : std::string(),
+                     " failed ",
+                     task_fault ? task.task_faults : task.infra_faults,
+                     " times; last error: ", error));
+  } else {
+    task.state = TaskState::kPending;
+  }
+  RETURN_IF_ERROR(Commit(job, {task}, state));
+  if (events_.task_failed) events_.task_failed(task, task_fault);
+  if (!exhausted && events_.task_retried) events_.task_retried(task);
+  return absl::OkStatus();
+}
+
+int Scheduler::ExpireLeases() {
+  absl::MutexLock lock(&mu_);
+  const int64_t now = clock_->NowMs();
+  int expired = 0;
+  for (auto& [id, job] : jobs_) {
+    std::vector<TaskRow> changed;
+    std::optional<std::pair<JobState, std::string>> state;
+    for (const TaskRow& live : job.tasks) {
+      if (live.state != TaskState::kLeased || live.lease_deadline_ms > now) {
+        continue;
+      }
+      TaskRow task = live;
+      ++task.infra_faults;
+      task.error = absl::StrCat("lease of worker ", live.worker_id, " expired");
+      task.worker_id = "";
+      task.lease_deadline_ms = 0;
+      task.state = TaskState::kPending;
+      if (task.infra_faults > options_.max_infra_faults &&
+          (job.job.state == JobState::kRunning ||
+           job.job.state == JobState::kQueued)) {
+        task.state = TaskState::kFailed;
+        state.emplace(JobState::kFailed,
+                      absl::StrCat(task.kind, " task ", task.index, " lost ",
+                                   task.infra_faults, " workers"));
+      }
+      changed.push_back(std::move(task));
+    }
+    if (changed.empty()) continue;
+    if (!Commit(job, changed, state).ok()) continue;  // Retried next time.
+    for (const TaskRow& task : changed) {
+      ++expired;
+      for (auto& [wid, worker] : workers_) {
+        if (worker.task == KeyName({id, task.index})) worker.task.clear();
+      }
+      if (events_.task_released) events_.task_released(task);
+    }
+  }
+  return expired;
+}
+
+absl::Status Scheduler::Cancel(int64_t job_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) {
+    ASSIGN_OR_RETURN(const JobRow row, store_->GetJob(job_id));
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", job_id, " is already ", JobStateName(row.state)));
+  }
+  ActiveJob& job = it->second;
+  if (IsFinal(job.job.state)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job ", job_id, " is already ", JobStateName(job.job.state)));
+  }
+  // Leases held are left to run out: the holders learn of the
+  // cancellation from their next heartbeat.
+  return Commit(job, {}, std::make_pair(JobState::kCancelled, "cancelled"));
+}
+
+absl::Status Scheduler::Resume(int64_t job_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) {
+    ActiveJob active;
+    ASSIGN_OR_RETURN(active.job, store_->GetJob(job_id));
+    ASSIGN_OR_RETURN(active.plan, JobPlan::FromJson(active.job.plan));
+    ASSIGN_OR_RETURN(active.tasks, store_->GetTasks(job_id));
+    it = jobs_.emplace(job_id, std::move(active)).first;
+  }
+  ActiveJob& job = it->second;
+  if (job.job.state != JobState::kFailed &&
+      job.job.state != JobState::kCancelled) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", job_id, " is ", JobStateName(job.job.state),
+                     "; only failed or cancelled jobs resume"));
+  }
+  std::vector<TaskRow> reset;
+  for (const TaskRow& live : job.tasks) {
+    if (live.state == TaskState::kDone) continue;
+    TaskRow task = live;
+    // A lease still out is fenced off by the epoch raised at its next grant.
+    task.state = TaskState::kPending;
+    task.worker_id = "";
+    task.lease_deadline_ms = 0;
+    task.task_faults = 0;
+    task.infra_faults = 0;
+    reset.push_back(std::move(task));
+  }
+  return Commit(job, reset, std::make_pair(JobState::kQueued, ""));
+}
+
+absl::Status Scheduler::MarkSucceeded(int64_t job_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) {
+    return absl::NotFoundError(absl::StrCat("job ", job_id, " is not active"));
+  }
+  RETURN_IF_ERROR(
+      Commit(it->second, {}, std::make_pair(JobState::kSucceeded, "")));
+  jobs_.erase(it);
+  return absl::OkStatus();
+}
+
+absl::Status Scheduler::MarkFailed(int64_t job_id, const std::string& error) {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) {
+    return absl::NotFoundError(absl::StrCat("job ", job_id, " is not active"));
+  }
+  return Commit(it->second, {}, std::make_pair(JobState::kFailed, error));
+}
+
+std::vector<int64_t> Scheduler::JobsToAssemble() {
+  absl::MutexLock lock(&mu_);
+  std::vector<int64_t> out;
+  for (const auto& [id, job] : jobs_) {
+    if (job.job.state != JobState::kRunning) continue;
+    bool all_done = true;
+    for (const TaskRow& task : job.tasks) {
+      all_done &= task.state == TaskState::kDone;
+    }
+    if (all_done) out.push_back(id);
+  }
+  return out;
+}
+
+absl::StatusOr<JobSnapshot> Scheduler::GetJob(int64_t job_id) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = jobs_.find(job_id);
+    if (it != jobs_.end()) return JobSnapshot{it->second.job, it->second.tasks};
+  }
+  JobSnapshot snapshot;
+  ASSIGN_OR_RETURN(snapshot.job, store_->GetJob(job_id));
+  ASSIGN_OR_RETURN(snapshot.tasks, store_->GetTasks(job_id));
+  return snapshot;
+}
+
+absl::StatusOr<JobPlan> Scheduler::GetPlan(int64_t job_id) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = jobs_.find(job_id);
+    if (it != jobs_.end()) return it->second.plan;
+  }
+  ASSIGN_OR_RETURN(const JobRow row, store_->GetJob(job_id));
+  return JobPlan::FromJson(row.plan);
+}
+
+int Scheduler::ReadyTasks() {
+  absl::MutexLock lock(&mu_);
+  int ready = 0;
+  for (const auto& [id, job] : jobs_) {
+    if (job.job.state != JobState::kQueued &&
+        job.job.state != JobState::kRunning) {
+      continue;
+    }
+    for (const TaskRow& task : job.tasks) ready += Ready(job, task) ? 1 : 0;
+  }
+  return ready;
+}
+
+uint64_t Scheduler::version() {
+  absl::MutexLock lock(&mu_);
+  return version_;
+}
+
+void Scheduler::WaitForChange(uint64_t seen, absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  auto moved = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return version_ != seen;
+  };
+  mu_.AwaitWithTimeout(absl::Condition(&moved), timeout);
+}
+
+}  // namespace quant

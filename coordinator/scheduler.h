@@ -1,0 +1,213 @@
+// The scheduler: hands tasks to workers under leases and keeps every
+// decision in the job store before it is acknowledged.
+//
+// - A lease has a deadline and a fencing epoch (the task's epoch, raised
+//   at every grant). Every worker call about a task carries the epoch; a
+//   call with an older epoch (the lease expired and the task went elsewhere)
+//   is refused with FailedPrecondition, so a slow worker can never
+//   overwrite what its successor committed.
+// - Heartbeats extend the lease. A lease past its deadline goes back to
+//   pending (an infrastructure fault: the worker is gone).
+// - Retry budgets are separate: infrastructure faults (worker lost or
+//   draining) are retried up to max_infra_faults times; task faults (the
+//   task itself failed) at most max_task_faults times, then the job fails.
+// - Capability matching: a task goes only to a worker with the backend and
+//   the memory it needs (an unknown memory size fits anything).
+//
+// Leases, epochs and committed tasks are durable: a coordinator restarted
+// on the same store continues every unfinished job where it stopped, and a
+// worker that held a lease across the restart can still complete it.
+//
+// Thread-safe. Times come from a Clock (a fake one in tests).
+#ifndef COORDINATOR_SCHEDULER_H_
+#define COORDINATOR_SCHEDULER_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "coordinator/job_store.h"
+#include "coordinator/planner.h"
+#include "proto/quant/v1/worker_service.pb.h"
+
+namespace quant {
+
+class Clock {
+ public:
+  virtual ~Clock() = default;
+  virtual int64_t NowMs() = 0;  // Milliseconds since the Unix epoch.
+};
+
+class SystemClock : public Clock {
+ public:
+  int64_t NowMs() override;
+};
+
+// For tests: time moves only when told.
+class FakeClock : public Clock {
+ public:
+  explicit FakeClock(int64_t now_ms = 1'000'000) : now_ms_(now_ms) {}
+  int64_t NowMs() override { return now_ms_.load(); }
+  void Advance(int64_t ms) { now_ms_ += ms; }
+
+ private:
+  std::atomic<int64_t> now_ms_;
+};
+
+struct SchedulerOptions {
+  int64_t lease_ms = 60'000;
+  int64_t heartbeat_interval_ms = 5'000;
+  int max_task_faults = 3;
+  int max_infra_faults = 20;
+  // Workers not heard from for this long leave ListWorkers.
+  int64_t worker_timeout_ms = 120'000;
+};
+
+struct WorkerInfo {
+  std::string id;
+  std::string name;
+  v1::Capabilities capabilities;
+  int64_t last_seen_ms = 0;
+  std::string task;  // "job/index" while it holds a lease.
+  int tasks_done = 0;
+};
+
+struct TaskKey {
+  int64_t job_id = 0;
+  int32_t index = 0;
+};
+
+struct Lease {
+  TaskKey key;
+  int64_t epoch = 0;
+  int64_t lease_ms = 0;
+  JobRow job;
+  JobPlan plan;
+  TaskRow task;
+};
+
+struct JobSnapshot {
+  JobRow job;
+  std::vector<TaskRow> tasks;
+};
+
+// What happened, for metrics.
+struct SchedulerEvents {
+  std::function<void(const TaskRow&)> task_released;  // Lease expired.
+  std::function<void(const TaskRow&, bool task_fault)> task_failed;
+  std::function<void(const TaskRow&)> task_retried;
+};
+
+class Scheduler {
+ public:
+  Scheduler(JobStore* store, Clock* clock, SchedulerOptions options,
+            SchedulerEvents events = {});
+
+  // Loads every job that is not final from the store.
+  absl::Status Recover();
+
+  // Commits a new job (queued) and its tasks; returns its id.
+  absl::StatusOr<int64_t> AddJob(const JobRow& job, const JobPlan& plan,
+                                 const std::vector<TaskRow>& tasks);
+
+  std::string RegisterWorker(const std::string& name,
+                             const v1::Capabilities& capabilities);
+  std::vector<WorkerInfo> ListWorkers();
+
+  // A task ready for the worker (pending, its dependencies done, its job
+  // neither final nor cancelled, fitting the worker), now leased to it; or
+  // nullopt. NotFound for a worker the scheduler does not know (it must
+  // register again).
+  absl::StatusOr<std::optional<Lease>> TryLease(const std::string& worker_id);
+
+  // Extends the lease; returns the time left on it, or Cancelled when the
+  // job was cancelled or failed (the worker should stop).
+  absl::StatusOr<int64_t> Heartbeat(const TaskKey& key, int64_t epoch,
+                                    const std::string& worker_id);
+  // OK while `epoch` holds the task's live lease.
+  absl::Status CheckLease(const TaskKey& key, int64_t epoch);
+
+  // Commits the task done: `commit_outputs` (which moves the uploaded
+  // files into place and describes them) runs first, under the scheduler's
+  // lock and only for the live lease, then the store commits the task with
+  // what it returned as its outputs.
+  absl::Status Complete(
+      const TaskKey& key, int64_t epoch, const std::string& worker_id,
+      double seconds,
+      const std::function<absl::StatusOr<std::string>()>& commit_outputs);
+  absl::Status Fail(const TaskKey& key, int64_t epoch, bool task_fault,
+                    const std::string& error);
+
+  // Leases past their deadline go back to pending; returns how many.
+  int ExpireLeases();
+
+  absl::Status Cancel(int64_t job_id);
+  // A failed or cancelled job back to queued, with fresh retry budgets for
+  // the tasks that are not done.
+  absl::Status Resume(int64_t job_id);
+  absl::Status MarkSucceeded(int64_t job_id);
+  absl::Status MarkFailed(int64_t job_id, const std::string& error);
+
+  // Jobs that are running with every task done (the assembler's work).
+  std::vector<int64_t> JobsToAssemble();
+
+  absl::StatusOr<JobSnapshot> GetJob(int64_t job_id);
+  absl::StatusOr<JobPlan> GetPlan(int64_t job_id);
+  // Tasks ready for some worker now (the queue depth).
+  int ReadyTasks();
+
+  // A counter raised on every change; WaitForChange returns when it moves
+  // past `seen` or after `timeout`.
+  uint64_t version();
+  void WaitForChange(uint64_t seen, absl::Duration timeout);
+
+ private:
+  struct ActiveJob {
+    JobRow job;
+    JobPlan plan;
+    std::vector<TaskRow> tasks;
+  };
+
+  absl::StatusOr<TaskRow*> FindTask(const TaskKey& key)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<TaskRow*> LiveLease(const TaskKey& key, int64_t epoch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool Ready(const ActiveJob& job, const TaskRow& task) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool Fits(const WorkerInfo& worker, const ActiveJob& job,
+            const TaskRow& task) const;
+  // Writes `tasks` and the job's state in one transaction, then updates
+  // memory (only after the commit succeeded).
+  absl::Status Commit(ActiveJob& job, const std::vector<TaskRow>& tasks,
+                      std::optional<std::pair<JobState, std::string>> state)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Changed() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  JobStore* const store_;
+  Clock* const clock_;
+  const SchedulerOptions options_;
+  const SchedulerEvents events_;
+  // In worker ids, so that ids differ across coordinator restarts and a
+  // worker of an earlier run is never mistaken for a new one.
+  const uint32_t run_id_;
+
+  absl::Mutex mu_;
+  std::map<int64_t, ActiveJob> jobs_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, WorkerInfo> workers_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_worker_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace quant
+
+#endif  // COORDINATOR_SCHEDULER_H_

@@ -1,0 +1,298 @@
+#include "coordinator/scheduler.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/test_data.h"
+#include "gtest/gtest.h"
+
+namespace quant {
+namespace {
+
+constexpr int64_t kLeaseMs = 10'000;
+
+// A sequential job of three tasks: embed -> block 0 -> block 1.
+std::vector<TaskRow> ChainTasks() {
+  std::vector<TaskRow> tasks(3);
+  for (int i = 0; i < 3; ++i) {
+    tasks[i].index = i;
+    tasks[i].kind = i == 0 ? kEmbedTask : kBlockTask;
+    tasks[i].layer = i - 1;
+    if (i > 0) tasks[i].deps = {i - 1};
+  }
+  return tasks;
+}
+
+JobPlan SmallPlan() {
+  JobPlan plan;
+  plan.num_layers = 2;
+  plan.sequences = 4;
+  plan.seq_len = 8;
+  plan.embed_bytes = 1000;
+  plan.block_bytes = 5000;
+  return plan;
+}
+
+v1::Capabilities Cpu(int64_t memory = 0) {
+  v1::Capabilities caps;
+  caps.set_backend(v1::BACKEND_CPU);
+  caps.set_memory_bytes(memory);
+  return caps;
+}
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path_ = MakeTestTempDir("scheduler") + "/jobs.db";
+    Reopen();
+  }
+  // A new scheduler on the same store file, as after a restart.
+  void Reopen() {
+    scheduler_.reset();
+    store_.reset();
+    auto store = JobStore::Open(path_);
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = std::move(*store);
+    SchedulerOptions options;
+    options.lease_ms = kLeaseMs;
+    options.max_task_faults = 3;
+    options.max_infra_faults = 2;
+    SchedulerEvents events;
+    events.task_released = [this](const TaskRow&) { ++released_; };
+    scheduler_ =
+        std::make_unique<Scheduler>(store_.get(), &clock_, options, events);
+    ASSERT_TRUE(scheduler_->Recover().ok());
+  }
+  int64_t AddChain() {
+    JobRow job;
+    job.spec = "spec";
+    auto id = scheduler_->AddJob(job, SmallPlan(), ChainTasks());
+    EXPECT_TRUE(id.ok()) << id.status();
+    return *id;
+  }
+  Lease MustLease(const std::string& worker) {
+    auto lease = scheduler_->TryLease(worker);
+    EXPECT_TRUE(lease.ok()) << lease.status();
+    EXPECT_TRUE(lease->has_value());
+    return lease->value_or(Lease());
+  }
+  absl::Status Complete(const Lease& lease, const std::string& worker) {
+    return scheduler_->Complete(
+        lease.key, lease.epoch, worker, 1.5,
+        []() -> absl::StatusOr<std::string> { return std::string("{}"); });
+  }
+  TaskRow StoredTask(int64_t job, int index) {
+    return (*store_->GetTasks(job))[index];
+  }
+
+  std::string path_;
+  FakeClock clock_;
+  std::unique_ptr<JobStore> store_;
+  std::unique_ptr<Scheduler> scheduler_;
+  int released_ = 0;
+};
+
+TEST_F(SchedulerTest, TasksLeaseInDependencyOrder) {
+  const int64_t job = AddChain();
+  const std::string w = scheduler_->RegisterWorker("a", Cpu());
+  EXPECT_EQ(scheduler_->ReadyTasks(), 1);
+  const Lease embed = MustLease(w);
+  EXPECT_EQ(embed.key.index, 0);
+  EXPECT_EQ(embed.epoch, 1);
+  // Block 0 waits for embed.
+  EXPECT_FALSE(scheduler_->TryLease(w)->has_value());
+  EXPECT_EQ(store_->GetJob(job)->state, JobState::kRunning);
+  ASSERT_TRUE(Complete(embed, w).ok());
+  EXPECT_EQ(StoredTask(job, 0).state, TaskState::kDone);
+  EXPECT_EQ(StoredTask(job, 0).seconds, 1.5);
+  EXPECT_EQ(StoredTask(job, 0).outputs, "{}");
+  const Lease block0 = MustLease(w);
+  EXPECT_EQ(block0.key.index, 1);
+  ASSERT_TRUE(Complete(block0, w).ok());
+  const Lease block1 = MustLease(w);
+  ASSERT_TRUE(Complete(block1, w).ok());
+  EXPECT_EQ(scheduler_->JobsToAssemble(), std::vector<int64_t>{job});
+  ASSERT_TRUE(scheduler_->MarkSucceeded(job).ok());
+  EXPECT_EQ(store_->GetJob(job)->state, JobState::kSucceeded);
+  EXPECT_TRUE(scheduler_->JobsToAssemble().empty());
+}
+
+TEST_F(SchedulerTest, UnknownWorkerMustRegister) {
+  AddChain();
+  EXPECT_EQ(scheduler_->TryLease("w-nobody").status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(SchedulerTest, ExpiredLeaseIsReleasedAndTheOldEpochFenced) {
+  const int64_t job = AddChain();
+  const std::string a = scheduler_->RegisterWorker("a", Cpu());
+  const std::string b = scheduler_->RegisterWorker("b", Cpu());
+  const Lease first = MustLease(a);
+  // Heartbeats keep it alive past the original deadline.
+  clock_.Advance(kLeaseMs - 1);
+  EXPECT_EQ(scheduler_->ExpireLeases(), 0);
+  ASSERT_TRUE(scheduler_->Heartbeat(first.key, first.epoch, a).ok());
+  clock_.Advance(kLeaseMs - 1);
+  EXPECT_EQ(scheduler_->ExpireLeases(), 0);
+  // Silence: the lease runs out and the task goes to b at a new epoch.
+  clock_.Advance(2);
+  EXPECT_EQ(scheduler_->ExpireLeases(), 1);
+  EXPECT_EQ(released_, 1);
+  const TaskRow released = StoredTask(job, 0);
+  EXPECT_EQ(released.state, TaskState::kPending);
+  EXPECT_EQ(released.infra_faults, 1);
+  EXPECT_EQ(released.task_faults, 0);
+  const Lease second = MustLease(b);
+  EXPECT_EQ(second.key.index, 0);
+  EXPECT_EQ(second.epoch, first.epoch + 1);
+  // a comes back: every call with its epoch is refused.
+  EXPECT_EQ(scheduler_->Heartbeat(first.key, first.epoch, a).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(scheduler_->CheckLease(first.key, first.epoch).code(),
+            absl::StatusCode::kFailedPrecondition);
+  bool committed = false;
+  EXPECT_EQ(scheduler_
+                ->Complete(first.key, first.epoch, a, 1,
+                           [&]() -> absl::StatusOr<std::string> {
+                             committed = true;
+                             return std::string("{}");
+                           })
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_FALSE(committed) << "a stale lease must not move files";
+  EXPECT_EQ(scheduler_->Fail(first.key, first.epoch, true, "x").code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(Complete(second, b).ok());
+  EXPECT_EQ(StoredTask(job, 0).state, TaskState::kDone);
+}
+
+TEST_F(SchedulerTest, TaskFaultsHaveABudgetOfThree) {
+  const int64_t job = AddChain();
+  const std::string w = scheduler_->RegisterWorker("a", Cpu());
+  for (int attempt = 1; attempt <= 3; ++attempt) {
+    const Lease lease = MustLease(w);
+    EXPECT_EQ(lease.epoch, attempt);
+    ASSERT_TRUE(
+        scheduler_->Fail(lease.key, lease.epoch, true, "bad tensor").ok());
+    EXPECT_EQ(StoredTask(job, 0).task_faults, attempt);
+  }
+  EXPECT_EQ(StoredTask(job, 0).state, TaskState::kFailed);
+  const JobRow row = *store_->GetJob(job);
+  EXPECT_EQ(row.state, JobState::kFailed);
+  EXPECT_NE(row.error.find("bad tensor"), std::string::npos) << row.error;
+  EXPECT_FALSE(scheduler_->TryLease(w)->has_value());
+}
+
+TEST_F(SchedulerTest, InfraFaultsDoNotCountAgainstTheTask) {
+  const int64_t job = AddChain();
+  const std::string w = scheduler_->RegisterWorker("a", Cpu());
+  // Two releases by draining workers, one expiry, then two task faults: the
+  // job is still alive (infra budget 2 is not exceeded by 2 infra faults
+  // reported plus... see below).
+  Lease lease = MustLease(w);
+  ASSERT_TRUE(scheduler_->Fail(lease.key, lease.epoch, false, "drain").ok());
+  lease = MustLease(w);
+  ASSERT_TRUE(scheduler_->Fail(lease.key, lease.epoch, true, "t1").ok());
+  lease = MustLease(w);
+  ASSERT_TRUE(scheduler_->Fail(lease.key, lease.epoch, false, "drain").ok());
+  lease = MustLease(w);
+  ASSERT_TRUE(scheduler_->Fail(lease.key, lease.epoch, true, "t2").ok());
+  TaskRow task = StoredTask(job, 0);
+  EXPECT_EQ(task.infra_faults, 2);
+  EXPECT_EQ(task.task_faults, 2);
+  EXPECT_EQ(task.state, TaskState::kPending);
+  EXPECT_EQ(store_->GetJob(job)->state, JobState::kRunning);
+  // A third infra fault exceeds the infra budget of 2.
+  lease = MustLease(w);
+  clock_.Advance(kLeaseMs + 1);
+  EXPECT_EQ(scheduler_->ExpireLeases(), 1);
+  EXPECT_EQ(StoredTask(job, 0).state, TaskState::kFailed);
+  EXPECT_EQ(store_->GetJob(job)->state, JobState::kFailed);
+}
+
+TEST_F(SchedulerTest, ResumeRestartsAFailedJobWithFreshBudgets) {
+  const int64_t job = AddChain();
+  const std::string w = scheduler_->RegisterWorker("a", Cpu());
+  Lease lease = MustLease(w);
+  ASSERT_TRUE(Complete(lease, w).ok());
+  for (int i = 0; i < 3; ++i) {
+    lease = MustLease(w);
+    ASSERT_TRUE(scheduler_->Fail(lease.key, lease.epoch, true, "oom").ok());
+  }
+  EXPECT_EQ(store_->GetJob(job)->state, JobState::kFailed);
+  EXPECT_EQ(scheduler_->Resume(12345).code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(scheduler_->Resume(job).ok());
+  EXPECT_EQ(store_->GetJob(job)->state, JobState::kQueued);
+  EXPECT_EQ(StoredTask(job, 0).state, TaskState::kDone);  // Kept.
+  EXPECT_EQ(StoredTask(job, 1).task_faults, 0);
+  lease = MustLease(w);
+  EXPECT_EQ(lease.key.index, 1);
+  EXPECT_EQ(lease.epoch, 4);
+  // Resuming a running job is refused.
+  EXPECT_EQ(scheduler_->Resume(job).code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(SchedulerTest, CancelStopsLeasingAndTellsTheHolder) {
+  const int64_t job = AddChain();
+  const std::string w = scheduler_->RegisterWorker("a", Cpu());
+  const Lease lease = MustLease(w);
+  ASSERT_TRUE(scheduler_->Cancel(job).ok());
+  EXPECT_EQ(scheduler_->Heartbeat(lease.key, lease.epoch, w).status().code(),
+            absl::StatusCode::kCancelled);
+  EXPECT_FALSE(Complete(lease, w).ok());
+  EXPECT_EQ(store_->GetJob(job)->state, JobState::kCancelled);
+  EXPECT_EQ(scheduler_->Cancel(job).code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(scheduler_->Resume(job).ok());
+  // The old lease stays fenced after the resume.
+  EXPECT_FALSE(scheduler_->CheckLease(lease.key, lease.epoch).ok());
+  EXPECT_EQ(MustLease(w).epoch, lease.epoch + 1);
+}
+
+TEST_F(SchedulerTest, CapabilityMatchingByMemory) {
+  AddChain();
+  const std::string small = scheduler_->RegisterWorker("s", Cpu(500));
+  const std::string big = scheduler_->RegisterWorker("b", Cpu(2000));
+  v1::Capabilities gpu;
+  gpu.set_backend(v1::BACKEND_CUDA);
+  const std::string cuda = scheduler_->RegisterWorker("g", gpu);
+  EXPECT_FALSE(scheduler_->TryLease(small)->has_value());  // embed needs 1000.
+  EXPECT_FALSE(scheduler_->TryLease(cuda)->has_value());   // CPU tasks.
+  EXPECT_TRUE(scheduler_->TryLease(big)->has_value());
+  EXPECT_EQ(scheduler_->ListWorkers().size(), 3u);
+  clock_.Advance(200'000);
+  EXPECT_TRUE(scheduler_->ListWorkers().empty());  // Timed out.
+}
+
+TEST_F(SchedulerTest, ARestartKeepsCommittedTasksAndLiveLeases) {
+  const int64_t job = AddChain();
+  const std::string w = scheduler_->RegisterWorker("a", Cpu());
+  const Lease embed = MustLease(w);
+  ASSERT_TRUE(Complete(embed, w).ok());
+  const Lease block0 = MustLease(w);
+  Reopen();  // The coordinator restarts; workers are forgotten.
+  EXPECT_EQ(scheduler_->TryLease(w).status().code(),
+            absl::StatusCode::kNotFound);
+  const std::string w2 = scheduler_->RegisterWorker("a", Cpu());
+  EXPECT_NE(w2, w);
+  // Nothing to lease: embed is done, block 0 is still leased.
+  EXPECT_FALSE(scheduler_->TryLease(w2)->has_value());
+  // The worker that held block 0 finishes it across the restart.
+  ASSERT_TRUE(scheduler_->Heartbeat(block0.key, block0.epoch, w2).ok());
+  ASSERT_TRUE(Complete(block0, w2).ok());
+  const Lease block1 = MustLease(w2);
+  EXPECT_EQ(block1.key.index, 2);
+  EXPECT_EQ(StoredTask(job, 0).epoch, 1);  // Not recomputed.
+}
+
+TEST_F(SchedulerTest, WaitForChangeWakesOnACommit) {
+  const uint64_t seen = scheduler_->version();
+  AddChain();
+  scheduler_->WaitForChange(seen, absl::Seconds(5));  // Returns at once.
+  EXPECT_NE(scheduler_->version(), seen);
+}
+
+}  // namespace
+}  // namespace quant

@@ -1,0 +1,166 @@
+#include "coordinator/tensor_service.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "proto/task_tensors.h"
+#include "quant/quantize_model.h"
+
+namespace quant {
+namespace {
+
+v1::TensorInfo InfoOf(const std::string& name, const TensorView& view) {
+  v1::TensorInfo info;
+  info.set_name(name);
+  info.set_dtype(std::string(SafetensorsDTypeName(view.dtype)));
+  for (int64_t d : view.shape) info.add_shape(d);
+  info.set_size_bytes(view.nbytes);
+  return info;
+}
+
+}  // namespace
+
+std::string WindowsPath(const std::string& job_dir) {
+  return job_dir + "/windows.safetensors";
+}
+
+absl::StatusOr<std::unique_ptr<TaskInputs>> TaskInputs::Open(
+    const std::string& model_dir, const std::string& job_dir,
+    const JobPlan& plan, const TaskRow& task) {
+  std::unique_ptr<TaskInputs> inputs(new TaskInputs);
+  ASSIGN_OR_RETURN(inputs->model_, SafetensorsCheckpoint::Open(model_dir));
+  auto add = [&](const std::string& name, const TensorView& view) {
+    inputs->infos_.push_back(InfoOf(name, view));
+    inputs->views_.push_back(view);
+  };
+  if (task.kind == kEmbedTask) {
+    ASSIGN_OR_RETURN(inputs->job_file_,
+                     SafetensorsFile::Open(WindowsPath(job_dir)));
+    const TensorView* windows = inputs->job_file_->Find(kWindowsTensor);
+    if (windows == nullptr) {
+      return absl::DataLossError(absl::StrCat(WindowsPath(job_dir), " has no ",
+                                              kWindowsTensor, " tensor"));
+    }
+    add(kWindowsTensor, *windows);
+    const std::string embedding = "model.embed_tokens.weight";
+    ASSIGN_OR_RETURN(const TensorView view, inputs->model_->Get(embedding));
+    add(embedding, view);
+    return inputs;
+  }
+  const std::string prefix = absl::StrCat("model.layers.", task.layer, ".");
+  for (const std::string& name : inputs->model_->TensorNames()) {
+    if (name.rfind(prefix, 0) != 0) continue;
+    ASSIGN_OR_RETURN(const TensorView view, inputs->model_->Get(name));
+    add(name, view);
+  }
+  if (inputs->infos_.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(model_dir, " has no tensors of block ", task.layer));
+  }
+  if (ReadsActivations(plan, task)) {
+    const std::string path = ActivationsPath(job_dir, task.layer);
+    ASSIGN_OR_RETURN(inputs->job_file_, SafetensorsFile::Open(path));
+    const TensorView* hidden = inputs->job_file_->Find("hidden");
+    if (hidden == nullptr) {
+      return absl::DataLossError(absl::StrCat(path, " has no activations"));
+    }
+    add(kActivationsTensor, *hidden);
+  }
+  return inputs;
+}
+
+uint64_t TaskInputs::total_bytes() const {
+  uint64_t total = 0;
+  for (const v1::TensorInfo& info : infos_) total += info.size_bytes();
+  return total;
+}
+
+absl::Status TaskInputs::Stream(
+    const std::string& tensor, uint64_t offset, size_t chunk_bytes,
+    const std::function<bool(const v1::Chunk&)>& emit,
+    const std::function<void(size_t)>& sent) const {
+  size_t first = 0;
+  if (!tensor.empty()) {
+    while (first < infos_.size() && infos_[first].name() != tensor) ++first;
+    if (first == infos_.size()) {
+      return absl::NotFoundError(
+          absl::StrCat("the task has no input named ", tensor));
+    }
+  } else if (offset != 0) {
+    return absl::InvalidArgumentError("an offset needs a tensor");
+  }
+  for (size_t i = first; i < infos_.size(); ++i) {
+    const TensorView& view = views_[i];
+    RETURN_IF_ERROR(SendTensor(infos_[i], view.data, i == first ? offset : 0,
+                               chunk_bytes, emit, sent));
+    // The pages sent are not needed again by this process.
+    if (job_file_ != nullptr && job_file_->Contains(view)) {
+      job_file_->Release(view);
+    } else {
+      model_->Release(view);
+    }
+  }
+  return absl::OkStatus();
+}
+
+UploadReceiver::UploadReceiver(std::string dir,
+                               std::vector<std::string> expected)
+    : dir_(std::move(dir)), expected_(std::move(expected)) {}
+
+UploadReceiver::~UploadReceiver() = default;
+
+absl::Status UploadReceiver::Accept(const v1::Chunk& chunk) {
+  if (verifier_ == nullptr) {
+    // The first chunk of a new output.
+    if (std::find(expected_.begin(), expected_.end(), chunk.tensor()) ==
+        expected_.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("upload of \"", chunk.tensor(),
+                       "\", which the task does not output"));
+    }
+    if (received_.count(chunk.tensor()) > 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("\"", chunk.tensor(), "\" uploaded twice"));
+    }
+    if (!chunk.has_info()) {
+      return absl::DataLossError(absl::StrCat(
+          chunk.tensor(), ": the first chunk carries no tensor info"));
+    }
+    verifier_ = std::make_unique<ChunkVerifier>(chunk.tensor(),
+                                                chunk.info().size_bytes());
+    ASSIGN_OR_RETURN(writer_,
+                     AtomicFileWriter::Create(dir_ + "/" + chunk.tensor()));
+  }
+  RETURN_IF_ERROR(verifier_->Accept(chunk));
+  RETURN_IF_ERROR(writer_->Write(chunk.data()));
+  bytes_ += chunk.data().size();
+  if (verifier_->done()) {
+    RETURN_IF_ERROR(writer_->Commit());
+    Received& r = received_[verifier_->tensor()];
+    r.path = writer_->final_path();
+    r.bytes = verifier_->offset();
+    r.sha256 = verifier_->sha256();
+    verifier_.reset();
+    writer_.reset();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status UploadReceiver::Finish() {
+  if (verifier_ != nullptr) {
+    return absl::DataLossError(absl::StrCat(verifier_->tensor(),
+                                            ": the upload ended after ",
+                                            verifier_->offset(), " bytes"));
+  }
+  for (const std::string& name : expected_) {
+    if (received_.count(name) == 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the upload lacks output \"", name, "\""));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace quant

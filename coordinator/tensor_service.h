@@ -1,0 +1,97 @@
+// The tensor service: a task's inputs as views into mapped files (the
+// model's safetensors, the job's calibration windows and the activations
+// entering the block), streamed to the worker in checksummed chunks; and
+// the receiving end of a worker's results, written to temporary files in
+// the job directory and checked chunk by chunk and tensor by tensor.
+//
+// Nothing is read into memory: a stream walks the mappings and hands each
+// sent range's pages back to the kernel, so the coordinator's memory does
+// not grow with the model.
+#ifndef COORDINATOR_TENSOR_SERVICE_H_
+#define COORDINATOR_TENSOR_SERVICE_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/chunk_stream.h"
+#include "common/file.h"
+#include "coordinator/job_store.h"
+#include "coordinator/planner.h"
+#include "format/safetensors.h"
+#include "proto/quant/v1/common.pb.h"
+
+namespace quant {
+
+// The calibration windows of a job, I32 [samples, seq_len].
+std::string WindowsPath(const std::string& job_dir);
+
+class TaskInputs {
+ public:
+  // Maps what `task` reads: from `model_dir` the embedding (embed) or the
+  // block's tensors (forward, block), from `job_dir` the windows or the
+  // activations entering the block.
+  static absl::StatusOr<std::unique_ptr<TaskInputs>> Open(
+      const std::string& model_dir, const std::string& job_dir,
+      const JobPlan& plan, const TaskRow& task);
+
+  // In stream order.
+  const std::vector<v1::TensorInfo>& infos() const { return infos_; }
+  uint64_t total_bytes() const;
+
+  // Streams every input from `tensor` at byte `offset` (empty: from the
+  // start). NotFound for an unknown tensor.
+  absl::Status Stream(const std::string& tensor, uint64_t offset,
+                      size_t chunk_bytes,
+                      const std::function<bool(const v1::Chunk&)>& emit,
+                      const std::function<void(size_t)>& sent = {}) const;
+
+ private:
+  TaskInputs() = default;
+
+  std::unique_ptr<SafetensorsCheckpoint> model_;
+  std::unique_ptr<SafetensorsFile> job_file_;  // Windows or activations.
+  std::vector<v1::TensorInfo> infos_;
+  std::vector<TensorView> views_;  // Parallel to infos_.
+};
+
+// One upload: the outputs a task must produce, each written to
+// <dir>/<name> as its chunks arrive.
+class UploadReceiver {
+ public:
+  UploadReceiver(std::string dir, std::vector<std::string> expected);
+  ~UploadReceiver();
+
+  // DataLoss for a damaged or out-of-order stream; InvalidArgument for a
+  // tensor that was not asked for.
+  absl::Status Accept(const v1::Chunk& chunk);
+  // Commits (fsyncs) every file; FailedPrecondition naming an output that
+  // never arrived whole.
+  absl::Status Finish();
+
+  struct Received {
+    std::string path;
+    uint64_t bytes = 0;
+    std::string sha256;  // Raw.
+  };
+  // After Finish: by output name.
+  const std::map<std::string, Received>& received() const { return received_; }
+  uint64_t bytes() const { return bytes_; }
+
+ private:
+  const std::string dir_;
+  const std::vector<std::string> expected_;
+  std::unique_ptr<ChunkVerifier> verifier_;
+  std::unique_ptr<AtomicFileWriter> writer_;
+  std::map<std::string, Received> received_;
+  uint64_t bytes_ = 0;
+};
+
+}  // namespace quant
+
+#endif  // COORDINATOR_TENSOR_SERVICE_H_

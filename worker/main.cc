@@ -1,0 +1,113 @@
+// quant-worker: a CPU worker. Parses flags into WorkerOptions and runs a
+// WorkerSession until SIGTERM / SIGINT drains it (a second signal exits at
+// once with code 130).
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <system_error>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "common/metrics.h"
+#include "common/process.h"
+#include "worker/worker_session.h"
+
+ABSL_FLAG(std::string, coordinator, "localhost:50051",
+          "Coordinator worker gateway, host:port");
+ABSL_FLAG(std::string, name, "", "Worker name for humans (default: hostname)");
+ABSL_FLAG(int, threads, 0, "Compute threads (0: all cores)");
+ABSL_FLAG(std::string, scratch_dir, "",
+          "Scratch directory (default: /tmp/quant-worker-<pid>)");
+ABSL_FLAG(std::string, metrics_address, "",
+          "Serve Prometheus metrics at host:port/metrics (empty: off), e.g. "
+          "0.0.0.0:9101");
+ABSL_FLAG(int64_t, lease_wait_ms, 5000, "Longest LeaseTask long poll");
+
+namespace {
+
+std::string HostName() {
+  char name[256] = {};
+  if (::gethostname(name, sizeof(name) - 1) != 0 || name[0] == '\0') {
+    return "worker";
+  }
+  return name;
+}
+
+void Log(const std::string& line) { quant::LogLine("quant-worker", line); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "quant-worker --coordinator=host:port [--threads=N] [--scratch_dir=DIR] "
+      "[--metrics_address=host:port]");
+  absl::ParseCommandLine(argc, argv);
+
+  // Every thread created from here on inherits the mask, so SIGTERM /
+  // SIGINT reach the sigwait thread below (or, in a thread started before
+  // main(), the handler that forwards them there).
+  quant::BlockStopSignals();
+
+  quant::WorkerOptions options;
+  options.coordinator = absl::GetFlag(FLAGS_coordinator);
+  options.name = absl::GetFlag(FLAGS_name);
+  if (options.name.empty()) options.name = HostName();
+  options.threads = absl::GetFlag(FLAGS_threads);
+  options.scratch_dir = absl::GetFlag(FLAGS_scratch_dir);
+  const bool own_scratch = options.scratch_dir.empty();
+  if (own_scratch) {
+    options.scratch_dir =
+        absl::StrCat("/tmp/quant-worker-", static_cast<long>(::getpid()));
+  }
+  options.lease_wait_ms = absl::GetFlag(FLAGS_lease_wait_ms);
+  options.log = Log;
+
+  auto metrics = std::make_unique<quant::ServiceMetrics>();
+  options.metrics = metrics.get();
+  std::unique_ptr<quant::MetricsEndpoint> endpoint;
+  const std::string metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  if (!metrics_address.empty()) {
+    absl::StatusOr<std::unique_ptr<quant::MetricsEndpoint>> started =
+        quant::MetricsEndpoint::Start(metrics_address, metrics->registry());
+    if (!started.ok()) {
+      Log(std::string(started.status().message()));
+      return 1;
+    }
+    endpoint = *std::move(started);
+    Log(absl::StrCat("metrics on port ", endpoint->port()));
+  }
+
+  absl::StatusOr<std::unique_ptr<quant::WorkerSession>> session =
+      quant::WorkerSession::Create(options);
+  if (!session.ok()) {
+    Log(std::string(session.status().message()));
+    return 2;
+  }
+  quant::WorkerSession* worker = session->get();
+
+  quant::OnStopSignal([worker](int signal) {
+    Log(absl::StrCat("signal ", signal,
+                     ": draining (the task in hand finishes first)"));
+    worker->Drain();
+  });
+
+  const absl::Status status = worker->Run();
+  if (!status.ok()) {
+    Log(absl::StrCat("stopped: ", status.ToString()));
+  } else {
+    Log(absl::StrCat("done after ", worker->tasks_done(), " tasks"));
+  }
+  if (own_scratch) {
+    std::error_code error;
+    std::filesystem::remove_all(options.scratch_dir, error);
+  }
+  // Skip static destructors and the detached sigwait thread: exit at once.
+  std::cerr.flush();
+  std::_Exit(status.ok() ? 0 : 1);
+}

@@ -1,0 +1,977 @@
+#include "worker/worker_session.h"
+
+#include <omp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <system_error>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/checksum.h"
+#include "common/status_macros.h"
+#include "format/safetensors.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
+#include "worker/task_runner.h"
+
+namespace quant {
+namespace {
+
+// Defaults when the coordinator leaves a registration field at 0.
+constexpr int64_t kDefaultHeartbeatMs = 10000;
+constexpr int64_t kDefaultLeaseMs = 60000;
+constexpr int64_t kDefaultChunkBytes = 4 << 20;
+// Streams get at least this much time per byte.
+constexpr double kStreamBytesPerSecond = 10e6;
+
+// Fractions of the task that fetching and computing end at.
+constexpr double kFetchEnd = 0.2;
+constexpr double kComputeEnd = 0.8;
+
+absl::Status FromGrpc(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                      status.error_message());
+}
+
+// Codes that say "the coordinator is away or busy; try again".
+bool IsTransient(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kAborted:
+    case absl::StatusCode::kInternal:
+    case absl::StatusCode::kUnknown:
+    case absl::StatusCode::kCancelled:
+      return true;
+    default:
+      return false;
+  }
+}
+
+int64_t DetectMemoryBytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  int64_t value = 0;
+  std::string unit;
+  while (in >> key >> value) {
+    std::getline(in, unit);
+    if (key == "MemAvailable:") return value * 1024;
+  }
+  return 0;
+}
+
+const char* KindName(v1::TaskKind kind) {
+  switch (kind) {
+    case v1::TASK_KIND_EMBED:
+      return "embed";
+    case v1::TASK_KIND_FORWARD:
+      return "forward";
+    case v1::TASK_KIND_BLOCK:
+      return "block";
+    default:
+      return "unknown";
+  }
+}
+
+const char* OutcomeName(int outcome) {
+  static const char* const kNames[] = {"done", "failed", "released"};
+  return kNames[outcome];
+}
+
+// A directory name for a task: the job id with anything unusual replaced.
+std::string TaskDirName(const v1::TaskRef& ref) {
+  std::string job = ref.job_id();
+  for (char& c : job) {
+    const bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                       (c >= '0' && c <= '9') || c == '-' || c == '_';
+    if (!plain) c = '_';
+  }
+  if (job.empty()) job = "job";
+  return absl::StrCat(job, "-", ref.task_index(), "-", ref.epoch());
+}
+
+std::string RefName(const v1::TaskRef& ref) {
+  return absl::StrCat(ref.job_id(), "/", ref.task_index(), " (epoch ",
+                      ref.epoch(), ")");
+}
+
+absl::Duration StreamTimeout(int64_t rpc_timeout_ms, uint64_t bytes) {
+  return std::max(
+      absl::Milliseconds(rpc_timeout_ms),
+      absl::Seconds(static_cast<double>(bytes) / kStreamBytesPerSecond));
+}
+
+struct FileCloser {
+  void operator()(std::FILE* f) const { std::fclose(f); }
+};
+
+}  // namespace
+
+// One leased task. The main thread fetches, computes and uploads; the
+// heartbeat thread reports progress and may abandon the task.
+struct WorkerSession::Task {
+  v1::TaskRef ref;  // worker_id: the registration's at each call.
+  v1::TaskSpec spec;
+  std::string kind;
+  std::string dir;
+
+  absl::Mutex mu;
+  bool finished ABSL_GUARDED_BY(mu) = false;
+  bool abandoned ABSL_GUARDED_BY(mu) = false;
+  std::string stage ABSL_GUARDED_BY(mu) = "fetch";
+  double fraction ABSL_GUARDED_BY(mu) = 0;
+  absl::Time lease_expiry ABSL_GUARDED_BY(mu);
+  // Calls in flight, cancelled when the task is abandoned or finished.
+  std::set<grpc::ClientContext*> calls ABSL_GUARDED_BY(mu);
+
+  bool IsAbandoned() {
+    absl::MutexLock lock(&mu);
+    return abandoned;
+  }
+  absl::Time LeaseExpiry() {
+    absl::MutexLock lock(&mu);
+    return lease_expiry;
+  }
+  void SetProgress(const char* new_stage, double new_fraction) {
+    absl::MutexLock lock(&mu);
+    stage = new_stage;
+    fraction = std::min(1.0, std::max(0.0, new_fraction));
+  }
+  // True when this call abandoned it (false if it already was).
+  bool Abandon() {
+    absl::MutexLock lock(&mu);
+    if (abandoned) return false;
+    abandoned = true;
+    for (grpc::ClientContext* context : calls) context->TryCancel();
+    return true;
+  }
+  void Finish() {
+    absl::MutexLock lock(&mu);
+    finished = true;
+    for (grpc::ClientContext* context : calls) context->TryCancel();
+  }
+  // The task's ref under `worker_id`.
+  v1::TaskRef RefAs(const std::string& worker_id) const {
+    v1::TaskRef copy = ref;
+    copy.set_worker_id(worker_id);
+    return copy;
+  }
+
+  // Registers a call so that abandoning or finishing the task cancels it.
+  class Call {
+   public:
+    Call(Task* task, grpc::ClientContext* context)
+        : task_(task), context_(context) {
+      absl::MutexLock lock(&task_->mu);
+      task_->calls.insert(context_);
+      if (task_->abandoned || task_->finished) context_->TryCancel();
+    }
+    Call(const Call&) = delete;
+    Call& operator=(const Call&) = delete;
+    ~Call() {
+      absl::MutexLock lock(&task_->mu);
+      task_->calls.erase(context_);
+    }
+
+   private:
+    Task* task_;
+    grpc::ClientContext* context_;
+  };
+};
+
+// Reading into the inputs file: where the fetch stands.
+class WorkerSession::InputCursor {
+ public:
+  struct Expected {
+    std::string name;
+    uint64_t size = 0;
+  };
+
+  InputCursor(std::string path, std::vector<Expected> tensors,
+              const v1::TaskSpec* spec)
+      : path_(std::move(path)), tensors_(std::move(tensors)), spec_(spec) {
+    for (const Expected& t : tensors_) total_ += t.size;
+  }
+
+  // A fresh writer with every tensor declared; back to the first byte.
+  // `task_fault` when the spec cannot be declared.
+  absl::Status Reset(bool* task_fault) {
+    writer_.reset();
+    hash_.Finish();
+    index_ = 0;
+    offset_ = 0;
+    received_ = 0;
+    restart_ = false;
+    ASSIGN_OR_RETURN(writer_, SafetensorsWriter::Create(path_));
+    for (const v1::TensorInfo& info : spec_->inputs()) {
+      ASSIGN_OR_RETURN(const SafetensorsDType dtype,
+                       ParseSafetensorsDType(info.dtype()));
+      std::vector<int64_t> shape(info.shape().begin(), info.shape().end());
+      absl::Status added = writer_->AddTensor(info.name(), dtype, shape);
+      if (!added.ok()) {
+        *task_fault = true;
+        return absl::InvalidArgumentError(absl::StrCat(
+            "task spec input ", info.name(), ": ", added.message()));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // Checks and stores one chunk. DataLoss for what the stream got wrong;
+  // any other error is the local disk's (local_failure()).
+  absl::Status Accept(const v1::Chunk& chunk) {
+    if (index_ >= tensors_.size()) {
+      return absl::DataLossError(
+          absl::StrCat("chunk of ", chunk.tensor(), " after the last input"));
+    }
+    const Expected& want = tensors_[index_];
+    if (chunk.tensor() != want.name) {
+      return absl::DataLossError(absl::StrCat("expected a chunk of ", want.name,
+                                              ", got one of ", chunk.tensor()));
+    }
+    if (chunk.offset() != offset_) {
+      return absl::DataLossError(absl::StrCat(want.name, ": chunk at offset ",
+                                              chunk.offset(), ", expected ",
+                                              offset_));
+    }
+    const std::string& data = chunk.data();
+    if (offset_ + data.size() > want.size) {
+      return absl::DataLossError(absl::StrCat(
+          want.name, ": chunk runs past the tensor's ", want.size, " bytes"));
+    }
+    if (chunk.has_info() && chunk.info().size_bytes() != want.size) {
+      return absl::DataLossError(absl::StrCat(want.name, ": stream says ",
+                                              chunk.info().size_bytes(),
+                                              " bytes, the spec ", want.size));
+    }
+    if (Crc32c(data.data(), data.size()) != chunk.crc32c()) {
+      return absl::DataLossError(absl::StrCat(
+          want.name, ": CRC-32C mismatch in the chunk at offset ", offset_));
+    }
+    if (!data.empty()) {
+      absl::Status written =
+          writer_->WriteTensorData(want.name, data.data(), data.size());
+      if (!written.ok()) {
+        local_failure_ = true;
+        return written;
+      }
+      hash_.Update(data.data(), data.size());
+      offset_ += data.size();
+      received_ += data.size();
+    }
+    if (chunk.last()) {
+      if (offset_ != want.size) {
+        return absl::DataLossError(absl::StrCat(want.name,
+                                                ": last chunk after ", offset_,
+                                                " of ", want.size, " bytes"));
+      }
+      if (hash_.Finish() != chunk.sha256()) {
+        // The bytes already written cannot be taken back: start over.
+        restart_ = true;
+        return absl::DataLossError(
+            absl::StrCat(want.name, ": SHA-256 mismatch"));
+      }
+      ++index_;
+      offset_ = 0;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Finish() {
+    absl::Status status = writer_->Finish();
+    if (!status.ok()) local_failure_ = true;
+    return status;
+  }
+
+  bool complete() const { return index_ == tensors_.size(); }
+  bool at_start() const { return index_ == 0 && offset_ == 0; }
+  const std::string& tensor() const { return tensors_[index_].name; }
+  uint64_t offset() const { return offset_; }
+  uint64_t received() const { return received_; }
+  uint64_t total() const { return total_; }
+  bool restart() const { return restart_; }
+  bool local_failure() const { return local_failure_; }
+
+ private:
+  const std::string path_;
+  const std::vector<Expected> tensors_;
+  const v1::TaskSpec* spec_;
+  uint64_t total_ = 0;
+  std::unique_ptr<SafetensorsWriter> writer_;
+  Sha256 hash_;
+  size_t index_ = 0;
+  uint64_t offset_ = 0;
+  uint64_t received_ = 0;
+  bool restart_ = false;
+  bool local_failure_ = false;
+};
+
+absl::StatusOr<std::unique_ptr<WorkerSession>> WorkerSession::Create(
+    WorkerOptions options) {
+  if (options.scratch_dir.empty()) {
+    return absl::InvalidArgumentError("worker: scratch_dir is required");
+  }
+  if (options.rpc_timeout_ms <= 0 || options.lease_wait_ms < 0 ||
+      options.backoff_initial_ms <= 0 ||
+      options.backoff_max_ms < options.backoff_initial_ms ||
+      options.transfer_attempts <= 0) {
+    return absl::InvalidArgumentError(
+        "worker: rpc_timeout_ms, backoff and transfer_attempts must be "
+        "positive, lease_wait_ms not negative");
+  }
+  std::error_code error;
+  std::filesystem::create_directories(options.scratch_dir, error);
+  if (error) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("worker: cannot create scratch directory ",
+                     options.scratch_dir, ": ", error.message()));
+  }
+  if (options.channel == nullptr && options.coordinator.empty()) {
+    return absl::InvalidArgumentError(
+        "worker: no coordinator address and no channel");
+  }
+  return std::unique_ptr<WorkerSession>(new WorkerSession(std::move(options)));
+}
+
+WorkerSession::WorkerSession(WorkerOptions options)
+    : options_(std::move(options)),
+      threads_(options_.threads > 0
+                   ? options_.threads
+                   : static_cast<int>(
+                         std::max(1u, std::thread::hardware_concurrency()))),
+      memory_bytes_(options_.memory_bytes > 0 ? options_.memory_bytes
+                                              : DetectMemoryBytes()),
+      rng_(std::random_device()()) {
+  channel_ = options_.channel;
+  if (channel_ == nullptr) {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(-1);
+    args.SetMaxSendMessageSize(-1);
+    channel_ = grpc::CreateCustomChannel(
+        options_.coordinator, grpc::InsecureChannelCredentials(), args);
+  }
+  stub_ = v1::WorkerGateway::NewStub(channel_);
+}
+
+WorkerSession::~WorkerSession() = default;
+
+void WorkerSession::Log(const std::string& line) const {
+  if (options_.log) options_.log(line);
+}
+
+bool WorkerSession::draining() const {
+  absl::MutexLock lock(&mu_);
+  return draining_;
+}
+
+void WorkerSession::Drain() {
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+  if (idle_call_ != nullptr) idle_call_->TryCancel();
+}
+
+bool WorkerSession::Sleep(absl::Duration delay, bool idle) {
+  if (!idle) {
+    absl::SleepFor(delay);
+    return true;
+  }
+  absl::MutexLock lock(&mu_);
+  mu_.AwaitWithTimeout(absl::Condition(&draining_), delay);
+  return !draining_;
+}
+
+absl::Duration WorkerSession::Backoff(int attempt) {
+  const int shift = std::min(attempt, 30);
+  const int64_t cap =
+      std::min(options_.backoff_max_ms, options_.backoff_initial_ms << shift);
+  absl::MutexLock lock(&mu_);
+  std::uniform_int_distribution<int64_t> uniform(0, std::max<int64_t>(cap, 1));
+  return absl::Milliseconds(uniform(rng_));
+}
+
+grpc::ClientContext* WorkerSession::NewContext(grpc::ClientContext* context,
+                                               absl::Duration timeout) const {
+  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  return context;
+}
+
+WorkerSession::Registration WorkerSession::registration() const {
+  absl::MutexLock lock(&register_mu_);
+  return registration_;
+}
+
+absl::Status WorkerSession::RegisterOnce(bool idle) {
+  v1::RegisterWorkerRequest request;
+  request.set_name(options_.name);
+  v1::Capabilities* capabilities = request.mutable_capabilities();
+  capabilities->set_backend(v1::BACKEND_CPU);
+  capabilities->set_threads(threads_);
+  capabilities->set_memory_bytes(memory_bytes_);
+  v1::RegisterWorkerResponse response;
+  grpc::ClientContext context;
+  NewContext(&context, absl::Milliseconds(options_.rpc_timeout_ms));
+  if (idle) {
+    absl::MutexLock lock(&mu_);
+    if (draining_) return absl::CancelledError("draining");
+    idle_call_ = &context;
+  }
+  const grpc::Status status =
+      stub_->RegisterWorker(&context, request, &response);
+  if (idle) {
+    absl::MutexLock lock(&mu_);
+    idle_call_ = nullptr;
+  }
+  RETURN_IF_ERROR(FromGrpc(status));
+  if (response.worker_id().empty()) {
+    return absl::UnavailableError("RegisterWorker answered no worker id");
+  }
+  Registration registration;
+  registration.worker_id = response.worker_id();
+  registration.heartbeat_interval_ms = response.heartbeat_interval_ms() > 0
+                                           ? response.heartbeat_interval_ms()
+                                           : kDefaultHeartbeatMs;
+  registration.lease_ms =
+      response.lease_ms() > 0 ? response.lease_ms() : kDefaultLeaseMs;
+  registration.max_chunk_bytes = response.max_chunk_bytes() > 0
+                                     ? response.max_chunk_bytes()
+                                     : kDefaultChunkBytes;
+  Log(absl::StrCat("registered as ", registration.worker_id, " (", threads_,
+                   " threads, ", memory_bytes_ >> 20, " MiB; heartbeat ",
+                   registration.heartbeat_interval_ms, " ms, chunks ",
+                   registration.max_chunk_bytes, " B)"));
+  absl::MutexLock lock(&register_mu_);
+  registration_ = std::move(registration);
+  return absl::OkStatus();
+}
+
+absl::Status WorkerSession::RegisterUntilDrained() {
+  for (int attempt = 0;; ++attempt) {
+    absl::Status status;
+    {
+      absl::MutexLock lock(&register_call_mu_);
+      status = RegisterOnce(/*idle=*/true);
+    }
+    if (status.ok()) return status;
+    if (draining()) return absl::CancelledError("draining");
+    if (!IsTransient(status)) {
+      return absl::Status(status.code(),
+                          absl::StrCat("RegisterWorker: ", status.message()));
+    }
+    Log(absl::StrCat("RegisterWorker failed (", status.ToString(),
+                     "); retrying"));
+    if (!Sleep(Backoff(attempt), /*idle=*/true)) {
+      return absl::CancelledError("draining");
+    }
+  }
+}
+
+absl::Status WorkerSession::Reregister(const std::string& stale_worker_id) {
+  absl::MutexLock lock(&register_call_mu_);
+  if (registration().worker_id != stale_worker_id) return absl::OkStatus();
+  Log(absl::StrCat("coordinator forgot worker ", stale_worker_id,
+                   "; registering again"));
+  return RegisterOnce(/*idle=*/false);
+}
+
+absl::Status WorkerSession::Run() {
+  if (options_.threads > 0) omp_set_num_threads(options_.threads);
+  absl::Status registered = RegisterUntilDrained();
+  if (!registered.ok()) {
+    return draining() ? absl::OkStatus() : registered;
+  }
+  int failures = 0;
+  while (!draining()) {
+    const std::string worker_id = registration().worker_id;
+    v1::LeaseTaskRequest request;
+    request.set_worker_id(worker_id);
+    request.set_wait_ms(options_.lease_wait_ms);
+    v1::LeaseTaskResponse response;
+    grpc::ClientContext context;
+    NewContext(&context, absl::Milliseconds(options_.lease_wait_ms +
+                                            options_.rpc_timeout_ms));
+    {
+      absl::MutexLock lock(&mu_);
+      if (draining_) break;
+      idle_call_ = &context;
+    }
+    const absl::Status status =
+        FromGrpc(stub_->LeaseTask(&context, request, &response));
+    {
+      absl::MutexLock lock(&mu_);
+      idle_call_ = nullptr;
+    }
+    if (status.ok()) {
+      failures = 0;
+      if (response.has_task()) RunLeasedTask(response);
+      continue;
+    }
+    if (draining()) break;
+    if (status.code() == absl::StatusCode::kNotFound) {
+      Log(absl::StrCat("LeaseTask: ", status.message(), "; registering again"));
+      if (registration().worker_id != worker_id) continue;
+      absl::Status again = RegisterUntilDrained();
+      if (!again.ok()) return draining() ? absl::OkStatus() : again;
+      continue;
+    }
+    if (!IsTransient(status)) {
+      return absl::Status(status.code(),
+                          absl::StrCat("LeaseTask: ", status.message()));
+    }
+    Log(absl::StrCat("LeaseTask failed (", status.ToString(), "); retrying"));
+    if (!Sleep(Backoff(failures++), /*idle=*/true)) break;
+  }
+  Log("drained");
+  return absl::OkStatus();
+}
+
+void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
+  Task task;
+  task.ref = lease.task();
+  task.spec = lease.spec();
+  task.kind = KindName(task.spec.kind());
+  task.dir =
+      (std::filesystem::path(options_.scratch_dir) / TaskDirName(task.ref))
+          .string();
+  const int64_t lease_ms =
+      lease.lease_ms() > 0 ? lease.lease_ms() : registration().lease_ms;
+  {
+    absl::MutexLock lock(&task.mu);
+    task.lease_expiry = absl::Now() + absl::Milliseconds(lease_ms);
+  }
+  const std::string name = RefName(task.ref);
+  Log(absl::StrCat("leased ", task.kind, " task ", name));
+  if (options_.metrics != nullptr) options_.metrics->SetWorkerBusy(true);
+
+  std::thread heartbeat([this, &task] { HeartbeatLoop(&task); });
+  Outcome outcome = Outcome::kReleased;
+  std::error_code error;
+  std::filesystem::remove_all(task.dir, error);
+  std::filesystem::create_directories(task.dir + "/out", error);
+  double seconds = 0;
+  if (error) {
+    outcome = Fail(&task, /*task_fault=*/false,
+                   absl::StrCat("worker ", options_.name,
+                                ": cannot create scratch directory ", task.dir,
+                                ": ", error.message()));
+  } else {
+    const std::string inputs_path = task.dir + "/inputs.safetensors";
+    bool task_fault = false;
+    absl::Status status = FetchInputs(&task, inputs_path, &task_fault);
+    if (task.IsAbandoned()) {
+      outcome = Outcome::kReleased;
+    } else if (!status.ok()) {
+      outcome = Fail(&task, task_fault,
+                     absl::StrCat("fetching inputs: ", status.ToString()));
+    } else {
+      task.SetProgress("compute", kFetchEnd);
+      if (options_.threads > 0) omp_set_num_threads(options_.threads);
+      absl::StatusOr<TaskRunResult> run =
+          RunTask(task.spec, inputs_path, task.dir + "/out");
+      std::filesystem::remove(inputs_path, error);
+      if (task.IsAbandoned()) {
+        outcome = Outcome::kReleased;
+      } else if (!run.ok()) {
+        outcome = Fail(&task, /*task_fault=*/true, run.status().ToString());
+      } else {
+        seconds = run->seconds;
+        // The outputs in the order the spec lists them.
+        std::vector<std::pair<std::string, std::string>> outputs;
+        if (task.spec.outputs().empty()) {
+          outputs = run->outputs;
+        } else {
+          for (const std::string& output : task.spec.outputs()) {
+            for (const auto& made : run->outputs) {
+              if (made.first == output) outputs.push_back(made);
+            }
+          }
+        }
+        task.SetProgress("upload", kComputeEnd);
+        bool local_fault = false;
+        status = Upload(&task, outputs, &local_fault);
+        if (task.IsAbandoned()) {
+          outcome = Outcome::kReleased;
+        } else if (!status.ok()) {
+          outcome =
+              Fail(&task, /*task_fault=*/false,
+                   absl::StrCat("uploading outputs: ", status.ToString()));
+        } else {
+          outcome = Complete(&task, seconds);
+        }
+      }
+    }
+  }
+  task.Finish();
+  heartbeat.join();
+  std::filesystem::remove_all(task.dir, error);
+
+  if (outcome == Outcome::kDone) tasks_done_.fetch_add(1);
+  Log(absl::StrCat(
+      task.kind, " task ", name, ": ", OutcomeName(static_cast<int>(outcome)),
+      outcome == Outcome::kDone ? absl::StrCat(" (", seconds, " s compute)")
+                                : ""));
+  if (options_.metrics != nullptr) {
+    options_.metrics->WorkerTaskFinished(
+        task.kind, OutcomeName(static_cast<int>(outcome)));
+    options_.metrics->SetWorkerBusy(false);
+  }
+}
+
+void WorkerSession::HeartbeatLoop(Task* task) {
+  const absl::Duration interval =
+      absl::Milliseconds(registration().heartbeat_interval_ms);
+  while (true) {
+    v1::HeartbeatRequest request;
+    {
+      absl::MutexLock lock(&task->mu);
+      if (task->mu.AwaitWithTimeout(absl::Condition(&task->finished),
+                                    interval)) {
+        return;
+      }
+      if (task->abandoned) return;  // The lease is someone else's now.
+      request.mutable_progress()->set_stage(task->stage);
+      request.mutable_progress()->set_fraction(task->fraction);
+    }
+    const std::string worker_id = registration().worker_id;
+    *request.mutable_task() = task->RefAs(worker_id);
+    v1::HeartbeatResponse response;
+    grpc::ClientContext context;
+    NewContext(&context, absl::Milliseconds(options_.rpc_timeout_ms));
+    absl::Status status;
+    {
+      Task::Call call(task, &context);
+      status = FromGrpc(stub_->Heartbeat(&context, request, &response));
+    }
+    if (status.ok()) {
+      if (response.lease_ms() > 0) {
+        absl::MutexLock lock(&task->mu);
+        task->lease_expiry =
+            absl::Now() + absl::Milliseconds(response.lease_ms());
+      }
+      if (response.cancel() && task->Abandon()) {
+        Log(absl::StrCat("task ", RefName(task->ref),
+                         ": job cancelled; dropping it"));
+      }
+    } else if (status.code() == absl::StatusCode::kFailedPrecondition) {
+      if (task->Abandon()) {
+        Log(absl::StrCat("task ", RefName(task->ref), ": lease lost (",
+                         status.message(), "); dropping it"));
+      }
+    } else if (status.code() == absl::StatusCode::kNotFound) {
+      absl::Status again = Reregister(worker_id);
+      if (!again.ok()) {
+        Log(absl::StrCat("registering again failed: ", again.ToString()));
+      }
+    } else {
+      absl::MutexLock lock(&task->mu);
+      if (task->finished) return;
+      Log(absl::StrCat("Heartbeat failed (", status.ToString(),
+                       "); trying again next tick"));
+    }
+  }
+}
+
+absl::Status WorkerSession::FetchInputs(Task* task, const std::string& path,
+                                        bool* task_fault) {
+  std::vector<InputCursor::Expected> tensors;
+  for (const v1::TensorInfo& info : task->spec.inputs()) {
+    absl::StatusOr<SafetensorsDType> dtype =
+        ParseSafetensorsDType(info.dtype());
+    if (!dtype.ok()) {
+      *task_fault = true;
+      return absl::InvalidArgumentError(absl::StrCat(
+          "task spec input ", info.name(), ": ", dtype.status().message()));
+    }
+    uint64_t elements = 1;
+    for (int64_t dim : info.shape()) {
+      if (dim < 0) {
+        *task_fault = true;
+        return absl::InvalidArgumentError(
+            absl::StrCat("task spec input ", info.name(), ": negative shape"));
+      }
+      elements *= static_cast<uint64_t>(dim);
+    }
+    if (elements * SafetensorsDTypeSize(*dtype) != info.size_bytes()) {
+      *task_fault = true;
+      return absl::InvalidArgumentError(
+          absl::StrCat("task spec input ", info.name(), ": ", info.size_bytes(),
+                       " bytes for ", elements, " elements of ", info.dtype()));
+    }
+    tensors.push_back({info.name(), info.size_bytes()});
+  }
+  InputCursor cursor(path, std::move(tensors), &task->spec);
+  RETURN_IF_ERROR(cursor.Reset(task_fault));
+  for (int failures = 0; !cursor.complete();) {
+    const std::string worker_id = registration().worker_id;
+    absl::Status status = FetchAttempt(task, worker_id, &cursor);
+    if (status.ok()) break;
+    if (task->IsAbandoned()) return absl::CancelledError("task abandoned");
+    if (cursor.local_failure()) return status;
+    if (status.code() == absl::StatusCode::kFailedPrecondition) {
+      task->Abandon();
+      return status;
+    }
+    if (status.code() == absl::StatusCode::kNotFound) {
+      absl::Status again = Reregister(worker_id);
+      if (!again.ok()) Log(again.ToString());
+    }
+    if (++failures >= options_.transfer_attempts) return status;
+    Log(absl::StrCat("task ", RefName(task->ref), ": fetch failed (",
+                     status.ToString(), "); resuming"));
+    if (cursor.restart()) RETURN_IF_ERROR(cursor.Reset(task_fault));
+    Sleep(Backoff(failures - 1), /*idle=*/false);
+  }
+  return cursor.Finish();
+}
+
+absl::Status WorkerSession::FetchAttempt(Task* task,
+                                         const std::string& worker_id,
+                                         InputCursor* cursor) {
+  v1::FetchInputsRequest request;
+  *request.mutable_task() = task->RefAs(worker_id);
+  if (!cursor->at_start()) {  // Empty: from the start.
+    request.set_tensor(cursor->tensor());
+    request.set_offset(cursor->offset());
+  }
+  grpc::ClientContext context;
+  NewContext(&context, StreamTimeout(options_.rpc_timeout_ms,
+                                     cursor->total() - cursor->received()));
+  Task::Call call(task, &context);
+  std::unique_ptr<grpc::ClientReader<v1::Chunk>> reader =
+      stub_->FetchInputs(&context, request);
+  v1::Chunk chunk;
+  absl::Status problem;
+  while (reader->Read(&chunk)) {
+    problem = cursor->Accept(chunk);
+    if (!problem.ok()) {
+      context.TryCancel();
+      while (reader->Read(&chunk)) {
+      }
+      break;
+    }
+    if (options_.metrics != nullptr) {
+      options_.metrics->AddBytesStreamed("to_worker", chunk.data().size());
+    }
+    if (cursor->total() > 0) {
+      task->SetProgress("fetch", kFetchEnd * cursor->received() /
+                                     static_cast<double>(cursor->total()));
+    }
+  }
+  const absl::Status status = FromGrpc(reader->Finish());
+  RETURN_IF_ERROR(problem);
+  RETURN_IF_ERROR(status);
+  if (!cursor->complete()) {
+    return absl::DataLossError(absl::StrCat("input stream ended in ",
+                                            cursor->tensor(), " at offset ",
+                                            cursor->offset()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WorkerSession::Upload(
+    Task* task, const std::vector<std::pair<std::string, std::string>>& outputs,
+    bool* local_fault) {
+  for (int attempt = 0;; ++attempt) {
+    const std::string worker_id = registration().worker_id;
+    absl::Status status = UploadAttempt(task, worker_id, outputs, local_fault);
+    if (status.ok() || *local_fault || task->IsAbandoned()) return status;
+    if (status.code() == absl::StatusCode::kFailedPrecondition) {
+      task->Abandon();
+      return status;
+    }
+    if (status.code() == absl::StatusCode::kNotFound) {
+      absl::Status again = Reregister(worker_id);
+      if (!again.ok()) Log(again.ToString());
+    }
+    if (attempt + 1 >= options_.transfer_attempts) return status;
+    Log(absl::StrCat("task ", RefName(task->ref), ": upload failed (",
+                     status.ToString(), "); sending again"));
+    Sleep(Backoff(attempt), /*idle=*/false);
+  }
+}
+
+absl::Status WorkerSession::UploadAttempt(
+    Task* task, const std::string& worker_id,
+    const std::vector<std::pair<std::string, std::string>>& outputs,
+    bool* local_fault) {
+  uint64_t total = 0;
+  for (const auto& output : outputs) {
+    std::error_code error;
+    const uintmax_t size = std::filesystem::file_size(output.second, error);
+    if (error) {
+      *local_fault = true;
+      return absl::InternalError(absl::StrCat("output ", output.first, " (",
+                                              output.second,
+                                              "): ", error.message()));
+    }
+    total += size;
+  }
+  const uint64_t chunk_limit =
+      static_cast<uint64_t>(registration().max_chunk_bytes);
+
+  grpc::ClientContext context;
+  NewContext(&context, StreamTimeout(options_.rpc_timeout_ms, total));
+  Task::Call call(task, &context);
+  v1::UploadResultResponse response;
+  std::unique_ptr<grpc::ClientWriter<v1::UploadResultRequest>> writer =
+      stub_->UploadResult(&context, &response);
+  v1::UploadResultRequest header;
+  *header.mutable_task() = task->RefAs(worker_id);
+  bool open = writer->Write(header);
+  absl::Status local;
+  uint64_t sent = 0;
+  for (size_t i = 0; open && local.ok() && i < outputs.size(); ++i) {
+    const std::string& name = outputs[i].first;
+    const std::string& path = outputs[i].second;
+    std::unique_ptr<std::FILE, FileCloser> file(std::fopen(path.c_str(), "rb"));
+    std::error_code error;
+    const uint64_t size = std::filesystem::file_size(path, error);
+    if (file == nullptr || error) {
+      local = absl::InternalError(
+          absl::StrCat("cannot read output ", name, " (", path, ")"));
+      break;
+    }
+    Sha256 hash;
+    uint64_t offset = 0;
+    do {
+      const uint64_t n = std::min(chunk_limit, size - offset);
+      v1::UploadResultRequest request;
+      v1::Chunk* chunk = request.mutable_chunk();
+      if (offset == 0) {
+        v1::TensorInfo* info = chunk->mutable_info();
+        info->set_name(name);
+        info->set_dtype("U8");
+        info->add_shape(static_cast<int64_t>(size));
+        info->set_size_bytes(size);
+      }
+      chunk->set_tensor(name);
+      chunk->set_offset(offset);
+      std::string* data = chunk->mutable_data();
+      data->resize(n);
+      if (n > 0 && std::fread(&(*data)[0], 1, n, file.get()) != n) {
+        local = absl::InternalError(
+            absl::StrCat("short read of output ", name, " (", path, ")"));
+        break;
+      }
+      chunk->set_crc32c(Crc32c(data->data(), data->size()));
+      hash.Update(data->data(), data->size());
+      offset += n;
+      if (offset == size) {
+        chunk->set_last(true);
+        chunk->set_sha256(hash.Finish());
+      }
+      if (!writer->Write(request)) {
+        open = false;
+        break;
+      }
+      sent += n;
+      if (options_.metrics != nullptr) {
+        options_.metrics->AddBytesStreamed("from_worker", n);
+      }
+      if (total > 0) {
+        task->SetProgress("upload",
+                          kComputeEnd + (1 - kComputeEnd) * sent /
+                                            static_cast<double>(total));
+      }
+    } while (offset < size);
+  }
+  if (!local.ok()) {
+    *local_fault = true;
+    context.TryCancel();
+  } else if (open) {
+    writer->WritesDone();
+  }
+  const absl::Status status = FromGrpc(writer->Finish());
+  RETURN_IF_ERROR(local);
+  return status;
+}
+
+WorkerSession::Outcome WorkerSession::Complete(Task* task, double seconds) {
+  for (int attempt = 0;; ++attempt) {
+    v1::CompleteTaskRequest request;
+    *request.mutable_task() = task->RefAs(registration().worker_id);
+    request.set_seconds(seconds);
+    v1::CompleteTaskResponse response;
+    grpc::ClientContext context;
+    NewContext(&context, absl::Milliseconds(options_.rpc_timeout_ms));
+    absl::Status status;
+    {
+      Task::Call call(task, &context);
+      status = FromGrpc(stub_->CompleteTask(&context, request, &response));
+    }
+    if (status.ok()) return Outcome::kDone;
+    if (task->IsAbandoned()) return Outcome::kReleased;
+    if (status.code() == absl::StatusCode::kFailedPrecondition) {
+      Log(absl::StrCat("task ", RefName(task->ref),
+                       ": lease lost before the commit (", status.message(),
+                       ")"));
+      return Outcome::kReleased;
+    }
+    if (status.code() == absl::StatusCode::kNotFound) {
+      absl::Status again = Reregister(request.task().worker_id());
+      if (!again.ok()) Log(again.ToString());
+    } else if (!IsTransient(status)) {
+      return Fail(task, /*task_fault=*/false,
+                  absl::StrCat("CompleteTask refused: ", status.ToString()));
+    }
+    const absl::Duration wait = Backoff(attempt);
+    if (absl::Now() + wait >= task->LeaseExpiry()) {
+      Log(absl::StrCat("task ", RefName(task->ref),
+                       ": lease expired while committing (", status.ToString(),
+                       "); giving it up"));
+      return Outcome::kReleased;
+    }
+    Sleep(wait, /*idle=*/false);
+  }
+}
+
+WorkerSession::Outcome WorkerSession::Fail(Task* task, bool task_fault,
+                                           const std::string& error) {
+  Log(absl::StrCat("task ", RefName(task->ref), " failed (",
+                   task_fault ? "task fault" : "worker fault", "): ", error));
+  for (int attempt = 0;; ++attempt) {
+    v1::FailTaskRequest request;
+    *request.mutable_task() = task->RefAs(registration().worker_id);
+    request.set_task_fault(task_fault);
+    request.set_error(error);
+    v1::FailTaskResponse response;
+    grpc::ClientContext context;
+    NewContext(&context, absl::Milliseconds(options_.rpc_timeout_ms));
+    absl::Status status;
+    {
+      Task::Call call(task, &context);
+      status = FromGrpc(stub_->FailTask(&context, request, &response));
+    }
+    if (status.ok()) return Outcome::kFailed;
+    if (task->IsAbandoned() ||
+        status.code() == absl::StatusCode::kFailedPrecondition) {
+      return Outcome::kReleased;
+    }
+    if (status.code() == absl::StatusCode::kNotFound) {
+      absl::Status again = Reregister(request.task().worker_id());
+      if (!again.ok()) Log(again.ToString());
+    } else if (!IsTransient(status)) {
+      Log(absl::StrCat("FailTask refused: ", status.ToString()));
+      return Outcome::kReleased;
+    }
+    const absl::Duration wait = Backoff(attempt);
+    if (absl::Now() + wait >= task->LeaseExpiry()) {
+      Log(absl::StrCat("task ", RefName(task->ref),
+                       ": lease expired while reporting the failure"));
+      return Outcome::kReleased;
+    }
+    Sleep(wait, /*idle=*/false);
+  }
+}
+
+}  // namespace quant

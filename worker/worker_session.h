@@ -1,0 +1,169 @@
+// A worker's session with the coordinator (quant.v1.WorkerGateway): it
+// registers, long-polls for a task, fetches the task's inputs into a local
+// safetensors file (checking every chunk's CRC-32C and every tensor's
+// SHA-256, resuming a broken or corrupted stream where it stopped), runs it
+// on the CPU engine (worker/task_runner.h), uploads the outputs in chunks and
+// commits them, heartbeating with progress while the task is in hand.
+//
+// Faults: RunTask failing is the task's own fault (FailTask task_fault=true);
+// trouble on the worker's side while fetching or uploading (disk full, a
+// stream that keeps breaking) is not (task_fault=false). A heartbeat answered
+// FAILED_PRECONDITION (the lease went to another worker) or with `cancel`
+// abandons the task: nothing more is uploaded, committed or failed. The
+// coordinator being away is waited out with jittered exponential backoff;
+// NOT_FOUND for the worker id (the coordinator restarted and forgot its
+// workers) makes the worker register again and carry on under its new id.
+#ifndef WORKER_WORKER_SESSION_H_
+#define WORKER_WORKER_SESSION_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/metrics.h"
+#include "grpcpp/channel.h"
+#include "grpcpp/client_context.h"
+#include "proto/quant/v1/worker_service.grpc.pb.h"
+
+namespace quant {
+
+struct WorkerOptions {
+  // The coordinator's worker gateway, "host:port".
+  std::string coordinator = "localhost:50051";
+  // When set, used instead of `coordinator` (e.g. an in-process channel).
+  std::shared_ptr<grpc::Channel> channel;
+  // For humans (host or pod name).
+  std::string name;
+  // Cores to compute with; 0: all. Reported as a capability; when > 0 the
+  // engine's OpenMP thread count is set to it.
+  int threads = 0;
+  // Memory one task may use; 0: MemAvailable from /proc/meminfo.
+  int64_t memory_bytes = 0;
+  // Required. Each task works in its own subdirectory, removed afterwards.
+  std::string scratch_dir;
+  // Longest LeaseTask long poll.
+  int64_t lease_wait_ms = 5000;
+  // Deadline of every unary call; streams get max(this, bytes / 10 MB/s).
+  int64_t rpc_timeout_ms = 30000;
+  // Retries wait a uniformly random time in [0, min(max, initial * 2^n)].
+  int64_t backoff_initial_ms = 100;
+  int64_t backoff_max_ms = 5000;
+  // Attempts at fetching the inputs and at uploading the outputs before the
+  // task is handed back (FailTask task_fault=false).
+  int transfer_attempts = 5;
+  ServiceMetrics* metrics = nullptr;  // Optional; not owned.
+  // Progress and trouble, one line per call; null: silent.
+  std::function<void(const std::string&)> log;
+};
+
+class WorkerSession {
+ public:
+  // InvalidArgument without a scratch_dir or with a non-positive timeout;
+  // the scratch directory is created if needed. Does not connect yet.
+  static absl::StatusOr<std::unique_ptr<WorkerSession>> Create(
+      WorkerOptions options);
+
+  WorkerSession(const WorkerSession&) = delete;
+  WorkerSession& operator=(const WorkerSession&) = delete;
+  ~WorkerSession();
+
+  // Registers, then leases and runs tasks until Drain(). Returns OK once
+  // drained (the task in hand, if any, finished first); an error only when
+  // the coordinator refuses the worker for good (e.g. INVALID_ARGUMENT or
+  // UNIMPLEMENTED on RegisterWorker / LeaseTask).
+  absl::Status Run();
+
+  // Stops leasing: a long poll or a backoff wait in progress ends at once,
+  // the task in hand is finished and uploaded normally, then Run() returns.
+  // Thread-safe; may be called before or during Run().
+  void Drain();
+
+  // Tasks committed with CompleteTask.
+  int tasks_done() const { return tasks_done_.load(); }
+
+ private:
+  struct Task;
+  class InputCursor;
+  struct Registration {
+    std::string worker_id;
+    int64_t heartbeat_interval_ms = 0;
+    int64_t lease_ms = 0;
+    int64_t max_chunk_bytes = 0;
+  };
+  enum class Outcome { kDone, kFailed, kReleased };
+
+  explicit WorkerSession(WorkerOptions options);
+
+  void Log(const std::string& line) const;
+  bool draining() const;
+  // Waits `delay`; false (early) when `idle` and Drain() was called.
+  bool Sleep(absl::Duration delay, bool idle);
+  absl::Duration Backoff(int attempt);
+  grpc::ClientContext* NewContext(grpc::ClientContext* context,
+                                  absl::Duration timeout) const;
+
+  // One RegisterWorker call; on success the new registration replaces the
+  // old one. With `idle`, Drain() cancels the call.
+  absl::Status RegisterOnce(bool idle)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(register_call_mu_);
+  // Registers until it succeeds; Cancelled once draining, or the first
+  // permanent error.
+  absl::Status RegisterUntilDrained();
+  // Registers again unless someone already did since `stale_worker_id` was
+  // read.
+  absl::Status Reregister(const std::string& stale_worker_id);
+  Registration registration() const;
+
+  // Runs one leased task to its end (done, failed or released).
+  void RunLeasedTask(const v1::LeaseTaskResponse& lease);
+  void HeartbeatLoop(Task* task);
+  // `task_fault` is set when the spec itself is malformed.
+  absl::Status FetchInputs(Task* task, const std::string& path,
+                           bool* task_fault);
+  absl::Status FetchAttempt(Task* task, const std::string& worker_id,
+                            InputCursor* cursor);
+  absl::Status Upload(
+      Task* task,
+      const std::vector<std::pair<std::string, std::string>>& outputs,
+      bool* local_fault);
+  absl::Status UploadAttempt(
+      Task* task, const std::string& worker_id,
+      const std::vector<std::pair<std::string, std::string>>& outputs,
+      bool* local_fault);
+  // CompleteTask / FailTask, retried until the lease would have expired.
+  Outcome Complete(Task* task, double seconds);
+  Outcome Fail(Task* task, bool task_fault, const std::string& error);
+
+  const WorkerOptions options_;
+  const int threads_;
+  const int64_t memory_bytes_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::WorkerGateway::Stub> stub_;
+  std::atomic<int> tasks_done_{0};
+
+  mutable absl::Mutex mu_;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  // The idle call (Register / LeaseTask) Drain() cancels.
+  grpc::ClientContext* idle_call_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
+
+  // Serializes RegisterWorker calls (the heartbeat thread and the task may
+  // both find the worker forgotten); held across the call.
+  absl::Mutex register_call_mu_;
+  mutable absl::Mutex register_mu_;
+  Registration registration_ ABSL_GUARDED_BY(register_mu_);
+};
+
+}  // namespace quant
+
+#endif  // WORKER_WORKER_SESSION_H_
