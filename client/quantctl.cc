@@ -1,11 +1,14 @@
 #include "client/quantctl.h"
 
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "client/service_client.h"
 #include "common/file.h"
 #include "common/status_macros.h"
 #include "convert/gguf_converter.h"
@@ -13,6 +16,7 @@
 #include "format/gguf.h"
 #include "format/model_config.h"
 #include "model/perplexity.h"
+#include "proto/recipe.h"
 #include "quant/checkpoint_export.h"
 
 namespace quant {
@@ -159,12 +163,108 @@ absl::Status RunPerplexity(const QuantctlOptions& options, std::ostream& out) {
   return absl::OkStatus();
 }
 
+// The job the flags describe (the same flags as `quantize`).
+absl::StatusOr<v1::JobSpec> JobSpecOf(const QuantctlOptions& options,
+                                      const std::string& command) {
+  RETURN_IF_ERROR(RequireFlag(options.model, "model", command));
+  RETURN_IF_ERROR(RequireFlag(options.out, "out", command));
+  v1::Mode mode;
+  if (!v1::Mode_Parse("MODE_" + absl::AsciiStrToUpper(options.mode), &mode)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--mode: \"", options.mode, "\" (sequential or parallel)"));
+  }
+  QuantizeModelOptions quantize = options.quantize;
+  quantize.gguf_type = options.type;
+  v1::JobSpec spec;
+  // Paths as the coordinator will see them, from wherever it runs.
+  std::error_code error;
+  spec.set_model_dir(std::filesystem::absolute(options.model, error).string());
+  spec.set_output(std::filesystem::absolute(options.out, error).string());
+  spec.set_name(options.name);
+  *spec.mutable_recipe() = RecipeFromOptions(quantize, mode);
+  v1::Calibration* calibration = spec.mutable_recipe()->mutable_calibration();
+  for (std::string* path :
+       {calibration->mutable_text_path(), calibration->mutable_tokens_path()}) {
+    if (!path->empty()) {
+      *path = std::filesystem::absolute(*path, error).string();
+    }
+  }
+  for (std::string& text : *spec.mutable_recipe()->mutable_eval_texts()) {
+    text = std::filesystem::absolute(text, error).string();
+  }
+  if (options.quantize.calibration.text_path.empty() &&
+      options.quantize.calibration.tokens_path.empty()) {
+    spec.mutable_recipe()->mutable_calibration()->set_samples(0);
+  }
+  return spec;
+}
+
+absl::StatusOr<std::string> JobIdArg(const QuantctlOptions& options) {
+  if (options.args.size() != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("quantctl ", options.command, " takes one job id"));
+  }
+  return options.args[0];
+}
+
+absl::Status RunServiceCommand(const QuantctlOptions& options,
+                               std::ostream& out, std::ostream& err) {
+  const std::string& command = options.command;
+  if (command == "run") {
+    if (!options.local) {
+      return absl::InvalidArgumentError(
+          "quantctl run needs --local (a cluster job is `quantctl submit`)");
+    }
+    ASSIGN_OR_RETURN(const v1::JobSpec spec, JobSpecOf(options, command));
+    LocalRunOptions local;
+    local.workers = options.workers;
+    local.threads = options.threads;
+    local.state_dir = options.state_dir;
+    local.progress_on_tty = options.progress_on_tty;
+    return RunLocal(spec, local, out, err);
+  }
+  ServiceClientOptions client_options;
+  client_options.coordinator = options.coordinator;
+  client_options.progress_on_tty = options.progress_on_tty;
+  ServiceClient client(client_options);
+  if (command == "submit") {
+    ASSIGN_OR_RETURN(const v1::JobSpec spec, JobSpecOf(options, command));
+    ASSIGN_OR_RETURN(const v1::Job job, client.Submit(spec));
+    out << job.job_id() << "\n" << std::flush;
+    return options.watch ? client.Watch(job.job_id(), err) : absl::OkStatus();
+  }
+  if (command == "list") return client.List(out);
+  if (command == "workers") return client.Workers(out);
+  ASSIGN_OR_RETURN(const std::string job_id, JobIdArg(options));
+  if (command == "watch") return client.Watch(job_id, err);
+  if (command == "status") return client.Status(job_id, out);
+  if (command == "cancel") return client.Cancel(job_id, out);
+  return client.Resume(job_id, out);
+}
+
 }  // namespace
 
 std::string QuantctlUsage() {
   return R"(usage: quantctl COMMAND [flags]
 
-commands:
+service commands:
+  run --local      Run a quantization job in this process: a coordinator
+                   and --workers N (2) workers over an in-process channel,
+                   the same code path as a cluster. Takes the flags of
+                   `quantize` (below) and [--mode sequential|parallel]
+                   [--state-dir DIR (default: a temporary store)].
+  submit           Submit the same job to a coordinator; prints its id.
+                   [--coordinator host:port (localhost:50051)] [--watch]
+                   [--name TEXT]
+  watch JOB        Progress bars per stage with ETA until the job ends;
+                   exits 0 when it succeeded, 1 otherwise.
+  status JOB       The job and each of its tasks.
+  list             Every job.
+  cancel JOB       Stop a job (its committed tasks are kept).
+  resume JOB       Restart a failed or cancelled job from its committed tasks.
+  workers          The workers the coordinator knows.
+
+engine commands (in this process):
   convert          Convert a Hugging Face model directory to GGUF.
                    --model DIR --out FILE.gguf [--type TYPE] [--threads N]
                    TYPE is a llama.cpp file type: F32 F16 BF16 Q8_0 Q6_K
@@ -203,6 +303,12 @@ commands:
 
 absl::Status RunQuantctl(const QuantctlOptions& options, std::ostream& out,
                          std::ostream& err) {
+  for (const char* command : {"run", "submit", "watch", "status", "list",
+                              "cancel", "resume", "workers"}) {
+    if (options.command == command) {
+      return RunServiceCommand(options, out, err);
+    }
+  }
   if (options.command == "convert") return RunConvert(options, out, err);
   if (options.command == "inspect") return RunInspect(options, out);
   if (options.command == "quantize") return RunQuantize(options, out, err);

@@ -1,9 +1,10 @@
-// quantctl, the command-line client. Today: `convert` (HF -> GGUF),
-// `quantize` (calibrated RTN / GPTQ / AWQ -> GPTQ, AWQ or GGUF output),
-// `perplexity` (held-out perplexity of an FP, GPTQ or AWQ checkpoint),
-// `inspect` (print a GGUF's metadata and tensors) and `make-tiny-model`
-// (a small random-weight Llama to try things on). The service commands
-// (submit, watch, resume, ...) join these as the service lands.
+// quantctl, the command-line client: the service commands (`run --local`,
+// `submit`, `watch`, `status`, `list`, `cancel`, `resume`, `workers`) and
+// the engine's own: `convert` (HF -> GGUF), `quantize` (calibrated RTN /
+// GPTQ / AWQ -> GPTQ, AWQ or GGUF output, in this process), `perplexity`
+// (held-out perplexity of an FP, GPTQ or AWQ checkpoint), `inspect` (print
+// a GGUF's metadata and tensors) and `make-tiny-model` (a small
+// random-weight Llama to try things on).
 #ifndef CLIENT_QUANTCTL_H_
 #define CLIENT_QUANTCTL_H_
 
@@ -31,9 +32,18 @@ struct QuantctlOptions {
   std::string arch = "llama";  // llama or qwen2.
   bool tie_embeddings = false;
   bool progress_on_tty = false;  // Redraw one progress line with '\r'.
-  // quantize (model_dir, output and gguf_type come from --model, --out and
-  // --type) and perplexity (eval_texts, eval_max_windows).
+  // quantize, run and submit (model_dir, output and gguf_type come from
+  // --model, --out and --type) and perplexity (eval_texts,
+  // eval_max_windows).
   QuantizeModelOptions quantize;
+  // The service commands.
+  std::string coordinator = "localhost:50051";  // --coordinator
+  std::string mode = "sequential";              // --mode: or parallel.
+  bool local = false;     // run --local (the only kind of run today).
+  int workers = 2;        // run --local: in-process workers.
+  std::string state_dir;  // run --local: keep the job store here.
+  bool watch = false;     // submit --watch: then watch it.
+  std::string name;       // submit: the job's name.
 };
 
 // The usage text printed for `quantctl help` and on a usage error.

@@ -62,6 +62,16 @@ ABSL_FLAG(int, stop_after_block, -1, "quantize: stop after this block");
 ABSL_FLAG(std::vector<std::string>, eval, {},
           "quantize / perplexity: held-out texts");
 ABSL_FLAG(int64_t, eval_windows, -1, "perplexity windows per text (-1: all)");
+ABSL_FLAG(std::string, coordinator, "localhost:50051",
+          "service commands: the coordinator, host:port");
+ABSL_FLAG(std::string, mode, "sequential",
+          "run / submit: sequential or parallel");
+ABSL_FLAG(bool, local, false, "run: in this process");
+ABSL_FLAG(int, workers, 2, "run --local: in-process workers");
+ABSL_FLAG(std::string, state_dir, "",
+          "run --local: job store directory (default: temporary)");
+ABSL_FLAG(bool, watch, false, "submit: then watch the job");
+ABSL_FLAG(std::string, name, "", "submit: the job's name");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(quant::QuantctlUsage());
@@ -130,6 +140,13 @@ int main(int argc, char** argv) {
   q.stop_after_block = absl::GetFlag(FLAGS_stop_after_block);
   q.eval_texts = absl::GetFlag(FLAGS_eval);
   q.eval_max_windows = absl::GetFlag(FLAGS_eval_windows);
+  options.coordinator = absl::GetFlag(FLAGS_coordinator);
+  options.mode = absl::GetFlag(FLAGS_mode);
+  options.local = absl::GetFlag(FLAGS_local);
+  options.workers = absl::GetFlag(FLAGS_workers);
+  options.state_dir = absl::GetFlag(FLAGS_state_dir);
+  options.watch = absl::GetFlag(FLAGS_watch);
+  options.name = absl::GetFlag(FLAGS_name);
   const absl::Status status = quant::RunQuantctl(options, std::cout, std::cerr);
   if (!status.ok()) {
     std::cerr << "quantctl: " << status.message() << "\n";
