@@ -4,9 +4,9 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <set>
 #include <sstream>
 #include <system_error>
@@ -15,7 +15,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "common/checksum.h"
+#include "common/chunk_stream.h"
+#include "common/file.h"
+#include "common/grpc_status.h"
 #include "common/status_macros.h"
 #include "format/safetensors.h"
 #include "grpcpp/create_channel.h"
@@ -36,12 +38,6 @@ constexpr double kStreamBytesPerSecond = 10e6;
 // Fractions of the task that fetching and computing end at.
 constexpr double kFetchEnd = 0.2;
 constexpr double kComputeEnd = 0.8;
-
-absl::Status FromGrpc(const grpc::Status& status) {
-  if (status.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                      status.error_message());
-}
 
 // Codes that say "the coordinator is away or busy; try again".
 bool IsTransient(const absl::Status& status) {
@@ -111,10 +107,6 @@ absl::Duration StreamTimeout(int64_t rpc_timeout_ms, uint64_t bytes) {
       absl::Milliseconds(rpc_timeout_ms),
       absl::Seconds(static_cast<double>(bytes) / kStreamBytesPerSecond));
 }
-
-struct FileCloser {
-  void operator()(std::FILE* f) const { std::fclose(f); }
-};
 
 }  // namespace
 
@@ -208,9 +200,8 @@ class WorkerSession::InputCursor {
   // `task_fault` when the spec cannot be declared.
   absl::Status Reset(bool* task_fault) {
     writer_.reset();
-    hash_.Finish();
+    verifier_.reset();
     index_ = 0;
-    offset_ = 0;
     received_ = 0;
     restart_ = false;
     ASSIGN_OR_RETURN(writer_, SafetensorsWriter::Create(path_));
@@ -236,54 +227,35 @@ class WorkerSession::InputCursor {
           absl::StrCat("chunk of ", chunk.tensor(), " after the last input"));
     }
     const Expected& want = tensors_[index_];
-    if (chunk.tensor() != want.name) {
-      return absl::DataLossError(absl::StrCat("expected a chunk of ", want.name,
-                                              ", got one of ", chunk.tensor()));
+    // Kept across resumed streams: a stream resuming in this tensor starts
+    // at the verifier's offset.
+    if (verifier_ == nullptr) {
+      verifier_ = std::make_unique<ChunkVerifier>(want.name, want.size);
     }
-    if (chunk.offset() != offset_) {
-      return absl::DataLossError(absl::StrCat(want.name, ": chunk at offset ",
-                                              chunk.offset(), ", expected ",
-                                              offset_));
-    }
-    const std::string& data = chunk.data();
-    if (offset_ + data.size() > want.size) {
-      return absl::DataLossError(absl::StrCat(
-          want.name, ": chunk runs past the tensor's ", want.size, " bytes"));
-    }
-    if (chunk.has_info() && chunk.info().size_bytes() != want.size) {
-      return absl::DataLossError(absl::StrCat(want.name, ": stream says ",
-                                              chunk.info().size_bytes(),
-                                              " bytes, the spec ", want.size));
-    }
-    if (Crc32c(data.data(), data.size()) != chunk.crc32c()) {
-      return absl::DataLossError(absl::StrCat(
-          want.name, ": CRC-32C mismatch in the chunk at offset ", offset_));
-    }
-    if (!data.empty()) {
+    const uint64_t before = verifier_->offset();
+    const absl::Status checked = verifier_->Accept(chunk);
+    // The verifier counts a chunk's bytes before its last-chunk checks; the
+    // file must hold exactly what it counted.
+    const uint64_t taken = verifier_->offset() - before;
+    if (taken > 0) {
       absl::Status written =
-          writer_->WriteTensorData(want.name, data.data(), data.size());
+          writer_->WriteTensorData(want.name, chunk.data().data(), taken);
       if (!written.ok()) {
         local_failure_ = true;
         return written;
       }
-      hash_.Update(data.data(), data.size());
-      offset_ += data.size();
-      received_ += data.size();
+      received_ += taken;
     }
-    if (chunk.last()) {
-      if (offset_ != want.size) {
-        return absl::DataLossError(absl::StrCat(want.name,
-                                                ": last chunk after ", offset_,
-                                                " of ", want.size, " bytes"));
-      }
-      if (hash_.Finish() != chunk.sha256()) {
-        // The bytes already written cannot be taken back: start over.
-        restart_ = true;
-        return absl::DataLossError(
-            absl::StrCat(want.name, ": SHA-256 mismatch"));
-      }
+    if (!checked.ok()) {
+      // A last chunk that failed with every byte counted: the SHA-256 did
+      // not match (the verifier is spent) and the bytes already written
+      // cannot be taken back, so start over.
+      if (chunk.last() && verifier_->offset() == want.size) restart_ = true;
+      return checked;
+    }
+    if (verifier_->done()) {
       ++index_;
-      offset_ = 0;
+      verifier_.reset();
     }
     return absl::OkStatus();
   }
@@ -295,9 +267,12 @@ class WorkerSession::InputCursor {
   }
 
   bool complete() const { return index_ == tensors_.size(); }
-  bool at_start() const { return index_ == 0 && offset_ == 0; }
+  bool at_start() const { return index_ == 0 && offset() == 0; }
   const std::string& tensor() const { return tensors_[index_].name; }
-  uint64_t offset() const { return offset_; }
+  // Where the stream stands in tensor(): the next chunk's offset.
+  uint64_t offset() const {
+    return verifier_ == nullptr ? 0 : verifier_->offset();
+  }
   uint64_t received() const { return received_; }
   uint64_t total() const { return total_; }
   bool restart() const { return restart_; }
@@ -309,9 +284,9 @@ class WorkerSession::InputCursor {
   const v1::TaskSpec* spec_;
   uint64_t total_ = 0;
   std::unique_ptr<SafetensorsWriter> writer_;
-  Sha256 hash_;
+  // The tensor being received (index_), once its first chunk arrived.
+  std::unique_ptr<ChunkVerifier> verifier_;
   size_t index_ = 0;
-  uint64_t offset_ = 0;
   uint64_t received_ = 0;
   bool restart_ = false;
   bool local_failure_ = false;
@@ -432,7 +407,7 @@ absl::Status WorkerSession::RegisterOnce(bool idle) {
     absl::MutexLock lock(&mu_);
     idle_call_ = nullptr;
   }
-  RETURN_IF_ERROR(FromGrpc(status));
+  RETURN_IF_ERROR(FromGrpcStatus(status));
   if (response.worker_id().empty()) {
     return absl::UnavailableError("RegisterWorker answered no worker id");
   }
@@ -506,7 +481,7 @@ absl::Status WorkerSession::Run() {
       idle_call_ = &context;
     }
     const absl::Status status =
-        FromGrpc(stub_->LeaseTask(&context, request, &response));
+        FromGrpcStatus(stub_->LeaseTask(&context, request, &response));
     {
       absl::MutexLock lock(&mu_);
       idle_call_ = nullptr;
@@ -650,7 +625,7 @@ void WorkerSession::HeartbeatLoop(Task* task) {
     absl::Status status;
     {
       Task::Call call(task, &context);
-      status = FromGrpc(stub_->Heartbeat(&context, request, &response));
+      status = FromGrpcStatus(stub_->Heartbeat(&context, request, &response));
     }
     if (status.ok()) {
       if (response.lease_ms() > 0) {
@@ -767,7 +742,7 @@ absl::Status WorkerSession::FetchAttempt(Task* task,
                                      static_cast<double>(cursor->total()));
     }
   }
-  const absl::Status status = FromGrpc(reader->Finish());
+  const absl::Status status = FromGrpcStatus(reader->Finish());
   RETURN_IF_ERROR(problem);
   RETURN_IF_ERROR(status);
   if (!cursor->complete()) {
@@ -830,60 +805,45 @@ absl::Status WorkerSession::UploadAttempt(
   bool open = writer->Write(header);
   absl::Status local;
   uint64_t sent = 0;
+  v1::UploadResultRequest request;
   for (size_t i = 0; open && local.ok() && i < outputs.size(); ++i) {
     const std::string& name = outputs[i].first;
     const std::string& path = outputs[i].second;
-    std::unique_ptr<std::FILE, FileCloser> file(std::fopen(path.c_str(), "rb"));
-    std::error_code error;
-    const uint64_t size = std::filesystem::file_size(path, error);
-    if (file == nullptr || error) {
+    absl::StatusOr<std::unique_ptr<MappedFile>> file = MappedFile::Open(path);
+    if (!file.ok()) {
       local = absl::InternalError(
           absl::StrCat("cannot read output ", name, " (", path, ")"));
       break;
     }
-    Sha256 hash;
-    uint64_t offset = 0;
-    do {
-      const uint64_t n = std::min(chunk_limit, size - offset);
-      v1::UploadResultRequest request;
-      v1::Chunk* chunk = request.mutable_chunk();
-      if (offset == 0) {
-        v1::TensorInfo* info = chunk->mutable_info();
-        info->set_name(name);
-        info->set_dtype("U8");
-        info->add_shape(static_cast<int64_t>(size));
-        info->set_size_bytes(size);
-      }
-      chunk->set_tensor(name);
-      chunk->set_offset(offset);
-      std::string* data = chunk->mutable_data();
-      data->resize(n);
-      if (n > 0 && std::fread(&(*data)[0], 1, n, file.get()) != n) {
-        local = absl::InternalError(
-            absl::StrCat("short read of output ", name, " (", path, ")"));
-        break;
-      }
-      chunk->set_crc32c(Crc32c(data->data(), data->size()));
-      hash.Update(data->data(), data->size());
-      offset += n;
-      if (offset == size) {
-        chunk->set_last(true);
-        chunk->set_sha256(hash.Finish());
-      }
-      if (!writer->Write(request)) {
-        open = false;
-        break;
-      }
-      sent += n;
-      if (options_.metrics != nullptr) {
-        options_.metrics->AddBytesStreamed("from_worker", n);
-      }
-      if (total > 0) {
-        task->SetProgress("upload",
-                          kComputeEnd + (1 - kComputeEnd) * sent /
-                                            static_cast<double>(total));
-      }
-    } while (offset < size);
+    const uint64_t size = (*file)->size();
+    v1::TensorInfo info;
+    info.set_name(name);
+    info.set_dtype("U8");
+    info.add_shape(static_cast<int64_t>(size));
+    info.set_size_bytes(size);
+    // An empty file is mapped as a null pointer; it still goes as one chunk.
+    static const uint8_t kNoBytes = 0;
+    const uint8_t* data = size > 0 ? (*file)->data() : &kNoBytes;
+    absl::Status status = SendTensor(
+        info, data, /*offset=*/0, static_cast<size_t>(chunk_limit),
+        [&](const v1::Chunk& chunk) {
+          *request.mutable_chunk() = chunk;
+          open = writer->Write(request);
+          return open;
+        },
+        [&](size_t n) {
+          sent += n;
+          if (options_.metrics != nullptr) {
+            options_.metrics->AddBytesStreamed("from_worker", n);
+          }
+          if (total > 0) {
+            task->SetProgress("upload",
+                              kComputeEnd + (1 - kComputeEnd) * sent /
+                                                static_cast<double>(total));
+          }
+        });
+    // A closed stream is the coordinator's to explain (Finish below).
+    if (!status.ok() && open) local = std::move(status);
   }
   if (!local.ok()) {
     *local_fault = true;
@@ -891,7 +851,7 @@ absl::Status WorkerSession::UploadAttempt(
   } else if (open) {
     writer->WritesDone();
   }
-  const absl::Status status = FromGrpc(writer->Finish());
+  const absl::Status status = FromGrpcStatus(writer->Finish());
   RETURN_IF_ERROR(local);
   return status;
 }
@@ -907,7 +867,8 @@ WorkerSession::Outcome WorkerSession::Complete(Task* task, double seconds) {
     absl::Status status;
     {
       Task::Call call(task, &context);
-      status = FromGrpc(stub_->CompleteTask(&context, request, &response));
+      status =
+          FromGrpcStatus(stub_->CompleteTask(&context, request, &response));
     }
     if (status.ok()) return Outcome::kDone;
     if (task->IsAbandoned()) return Outcome::kReleased;
@@ -950,7 +911,7 @@ WorkerSession::Outcome WorkerSession::Fail(Task* task, bool task_fault,
     absl::Status status;
     {
       Task::Call call(task, &context);
-      status = FromGrpc(stub_->FailTask(&context, request, &response));
+      status = FromGrpcStatus(stub_->FailTask(&context, request, &response));
     }
     if (status.ok()) return Outcome::kFailed;
     if (task->IsAbandoned() ||
