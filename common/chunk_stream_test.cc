@@ -100,7 +100,9 @@ TEST(ChunkStreamTest, DamageIsDataLoss) {
   ChunkVerifier longer("t", 9001);
   for (const v1::Chunk& c : chunks) {
     const absl::Status s = longer.Accept(c);
-    if (c.last()) EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+    if (c.last()) {
+      EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+    }
   }
   // A receiver that went away cancels the send.
   EXPECT_EQ(SendTensor(Info("t", 9000), data.data(), 0, 4000,

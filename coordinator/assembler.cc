@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <memory>
@@ -132,16 +133,23 @@ void CleanJobDir(const std::string& job_dir) {
        fs::directory_iterator(job_dir, error)) {
     const std::string name = entry.path().filename().string();
     if (absl::StartsWith(name, kUploadsPrefix) ||
-        absl::StrContains(name, ".tmp.") || name == kStagingName) {
+        absl::StrContains(name, ".tmp.")) {
       fs::remove_all(entry.path(), error);
     }
   }
 }
 
 absl::StatusOr<std::string> AssembleJob(
-    const v1::JobSpec& spec, const std::string& job_dir,
+    const v1::JobSpec& spec, const std::string& job_dir, int64_t submitted_ms,
     const std::function<void(const std::string&)>& log) {
-  const auto start = std::chrono::steady_clock::now();
+  // The report's time is the job's, from its submission.
+  const int64_t now_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(
+          std::chrono::system_clock::now().time_since_epoch())
+          .count();
+  const auto start =
+      std::chrono::steady_clock::now() -
+      std::chrono::milliseconds(std::max<int64_t>(0, now_ms - submitted_ms));
   const std::string assembled = job_dir + "/" + kAssembledName;
   std::error_code error;
   if (fs::exists(assembled, error) && fs::exists(spec.output(), error)) {
@@ -152,43 +160,44 @@ absl::StatusOr<std::string> AssembleJob(
   options.model_dir = spec.model_dir();
   options.work_dir = job_dir;
   options.log = log;
-  // Written in the job directory, then moved into place: an interrupted
-  // assembly leaves nothing under the output's name.
-  const std::string staging = job_dir + "/" + kStagingName;
+  // Written beside the output (the same file system, so that renames are
+  // atomic), in a hidden directory of this job's, then moved into place: an
+  // interrupted assembly leaves nothing under the output's name, and the
+  // next attempt starts the staging afresh.
+  const fs::path output = fs::absolute(spec.output());
+  const std::string name = output.filename().string();
+  const std::string parent = output.parent_path().string();
+  const std::string staging =
+      absl::StrCat(parent, "/.", name, ".",
+                   fs::path(job_dir).filename().string(), ".", kStagingName);
   fs::remove_all(staging, error);
   fs::create_directories(staging, error);
   if (error) {
     return absl::InternalError(
         absl::StrCat("cannot create ", staging, ": ", error.message()));
   }
-  const fs::path output(spec.output());
-  const std::string name = output.filename().string();
   options.output = staging + "/" + name;
   ASSIGN_OR_RETURN(const QuantizationPlan plan, PlanQuantization(options));
   ASSIGN_OR_RETURN(const QuantizeModelResult result,
                    AssembleOutput(options, plan, start));
   (void)result;
-  // Everything AssembleOutput wrote is the output and, for a file, its
-  // report files beside it.
-  const std::string parent = output.parent_path().string();
-  for (const fs::directory_entry& entry :
-       fs::directory_iterator(staging, error)) {
-    const std::string target = parent + "/" + entry.path().filename().string();
-    if (fs::exists(target, error)) {
-      return absl::AlreadyExistsError(
-          absl::StrCat(target, " appeared while the job ran; not replaced"));
-    }
+  // SubmitJob refused an existing output; one there now is someone else's.
+  if (fs::exists(output, error)) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        output.string(), " appeared while the job ran; not replaced"));
   }
-  // The report first, the output last: the output's name appears only
-  // once everything is there.
+  // Everything AssembleOutput wrote is the output and, for a file, its
+  // report files beside it: the reports first (replacing those of an
+  // interrupted attempt), the output last, so that the output's name
+  // appears only once everything is there.
   for (const fs::directory_entry& entry :
        fs::directory_iterator(staging, error)) {
     if (entry.path().filename() == name) continue;
     RETURN_IF_ERROR(Rename(entry.path().string(),
                            parent + "/" + entry.path().filename().string()));
   }
-  RETURN_IF_ERROR(Rename(options.output, spec.output()));
-  RETURN_IF_ERROR(SyncDirectory(parent.empty() ? "." : parent));
+  RETURN_IF_ERROR(Rename(options.output, output.string()));
+  RETURN_IF_ERROR(SyncDirectory(parent));
   RETURN_IF_ERROR(WriteFileAtomically(assembled, ReportPath(spec) + "\n"));
   fs::remove_all(staging, error);
   return ReportPath(spec);

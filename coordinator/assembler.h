@@ -2,11 +2,12 @@
 // job's durable per-task files (renamed into the job directory, fsynced,
 // committed in the store by the scheduler); once every task is done, the
 // final GGUF file or safetensors directory is written from them, with the
-// quality report beside it (staged in the job directory, fsynced, renamed
-// into place).
+// quality report beside it (staged in a hidden directory beside the
+// output, fsynced, renamed into place).
 #ifndef COORDINATOR_ASSEMBLER_H_
 #define COORDINATOR_ASSEMBLER_H_
 
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <string>
@@ -39,9 +40,10 @@ void DropConsumedActivations(const std::string& job_dir, const JobPlan& plan,
 void CleanJobDir(const std::string& job_dir);
 
 // Writes the job's output from the block results in `job_dir` and returns
-// the path of its quality report (JSON).
+// the path of its quality report (JSON). `submitted_ms` (Unix time) starts
+// the report's clock.
 absl::StatusOr<std::string> AssembleJob(
-    const v1::JobSpec& spec, const std::string& job_dir,
+    const v1::JobSpec& spec, const std::string& job_dir, int64_t submitted_ms,
     const std::function<void(const std::string&)>& log);
 
 // Where the report of `spec`'s output is written.

@@ -628,6 +628,7 @@ void JobManager::AssembleLoop() {
       absl::StatusOr<JobContext> job = Context(id);
       absl::StatusOr<std::string> report =
           job.ok() ? AssembleJob(job->spec, job->plan.job_dir,
+                                 job->snapshot.job.create_ms,
                                  [this, id](const std::string& line) {
                                    Log(absl::StrCat("job ", id, ": ", line));
                                  })
