@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "common/file.h"
+#include "common/grpc_options.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
 #include "coordinator/coordinator.h"
@@ -119,10 +120,12 @@ absl::Status ServiceClient::Watch(const std::string& job_id,
   v1::Job last;
   bool seen = false;
   int drawn_lines = 0;
-  // A watch lasts as long as the job; when the stream breaks (the
-  // coordinator restarted), it is opened again.
+  // A watch lasts as long as the job: each stream has a deadline and is
+  // opened again when it runs out or breaks (the coordinator restarted).
   for (int attempt = 0;; ++attempt) {
     grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::minutes(10));
     v1::WatchJobRequest request;
     request.set_job_id(job_id);
     std::unique_ptr<grpc::ClientReader<v1::JobEvent>> reader =
@@ -145,6 +148,10 @@ absl::Status ServiceClient::Watch(const std::string& job_id,
     }
     const absl::Status status = FromGrpcStatus(reader->Finish());
     if (seen && IsFinal(last.state())) break;
+    if (status.code() == absl::StatusCode::kDeadlineExceeded) {
+      attempt = 0;
+      continue;
+    }
     if (status.code() != absl::StatusCode::kUnavailable || attempt >= 60) {
       return status.ok() ? absl::UnknownError("the watch ended early") : status;
     }

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "common/grpc_options.h"
 #include "common/metrics.h"
 #include "coordinator/job_manager.h"
 #include "coordinator/service.h"
@@ -55,12 +56,6 @@ class Coordinator {
   int port_ = 0;
   bool shut_down_ = false;
 };
-
-// Channel arguments both sides use: message size limits that fit the
-// chunk size, and matching keepalive settings.
-grpc::ChannelArguments ServiceChannelArguments();
-// The largest message either side accepts.
-inline constexpr int kMaxMessageBytes = 16 << 20;
 
 }  // namespace quant
 

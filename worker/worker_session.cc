@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/chunk_stream.h"
 #include "common/file.h"
+#include "common/grpc_options.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
 #include "format/safetensors.h"
@@ -330,11 +331,9 @@ WorkerSession::WorkerSession(WorkerOptions options)
       rng_(std::random_device()()) {
   channel_ = options_.channel;
   if (channel_ == nullptr) {
-    grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(-1);
-    args.SetMaxSendMessageSize(-1);
-    channel_ = grpc::CreateCustomChannel(
-        options_.coordinator, grpc::InsecureChannelCredentials(), args);
+    channel_ = grpc::CreateCustomChannel(options_.coordinator,
+                                         grpc::InsecureChannelCredentials(),
+                                         ServiceChannelArguments());
   }
   stub_ = v1::WorkerGateway::NewStub(channel_);
 }
