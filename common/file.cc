@@ -168,14 +168,25 @@ absl::Status AtomicFileWriter::Commit() {
     return ErrnoError("cannot rename temporary file to", final_path_);
   }
   committed_ = true;
-  // Make the rename itself durable.
-  const std::string dir = DirectoryOf(final_path_);
-  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd >= 0) {
-    ::fsync(dir_fd);
-    ::close(dir_fd);
-  }
+  // Make the rename itself durable (best effort: the data is already safe).
+  (void)SyncDirectory(DirectoryOf(final_path_));
   return absl::OkStatus();
+}
+
+absl::Status SyncDirectory(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return ErrnoError("cannot open directory", dir);
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) return ErrnoError("cannot fsync directory", dir);
+  return absl::OkStatus();
+}
+
+absl::Status RenameDurably(const std::string& from, const std::string& to) {
+  if (::rename(from.c_str(), to.c_str()) != 0) {
+    return ErrnoError(absl::StrCat("cannot rename ", from, " to"), to);
+  }
+  return SyncDirectory(DirectoryOf(to));
 }
 
 absl::StatusOr<std::string> ReadFileToString(const std::string& path) {

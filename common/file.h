@@ -80,6 +80,12 @@ class AtomicFileWriter {
   bool committed_ = false;
 };
 
+// fsync of a directory: makes the renames and creations in it durable.
+absl::Status SyncDirectory(const std::string& dir);
+// rename(2), then SyncDirectory of the target's directory. Both paths must
+// be on one file system (EXDEV otherwise, named in the error).
+absl::Status RenameDurably(const std::string& from, const std::string& to);
+
 // Reads a whole (small) regular file such as config.json into a string. Not
 // for /proc or other files that report a size of 0.
 absl::StatusOr<std::string> ReadFileToString(const std::string& path);

@@ -141,5 +141,20 @@ TEST(MappedFileTest, EmptyFileAndErrors) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST(RenameDurablyTest, RenamesAndNamesFailures) {
+  const std::string dir = MakeTestTempDir("file_test");
+  ASSERT_TRUE(WriteFileAtomically(dir + "/a", "bytes").ok());
+  ASSERT_TRUE(RenameDurably(dir + "/a", dir + "/b").ok());
+  EXPECT_EQ(*ReadFileToString(dir + "/b"), "bytes");
+  EXPECT_EQ(MappedFile::Open(dir + "/a").status().code(),
+            absl::StatusCode::kNotFound);
+  const absl::Status missing = RenameDurably(dir + "/a", dir + "/c");
+  EXPECT_FALSE(missing.ok());
+  EXPECT_NE(missing.message().find(dir + "/a"), absl::string_view::npos)
+      << missing.message();
+  EXPECT_TRUE(SyncDirectory(dir).ok());
+  EXPECT_FALSE(SyncDirectory(dir + "/b").ok());  // Not a directory.
+}
+
 }  // namespace
 }  // namespace quant

@@ -1,8 +1,5 @@
 #include "coordinator/assembler.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
@@ -30,29 +27,6 @@ constexpr char kUploadsPrefix[] = "upload-";
 // Written once the output is in place: an assembly interrupted after that
 // (before the store committed the job) is not done again.
 constexpr char kAssembledName[] = "assembled";
-
-absl::Status SyncDirectory(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd < 0) {
-    return absl::InternalError(absl::StrCat("cannot open directory ", dir));
-  }
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) {
-    return absl::InternalError(absl::StrCat("cannot fsync directory ", dir));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status Rename(const std::string& from, const std::string& to) {
-  std::error_code error;
-  fs::rename(from, to, error);
-  if (error) {
-    return absl::InternalError(absl::StrCat("cannot rename ", from, " to ", to,
-                                            ": ", error.message()));
-  }
-  return absl::OkStatus();
-}
 
 // The output as AssembleOutput writes it: a file (GGUF, with its report
 // files beside it) or a directory (with its report inside).
@@ -100,12 +74,11 @@ absl::StatusOr<std::string> CommitTaskOutputs(
       }
     }
     const std::string final_path = OutputPath(job_dir, task, name);
-    RETURN_IF_ERROR(Rename(path, final_path));
+    RETURN_IF_ERROR(RenameDurably(path, final_path));
     outputs[name] = {{"path", final_path},
                      {"bytes", it->second.bytes},
                      {"sha256", HexOf(it->second.sha256)}};
   }
-  RETURN_IF_ERROR(SyncDirectory(job_dir));
   return outputs.dump();
 }
 
@@ -193,11 +166,11 @@ absl::StatusOr<std::string> AssembleJob(
   for (const fs::directory_entry& entry :
        fs::directory_iterator(staging, error)) {
     if (entry.path().filename() == name) continue;
-    RETURN_IF_ERROR(Rename(entry.path().string(),
-                           parent + "/" + entry.path().filename().string()));
+    RETURN_IF_ERROR(
+        RenameDurably(entry.path().string(),
+                      parent + "/" + entry.path().filename().string()));
   }
-  RETURN_IF_ERROR(Rename(options.output, output.string()));
-  RETURN_IF_ERROR(SyncDirectory(parent));
+  RETURN_IF_ERROR(RenameDurably(options.output, output.string()));
   RETURN_IF_ERROR(WriteFileAtomically(assembled, ReportPath(spec) + "\n"));
   fs::remove_all(staging, error);
   return ReportPath(spec);
