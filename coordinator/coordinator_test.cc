@@ -9,9 +9,11 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "common/file.h"
 #include "common/test_data.h"
 #include "convert/tiny_llama.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
 #include "proto/quant/v1/quantization_service.grpc.pb.h"
 #include "proto/recipe.h"
@@ -339,6 +341,72 @@ TEST_F(CoordinatorTest, CancelStopsAJobAndResumeFinishesIt) {
   ASSERT_TRUE(stub_->ListWorkers(&workers_context, {}, &workers).ok());
   EXPECT_EQ(workers.workers_size(), 1);
   EXPECT_EQ(workers.workers(0).tasks_done(), 3);
+}
+
+std::string Flatten(const grpc::ByteBuffer& buffer) {
+  std::vector<grpc::Slice> slices;
+  EXPECT_TRUE(buffer.Dump(&slices).ok());
+  std::string out;
+  for (const grpc::Slice& slice : slices) {
+    out.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  }
+  return out;
+}
+
+grpc::ByteBuffer Buffer(const std::string& bytes) {
+  grpc::Slice slice(bytes);
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+// grpc.health.v1 and server reflection answer, through hand-encoded
+// messages (so the test needs neither service's generated code).
+TEST_F(CoordinatorTest, HealthAndReflectionAreOn) {
+  grpc::GenericStub stub(coordinator_->InProcessChannel());
+  // HealthCheckRequest{service: ""} is empty; the answer is
+  // HealthCheckResponse{status: SERVING (1)}.
+  grpc::ClientContext health_context;
+  const grpc::ByteBuffer request = Buffer("");
+  grpc::ByteBuffer response;
+  absl::Notification done;
+  grpc::Status status;
+  stub.UnaryCall(&health_context, "/grpc.health.v1.Health/Check",
+                 grpc::StubOptions(), &request, &response, [&](grpc::Status s) {
+                   status = s;
+                   done.Notify();
+                 });
+  done.WaitForNotification();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(Flatten(response), std::string("\x08\x01", 2));
+
+  // ServerReflectionRequest{list_services: ""} (field 7).
+  grpc::CompletionQueue cq;
+  grpc::ClientContext reflection_context;
+  auto call = stub.PrepareCall(
+      &reflection_context,
+      "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  void* tag;
+  bool ok;
+  auto step = [&](intptr_t want) {
+    ASSERT_TRUE(cq.Next(&tag, &ok));
+    EXPECT_TRUE(ok);
+    EXPECT_EQ(reinterpret_cast<intptr_t>(tag), want);
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  step(1);
+  call->Write(Buffer(std::string("\x3a\x00", 2)), reinterpret_cast<void*>(2));
+  step(2);
+  call->WritesDone(reinterpret_cast<void*>(3));
+  step(3);
+  grpc::ByteBuffer listed;
+  call->Read(&listed, reinterpret_cast<void*>(4));
+  step(4);
+  grpc::Status finished;
+  call->Finish(&finished, reinterpret_cast<void*>(5));
+  step(5);
+  EXPECT_TRUE(finished.ok()) << finished.error_message();
+  const std::string services = Flatten(listed);
+  EXPECT_NE(services.find("quant.v1.QuantizationService"), std::string::npos);
+  EXPECT_NE(services.find("quant.v1.WorkerGateway"), std::string::npos);
 }
 
 }  // namespace
