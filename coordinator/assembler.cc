@@ -73,11 +73,16 @@ absl::StatusOr<std::string> CommitTaskOutputs(
                          ", ", plan.seq_len, ", ", hidden_size, "]"));
       }
     }
-    const std::string final_path = OutputPath(job_dir, task, name);
-    RETURN_IF_ERROR(RenameDurably(path, final_path));
-    outputs[name] = {{"path", final_path},
+    outputs[name] = {{"path", OutputPath(job_dir, task, name)},
                      {"bytes", it->second.bytes},
                      {"sha256", HexOf(it->second.sha256)}};
+  }
+  // Every output checked before any moves: a refused upload moves nothing.
+  // (The task commits after the last rename; a crash between renames
+  // leaves files the next attempt overwrites.)
+  for (const std::string& name : TaskOutputs(plan, task)) {
+    RETURN_IF_ERROR(RenameDurably(received.at(name).path,
+                                  outputs[name]["path"].get<std::string>()));
   }
   return outputs.dump();
 }
@@ -100,16 +105,52 @@ void DropConsumedActivations(const std::string& job_dir, const JobPlan& plan,
   }
 }
 
-void CleanJobDir(const std::string& job_dir) {
+std::string UploadDir(const std::string& job_dir, int32_t task_index,
+                      int64_t epoch) {
+  return absl::StrCat(job_dir, "/", kUploadsPrefix, task_index, "-", epoch);
+}
+
+absl::StatusOr<std::map<std::string, UploadReceiver::Received>> ReadUploads(
+    const std::string& dir, const std::vector<std::string>& expected) {
+  std::map<std::string, UploadReceiver::Received> received;
+  for (const std::string& name : expected) {
+    const std::string path = dir + "/" + name;
+    absl::StatusOr<std::unique_ptr<MappedFile>> file = MappedFile::Open(path);
+    if (!file.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("output \"", name, "\" was not uploaded"));
+    }
+    UploadReceiver::Received& r = received[name];
+    r.path = path;
+    r.bytes = (*file)->size();
+    r.sha256 = Sha256Of(absl::string_view(
+        reinterpret_cast<const char*>((*file)->data()), (*file)->size()));
+  }
+  return received;
+}
+
+void DropUploads(const std::string& job_dir, int32_t task_index) {
+  const std::string prefix = absl::StrCat(kUploadsPrefix, task_index, "-");
   std::error_code error;
   for (const fs::directory_entry& entry :
        fs::directory_iterator(job_dir, error)) {
-    const std::string name = entry.path().filename().string();
-    if (absl::StartsWith(name, kUploadsPrefix) ||
-        absl::StrContains(name, ".tmp.")) {
+    if (absl::StartsWith(entry.path().filename().string(), prefix)) {
       fs::remove_all(entry.path(), error);
     }
   }
+}
+
+void CleanJobDir(const std::string& job_dir) {
+  std::error_code error;
+  std::vector<fs::path> temporary;
+  fs::recursive_directory_iterator it(job_dir, error);
+  for (; !error && it != fs::recursive_directory_iterator();
+       it.increment(error)) {
+    if (absl::StrContains(it->path().filename().string(), ".tmp.")) {
+      temporary.push_back(it->path());
+    }
+  }
+  for (const fs::path& path : temporary) fs::remove(path, error);
 }
 
 absl::StatusOr<std::string> AssembleJob(
@@ -150,29 +191,34 @@ absl::StatusOr<std::string> AssembleJob(
         absl::StrCat("cannot create ", staging, ": ", error.message()));
   }
   options.output = staging + "/" + name;
-  ASSIGN_OR_RETURN(const QuantizationPlan plan, PlanQuantization(options));
-  ASSIGN_OR_RETURN(const QuantizeModelResult result,
-                   AssembleOutput(options, plan, start));
-  (void)result;
-  // SubmitJob refused an existing output; one there now is someone else's.
-  if (fs::exists(output, error)) {
-    return absl::AlreadyExistsError(absl::StrCat(
-        output.string(), " appeared while the job ran; not replaced"));
-  }
-  // Everything AssembleOutput wrote is the output and, for a file, its
-  // report files beside it: the reports first (replacing those of an
-  // interrupted attempt), the output last, so that the output's name
-  // appears only once everything is there.
-  for (const fs::directory_entry& entry :
-       fs::directory_iterator(staging, error)) {
-    if (entry.path().filename() == name) continue;
-    RETURN_IF_ERROR(
-        RenameDurably(entry.path().string(),
-                      parent + "/" + entry.path().filename().string()));
-  }
-  RETURN_IF_ERROR(RenameDurably(options.output, output.string()));
-  RETURN_IF_ERROR(WriteFileAtomically(assembled, ReportPath(spec) + "\n"));
+  // The staging goes, whatever happens: it is a whole model's size.
+  const absl::Status built = [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(const QuantizationPlan plan, PlanQuantization(options));
+    RETURN_IF_ERROR(AssembleOutput(options, plan, start).status());
+    // SubmitJob refused an existing output; one there now is someone
+    // else's.
+    if (fs::exists(output, error)) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          output.string(), " appeared while the job ran; not replaced"));
+    }
+    // Everything AssembleOutput wrote is the output and, for a file, its
+    // report files beside it: the reports first (replacing those of an
+    // interrupted attempt), the output last, so that the output's name
+    // appears only once everything is there.
+    for (const fs::directory_entry& entry :
+         fs::directory_iterator(staging, error)) {
+      if (entry.path().filename() == name) continue;
+      RETURN_IF_ERROR(
+          RenameDurably(entry.path().string(),
+                        parent + "/" + entry.path().filename().string()));
+    }
+    // The marker first: a restart after the rename finds the output in
+    // place and the marker, and does not assemble again.
+    RETURN_IF_ERROR(WriteFileAtomically(assembled, ReportPath(spec) + "\n"));
+    return RenameDurably(options.output, output.string());
+  }();
   fs::remove_all(staging, error);
+  RETURN_IF_ERROR(built);
   return ReportPath(spec);
 }
 

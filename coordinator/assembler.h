@@ -35,8 +35,22 @@ absl::StatusOr<std::string> CommitTaskOutputs(
 void DropConsumedActivations(const std::string& job_dir, const JobPlan& plan,
                              const std::vector<TaskRow>& tasks);
 
+// Where the upload of a task's outputs under lease `epoch` is written.
+std::string UploadDir(const std::string& job_dir, int32_t task_index,
+                      int64_t epoch);
+// The complete outputs found in an upload directory (a coordinator that
+// restarted between a worker's upload and its CompleteTask finds them
+// there; each file was committed whole after its SHA-256 was checked, and
+// the SHA-256 is computed again here). FailedPrecondition naming an output
+// that is not there.
+absl::StatusOr<std::map<std::string, UploadReceiver::Received>> ReadUploads(
+    const std::string& dir, const std::vector<std::string>& expected);
+// Removes the upload directories of every lease of a task.
+void DropUploads(const std::string& job_dir, int32_t task_index);
+
 // Removes what an interrupted coordinator left in `job_dir`: temporary
-// files, uploads that were never committed, a half-written output.
+// files of writes that never finished. (Uploads complete on disk stay, for
+// ReadUploads.)
 void CleanJobDir(const std::string& job_dir);
 
 // Writes the job's output from the block results in `job_dir` and returns

@@ -64,6 +64,10 @@ std::shared_ptr<grpc::Channel> Coordinator::InProcessChannel() {
 void Coordinator::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
+  if (server_ == nullptr) {  // Create failed before the server started.
+    manager_.reset();
+    return;
+  }
   server_->GetHealthCheckService()->SetServingStatus(false);
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server_->Wait();

@@ -262,6 +262,31 @@ TEST_F(CoordinatorTest, BadSubmissionsNameTheField) {
   EXPECT_FALSE(fs::exists(dir_ + "/out/never"));
 }
 
+TEST_F(CoordinatorTest, OneCoordinatorPerStateDirectory) {
+  CoordinatorOptions options;
+  options.listen_address = "";
+  options.jobs.state_dir = dir_ + "/state";
+  options.jobs.model_roots = {dir_};
+  options.jobs.output_roots = {dir_};
+  const auto second = Coordinator::Create(options);
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(second.status().message().find("another coordinator"),
+            absl::string_view::npos);
+}
+
+TEST_F(CoordinatorTest, TwoJobsCannotWriteOneOutput) {
+  v1::Job job;
+  ASSERT_TRUE(Submit(Spec(engine_, dir_ + "/out/once"), &job).ok());
+  // The same output, spelled another way.
+  const grpc::Status again =
+      Submit(Spec(engine_, dir_ + "/out/../out/once/"), &job);
+  EXPECT_EQ(again.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(again.error_message().find("already writes"), std::string::npos)
+      << again.error_message();
+  // Stored resolved.
+  EXPECT_EQ(Get("1").spec().output(), dir_ + "/out/once");
+}
+
 TEST_F(CoordinatorTest, AFailedJobResumesOnceTheCauseIsGone) {
   const std::string expected = EngineOutput(engine_, "engine-resume");
   v1::Job job;

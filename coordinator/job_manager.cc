@@ -1,5 +1,9 @@
 #include "coordinator/job_manager.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <random>
@@ -32,11 +36,6 @@ v1::TaskState ToProto(TaskState state) {
 }
 v1::JobState ToProto(JobState state) {
   return static_cast<v1::JobState>(static_cast<int>(state));
-}
-
-std::string UploadDir(const std::string& job_dir, const TaskRow& task,
-                      int64_t epoch) {
-  return absl::StrCat(job_dir, "/upload-", task.index, "-", epoch);
 }
 
 v1::Backend BackendOf(const v1::Capabilities& caps) { return caps.backend(); }
@@ -72,6 +71,17 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
         "cannot create ", options.state_dir, "/jobs: ", error.message()));
   }
   std::unique_ptr<JobManager> manager(new JobManager(std::move(options)));
+  // One coordinator per state directory: a second one (an old pod still
+  // running) would hand out the same fencing epochs.
+  const std::string lock_path = manager->options_.state_dir + "/LOCK";
+  manager->lock_fd_ =
+      ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (manager->lock_fd_ < 0 ||
+      ::flock(manager->lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("another coordinator uses ", manager->options_.state_dir,
+                     " (", lock_path, " is locked)"));
+  }
   ASSIGN_OR_RETURN(manager->store_,
                    JobStore::Open(manager->options_.state_dir + "/jobs.db"));
   SchedulerEvents events;
@@ -110,32 +120,35 @@ JobManager::~JobManager() {
   stopping_ = true;
   if (tick_thread_.joinable()) tick_thread_.join();
   if (assemble_thread_.joinable()) assemble_thread_.join();
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // Releases the flock.
 }
 
 void JobManager::Log(const std::string& line) const {
   if (options_.log) options_.log(line);
 }
 
-absl::Status JobManager::CheckPath(
+absl::StatusOr<std::string> JobManager::CanonicalPath(
     const std::string& field, const std::string& path,
     const std::vector<std::string>& roots) const {
   if (path.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(field, ": empty"));
   }
   std::error_code error;
-  const fs::path canonical = fs::weakly_canonical(fs::absolute(path), error);
+  std::string canonical =
+      fs::weakly_canonical(fs::absolute(path), error).string();
   if (error) {
     return absl::InvalidArgumentError(
         absl::StrCat(field, ": cannot resolve ", path));
   }
+  while (canonical.size() > 1 && canonical.back() == '/') canonical.pop_back();
   for (const std::string& root : roots) {
-    const fs::path base = fs::weakly_canonical(fs::absolute(root), error);
+    std::string base = fs::weakly_canonical(fs::absolute(root), error).string();
     if (error) continue;
-    const std::string b = base.string();
-    const std::string c = canonical.string();
-    if (c == b || (c.size() > b.size() && c.compare(0, b.size(), b) == 0 &&
-                   (b.back() == '/' || c[b.size()] == '/'))) {
-      return absl::OkStatus();
+    while (base.size() > 1 && base.back() == '/') base.pop_back();
+    if (canonical == base || (canonical.size() > base.size() &&
+                              canonical.compare(0, base.size(), base) == 0 &&
+                              (base == "/" || canonical[base.size()] == '/'))) {
+      return canonical;
     }
   }
   return absl::InvalidArgumentError(
@@ -143,12 +156,17 @@ absl::Status JobManager::CheckPath(
                    absl::StrJoin(roots, ", "), ")"));
 }
 
-absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::JobSpec& spec) {
-  RETURN_IF_ERROR(CheckNoUnknownFields(spec, "spec"));
-  RETURN_IF_ERROR(
-      CheckPath("spec.model_dir", spec.model_dir(), options_.model_roots));
-  RETURN_IF_ERROR(
-      CheckPath("spec.output", spec.output(), options_.output_roots));
+absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::JobSpec& submitted) {
+  RETURN_IF_ERROR(CheckNoUnknownFields(submitted, "spec"));
+  // Stored with every path resolved, so that the job means the same files
+  // whatever directory a restarted coordinator runs in.
+  v1::JobSpec spec = submitted;
+  ASSIGN_OR_RETURN(
+      *spec.mutable_model_dir(),
+      CanonicalPath("spec.model_dir", spec.model_dir(), options_.model_roots));
+  ASSIGN_OR_RETURN(
+      *spec.mutable_output(),
+      CanonicalPath("spec.output", spec.output(), options_.output_roots));
   std::error_code error;
   if (!fs::is_directory(spec.model_dir(), error)) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -158,27 +176,32 @@ absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::JobSpec& spec) {
     return absl::InvalidArgumentError(
         absl::StrCat("spec.output: ", spec.output(), " already exists"));
   }
-  const fs::path parent = fs::absolute(spec.output()).parent_path();
+  const fs::path parent = fs::path(spec.output()).parent_path();
   if (!fs::is_directory(parent, error)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "spec.output: the directory ", parent.string(), " does not exist"));
   }
-  ASSIGN_OR_RETURN(QuantizeModelOptions options,
-                   OptionsFromRecipe(spec.recipe()));
-  const v1::Calibration& calibration = spec.recipe().calibration();
-  if (!calibration.text_path().empty()) {
-    RETURN_IF_ERROR(CheckPath("recipe.calibration.text_path",
-                              calibration.text_path(), options_.model_roots));
+  v1::Calibration* calibration = spec.mutable_recipe()->mutable_calibration();
+  if (!calibration->text_path().empty()) {
+    ASSIGN_OR_RETURN(
+        *calibration->mutable_text_path(),
+        CanonicalPath("recipe.calibration.text_path", calibration->text_path(),
+                      options_.model_roots));
   }
-  if (!calibration.tokens_path().empty()) {
-    RETURN_IF_ERROR(CheckPath("recipe.calibration.tokens_path",
-                              calibration.tokens_path(), options_.model_roots));
+  if (!calibration->tokens_path().empty()) {
+    ASSIGN_OR_RETURN(
+        *calibration->mutable_tokens_path(),
+        CanonicalPath("recipe.calibration.tokens_path",
+                      calibration->tokens_path(), options_.model_roots));
   }
   for (int i = 0; i < spec.recipe().eval_texts_size(); ++i) {
-    RETURN_IF_ERROR(CheckPath(absl::StrCat("recipe.eval_texts[", i, "]"),
-                              spec.recipe().eval_texts(i),
-                              options_.model_roots));
+    std::string* text = spec.mutable_recipe()->mutable_eval_texts(i);
+    ASSIGN_OR_RETURN(
+        *text, CanonicalPath(absl::StrCat("recipe.eval_texts[", i, "]"), *text,
+                             options_.model_roots));
   }
+  ASSIGN_OR_RETURN(QuantizeModelOptions options,
+                   OptionsFromRecipe(spec.recipe()));
   options.model_dir = spec.model_dir();
   options.output = spec.output();
   options.work_dir = "unused";  // The planner's checks want one.
@@ -192,40 +215,59 @@ absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::JobSpec& spec) {
   ASSIGN_OR_RETURN(PlannedJob planned,
                    PlanJob(spec.recipe().mode(), options, *engine_plan));
 
+  // Submissions are serialized: two jobs must not write one output.
+  absl::MutexLock submit_lock(&submit_mu_);
+  ASSIGN_OR_RETURN(const std::vector<JobRow> jobs, store_->ListJobs());
+  for (const JobRow& row : jobs) {
+    v1::JobSpec other;
+    if (IsFinal(row.state) || !other.ParseFromString(row.spec)) continue;
+    if (other.output() == spec.output()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "spec.output: job ", row.id, " already writes ", spec.output()));
+    }
+  }
+
   // The job's directory, with its calibration windows, exists before the
-  // job is committed (a worker may lease its first task at once).
+  // job is committed (a worker may lease its first task at once); it is
+  // removed again if the job is not committed.
+  const std::string jobs_dir = options_.state_dir + "/jobs";
   const std::string job_dir = absl::StrFormat(
-      "%s/jobs/%016x", options_.state_dir,
+      "%s/%016x", jobs_dir,
       std::random_device{}() * uint64_t{0x100000000} + std::random_device{}());
   fs::create_directories(job_dir, error);
   if (error) {
     return absl::InternalError(absl::StrCat("cannot create ", job_dir));
   }
   planned.plan.job_dir = job_dir;
-  if (options.calibration.samples > 0) {
-    absl::StatusOr<std::vector<int32_t>> windows =
-        LoadCalibrationWindows(options.model_dir, options.calibration);
-    if (!windows.ok()) {
-      fs::remove_all(job_dir, error);
-      return absl::InvalidArgumentError(
-          absl::StrCat("recipe.calibration: ", windows.status().message()));
+  absl::StatusOr<int64_t> id = [&]() -> absl::StatusOr<int64_t> {
+    if (options.calibration.samples > 0) {
+      absl::StatusOr<std::vector<int32_t>> windows =
+          LoadCalibrationWindows(options.model_dir, options.calibration);
+      if (!windows.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("recipe.calibration: ", windows.status().message()));
+      }
+      ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWriter> writer,
+                       SafetensorsWriter::Create(WindowsPath(job_dir)));
+      RETURN_IF_ERROR(writer->AddTensor(
+          kWindowsTensor, SafetensorsDType::kI32,
+          {options.calibration.samples, options.calibration.seq_len}));
+      RETURN_IF_ERROR(writer->WriteTensorData(
+          kWindowsTensor, windows->data(), windows->size() * sizeof(int32_t)));
+      RETURN_IF_ERROR(writer->Finish());
     }
-    ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWriter> writer,
-                     SafetensorsWriter::Create(WindowsPath(job_dir)));
-    RETURN_IF_ERROR(writer->AddTensor(
-        kWindowsTensor, SafetensorsDType::kI32,
-        {options.calibration.samples, options.calibration.seq_len}));
-    RETURN_IF_ERROR(writer->WriteTensorData(kWindowsTensor, windows->data(),
-                                            windows->size() * sizeof(int32_t)));
-    RETURN_IF_ERROR(writer->Finish());
+    RETURN_IF_ERROR(SyncDirectory(jobs_dir));
+    JobRow row;
+    row.spec = spec.SerializeAsString();
+    return scheduler_->AddJob(row, planned.plan, planned.tasks);
+  }();
+  if (!id.ok()) {
+    fs::remove_all(job_dir, error);
+    return id.status();
   }
-  JobRow row;
-  row.spec = spec.SerializeAsString();
-  ASSIGN_OR_RETURN(const int64_t id,
-                   scheduler_->AddJob(row, planned.plan, planned.tasks));
-  Log(absl::StrCat("job ", id, ": submitted, ", planned.tasks.size(),
+  Log(absl::StrCat("job ", *id, ": submitted, ", planned.tasks.size(),
                    " tasks (", spec.model_dir(), " -> ", spec.output(), ")"));
-  return JobMessage(id, false);
+  return JobMessage(*id, false);
 }
 
 absl::StatusOr<JobManager::JobContext> JobManager::Context(int64_t job_id) {
@@ -451,10 +493,24 @@ absl::StatusOr<v1::LeaseTaskResponse> JobManager::LeaseTask(
       absl::StatusOr<v1::TaskSpec> spec =
           job.ok() ? BuildTaskSpec(*job, lease->task) : job.status();
       if (!spec.ok()) {
-        // The job's own inputs are broken (a model file gone): a task fault.
-        RETURN_IF_ERROR(scheduler_->Fail(lease->key, lease->epoch, true,
+        // The job's own inputs are broken (a model file gone, malformed):
+        // a task fault. Anything else (I/O trouble) is the infrastructure's,
+        // and the worker asks again later.
+        const absl::StatusCode code = spec.status().code();
+        const bool task_fault = code == absl::StatusCode::kNotFound ||
+                                code == absl::StatusCode::kInvalidArgument ||
+                                code == absl::StatusCode::kDataLoss;
+        RETURN_IF_ERROR(scheduler_->Fail(lease->key, lease->epoch, task_fault,
                                          std::string(spec.status().message())));
-        continue;
+        if (task_fault) continue;
+        return absl::UnavailableError(
+            absl::StrCat("cannot prepare a task: ", spec.status().message()));
+      }
+      if (cancelled()) {
+        // The caller is gone: the lease would sit unused until it expired.
+        RETURN_IF_ERROR(scheduler_->Fail(lease->key, lease->epoch, false,
+                                         "the lease was not delivered"));
+        return v1::LeaseTaskResponse();
       }
       v1::TaskRef* ref = response.mutable_task();
       ref->set_worker_id(request.worker_id());
@@ -532,19 +588,27 @@ absl::StatusOr<v1::UploadResultResponse> JobManager::UploadResult(
   RETURN_IF_ERROR(scheduler_->CheckLease(key, ref.epoch()));
   ASSIGN_OR_RETURN(const JobContext job, Context(key.job_id));
   const TaskRow& task = job.snapshot.tasks[key.index];
-  const std::string dir = UploadDir(job.plan.job_dir, task, ref.epoch());
+  const std::string dir = UploadDir(job.plan.job_dir, task.index, ref.epoch());
   std::error_code error;
   fs::remove_all(dir, error);
   fs::create_directories(dir, error);
   if (error) return absl::InternalError(absl::StrCat("cannot create ", dir));
   UploadReceiver receiver(dir, TaskOutputs(job.plan, task));
-  while (read(&message)) {
-    if (!message.has_chunk()) {
-      return absl::InvalidArgumentError("an upload sends its task once");
-    }
-    RETURN_IF_ERROR(receiver.Accept(message.chunk()));
+  absl::Status received = absl::OkStatus();
+  while (received.ok() && read(&message)) {
+    received =
+        message.has_chunk()
+            ? receiver.Accept(message.chunk())
+            : absl::InvalidArgumentError("an upload sends its task once");
   }
-  RETURN_IF_ERROR(receiver.Finish());
+  if (received.ok()) received = receiver.Finish();
+  if (received.code() == absl::StatusCode::kInvalidArgument) {
+    // Outputs the task does not have: the task's (its worker's code's)
+    // fault, not the network's.
+    (void)scheduler_->Fail(key, ref.epoch(), true,
+                           std::string(received.message()));
+  }
+  RETURN_IF_ERROR(received);
   if (options_.metrics != nullptr) {
     options_.metrics->AddBytesStreamed("from_worker", receiver.bytes());
   }
@@ -560,15 +624,6 @@ absl::StatusOr<v1::UploadResultResponse> JobManager::UploadResult(
 absl::Status JobManager::CompleteTask(const v1::CompleteTaskRequest& request) {
   const v1::TaskRef& ref = request.task();
   ASSIGN_OR_RETURN(const TaskKey key, KeyOf(ref));
-  std::map<std::string, UploadReceiver::Received> received;
-  {
-    absl::MutexLock lock(&uploads_mu_);
-    auto it = uploads_.find({key.job_id, key.index, ref.epoch()});
-    if (it != uploads_.end()) {
-      received = std::move(it->second);
-      uploads_.erase(it);
-    }
-  }
   ASSIGN_OR_RETURN(const JobContext job, Context(key.job_id));
   if (key.index < 0 ||
       key.index >= static_cast<int32_t>(job.snapshot.tasks.size())) {
@@ -577,20 +632,50 @@ absl::Status JobManager::CompleteTask(const v1::CompleteTaskRequest& request) {
   const TaskRow task = job.snapshot.tasks[key.index];
   ASSIGN_OR_RETURN(const ModelSpec model,
                    LoadModelConfig(job.spec.model_dir()));
-  RETURN_IF_ERROR(scheduler_->Complete(
+  ASSIGN_OR_RETURN(const QuantizeModelOptions options,
+                   OptionsFromRecipe(job.spec.recipe()));
+  // The verified upload: remembered, or found on disk by a coordinator that
+  // restarted after it.
+  std::map<std::string, UploadReceiver::Received> received;
+  {
+    absl::MutexLock lock(&uploads_mu_);
+    auto it = uploads_.find({key.job_id, key.index, ref.epoch()});
+    if (it != uploads_.end()) received = it->second;
+  }
+  if (received.empty()) {
+    absl::StatusOr<std::map<std::string, UploadReceiver::Received>> found =
+        ReadUploads(UploadDir(job.plan.job_dir, key.index, ref.epoch()),
+                    TaskOutputs(job.plan, task));
+    // Nothing uploaded under this lease: the worker uploads again.
+    if (!found.ok()) return absl::AbortedError(found.status().message());
+    received = *std::move(found);
+  }
+  const absl::Status completed = scheduler_->Complete(
       key, ref.epoch(), ref.worker_id(), request.seconds(), [&] {
         return CommitTaskOutputs(job.plan.job_dir, job.plan, task,
                                  model.hidden_size, received);
-      }));
+      });
+  if (completed.code() == absl::StatusCode::kInvalidArgument) {
+    // The outputs themselves are wrong: the task's fault, within its budget.
+    (void)scheduler_->Fail(key, ref.epoch(), true,
+                           std::string(completed.message()));
+  }
+  RETURN_IF_ERROR(completed);
+  {
+    absl::MutexLock lock(&uploads_mu_);
+    for (auto it = uploads_.begin(); it != uploads_.end();) {
+      const bool same_task = std::get<0>(it->first) == key.job_id &&
+                             std::get<1>(it->first) == key.index;
+      it = same_task ? uploads_.erase(it) : std::next(it);
+    }
+  }
+  DropUploads(job.plan.job_dir, key.index);  // Every lease's, old ones too.
   ASSIGN_OR_RETURN(const JobSnapshot after, scheduler_->GetJob(key.job_id));
-  std::error_code error;
-  fs::remove_all(UploadDir(job.plan.job_dir, task, ref.epoch()), error);
   DropConsumedActivations(job.plan.job_dir, job.plan, after.tasks);
   if (options_.metrics != nullptr) {
     options_.metrics->TaskCompleted(task.kind);
-    options_.metrics->ObserveTaskDuration(
-        QuantMethodName(OptionsFromRecipe(job.spec.recipe())->method), "cpu",
-        request.seconds());
+    options_.metrics->ObserveTaskDuration(QuantMethodName(options.method),
+                                          "cpu", request.seconds());
   }
   Log(absl::StrFormat("job %d: %s task %d done in %.1f s", key.job_id,
                       task.kind, key.index, request.seconds()));
@@ -637,6 +722,9 @@ void JobManager::AssembleLoop() {
         const absl::Status marked = scheduler_->MarkSucceeded(id);
         Log(absl::StrCat("job ", id, ": ",
                          marked.ok() ? "succeeded" : marked.ToString()));
+        // The per-task files served their purpose: the output is written.
+        std::error_code error;
+        if (marked.ok()) fs::remove_all(job->plan.job_dir, error);
       } else {
         Log(absl::StrCat("job ", id,
                          ": assembly failed: ", report.status().ToString()));
@@ -663,7 +751,8 @@ void JobManager::RefreshMetrics() {
     }
     for (const JobRow& row : *jobs) {
       ++by_state[JobStateName(row.state)];
-      if (row.state != JobState::kRunning && row.state != JobState::kQueued) {
+      if (IsFinal(row.state)) {
+        metrics->RemoveJobProgress(JobIdString(row.id));
         continue;
       }
       absl::StatusOr<JobSnapshot> snapshot = scheduler_->GetJob(row.id);

@@ -99,8 +99,11 @@ class JobManager {
   absl::StatusOr<v1::Job> JobMessage(int64_t job_id, bool include_tasks);
   absl::StatusOr<v1::TaskSpec> BuildTaskSpec(const JobContext& job,
                                              const TaskRow& task);
-  absl::Status CheckPath(const std::string& field, const std::string& path,
-                         const std::vector<std::string>& roots) const;
+  // The canonical absolute form of `path`, or InvalidArgument naming
+  // `field` when it is not inside one of `roots`.
+  absl::StatusOr<std::string> CanonicalPath(
+      const std::string& field, const std::string& path,
+      const std::vector<std::string>& roots) const;
   void Log(const std::string& line) const;
   void TickLoop();
   void AssembleLoop();
@@ -111,6 +114,9 @@ class JobManager {
   Clock* clock_;
   std::unique_ptr<JobStore> store_;
   std::unique_ptr<Scheduler> scheduler_;
+
+  absl::Mutex submit_mu_;  // One SubmitJob at a time (output uniqueness).
+  int lock_fd_ = -1;       // flock on state_dir/LOCK: one coordinator.
 
   // Verified uploads waiting for CompleteTask, by (job, task, epoch).
   absl::Mutex uploads_mu_;

@@ -362,7 +362,7 @@ absl::Status JobStore::Init() {
   absl::Status status = [&]() -> absl::Status {
     RETURN_IF_ERROR(inspect(&version, &objects, &has_jobs, &has_tasks));
     RETURN_IF_ERROR(check(version, objects, has_jobs, has_tasks));
-    if (version != 0) return absl::OkStatus();
+    if (version != 0) return Exec("COMMIT", "end schema check");
     RETURN_IF_ERROR(Exec(kSchemaSql, "create schema"));
     const std::string set_version =
         absl::StrCat("PRAGMA user_version=", kSchemaVersion);

@@ -1,5 +1,6 @@
 #include "coordinator/scheduler.h"
 
+#include <algorithm>
 #include <chrono>
 #include <random>
 
@@ -38,12 +39,31 @@ Scheduler::Scheduler(JobStore* store, Clock* clock, SchedulerOptions options,
 absl::Status Scheduler::Recover() {
   ASSIGN_OR_RETURN(const std::vector<JobRow> jobs, store_->ListJobs());
   absl::MutexLock lock(&mu_);
+  const int64_t now = clock_->NowMs();
   for (const JobRow& job : jobs) {
     if (IsFinal(job.state)) continue;
     ActiveJob active;
     active.job = job;
-    ASSIGN_OR_RETURN(active.plan, JobPlan::FromJson(job.plan));
-    ASSIGN_OR_RETURN(active.tasks, store_->GetTasks(job.id));
+    absl::StatusOr<JobPlan> plan = JobPlan::FromJson(job.plan);
+    absl::StatusOr<std::vector<TaskRow>> tasks = store_->GetTasks(job.id);
+    if (!plan.ok() || !tasks.ok()) {
+      // One damaged job must not keep the others from running.
+      const absl::Status why = plan.ok() ? tasks.status() : plan.status();
+      RETURN_IF_ERROR(store_->UpdateJobState(
+          job.id, JobState::kFailed,
+          absl::StrCat("cannot recover: ", why.message()), now));
+      continue;
+    }
+    active.plan = *std::move(plan);
+    active.tasks = *std::move(tasks);
+    // Leases held across the restart get a full lease from now: their
+    // workers could not heartbeat while the coordinator was down.
+    for (TaskRow& task : active.tasks) {
+      if (task.state == TaskState::kLeased) {
+        task.lease_deadline_ms =
+            std::max(task.lease_deadline_ms, now + options_.lease_ms);
+      }
+    }
     jobs_[job.id] = std::move(active);
   }
   Changed();
@@ -185,7 +205,8 @@ absl::StatusOr<std::optional<Lease>> Scheduler::TryLease(
 absl::StatusOr<TaskRow*> Scheduler::FindTask(const TaskKey& key) {
   auto it = jobs_.find(key.job_id);
   if (it == jobs_.end()) {
-    return absl::NotFoundError(
+    // Final (or unknown): whatever lease the caller holds is void.
+    return absl::FailedPreconditionError(
         absl::StrCat("job ", key.job_id, " is not active"));
   }
   if (key.index < 0 ||
@@ -222,13 +243,16 @@ absl::StatusOr<int64_t> Scheduler::Heartbeat(const TaskKey& key, int64_t epoch,
     w->second.last_seen_ms = now;
     w->second.task = KeyName(key);
   }
+  if (jobs_.count(key.job_id) == 0) {
+    // Ended (cancelled, failed): the holder stops.
+    absl::StatusOr<JobRow> row = store_->GetJob(key.job_id);
+    if (row.ok() && IsFinal(row->state)) {
+      return absl::CancelledError(
+          absl::StrCat("job ", key.job_id, " is ", JobStateName(row->state)));
+    }
+  }
   ASSIGN_OR_RETURN(TaskRow * live, LiveLease(key, epoch));
   ActiveJob& job = jobs_[key.job_id];
-  if (job.job.state == JobState::kCancelled ||
-      job.job.state == JobState::kFailed) {
-    return absl::CancelledError(
-        absl::StrCat("job ", key.job_id, " is ", JobStateName(job.job.state)));
-  }
   TaskRow task = *live;
   task.worker_id = worker_id;
   task.lease_deadline_ms = now + options_.lease_ms;
@@ -286,7 +310,7 @@ absl::Status Scheduler::Fail(const TaskKey& key, int64_t epoch, bool task_fault,
   const bool exhausted = task_fault
                              ? task.task_faults >= options_.max_task_faults
                              : task.infra_faults > options_.max_infra_faults;
-  if (exhausted) {
+  if (exhausted && !IsFinal(job.job.state)) {
     task.state = TaskState::kFailed;
     state.emplace(
         JobState::kFailed,
@@ -300,6 +324,7 @@ absl::Status Scheduler::Fail(const TaskKey& key, int64_t epoch, bool task_fault,
     task.state = TaskState::kPending;
   }
   RETURN_IF_ERROR(Commit(job, {task}, state));
+  if (state.has_value()) jobs_.erase(key.job_id);  // Now final.
   if (events_.task_failed) events_.task_failed(task, task_fault);
   if (!exhausted && events_.task_retried) events_.task_retried(task);
   return absl::OkStatus();
@@ -309,6 +334,7 @@ int Scheduler::ExpireLeases() {
   absl::MutexLock lock(&mu_);
   const int64_t now = clock_->NowMs();
   int expired = 0;
+  std::vector<int64_t> finished;
   for (auto& [id, job] : jobs_) {
     std::vector<TaskRow> changed;
     std::optional<std::pair<JobState, std::string>> state;
@@ -334,6 +360,7 @@ int Scheduler::ExpireLeases() {
     }
     if (changed.empty()) continue;
     if (!Commit(job, changed, state).ok()) continue;  // Retried next time.
+    if (state.has_value()) finished.push_back(id);
     for (const TaskRow& task : changed) {
       ++expired;
       for (auto& [wid, worker] : workers_) {
@@ -342,6 +369,7 @@ int Scheduler::ExpireLeases() {
       if (events_.task_released) events_.task_released(task);
     }
   }
+  for (int64_t id : finished) jobs_.erase(id);
   return expired;
 }
 
@@ -360,7 +388,10 @@ absl::Status Scheduler::Cancel(int64_t job_id) {
   }
   // Leases held are left to run out: the holders learn of the
   // cancellation from their next heartbeat.
-  return Commit(job, {}, std::make_pair(JobState::kCancelled, "cancelled"));
+  RETURN_IF_ERROR(
+      Commit(job, {}, std::make_pair(JobState::kCancelled, "cancelled")));
+  jobs_.erase(it);
+  return absl::OkStatus();
 }
 
 absl::Status Scheduler::Resume(int64_t job_id) {
@@ -392,28 +423,34 @@ absl::Status Scheduler::Resume(int64_t job_id) {
     task.infra_faults = 0;
     reset.push_back(std::move(task));
   }
-  return Commit(job, reset, std::make_pair(JobState::kQueued, ""));
+  // With every task done (the assembly failed, or the job was cancelled
+  // at its end), the job goes straight back to assembly.
+  return Commit(
+      job, reset,
+      std::make_pair(reset.empty() ? JobState::kRunning : JobState::kQueued,
+                     ""));
 }
 
 absl::Status Scheduler::MarkSucceeded(int64_t job_id) {
-  absl::MutexLock lock(&mu_);
-  auto it = jobs_.find(job_id);
-  if (it == jobs_.end()) {
-    return absl::NotFoundError(absl::StrCat("job ", job_id, " is not active"));
-  }
-  RETURN_IF_ERROR(
-      Commit(it->second, {}, std::make_pair(JobState::kSucceeded, "")));
-  jobs_.erase(it);
-  return absl::OkStatus();
+  return Finish(job_id, JobState::kSucceeded, "");
 }
 
 absl::Status Scheduler::MarkFailed(int64_t job_id, const std::string& error) {
+  return Finish(job_id, JobState::kFailed, error);
+}
+
+absl::Status Scheduler::Finish(int64_t job_id, JobState state,
+                               const std::string& error) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(job_id);
-  if (it == jobs_.end()) {
-    return absl::NotFoundError(absl::StrCat("job ", job_id, " is not active"));
+  // Only a running job ends here: a cancel that came first stands.
+  if (it == jobs_.end() || it->second.job.state != JobState::kRunning) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", job_id, " is no longer running"));
   }
-  return Commit(it->second, {}, std::make_pair(JobState::kFailed, error));
+  RETURN_IF_ERROR(Commit(it->second, {}, std::make_pair(state, error)));
+  jobs_.erase(it);
+  return absl::OkStatus();
 }
 
 std::vector<int64_t> Scheduler::JobsToAssemble() {

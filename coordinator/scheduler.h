@@ -113,7 +113,8 @@ class Scheduler {
   Scheduler(JobStore* store, Clock* clock, SchedulerOptions options,
             SchedulerEvents events = {});
 
-  // Loads every job that is not final from the store.
+  // Loads every job that is not final from the store (a job whose rows
+  // are damaged is marked failed). Leases held get a full lease from now.
   absl::Status Recover();
 
   // Commits a new job (queued) and its tasks; returns its id.
@@ -155,6 +156,8 @@ class Scheduler {
   // A failed or cancelled job back to queued, with fresh retry budgets for
   // the tasks that are not done.
   absl::Status Resume(int64_t job_id);
+  // The end of a running job (after its assembly); FailedPrecondition
+  // when it is no longer running (cancelled meanwhile).
   absl::Status MarkSucceeded(int64_t job_id);
   absl::Status MarkFailed(int64_t job_id, const std::string& error);
 
@@ -192,6 +195,7 @@ class Scheduler {
                       std::optional<std::pair<JobState, std::string>> state)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Changed() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Finish(int64_t job_id, JobState state, const std::string& error);
 
   JobStore* const store_;
   Clock* const clock_;

@@ -287,6 +287,54 @@ TEST_F(SchedulerTest, ARestartKeepsCommittedTasksAndLiveLeases) {
   EXPECT_EQ(StoredTask(job, 0).epoch, 1);  // Not recomputed.
 }
 
+TEST_F(SchedulerTest, LeasesHeldAcrossALongRestartAreNotLost) {
+  AddChain();
+  const std::string w = scheduler_->RegisterWorker("a", Cpu());
+  const Lease embed = MustLease(w);
+  clock_.Advance(5 * kLeaseMs);  // The coordinator was down for long.
+  Reopen();
+  // The holder gets a full lease from the restart to heartbeat again.
+  EXPECT_EQ(scheduler_->ExpireLeases(), 0);
+  clock_.Advance(kLeaseMs - 1);
+  ASSERT_TRUE(scheduler_->Heartbeat(embed.key, embed.epoch, w).ok());
+  ASSERT_TRUE(Complete(embed, w).ok());
+}
+
+TEST_F(SchedulerTest, AResumedJobWithEveryTaskDoneGoesBackToAssembly) {
+  const int64_t job = AddChain();
+  const std::string w = scheduler_->RegisterWorker("a", Cpu());
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(Complete(MustLease(w), w).ok());
+  ASSERT_TRUE(scheduler_->MarkFailed(job, "disk full").ok());
+  EXPECT_TRUE(scheduler_->JobsToAssemble().empty());
+  ASSERT_TRUE(scheduler_->Resume(job).ok());
+  EXPECT_EQ(store_->GetJob(job)->state, JobState::kRunning);
+  EXPECT_EQ(scheduler_->JobsToAssemble(), std::vector<int64_t>{job});
+}
+
+TEST_F(SchedulerTest, ACancelDuringAssemblyStands) {
+  const int64_t job = AddChain();
+  const std::string w = scheduler_->RegisterWorker("a", Cpu());
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(Complete(MustLease(w), w).ok());
+  ASSERT_TRUE(scheduler_->Cancel(job).ok());
+  EXPECT_EQ(scheduler_->MarkSucceeded(job).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store_->GetJob(job)->state, JobState::kCancelled);
+}
+
+TEST_F(SchedulerTest, ADamagedJobIsFailedAndTheOthersRecover) {
+  const int64_t good = AddChain();
+  JobRow bad;
+  bad.plan = "{not json";
+  auto bad_id = store_->CreateJob(bad, ChainTasks(), clock_.NowMs());
+  ASSERT_TRUE(bad_id.ok());
+  Reopen();
+  EXPECT_EQ(store_->GetJob(*bad_id)->state, JobState::kFailed);
+  EXPECT_NE(store_->GetJob(*bad_id)->error.find("cannot recover"),
+            std::string::npos);
+  const std::string w = scheduler_->RegisterWorker("a", Cpu());
+  EXPECT_EQ(MustLease(w).key.job_id, good);
+}
+
 TEST_F(SchedulerTest, WaitForChangeWakesOnACommit) {
   const uint64_t seen = scheduler_->version();
   AddChain();

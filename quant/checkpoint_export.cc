@@ -288,9 +288,11 @@ absl::Status WriteQuantizedCheckpoint(
         continue;
       }
       if (p.layer != loaded) {
+        // One block in memory at a time: the last one goes first.
+        current = BlockResult();
+        packed.clear();
         ASSIGN_OR_RETURN(current, block(p.layer));
         loaded = p.layer;
-        packed.clear();
         for (int i = 0; i < kBlockLinears; ++i) {
           ASSIGN_OR_RETURN(std::vector<PackedTensor> linear,
                            PackLinear(current.quantized[i],

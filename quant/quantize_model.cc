@@ -197,6 +197,7 @@ absl::StatusOr<ConvertResult> WriteGgufFromResults(
       const std::string prefix = absl::StrCat("model.layers.", layer, ".");
       if (hf_name.rfind(prefix, 0) != 0) continue;
       if (cached_layer != layer) {
+        cached = BlockResult();  // One block in memory at a time.
         ASSIGN_OR_RETURN(cached, load_block(layer));
         cached_layer = layer;
       }

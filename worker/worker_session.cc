@@ -82,7 +82,8 @@ const char* KindName(v1::TaskKind kind) {
 }
 
 const char* OutcomeName(int outcome) {
-  static const char* const kNames[] = {"done", "failed", "released"};
+  static const char* const kNames[] = {"done", "failed", "released",
+                                       "upload again"};
   return kNames[outcome];
 }
 
@@ -570,17 +571,26 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
             }
           }
         }
-        task.SetProgress("upload", kComputeEnd);
-        bool local_fault = false;
-        status = Upload(&task, outputs, &local_fault);
-        if (task.IsAbandoned()) {
-          outcome = Outcome::kReleased;
-        } else if (!status.ok()) {
-          outcome =
-              Fail(&task, /*task_fault=*/false,
-                   absl::StrCat("uploading outputs: ", status.ToString()));
-        } else {
-          outcome = Complete(&task, seconds);
+        // At most a few uploads: a coordinator that lost one asks again.
+        outcome = Outcome::kUploadAgain;
+        for (int upload = 0; upload < 3 && outcome == Outcome::kUploadAgain;
+             ++upload) {
+          task.SetProgress("upload", kComputeEnd);
+          bool local_fault = false;
+          status = Upload(&task, outputs, &local_fault);
+          if (task.IsAbandoned()) {
+            outcome = Outcome::kReleased;
+          } else if (!status.ok()) {
+            outcome =
+                Fail(&task, /*task_fault=*/false,
+                     absl::StrCat("uploading outputs: ", status.ToString()));
+          } else {
+            outcome = Complete(&task, seconds);
+          }
+        }
+        if (outcome == Outcome::kUploadAgain) {
+          outcome = Fail(&task, /*task_fault=*/false,
+                         "the coordinator keeps losing the upload");
         }
       }
     }
@@ -871,6 +881,12 @@ WorkerSession::Outcome WorkerSession::Complete(Task* task, double seconds) {
     }
     if (status.ok()) return Outcome::kDone;
     if (task->IsAbandoned()) return Outcome::kReleased;
+    if (status.code() == absl::StatusCode::kAborted) {
+      Log(absl::StrCat("task ", RefName(task->ref),
+                       ": the coordinator has no upload (", status.message(),
+                       "); uploading again"));
+      return Outcome::kUploadAgain;
+    }
     if (status.code() == absl::StatusCode::kFailedPrecondition) {
       Log(absl::StrCat("task ", RefName(task->ref),
                        ": lease lost before the commit (", status.message(),

@@ -100,7 +100,9 @@ class WorkerSession {
     int64_t lease_ms = 0;
     int64_t max_chunk_bytes = 0;
   };
-  enum class Outcome { kDone, kFailed, kReleased };
+  // kUploadAgain: the coordinator has no upload for the lease (it restarted
+  // and lost it); the outputs go again.
+  enum class Outcome { kDone, kFailed, kReleased, kUploadAgain };
 
   explicit WorkerSession(WorkerOptions options);
 

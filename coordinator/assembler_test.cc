@@ -1,0 +1,106 @@
+#include "coordinator/assembler.h"
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "common/checksum.h"
+#include "common/file.h"
+#include "common/test_data.h"
+#include "gtest/gtest.h"
+#include "proto/task_tensors.h"
+#include "quant/block_store.h"
+#include "quant/quantize_model.h"
+
+namespace quant {
+namespace {
+
+namespace fs = std::filesystem;
+
+JobPlan SequentialPlan() {
+  JobPlan plan;
+  plan.num_layers = 2;
+  plan.sequences = 2;
+  plan.seq_len = 3;
+  return plan;
+}
+
+TaskRow Block(int layer) {
+  TaskRow task;
+  task.index = layer + 1;
+  task.kind = kBlockTask;
+  task.layer = layer;
+  return task;
+}
+
+TEST(AssemblerTest, UploadsAreFoundOnDiskAndDroppedPerTask) {
+  const std::string job = MakeTestTempDir("assembler");
+  const std::string dir = UploadDir(job, 1, 4);
+  fs::create_directories(dir);
+  fs::create_directories(UploadDir(job, 1, 3));
+  fs::create_directories(UploadDir(job, 2, 4));
+  ASSERT_TRUE(WriteFileAtomically(dir + "/result", "result bytes").ok());
+  auto found = ReadUploads(dir, {kResultTensor});
+  ASSERT_TRUE(found.ok()) << found.status();
+  EXPECT_EQ(found->at(kResultTensor).bytes, 12u);
+  EXPECT_EQ(found->at(kResultTensor).sha256, Sha256Of("result bytes"));
+  EXPECT_EQ(
+      ReadUploads(dir, {kResultTensor, kActivationsTensor}).status().code(),
+      absl::StatusCode::kFailedPrecondition);
+  DropUploads(job, 1);
+  EXPECT_FALSE(fs::exists(dir));
+  EXPECT_FALSE(fs::exists(UploadDir(job, 1, 3)));
+  EXPECT_TRUE(fs::exists(UploadDir(job, 2, 4)));  // Another task's.
+}
+
+TEST(AssemblerTest, CleanJobDirRemovesOnlyUnfinishedWrites) {
+  const std::string job = MakeTestTempDir("assembler");
+  fs::create_directories(UploadDir(job, 1, 1));
+  ASSERT_TRUE(WriteFileAtomically(UploadDir(job, 1, 1) + "/result", "x").ok());
+  ASSERT_TRUE(WriteFileAtomically(job + "/block-0.safetensors", "y").ok());
+  ASSERT_TRUE(
+      WriteFileAtomically(job + "/block-1.safetensors.tmp.AbC123", "z").ok());
+  ASSERT_TRUE(
+      WriteFileAtomically(UploadDir(job, 1, 1) + "/activations.tmp.q", "w")
+          .ok());
+  CleanJobDir(job);
+  EXPECT_TRUE(fs::exists(UploadDir(job, 1, 1) + "/result"));
+  EXPECT_TRUE(fs::exists(job + "/block-0.safetensors"));
+  EXPECT_FALSE(fs::exists(job + "/block-1.safetensors.tmp.AbC123"));
+  EXPECT_FALSE(fs::exists(UploadDir(job, 1, 1) + "/activations.tmp.q"));
+}
+
+TEST(AssemblerTest, CommittedOutputsAreCheckedAndMovedIntoPlace) {
+  const std::string job = MakeTestTempDir("assembler");
+  const std::string upload = UploadDir(job, 1, 1);
+  fs::create_directories(upload);
+  // Activations of the planned shape [2, 3, 4], and a result that is not
+  // a safetensors file.
+  const std::vector<float> hidden(2 * 3 * 4, 0.5f);
+  ASSERT_TRUE(SaveActivations(upload + "/activations", hidden, 2, 3, 4).ok());
+  ASSERT_TRUE(WriteFileAtomically(upload + "/result", "garbage").ok());
+  auto received = ReadUploads(upload, {kResultTensor, kActivationsTensor});
+  ASSERT_TRUE(received.ok());
+  const absl::StatusOr<std::string> refused =
+      CommitTaskOutputs(job, SequentialPlan(), Block(0), 4, *received);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("result"), absl::string_view::npos);
+  // A real result file, but activations of another width.
+  ASSERT_TRUE(SaveActivations(upload + "/result", hidden, 2, 3, 4).ok());
+  received = ReadUploads(upload, {kResultTensor, kActivationsTensor});
+  EXPECT_EQ(CommitTaskOutputs(job, SequentialPlan(), Block(0), 8, *received)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  // The right width: both files move into the job directory.
+  const absl::StatusOr<std::string> outputs =
+      CommitTaskOutputs(job, SequentialPlan(), Block(0), 4, *received);
+  ASSERT_TRUE(outputs.ok()) << outputs.status();
+  EXPECT_TRUE(fs::exists(BlockResultPath(job, 0)));
+  EXPECT_TRUE(fs::exists(ActivationsPath(job, 1)));
+  EXPECT_NE(outputs->find(HexOf(received->at(kResultTensor).sha256)),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace quant
