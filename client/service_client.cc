@@ -255,6 +255,14 @@ absl::Status RunLocal(const v1::JobSpec& spec, const LocalRunOptions& options,
     state_dir = absl::StrCat(fs::temp_directory_path().string(),
                              "/quantctl-local-", ::getpid());
   }
+  // A temporary store goes however the run ends.
+  struct RemoveTemporary {
+    std::string dir;
+    ~RemoveTemporary() {
+      std::error_code error;
+      if (!dir.empty()) fs::remove_all(dir, error);
+    }
+  } remove_temporary{temporary ? state_dir : ""};
   CoordinatorOptions coordinator_options;
   coordinator_options.listen_address = "";  // In-process only.
   JobManagerOptions& jobs = coordinator_options.jobs;
@@ -267,13 +275,21 @@ absl::Status RunLocal(const v1::JobSpec& spec, const LocalRunOptions& options,
   const int cores = options.threads > 0
                         ? options.threads
                         : static_cast<int>(std::thread::hardware_concurrency());
+  // A sequential calibrated job runs one block at a time: its worker gets
+  // every core. Otherwise the workers share them.
+  const v1::Recipe& recipe = spec.recipe();
+  const bool one_at_a_time =
+      recipe.mode() != v1::MODE_PARALLEL &&
+      (!recipe.calibration().has_samples() || recipe.calibration().samples() > 0);
+  const int threads_per_worker =
+      one_at_a_time ? cores : std::max(1, cores / options.workers);
   std::vector<std::unique_ptr<WorkerSession>> sessions;
   std::vector<std::thread> threads;
   for (int i = 0; i < options.workers; ++i) {
     WorkerOptions worker;
     worker.channel = coordinator->InProcessChannel();
     worker.name = absl::StrCat("local-", i);
-    worker.threads = std::max(1, cores / options.workers);
+    worker.threads = threads_per_worker;
     worker.scratch_dir = absl::StrCat(state_dir, "/scratch-", i);
     worker.lease_wait_ms = 500;
     ASSIGN_OR_RETURN(std::unique_ptr<WorkerSession> session,
@@ -302,10 +318,6 @@ absl::Status RunLocal(const v1::JobSpec& spec, const LocalRunOptions& options,
     absl::StatusOr<std::string> table = ReadFileToString(table_path);
     if (table.ok()) out << *table;
     out << "wrote " << spec.output() << "\n";
-  }
-  if (temporary) {
-    std::error_code error;
-    fs::remove_all(state_dir, error);
   }
   return status;
 }

@@ -53,8 +53,10 @@ std::string RenderProgress(const v1::Job& job);
 const char* JobStateText(v1::JobState state);
 
 struct LocalRunOptions {
-  int workers = 2;        // In-process workers ...
-  int threads = 0;        // ... sharing this many cores (0: all).
+  int workers = 2;  // In-process workers ...
+  // ... on this many cores (0: all): each gets them all in a sequential
+  // calibrated job (one block runs at a time), else they share them.
+  int threads = 0;
   std::string state_dir;  // The job store; "" for a temporary one.
   bool progress_on_tty = false;
 };

@@ -1,0 +1,544 @@
+// Streaming throughput of the worker protocol over loopback gRPC: a real
+// Coordinator (coordinator/coordinator.h) on 127.0.0.1, driven through the
+// WorkerGateway stub the way a worker drives it. Per chunk size:
+//  - a data-free RTN job (GPTQ format) is submitted on the model, a worker
+//    registers and leases block 0;
+//  - coordinator -> worker: FetchInputs of all the task's inputs, every
+//    chunk checked with ChunkVerifier (CRC-32C per chunk, SHA-256 per
+//    tensor) as a worker checks it, the bytes not stored (the first,
+//    untimed fetch writes them to a local safetensors file as a worker does);
+//  - the block task is run once (worker/task_runner.h RunTask) on that file
+//    and its real output "result" is uploaded: worker -> coordinator is
+//    UploadResult of that file in chunks (SendTensor, as the worker sends
+//    it), repeated for the same lease (each call replaces the previous
+//    upload; the coordinator checks every chunk and fsyncs the file), then
+//    CompleteTask commits the last one.
+// A baseline pass over the same bytes in this process (memcpy, CRC-32C,
+// SHA-256, and CRC-32C + SHA-256 chunk by chunk, which is what each side of
+// a stream computes per byte) gives the checksum-bound ceiling.
+//
+// Prints markdown tables; MB = 1e6 bytes; each time is the median of --reps
+// timed runs after one untimed warm-up.
+//
+// Usage: service_stream [--model=DIR] [--hidden=2048] [--layers=2]
+//   [--bits=8] [--reps=5] [--chunks=1,4] (MiB) [--tmp=DIR]
+// Without --model a random-weight Llama (convert/tiny_llama.h) with the
+// given hidden size (intermediate 2.75x) is written to the temp directory.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
+#include "common/checksum.h"
+#include "common/chunk_stream.h"
+#include "common/file.h"
+#include "common/grpc_options.h"
+#include "common/status_macros.h"
+#include "convert/tiny_llama.h"
+#include "coordinator/coordinator.h"
+#include "format/safetensors.h"
+#include "grpcpp/grpcpp.h"
+#include "proto/quant/v1/quantization_service.grpc.pb.h"
+#include "proto/quant/v1/worker_service.grpc.pb.h"
+#include "proto/recipe.h"
+#include "quant/quantize_model.h"
+#include "worker/task_runner.h"
+
+namespace quant {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+struct Options {
+  std::string model;  // "": a synthetic model.
+  int64_t hidden = 2048;
+  int64_t layers = 2;
+  int bits = 8;
+  int reps = 5;
+  std::vector<int> chunk_mib = {1, 4};
+  std::string tmp;
+};
+
+bool ParseFlag(absl::string_view arg, absl::string_view name,
+               absl::string_view* value) {
+  if (!absl::ConsumePrefix(&arg, "--") || !absl::ConsumePrefix(&arg, name) ||
+      !absl::ConsumePrefix(&arg, "=")) {
+    return false;
+  }
+  *value = arg;
+  return true;
+}
+
+bool ParseArgs(int argc, char** argv, Options* options) {
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view value;
+    int number = 0;
+    int64_t number64 = 0;
+    if (ParseFlag(argv[i], "model", &value)) {
+      options->model = std::string(value);
+    } else if (ParseFlag(argv[i], "tmp", &value)) {
+      options->tmp = std::string(value);
+    } else if (ParseFlag(argv[i], "hidden", &value) &&
+               absl::SimpleAtoi(value, &number64) && number64 > 0 &&
+               number64 % 256 == 0) {
+      options->hidden = number64;
+    } else if (ParseFlag(argv[i], "layers", &value) &&
+               absl::SimpleAtoi(value, &number64) && number64 > 0) {
+      options->layers = number64;
+    } else if (ParseFlag(argv[i], "bits", &value) &&
+               absl::SimpleAtoi(value, &number) && number > 0) {
+      options->bits = number;
+    } else if (ParseFlag(argv[i], "reps", &value) &&
+               absl::SimpleAtoi(value, &number) && number > 0) {
+      options->reps = number;
+    } else if (ParseFlag(argv[i], "chunks", &value)) {
+      options->chunk_mib.clear();
+      for (absl::string_view part : absl::StrSplit(value, ',')) {
+        if (!absl::SimpleAtoi(part, &number) || number <= 0 || number > 8) {
+          return false;
+        }
+        options->chunk_mib.push_back(number);
+      }
+      if (options->chunk_mib.empty()) return false;
+    } else {
+      return false;
+    }
+  }
+  return true;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Median of `reps` timed runs of `fn` after one untimed warm-up; seconds.
+// `fn` returns a status; the first error ends the benchmark.
+template <typename Fn>
+absl::StatusOr<double> MedianSeconds(int reps, Fn fn) {
+  std::vector<double> times;
+  for (int i = 0; i <= reps; ++i) {
+    const Clock::time_point start = Clock::now();
+    absl::Status status = fn();
+    const double seconds =
+        std::chrono::duration<double>(Clock::now() - start).count();
+    if (!status.ok()) return status;
+    if (i > 0) times.push_back(seconds);
+  }
+  return Median(times);
+}
+
+absl::Status FromGrpc(const grpc::Status& status, absl::string_view what) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                      absl::StrCat(what, ": ", status.error_message()));
+}
+
+std::unique_ptr<grpc::ClientContext> Context(int seconds) {
+  auto context = std::make_unique<grpc::ClientContext>();
+  context->set_deadline(std::chrono::system_clock::now() +
+                        std::chrono::seconds(seconds));
+  return context;
+}
+
+// One FetchInputs stream of every input, each chunk checked as a worker
+// checks it. With `writer`, the bytes are also written there (as the
+// worker's input file). Returns the bytes received.
+absl::StatusOr<uint64_t> Fetch(v1::WorkerGateway::Stub* stub,
+                               const v1::TaskRef& ref, const v1::TaskSpec& spec,
+                               SafetensorsWriter* writer) {
+  v1::FetchInputsRequest request;
+  *request.mutable_task() = ref;
+  std::unique_ptr<grpc::ClientContext> context = Context(600);
+  std::unique_ptr<grpc::ClientReader<v1::Chunk>> reader =
+      stub->FetchInputs(context.get(), request);
+  v1::Chunk chunk;
+  int index = 0;
+  std::unique_ptr<ChunkVerifier> verifier;
+  uint64_t received = 0;
+  absl::Status problem;
+  while (reader->Read(&chunk)) {
+    if (!problem.ok()) continue;
+    if (index >= spec.inputs_size()) {
+      problem = absl::DataLossError("a chunk after the last input");
+      continue;
+    }
+    const v1::TensorInfo& want = spec.inputs(index);
+    if (verifier == nullptr) {
+      verifier =
+          std::make_unique<ChunkVerifier>(want.name(), want.size_bytes());
+    }
+    const uint64_t before = verifier->offset();
+    problem = verifier->Accept(chunk);
+    const uint64_t taken = verifier->offset() - before;
+    received += taken;
+    if (problem.ok() && writer != nullptr && taken > 0) {
+      problem =
+          writer->WriteTensorData(want.name(), chunk.data().data(), taken);
+    }
+    if (problem.ok() && verifier->done()) {
+      ++index;
+      verifier.reset();
+    }
+  }
+  RETURN_IF_ERROR(FromGrpc(reader->Finish(), "FetchInputs"));
+  RETURN_IF_ERROR(problem);
+  if (index != spec.inputs_size()) {
+    return absl::DataLossError("the input stream ended early");
+  }
+  return received;
+}
+
+// One UploadResult stream of `outputs` (name, file), sent as the worker
+// sends them. Returns the bytes the coordinator acknowledged.
+absl::StatusOr<uint64_t> Upload(
+    v1::WorkerGateway::Stub* stub, const v1::TaskRef& ref,
+    const std::vector<std::pair<std::string, std::string>>& outputs,
+    size_t chunk_bytes) {
+  std::unique_ptr<grpc::ClientContext> context = Context(600);
+  v1::UploadResultResponse response;
+  std::unique_ptr<grpc::ClientWriter<v1::UploadResultRequest>> writer =
+      stub->UploadResult(context.get(), &response);
+  v1::UploadResultRequest header;
+  *header.mutable_task() = ref;
+  bool open = writer->Write(header);
+  v1::UploadResultRequest request;
+  absl::Status local;
+  for (size_t i = 0; open && local.ok() && i < outputs.size(); ++i) {
+    ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> file,
+                     MappedFile::Open(outputs[i].second));
+    v1::TensorInfo info;
+    info.set_name(outputs[i].first);
+    info.set_dtype("U8");
+    info.add_shape(static_cast<int64_t>(file->size()));
+    info.set_size_bytes(file->size());
+    static const uint8_t kNoBytes = 0;
+    const uint8_t* data = file->size() > 0 ? file->data() : &kNoBytes;
+    absl::Status status =
+        SendTensor(info, data, 0, chunk_bytes, [&](const v1::Chunk& chunk) {
+          *request.mutable_chunk() = chunk;  // As the worker does.
+          open = writer->Write(request);
+          return open;
+        });
+    if (!status.ok() && open) local = status;
+  }
+  writer->WritesDone();
+  const grpc::Status finished = writer->Finish();
+  RETURN_IF_ERROR(local);
+  RETURN_IF_ERROR(FromGrpc(finished, "UploadResult"));
+  return response.bytes_received();
+}
+
+struct Row {
+  std::string direction;
+  int chunk_mib = 0;
+  uint64_t bytes = 0;
+  double seconds = 0;
+};
+
+struct Baseline {
+  std::string pass;
+  uint64_t bytes = 0;
+  double seconds = 0;
+};
+
+double MBps(uint64_t bytes, double seconds) { return bytes / 1e6 / seconds; }
+
+// memcpy, CRC-32C, SHA-256 and both (in 4 MiB chunks) over `data`.
+absl::StatusOr<std::vector<Baseline>> Baselines(const std::string& data,
+                                                const std::string& label,
+                                                int reps) {
+  std::vector<Baseline> rows;
+  const size_t chunk = 4 << 20;
+  std::string copy(data.size(), '\1');  // Touched: no page faults timed.
+  volatile uint32_t sink = 0;
+  ASSIGN_OR_RETURN(double s, MedianSeconds(reps, [&] {
+                     std::memcpy(copy.data(), data.data(), data.size());
+                     sink = sink + static_cast<uint8_t>(copy[copy.size() / 2]);
+                     return absl::OkStatus();
+                   }));
+  rows.push_back({label + ": memcpy", data.size(), s});
+  ASSIGN_OR_RETURN(s, MedianSeconds(reps, [&] {
+                     uint32_t crc = 0;
+                     for (size_t at = 0; at < data.size(); at += chunk) {
+                       crc ^= Crc32c(data.data() + at,
+                                     std::min(chunk, data.size() - at));
+                     }
+                     sink = sink + crc;
+                     return absl::OkStatus();
+                   }));
+  rows.push_back({label + ": CRC-32C", data.size(), s});
+  ASSIGN_OR_RETURN(s, MedianSeconds(reps, [&] {
+                     Sha256 hash;
+                     hash.Update(data.data(), data.size());
+                     sink = sink + static_cast<uint8_t>(hash.Finish()[0]);
+                     return absl::OkStatus();
+                   }));
+  rows.push_back({label + ": SHA-256", data.size(), s});
+  ASSIGN_OR_RETURN(s, MedianSeconds(reps, [&] {
+                     Sha256 hash;
+                     uint32_t crc = 0;
+                     for (size_t at = 0; at < data.size(); at += chunk) {
+                       const size_t n = std::min(chunk, data.size() - at);
+                       crc ^= Crc32c(data.data() + at, n);
+                       hash.Update(data.data() + at, n);
+                     }
+                     sink = sink + crc + static_cast<uint8_t>(hash.Finish()[0]);
+                     return absl::OkStatus();
+                   }));
+  rows.push_back({label + ": CRC-32C + SHA-256", data.size(), s});
+  return rows;
+}
+
+absl::StatusOr<std::string> ReadAll(const std::string& path) {
+  ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> file, MappedFile::Open(path));
+  return std::string(reinterpret_cast<const char*>(file->data()), file->size());
+}
+
+absl::Status Run(const Options& options) {
+  const std::string tmp = options.tmp.empty()
+                              ? absl::StrCat(fs::temp_directory_path().string(),
+                                             "/service_stream.", ::getpid())
+                              : options.tmp;
+  std::error_code error;
+  fs::remove_all(tmp, error);
+  fs::create_directories(tmp + "/out");
+  std::string model = options.model;
+  if (model.empty()) {
+    model = tmp + "/model";
+    TinyLlamaOptions tiny;
+    tiny.hidden_size = options.hidden;
+    tiny.intermediate_size = (options.hidden * 11 / 4 + 255) / 256 * 256;
+    tiny.num_layers = options.layers;
+    tiny.num_shards = 1;
+    RETURN_IF_ERROR(WriteTinyLlama(model, tiny));
+  }
+  model = fs::absolute(model).lexically_normal().string();
+  const std::string model_root = fs::path(model).parent_path().string();
+
+  QuantizeModelOptions engine;
+  engine.method = QuantMethod::kRtn;
+  engine.output_format = OutputFormat::kGptq;
+  engine.weights = {options.bits, 128, false};
+  engine.calibration.samples = 0;
+
+  std::vector<Row> rows;
+  std::vector<std::pair<std::string, std::string>> outputs;  // Run once.
+  std::string inputs_path;
+  uint64_t input_bytes = 0;
+  std::string task_text;
+  for (size_t c = 0; c < options.chunk_mib.size(); ++c) {
+    const int mib = options.chunk_mib[c];
+    const size_t chunk_bytes = static_cast<size_t>(mib) << 20;
+    CoordinatorOptions coordinator_options;
+    coordinator_options.listen_address = "127.0.0.1:0";
+    JobManagerOptions& jobs = coordinator_options.jobs;
+    jobs.state_dir = absl::StrCat(tmp, "/state-", mib);
+    jobs.model_roots = {model_root, tmp};
+    jobs.output_roots = {tmp + "/out"};
+    jobs.max_chunk_bytes = static_cast<int64_t>(chunk_bytes);
+    jobs.scheduler.lease_ms = 3'600'000;  // No heartbeats here.
+    ASSIGN_OR_RETURN(std::unique_ptr<Coordinator> coordinator,
+                     Coordinator::Create(coordinator_options));
+    const std::string target = absl::StrCat("127.0.0.1:", coordinator->port());
+    std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
+        target, grpc::InsecureChannelCredentials(), ServiceChannelArguments());
+    auto jobs_stub = v1::QuantizationService::NewStub(channel);
+    auto gateway = v1::WorkerGateway::NewStub(channel);
+
+    v1::SubmitJobRequest submit;
+    submit.mutable_spec()->set_model_dir(model);
+    submit.mutable_spec()->set_output(absl::StrCat(tmp, "/out/gptq-", mib));
+    *submit.mutable_spec()->mutable_recipe() = RecipeFromOptions(engine);
+    v1::Job job;
+    RETURN_IF_ERROR(FromGrpc(
+        jobs_stub->SubmitJob(Context(60).get(), submit, &job), "SubmitJob"));
+
+    v1::RegisterWorkerRequest register_request;
+    register_request.set_name("bench");
+    register_request.mutable_capabilities()->set_backend(v1::BACKEND_CPU);
+    register_request.mutable_capabilities()->set_threads(
+        static_cast<int32_t>(std::thread::hardware_concurrency()));
+    register_request.mutable_capabilities()->set_memory_bytes(int64_t{16}
+                                                              << 30);
+    v1::RegisterWorkerResponse registration;
+    RETURN_IF_ERROR(
+        FromGrpc(gateway->RegisterWorker(Context(60).get(), register_request,
+                                         &registration),
+                 "RegisterWorker"));
+    v1::LeaseTaskRequest lease_request;
+    lease_request.set_worker_id(registration.worker_id());
+    lease_request.set_wait_ms(10'000);
+    v1::LeaseTaskResponse lease;
+    RETURN_IF_ERROR(
+        FromGrpc(gateway->LeaseTask(Context(60).get(), lease_request, &lease),
+                 "LeaseTask"));
+    if (!lease.has_task() || lease.spec().kind() != v1::TASK_KIND_BLOCK) {
+      return absl::InternalError("no block task was leased");
+    }
+    const v1::TaskRef ref = lease.task();
+    const v1::TaskSpec& spec = lease.spec();
+    uint64_t total = 0;
+    for (const v1::TensorInfo& info : spec.inputs()) total += info.size_bytes();
+    if (c == 0) {
+      input_bytes = total;
+      task_text = absl::StrFormat(
+          "block %d: %d input tensors, %.1f MB; outputs:", spec.layer(),
+          spec.inputs_size(), total / 1e6);
+      for (const std::string& out : spec.outputs()) {
+        absl::StrAppend(&task_text, " ", out);
+      }
+    }
+
+    // coordinator -> worker. The warm-up fetch writes the worker's input
+    // file (first chunk size only).
+    bool warm = false;
+    auto fetch_once = [&]() -> absl::Status {
+      std::unique_ptr<SafetensorsWriter> writer;
+      if (!warm && c == 0) {
+        inputs_path = tmp + "/inputs.safetensors";
+        ASSIGN_OR_RETURN(writer, SafetensorsWriter::Create(inputs_path));
+        for (const v1::TensorInfo& info : spec.inputs()) {
+          ASSIGN_OR_RETURN(const SafetensorsDType dtype,
+                           ParseSafetensorsDType(info.dtype()));
+          RETURN_IF_ERROR(writer->AddTensor(
+              info.name(), dtype,
+              std::vector<int64_t>(info.shape().begin(), info.shape().end())));
+        }
+      }
+      warm = true;
+      ASSIGN_OR_RETURN(const uint64_t got,
+                       Fetch(gateway.get(), ref, spec, writer.get()));
+      if (got != total) return absl::DataLossError("short fetch");
+      if (writer != nullptr) RETURN_IF_ERROR(writer->Finish());
+      return absl::OkStatus();
+    };
+    ASSIGN_OR_RETURN(const double fetch_seconds,
+                     MedianSeconds(options.reps, fetch_once));
+    rows.push_back(
+        {"coordinator -> worker (FetchInputs)", mib, total, fetch_seconds});
+
+    // The block, run once on the fetched inputs: its real outputs.
+    if (outputs.empty()) {
+      const std::string run_dir = tmp + "/run";
+      fs::create_directories(run_dir);
+      ASSIGN_OR_RETURN(const TaskRunResult result,
+                       RunTask(spec, inputs_path, run_dir));
+      outputs = result.outputs;
+      absl::StrAppendFormat(&task_text, " (RunTask %.1f s)", result.seconds);
+    }
+    uint64_t out_bytes = 0;
+    for (const auto& output : outputs)
+      out_bytes += fs::file_size(output.second);
+
+    // worker -> coordinator, then the commit.
+    auto upload_once = [&]() -> absl::Status {
+      ASSIGN_OR_RETURN(const uint64_t acked,
+                       Upload(gateway.get(), ref, outputs, chunk_bytes));
+      if (acked != out_bytes) return absl::DataLossError("short upload");
+      return absl::OkStatus();
+    };
+    ASSIGN_OR_RETURN(const double upload_seconds,
+                     MedianSeconds(options.reps, upload_once));
+    rows.push_back({"worker -> coordinator (UploadResult)", mib, out_bytes,
+                    upload_seconds});
+    v1::CompleteTaskRequest complete;
+    *complete.mutable_task() = ref;
+    complete.set_seconds(1);
+    v1::CompleteTaskResponse completed;
+    RETURN_IF_ERROR(
+        FromGrpc(gateway->CompleteTask(Context(60).get(), complete, &completed),
+                 "CompleteTask"));
+
+    v1::CancelJobRequest cancel;
+    cancel.set_job_id(job.job_id());
+    v1::Job cancelled;
+    (void)jobs_stub->CancelJob(Context(60).get(), cancel, &cancelled);
+    coordinator->Shutdown();
+  }
+
+  // Baselines over the same bytes: the inputs as one buffer (the stream's
+  // payload: the input file less its header) and the result file.
+  ASSIGN_OR_RETURN(std::string inputs, ReadAll(inputs_path));
+  inputs = inputs.substr(inputs.size() - input_bytes);
+  std::string result;
+  for (const auto& output : outputs) {
+    ASSIGN_OR_RETURN(std::string bytes, ReadAll(output.second));
+    result += bytes;
+  }
+  ASSIGN_OR_RETURN(std::vector<Baseline> base_in,
+                   Baselines(inputs, "inputs", options.reps));
+  ASSIGN_OR_RETURN(std::vector<Baseline> base_out,
+                   Baselines(result, "result", options.reps));
+  const double ceiling_in = MBps(base_in.back().bytes, base_in.back().seconds);
+  const double ceiling_out =
+      MBps(base_out.back().bytes, base_out.back().seconds);
+
+  std::printf(
+      "Model: %s; task %s. Median of %d timed runs after a warm-up.\n\n",
+      model.c_str(), task_text.c_str(), options.reps);
+  std::printf(
+      "| direction | chunk | MB | seconds (median of %d) | MB/s | of CRC-32C + "
+      "SHA-256 rate |\n| --- | --- | --- | --- | --- | --- |\n",
+      options.reps);
+  for (const Row& row : rows) {
+    const double rate = MBps(row.bytes, row.seconds);
+    const double ceiling = row.direction.find("Fetch") != std::string::npos
+                               ? ceiling_in
+                               : ceiling_out;
+    std::printf("| %s | %d MiB | %.1f | %.3f | %.0f | %.0f%% |\n",
+                row.direction.c_str(), row.chunk_mib, row.bytes / 1e6,
+                row.seconds, rate, 100 * rate / ceiling);
+  }
+  std::printf(
+      "\n| one pass in one thread over the same bytes | MB | seconds (median "
+      "of %d) | MB/s |\n| --- | --- | --- | --- |\n",
+      options.reps);
+  for (const auto* base : {&base_in, &base_out}) {
+    for (const Baseline& row : *base) {
+      std::printf("| %s | %.1f | %.4f | %.0f |\n", row.pass.c_str(),
+                  row.bytes / 1e6, row.seconds, MBps(row.bytes, row.seconds));
+    }
+  }
+  if (options.tmp.empty()) fs::remove_all(tmp, error);
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace quant
+
+int main(int argc, char** argv) {
+  quant::Options options;
+  if (!quant::ParseArgs(argc, argv, &options)) {
+    std::fprintf(stderr,
+                 "usage: service_stream [--model=DIR] [--hidden=2048] "
+                 "[--layers=2] [--bits=8] [--reps=5] [--chunks=1,4] "
+                 "[--tmp=DIR]\n");
+    return 2;
+  }
+  const absl::Status status = quant::Run(options);
+  if (!status.ok()) {
+    std::fprintf(stderr, "service_stream: %s\n", status.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}
