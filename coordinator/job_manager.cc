@@ -453,7 +453,12 @@ absl::StatusOr<v1::TaskSpec> JobManager::BuildTaskSpec(const JobContext& job,
   v1::TaskSpec spec;
   spec.set_kind(task.kind == kEmbedTask     ? v1::TASK_KIND_EMBED
                 : task.kind == kForwardTask ? v1::TASK_KIND_FORWARD
+                : task.kind == kHeadTask    ? v1::TASK_KIND_HEAD
                                             : v1::TASK_KIND_BLOCK);
+  if (task.kind == kHeadTask) {
+    spec.mutable_tensor_types()->insert(job.plan.head_types.begin(),
+                                        job.plan.head_types.end());
+  }
   spec.set_layer(task.layer);
   ASSIGN_OR_RETURN(*spec.mutable_model_config_json(),
                    ReadFileToString(job.spec.model_dir() + "/config.json"));

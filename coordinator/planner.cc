@@ -8,6 +8,7 @@
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "proto/task_tensors.h"
+#include "quant/gguf_head.h"
 
 namespace quant {
 namespace {
@@ -25,16 +26,13 @@ TaskRow MakeTask(int index, const char* kind, int layer,
 }  // namespace
 
 std::string JobPlan::ToJson() const {
-  nlohmann::json j = {{"mode", v1::Mode_Name(mode)},
-                      {"job_dir", job_dir},
-                      {"num_layers", num_layers},
-                      {"sequences", sequences},
-                      {"seq_len", seq_len},
-                      {"norm_dtype", norm_dtype},
-                      {"linear_types", linear_types},
-                      {"embed_bytes", embed_bytes},
-                      {"forward_bytes", forward_bytes},
-                      {"block_bytes", block_bytes}};
+  nlohmann::json j = {
+      {"mode", v1::Mode_Name(mode)},  {"job_dir", job_dir},
+      {"num_layers", num_layers},     {"sequences", sequences},
+      {"seq_len", seq_len},           {"norm_dtype", norm_dtype},
+      {"linear_types", linear_types}, {"head_types", head_types},
+      {"embed_bytes", embed_bytes},   {"forward_bytes", forward_bytes},
+      {"block_bytes", block_bytes}};
   return j.dump();
 }
 
@@ -66,6 +64,15 @@ absl::StatusOr<JobPlan> JobPlan::FromJson(const std::string& json) {
     }
     plan.linear_types.push_back(std::move(types));
   }
+  if (j.contains("head_types")) {
+    if (!j["head_types"].is_object()) {
+      return absl::DataLossError("job plan: malformed");
+    }
+    for (const auto& [name, type] : j["head_types"].items()) {
+      if (!type.is_string()) return absl::DataLossError("job plan: malformed");
+      plan.head_types[name] = type.get<std::string>();
+    }
+  }
   plan.embed_bytes = j.value("embed_bytes", int64_t{0});
   plan.forward_bytes = j.value("forward_bytes", int64_t{0});
   plan.block_bytes = j.value("block_bytes", int64_t{0});
@@ -92,6 +99,11 @@ absl::StatusOr<PlannedJob> PlanJob(v1::Mode mode,
     }
     plan.linear_types.push_back(std::move(names));
   }
+  for (const auto& [name, type] : engine_plan.gguf_types) {
+    if (name.rfind("model.layers.", 0) != 0) {
+      plan.head_types[name] = std::string(GgmlTypeName(type));
+    }
+  }
 
   // Memory: activations in and out (F32), the block's weights as F32 a few
   // times over (original, working copy, dequantized), and the largest
@@ -117,30 +129,35 @@ absl::StatusOr<PlannedJob> PlanJob(v1::Mode mode,
     for (int layer = 0; layer < layers; ++layer) {
       job.tasks.push_back(MakeTask(layer, kBlockTask, layer, {}));
     }
-    return job;
-  }
-  job.tasks.push_back(MakeTask(0, kEmbedTask, -1, {}));
-  if (plan.mode == v1::MODE_SEQUENTIAL) {
+  } else if (plan.mode == v1::MODE_SEQUENTIAL) {
+    job.tasks.push_back(MakeTask(0, kEmbedTask, -1, {}));
     for (int layer = 0; layer < layers; ++layer) {
       job.tasks.push_back(MakeTask(layer + 1, kBlockTask, layer, {layer}));
     }
-    return job;
+  } else {
+    // Parallel: forward tasks 1 .. layers-1 (none after the last block),
+    // then the blocks.
+    job.tasks.push_back(MakeTask(0, kEmbedTask, -1, {}));
+    for (int layer = 0; layer + 1 < layers; ++layer) {
+      job.tasks.push_back(MakeTask(layer + 1, kForwardTask, layer, {layer}));
+    }
+    const int first_block = layers;  // == 1 + (layers - 1).
+    for (int layer = 0; layer < layers; ++layer) {
+      // Activations entering block b: embed (task 0) or forward b-1 (b).
+      job.tasks.push_back(
+          MakeTask(first_block + layer, kBlockTask, layer, {layer}));
+    }
   }
-  // Parallel: forward tasks 1 .. layers-1 (none after the last block),
-  // then the blocks.
-  for (int layer = 0; layer + 1 < layers; ++layer) {
-    job.tasks.push_back(MakeTask(layer + 1, kForwardTask, layer, {layer}));
-  }
-  const int first_block = layers;  // == 1 + (layers - 1).
-  for (int layer = 0; layer < layers; ++layer) {
-    // Activations entering block b: embed (task 0) or forward b-1 (task b).
+  // Last, so that the blocks' chain starts first.
+  if (!plan.head_types.empty()) {
     job.tasks.push_back(
-        MakeTask(first_block + layer, kBlockTask, layer, {layer}));
+        MakeTask(static_cast<int>(job.tasks.size()), kHeadTask, -1, {}));
   }
   return job;
 }
 
 std::vector<std::string> TaskOutputs(const JobPlan& plan, const TaskRow& task) {
+  if (task.kind == kHeadTask) return {kHeadTensor};
   if (task.kind == kBlockTask) {
     std::vector<std::string> outputs = {kResultTensor};
     if (plan.sequences > 0 && plan.mode == v1::MODE_SEQUENTIAL &&
@@ -155,15 +172,19 @@ std::vector<std::string> TaskOutputs(const JobPlan& plan, const TaskRow& task) {
 std::string OutputPath(const std::string& job_dir, const TaskRow& task,
                        const std::string& output) {
   if (output == kResultTensor) return BlockResultPath(job_dir, task.layer);
+  if (output == kHeadTensor) return GgufHeadPath(job_dir);
   return ActivationsPath(job_dir, task.layer + 1);
 }
 
 bool ReadsActivations(const JobPlan& plan, const TaskRow& task) {
-  return plan.sequences > 0 && task.kind != kEmbedTask;
+  return plan.sequences > 0 &&
+         (task.kind == kForwardTask || task.kind == kBlockTask);
 }
 
 int64_t TaskMemoryBytes(const JobPlan& plan, const TaskRow& task) {
-  if (task.kind == kEmbedTask) return plan.embed_bytes;
+  if (task.kind == kEmbedTask || task.kind == kHeadTask) {
+    return plan.embed_bytes;
+  }
   if (task.kind == kForwardTask) return plan.forward_bytes;
   return plan.block_bytes;
 }

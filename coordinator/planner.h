@@ -9,8 +9,10 @@
 //   block solves are independent of each other.
 // - data-free (RTN without calibration): one task per block, no
 //   dependencies.
-// Embeddings, norms and the output head are written by the assembler
-// (converted or copied from the mapped checkpoint, one tensor at a time).
+// GGUF output adds a head task (no dependencies, leased after the others
+// that are ready): the embeddings, final norm and output head encoded in
+// their GGUF types. GPTQ and AWQ directories keep those tensors as the
+// checkpoint has them; the assembler copies them.
 //
 // Where each task's inputs come from and its outputs go is a function of
 // the plan and the task alone, so a restarted coordinator recomputes it.
@@ -18,6 +20,7 @@
 #define COORDINATOR_PLANNER_H_
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -31,6 +34,7 @@ namespace quant {
 inline constexpr char kEmbedTask[] = "embed";
 inline constexpr char kForwardTask[] = "forward";
 inline constexpr char kBlockTask[] = "block";
+inline constexpr char kHeadTask[] = "head";
 
 // What the coordinator keeps of a plan (as JSON in the job store).
 struct JobPlan {
@@ -44,6 +48,8 @@ struct JobPlan {
   std::string norm_dtype;  // Of the checkpoint's norms.
   // Per block, the GGUF type names of its linears (empty lists unless GGUF).
   std::vector<std::vector<std::string>> linear_types;
+  // GGUF: the type names of the tensors outside the blocks, by HF name.
+  std::map<std::string, std::string> head_types;
   // Estimated peak memory of a task of each kind on a worker, bytes.
   int64_t embed_bytes = 0;
   int64_t forward_bytes = 0;

@@ -122,6 +122,18 @@ TEST_F(PlannerTest, PlanJsonRoundTripsWithGgufTypes) {
   EXPECT_EQ(back->mode, v1::MODE_PARALLEL);
   EXPECT_EQ(back->sequences, 8);
   EXPECT_EQ(back->norm_dtype, job.plan.norm_dtype);
+  // The tensors outside the blocks: one head task, last, no dependencies.
+  EXPECT_EQ(back->head_types, job.plan.head_types);
+  EXPECT_EQ(job.plan.head_types.at("lm_head.weight"), "q6_K");
+  EXPECT_EQ(job.plan.head_types.at("model.norm.weight"), "f32");
+  EXPECT_EQ(job.plan.head_types.count("model.embed_tokens.weight"), 1u);
+  const TaskRow& head = job.tasks.back();
+  EXPECT_EQ(head.kind, kHeadTask);
+  EXPECT_EQ(head.index, 6);
+  EXPECT_TRUE(head.deps.empty());
+  EXPECT_EQ(TaskOutputs(job.plan, head), std::vector<std::string>{kHeadTensor});
+  EXPECT_EQ(OutputPath("/j", head, kHeadTensor), "/j/head.safetensors");
+  EXPECT_FALSE(ReadsActivations(job.plan, head));
   EXPECT_EQ(JobPlan::FromJson("{\"mode\": 3}").status().code(),
             absl::StatusCode::kDataLoss);
   EXPECT_FALSE(JobPlan::FromJson("not json").ok());

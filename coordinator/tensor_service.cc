@@ -49,6 +49,13 @@ absl::StatusOr<std::unique_ptr<TaskInputs>> TaskInputs::Open(
     add(embedding, view);
     return inputs;
   }
+  if (task.kind == kHeadTask) {
+    for (const auto& [name, type] : plan.head_types) {
+      ASSIGN_OR_RETURN(const TensorView view, inputs->model_->Get(name));
+      add(name, view);
+    }
+    return inputs;
+  }
   const std::string prefix = absl::StrCat("model.layers.", task.layer, ".");
   for (const std::string& name : inputs->model_->TensorNames()) {
     if (name.rfind(prefix, 0) != 0) continue;

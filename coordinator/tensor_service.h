@@ -33,9 +33,10 @@ std::string WindowsPath(const std::string& job_dir);
 
 class TaskInputs {
  public:
-  // Maps what `task` reads: from `model_dir` the embedding (embed) or the
-  // block's tensors (forward, block), from `job_dir` the windows or the
-  // activations entering the block.
+  // Maps what `task` reads: from `model_dir` the embedding (embed), the
+  // block's tensors (forward, block) or the tensors outside the blocks
+  // (head), from `job_dir` the windows or the activations entering the
+  // block.
   static absl::StatusOr<std::unique_ptr<TaskInputs>> Open(
       const std::string& model_dir, const std::string& job_dir,
       const JobPlan& plan, const TaskRow& task);

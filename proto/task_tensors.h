@@ -14,6 +14,8 @@ inline constexpr char kWindowsTensor[] = "windows";
 inline constexpr char kActivationsTensor[] = "activations";
 // Output of BLOCK: the block result file (SaveBlockResult), U8.
 inline constexpr char kResultTensor[] = "result";
+// Output of HEAD: a safetensors file of the encoded non-block tensors, U8.
+inline constexpr char kHeadTensor[] = "head";
 
 }  // namespace quant
 

@@ -22,6 +22,7 @@
 #include "model/perplexity.h"
 #include "quant/block_store.h"
 #include "quant/checkpoint_export.h"
+#include "quant/gguf_head.h"
 #include "quant/gguf_pack.h"
 
 namespace quant {
@@ -191,8 +192,23 @@ absl::StatusOr<ConvertResult> WriteGgufFromResults(
   convert.has_importance = false;
   int cached_layer = -1;
   BlockResult cached;
+  // The tensors outside the blocks, when a worker encoded them already.
+  std::unique_ptr<SafetensorsFile> head;
+  std::error_code error;
+  if (fs::exists(GgufHeadPath(options.work_dir), error)) {
+    ASSIGN_OR_RETURN(head,
+                     SafetensorsFile::Open(GgufHeadPath(options.work_dir)));
+  }
   convert.tensor_source = [&](const std::string& hf_name)
       -> absl::StatusOr<std::optional<TensorOverride>> {
+    if (const TensorView* encoded =
+            head == nullptr ? nullptr : head->Find(hf_name)) {
+      TensorOverride tensor;
+      tensor.encoded.assign(encoded->data, encoded->data + encoded->nbytes);
+      tensor.encoded_type = gguf_types.at(hf_name);
+      head->Release(*encoded);
+      return tensor;
+    }
     for (int layer = 0; layer < spec.num_layers; ++layer) {
       const std::string prefix = absl::StrCat("model.layers.", layer, ".");
       if (hf_name.rfind(prefix, 0) != 0) continue;
@@ -306,8 +322,8 @@ absl::StatusOr<BlockRecipe> MakeBlockRecipe(
       continue;
     }
     if (!linear_types[i].has_value()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "GGUF output: no type for ", kBlockLinearNames[i]));
+      return absl::InvalidArgumentError(
+          absl::StrCat("GGUF output: no type for ", kBlockLinearNames[i]));
     }
     const GgmlType type = *linear_types[i];
     ASSIGN_OR_RETURN(r.formats[i], SolveFormatOfGgmlType(type));
@@ -486,9 +502,8 @@ absl::StatusOr<QuantizeModelResult> AssembleOutput(
   // The output, then the perplexity of what was written.
   BlockLoader evaluated;
   if (options.output_format == OutputFormat::kGguf) {
-    ASSIGN_OR_RETURN(
-        const ConvertResult written,
-        WriteGgufFromResults(options, plan, load_block));
+    ASSIGN_OR_RETURN(const ConvertResult written,
+                     WriteGgufFromResults(options, plan, load_block));
     log(absl::StrCat("wrote ", options.output, " (", written.output_bytes,
                      " bytes)"));
     // llama.cpp evaluates the GGUF itself; here the solution before it was

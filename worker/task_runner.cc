@@ -2,6 +2,7 @@
 
 #include <array>
 #include <chrono>
+#include <map>
 #include <memory>
 #include <optional>
 
@@ -15,6 +16,7 @@
 #include "proto/task_tensors.h"
 #include "quant/block_quantizer.h"
 #include "quant/block_store.h"
+#include "quant/gguf_head.h"
 #include "quant/quantize_model.h"
 
 namespace quant {
@@ -132,6 +134,17 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
             SaveActivations(activations_out, hidden, sequences, seq_len, dim));
         result.outputs.emplace_back(kActivationsTensor, activations_out);
       }
+      break;
+    }
+    case v1::TASK_KIND_HEAD: {
+      std::map<std::string, GgmlType> types;
+      for (const auto& [name, type] : spec.tensor_types()) {
+        ASSIGN_OR_RETURN(types[name], ParseGgmlType(type));
+      }
+      const std::string head_path =
+          absl::StrCat(output_dir, "/", kHeadTensor, ".safetensors");
+      RETURN_IF_ERROR(WriteGgufHead(*inputs, types, head_path));
+      result.outputs.emplace_back(kHeadTensor, head_path);
       break;
     }
     default:
