@@ -38,6 +38,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
@@ -76,54 +79,6 @@ struct Options {
   std::vector<int> chunk_mib = {1, 4};
   std::string tmp;
 };
-
-bool ParseFlag(absl::string_view arg, absl::string_view name,
-               absl::string_view* value) {
-  if (!absl::ConsumePrefix(&arg, "--") || !absl::ConsumePrefix(&arg, name) ||
-      !absl::ConsumePrefix(&arg, "=")) {
-    return false;
-  }
-  *value = arg;
-  return true;
-}
-
-bool ParseArgs(int argc, char** argv, Options* options) {
-  for (int i = 1; i < argc; ++i) {
-    absl::string_view value;
-    int number = 0;
-    int64_t number64 = 0;
-    if (ParseFlag(argv[i], "model", &value)) {
-      options->model = std::string(value);
-    } else if (ParseFlag(argv[i], "tmp", &value)) {
-      options->tmp = std::string(value);
-    } else if (ParseFlag(argv[i], "hidden", &value) &&
-               absl::SimpleAtoi(value, &number64) && number64 > 0 &&
-               number64 % 256 == 0) {
-      options->hidden = number64;
-    } else if (ParseFlag(argv[i], "layers", &value) &&
-               absl::SimpleAtoi(value, &number64) && number64 > 0) {
-      options->layers = number64;
-    } else if (ParseFlag(argv[i], "bits", &value) &&
-               absl::SimpleAtoi(value, &number) && number > 0) {
-      options->bits = number;
-    } else if (ParseFlag(argv[i], "reps", &value) &&
-               absl::SimpleAtoi(value, &number) && number > 0) {
-      options->reps = number;
-    } else if (ParseFlag(argv[i], "chunks", &value)) {
-      options->chunk_mib.clear();
-      for (absl::string_view part : absl::StrSplit(value, ',')) {
-        if (!absl::SimpleAtoi(part, &number) || number <= 0 || number > 8) {
-          return false;
-        }
-        options->chunk_mib.push_back(number);
-      }
-      if (options->chunk_mib.empty()) return false;
-    } else {
-      return false;
-    }
-  }
-  return true;
-}
 
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -526,13 +481,43 @@ absl::Status Run(const Options& options) {
 }  // namespace
 }  // namespace quant
 
+ABSL_FLAG(std::string, model, "", "Model directory (default: a synthetic one)");
+ABSL_FLAG(int64_t, hidden, 2048, "Synthetic model: hidden size (x256)");
+ABSL_FLAG(int64_t, layers, 2, "Synthetic model: decoder blocks");
+ABSL_FLAG(int, bits, 8, "RTN bits of the job");
+ABSL_FLAG(int, reps, 5, "Timed runs per measurement");
+ABSL_FLAG(std::vector<std::string>, chunks,
+          std::vector<std::string>({"1", "4"}),
+          "Chunk sizes to measure, MiB (1 to 8)");
+ABSL_FLAG(std::string, tmp, "", "Temporary directory (default: under /tmp)");
+
 int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "service_stream [--model=DIR] [--hidden=2048] [--layers=2] [--bits=8] "
+      "[--reps=5] [--chunks=1,4] [--tmp=DIR]");
+  absl::ParseCommandLine(argc, argv);
   quant::Options options;
-  if (!quant::ParseArgs(argc, argv, &options)) {
+  options.model = absl::GetFlag(FLAGS_model);
+  options.hidden = absl::GetFlag(FLAGS_hidden);
+  options.layers = absl::GetFlag(FLAGS_layers);
+  options.bits = absl::GetFlag(FLAGS_bits);
+  options.reps = absl::GetFlag(FLAGS_reps);
+  options.tmp = absl::GetFlag(FLAGS_tmp);
+  options.chunk_mib.clear();
+  for (const std::string& chunk : absl::GetFlag(FLAGS_chunks)) {
+    int mib = 0;
+    if (!absl::SimpleAtoi(chunk, &mib) || mib < 1 || mib > 8) {
+      std::fprintf(stderr, "service_stream: --chunks: %s is not 1 to 8\n",
+                   chunk.c_str());
+      return 2;
+    }
+    options.chunk_mib.push_back(mib);
+  }
+  if (options.hidden <= 0 || options.hidden % 256 != 0 || options.layers < 1 ||
+      options.bits < 2 || options.reps < 1) {
     std::fprintf(stderr,
-                 "usage: service_stream [--model=DIR] [--hidden=2048] "
-                 "[--layers=2] [--bits=8] [--reps=5] [--chunks=1,4] "
-                 "[--tmp=DIR]\n");
+                 "service_stream: bad --hidden, --layers, --bits or "
+                 "--reps\n");
     return 2;
   }
   const absl::Status status = quant::Run(options);
