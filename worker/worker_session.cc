@@ -76,6 +76,8 @@ const char* KindName(v1::TaskKind kind) {
       return "forward";
     case v1::TASK_KIND_BLOCK:
       return "block";
+    case v1::TASK_KIND_HEAD:
+      return "head";
     default:
       return "unknown";
   }
