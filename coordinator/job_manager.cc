@@ -38,7 +38,14 @@ v1::JobState ToProto(JobState state) {
   return static_cast<v1::JobState>(static_cast<int>(state));
 }
 
-v1::Backend BackendOf(const v1::Capabilities& caps) { return caps.backend(); }
+absl::StatusOr<v1::JobSpec> ParseSpec(const JobRow& row) {
+  v1::JobSpec spec;
+  if (!spec.ParseFromString(row.spec)) {
+    return absl::DataLossError(
+        absl::StrCat("job ", row.id, ": the stored spec does not parse"));
+  }
+  return spec;
+}
 
 const char* BackendName(v1::Backend backend) {
   return backend == v1::BACKEND_CUDA ? "cuda" : "cpu";
@@ -273,11 +280,7 @@ absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::JobSpec& submitted) {
 absl::StatusOr<JobManager::JobContext> JobManager::Context(int64_t job_id) {
   JobContext job;
   ASSIGN_OR_RETURN(job.snapshot, scheduler_->GetJob(job_id));
-  if (!job.spec.ParseFromString(job.snapshot.job.spec)) {
-    return absl::DataLossError(
-        absl::StrCat("job ", job_id, ": the stored spec does not parse"));
-  }
-  ASSIGN_OR_RETURN(job.plan, JobPlan::FromJson(job.snapshot.job.plan));
+  ASSIGN_OR_RETURN(job.spec, ParseSpec(job.snapshot.job));
   return job;
 }
 
@@ -410,7 +413,7 @@ absl::StatusOr<v1::Job> JobManager::ResumeJob(const std::string& job_id) {
   ASSIGN_OR_RETURN(const int64_t id, ParseJobId(job_id));
   RETURN_IF_ERROR(scheduler_->Resume(id));
   ASSIGN_OR_RETURN(const JobContext job, Context(id));
-  CleanJobDir(job.plan.job_dir);
+  CleanJobDir(job.snapshot.plan.job_dir);
   Log(absl::StrCat("job ", id, ": resumed"));
   return JobMessage(id, false);
 }
@@ -448,7 +451,8 @@ absl::StatusOr<v1::RegisterWorkerResponse> JobManager::RegisterWorker(
   return response;
 }
 
-absl::StatusOr<v1::TaskSpec> JobManager::BuildTaskSpec(const JobContext& job,
+absl::StatusOr<v1::TaskSpec> JobManager::BuildTaskSpec(const v1::JobSpec& job,
+                                                       const JobPlan& plan,
                                                        const TaskRow& task) {
   v1::TaskSpec spec;
   spec.set_kind(task.kind == kEmbedTask     ? v1::TASK_KIND_EMBED
@@ -456,27 +460,26 @@ absl::StatusOr<v1::TaskSpec> JobManager::BuildTaskSpec(const JobContext& job,
                 : task.kind == kHeadTask    ? v1::TASK_KIND_HEAD
                                             : v1::TASK_KIND_BLOCK);
   if (task.kind == kHeadTask) {
-    spec.mutable_tensor_types()->insert(job.plan.head_types.begin(),
-                                        job.plan.head_types.end());
+    spec.mutable_tensor_types()->insert(plan.head_types.begin(),
+                                        plan.head_types.end());
   }
   spec.set_layer(task.layer);
   ASSIGN_OR_RETURN(*spec.mutable_model_config_json(),
-                   ReadFileToString(job.spec.model_dir() + "/config.json"));
-  *spec.mutable_recipe() = job.spec.recipe();
+                   ReadFileToString(job.model_dir() + "/config.json"));
+  *spec.mutable_recipe() = job.recipe();
   if (task.kind == kBlockTask && task.layer >= 0 &&
-      task.layer < static_cast<int>(job.plan.linear_types.size())) {
-    for (const std::string& type : job.plan.linear_types[task.layer]) {
+      task.layer < static_cast<int>(plan.linear_types.size())) {
+    for (const std::string& type : plan.linear_types[task.layer]) {
       spec.add_gguf_types(type);
     }
   }
-  spec.set_norm_dtype(job.plan.norm_dtype);
-  spec.set_sequences(job.plan.sequences);
-  spec.set_seq_len(job.plan.seq_len);
-  ASSIGN_OR_RETURN(
-      const std::unique_ptr<TaskInputs> inputs,
-      TaskInputs::Open(job.spec.model_dir(), job.plan.job_dir, job.plan, task));
+  spec.set_norm_dtype(plan.norm_dtype);
+  spec.set_sequences(plan.sequences);
+  spec.set_seq_len(plan.seq_len);
+  ASSIGN_OR_RETURN(const std::unique_ptr<TaskInputs> inputs,
+                   TaskInputs::Open(job.model_dir(), plan.job_dir, plan, task));
   for (const v1::TensorInfo& info : inputs->infos()) *spec.add_inputs() = info;
-  for (const std::string& output : TaskOutputs(job.plan, task)) {
+  for (const std::string& output : TaskOutputs(plan, task)) {
     spec.add_outputs(output);
   }
   return spec;
@@ -494,9 +497,10 @@ absl::StatusOr<v1::LeaseTaskResponse> JobManager::LeaseTask(
                      scheduler_->TryLease(request.worker_id()));
     if (lease.has_value()) {
       v1::LeaseTaskResponse response;
-      absl::StatusOr<JobContext> job = Context(lease->key.job_id);
+      absl::StatusOr<v1::JobSpec> job = ParseSpec(lease->job);
       absl::StatusOr<v1::TaskSpec> spec =
-          job.ok() ? BuildTaskSpec(*job, lease->task) : job.status();
+          job.ok() ? BuildTaskSpec(*job, lease->plan, lease->task)
+                   : job.status();
       if (!spec.ok()) {
         // The job's own inputs are broken (a model file gone, malformed):
         // a task fault. Anything else (I/O trouble) is the infrastructure's,
@@ -570,7 +574,8 @@ absl::Status JobManager::FetchInputs(
   const TaskRow& task = job.snapshot.tasks[key.index];
   ASSIGN_OR_RETURN(
       const std::unique_ptr<TaskInputs> inputs,
-      TaskInputs::Open(job.spec.model_dir(), job.plan.job_dir, job.plan, task));
+      TaskInputs::Open(job.spec.model_dir(), job.snapshot.plan.job_dir,
+                       job.snapshot.plan, task));
   ServiceMetrics* metrics = options_.metrics;
   return inputs->Stream(request.tensor(), request.offset(),
                         static_cast<size_t>(options_.max_chunk_bytes), emit,
@@ -593,12 +598,13 @@ absl::StatusOr<v1::UploadResultResponse> JobManager::UploadResult(
   RETURN_IF_ERROR(scheduler_->CheckLease(key, ref.epoch()));
   ASSIGN_OR_RETURN(const JobContext job, Context(key.job_id));
   const TaskRow& task = job.snapshot.tasks[key.index];
-  const std::string dir = UploadDir(job.plan.job_dir, task.index, ref.epoch());
+  const std::string dir =
+      UploadDir(job.snapshot.plan.job_dir, task.index, ref.epoch());
   std::error_code error;
   fs::remove_all(dir, error);
   fs::create_directories(dir, error);
   if (error) return absl::InternalError(absl::StrCat("cannot create ", dir));
-  UploadReceiver receiver(dir, TaskOutputs(job.plan, task));
+  UploadReceiver receiver(dir, TaskOutputs(job.snapshot.plan, task));
   absl::Status received = absl::OkStatus();
   while (received.ok() && read(&message)) {
     received =
@@ -649,16 +655,17 @@ absl::Status JobManager::CompleteTask(const v1::CompleteTaskRequest& request) {
   }
   if (received.empty()) {
     absl::StatusOr<std::map<std::string, UploadReceiver::Received>> found =
-        ReadUploads(UploadDir(job.plan.job_dir, key.index, ref.epoch()),
-                    TaskOutputs(job.plan, task));
+        ReadUploads(
+            UploadDir(job.snapshot.plan.job_dir, key.index, ref.epoch()),
+            TaskOutputs(job.snapshot.plan, task));
     // Nothing uploaded under this lease: the worker uploads again.
     if (!found.ok()) return absl::AbortedError(found.status().message());
     received = *std::move(found);
   }
   const absl::Status completed = scheduler_->Complete(
       key, ref.epoch(), ref.worker_id(), request.seconds(), [&] {
-        return CommitTaskOutputs(job.plan.job_dir, job.plan, task,
-                                 model.hidden_size, received);
+        return CommitTaskOutputs(job.snapshot.plan.job_dir, job.snapshot.plan,
+                                 task, model.hidden_size, received);
       });
   if (completed.code() == absl::StatusCode::kInvalidArgument) {
     // The outputs themselves are wrong: the task's fault, within its budget.
@@ -674,9 +681,11 @@ absl::Status JobManager::CompleteTask(const v1::CompleteTaskRequest& request) {
       it = same_task ? uploads_.erase(it) : std::next(it);
     }
   }
-  DropUploads(job.plan.job_dir, key.index);  // Every lease's, old ones too.
+  DropUploads(job.snapshot.plan.job_dir,
+              key.index);  // Every lease's, old ones too.
   ASSIGN_OR_RETURN(const JobSnapshot after, scheduler_->GetJob(key.job_id));
-  DropConsumedActivations(job.plan.job_dir, job.plan, after.tasks);
+  DropConsumedActivations(job.snapshot.plan.job_dir, job.snapshot.plan,
+                          after.tasks);
   if (options_.metrics != nullptr) {
     options_.metrics->TaskCompleted(task.kind);
     options_.metrics->ObserveTaskDuration(QuantMethodName(options.method),
@@ -717,7 +726,7 @@ void JobManager::AssembleLoop() {
     for (int64_t id : scheduler_->JobsToAssemble()) {
       absl::StatusOr<JobContext> job = Context(id);
       absl::StatusOr<std::string> report =
-          job.ok() ? AssembleJob(job->spec, job->plan.job_dir,
+          job.ok() ? AssembleJob(job->spec, job->snapshot.plan.job_dir,
                                  job->snapshot.job.create_ms,
                                  [this, id](const std::string& line) {
                                    Log(absl::StrCat("job ", id, ": ", line));
@@ -729,7 +738,7 @@ void JobManager::AssembleLoop() {
                          marked.ok() ? "succeeded" : marked.ToString()));
         // The per-task files served their purpose: the output is written.
         std::error_code error;
-        if (marked.ok()) fs::remove_all(job->plan.job_dir, error);
+        if (marked.ok()) fs::remove_all(job->snapshot.plan.job_dir, error);
       } else {
         Log(absl::StrCat("job ", id,
                          ": assembly failed: ", report.status().ToString()));
@@ -775,7 +784,7 @@ void JobManager::RefreshMetrics() {
   metrics->SetQueueDepth(scheduler_->ReadyTasks());
   std::map<std::string, int> workers = {{"cpu", 0}, {"cuda", 0}};
   for (const WorkerInfo& w : scheduler_->ListWorkers()) {
-    ++workers[BackendName(BackendOf(w.capabilities))];
+    ++workers[BackendName(w.capabilities.backend())];
   }
   for (const auto& [backend, count] : workers) {
     metrics->SetActiveWorkers(backend, count);

@@ -92,12 +92,12 @@ class JobManager {
   explicit JobManager(JobManagerOptions options);
   struct JobContext {
     v1::JobSpec spec;
-    JobPlan plan;
     JobSnapshot snapshot;
   };
   absl::StatusOr<JobContext> Context(int64_t job_id);
   absl::StatusOr<v1::Job> JobMessage(int64_t job_id, bool include_tasks);
-  absl::StatusOr<v1::TaskSpec> BuildTaskSpec(const JobContext& job,
+  absl::StatusOr<v1::TaskSpec> BuildTaskSpec(const v1::JobSpec& job,
+                                             const JobPlan& plan,
                                              const TaskRow& task);
   // The canonical absolute form of `path`, or InvalidArgument naming
   // `field` when it is not inside one of `roots`.

@@ -471,22 +471,15 @@ absl::StatusOr<JobSnapshot> Scheduler::GetJob(int64_t job_id) {
   {
     absl::MutexLock lock(&mu_);
     auto it = jobs_.find(job_id);
-    if (it != jobs_.end()) return JobSnapshot{it->second.job, it->second.tasks};
+    if (it != jobs_.end()) {
+      return JobSnapshot{it->second.job, it->second.plan, it->second.tasks};
+    }
   }
   JobSnapshot snapshot;
   ASSIGN_OR_RETURN(snapshot.job, store_->GetJob(job_id));
+  ASSIGN_OR_RETURN(snapshot.plan, JobPlan::FromJson(snapshot.job.plan));
   ASSIGN_OR_RETURN(snapshot.tasks, store_->GetTasks(job_id));
   return snapshot;
-}
-
-absl::StatusOr<JobPlan> Scheduler::GetPlan(int64_t job_id) {
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = jobs_.find(job_id);
-    if (it != jobs_.end()) return it->second.plan;
-  }
-  ASSIGN_OR_RETURN(const JobRow row, store_->GetJob(job_id));
-  return JobPlan::FromJson(row.plan);
 }
 
 int Scheduler::ReadyTasks() {

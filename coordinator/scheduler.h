@@ -98,6 +98,7 @@ struct Lease {
 
 struct JobSnapshot {
   JobRow job;
+  JobPlan plan;
   std::vector<TaskRow> tasks;
 };
 
@@ -165,7 +166,6 @@ class Scheduler {
   std::vector<int64_t> JobsToAssemble();
 
   absl::StatusOr<JobSnapshot> GetJob(int64_t job_id);
-  absl::StatusOr<JobPlan> GetPlan(int64_t job_id);
   // Tasks ready for some worker now (the queue depth).
   int ReadyTasks();
 

@@ -1,5 +1,6 @@
 #include "worker/task_runner.h"
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <map>
@@ -151,14 +152,21 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       return absl::InvalidArgumentError(
           absl::StrCat("unknown task kind ", spec.kind()));
   }
-  for (const std::string& name : spec.outputs()) {
-    bool made = false;
-    for (const auto& output : result.outputs) made |= output.first == name;
-    if (!made) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("task spec asks for output \"", name, "\", which a ",
-                       v1::TaskKind_Name(spec.kind()), " task does not make"));
+  // In the order the spec lists them.
+  if (spec.outputs_size() > 0) {
+    std::vector<std::pair<std::string, std::string>> ordered;
+    for (const std::string& name : spec.outputs()) {
+      auto made = std::find_if(
+          result.outputs.begin(), result.outputs.end(),
+          [&](const auto& output) { return output.first == name; });
+      if (made == result.outputs.end()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "task spec asks for output \"", name, "\", which a ",
+            v1::TaskKind_Name(spec.kind()), " task does not make"));
+      }
+      ordered.push_back(*made);
     }
+    result.outputs = std::move(ordered);
   }
   result.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start)

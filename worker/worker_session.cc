@@ -552,7 +552,6 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
                      absl::StrCat("fetching inputs: ", status.ToString()));
     } else {
       task.SetProgress("compute", kFetchEnd);
-      if (options_.threads > 0) omp_set_num_threads(options_.threads);
       absl::StatusOr<TaskRunResult> run =
           RunTask(task.spec, inputs_path, task.dir + "/out");
       std::filesystem::remove(inputs_path, error);
@@ -562,24 +561,13 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
         outcome = Fail(&task, /*task_fault=*/true, run.status().ToString());
       } else {
         seconds = run->seconds;
-        // The outputs in the order the spec lists them.
-        std::vector<std::pair<std::string, std::string>> outputs;
-        if (task.spec.outputs().empty()) {
-          outputs = run->outputs;
-        } else {
-          for (const std::string& output : task.spec.outputs()) {
-            for (const auto& made : run->outputs) {
-              if (made.first == output) outputs.push_back(made);
-            }
-          }
-        }
         // At most a few uploads: a coordinator that lost one asks again.
         outcome = Outcome::kUploadAgain;
         for (int upload = 0; upload < 3 && outcome == Outcome::kUploadAgain;
              ++upload) {
           task.SetProgress("upload", kComputeEnd);
           bool local_fault = false;
-          status = Upload(&task, outputs, &local_fault);
+          status = Upload(&task, run->outputs, &local_fault);
           if (task.IsAbandoned()) {
             outcome = Outcome::kReleased;
           } else if (!status.ok()) {
@@ -867,49 +855,65 @@ absl::Status WorkerSession::UploadAttempt(
   return status;
 }
 
-WorkerSession::Outcome WorkerSession::Complete(Task* task, double seconds) {
+absl::Status WorkerSession::CallAboutTask(
+    Task* task,
+    const std::function<grpc::Status(grpc::ClientContext*, const v1::TaskRef&)>&
+        rpc) {
   for (int attempt = 0;; ++attempt) {
-    v1::CompleteTaskRequest request;
-    *request.mutable_task() = task->RefAs(registration().worker_id);
-    request.set_seconds(seconds);
-    v1::CompleteTaskResponse response;
+    const v1::TaskRef ref = task->RefAs(registration().worker_id);
     grpc::ClientContext context;
     NewContext(&context, absl::Milliseconds(options_.rpc_timeout_ms));
     absl::Status status;
     {
       Task::Call call(task, &context);
-      status =
-          FromGrpcStatus(stub_->CompleteTask(&context, request, &response));
+      status = FromGrpcStatus(rpc(&context, ref));
     }
-    if (status.ok()) return Outcome::kDone;
-    if (task->IsAbandoned()) return Outcome::kReleased;
-    if (status.code() == absl::StatusCode::kAborted) {
+    if (status.ok() || task->IsAbandoned()) return status;
+    if (status.code() == absl::StatusCode::kNotFound) {
+      absl::Status again = Reregister(ref.worker_id());
+      if (!again.ok()) Log(again.ToString());
+    } else if (!IsTransient(status) ||
+               status.code() == absl::StatusCode::kAborted) {
+      return status;  // Aborted: the coordinator asks for something else.
+    }
+    const absl::Duration wait = Backoff(attempt);
+    if (absl::Now() + wait >= task->LeaseExpiry()) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "the lease expired while retrying (", status.ToString(), ")"));
+    }
+    Sleep(wait, /*idle=*/false);
+  }
+}
+
+WorkerSession::Outcome WorkerSession::Complete(Task* task, double seconds) {
+  v1::CompleteTaskRequest request;
+  request.set_seconds(seconds);
+  v1::CompleteTaskResponse response;
+  const absl::Status status = CallAboutTask(
+      task, [&](grpc::ClientContext* context, const v1::TaskRef& ref) {
+        *request.mutable_task() = ref;
+        return stub_->CompleteTask(context, request, &response);
+      });
+  if (status.ok()) return Outcome::kDone;
+  if (task->IsAbandoned()) return Outcome::kReleased;
+  switch (status.code()) {
+    case absl::StatusCode::kAborted:
       Log(absl::StrCat("task ", RefName(task->ref),
                        ": the coordinator has no upload (", status.message(),
                        "); uploading again"));
       return Outcome::kUploadAgain;
-    }
-    if (status.code() == absl::StatusCode::kFailedPrecondition) {
+    case absl::StatusCode::kFailedPrecondition:
       Log(absl::StrCat("task ", RefName(task->ref),
                        ": lease lost before the commit (", status.message(),
                        ")"));
       return Outcome::kReleased;
-    }
-    if (status.code() == absl::StatusCode::kNotFound) {
-      absl::Status again = Reregister(request.task().worker_id());
-      if (!again.ok()) Log(again.ToString());
-    } else if (!IsTransient(status)) {
+    case absl::StatusCode::kDeadlineExceeded:
+      Log(absl::StrCat("task ", RefName(task->ref),
+                       ": committing: ", status.message(), "; giving it up"));
+      return Outcome::kReleased;
+    default:
       return Fail(task, /*task_fault=*/false,
                   absl::StrCat("CompleteTask refused: ", status.ToString()));
-    }
-    const absl::Duration wait = Backoff(attempt);
-    if (absl::Now() + wait >= task->LeaseExpiry()) {
-      Log(absl::StrCat("task ", RefName(task->ref),
-                       ": lease expired while committing (", status.ToString(),
-                       "); giving it up"));
-      return Outcome::kReleased;
-    }
-    Sleep(wait, /*idle=*/false);
   }
 }
 
@@ -917,39 +921,22 @@ WorkerSession::Outcome WorkerSession::Fail(Task* task, bool task_fault,
                                            const std::string& error) {
   Log(absl::StrCat("task ", RefName(task->ref), " failed (",
                    task_fault ? "task fault" : "worker fault", "): ", error));
-  for (int attempt = 0;; ++attempt) {
-    v1::FailTaskRequest request;
-    *request.mutable_task() = task->RefAs(registration().worker_id);
-    request.set_task_fault(task_fault);
-    request.set_error(error);
-    v1::FailTaskResponse response;
-    grpc::ClientContext context;
-    NewContext(&context, absl::Milliseconds(options_.rpc_timeout_ms));
-    absl::Status status;
-    {
-      Task::Call call(task, &context);
-      status = FromGrpcStatus(stub_->FailTask(&context, request, &response));
-    }
-    if (status.ok()) return Outcome::kFailed;
-    if (task->IsAbandoned() ||
-        status.code() == absl::StatusCode::kFailedPrecondition) {
-      return Outcome::kReleased;
-    }
-    if (status.code() == absl::StatusCode::kNotFound) {
-      absl::Status again = Reregister(request.task().worker_id());
-      if (!again.ok()) Log(again.ToString());
-    } else if (!IsTransient(status)) {
-      Log(absl::StrCat("FailTask refused: ", status.ToString()));
-      return Outcome::kReleased;
-    }
-    const absl::Duration wait = Backoff(attempt);
-    if (absl::Now() + wait >= task->LeaseExpiry()) {
-      Log(absl::StrCat("task ", RefName(task->ref),
-                       ": lease expired while reporting the failure"));
-      return Outcome::kReleased;
-    }
-    Sleep(wait, /*idle=*/false);
+  v1::FailTaskRequest request;
+  request.set_task_fault(task_fault);
+  request.set_error(error);
+  v1::FailTaskResponse response;
+  const absl::Status status = CallAboutTask(
+      task, [&](grpc::ClientContext* context, const v1::TaskRef& ref) {
+        *request.mutable_task() = ref;
+        return stub_->FailTask(context, request, &response);
+      });
+  if (status.ok()) return Outcome::kFailed;
+  if (!task->IsAbandoned() &&
+      status.code() != absl::StatusCode::kFailedPrecondition) {
+    Log(absl::StrCat("task ", RefName(task->ref),
+                     ": reporting the failure: ", status.ToString()));
   }
+  return Outcome::kReleased;
 }
 
 }  // namespace quant

@@ -138,6 +138,13 @@ class WorkerSession {
       Task* task,
       const std::vector<std::pair<std::string, std::string>>& outputs,
       bool* local_fault);
+  // Calls `rpc` (a unary call about the task, given the context and the
+  // task's ref under the current registration) until it answers anything
+  // but a transient error, registering again when the coordinator forgot
+  // this worker; DeadlineExceeded once the lease would expire first.
+  absl::Status CallAboutTask(
+      Task* task, const std::function<grpc::Status(grpc::ClientContext*,
+                                                   const v1::TaskRef&)>& rpc);
   absl::Status UploadAttempt(
       Task* task, const std::string& worker_id,
       const std::vector<std::pair<std::string, std::string>>& outputs,
