@@ -96,7 +96,8 @@ absl::Status RunMakeTinyModel(const QuantctlOptions& options,
   TinyLlamaOptions tiny;
   tiny.num_layers = options.layers;
   tiny.hidden_size = options.hidden;
-  tiny.intermediate_size = 3 * options.hidden;
+  tiny.intermediate_size =
+      options.intermediate > 0 ? options.intermediate : 3 * options.hidden;
   tiny.num_heads = std::max<int64_t>(1, options.hidden / 64);
   tiny.num_kv_heads = std::max<int64_t>(1, tiny.num_heads / 2);
   tiny.seed = options.seed;
@@ -104,8 +105,10 @@ absl::Status RunMakeTinyModel(const QuantctlOptions& options,
   tiny.tie_word_embeddings = options.tie_embeddings;
   RETURN_IF_ERROR(WriteTinyLlama(options.out, tiny));
   out << absl::StrFormat(
-      "wrote a random-weight %s (%d layers, hidden %d%s) to %s\n",
+      "wrote a random-weight %s (%d layers, hidden %d, intermediate %d%s) to "
+      "%s\n",
       tiny.architecture, tiny.num_layers, tiny.hidden_size,
+      tiny.intermediate_size,
       tiny.tie_word_embeddings ? ", tied embeddings" : "", options.out);
   return absl::OkStatus();
 }
@@ -295,7 +298,8 @@ engine commands (in this process):
                    [--eval-windows N]
   inspect FILE     Print a GGUF file's metadata and tensors.
   make-tiny-model  Write a small random-weight Llama checkpoint (HF layout).
-                   --out DIR [--layers N] [--hidden N] [--seed N]
+                   --out DIR [--layers N] [--hidden N] [--intermediate N]
+                   [--seed N]
                    [--arch llama|qwen2] [--tie_embeddings]
   help             Print this text.
 )";

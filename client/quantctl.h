@@ -28,6 +28,7 @@ struct QuantctlOptions {
   // make-tiny-model
   int64_t layers = 2;
   int64_t hidden = 256;
+  int64_t intermediate = 0;  // 0: 3 x hidden.
   uint64_t seed = 1;
   std::string arch = "llama";  // llama or qwen2.
   bool tie_embeddings = false;

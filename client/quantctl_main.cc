@@ -19,6 +19,8 @@ ABSL_FLAG(std::string, type, "F16",
 ABSL_FLAG(int, threads, 0, "Worker threads (0: all cores)");
 ABSL_FLAG(int64_t, layers, 2, "make-tiny-model: decoder blocks");
 ABSL_FLAG(int64_t, hidden, 256, "make-tiny-model: hidden size");
+ABSL_FLAG(int64_t, intermediate, 0,
+          "make-tiny-model: MLP intermediate size (0: 3 x hidden)");
 ABSL_FLAG(uint64_t, seed, 1, "make-tiny-model: random seed");
 ABSL_FLAG(std::string, arch, "llama", "make-tiny-model: llama or qwen2");
 ABSL_FLAG(bool, tie_embeddings, false,
@@ -94,6 +96,7 @@ int main(int argc, char** argv) {
   options.threads = absl::GetFlag(FLAGS_threads);
   options.layers = absl::GetFlag(FLAGS_layers);
   options.hidden = absl::GetFlag(FLAGS_hidden);
+  options.intermediate = absl::GetFlag(FLAGS_intermediate);
   options.seed = absl::GetFlag(FLAGS_seed);
   options.arch = absl::GetFlag(FLAGS_arch);
   options.tie_embeddings = absl::GetFlag(FLAGS_tie_embeddings);

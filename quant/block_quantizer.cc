@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "format/half.h"
+#include "kernels/cpu/compute_kernel.h"
 #include "quant/hessian.h"
 
 namespace quant {
@@ -201,9 +202,17 @@ class BlockQuantizer {
       const WeightFormat& f = recipe_.formats[i];
       LinearReport& report = result_.reports[i];
       report.name = std::string(kBlockLinearNames[i]);
+      if (StaysFp(i)) {
+        report.kept_fp = recipe_.keep_fp[i]->reason;
+        report.proxy_loss = report.relative_output_error = 0;
+        RoundToStoredDtype(i);
+        continue;
+      }
       report.bits = f.bits;
       report.group_size = f.group_size;
     }
+    result_.backend = CpuComputeKernel().backend;
+    result_.kernel = CpuComputeKernel().kernel;
     if (sequences_ == 0 && recipe_.method != QuantMethod::kRtn) {
       return absl::InvalidArgumentError(
           absl::StrCat(QuantMethodName(recipe_.method),
@@ -240,6 +249,17 @@ class BlockQuantizer {
                          seq_len_, per_pass_, wanted, capture_);
   }
 
+  bool StaysFp(int linear) const {
+    return recipe_.keep_fp[linear].has_value();
+  }
+
+  // A linear left in floating point computes with its stored values.
+  void RoundToStoredDtype(int linear) {
+    for (float& w : BlockLinear(result_.weights, linear).weight) {
+      w = RoundTo(recipe_.keep_fp[linear]->dtype, w);
+    }
+  }
+
   const std::vector<double>* HessianOf(int linear) {
     const int input = static_cast<int>(InputOf(linear));
     if (!capture_.hessians[input]) return nullptr;
@@ -268,6 +288,7 @@ class BlockQuantizer {
   absl::Status RunRtn() {
     if (sequences_ > 0) RETURN_IF_ERROR(CaptureStage({true, true, true, true}));
     for (int i = 0; i < kBlockLinears; ++i) {
+      if (StaysFp(i)) continue;
       const auto start = std::chrono::steady_clock::now();
       const WeightFormat& f = recipe_.formats[i];
       const LinearWeights& linear = BlockLinear(result_.weights, i);
@@ -291,7 +312,12 @@ class BlockQuantizer {
                                                                 {kDown}}
                                 : std::vector<std::vector<int>>{
                                       {kQ, kK, kV, kO, kGate, kUp, kDown}};
-    for (const std::vector<int>& stage : stages) {
+    for (const std::vector<int>& all : stages) {
+      std::vector<int> stage;
+      for (int i : all) {
+        if (!StaysFp(i)) stage.push_back(i);
+      }
+      if (stage.empty()) continue;
       std::array<bool, kInputs> wanted = {false, false, false, false};
       for (int i : stage) wanted[static_cast<int>(InputOf(i))] = true;
       RETURN_IF_ERROR(CaptureStage(wanted));
@@ -346,6 +372,17 @@ class BlockQuantizer {
     }
     groups.push_back({{kGate, kUp}, BlockInput::kMlp});
     groups.push_back({{kDown}, BlockInput::kMlpOutput});
+    // A group whose readers all stay in floating point has nothing to
+    // protect; in the others a kept reader is scaled with its group (an
+    // exact rewrite) but searched as what it is, unquantized.
+    groups.erase(std::remove_if(groups.begin(), groups.end(),
+                                [&](const Group& group) {
+                                  return std::all_of(
+                                      group.linears.begin(),
+                                      group.linears.end(),
+                                      [&](int i) { return StaysFp(i); });
+                                }),
+                 groups.end());
 
     std::vector<std::vector<float>> group_scales;
     for (const Group& group : groups) {
@@ -377,22 +414,25 @@ class BlockQuantizer {
         }
         return out;
       };
+      std::vector<int> searched;
+      std::vector<const LinearWeights*> linears;
+      std::vector<WeightFormat> formats;
+      for (int i : group.linears) {
+        if (StaysFp(i)) continue;
+        searched.push_back(i);
+        linears.push_back(&BlockLinear(original, i));
+        formats.push_back(recipe_.formats[i]);
+      }
       ASSIGN_OR_RETURN(const std::vector<float> reference, output(original));
       DecoderBlockWeights trial = original;
       const AwqLossFn loss = [&](const std::vector<LinearWeights>& replaced)
           -> absl::StatusOr<double> {
         for (size_t k = 0; k < replaced.size(); ++k) {
-          BlockLinear(trial, group.linears[k]).weight = replaced[k].weight;
+          BlockLinear(trial, searched[k]).weight = replaced[k].weight;
         }
         ASSIGN_OR_RETURN(const std::vector<float> out, output(trial));
         return MeanSquaredDifference(out, reference);
       };
-      std::vector<const LinearWeights*> linears;
-      std::vector<WeightFormat> formats;
-      for (int i : group.linears) {
-        linears.push_back(&BlockLinear(original, i));
-        formats.push_back(recipe_.formats[i]);
-      }
       const std::vector<double> x_mean = capture_.hessians[input]->MeanAbs();
       ASSIGN_OR_RETURN(
           const AwqScaleSearchResult found,
@@ -436,6 +476,10 @@ class BlockQuantizer {
     }
 
     for (int i = 0; i < kBlockLinears; ++i) {
+      if (StaysFp(i)) {
+        RoundToStoredDtype(i);  // As scaled.
+        continue;
+      }
       const auto start = std::chrono::steady_clock::now();
       LinearWeights& linear = BlockLinear(block, i);
       const WeightFormat& f = recipe_.formats[i];
@@ -476,6 +520,26 @@ LinearWeights& BlockLinear(DecoderBlockWeights& block, int index) {
 
 const LinearWeights& BlockLinear(const DecoderBlockWeights& block, int index) {
   return BlockLinear(const_cast<DecoderBlockWeights&>(block), index);
+}
+
+LinearShape BlockLinearShape(const ModelSpec& spec, int index) {
+  const int64_t dim = spec.hidden_size, inter = spec.intermediate_size;
+  const int64_t q = spec.num_heads * spec.head_dim;
+  const int64_t kv = spec.num_kv_heads * spec.head_dim;
+  switch (index) {
+    case kQ:
+      return {q, dim};
+    case kK:
+    case kV:
+      return {kv, dim};
+    case kO:
+      return {dim, q};
+    case kGate:
+    case kUp:
+      return {inter, dim};
+    default:
+      return {dim, inter};
+  }
 }
 
 absl::StatusOr<QuantMethod> ParseQuantMethod(absl::string_view name) {

@@ -21,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "format/ggml_type.h"
+#include "format/model_config.h"
 #include "format/safetensors.h"
 #include "model/llama_forward.h"
 #include "quant/awq.h"
@@ -38,13 +39,29 @@ inline constexpr std::array<absl::string_view, kBlockLinears>
 LinearWeights& BlockLinear(DecoderBlockWeights& block, int index);
 const LinearWeights& BlockLinear(const DecoderBlockWeights& block, int index);
 
+// Linear `index`'s weight shape in a block of `spec`: rows = out_features,
+// cols = in_features.
+struct LinearShape {
+  int64_t rows = 0, cols = 0;
+};
+LinearShape BlockLinearShape(const ModelSpec& spec, int index);
+
 enum class QuantMethod { kRtn, kGptq, kAwq };
 absl::StatusOr<QuantMethod> ParseQuantMethod(absl::string_view name);
 absl::string_view QuantMethodName(QuantMethod method);
 
+// A linear its output format cannot hold (a GGUF type that fell back to F16,
+// a shape GPTQ or AWQ cannot pack): it stays in floating point, rounded to
+// `dtype`, and the rest of the block is quantized around it.
+struct KeptLinear {
+  std::string reason;  // Why, for the report.
+  SafetensorsDType dtype = SafetensorsDType::kF16;
+};
+
 struct BlockRecipe {
   QuantMethod method = QuantMethod::kGptq;
   std::array<WeightFormat, kBlockLinears> formats;
+  std::array<std::optional<KeptLinear>, kBlockLinears> keep_fp;
   // desc_act, static_groups, mse (RTN too), damping and block_size (its
   // bits, group_size and sym are ignored: `formats` decides).
   GptqOptions gptq;
@@ -53,7 +70,9 @@ struct BlockRecipe {
   std::array<std::optional<GgmlType>, kBlockLinears> gguf_grid;
   bool true_sequential = true;
   AwqOptions awq;
-  // Sequences run through the block at once (activation memory).
+  // Sequences run through the block at once (activation memory). Part of
+  // the recipe because it fixes the shapes of every product: the same
+  // recipe on the same kernel class gives the same bits.
   int64_t sequences_per_pass = 16;
   // Norm weights changed by AWQ are rounded to this dtype (the one they are
   // stored in), so that the model calibrated is the model written.
@@ -62,6 +81,7 @@ struct BlockRecipe {
 
 struct LinearReport {
   std::string name;  // e.g. "self_attn.q_proj".
+  std::string kept_fp;  // Non-empty: left in floating point, and why.
   int bits = 0;
   int group_size = 0;
   // With H the calibration Hessian of the linear's inputs and dW = Q - W:
@@ -84,6 +104,8 @@ struct BlockResult {
   std::array<LinearReport, kBlockLinears> reports;
   std::vector<double> awq_ratios;  // Per scaled group, the chosen exponent.
   double seconds = 0;
+  // What computed it (kernels/cpu/compute_kernel.h).
+  std::string backend, kernel;
 };
 
 // Quantizes `block` on `hidden` [sequences * seq_len, hidden_size], the

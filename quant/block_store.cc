@@ -140,6 +140,7 @@ nlohmann::json BlockReportJson(const BlockResult& result) {
   for (const LinearReport& r : result.reports) {
     linears.push_back(
         {{"name", r.name},
+         {"kept_fp", r.kept_fp},
          {"bits", r.bits},
          {"group_size", r.group_size},
          {"proxy_loss", Number(r.proxy_loss)},
@@ -149,7 +150,9 @@ nlohmann::json BlockReportJson(const BlockResult& result) {
   }
   return {{"linears", linears},
           {"awq_ratios", result.awq_ratios},
-          {"seconds", result.seconds}};
+          {"seconds", result.seconds},
+          {"backend", result.backend},
+          {"kernel", result.kernel}};
 }
 
 absl::Status SaveBlockResult(const std::string& path,
@@ -159,7 +162,11 @@ absl::Status SaveBlockResult(const std::string& path,
   for (int i = 0; i < kBlockLinears; ++i) {
     const QuantizedLinear& q = result.quantized[i];
     const std::string name(kBlockLinearNames[i]);
-    if (q.gguf_type.has_value()) {
+    const LinearWeights& linear = BlockLinear(result.weights, i);
+    if (!result.reports[i].kept_fp.empty()) {
+      items.push_back(MakeItem(name + ".weight", SafetensorsDType::kF32,
+                               {linear.rows, linear.cols}, linear.weight));
+    } else if (q.gguf_type.has_value()) {
       items.push_back(
           MakeItem(name + ".gguf", SafetensorsDType::kU8,
                    {q.rows, static_cast<int64_t>(q.gguf_rows.size()) / q.rows},
@@ -175,14 +182,13 @@ absl::Status SaveBlockResult(const std::string& path,
       items.push_back(
           MakeItem(name + ".g_idx", SafetensorsDType::kI32, {q.cols}, q.g_idx));
     }
-    const LinearWeights& linear = BlockLinear(result.weights, i);
     if (!linear.bias.empty()) {
       items.push_back(MakeItem(name + ".bias", SafetensorsDType::kF32,
                                {linear.rows}, linear.bias));
     }
     if (!result.importance[i].empty()) {
       items.push_back(MakeItem(name + ".importance", SafetensorsDType::kF32,
-                               {q.cols}, result.importance[i]));
+                               {linear.cols}, result.importance[i]));
     }
   }
   const int64_t dim = static_cast<int64_t>(result.weights.attn_norm.size());
@@ -225,28 +231,41 @@ absl::StatusOr<BlockResult> LoadBlockResult(const std::string& path) {
   try {
     for (int i = 0; i < kBlockLinears; ++i) {
       const std::string name(kBlockLinearNames[i]);
-      QuantizedLinear& q = result.quantized[i];
-      q.bits = formats[i].at("bits").get<int>();
-      q.group_size = formats[i].at("group_size").get<int>();
-      if (formats[i].contains("gguf_type")) {
-        RETURN_IF_ERROR(ReadGgufRows(*file, name, formats[i], q));
-      } else {
-        RETURN_IF_ERROR(ReadLevels(*file, name, q));
-      }
+      const nlohmann::json& r = report["linears"][i];
+      LinearReport& out = result.reports[i];
+      out.kept_fp = r.value("kept_fp", std::string());
       LinearWeights& linear = BlockLinear(result.weights, i);
-      linear.rows = q.rows, linear.cols = q.cols;
-      linear.weight = q.Dequantize();
+      if (!out.kept_fp.empty()) {
+        const TensorView* weight = file->Find(name + ".weight");
+        if (weight == nullptr || weight->shape.size() != 2) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(path, " lacks the floating-point ", name,
+                           ".weight its report says was kept"));
+        }
+        linear.rows = weight->shape[0], linear.cols = weight->shape[1];
+        RETURN_IF_ERROR(Read(*file, name + ".weight", SafetensorsDType::kF32,
+                             {linear.rows, linear.cols}, linear.weight));
+      } else {
+        QuantizedLinear& q = result.quantized[i];
+        q.bits = formats[i].at("bits").get<int>();
+        q.group_size = formats[i].at("group_size").get<int>();
+        if (formats[i].contains("gguf_type")) {
+          RETURN_IF_ERROR(ReadGgufRows(*file, name, formats[i], q));
+        } else {
+          RETURN_IF_ERROR(ReadLevels(*file, name, q));
+        }
+        linear.rows = q.rows, linear.cols = q.cols;
+        linear.weight = q.Dequantize();
+      }
       if (file->Find(name + ".bias") != nullptr) {
         RETURN_IF_ERROR(Read(*file, name + ".bias", SafetensorsDType::kF32,
-                             {q.rows}, linear.bias));
+                             {linear.rows}, linear.bias));
       }
       if (file->Find(name + ".importance") != nullptr) {
         RETURN_IF_ERROR(Read(*file, name + ".importance",
-                             SafetensorsDType::kF32, {q.cols},
+                             SafetensorsDType::kF32, {linear.cols},
                              result.importance[i]));
       }
-      const nlohmann::json& r = report["linears"][i];
-      LinearReport& out = result.reports[i];
       out.name = r.at("name").get<std::string>();
       out.bits = r.at("bits").get<int>();
       out.group_size = r.at("group_size").get<int>();
@@ -260,6 +279,8 @@ absl::StatusOr<BlockResult> LoadBlockResult(const std::string& path) {
     }
     result.awq_ratios = report.at("awq_ratios").get<std::vector<double>>();
     result.seconds = report.at("seconds").get<double>();
+    result.backend = report.value("backend", std::string());
+    result.kernel = report.value("kernel", std::string());
   } catch (const nlohmann::json::exception& e) {
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": malformed metadata: ", e.what()));

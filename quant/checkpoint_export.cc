@@ -2,15 +2,19 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "common/file.h"
 #include "common/json_util.h"
 #include "common/status_macros.h"
@@ -51,10 +55,52 @@ PackedTensor Packed(std::string suffix, SafetensorsDType dtype,
   return t;
 }
 
+// Float values as `dtype` bytes (F32, F16 or BF16), by the GGUF row
+// converter, which has those element types too.
+absl::StatusOr<std::vector<uint8_t>> Encode(const std::vector<float>& values,
+                                            SafetensorsDType dtype) {
+  GgmlType type;
+  switch (dtype) {
+    case SafetensorsDType::kF32:
+      type = GgmlType::kF32;
+      break;
+    case SafetensorsDType::kF16:
+      type = GgmlType::kF16;
+      break;
+    case SafetensorsDType::kBF16:
+      type = GgmlType::kBF16;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("floating-point tensors stored as ",
+                       SafetensorsDTypeName(dtype), " cannot be written"));
+  }
+  const int64_t n = static_cast<int64_t>(values.size());
+  std::vector<uint8_t> bytes(values.size() * SafetensorsDTypeSize(dtype));
+  RETURN_IF_ERROR(QuantizeRows(type, values.data(), 1, n, bytes.data(), 1));
+  return bytes;
+}
+
+// Linear i of a block result as the checkpoint stores it: packed, or (kept
+// in floating point) its weight and bias in `fp_dtype`, the model's.
 absl::StatusOr<std::vector<PackedTensor>> PackLinear(
-    const QuantizedLinear& q, const LinearWeights& linear,
-    const QuantizationConfig& config) {
+    const BlockResult& result, int i, const QuantizationConfig& config,
+    SafetensorsDType fp_dtype) {
+  const QuantizedLinear& q = result.quantized[i];
+  const LinearWeights& linear = BlockLinear(result.weights, i);
   std::vector<PackedTensor> out;
+  if (!result.reports[i].kept_fp.empty()) {
+    for (const auto& [suffix, values, shape] :
+         {std::make_tuple("weight", &linear.weight,
+                          std::vector<int64_t>{linear.rows, linear.cols}),
+          std::make_tuple("bias", &linear.bias,
+                          std::vector<int64_t>{linear.rows})}) {
+      if (values->empty()) continue;
+      ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, Encode(*values, fp_dtype));
+      out.push_back({suffix, fp_dtype, shape, std::move(bytes)});
+    }
+    return out;
+  }
   if (q.bits != config.bits || q.group_size != config.group_size) {
     return absl::InvalidArgumentError(
         absl::StrCat("a linear quantized with ", q.bits, " bits, group ",
@@ -89,32 +135,6 @@ absl::StatusOr<std::vector<PackedTensor>> PackLinear(
   return out;
 }
 
-// Float values as `dtype` bytes (F32, F16 or BF16), by the GGUF row
-// converter, which has those element types too.
-absl::StatusOr<std::vector<uint8_t>> Encode(const std::vector<float>& values,
-                                            SafetensorsDType dtype) {
-  GgmlType type;
-  switch (dtype) {
-    case SafetensorsDType::kF32:
-      type = GgmlType::kF32;
-      break;
-    case SafetensorsDType::kF16:
-      type = GgmlType::kF16;
-      break;
-    case SafetensorsDType::kBF16:
-      type = GgmlType::kBF16;
-      break;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("norms stored as ", SafetensorsDTypeName(dtype),
-                       " cannot be written"));
-  }
-  const int64_t n = static_cast<int64_t>(values.size());
-  std::vector<uint8_t> bytes(values.size() * SafetensorsDTypeSize(dtype));
-  RETURN_IF_ERROR(QuantizeRows(type, values.data(), 1, n, bytes.data(), 1));
-  return bytes;
-}
-
 // The elements of tensor `name`, which must have `dtype`; its shape into
 // `shape`.
 template <typename T>
@@ -143,12 +163,19 @@ struct Planned {
 }  // namespace
 
 nlohmann::json QuantizationConfigJson(const QuantizationConfig& config) {
+  const std::vector<std::string>& kept = config.modules_kept_fp;
   if (config.layout == CheckpointLayout::kAwqGemm) {
-    return {{"quant_method", "awq"},     {"version", "gemm"},
-            {"bits", config.bits},       {"group_size", config.group_size},
-            {"zero_point", !config.sym}, {"modules_to_not_convert", nullptr}};
+    // AutoAWQ, transformers and vLLM skip a module whose name contains an
+    // entry.
+    return {{"quant_method", "awq"},
+            {"version", "gemm"},
+            {"bits", config.bits},
+            {"group_size", config.group_size},
+            {"zero_point", !config.sym},
+            {"modules_to_not_convert",
+             kept.empty() ? nlohmann::json(nullptr) : nlohmann::json(kept)}};
   }
-  return {{"quant_method", "gptq"},
+  nlohmann::json gptq = {{"quant_method", "gptq"},
           {"bits", config.bits},
           {"group_size", config.group_size},
           {"desc_act", config.desc_act},
@@ -158,6 +185,30 @@ nlohmann::json QuantizationConfigJson(const QuantizationConfig& config) {
           {"damp_percent", config.damp_percent},
           {"checkpoint_format", "gptq"},
           {"lm_head", false}};
+  if (kept.empty()) return gptq;
+  // transformers / optimum and vLLM: the linears of each block to quantize,
+  // in their true-sequential stages; GPTQModel (and vLLM): a negative
+  // "dynamic" rule per module left in floating point.
+  nlohmann::json stages = nlohmann::json::array();
+  nlohmann::json dynamic = nlohmann::json::object();
+  for (const std::vector<int>& stage : std::vector<std::vector<int>>{
+           {0, 1, 2}, {3}, {4, 5}, {6}}) {
+    nlohmann::json names = nlohmann::json::array();
+    for (int i : stage) {
+      const std::string name(kBlockLinearNames[i]);
+      if (std::find(kept.begin(), kept.end(), name) == kept.end()) {
+        names.push_back(name);
+      } else {
+        dynamic[absl::StrCat("-:model\\.layers\\.\\d+\\.",
+                             absl::StrReplaceAll(name, {{".", "\\."}}),
+                             "$")] = nlohmann::json::object();
+      }
+    }
+    if (!names.empty()) stages.push_back(std::move(names));
+  }
+  gptq["modules_in_block_to_quantize"] = std::move(stages);
+  gptq["dynamic"] = std::move(dynamic);
+  return gptq;
 }
 
 absl::StatusOr<std::optional<QuantizationConfig>> ReadQuantizationConfig(
@@ -178,6 +229,21 @@ absl::StatusOr<std::optional<QuantizationConfig>> ReadQuantizationConfig(
       config.layout = CheckpointLayout::kGptqV1;
       config.sym = q.value("sym", true);
       config.desc_act = q.value("desc_act", false);
+      if (q.contains("modules_in_block_to_quantize") &&
+          !q["modules_in_block_to_quantize"].is_null()) {
+        std::vector<std::string> quantized;
+        for (const nlohmann::json& stage : q["modules_in_block_to_quantize"]) {
+          for (const nlohmann::json& name : stage) {
+            quantized.push_back(name.get<std::string>());
+          }
+        }
+        for (absl::string_view name : kBlockLinearNames) {
+          if (std::find(quantized.begin(), quantized.end(), name) ==
+              quantized.end()) {
+            config.modules_kept_fp.emplace_back(name);
+          }
+        }
+      }
       if (q.value("checkpoint_format", std::string("gptq")) != "gptq") {
         return absl::InvalidArgumentError(absl::StrCat(
             path, ": only the GPTQ v1 checkpoint_format \"gptq\" is read"));
@@ -185,6 +251,11 @@ absl::StatusOr<std::optional<QuantizationConfig>> ReadQuantizationConfig(
     } else if (method == "awq") {
       config.layout = CheckpointLayout::kAwqGemm;
       config.sym = !q.value("zero_point", true);
+      if (q.contains("modules_to_not_convert") &&
+          !q["modules_to_not_convert"].is_null()) {
+        config.modules_kept_fp =
+            q["modules_to_not_convert"].get<std::vector<std::string>>();
+      }
       if (absl::AsciiStrToLower(q.value("version", std::string("gemm"))) !=
           "gemm") {
         return absl::InvalidArgumentError(
@@ -214,13 +285,23 @@ absl::Status WriteQuantizedCheckpoint(
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> checkpoint,
                    SafetensorsCheckpoint::Open(model_dir));
 
-  // The first block's result gives every packed shape (blocks are alike).
+  // The first block's result gives every packed shape, and which linears
+  // stay in floating point (blocks are alike).
   ASSIGN_OR_RETURN(BlockResult current, block(0));
+  QuantizationConfig written = config;
+  written.modules_kept_fp.clear();
+  std::array<SafetensorsDType, kBlockLinears> fp_dtypes;
   std::vector<std::vector<PackedTensor>> first_packed;
   for (int i = 0; i < kBlockLinears; ++i) {
+    const std::string name(kBlockLinearNames[i]);
+    ASSIGN_OR_RETURN(const TensorView weight,
+                     checkpoint->Get(LayerPrefix(0) + name + ".weight"));
+    fp_dtypes[i] = weight.dtype;
+    if (!current.reports[i].kept_fp.empty()) {
+      written.modules_kept_fp.push_back(name);
+    }
     ASSIGN_OR_RETURN(std::vector<PackedTensor> packed,
-                     PackLinear(current.quantized[i],
-                                BlockLinear(current.weights, i), config));
+                     PackLinear(current, i, config, fp_dtypes[i]));
     first_packed.push_back(std::move(packed));
   }
   std::vector<Planned> plan;
@@ -278,6 +359,10 @@ absl::Status WriteQuantizedCheckpoint(
       RETURN_IF_ERROR(writer->AddTensor(p.name, p.dtype, p.shape));
     }
     int loaded = 0;
+    std::array<bool, kBlockLinears> first_packed_kept;
+    for (int i = 0; i < kBlockLinears; ++i) {
+      first_packed_kept[i] = !current.reports[i].kept_fp.empty();
+    }
     std::vector<std::vector<PackedTensor>> packed = std::move(first_packed);
     for (const Planned& p : plan) {
       if (p.layer < 0) {
@@ -294,9 +379,13 @@ absl::Status WriteQuantizedCheckpoint(
         ASSIGN_OR_RETURN(current, block(p.layer));
         loaded = p.layer;
         for (int i = 0; i < kBlockLinears; ++i) {
+          if (!current.reports[i].kept_fp.empty() != first_packed_kept[i]) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "block ", p.layer, " ", kBlockLinearNames[i],
+                " is quantized where block 0's is not, or the reverse"));
+          }
           ASSIGN_OR_RETURN(std::vector<PackedTensor> linear,
-                           PackLinear(current.quantized[i],
-                                      BlockLinear(current.weights, i), config));
+                           PackLinear(current, i, config, fp_dtypes[i]));
           packed.push_back(std::move(linear));
         }
       }
@@ -333,11 +422,11 @@ absl::Status WriteQuantizedCheckpoint(
                      ReadFileToString(model_dir + "/config.json"));
     ASSIGN_OR_RETURN(nlohmann::json config_json,
                      ParseJsonStrict(config_text, model_dir + "/config.json"));
-    config_json["quantization_config"] = QuantizationConfigJson(config);
+    config_json["quantization_config"] = QuantizationConfigJson(written);
     RETURN_IF_ERROR(WriteFileAtomically(temp_dir + "/config.json",
                                         config_json.dump(2) + "\n"));
     if (config.layout == CheckpointLayout::kGptqV1) {
-      nlohmann::json quantize_config = QuantizationConfigJson(config);
+      nlohmann::json quantize_config = QuantizationConfigJson(written);
       quantize_config["model_file_base_name"] = "model";
       RETURN_IF_ERROR(WriteFileAtomically(temp_dir + "/quantize_config.json",
                                           quantize_config.dump(2) + "\n"));
@@ -382,6 +471,24 @@ absl::StatusOr<DecoderBlockWeights> LoadQuantizedDecoderBlock(
                    floats(prefix + "post_attention_layernorm.weight"));
   for (int i = 0; i < kBlockLinears; ++i) {
     const std::string name = prefix + std::string(kBlockLinearNames[i]) + ".";
+    LinearWeights& linear = BlockLinear(block, i);
+    // AWQ's entries match as substrings, as its loaders match them.
+    const bool kept = std::any_of(
+        config.modules_kept_fp.begin(), config.modules_kept_fp.end(),
+        [&](const std::string& m) { return absl::StrContains(name, m); });
+    if (kept) {
+      ASSIGN_OR_RETURN(const TensorView view, checkpoint.Get(name + "weight"));
+      if (view.shape.size() != 2) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(name, "weight (kept in floating point) is not 2-D"));
+      }
+      linear.rows = view.shape[0], linear.cols = view.shape[1];
+      ASSIGN_OR_RETURN(linear.weight, floats(name + "weight"));
+      if (checkpoint.Has(name + "bias")) {
+        ASSIGN_OR_RETURN(linear.bias, floats(name + "bias"));
+      }
+      continue;
+    }
     std::vector<int64_t> qweight_shape, qzeros_shape, scales_shape, g_shape;
     ASSIGN_OR_RETURN(std::vector<int32_t> qweight,
                      ints(name + "qweight", qweight_shape));
@@ -427,7 +534,6 @@ absl::StatusOr<DecoderBlockWeights> LoadQuantizedDecoderBlock(
       }
       q = *std::move(unpacked);
     }
-    LinearWeights& linear = BlockLinear(block, i);
     linear.rows = q.rows, linear.cols = q.cols;
     linear.weight = q.Dequantize();
     if (checkpoint.Has(name + "bias")) {

@@ -8,6 +8,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -30,6 +31,11 @@ struct QuantizationConfig {
   bool static_groups = false;
   bool true_sequential = true;
   double damp_percent = 0.01;
+  // Block linears ("mlp.down_proj", ...) left in floating point in every
+  // block (their shapes do not pack): AWQ's modules_to_not_convert; in GPTQ
+  // the complement of modules_in_block_to_quantize, with GPTQModel's
+  // negative "dynamic" rules beside it.
+  std::vector<std::string> modules_kept_fp;
 };
 
 // The "quantization_config" object of config.json.
@@ -52,7 +58,8 @@ absl::Status WriteQuantizedCheckpoint(
     const std::function<absl::StatusOr<BlockResult>(int layer)>& block);
 
 // Decoder block `layer` of a checkpoint written in `config`'s layout, as
-// float weights (packed linears unpacked and dequantized).
+// float weights (packed linears unpacked and dequantized; those the config
+// keeps in floating point read as they are).
 absl::StatusOr<DecoderBlockWeights> LoadQuantizedDecoderBlock(
     const SafetensorsCheckpoint& checkpoint, const ModelSpec& spec, int layer,
     const QuantizationConfig& config);

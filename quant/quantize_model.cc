@@ -11,6 +11,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/file.h"
 #include "common/json_util.h"
 #include "common/status_macros.h"
@@ -129,14 +130,36 @@ std::string FormatTable(const nlohmann::json& report) {
         return v.is_null() ? std::string("-")
                            : absl::StrFormat(format, v.get<double>());
       };
-      absl::StrAppendFormat(&out, "%-6d %-18s %4d %5d %12s %10s %8.2f\n",
-                            block["layer"].get<int>(),
-                            l["name"].get<std::string>(), l["bits"].get<int>(),
-                            l["group_size"].get<int>(),
+      const bool kept = !l.value("kept_fp", std::string()).empty();
+      absl::StrAppendFormat(
+          &out, "%-6d %-18s %4s %5s %12s %10s %8.2f\n",
+          block["layer"].get<int>(), l["name"].get<std::string>(),
+          kept ? "fp" : std::to_string(l["bits"].get<int>()),
+          kept ? "-" : std::to_string(l["group_size"].get<int>()),
                             number(l["proxy_loss"], "%.4g"),
                             number(l["relative_output_error"], "%.5f"),
                             l["seconds"].get<double>());
     }
+  }
+  // Which linears stayed in floating point (one line per reason), and
+  // which backend and kernel class computed which blocks.
+  std::map<std::string, std::vector<std::string>> kept, kernels;
+  for (const nlohmann::json& k : report["kept_fp"]) {
+    kept[k["reason"].get<std::string>()].push_back(
+        k["tensor"].get<std::string>());
+  }
+  for (const nlohmann::json& block : report["blocks"]) {
+    kernels[absl::StrCat(block.value("backend", std::string("?")), " ",
+                         block.value("kernel", std::string("?")))]
+        .push_back(std::to_string(block["layer"].get<int>()));
+  }
+  for (const auto& [reason, tensors] : kept) {
+    absl::StrAppend(&out, "\nkept in floating point (", reason,
+                    "): ", absl::StrJoin(tensors, ", "), "\n");
+  }
+  for (const auto& [kernel, layers] : kernels) {
+    absl::StrAppend(&out, "\nblocks ", absl::StrJoin(layers, ","),
+                    " computed on ", kernel, "\n");
   }
   if (report.contains("perplexity")) {
     absl::StrAppendFormat(&out, "\n%-24s %10s %10s\n", "held-out text",
@@ -151,6 +174,22 @@ std::string FormatTable(const nlohmann::json& report) {
                         report["seconds"].get<double>(),
                         report["peak_rss_mib"].get<double>());
   return out;
+}
+
+// The linears left in floating point, with why: [{tensor, reason}].
+nlohmann::json KeptLinearsJson(const nlohmann::json& blocks) {
+  nlohmann::json kept = nlohmann::json::array();
+  for (const nlohmann::json& block : blocks) {
+    for (const nlohmann::json& l : block["linears"]) {
+      const std::string reason = l.value("kept_fp", std::string());
+      if (reason.empty()) continue;
+      kept.push_back({{"tensor", absl::StrCat("model.layers.",
+                                              block["layer"].get<int>(), ".",
+                                              l["name"].get<std::string>())},
+                      {"reason", reason}});
+    }
+  }
+  return kept;
 }
 
 // Per block and linear, the GGUF type it is written in.
@@ -304,8 +343,67 @@ std::string ActivationsPath(const std::string& work_dir, int layer) {
   return absl::StrCat(work_dir, "/activations-", layer, ".safetensors");
 }
 
+std::optional<KeptLinear> KeptInFloatingPoint(
+    const QuantizeModelOptions& options, const LinearShape& shape,
+    std::optional<GgmlType> gguf_type, SafetensorsDType stored_dtype) {
+  const int64_t rows = shape.rows, cols = shape.cols;
+  const int group = options.weights.group_size;
+  switch (options.output_format) {
+    case OutputFormat::kGguf:
+      // The plain conversion's type: F16 (or F32 / BF16) where the rows do
+      // not split into any quantized type's blocks.
+      if (gguf_type.has_value() && SolveFormatOfGgmlType(*gguf_type).ok()) {
+        return std::nullopt;
+      }
+      return KeptLinear{
+          absl::StrCat(
+              "GGUF type ",
+              gguf_type.has_value() ? GgmlTypeName(*gguf_type) : "f16",
+              cols % 32 != 0
+                  ? absl::StrCat(" (the conversion's fallback): ", cols,
+                                 " input columns do not split into blocks "
+                                 "of 32")
+                  : ""),
+          gguf_type == GgmlType::kF32    ? SafetensorsDType::kF32
+          : gguf_type == GgmlType::kBF16 ? SafetensorsDType::kBF16
+                                         : SafetensorsDType::kF16};
+    case OutputFormat::kGptq:
+      // qweight packs 32 input rows per bits words, qzeros 32 outputs.
+      if (cols % 32 != 0) {
+        return KeptLinear{absl::StrCat("GPTQ v1 packs in_features in words of "
+                                       "32 rows; ",
+                                       cols, " is not a multiple of 32"),
+                          stored_dtype};
+      }
+      if (rows % 32 != 0) {
+        return KeptLinear{absl::StrCat("GPTQ v1 packs qzeros in words of 32 "
+                                       "outputs; out_features ",
+                                       rows, " is not a multiple of 32"),
+                          stored_dtype};
+      }
+      return std::nullopt;
+    case OutputFormat::kAwq:
+      // WQLinear_GEMM: qweight [in, out / 8], groups of whole columns.
+      if (rows % 8 != 0) {
+        return KeptLinear{absl::StrCat("AWQ GEMM packs 8 outputs per word; "
+                                       "out_features ",
+                                       rows, " is not a multiple of 8"),
+                          stored_dtype};
+      }
+      if (group > 0 && cols % group != 0) {
+        return KeptLinear{absl::StrCat("AWQ GEMM needs in_features divisible "
+                                       "by the group size ",
+                                       group, "; ", cols, " is not"),
+                          stored_dtype};
+      }
+      return std::nullopt;
+  }
+  return std::nullopt;
+}
+
 absl::StatusOr<BlockRecipe> MakeBlockRecipe(
-    const QuantizeModelOptions& options, SafetensorsDType norm_dtype,
+    const QuantizeModelOptions& options, const ModelSpec& spec,
+    SafetensorsDType norm_dtype,
     const std::array<std::optional<GgmlType>, kBlockLinears>& linear_types) {
   BlockRecipe r;
   r.method = options.method;
@@ -317,13 +415,18 @@ absl::StatusOr<BlockRecipe> MakeBlockRecipe(
                      ? SafetensorsDType::kF32  // GGUF norms are F32.
                      : norm_dtype;
   for (int i = 0; i < kBlockLinears; ++i) {
-    if (options.output_format != OutputFormat::kGguf) {
-      r.formats[i] = options.weights;
-      continue;
-    }
-    if (!linear_types[i].has_value()) {
+    const bool gguf = options.output_format == OutputFormat::kGguf;
+    if (gguf && !linear_types[i].has_value()) {
       return absl::InvalidArgumentError(
           absl::StrCat("GGUF output: no type for ", kBlockLinearNames[i]));
+    }
+    r.keep_fp[i] =
+        KeptInFloatingPoint(options, BlockLinearShape(spec, i),
+                            gguf ? linear_types[i] : std::nullopt, norm_dtype);
+    if (r.keep_fp[i].has_value()) continue;
+    if (!gguf) {
+      r.formats[i] = options.weights;
+      continue;
     }
     const GgmlType type = *linear_types[i];
     ASSIGN_OR_RETURN(r.formats[i], SolveFormatOfGgmlType(type));
@@ -389,8 +492,26 @@ absl::StatusOr<QuantizationPlan> PlanQuantization(
   for (int layer = 0; layer < plan.spec.num_layers; ++layer) {
     ASSIGN_OR_RETURN(
         BlockRecipe recipe,
-        MakeBlockRecipe(options, plan.norm_dtype, plan.linear_types[layer]));
+        MakeBlockRecipe(options, plan.spec, plan.norm_dtype,
+                        plan.linear_types[layer]));
     plan.block_recipes.push_back(std::move(recipe));
+  }
+  const bool quantizes_any = std::any_of(
+      plan.block_recipes.begin(), plan.block_recipes.end(),
+      [](const BlockRecipe& r) {
+        return std::any_of(r.keep_fp.begin(), r.keep_fp.end(),
+                           [](const auto& kept) { return !kept.has_value(); });
+      });
+  if (!quantizes_any) {
+    const std::string why = plan.block_recipes.empty()
+                                ? "the model has no decoder blocks"
+                                : plan.block_recipes[0].keep_fp[0]->reason;
+    return absl::InvalidArgumentError(absl::StrCat(
+        "nothing to quantize: every linear stays in floating point (", why,
+        ")",
+        options.output_format == OutputFormat::kGguf
+            ? "; quantctl convert writes such a file"
+            : ""));
   }
   plan.recipe = RecipeJson(options);
   return plan;
@@ -528,13 +649,19 @@ absl::StatusOr<QuantizeModelResult> AssembleOutput(
     RETURN_IF_ERROR(WriteQuantizedCheckpoint(options.model_dir, options.output,
                                              config, load_block));
     log(absl::StrCat("wrote ", options.output));
+    // As written: with the linears it kept in floating point.
+    ASSIGN_OR_RETURN(const std::optional<QuantizationConfig> read,
+                     ReadQuantizationConfig(options.output));
+    if (read.has_value()) config.modules_kept_fp = read->modules_kept_fp;
     evaluated = [config](const SafetensorsCheckpoint& written,
                          const ModelSpec& written_spec, int layer) {
       return LoadQuantizedDecoderBlock(written, written_spec, layer, config);
     };
   }
 
-  nlohmann::json report = {{"recipe", plan.recipe}, {"blocks", blocks}};
+  nlohmann::json report = {{"recipe", plan.recipe},
+                           {"blocks", blocks},
+                           {"kept_fp", KeptLinearsJson(blocks)}};
   if (!options.eval_texts.empty()) {
     const std::string evaluated_dir =
         options.output_format == OutputFormat::kGguf ? options.model_dir

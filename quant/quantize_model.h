@@ -105,10 +105,19 @@ struct QuantizationPlan {
 absl::StatusOr<QuantizationPlan> PlanQuantization(
     const QuantizeModelOptions& options);
 
-// One block's recipe from the options, the dtype the model stores norms
-// in, and (GGUF output) the GGUF type of each of its linears.
+// One block's recipe from the options, the model, the dtype it stores
+// norms (and weights) in, and (GGUF output) the GGUF type of each of its
+// linears. A linear the output cannot hold stays in floating point
+// (BlockRecipe::keep_fp): in GGUF one whose type is not a quantized type
+// (the conversion's F16 fallback for rows that do not split into blocks);
+// in GPTQ v1 one whose in or out features are not multiples of 32 (the
+// packed words); in AWQ GEMM one whose out features are not a multiple of
+// 8 or whose in features are not whole groups. Groups that do not divide
+// the in features in GPTQ end in a shorter group (ceil(in / group) groups,
+// g_idx = column / group), as AutoGPTQ and GPTQModel quantize them.
 absl::StatusOr<BlockRecipe> MakeBlockRecipe(
-    const QuantizeModelOptions& options, SafetensorsDType norm_dtype,
+    const QuantizeModelOptions& options, const ModelSpec& spec,
+    SafetensorsDType norm_dtype,
     const std::array<std::optional<GgmlType>, kBlockLinears>& linear_types);
 
 // The work directory's files (QuantizeModel's layout, also the

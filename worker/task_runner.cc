@@ -109,7 +109,7 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
                        ParseSafetensorsDType(spec.norm_dtype()));
       ASSIGN_OR_RETURN(const auto linear_types, LinearTypesOf(spec));
       ASSIGN_OR_RETURN(const BlockRecipe recipe,
-                       MakeBlockRecipe(options, norm_dtype, linear_types));
+                       MakeBlockRecipe(options, model, norm_dtype, linear_types));
       std::vector<float> hidden;
       if (sequences > 0) {
         ASSIGN_OR_RETURN(hidden,

@@ -2,6 +2,7 @@
 """Independent numpy reader for GPTQ v1 and AWQ GEMM checkpoint tensors.
 
 Usage: quant_checkpoint_reader.py FILE.safetensors
+       quant_checkpoint_reader.py --checkpoint DIR FP_MODEL_DIR
 
 Used by quant/packing_test.cc as a second opinion on quant/packing.cc: it
 shares no code with it and decodes the tensors the way the published loaders
@@ -29,16 +30,32 @@ must decode to: "<name>.expect.q" I32 [out, in], "<name>.expect.zeros" I32
 [groups, out], "<name>.expect.scales" F32 [groups, out] (before fp16
 rounding) and "<name>.expect.weight" F32 [out, in].
 
+With --checkpoint it reads a whole quantized model directory as a loader
+does: config.json's quantization_config says which block linears stay in
+floating point (AWQ: "modules_to_not_convert", matched as substrings of the
+module name as AutoAWQ, transformers and vLLM match them; GPTQ: those
+missing from "modules_in_block_to_quantize", each also matched by a
+negative "-:" regex of "dynamic", as GPTQModel reads it). Each of those must
+be a plain "<name>.weight" and every other linear packed. Every linear is
+then compared with the FP model's weight W: quantized ones decode to
+Q = scales * (levels - zeros) with, per input column c, Q[:, c] close to
+a_c W[:, c] (a_c = 1 for GPTQ; AWQ scales columns and folds 1 / a_c into
+the layer before): relative residual under 0.25 at 4 bits. Kept GPTQ linears
+are W bit for bit; kept AWQ ones W with columns scaled.
+
 Exit status: 0 when every linear matches ("N linears OK"), 1 when any does
 not (one "MISMATCH <name>: ..." line each), 2 for an unreadable file.
 """
+import glob
+import os
+import re
 import json
 import struct
 import sys
 
 import numpy as np
 
-DTYPES = {"I32": "<i4", "F16": "<f2", "F32": "<f4"}
+DTYPES = {"I32": "<i4", "F16": "<f2", "F32": "<f4", "BF16": "<u2"}
 
 # AutoGPTQ's 3-bit shift table: row r of a 3-word block, value j of 12.
 WF3 = np.array([
@@ -74,9 +91,11 @@ def read_safetensors(path):
         count = int(np.prod(info["shape"], dtype=np.int64))
         if end - begin != count * dtype.itemsize or base + end > len(data):
             raise Unreadable("%s: bad data_offsets" % name)
-        tensors[name] = np.frombuffer(
-            data, dtype=dtype, count=count,
-            offset=base + begin).reshape(info["shape"])
+        tensor = np.frombuffer(data, dtype=dtype, count=count,
+                               offset=base + begin).reshape(info["shape"])
+        if info["dtype"] == "BF16":  # The top half of an fp32.
+            tensor = (tensor.astype(np.uint32) << 16).view(np.float32)
+        tensors[name] = tensor
     return metadata, tensors
 
 
@@ -193,7 +212,125 @@ def check_linear(name, fmt, bits, t):
     return problems
 
 
+LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+           "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+
+
+def read_model(folder):
+    tensors = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*.safetensors"))):
+        tensors.update(read_safetensors(path)[1])
+    if not tensors:
+        raise Unreadable("no safetensors files in %s" % folder)
+    return tensors
+
+
+def kept_by_config(qc, module):
+    """Whether a loader leaves `module` (a full module name) unquantized."""
+    if qc["quant_method"] == "awq":
+        return any(m in module for m in (qc.get("modules_to_not_convert") or []))
+    stages = qc.get("modules_in_block_to_quantize")
+    if stages is None:
+        return False
+    listed = [m for stage in stages for m in stage]
+    kept = not any(module.endswith("." + m) for m in listed)
+    negative = any(re.match(key[2:], module)
+                   for key in (qc.get("dynamic") or {}) if key.startswith("-:"))
+    if kept != negative:
+        raise Unreadable("%s: modules_in_block_to_quantize and dynamic disagree"
+                         % module)
+    return kept
+
+
+def column_fit_residual(q, w):
+    """Relative residual of q [out, in] against w with each column scaled."""
+    w = w.astype(np.float64)
+    q = q.astype(np.float64)
+    a = (q * w).sum(axis=0) / np.maximum((w * w).sum(axis=0), 1e-30)
+    return np.linalg.norm(q - w * a) / np.linalg.norm(q), a
+
+
+def check_checkpoint(folder, fp_folder):
+    config = json.load(open(os.path.join(folder, "config.json")))
+    qc = config["quantization_config"]
+    method, bits = qc["quant_method"], int(qc["bits"])
+    t = read_model(folder)
+    fp = read_model(fp_folder)
+    counts = {"quantized": 0, "kept": 0}
+    failures = 0
+    for layer in range(config["num_hidden_layers"]):
+        for local in LINEARS:
+            module = "model.layers.%d.%s" % (layer, local)
+            w = fp[module + ".weight"]
+            problems = []
+            if kept_by_config(qc, module):
+                counts["kept"] += 1
+                if module + ".qweight" in t or module + ".weight" not in t:
+                    problems.append("kept by the config, but not a plain weight")
+                elif method == "gptq":
+                    compare(problems, "kept weight", t[module + ".weight"], w)
+                else:
+                    residual, _ = column_fit_residual(t[module + ".weight"], w)
+                    if residual > 1e-2:
+                        problems.append("kept weight is not W with columns "
+                                        "scaled (residual %.3g)" % residual)
+            else:
+                counts["quantized"] += 1
+                if module + ".weight" in t:
+                    problems.append("a plain weight the config says is packed")
+                    print("MISMATCH %s: %s" % (module, problems[0]))
+                    failures += 1
+                    continue
+                qweight, qzeros, scales = (t[module + ".qweight"],
+                                           t[module + ".qzeros"],
+                                           t[module + ".scales"])
+                groups = scales.shape[0]
+                if method == "gptq":
+                    n_out = qweight.shape[1]
+                    intweight = unpack_gptq_rows(qweight, bits).astype(np.int64)
+                    zeros = unpack_gptq_rows(np.ascontiguousarray(qzeros.T),
+                                             bits).T.astype(np.int64) + 1
+                    group_of_input = t[module + ".g_idx"].astype(np.int64)
+                else:
+                    n_out = qweight.shape[1] * 8
+                    intweight = unpack_awq(qweight, n_out).astype(np.int64)
+                    zeros = unpack_awq(qzeros, n_out).astype(np.int64)
+                    group_of_input = (np.arange(qweight.shape[0]) //
+                                      (qweight.shape[0] // groups))
+                if intweight.shape != w.T.shape:
+                    problems.append("decodes to [in, out] %s, the model's is %s"
+                                    % (list(intweight.shape), list(w.T.shape)))
+                else:
+                    s = scales.astype(np.float32)[group_of_input]
+                    weight = (s * (intweight - zeros[group_of_input])
+                              .astype(np.float32)).T
+                    residual, a = column_fit_residual(weight, w)
+                    limit = 0.25 * 2.0 ** (4 - bits)
+                    if residual > limit:
+                        problems.append("relative residual %.3g > %.3g"
+                                        % (residual, limit))
+                    if method == "gptq" and np.abs(a - 1).max() > 0.1:
+                        problems.append("GPTQ columns scaled by up to %.3g"
+                                        % np.abs(a - 1).max())
+            if problems:
+                failures += 1
+                print("MISMATCH %s: %s" % (module, "; ".join(problems)))
+    total = counts["quantized"] + counts["kept"]
+    if failures:
+        print("%d of %d linears do not match" % (failures, total))
+        return 1
+    print("%d linears OK (%d quantized, %d kept in floating point)"
+          % (total, counts["quantized"], counts["kept"]))
+    return 0
+
+
 def main(argv):
+    if len(argv) == 4 and argv[1] == "--checkpoint":
+        try:
+            return check_checkpoint(argv[2], argv[3])
+        except (Unreadable, KeyError, ValueError, OSError) as e:
+            print("unreadable %s: %s" % (argv[2], e))
+            return 2
     if len(argv) != 2:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2
