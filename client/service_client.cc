@@ -175,16 +175,17 @@ absl::Status ServiceClient::Status(const std::string& job_id,
   out << absl::StrFormat("  model %s -> %s\n", job.spec().model_dir(),
                          job.spec().output());
   if (!job.error().empty()) out << "  error: " << job.error() << "\n";
-  out << absl::StrFormat("  %-5s %-8s %5s %-8s %-22s %6s %6s %8s\n", "task",
-                         "kind", "layer", "state", "worker", "faults", "lost",
-                         "seconds");
+  out << absl::StrFormat("  %-5s %-8s %5s %-8s %-22s %6s %6s %8s  %s\n",
+                         "task", "kind", "layer", "state", "worker", "faults",
+                         "lost", "seconds", "computed on");
   for (const v1::Task& t : job.tasks()) {
     static const char* kStates[] = {"?", "pending", "leased", "done", "failed"};
-    out << absl::StrFormat("  %-5d %-8s %5d %-8s %-22s %6d %6d %8.1f\n",
-                           t.index(), t.kind(), t.layer(),
-                           kStates[std::clamp<int>(t.state(), 0, 4)],
-                           t.worker_id().empty() ? "-" : t.worker_id(),
-                           t.task_faults(), t.infra_faults(), t.seconds());
+    out << absl::StrFormat(
+        "  %-5d %-8s %5d %-8s %-22s %6d %6d %8.1f  %s\n", t.index(), t.kind(),
+        t.layer(), kStates[std::clamp<int>(t.state(), 0, 4)],
+        t.worker_id().empty() ? "-" : t.worker_id(), t.task_faults(),
+        t.infra_faults(), t.seconds(),
+        t.backend().empty() ? "-" : absl::StrCat(t.backend(), " ", t.kernel()));
   }
   return absl::OkStatus();
 }

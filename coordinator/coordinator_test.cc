@@ -14,6 +14,7 @@
 #include "common/test_data.h"
 #include "convert/tiny_llama.h"
 #include "grpcpp/generic/generic_stub.h"
+#include "kernels/cpu/compute_kernel.h"
 #include "gtest/gtest.h"
 #include "proto/quant/v1/quantization_service.grpc.pb.h"
 #include "proto/recipe.h"
@@ -171,6 +172,9 @@ TEST_F(CoordinatorTest, GptqJobMatchesTheEngineByteForByte) {
   for (const v1::Task& task : detail.tasks()) {
     EXPECT_EQ(task.state(), v1::TASK_STATE_DONE);
     EXPECT_EQ(task.task_faults(), 0);
+    // The job status says what computed each task.
+    EXPECT_EQ(task.backend(), "cpu");
+    EXPECT_EQ(task.kernel(), CpuComputeKernel().kernel);
   }
 }
 

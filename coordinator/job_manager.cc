@@ -321,6 +321,8 @@ absl::StatusOr<v1::Job> JobManager::JobMessage(int64_t job_id,
       t->set_infra_faults(task.infra_faults);
       t->set_error(task.error);
       t->set_seconds(task.seconds);
+      t->set_backend(task.backend);
+      t->set_kernel(task.kernel);
     }
   }
   out.set_tasks_total(static_cast<int32_t>(job.snapshot.tasks.size()));
@@ -663,7 +665,8 @@ absl::Status JobManager::CompleteTask(const v1::CompleteTaskRequest& request) {
     received = *std::move(found);
   }
   const absl::Status completed = scheduler_->Complete(
-      key, ref.epoch(), ref.worker_id(), request.seconds(), [&] {
+      key, ref.epoch(), ref.worker_id(), request.seconds(), request.backend(),
+      request.kernel(), [&] {
         return CommitTaskOutputs(job.snapshot.plan.job_dir, job.snapshot.plan,
                                  task, model.hidden_size, received);
       });
@@ -688,8 +691,10 @@ absl::Status JobManager::CompleteTask(const v1::CompleteTaskRequest& request) {
                           after.tasks);
   if (options_.metrics != nullptr) {
     options_.metrics->TaskCompleted(task.kind);
-    options_.metrics->ObserveTaskDuration(QuantMethodName(options.method),
-                                          "cpu", request.seconds());
+    options_.metrics->ObserveTaskDuration(
+        QuantMethodName(options.method),
+        request.backend().empty() ? "cpu" : request.backend(),
+        request.seconds());
   }
   Log(absl::StrFormat("job %d: %s task %d done in %.1f s", key.job_id,
                       task.kind, key.index, request.seconds()));

@@ -52,15 +52,24 @@ CREATE TABLE tasks (
   error TEXT NOT NULL,
   seconds REAL NOT NULL,
   outputs TEXT NOT NULL,
+  backend TEXT NOT NULL DEFAULT '',
+  kernel TEXT NOT NULL DEFAULT '',
   PRIMARY KEY (job_id, idx)
 );
+)sql";
+
+// Version 1 -> 2: which backend and kernel class computed each task.
+constexpr const char* kMigrateFrom1Sql = R"sql(
+ALTER TABLE tasks ADD COLUMN backend TEXT NOT NULL DEFAULT '';
+ALTER TABLE tasks ADD COLUMN kernel TEXT NOT NULL DEFAULT '';
 )sql";
 
 constexpr const char* kJobColumns =
     "id, spec, plan, state, error, create_ms, update_ms";
 constexpr const char* kTaskColumns =
     "job_id, idx, kind, layer, deps, state, epoch, worker_id, "
-    "lease_deadline_ms, task_faults, infra_faults, error, seconds, outputs";
+    "lease_deadline_ms, task_faults, infra_faults, error, seconds, outputs, "
+    "backend, kernel";
 
 absl::StatusCode CodeFor(int rc) {
   switch (rc & 0xff) {
@@ -307,7 +316,7 @@ absl::Status JobStore::Init() {
                        "version 0 that already holds ",
                        objects, " schema objects)"));
     }
-    if (version != kSchemaVersion) {
+    if (version != kSchemaVersion && version != 1) {
       return absl::FailedPreconditionError(absl::StrCat(
           "job store ", path_, ": schema version ", version,
           " in the file, but this build reads version ", kSchemaVersion));
@@ -353,6 +362,23 @@ absl::Status JobStore::Init() {
           "job store ", path_, ": synchronous is ",
           sqlite3_column_int(s.get(), 0), " after PRAGMA synchronous=FULL"));
     }
+  }
+  if (version == 1) {
+    // Migrated in one transaction; a crash leaves version 1 as it was.
+    RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE", "begin schema migration"));
+    absl::Status migrated = [&]() -> absl::Status {
+      RETURN_IF_ERROR(inspect(&version, &objects, &has_jobs, &has_tasks));
+      if (version != 1) return Exec("COMMIT", "end schema migration");
+      RETURN_IF_ERROR(Exec(kMigrateFrom1Sql, "migrate schema 1 -> 2"));
+      const std::string set_version =
+          absl::StrCat("PRAGMA user_version=", kSchemaVersion);
+      RETURN_IF_ERROR(Exec(set_version.c_str(), "set schema version"));
+      return Exec("COMMIT", "commit schema migration");
+    }();
+    if (!migrated.ok() && sqlite3_get_autocommit(db_) == 0) {
+      sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    }
+    return migrated;
   }
   if (version != 0) return absl::OkStatus();
 
@@ -415,7 +441,8 @@ absl::StatusOr<int64_t> JobStore::CreateJob(const JobRow& job,
         db_,
         "INSERT INTO tasks (job_id, idx, kind, layer, deps, state, epoch, "
         "worker_id, lease_deadline_ms, task_faults, infra_faults, error, "
-        "seconds, outputs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "seconds, outputs, backend, kernel) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         &insert_task, error("prepare insert task")));
     s = insert_task.get();
     for (const TaskRow& task : tasks) {
@@ -439,6 +466,10 @@ absl::StatusOr<int64_t> JobStore::CreateJob(const JobRow& job,
                           SQLITE_STATIC, SQLITE_UTF8);
       sqlite3_bind_double(s, 13, task.seconds);
       sqlite3_bind_text64(s, 14, task.outputs.data(), task.outputs.size(),
+                          SQLITE_STATIC, SQLITE_UTF8);
+      sqlite3_bind_text64(s, 15, task.backend.data(), task.backend.size(),
+                          SQLITE_STATIC, SQLITE_UTF8);
+      sqlite3_bind_text64(s, 16, task.kernel.data(), task.kernel.size(),
                           SQLITE_STATIC, SQLITE_UTF8);
       rc = sqlite3_step(s);
       if (rc != SQLITE_DONE) {
@@ -515,6 +546,8 @@ absl::StatusOr<TaskRow> ReadTask(sqlite3_stmt* s, const std::string& path) {
   task.error = ColumnString(s, 11);
   task.seconds = sqlite3_column_double(s, 12);
   task.outputs = ColumnString(s, 13);
+  task.backend = ColumnString(s, 14);
+  task.kernel = ColumnString(s, 15);
   return task;
 }
 
@@ -630,7 +663,8 @@ absl::Status JobStore::UpdateTask(const TaskRow& task) {
       db_,
       "UPDATE tasks SET state = ?, epoch = ?, worker_id = ?, "
       "lease_deadline_ms = ?, task_faults = ?, infra_faults = ?, error = ?, "
-      "seconds = ?, outputs = ? WHERE job_id = ? AND idx = ?",
+      "seconds = ?, outputs = ?, backend = ?, kernel = ? "
+      "WHERE job_id = ? AND idx = ?",
       &stmt, [&](int rc) { return SqliteError(rc, op); }));
   sqlite3_stmt* s = stmt.get();
   sqlite3_bind_int64(s, 1, static_cast<int64_t>(task.state));
@@ -645,8 +679,12 @@ absl::Status JobStore::UpdateTask(const TaskRow& task) {
   sqlite3_bind_double(s, 8, task.seconds);
   sqlite3_bind_text64(s, 9, task.outputs.data(), task.outputs.size(),
                       SQLITE_STATIC, SQLITE_UTF8);
-  sqlite3_bind_int64(s, 10, task.job_id);
-  sqlite3_bind_int64(s, 11, task.index);
+  sqlite3_bind_text64(s, 10, task.backend.data(), task.backend.size(),
+                      SQLITE_STATIC, SQLITE_UTF8);
+  sqlite3_bind_text64(s, 11, task.kernel.data(), task.kernel.size(),
+                      SQLITE_STATIC, SQLITE_UTF8);
+  sqlite3_bind_int64(s, 12, task.job_id);
+  sqlite3_bind_int64(s, 13, task.index);
   const int rc = sqlite3_step(s);
   if (rc != SQLITE_DONE) return SqliteError(rc, op);
   if (sqlite3_changes(db_) == 0) {

@@ -73,6 +73,9 @@ struct TaskRow {
   // The committed outputs as JSON ({"name": {"path", "bytes", "sha256"}});
   // "" until the task is done.
   std::string outputs;
+  // What computed the committed attempt: backend ("cpu", "cuda") and kernel
+  // class (kernels/cpu/compute_kernel.h); "" until the task is done.
+  std::string backend, kernel;
 };
 
 class JobStore {
@@ -84,7 +87,9 @@ class JobStore {
   JobStore(const JobStore&) = delete;
   JobStore& operator=(const JobStore&) = delete;
 
-  static constexpr int kSchemaVersion = 1;
+  // 2 added tasks.backend and tasks.kernel; a version 1 file is migrated
+  // when opened.
+  static constexpr int kSchemaVersion = 2;
 
   // Inserts the job (its id, state and times as given are ignored: it is
   // queued at `now_ms`) and its tasks in one transaction; returns its id.

@@ -568,7 +568,7 @@ TEST(JobStoreTest, OtherSchemaVersionIsRefusedAndLeftUnchanged) {
     raw.Exec("CREATE TABLE jobs (id INTEGER PRIMARY KEY, x TEXT)");
     raw.Exec("CREATE TABLE tasks (job_id INTEGER, idx INTEGER)");
     raw.Exec("INSERT INTO jobs (x) VALUES ('keep me')");
-    raw.Exec("PRAGMA user_version = 2");
+    raw.Exec("PRAGMA user_version = 3");
   }
   const std::string before = ReadBytes(path);
   ASSERT_FALSE(before.empty());
@@ -577,12 +577,54 @@ TEST(JobStoreTest, OtherSchemaVersionIsRefusedAndLeftUnchanged) {
   EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition)
       << store.status();
   EXPECT_THAT(store.status().message(), HasSubstr(path));
+  EXPECT_THAT(store.status().message(), HasSubstr("version 3"));
   EXPECT_THAT(store.status().message(), HasSubstr("version 2"));
-  EXPECT_THAT(store.status().message(), HasSubstr("version 1"));
   EXPECT_EQ(ReadBytes(path), before);
   EXPECT_FALSE(Exists(path + "-wal"));
   RawDb raw(path);
   EXPECT_EQ(raw.Query("PRAGMA journal_mode"), "delete");
+}
+
+// A store written by a version 1 build (before tasks recorded their backend
+// and kernel) opens with its jobs and tasks intact and gains the columns.
+TEST(JobStoreTest, Version1StoreIsMigrated) {
+  const std::string path = MakeTestTempDir("job_store") + "/v1.db";
+  {
+    RawDb raw(path);
+    raw.Exec(
+        "CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, spec BLOB "
+        "NOT NULL, plan TEXT NOT NULL, state INTEGER NOT NULL, error TEXT NOT "
+        "NULL, create_ms INTEGER NOT NULL, update_ms INTEGER NOT NULL)");
+    raw.Exec(
+        "CREATE TABLE tasks (job_id INTEGER NOT NULL REFERENCES jobs (id), "
+        "idx INTEGER NOT NULL, kind TEXT NOT NULL, layer INTEGER NOT NULL, "
+        "deps TEXT NOT NULL, state INTEGER NOT NULL, epoch INTEGER NOT NULL, "
+        "worker_id TEXT NOT NULL, lease_deadline_ms INTEGER NOT NULL, "
+        "task_faults INTEGER NOT NULL, infra_faults INTEGER NOT NULL, error "
+        "TEXT NOT NULL, seconds REAL NOT NULL, outputs TEXT NOT NULL, "
+        "PRIMARY KEY (job_id, idx))");
+    raw.Exec(
+        "INSERT INTO jobs VALUES (1, 'spec', 'plan', 1, '', 5, 6)");
+    raw.Exec(
+        "INSERT INTO tasks VALUES (1, 0, 'embed', -1, '', 2, 1, '', 0, 0, 0, "
+        "'', 0.25, '{}')");
+    raw.Exec("PRAGMA user_version = 1");
+  }
+  std::unique_ptr<JobStore> store = OpenOrDie(path);
+  ASSERT_NE(store, nullptr);
+  absl::StatusOr<std::vector<TaskRow>> tasks = store->GetTasks(1);
+  ASSERT_TRUE(tasks.ok()) << tasks.status();
+  ASSERT_EQ(tasks->size(), 1u);
+  EXPECT_EQ((*tasks)[0].seconds, 0.25);
+  EXPECT_EQ((*tasks)[0].kernel, "");
+  TaskRow task = (*tasks)[0];
+  task.backend = "cpu";
+  task.kernel = "OpenBLAS 0.3.21 Zen";
+  ASSERT_TRUE(store->UpdateTask(task).ok());
+  EXPECT_EQ((*store->GetTasks(1))[0].kernel, "OpenBLAS 0.3.21 Zen");
+  RawDb raw(path);
+  EXPECT_EQ(raw.Query("PRAGMA user_version"),
+            std::to_string(JobStore::kSchemaVersion));
 }
 
 TEST(JobStoreTest, OtherDatabaseIsRefusedAndLeftUnchanged) {

@@ -262,7 +262,7 @@ absl::StatusOr<int64_t> Scheduler::Heartbeat(const TaskKey& key, int64_t epoch,
 
 absl::Status Scheduler::Complete(
     const TaskKey& key, int64_t epoch, const std::string& worker_id,
-    double seconds,
+    double seconds, const std::string& backend, const std::string& kernel,
     const std::function<absl::StatusOr<std::string>()>& commit_outputs) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(TaskRow * live, LiveLease(key, epoch));
@@ -278,6 +278,8 @@ absl::Status Scheduler::Complete(
   task.lease_deadline_ms = 0;
   task.error = "";
   task.seconds = seconds;
+  task.backend = backend;
+  task.kernel = kernel;
   task.outputs = outputs_json;
   RETURN_IF_ERROR(Commit(job, {task}, std::nullopt));
   auto w = workers_.find(worker_id);

@@ -142,10 +142,10 @@ class Scheduler {
   // Commits the task done: `commit_outputs` (which moves the uploaded
   // files into place and describes them) runs first, under the scheduler's
   // lock and only for the live lease, then the store commits the task with
-  // what it returned as its outputs.
+  // what it returned as its outputs, and what computed it (backend, kernel).
   absl::Status Complete(
       const TaskKey& key, int64_t epoch, const std::string& worker_id,
-      double seconds,
+      double seconds, const std::string& backend, const std::string& kernel,
       const std::function<absl::StatusOr<std::string>()>& commit_outputs);
   absl::Status Fail(const TaskKey& key, int64_t epoch, bool task_fault,
                     const std::string& error);

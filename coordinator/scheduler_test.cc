@@ -79,7 +79,7 @@ class SchedulerTest : public ::testing::Test {
   }
   absl::Status Complete(const Lease& lease, const std::string& worker) {
     return scheduler_->Complete(
-        lease.key, lease.epoch, worker, 1.5,
+        lease.key, lease.epoch, worker, 1.5, "cpu", "OpenBLAS 0.3.21 Haswell",
         []() -> absl::StatusOr<std::string> { return std::string("{}"); });
   }
   TaskRow StoredTask(int64_t job, int index) {
@@ -107,6 +107,8 @@ TEST_F(SchedulerTest, TasksLeaseInDependencyOrder) {
   EXPECT_EQ(StoredTask(job, 0).state, TaskState::kDone);
   EXPECT_EQ(StoredTask(job, 0).seconds, 1.5);
   EXPECT_EQ(StoredTask(job, 0).outputs, "{}");
+  EXPECT_EQ(StoredTask(job, 0).backend, "cpu");
+  EXPECT_EQ(StoredTask(job, 0).kernel, "OpenBLAS 0.3.21 Haswell");
   const Lease block0 = MustLease(w);
   EXPECT_EQ(block0.key.index, 1);
   ASSERT_TRUE(Complete(block0, w).ok());
@@ -153,7 +155,7 @@ TEST_F(SchedulerTest, ExpiredLeaseIsReleasedAndTheOldEpochFenced) {
             absl::StatusCode::kFailedPrecondition);
   bool committed = false;
   EXPECT_EQ(scheduler_
-                ->Complete(first.key, first.epoch, a, 1,
+                ->Complete(first.key, first.epoch, a, 1, "cpu", "k",
                            [&]() -> absl::StatusOr<std::string> {
                              committed = true;
                              return std::string("{}");

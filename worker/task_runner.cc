@@ -67,6 +67,7 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
   const std::string activations_out =
       absl::StrCat(output_dir, "/", kActivationsTensor, ".safetensors");
   TaskRunResult result;
+  result.kernel = CpuComputeKernel();
   switch (spec.kind()) {
     case v1::TASK_KIND_EMBED: {
       ASSIGN_OR_RETURN(const TensorView windows_view,

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/cpu/compute_kernel.h"
 #include "absl/status/statusor.h"
 #include "proto/quant/v1/worker_service.pb.h"
 
@@ -20,6 +21,7 @@ struct TaskRunResult {
   // TaskSpec.outputs.
   std::vector<std::pair<std::string, std::string>> outputs;
   double seconds = 0;
+  ComputeKernel kernel;  // What computed it.
 };
 
 // `inputs_path` holds every tensor of spec.inputs under its name; outputs go

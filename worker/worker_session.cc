@@ -536,6 +536,7 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
   std::filesystem::remove_all(task.dir, error);
   std::filesystem::create_directories(task.dir + "/out", error);
   double seconds = 0;
+  ComputeKernel kernel;
   if (error) {
     outcome = Fail(&task, /*task_fault=*/false,
                    absl::StrCat("worker ", options_.name,
@@ -561,6 +562,7 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
         outcome = Fail(&task, /*task_fault=*/true, run.status().ToString());
       } else {
         seconds = run->seconds;
+        kernel = run->kernel;
         // At most a few uploads: a coordinator that lost one asks again.
         outcome = Outcome::kUploadAgain;
         for (int upload = 0; upload < 3 && outcome == Outcome::kUploadAgain;
@@ -575,7 +577,7 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
                 Fail(&task, /*task_fault=*/false,
                      absl::StrCat("uploading outputs: ", status.ToString()));
           } else {
-            outcome = Complete(&task, seconds);
+            outcome = Complete(&task, seconds, kernel);
           }
         }
         if (outcome == Outcome::kUploadAgain) {
@@ -885,9 +887,12 @@ absl::Status WorkerSession::CallAboutTask(
   }
 }
 
-WorkerSession::Outcome WorkerSession::Complete(Task* task, double seconds) {
+WorkerSession::Outcome WorkerSession::Complete(Task* task, double seconds,
+                                               const ComputeKernel& kernel) {
   v1::CompleteTaskRequest request;
   request.set_seconds(seconds);
+  request.set_backend(kernel.backend);
+  request.set_kernel(kernel.kernel);
   v1::CompleteTaskResponse response;
   const absl::Status status = CallAboutTask(
       task, [&](grpc::ClientContext* context, const v1::TaskRef& ref) {

@@ -31,6 +31,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/metrics.h"
+#include "kernels/cpu/compute_kernel.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
 #include "proto/quant/v1/worker_service.grpc.pb.h"
@@ -150,7 +151,7 @@ class WorkerSession {
       const std::vector<std::pair<std::string, std::string>>& outputs,
       bool* local_fault);
   // CompleteTask / FailTask, retried until the lease would have expired.
-  Outcome Complete(Task* task, double seconds);
+  Outcome Complete(Task* task, double seconds, const ComputeKernel& kernel);
   Outcome Fail(Task* task, bool task_fault, const std::string& error);
 
   const WorkerOptions options_;
