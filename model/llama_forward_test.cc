@@ -1,14 +1,24 @@
 #include "model/llama_forward.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "common/test_data.h"
 #include "convert/tiny_llama.h"
 #include "format/model_config.h"
+#include "format/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -231,6 +241,89 @@ TEST(LlamaForwardTest, BadInput) {
   broken.attn_norm.pop_back();
   EXPECT_EQ(forward.ForwardBlock(broken, 1, 4, hidden.data()).code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+
+// A .npy file of `descr` elements ('<f4', '<i4') and `rank` dimensions, as
+// numpy writes it (version 1 header, C order).
+template <typename T>
+std::vector<T> ReadNpy(const std::string& path, const std::string& descr,
+                       std::vector<int64_t>& shape) {
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)),
+                    std::istreambuf_iterator<char>());
+  if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0) return {};
+  const size_t header_len = static_cast<uint8_t>(bytes[8]) |
+                            static_cast<uint8_t>(bytes[9]) << 8;
+  const std::string header = bytes.substr(10, header_len);
+  if (header.find("'descr': '" + descr + "'") == std::string::npos ||
+      header.find("'fortran_order': False") == std::string::npos) {
+    return {};
+  }
+  const size_t open = header.find('(', header.find("'shape'"));
+  const size_t close = header.find(')', open);
+  shape.clear();
+  for (absl::string_view dim : absl::StrSplit(
+           header.substr(open + 1, close - open - 1), ',', absl::SkipEmpty())) {
+    int64_t n = 0;
+    if (absl::SimpleAtoi(absl::StripAsciiWhitespace(dim), &n))
+      shape.push_back(n);
+  }
+  std::vector<T> values((bytes.size() - 10 - header_len) / sizeof(T));
+  std::memcpy(values.data(), bytes.data() + 10 + header_len,
+              values.size() * sizeof(T));
+  return values;
+}
+
+// The data README's reference: transformers (eval mode, FP32) on the first
+// 64 tokens of heldout_stories as one sequence from position 0. A correct
+// forward pass matches to ~1e-5; the tolerance is 1e-4 of the largest logit.
+TEST(LlamaForwardTest, LogitsMatchTransformersOnTheSharedModel) {
+  const std::string data = SharedDataDir();
+  const std::string model = data + "/llama-29m-books";
+  const std::string tokens_path =
+      model + "/reference/ref_tokens_stories_first64.npy";
+  const std::string logits_path =
+      model + "/reference/ref_logits_stories_first64.npy";
+  if (data.empty() || !std::filesystem::exists(logits_path)) {
+    GTEST_SKIP() << "the shared model's reference logits are absent";
+  }
+  std::vector<int64_t> token_shape, logit_shape;
+  const std::vector<int32_t> tokens =
+      ReadNpy<int32_t>(tokens_path, "<i4", token_shape);
+  const std::vector<float> expected =
+      ReadNpy<float>(logits_path, "<f4", logit_shape);
+  ASSERT_EQ(token_shape, std::vector<int64_t>{64});
+  ASSERT_EQ(logit_shape, (std::vector<int64_t>{64, 4096}));
+  ASSERT_EQ(tokens.size(), 64u);
+  ASSERT_EQ(expected.size(), 64u * 4096u);
+
+  const ModelSpec spec = *LoadModelConfig(model);
+  const auto checkpoint = *SafetensorsCheckpoint::Open(model);
+  const LlamaForward forward(spec, 64);
+  std::vector<float> hidden(64 * spec.hidden_size);
+  ASSERT_TRUE(forward.Embed(*checkpoint, tokens, hidden.data()).ok());
+  for (int layer = 0; layer < spec.num_layers; ++layer) {
+    const absl::StatusOr<DecoderBlockWeights> block =
+        LoadDecoderBlock(*checkpoint, spec, layer);
+    ASSERT_TRUE(block.ok()) << block.status();
+    ASSERT_TRUE(forward.ForwardBlock(*block, 1, 64, hidden.data()).ok());
+  }
+  const absl::StatusOr<OutputHeadWeights> head =
+      LoadOutputHead(*checkpoint, spec);
+  ASSERT_TRUE(head.ok()) << head.status();
+  std::vector<float> logits(expected.size());
+  ASSERT_TRUE(forward.Logits(*head, hidden.data(), 64, logits.data()).ok());
+  double deviation = 0, largest = 0;
+  for (size_t i = 0; i < logits.size(); ++i) {
+    deviation = std::max(deviation, std::fabs(double{logits[i]} - expected[i]));
+    largest = std::max(largest, std::fabs(double{expected[i]}));
+  }
+  EXPECT_LT(deviation / largest, 1e-4)
+      << "max |ours - transformers| " << deviation << ", largest " << largest;
+  std::printf("logits vs transformers: max deviation %.3g of the largest %.3g "
+              "(%.3g relative)\n",
+              deviation, largest, deviation / largest);
 }
 
 }  // namespace
