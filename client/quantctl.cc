@@ -13,6 +13,7 @@
 #include "common/status_macros.h"
 #include "convert/gguf_converter.h"
 #include "convert/tiny_llama.h"
+#include "kernels/cpu/compute_kernel.h"
 #include "format/gguf.h"
 #include "format/model_config.h"
 #include "model/perplexity.h"
@@ -117,6 +118,7 @@ absl::Status RunQuantize(const QuantctlOptions& options, std::ostream& out,
                          std::ostream& err) {
   RETURN_IF_ERROR(RequireFlag(options.model, "model", "quantize"));
   RETURN_IF_ERROR(RequireFlag(options.out, "out", "quantize"));
+  SetCpuThreads(options.threads);  // Part of the kernel class.
   QuantizeModelOptions quantize = options.quantize;
   quantize.model_dir = options.model;
   quantize.output = options.out;
@@ -219,6 +221,7 @@ absl::Status RunServiceCommand(const QuantctlOptions& options,
           "quantctl run needs --local (a cluster job is `quantctl submit`)");
     }
     ASSIGN_OR_RETURN(const v1::JobSpec spec, JobSpecOf(options, command));
+    SetCpuThreads(options.threads);  // The in-process workers share it.
     LocalRunOptions local;
     local.workers = options.workers;
     local.threads = options.threads;

@@ -16,7 +16,9 @@ ABSL_FLAG(std::string, type, "F16",
           "GGUF type by llama.cpp's name: F32, F16, BF16, Q8_0, Q6_K, Q5_K_M, "
           "Q5_K_S, Q5_1, Q5_0, Q4_K_M, Q4_K_S, Q4_1, Q4_0, Q3_K_L, Q3_K_M, "
           "Q3_K_S, Q2_K");
-ABSL_FLAG(int, threads, 0, "Worker threads (0: all cores)");
+ABSL_FLAG(int, threads, 0,
+          "Worker threads, OpenMP's and OpenBLAS's (0: all cores); OpenBLAS's "
+          "count is part of the kernel class results reproduce within");
 ABSL_FLAG(int64_t, layers, 2, "make-tiny-model: decoder blocks");
 ABSL_FLAG(int64_t, hidden, 256, "make-tiny-model: hidden size");
 ABSL_FLAG(int64_t, intermediate, 0,

@@ -211,8 +211,9 @@ class BlockQuantizer {
       report.bits = f.bits;
       report.group_size = f.group_size;
     }
-    result_.backend = CpuComputeKernel().backend;
-    result_.kernel = CpuComputeKernel().kernel;
+    const ComputeKernel kernel = CpuComputeKernel();
+    result_.backend = kernel.backend;
+    result_.kernel = kernel.kernel;
     if (sequences_ == 0 && recipe_.method != QuantMethod::kRtn) {
       return absl::InvalidArgumentError(
           absl::StrCat(QuantMethodName(recipe_.method),

@@ -1,5 +1,7 @@
 #include "quant/block_quantizer.h"
 
+#include <cblas.h>
+
 #include <algorithm>
 #include <cmath>
 #include <memory>
@@ -9,6 +11,7 @@
 
 #include "common/test_data.h"
 #include "convert/tiny_llama.h"
+#include "kernels/cpu/compute_kernel.h"
 #include "format/model_config.h"
 #include "format/safetensors.h"
 #include "gtest/gtest.h"
@@ -186,6 +189,24 @@ TEST(BlockQuantizerTest, OneLevelChangedIsOutsideTheCrossShapeTolerance) {
     EXPECT_GT(MaxDeviation(wrong_out, out), 5 * kCrossShapeTolerance)
         << kBlockLinearNames[linear];
   }
+}
+
+// OpenBLAS's thread count is part of the kernel class: another count may
+// round differently, never by more than the cross-shape tolerance, and the
+// result records the count it ran with.
+TEST(BlockQuantizerTest, BlasThreadsChangeOnlyRoundingAndAreRecorded) {
+  const Fixture f = MakeFixture(2);
+  const int threads = openblas_get_num_threads();
+  std::vector<float> one_out, two_out;
+  SetCpuThreads(1);
+  const BlockResult one = Quantize(f, Recipe(QuantMethod::kRtn, 4, 64), one_out);
+  SetCpuThreads(2);
+  const BlockResult two = Quantize(f, Recipe(QuantMethod::kRtn, 4, 64), two_out);
+  SetCpuThreads(threads);
+  EXPECT_EQ(one.backend, "cpu");
+  EXPECT_NE(one.kernel.find(", 1 thread"), std::string::npos) << one.kernel;
+  EXPECT_NE(two.kernel.find(", 2 threads"), std::string::npos) << two.kernel;
+  EXPECT_LT(MaxDeviation(one_out, two_out), kCrossShapeTolerance);
 }
 
 TEST(BlockQuantizerTest, GptqBeatsRtnOnEveryLinear) {

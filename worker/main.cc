@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/metrics.h"
 #include "common/process.h"
+#include "kernels/cpu/compute_kernel.h"
 #include "worker/worker_session.h"
 
 ABSL_FLAG(std::string, coordinator, "localhost:50051",
@@ -59,6 +60,9 @@ int main(int argc, char** argv) {
   options.name = absl::GetFlag(FLAGS_name);
   if (options.name.empty()) options.name = HostName();
   options.threads = absl::GetFlag(FLAGS_threads);
+  // OpenBLAS's pool belongs to the process (one worker here); its size is
+  // part of the kernel class the worker reports.
+  quant::SetCpuThreads(options.threads);
   options.scratch_dir = absl::GetFlag(FLAGS_scratch_dir);
   const bool own_scratch = options.scratch_dir.empty();
   if (own_scratch) {

@@ -462,6 +462,8 @@ absl::Status WorkerSession::Reregister(const std::string& stale_worker_id) {
 }
 
 absl::Status WorkerSession::Run() {
+  // OpenMP's count is this thread's; OpenBLAS's pool is the process's (its
+  // main sets it: SetCpuThreads).
   if (options_.threads > 0) omp_set_num_threads(options_.threads);
   absl::Status registered = RegisterUntilDrained();
   if (!registered.ok()) {

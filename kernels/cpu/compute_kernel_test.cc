@@ -7,14 +7,22 @@
 namespace quant {
 namespace {
 
-TEST(ComputeKernelTest, NamesTheLibraryVersionAndDispatchedCore) {
-  const ComputeKernel& kernel = CpuComputeKernel();
-  EXPECT_EQ(kernel.backend, "cpu");
-  EXPECT_EQ(kernel.kernel.rfind("OpenBLAS 0.", 0), 0u) << kernel.kernel;
-  const std::string core = openblas_get_corename();
-  ASSERT_FALSE(core.empty());
-  EXPECT_EQ(kernel.kernel.substr(kernel.kernel.size() - core.size()), core);
-  EXPECT_EQ(&CpuComputeKernel(), &kernel);  // Asked once.
+TEST(ComputeKernelTest, NamesTheLibraryCoreAndThreads) {
+  const int threads = openblas_get_num_threads();
+  SetCpuThreads(1);
+  const ComputeKernel one = CpuComputeKernel();
+  EXPECT_EQ(one.backend, "cpu");
+  EXPECT_EQ(one.kernel.rfind("OpenBLAS 0.", 0), 0u) << one.kernel;
+  EXPECT_NE(one.kernel.find(std::string(" ") + openblas_get_corename() + ", "),
+            std::string::npos)
+      << one.kernel;
+  EXPECT_EQ(one.kernel.substr(one.kernel.size() - 10), ", 1 thread");
+  SetCpuThreads(3);
+  const std::string three = CpuComputeKernel().kernel;
+  EXPECT_EQ(three.substr(three.size() - 11), ", 3 threads");
+  SetCpuThreads(0);  // Leaves it.
+  EXPECT_EQ(openblas_get_num_threads(), 3);
+  SetCpuThreads(threads);
 }
 
 }  // namespace
