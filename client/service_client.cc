@@ -175,9 +175,9 @@ absl::Status ServiceClient::Status(const std::string& job_id,
   out << absl::StrFormat("  model %s -> %s\n", job.spec().model_dir(),
                          job.spec().output());
   if (!job.error().empty()) out << "  error: " << job.error() << "\n";
-  out << absl::StrFormat("  %-5s %-8s %5s %-8s %-22s %6s %6s %8s  %s\n",
-                         "task", "kind", "layer", "state", "worker", "faults",
-                         "lost", "seconds", "computed on");
+  out << absl::StrFormat("  %-5s %-8s %5s %-8s %-22s %6s %6s %8s  %s\n", "task",
+                         "kind", "layer", "state", "worker", "faults", "lost",
+                         "seconds", "computed on");
   for (const v1::Task& t : job.tasks()) {
     static const char* kStates[] = {"?", "pending", "leased", "done", "failed"};
     out << absl::StrFormat(
@@ -279,9 +279,9 @@ absl::Status RunLocal(const v1::JobSpec& spec, const LocalRunOptions& options,
   // A sequential calibrated job runs one block at a time: its worker gets
   // every core. Otherwise the workers share them.
   const v1::Recipe& recipe = spec.recipe();
-  const bool one_at_a_time =
-      recipe.mode() != v1::MODE_PARALLEL &&
-      (!recipe.calibration().has_samples() || recipe.calibration().samples() > 0);
+  const bool one_at_a_time = recipe.mode() != v1::MODE_PARALLEL &&
+                             (!recipe.calibration().has_samples() ||
+                              recipe.calibration().samples() > 0);
   const int threads_per_worker =
       one_at_a_time ? cores : std::max(1, cores / options.workers);
   std::vector<std::unique_ptr<WorkerSession>> sessions;

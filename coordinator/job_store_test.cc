@@ -603,8 +603,7 @@ TEST(JobStoreTest, Version1StoreIsMigrated) {
         "task_faults INTEGER NOT NULL, infra_faults INTEGER NOT NULL, error "
         "TEXT NOT NULL, seconds REAL NOT NULL, outputs TEXT NOT NULL, "
         "PRIMARY KEY (job_id, idx))");
-    raw.Exec(
-        "INSERT INTO jobs VALUES (1, 'spec', 'plan', 1, '', 5, 6)");
+    raw.Exec("INSERT INTO jobs VALUES (1, 'spec', 'plan', 1, '', 5, 6)");
     raw.Exec(
         "INSERT INTO tasks VALUES (1, 0, 'embed', -1, '', 2, 1, '', 0, 0, 0, "
         "'', 0.25, '{}')");

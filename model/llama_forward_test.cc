@@ -243,7 +243,6 @@ TEST(LlamaForwardTest, BadInput) {
             absl::StatusCode::kInvalidArgument);
 }
 
-
 // A .npy file of `descr` elements ('<f4', '<i4') and `rank` dimensions, as
 // numpy writes it (version 1 header, C order).
 template <typename T>
@@ -253,8 +252,8 @@ std::vector<T> ReadNpy(const std::string& path, const std::string& descr,
   std::string bytes((std::istreambuf_iterator<char>(in)),
                     std::istreambuf_iterator<char>());
   if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0) return {};
-  const size_t header_len = static_cast<uint8_t>(bytes[8]) |
-                            static_cast<uint8_t>(bytes[9]) << 8;
+  const size_t header_len =
+      static_cast<uint8_t>(bytes[8]) | static_cast<uint8_t>(bytes[9]) << 8;
   const std::string header = bytes.substr(10, header_len);
   if (header.find("'descr': '" + descr + "'") == std::string::npos ||
       header.find("'fortran_order': False") == std::string::npos) {
@@ -321,9 +320,10 @@ TEST(LlamaForwardTest, LogitsMatchTransformersOnTheSharedModel) {
   }
   EXPECT_LT(deviation / largest, 1e-4)
       << "max |ours - transformers| " << deviation << ", largest " << largest;
-  std::printf("logits vs transformers: max deviation %.3g of the largest %.3g "
-              "(%.3g relative)\n",
-              deviation, largest, deviation / largest);
+  std::printf(
+      "logits vs transformers: max deviation %.3g of the largest %.3g "
+      "(%.3g relative)\n",
+      deviation, largest, deviation / largest);
 }
 
 }  // namespace

@@ -250,9 +250,7 @@ class BlockQuantizer {
                          seq_len_, per_pass_, wanted, capture_);
   }
 
-  bool StaysFp(int linear) const {
-    return recipe_.keep_fp[linear].has_value();
-  }
+  bool StaysFp(int linear) const { return recipe_.keep_fp[linear].has_value(); }
 
   // A linear left in floating point computes with its stored values.
   void RoundToStoredDtype(int linear) {

@@ -80,7 +80,7 @@ struct BlockRecipe {
 };
 
 struct LinearReport {
-  std::string name;  // e.g. "self_attn.q_proj".
+  std::string name;     // e.g. "self_attn.q_proj".
   std::string kept_fp;  // Non-empty: left in floating point, and why.
   int bits = 0;
   int group_size = 0;

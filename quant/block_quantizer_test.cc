@@ -11,13 +11,15 @@
 
 #include "common/test_data.h"
 #include "convert/tiny_llama.h"
-#include "kernels/cpu/compute_kernel.h"
 #include "format/model_config.h"
 #include "format/safetensors.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/compute_kernel.h"
 
 namespace quant {
 namespace {
+
+constexpr int kDownProj = 6;
 
 struct Fixture {
   ModelSpec spec;
@@ -199,14 +201,42 @@ TEST(BlockQuantizerTest, BlasThreadsChangeOnlyRoundingAndAreRecorded) {
   const int threads = openblas_get_num_threads();
   std::vector<float> one_out, two_out;
   SetCpuThreads(1);
-  const BlockResult one = Quantize(f, Recipe(QuantMethod::kRtn, 4, 64), one_out);
+  const BlockResult one =
+      Quantize(f, Recipe(QuantMethod::kRtn, 4, 64), one_out);
   SetCpuThreads(2);
-  const BlockResult two = Quantize(f, Recipe(QuantMethod::kRtn, 4, 64), two_out);
+  const BlockResult two =
+      Quantize(f, Recipe(QuantMethod::kRtn, 4, 64), two_out);
   SetCpuThreads(threads);
   EXPECT_EQ(one.backend, "cpu");
   EXPECT_NE(one.kernel.find(", 1 thread"), std::string::npos) << one.kernel;
   EXPECT_NE(two.kernel.find(", 2 threads"), std::string::npos) << two.kernel;
   EXPECT_LT(MaxDeviation(one_out, two_out), kCrossShapeTolerance);
+}
+
+// A linear the output cannot hold stays in floating point (rounded to its
+// stored dtype); the others are quantized around it, and the block
+// computes with it as stored.
+TEST(BlockQuantizerTest, KeptLinearsStayAsStored) {
+  const Fixture f = MakeFixture(2);
+  for (QuantMethod method :
+       {QuantMethod::kRtn, QuantMethod::kGptq, QuantMethod::kAwq}) {
+    BlockRecipe recipe = Recipe(method, 4, 64);
+    recipe.keep_fp[kDownProj] = KeptLinear{"no room", SafetensorsDType::kBF16};
+    std::vector<float> out;
+    const BlockResult r = Quantize(f, recipe, out);
+    const std::string what(QuantMethodName(method));
+    EXPECT_EQ(r.reports[kDownProj].kept_fp, "no room") << what;
+    EXPECT_EQ(r.quantized[kDownProj].rows, 0) << what;
+    EXPECT_EQ(r.reports[kDownProj].relative_output_error, 0) << what;
+    EXPECT_GT(r.reports[kDownProj - 1].relative_output_error, 0) << what;
+    if (method != QuantMethod::kAwq) {  // AWQ scales it with up's outputs.
+      EXPECT_EQ(BlockLinear(r.weights, kDownProj).weight, f.block.down.weight)
+          << what;
+    } else {
+      EXPECT_EQ(r.awq_ratios.size(), 2u);  // q/k/v and gate/up searched.
+    }
+    ExpectForwardOf(f, r.weights, 4, 2, out, what);
+  }
 }
 
 TEST(BlockQuantizerTest, GptqBeatsRtnOnEveryLinear) {

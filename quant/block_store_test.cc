@@ -12,6 +12,7 @@ namespace quant {
 namespace {
 
 constexpr int kGgufLinear = 5;
+constexpr int kKeptLinear = 6;  // Left in floating point.
 
 BlockResult RandomResult() {
   std::mt19937 rng(4);
@@ -22,6 +23,14 @@ BlockResult RandomResult() {
     std::vector<float> w(rows * cols);
     std::normal_distribution<float> normal;
     for (float& x : w) x = normal(rng);
+    LinearWeights& linear = BlockLinear(r.weights, i);
+    linear.rows = rows, linear.cols = cols;
+    r.reports[i].name = std::string(kBlockLinearNames[i]);
+    if (i == kKeptLinear) {
+      linear.weight = w;
+      r.reports[i].kept_fp = "72 columns do not pack";
+      continue;
+    }
     if (i == kGgufLinear) {  // Solved on Q4_0's grid: rows of blocks.
       std::vector<double> h(cols * cols, 0.0);
       for (int64_t j = 0; j < cols; ++j) h[j * cols + j] = 1.0 + j;
@@ -31,12 +40,9 @@ BlockResult RandomResult() {
     } else {
       q = RtnQuantize(w.data(), rows, cols, 3, 32, false);
     }
-    LinearWeights& linear = BlockLinear(r.weights, i);
-    linear.rows = rows, linear.cols = cols;
     linear.weight = q->Dequantize();
     if (i < 3) linear.bias.assign(rows, 0.5f * i);
     r.importance[i].assign(cols, 1.5f);
-    r.reports[i].name = std::string(kBlockLinearNames[i]);
     r.reports[i].bits = 3;
     r.reports[i].group_size = 32;
     r.reports[i].proxy_loss = i == 0 ? std::nan("") : 0.25 * i;
@@ -46,6 +52,8 @@ BlockResult RandomResult() {
   r.weights.ffn_norm.assign(64, 0.75f);
   r.awq_ratios = {0.35, 0.5};
   r.seconds = 2.5;
+  r.backend = "cpu";
+  r.kernel = "OpenBLAS 0.3.21 Haswell, 16 threads";
   return r;
 }
 
@@ -77,6 +85,11 @@ TEST(BlockStoreTest, BlockResultRoundTrips) {
   EXPECT_EQ(back->reports[2].proxy_loss, 0.5);
   EXPECT_EQ(back->weights.ffn_norm, r.weights.ffn_norm);
   EXPECT_EQ(back->awq_ratios, r.awq_ratios);
+  EXPECT_EQ(back->reports[kKeptLinear].kept_fp, "72 columns do not pack");
+  EXPECT_EQ(back->quantized[kKeptLinear].rows, 0);
+  EXPECT_EQ(BlockLinear(back->weights, kKeptLinear).rows, 14);
+  EXPECT_EQ(back->kernel, r.kernel);
+  EXPECT_EQ(back->backend, "cpu");
   EXPECT_EQ(*LoadBlockReport(path), BlockReportJson(r));
 }
 

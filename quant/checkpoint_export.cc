@@ -176,23 +176,23 @@ nlohmann::json QuantizationConfigJson(const QuantizationConfig& config) {
              kept.empty() ? nlohmann::json(nullptr) : nlohmann::json(kept)}};
   }
   nlohmann::json gptq = {{"quant_method", "gptq"},
-          {"bits", config.bits},
-          {"group_size", config.group_size},
-          {"desc_act", config.desc_act},
-          {"sym", config.sym},
-          {"static_groups", config.static_groups},
-          {"true_sequential", config.true_sequential},
-          {"damp_percent", config.damp_percent},
-          {"checkpoint_format", "gptq"},
-          {"lm_head", false}};
+                         {"bits", config.bits},
+                         {"group_size", config.group_size},
+                         {"desc_act", config.desc_act},
+                         {"sym", config.sym},
+                         {"static_groups", config.static_groups},
+                         {"true_sequential", config.true_sequential},
+                         {"damp_percent", config.damp_percent},
+                         {"checkpoint_format", "gptq"},
+                         {"lm_head", false}};
   if (kept.empty()) return gptq;
   // transformers / optimum and vLLM: the linears of each block to quantize,
   // in their true-sequential stages; GPTQModel (and vLLM): a negative
   // "dynamic" rule per module left in floating point.
   nlohmann::json stages = nlohmann::json::array();
   nlohmann::json dynamic = nlohmann::json::object();
-  for (const std::vector<int>& stage : std::vector<std::vector<int>>{
-           {0, 1, 2}, {3}, {4, 5}, {6}}) {
+  for (const std::vector<int>& stage :
+       std::vector<std::vector<int>>{{0, 1, 2}, {3}, {4, 5}, {6}}) {
     nlohmann::json names = nlohmann::json::array();
     for (int i : stage) {
       const std::string name(kBlockLinearNames[i]);
@@ -200,8 +200,8 @@ nlohmann::json QuantizationConfigJson(const QuantizationConfig& config) {
         names.push_back(name);
       } else {
         dynamic[absl::StrCat("-:model\\.layers\\.\\d+\\.",
-                             absl::StrReplaceAll(name, {{".", "\\."}}),
-                             "$")] = nlohmann::json::object();
+                             absl::StrReplaceAll(name, {{".", "\\."}}), "$")] =
+            nlohmann::json::object();
       }
     }
     if (!names.empty()) stages.push_back(std::move(names));

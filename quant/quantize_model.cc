@@ -136,9 +136,9 @@ std::string FormatTable(const nlohmann::json& report) {
           block["layer"].get<int>(), l["name"].get<std::string>(),
           kept ? "fp" : std::to_string(l["bits"].get<int>()),
           kept ? "-" : std::to_string(l["group_size"].get<int>()),
-                            number(l["proxy_loss"], "%.4g"),
-                            number(l["relative_output_error"], "%.5f"),
-                            l["seconds"].get<double>());
+          number(l["proxy_loss"], "%.4g"),
+          number(l["relative_output_error"], "%.5f"),
+          l["seconds"].get<double>());
     }
   }
   // Which linears stayed in floating point (one line per reason), and
@@ -183,13 +183,73 @@ nlohmann::json KeptLinearsJson(const nlohmann::json& blocks) {
     for (const nlohmann::json& l : block["linears"]) {
       const std::string reason = l.value("kept_fp", std::string());
       if (reason.empty()) continue;
-      kept.push_back({{"tensor", absl::StrCat("model.layers.",
-                                              block["layer"].get<int>(), ".",
-                                              l["name"].get<std::string>())},
-                      {"reason", reason}});
+      kept.push_back(
+          {{"tensor", absl::StrCat("model.layers.", block["layer"].get<int>(),
+                                   ".", l["name"].get<std::string>())},
+           {"reason", reason}});
     }
   }
   return kept;
+}
+
+// Whether linear `shape` stays in floating point in the output (see
+// MakeBlockRecipe), and why.
+std::optional<KeptLinear> KeptInFloatingPoint(
+    const QuantizeModelOptions& options, const LinearShape& shape,
+    std::optional<GgmlType> gguf_type, SafetensorsDType stored_dtype) {
+  const int64_t rows = shape.rows, cols = shape.cols;
+  const int group = options.weights.group_size;
+  switch (options.output_format) {
+    case OutputFormat::kGguf:
+      // The plain conversion's type: F16 (or F32 / BF16) where the rows do
+      // not split into any quantized type's blocks.
+      if (gguf_type.has_value() && SolveFormatOfGgmlType(*gguf_type).ok()) {
+        return std::nullopt;
+      }
+      return KeptLinear{
+          absl::StrCat(
+              "GGUF type ",
+              gguf_type.has_value() ? GgmlTypeName(*gguf_type) : "f16",
+              cols % 32 != 0
+                  ? absl::StrCat(" (the conversion's fallback): ", cols,
+                                 " input columns do not split into blocks "
+                                 "of 32")
+                  : ""),
+          gguf_type == GgmlType::kF32    ? SafetensorsDType::kF32
+          : gguf_type == GgmlType::kBF16 ? SafetensorsDType::kBF16
+                                         : SafetensorsDType::kF16};
+    case OutputFormat::kGptq:
+      // qweight packs 32 input rows per bits words, qzeros 32 outputs.
+      if (cols % 32 != 0) {
+        return KeptLinear{absl::StrCat("GPTQ v1 packs in_features in words of "
+                                       "32 rows; ",
+                                       cols, " is not a multiple of 32"),
+                          stored_dtype};
+      }
+      if (rows % 32 != 0) {
+        return KeptLinear{absl::StrCat("GPTQ v1 packs qzeros in words of 32 "
+                                       "outputs; out_features ",
+                                       rows, " is not a multiple of 32"),
+                          stored_dtype};
+      }
+      return std::nullopt;
+    case OutputFormat::kAwq:
+      // WQLinear_GEMM: qweight [in, out / 8], groups of whole columns.
+      if (rows % 8 != 0) {
+        return KeptLinear{absl::StrCat("AWQ GEMM packs 8 outputs per word; "
+                                       "out_features ",
+                                       rows, " is not a multiple of 8"),
+                          stored_dtype};
+      }
+      if (group > 0 && cols % group != 0) {
+        return KeptLinear{absl::StrCat("AWQ GEMM needs in_features divisible "
+                                       "by the group size ",
+                                       group, "; ", cols, " is not"),
+                          stored_dtype};
+      }
+      return std::nullopt;
+  }
+  return std::nullopt;
 }
 
 // Per block and linear, the GGUF type it is written in.
@@ -343,64 +403,6 @@ std::string ActivationsPath(const std::string& work_dir, int layer) {
   return absl::StrCat(work_dir, "/activations-", layer, ".safetensors");
 }
 
-std::optional<KeptLinear> KeptInFloatingPoint(
-    const QuantizeModelOptions& options, const LinearShape& shape,
-    std::optional<GgmlType> gguf_type, SafetensorsDType stored_dtype) {
-  const int64_t rows = shape.rows, cols = shape.cols;
-  const int group = options.weights.group_size;
-  switch (options.output_format) {
-    case OutputFormat::kGguf:
-      // The plain conversion's type: F16 (or F32 / BF16) where the rows do
-      // not split into any quantized type's blocks.
-      if (gguf_type.has_value() && SolveFormatOfGgmlType(*gguf_type).ok()) {
-        return std::nullopt;
-      }
-      return KeptLinear{
-          absl::StrCat(
-              "GGUF type ",
-              gguf_type.has_value() ? GgmlTypeName(*gguf_type) : "f16",
-              cols % 32 != 0
-                  ? absl::StrCat(" (the conversion's fallback): ", cols,
-                                 " input columns do not split into blocks "
-                                 "of 32")
-                  : ""),
-          gguf_type == GgmlType::kF32    ? SafetensorsDType::kF32
-          : gguf_type == GgmlType::kBF16 ? SafetensorsDType::kBF16
-                                         : SafetensorsDType::kF16};
-    case OutputFormat::kGptq:
-      // qweight packs 32 input rows per bits words, qzeros 32 outputs.
-      if (cols % 32 != 0) {
-        return KeptLinear{absl::StrCat("GPTQ v1 packs in_features in words of "
-                                       "32 rows; ",
-                                       cols, " is not a multiple of 32"),
-                          stored_dtype};
-      }
-      if (rows % 32 != 0) {
-        return KeptLinear{absl::StrCat("GPTQ v1 packs qzeros in words of 32 "
-                                       "outputs; out_features ",
-                                       rows, " is not a multiple of 32"),
-                          stored_dtype};
-      }
-      return std::nullopt;
-    case OutputFormat::kAwq:
-      // WQLinear_GEMM: qweight [in, out / 8], groups of whole columns.
-      if (rows % 8 != 0) {
-        return KeptLinear{absl::StrCat("AWQ GEMM packs 8 outputs per word; "
-                                       "out_features ",
-                                       rows, " is not a multiple of 8"),
-                          stored_dtype};
-      }
-      if (group > 0 && cols % group != 0) {
-        return KeptLinear{absl::StrCat("AWQ GEMM needs in_features divisible "
-                                       "by the group size ",
-                                       group, "; ", cols, " is not"),
-                          stored_dtype};
-      }
-      return std::nullopt;
-  }
-  return std::nullopt;
-}
-
 absl::StatusOr<BlockRecipe> MakeBlockRecipe(
     const QuantizeModelOptions& options, const ModelSpec& spec,
     SafetensorsDType norm_dtype,
@@ -490,10 +492,9 @@ absl::StatusOr<QuantizationPlan> PlanQuantization(
                      LinearTypes(plan.spec, plan.gguf_types));
   }
   for (int layer = 0; layer < plan.spec.num_layers; ++layer) {
-    ASSIGN_OR_RETURN(
-        BlockRecipe recipe,
-        MakeBlockRecipe(options, plan.spec, plan.norm_dtype,
-                        plan.linear_types[layer]));
+    ASSIGN_OR_RETURN(BlockRecipe recipe,
+                     MakeBlockRecipe(options, plan.spec, plan.norm_dtype,
+                                     plan.linear_types[layer]));
     plan.block_recipes.push_back(std::move(recipe));
   }
   const bool quantizes_any = std::any_of(
@@ -507,8 +508,7 @@ absl::StatusOr<QuantizationPlan> PlanQuantization(
                                 ? "the model has no decoder blocks"
                                 : plan.block_recipes[0].keep_fp[0]->reason;
     return absl::InvalidArgumentError(absl::StrCat(
-        "nothing to quantize: every linear stays in floating point (", why,
-        ")",
+        "nothing to quantize: every linear stays in floating point (", why, ")",
         options.output_format == OutputFormat::kGguf
             ? "; quantctl convert writes such a file"
             : ""));

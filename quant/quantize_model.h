@@ -98,8 +98,7 @@ struct QuantizationPlan {
   std::map<std::string, GgmlType> gguf_types;
   std::optional<QuantMix> mix;
   // Per block and linear, the GGUF type it is written in (GGUF only).
-  std::vector<std::array<std::optional<GgmlType>, kBlockLinears>>
-      linear_types;
+  std::vector<std::array<std::optional<GgmlType>, kBlockLinears>> linear_types;
 };
 // InvalidArgument names the option at fault.
 absl::StatusOr<QuantizationPlan> PlanQuantization(

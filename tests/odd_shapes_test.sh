@@ -89,6 +89,14 @@ for type in Q4_0 Q4_K_M Q2_K; do
   fi
 done
 
+# The service (a coordinator and in-process workers) writes the same bytes.
+"$quantctl" run --local --state_dir "$work/state" --model "$model" \
+  --out "$work/odd-service.gguf" --format gguf --type Q4_K_M "${calib[@]}" \
+  >"$work/service.log" 2>&1 || { cat "$work/service.log"; fail "run --local"; }
+cmp "$work/odd-service.gguf" "$work/odd-Q4_K_M.gguf" ||
+  fail "run --local wrote another Q4_K_M than quantctl quantize"
+echo "PASS: run --local wrote the same Q4_K_M bytes as quantctl quantize"
+
 for spec in "gptq 128 gptq" "gptq 96 gptq" "awq 128 awq"; do
   read -r format group method <<<"$spec"
   out=$work/odd-$format-g$group

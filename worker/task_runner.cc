@@ -109,8 +109,9 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       ASSIGN_OR_RETURN(const SafetensorsDType norm_dtype,
                        ParseSafetensorsDType(spec.norm_dtype()));
       ASSIGN_OR_RETURN(const auto linear_types, LinearTypesOf(spec));
-      ASSIGN_OR_RETURN(const BlockRecipe recipe,
-                       MakeBlockRecipe(options, model, norm_dtype, linear_types));
+      ASSIGN_OR_RETURN(
+          const BlockRecipe recipe,
+          MakeBlockRecipe(options, model, norm_dtype, linear_types));
       std::vector<float> hidden;
       if (sequences > 0) {
         ASSIGN_OR_RETURN(hidden,

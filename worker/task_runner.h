@@ -10,8 +10,8 @@
 #include <utility>
 #include <vector>
 
-#include "kernels/cpu/compute_kernel.h"
 #include "absl/status/statusor.h"
+#include "kernels/cpu/compute_kernel.h"
 #include "proto/quant/v1/worker_service.pb.h"
 
 namespace quant {

@@ -31,9 +31,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/metrics.h"
-#include "kernels/cpu/compute_kernel.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
+#include "kernels/cpu/compute_kernel.h"
 #include "proto/quant/v1/worker_service.grpc.pb.h"
 
 namespace quant {
