@@ -363,42 +363,31 @@ absl::Status JobStore::Init() {
           sqlite3_column_int(s.get(), 0), " after PRAGMA synchronous=FULL"));
     }
   }
-  if (version == 1) {
-    // Migrated in one transaction; a crash leaves version 1 as it was.
-    RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE", "begin schema migration"));
-    absl::Status migrated = [&]() -> absl::Status {
+  // Creates (from version 0) or migrates (from version 1) the schema in one
+  // transaction, checking the version again inside it in case another
+  // process did so meanwhile; a crash leaves the file as it was.
+  auto upgrade = [&](int64_t from, const char* sql,
+                     const char* what) -> absl::Status {
+    RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE", what));
+    absl::Status status = [&]() -> absl::Status {
       RETURN_IF_ERROR(inspect(&version, &objects, &has_jobs, &has_tasks));
-      if (version != 1) return Exec("COMMIT", "end schema migration");
-      RETURN_IF_ERROR(Exec(kMigrateFrom1Sql, "migrate schema 1 -> 2"));
+      RETURN_IF_ERROR(check(version, objects, has_jobs, has_tasks));
+      if (version != from) return Exec("COMMIT", what);
+      RETURN_IF_ERROR(Exec(sql, what));
       const std::string set_version =
           absl::StrCat("PRAGMA user_version=", kSchemaVersion);
       RETURN_IF_ERROR(Exec(set_version.c_str(), "set schema version"));
-      return Exec("COMMIT", "commit schema migration");
+      return Exec("COMMIT", what);
     }();
-    if (!migrated.ok() && sqlite3_get_autocommit(db_) == 0) {
+    if (!status.ok() && sqlite3_get_autocommit(db_) == 0) {
       sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
     }
-    return migrated;
-  }
-  if (version != 0) return absl::OkStatus();
-
-  // A new file: create the schema in one transaction, checking again inside
-  // it in case another process created it meanwhile.
-  RETURN_IF_ERROR(Exec("BEGIN IMMEDIATE", "begin schema creation"));
-  absl::Status status = [&]() -> absl::Status {
-    RETURN_IF_ERROR(inspect(&version, &objects, &has_jobs, &has_tasks));
-    RETURN_IF_ERROR(check(version, objects, has_jobs, has_tasks));
-    if (version != 0) return Exec("COMMIT", "end schema check");
-    RETURN_IF_ERROR(Exec(kSchemaSql, "create schema"));
-    const std::string set_version =
-        absl::StrCat("PRAGMA user_version=", kSchemaVersion);
-    RETURN_IF_ERROR(Exec(set_version.c_str(), "set schema version"));
-    return Exec("COMMIT", "commit schema creation");
-  }();
-  if (!status.ok() && sqlite3_get_autocommit(db_) == 0) {
-    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-  }
-  return status;
+    return status;
+  };
+  if (version == 0) return upgrade(0, kSchemaSql, "create schema");
+  if (version == 1)
+    return upgrade(1, kMigrateFrom1Sql, "migrate schema 1 -> 2");
+  return absl::OkStatus();
 }
 
 absl::StatusOr<int64_t> JobStore::CreateJob(const JobRow& job,

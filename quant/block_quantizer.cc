@@ -305,10 +305,7 @@ class BlockQuantizer {
     // Stages by input; without true_sequential all inputs come from the FP
     // block in one pass.
     const std::vector<std::vector<int>> stages =
-        recipe_.true_sequential ? std::vector<std::vector<int>>{{kQ, kK, kV},
-                                                                {kO},
-                                                                {kGate, kUp},
-                                                                {kDown}}
+        recipe_.true_sequential ? TrueSequentialStages()
                                 : std::vector<std::vector<int>>{
                                       {kQ, kK, kV, kO, kGate, kUp, kDown}};
     for (const std::vector<int>& all : stages) {
@@ -519,6 +516,12 @@ LinearWeights& BlockLinear(DecoderBlockWeights& block, int index) {
 
 const LinearWeights& BlockLinear(const DecoderBlockWeights& block, int index) {
   return BlockLinear(const_cast<DecoderBlockWeights&>(block), index);
+}
+
+const std::vector<std::vector<int>>& TrueSequentialStages() {
+  static const auto* const stages = new std::vector<std::vector<int>>{
+      {kQ, kK, kV}, {kO}, {kGate, kUp}, {kDown}};
+  return *stages;
 }
 
 LinearShape BlockLinearShape(const ModelSpec& spec, int index) {

@@ -39,6 +39,10 @@ inline constexpr std::array<absl::string_view, kBlockLinears>
 LinearWeights& BlockLinear(DecoderBlockWeights& block, int index);
 const LinearWeights& BlockLinear(const DecoderBlockWeights& block, int index);
 
+// GPTQ's true-sequential stages (q/k/v, o, gate/up, down), each calibrated
+// on the outputs of the stages quantized before it.
+const std::vector<std::vector<int>>& TrueSequentialStages();
+
 // Linear `index`'s weight shape in a block of `spec`: rows = out_features,
 // cols = in_features.
 struct LinearShape {

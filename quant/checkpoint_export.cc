@@ -191,8 +191,7 @@ nlohmann::json QuantizationConfigJson(const QuantizationConfig& config) {
   // "dynamic" rule per module left in floating point.
   nlohmann::json stages = nlohmann::json::array();
   nlohmann::json dynamic = nlohmann::json::object();
-  for (const std::vector<int>& stage :
-       std::vector<std::vector<int>>{{0, 1, 2}, {3}, {4, 5}, {6}}) {
+  for (const std::vector<int>& stage : TrueSequentialStages()) {
     nlohmann::json names = nlohmann::json::array();
     for (int i : stage) {
       const std::string name(kBlockLinearNames[i]);

@@ -7,6 +7,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "common/file.h"
 #include "common/test_data.h"
@@ -26,11 +27,12 @@ struct TinyRun {
   std::string dir, model, tokens;
 };
 
-TinyRun MakeTinyRun(const std::string& name) {
+TinyRun MakeTinyRun(const std::string& name, int64_t intermediate_size = 768) {
   TinyRun s;
   s.dir = MakeTestTempDir(name);
   s.model = s.dir + "/model";
   TinyLlamaOptions tiny;
+  tiny.intermediate_size = intermediate_size;
   EXPECT_TRUE(WriteTinyLlama(s.model, tiny).ok());
   s.tokens = s.dir + "/tokens.txt";
   std::ofstream out(s.tokens);
@@ -149,6 +151,34 @@ TEST(QuantizeModelTest, GptqAndAwqCheckpointsReadBackExactly) {
   ExpectExportMatchesResults(awq, CheckpointLayout::kAwqGemm);
   EXPECT_NE(Bytes(awq.output + "/config.json").find("\"version\": \"gemm\""),
             std::string::npos);
+}
+
+// An MLP 172 wide packs in neither layout: gate/up/down stay in floating
+// point (as stored, bf16), listed in the config; the checkpoint still reads
+// back as exactly what the run computed with.
+TEST(QuantizeModelTest, LinearsThatDoNotPackStayInFloatingPoint) {
+  const TinyRun s = MakeTinyRun("quantize_odd", 172);
+  const std::vector<std::string> mlp = {"mlp.gate_proj", "mlp.up_proj",
+                                        "mlp.down_proj"};
+  for (const OutputFormat format : {OutputFormat::kGptq, OutputFormat::kAwq}) {
+    const bool awq = format == OutputFormat::kAwq;
+    QuantizeModelOptions o = Options(s, awq ? "awq" : "gptq");
+    o.output_format = format;
+    if (awq) o.method = QuantMethod::kAwq;
+    const auto done = QuantizeModel(o);
+    ASSERT_TRUE(done.ok()) << done.status();
+    ExpectExportMatchesResults(
+        o, awq ? CheckpointLayout::kAwqGemm : CheckpointLayout::kGptqV1);
+    const auto config = ReadQuantizationConfig(o.output);
+    ASSERT_TRUE(config.ok() && config->has_value());
+    EXPECT_EQ((*config)->modules_kept_fp, mlp);
+    EXPECT_EQ(done->report["kept_fp"].size(), 6u);  // 3 linears, 2 blocks.
+    const auto checkpoint = *SafetensorsCheckpoint::Open(o.output);
+    EXPECT_EQ(checkpoint->Get("model.layers.1.mlp.down_proj.weight")->dtype,
+              SafetensorsDType::kBF16);
+    EXPECT_FALSE(checkpoint->Has("model.layers.1.mlp.down_proj.qweight"));
+    EXPECT_TRUE(checkpoint->Has("model.layers.1.self_attn.o_proj.qweight"));
+  }
 }
 
 TEST(QuantizeModelTest, GgufFromGptqUsesTheMixTypes) {

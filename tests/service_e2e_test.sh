@@ -2,8 +2,9 @@
 # The service end to end, as separate processes over loopback: a
 # coordinator and two workers quantize ../shared/data/llama-29m-books with
 # GPTQ 4-bit into a GGUF file and a GPTQ safetensors directory; both are
-# byte-identical to `quantctl run --local` with the same recipe, and
-# llama.cpp loads the GGUF. Then the faults:
+# byte-identical to `quantctl run --local` with the same recipe on the same
+# kernel class (one OpenBLAS thread everywhere), and llama.cpp loads the
+# GGUF. Then the faults:
 #  - kill -9 a worker in the middle of a task: its lease expires, the other
 #    worker takes the task, the output is byte-identical;
 #  - kill -9 the coordinator in the middle of a job and start it again: the
@@ -95,13 +96,14 @@ same() {  # FILE REFERENCE WHAT
   echo "PASS: $3 byte-identical to run --local ($(stat -c %s "$1") bytes)"
 }
 
-# 1. The references, in one process.
-"$quantctl" run --local --model "$work/model" --out "$work/ref/gptq" \
-  "${recipe[@]}" --format gptq >"$work/ref-gptq.log" 2>&1 ||
-  fail "run --local (gptq)"
-"$quantctl" run --local --model "$work/model" --out "$work/ref/model.gguf" \
-  "${recipe[@]}" "${gguf[@]}" >"$work/ref-gguf.log" 2>&1 ||
-  fail "run --local (gguf)"
+# 1. The references, in one process, on the workers' kernel class (one
+# OpenBLAS thread: another count may round differently).
+"$quantctl" run --local --threads 1 --model "$work/model" \
+  --out "$work/ref/gptq" "${recipe[@]}" --format gptq >"$work/ref-gptq.log" \
+  2>&1 || fail "run --local (gptq)"
+"$quantctl" run --local --threads 1 --model "$work/model" \
+  --out "$work/ref/model.gguf" "${recipe[@]}" "${gguf[@]}" \
+  >"$work/ref-gguf.log" 2>&1 || fail "run --local (gguf)"
 
 # 2. A coordinator and two worker processes.
 start_coordinator
