@@ -151,6 +151,56 @@ absl::StatusOr<std::vector<T>> RawTensor(
   return view.CopyElements<T>();
 }
 
+// The packed linear `name` ("model.layers.N.mlp.down_proj.") of a
+// checkpoint in `config`'s layout, unpacked.
+absl::StatusOr<QuantizedLinear> ReadPackedLinear(
+    const SafetensorsCheckpoint& checkpoint, const std::string& name,
+    const QuantizationConfig& config) {
+  auto ints = [&](const std::string& tensor, std::vector<int64_t>& shape) {
+    return RawTensor<int32_t>(checkpoint, tensor, SafetensorsDType::kI32,
+                              shape);
+  };
+  std::vector<int64_t> qweight_shape, qzeros_shape, scales_shape, g_shape;
+  ASSIGN_OR_RETURN(std::vector<int32_t> qweight,
+                   ints(name + "qweight", qweight_shape));
+  ASSIGN_OR_RETURN(std::vector<int32_t> qzeros,
+                   ints(name + "qzeros", qzeros_shape));
+  ASSIGN_OR_RETURN(std::vector<uint16_t> scales,
+                   RawTensor<uint16_t>(checkpoint, name + "scales",
+                                       SafetensorsDType::kF16, scales_shape));
+  if (qweight_shape.size() != 2 || scales_shape.size() != 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, "qweight/scales are not 2-D"));
+  }
+  absl::StatusOr<QuantizedLinear> unpacked;
+  if (config.layout == CheckpointLayout::kGptqV1) {
+    PackedGptqV1 p;
+    p.rows = qweight_shape[1];
+    p.cols = qweight_shape[0] * 32 / config.bits;
+    p.bits = config.bits;
+    p.groups = scales_shape[0];
+    p.qweight = std::move(qweight);
+    p.qzeros = std::move(qzeros);
+    p.scales = std::move(scales);
+    ASSIGN_OR_RETURN(p.g_idx, ints(name + "g_idx", g_shape));
+    unpacked = UnpackGptqV1(p, config.group_size);
+  } else {
+    PackedAwqGemm p;
+    p.cols = qweight_shape[0];
+    p.rows = qweight_shape[1] * 8;
+    p.groups = scales_shape[0];
+    p.qweight = std::move(qweight);
+    p.qzeros = std::move(qzeros);
+    p.scales = std::move(scales);
+    unpacked = UnpackAwqGemm(p, config.group_size);
+  }
+  if (!unpacked.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, "*: ", unpacked.status().message()));
+  }
+  return unpacked;
+}
+
 // One output tensor: where its bytes come from.
 struct Planned {
   std::string name;
@@ -290,15 +340,15 @@ absl::Status WriteQuantizedCheckpoint(
   QuantizationConfig written = config;
   written.modules_kept_fp.clear();
   std::array<SafetensorsDType, kBlockLinears> fp_dtypes;
+  std::array<bool, kBlockLinears> kept_fp;
   std::vector<std::vector<PackedTensor>> first_packed;
   for (int i = 0; i < kBlockLinears; ++i) {
     const std::string name(kBlockLinearNames[i]);
     ASSIGN_OR_RETURN(const TensorView weight,
                      checkpoint->Get(LayerPrefix(0) + name + ".weight"));
     fp_dtypes[i] = weight.dtype;
-    if (!current.reports[i].kept_fp.empty()) {
-      written.modules_kept_fp.push_back(name);
-    }
+    kept_fp[i] = !current.reports[i].kept_fp.empty();
+    if (kept_fp[i]) written.modules_kept_fp.push_back(name);
     ASSIGN_OR_RETURN(std::vector<PackedTensor> packed,
                      PackLinear(current, i, config, fp_dtypes[i]));
     first_packed.push_back(std::move(packed));
@@ -358,10 +408,6 @@ absl::Status WriteQuantizedCheckpoint(
       RETURN_IF_ERROR(writer->AddTensor(p.name, p.dtype, p.shape));
     }
     int loaded = 0;
-    std::array<bool, kBlockLinears> first_packed_kept;
-    for (int i = 0; i < kBlockLinears; ++i) {
-      first_packed_kept[i] = !current.reports[i].kept_fp.empty();
-    }
     std::vector<std::vector<PackedTensor>> packed = std::move(first_packed);
     for (const Planned& p : plan) {
       if (p.layer < 0) {
@@ -378,7 +424,7 @@ absl::Status WriteQuantizedCheckpoint(
         ASSIGN_OR_RETURN(current, block(p.layer));
         loaded = p.layer;
         for (int i = 0; i < kBlockLinears; ++i) {
-          if (!current.reports[i].kept_fp.empty() != first_packed_kept[i]) {
+          if (!current.reports[i].kept_fp.empty() != kept_fp[i]) {
             return absl::InvalidArgumentError(absl::StrCat(
                 "block ", p.layer, " ", kBlockLinearNames[i],
                 " is quantized where block 0's is not, or the reverse"));
@@ -459,12 +505,6 @@ absl::StatusOr<DecoderBlockWeights> LoadQuantizedDecoderBlock(
     ASSIGN_OR_RETURN(const TensorView view, checkpoint.Get(name));
     return view.ToFloatVector();
   };
-  auto ints = [&](const std::string& name, std::vector<int64_t>& shape) {
-    return RawTensor<int32_t>(checkpoint, name, SafetensorsDType::kI32, shape);
-  };
-  auto halves = [&](const std::string& name, std::vector<int64_t>& shape) {
-    return RawTensor<uint16_t>(checkpoint, name, SafetensorsDType::kF16, shape);
-  };
   ASSIGN_OR_RETURN(block.attn_norm, floats(prefix + "input_layernorm.weight"));
   ASSIGN_OR_RETURN(block.ffn_norm,
                    floats(prefix + "post_attention_layernorm.weight"));
@@ -482,59 +522,13 @@ absl::StatusOr<DecoderBlockWeights> LoadQuantizedDecoderBlock(
             absl::StrCat(name, "weight (kept in floating point) is not 2-D"));
       }
       linear.rows = view.shape[0], linear.cols = view.shape[1];
-      ASSIGN_OR_RETURN(linear.weight, floats(name + "weight"));
-      if (checkpoint.Has(name + "bias")) {
-        ASSIGN_OR_RETURN(linear.bias, floats(name + "bias"));
-      }
-      continue;
-    }
-    std::vector<int64_t> qweight_shape, qzeros_shape, scales_shape, g_shape;
-    ASSIGN_OR_RETURN(std::vector<int32_t> qweight,
-                     ints(name + "qweight", qweight_shape));
-    ASSIGN_OR_RETURN(std::vector<int32_t> qzeros,
-                     ints(name + "qzeros", qzeros_shape));
-    ASSIGN_OR_RETURN(std::vector<uint16_t> scales,
-                     halves(name + "scales", scales_shape));
-    if (qweight_shape.size() != 2 || scales_shape.size() != 2) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(name, "qweight/scales are not 2-D"));
-    }
-    QuantizedLinear q;
-    if (config.layout == CheckpointLayout::kGptqV1) {
-      PackedGptqV1 p;
-      p.rows = qweight_shape[1];
-      p.cols = qweight_shape[0] * 32 / config.bits;
-      p.bits = config.bits;
-      p.groups = scales_shape[0];
-      p.qweight = std::move(qweight);
-      p.qzeros = std::move(qzeros);
-      p.scales = std::move(scales);
-      ASSIGN_OR_RETURN(p.g_idx, ints(name + "g_idx", g_shape));
-      absl::StatusOr<QuantizedLinear> unpacked =
-          UnpackGptqV1(p, config.group_size);
-      if (!unpacked.ok()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(name, "*: ", unpacked.status().message()));
-      }
-      q = *std::move(unpacked);
+      ASSIGN_OR_RETURN(linear.weight, view.ToFloatVector());
     } else {
-      PackedAwqGemm p;
-      p.cols = qweight_shape[0];
-      p.rows = qweight_shape[1] * 8;
-      p.groups = scales_shape[0];
-      p.qweight = std::move(qweight);
-      p.qzeros = std::move(qzeros);
-      p.scales = std::move(scales);
-      absl::StatusOr<QuantizedLinear> unpacked =
-          UnpackAwqGemm(p, config.group_size);
-      if (!unpacked.ok()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(name, "*: ", unpacked.status().message()));
-      }
-      q = *std::move(unpacked);
+      ASSIGN_OR_RETURN(const QuantizedLinear q,
+                       ReadPackedLinear(checkpoint, name, config));
+      linear.rows = q.rows, linear.cols = q.cols;
+      linear.weight = q.Dequantize();
     }
-    linear.rows = q.rows, linear.cols = q.cols;
-    linear.weight = q.Dequantize();
     if (checkpoint.Has(name + "bias")) {
       ASSIGN_OR_RETURN(linear.bias, floats(name + "bias"));
     }

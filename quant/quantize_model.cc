@@ -199,6 +199,11 @@ std::optional<KeptLinear> KeptInFloatingPoint(
     std::optional<GgmlType> gguf_type, SafetensorsDType stored_dtype) {
   const int64_t rows = shape.rows, cols = shape.cols;
   const int group = options.weights.group_size;
+  // A checkpoint keeps the linear in the model's own dtype.
+  auto kept = [&](std::string reason) {
+    return std::optional<KeptLinear>(
+        KeptLinear{std::move(reason), stored_dtype});
+  };
   switch (options.output_format) {
     case OutputFormat::kGguf:
       // The plain conversion's type: F16 (or F32 / BF16) where the rows do
@@ -221,31 +226,31 @@ std::optional<KeptLinear> KeptInFloatingPoint(
     case OutputFormat::kGptq:
       // qweight packs 32 input rows per bits words, qzeros 32 outputs.
       if (cols % 32 != 0) {
-        return KeptLinear{absl::StrCat("GPTQ v1 packs in_features in words of "
-                                       "32 rows; ",
-                                       cols, " is not a multiple of 32"),
-                          stored_dtype};
+        return kept(
+            absl::StrCat("GPTQ v1 packs in_features in words of 32 "
+                         "rows; ",
+                         cols, " is not a multiple of 32"));
       }
       if (rows % 32 != 0) {
-        return KeptLinear{absl::StrCat("GPTQ v1 packs qzeros in words of 32 "
-                                       "outputs; out_features ",
-                                       rows, " is not a multiple of 32"),
-                          stored_dtype};
+        return kept(
+            absl::StrCat("GPTQ v1 packs qzeros in words of 32 "
+                         "outputs; out_features ",
+                         rows, " is not a multiple of 32"));
       }
       return std::nullopt;
     case OutputFormat::kAwq:
       // WQLinear_GEMM: qweight [in, out / 8], groups of whole columns.
       if (rows % 8 != 0) {
-        return KeptLinear{absl::StrCat("AWQ GEMM packs 8 outputs per word; "
-                                       "out_features ",
-                                       rows, " is not a multiple of 8"),
-                          stored_dtype};
+        return kept(
+            absl::StrCat("AWQ GEMM packs 8 outputs per word; "
+                         "out_features ",
+                         rows, " is not a multiple of 8"));
       }
       if (group > 0 && cols % group != 0) {
-        return KeptLinear{absl::StrCat("AWQ GEMM needs in_features divisible "
-                                       "by the group size ",
-                                       group, "; ", cols, " is not"),
-                          stored_dtype};
+        return kept(
+            absl::StrCat("AWQ GEMM needs in_features divisible by "
+                         "the group size ",
+                         group, "; ", cols, " is not"));
       }
       return std::nullopt;
   }
