@@ -115,13 +115,20 @@ absl::Status CheckShape(int64_t rows, int64_t cols, int bits, int group_size) {
   return absl::OkStatus();
 }
 
-absl::Status CheckHessianSize(const std::vector<double>& hessian,
-                              int64_t cols) {
-  if (static_cast<int64_t>(hessian.size()) == cols * cols) {
-    return absl::OkStatus();
-  }
+absl::Status CheckHessianSize(int64_t entries, int64_t cols) {
+  if (entries == cols * cols) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(
-      "the Hessian has ", hessian.size(), " entries, expected ", cols, "^2"));
+      "the Hessian has ", entries, " entries, expected ", cols, "^2"));
+}
+
+absl::Status CheckSolveOptions(const GptqOptions& options) {
+  if (options.block_size <= 0 || !(options.damp_percent >= 0) ||
+      !(options.damp_auto_increment > 0)) {
+    return absl::InvalidArgumentError(
+        "block_size and damp_auto_increment must be positive, damp_percent "
+        "non-negative");
+  }
+  return absl::OkStatus();
 }
 
 void AppendParams(const GroupParams& p, QuantizedLinear& out) {
@@ -251,13 +258,8 @@ struct SolveStats {
 absl::StatusOr<SolveStats> Solve(const float* w_in, int64_t rows, int64_t cols,
                                  const std::vector<double>& hessian,
                                  const GptqOptions& options, Grid& grid) {
-  RETURN_IF_ERROR(CheckHessianSize(hessian, cols));
-  if (options.block_size <= 0 || !(options.damp_percent >= 0) ||
-      !(options.damp_auto_increment > 0)) {
-    return absl::InvalidArgumentError(
-        "block_size and damp_auto_increment must be positive, damp_percent "
-        "non-negative");
-  }
+  RETURN_IF_ERROR(CheckHessianSize(static_cast<int64_t>(hessian.size()), cols));
+  RETURN_IF_ERROR(CheckSolveOptions(options));
   std::vector<float> w(w_in, w_in + rows * cols);
   std::vector<double> h = hessian;
   // Dead inputs (never active): no information, weight zeroed.
@@ -596,6 +598,14 @@ class GgufGrid : public Grid {
 
 }  // namespace
 
+absl::Status CheckGptqArguments(int64_t rows, int64_t cols,
+                                int64_t hessian_entries,
+                                const GptqOptions& options) {
+  RETURN_IF_ERROR(CheckShape(rows, cols, options.bits, options.group_size));
+  RETURN_IF_ERROR(CheckHessianSize(hessian_entries, cols));
+  return CheckSolveOptions(options);
+}
+
 absl::StatusOr<GptqResult> GptqQuantize(const float* w, int64_t rows,
                                         int64_t cols,
                                         const std::vector<double>& hessian,
@@ -620,7 +630,7 @@ absl::StatusOr<GptqResult> GptqQuantizeGguf(const float* w, int64_t rows,
   // columns must make whole blocks.
   RETURN_IF_ERROR(CheckShape(rows, cols, 8, -1));
   RETURN_IF_ERROR(GgmlRowBytes(type, cols).status());
-  RETURN_IF_ERROR(CheckHessianSize(hessian, cols));
+  RETURN_IF_ERROR(CheckHessianSize(static_cast<int64_t>(hessian.size()), cols));
   std::vector<float> importance(static_cast<size_t>(cols));
   for (int64_t j = 0; j < cols; ++j) {
     importance[j] = static_cast<float>(hessian[j * cols + j]);

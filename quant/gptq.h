@@ -85,6 +85,12 @@ absl::StatusOr<QuantizedLinear> RtnQuantize(const float* w, int64_t rows,
                                             int group_size, bool sym,
                                             bool mse = false);
 
+// The checks every backend's GPTQ makes before solving: InvalidArgument
+// naming a bad shape, option or Hessian size.
+absl::Status CheckGptqArguments(int64_t rows, int64_t cols,
+                                int64_t hessian_entries,
+                                const GptqOptions& options);
+
 // `hessian` is [cols, cols] (row-major, symmetric), e.g. 2/N sum x x^T over
 // the layer's calibration inputs. Errors: InvalidArgument for bad sizes or
 // options; FailedPrecondition when no dampening up to 100% makes H positive

@@ -51,7 +51,8 @@ def bazel_targets():
             targets["//%s:%s" % (package, attrs["name"])] = files
 
         env = {name: rule for name in (
-            "cc_library", "cc_test", "cc_binary", "sh_test")}
+            "cc_library", "cc_test", "cc_binary", "sh_test",
+            "cuda_library", "cuda_binary")}
         env.update({
             "load": lambda *args, **kwargs: None,
             "package": lambda **kwargs: None,
@@ -59,6 +60,8 @@ def bazel_targets():
             "glob": lambda *args, **kwargs: [],
             "select": lambda *args, **kwargs: [],
             "filegroup": lambda **kwargs: None,
+            "test_suite": lambda **kwargs: None,
+            "config_setting": lambda **kwargs: None,
             # protoc runs; its outputs belong to the cc_library of the
             # same name without "_gen" (CMake: qs_proto_library).
             "genrule": lambda **kwargs: None,
@@ -71,7 +74,8 @@ def bazel_targets():
 
 
 CMAKE_CALL = re.compile(r"\bqs_(?:cc_library|cc_test|cc_binary|cuda_library|"
-                        r"cuda_test|proto_library)\s*\(([^)]*)\)", re.S)
+                        r"cuda_test|cuda_binary|proto_library)\s*\(([^)]*)\)",
+                        re.S)
 KEYWORDS = {"SRCS", "HDRS", "DEPS", "OUTPUT_NAME", "PROTOS"}
 
 

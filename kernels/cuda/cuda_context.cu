@@ -1,0 +1,223 @@
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cusolverDn.h>
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "kernels/cuda/cuda_context.h"
+
+namespace quant::cuda {
+namespace {
+
+std::string GiB(int64_t bytes) {
+  return absl::StrFormat("%.2f GiB", static_cast<double>(bytes) / (1 << 30));
+}
+
+absl::Status LibraryError(absl::string_view library, int code,
+                          absl::string_view what) {
+  return absl::UnavailableError(
+      absl::StrCat(library, " error ", code, " while ", what));
+}
+
+}  // namespace
+
+absl::Status CudaError(int cuda_error, absl::string_view what) {
+  const cudaError_t error = static_cast<cudaError_t>(cuda_error);
+  if (error == cudaSuccess) return absl::OkStatus();
+  const std::string message =
+      absl::StrCat("CUDA error while ", what, ": ", cudaGetErrorName(error),
+                   " (", cudaGetErrorString(error), ")");
+  if (error == cudaErrorMemoryAllocation) {
+    return absl::ResourceExhaustedError(message);
+  }
+  return absl::UnavailableError(message);
+}
+
+absl::StatusOr<std::vector<DeviceInfo>> ListDevices() {
+  int count = 0;
+  const cudaError_t error = cudaGetDeviceCount(&count);
+  if (error != cudaSuccess) {
+    return absl::UnavailableError(
+        absl::StrCat("no usable CUDA device: ", cudaGetErrorName(error), " (",
+                     cudaGetErrorString(error), ")"));
+  }
+  if (count == 0) return absl::UnavailableError("no CUDA device is visible");
+  std::vector<DeviceInfo> devices;
+  for (int i = 0; i < count; ++i) {
+    cudaDeviceProp props;
+    if (absl::Status s = CudaError(cudaGetDeviceProperties(&props, i),
+                                   absl::StrCat("reading GPU ", i));
+        !s.ok()) {
+      return s;
+    }
+    DeviceInfo info;
+    info.index = i;
+    info.name = props.name;
+    info.compute_major = props.major;
+    info.compute_minor = props.minor;
+    info.multiprocessors = props.multiProcessorCount;
+    info.total_bytes = static_cast<int64_t>(props.totalGlobalMem);
+    devices.push_back(std::move(info));
+  }
+  return devices;
+}
+
+std::string DescribeDevice(const DeviceInfo& info) {
+  return absl::StrCat(info.name, " (GPU ", info.index, ", sm_",
+                      info.compute_major, info.compute_minor, ", ",
+                      GiB(info.total_bytes), ")");
+}
+
+absl::StatusOr<std::unique_ptr<CudaContext>> CudaContext::Create(int device) {
+  absl::StatusOr<std::vector<DeviceInfo>> devices = ListDevices();
+  if (!devices.ok()) return devices.status();
+  if (device < 0 || device >= static_cast<int>(devices->size())) {
+    return absl::UnavailableError(absl::StrCat(
+        "GPU ", device, " does not exist (", devices->size(), " visible)"));
+  }
+  std::unique_ptr<CudaContext> context(new CudaContext());
+  context->info_ = (*devices)[device];
+  if (absl::Status s = context->Activate(); !s.ok()) return s;
+  // The first call that needs the context creates it: a busy device (in
+  // exclusive mode elsewhere) or a broken driver shows up here.
+  if (absl::Status s =
+          CudaError(cudaFree(nullptr), absl::StrCat("opening GPU ", device));
+      !s.ok()) {
+    return s;
+  }
+  cudaStream_t stream;
+  if (absl::Status s =
+          CudaError(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking),
+                    "creating a stream");
+      !s.ok()) {
+    return s;
+  }
+  context->stream_ = stream;
+  cublasHandle_t cublas;
+  if (const cublasStatus_t s = cublasCreate(&cublas);
+      s != CUBLAS_STATUS_SUCCESS) {
+    return LibraryError("cuBLAS", s, "creating its handle");
+  }
+  context->cublas_ = cublas;
+  cublasSetStream(cublas, stream);
+  // Plain FP32 products unless a call names a tensor-core compute type
+  // (cublasGemmEx); the default mode never turns FP32 into TF32 by itself.
+  cublasSetMathMode(cublas, CUBLAS_DEFAULT_MATH);
+  cusolverDnHandle_t cusolver;
+  if (const cusolverStatus_t s = cusolverDnCreate(&cusolver);
+      s != CUSOLVER_STATUS_SUCCESS) {
+    return LibraryError("cuSOLVER", s, "creating its handle");
+  }
+  context->cusolver_ = cusolver;
+  cusolverDnSetStream(cusolver, stream);
+  int64_t free_bytes = 0, total_bytes = 0;
+  if (absl::Status s = context->MemoryInfo(&free_bytes, &total_bytes);
+      !s.ok()) {
+    return s;
+  }
+  context->info_.free_bytes = free_bytes;
+  return context;
+}
+
+CudaContext::~CudaContext() {
+  cudaSetDevice(info_.index);
+  if (cusolver_ != nullptr) cusolverDnDestroy(cusolver_);
+  if (cublas_ != nullptr) cublasDestroy(cublas_);
+  if (stream_ != nullptr) cudaStreamDestroy(stream_);
+}
+
+absl::Status CudaContext::Activate() const {
+  return CudaError(cudaSetDevice(info_.index),
+                   absl::StrCat("selecting GPU ", info_.index));
+}
+
+absl::Status CudaContext::Synchronize(absl::string_view what) const {
+  return CudaError(cudaStreamSynchronize(stream_), what);
+}
+
+absl::Status CudaContext::MemoryInfo(int64_t* free_bytes,
+                                     int64_t* total_bytes) const {
+  size_t free_now = 0, total = 0;
+  if (absl::Status s = CudaError(cudaMemGetInfo(&free_now, &total),
+                                 "reading free device memory");
+      !s.ok()) {
+    return s;
+  }
+  *free_bytes = static_cast<int64_t>(free_now);
+  *total_bytes = static_cast<int64_t>(total);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<DeviceBuffer> DeviceBuffer::Allocate(const CudaContext& context,
+                                                    int64_t bytes,
+                                                    absl::string_view what) {
+  DeviceBuffer buffer;
+  if (bytes <= 0) return buffer;
+  if (absl::Status s = context.Activate(); !s.ok()) return s;
+  const cudaError_t error =
+      cudaMalloc(&buffer.data_, static_cast<size_t>(bytes));
+  if (error == cudaErrorMemoryAllocation) {
+    cudaGetLastError();  // Not sticky: clear it.
+    int64_t free_bytes = 0, total_bytes = 0;
+    (void)context.MemoryInfo(&free_bytes, &total_bytes);
+    return absl::ResourceExhaustedError(
+        absl::StrCat("GPU out of memory: ", what, " needs ", GiB(bytes), ", ",
+                     GiB(free_bytes), " free of ", GiB(total_bytes), " on ",
+                     DescribeDevice(context.info())));
+  }
+  if (absl::Status s = CudaError(error, absl::StrCat("allocating ", what));
+      !s.ok()) {
+    return s;
+  }
+  buffer.bytes_ = bytes;
+  return buffer;
+}
+
+DeviceBuffer::~DeviceBuffer() {
+  if (data_ != nullptr) cudaFree(data_);
+}
+
+DeviceBuffer::DeviceBuffer(DeviceBuffer&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)),
+      bytes_(std::exchange(other.bytes_, 0)) {}
+
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& other) noexcept {
+  if (this != &other) {
+    if (data_ != nullptr) cudaFree(data_);
+    data_ = std::exchange(other.data_, nullptr);
+    bytes_ = std::exchange(other.bytes_, 0);
+  }
+  return *this;
+}
+
+absl::Status CopyToDevice(const CudaContext& context, void* device,
+                          const void* host, int64_t bytes,
+                          absl::string_view what) {
+  if (bytes == 0) return absl::OkStatus();
+  if (absl::Status s =
+          CudaError(cudaMemcpyAsync(device, host, static_cast<size_t>(bytes),
+                                    cudaMemcpyHostToDevice, context.stream()),
+                    absl::StrCat("copying ", what, " to the GPU"));
+      !s.ok()) {
+    return s;
+  }
+  return context.Synchronize(absl::StrCat("copying ", what, " to the GPU"));
+}
+
+absl::Status CopyToHost(const CudaContext& context, void* host,
+                        const void* device, int64_t bytes,
+                        absl::string_view what) {
+  if (bytes == 0) return absl::OkStatus();
+  if (absl::Status s =
+          CudaError(cudaMemcpyAsync(host, device, static_cast<size_t>(bytes),
+                                    cudaMemcpyDeviceToHost, context.stream()),
+                    absl::StrCat("copying ", what, " from the GPU"));
+      !s.ok()) {
+    return s;
+  }
+  return context.Synchronize(absl::StrCat("copying ", what, " from the GPU"));
+}
+
+}  // namespace quant::cuda

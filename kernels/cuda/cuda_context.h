@@ -1,0 +1,115 @@
+// One CUDA device as the GPU backend uses it: its properties, a stream that
+// orders everything launched on it, the cuBLAS and cuSOLVER handles bound
+// to that stream, and plain device allocations (cudaMalloc; never managed
+// memory) whose failures name what was needed and what was free.
+//
+// Every CUDA failure becomes an absl::Status that a worker treats as the
+// infrastructure's fault: ResourceExhausted for device memory, Unavailable
+// for a missing, busy or failed device or driver.
+#ifndef KERNELS_CUDA_CUDA_CONTEXT_H_
+#define KERNELS_CUDA_CUDA_CONTEXT_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+// The runtime's and libraries' handle types, declared as they do, so that
+// this header needs no CUDA include path.
+struct CUstream_st;
+struct cublasContext;
+struct cusolverDnContext;
+
+namespace quant::cuda {
+
+struct DeviceInfo {
+  int index = 0;
+  std::string name;  // e.g. "NVIDIA H200".
+  int compute_major = 0, compute_minor = 0;
+  int multiprocessors = 0;
+  int64_t total_bytes = 0;
+  int64_t free_bytes = 0;  // When listed.
+};
+
+// The devices this process sees. Unavailable, with the driver's answer,
+// when there are none (no GPU, no driver, CUDA_VISIBLE_DEVICES empty).
+absl::StatusOr<std::vector<DeviceInfo>> ListDevices();
+
+// "NVIDIA H200 (GPU 0, sm_90, 139.8 GiB)".
+std::string DescribeDevice(const DeviceInfo& info);
+
+// A CUDA runtime error as a Status naming `what` was being done.
+absl::Status CudaError(int cuda_error, absl::string_view what);
+
+class CudaContext {
+ public:
+  // Makes `device` current on this thread and creates the stream and
+  // library handles. Unavailable when the device cannot be used.
+  static absl::StatusOr<std::unique_ptr<CudaContext>> Create(int device);
+  ~CudaContext();
+  CudaContext(const CudaContext&) = delete;
+  CudaContext& operator=(const CudaContext&) = delete;
+
+  const DeviceInfo& info() const { return info_; }
+  CUstream_st* stream() const { return stream_; }
+  cublasContext* cublas() const { return cublas_; }
+  cusolverDnContext* cusolver() const { return cusolver_; }
+
+  // Makes the device current on the calling thread (a worker may call from
+  // several threads over its life).
+  absl::Status Activate() const;
+  // Waits for everything launched on the stream; reports what failed.
+  absl::Status Synchronize(absl::string_view what) const;
+  // Free and total device memory now.
+  absl::Status MemoryInfo(int64_t* free_bytes, int64_t* total_bytes) const;
+
+ private:
+  CudaContext() = default;
+  DeviceInfo info_;
+  CUstream_st* stream_ = nullptr;
+  cublasContext* cublas_ = nullptr;
+  cusolverDnContext* cusolver_ = nullptr;
+};
+
+// A plain device allocation, freed on destruction.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  // ResourceExhausted naming `what`, the bytes needed and the bytes free
+  // when the device has not enough memory.
+  static absl::StatusOr<DeviceBuffer> Allocate(const CudaContext& context,
+                                               int64_t bytes,
+                                               absl::string_view what);
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&& other) noexcept;
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  void* data_ = nullptr;
+  int64_t bytes_ = 0;
+};
+
+// Copies between host and device memory on the context's stream; they
+// return when the copy is done.
+absl::Status CopyToDevice(const CudaContext& context, void* device,
+                          const void* host, int64_t bytes,
+                          absl::string_view what);
+absl::Status CopyToHost(const CudaContext& context, void* host,
+                        const void* device, int64_t bytes,
+                        absl::string_view what);
+
+}  // namespace quant::cuda
+
+#endif  // KERNELS_CUDA_CUDA_CONTEXT_H_

@@ -1,0 +1,194 @@
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "kernels/cuda/hessian_cuda.h"
+
+namespace quant::cuda {
+namespace {
+
+__global__ void AccumulateKernel(const float* product, int64_t count,
+                                 double* total) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    total[i] += product[i];
+  }
+}
+
+__device__ __forceinline__ float Load(const float* x, int64_t i) {
+  return x[i];
+}
+__device__ __forceinline__ float Load(const uint16_t* x, int64_t i) {
+  return __uint_as_float(static_cast<uint32_t>(x[i]) << 16);
+}
+
+constexpr int kSlices = 64;
+
+// partial[s][c] = sum |x[t, c]| over the s-th of kSlices slices of the
+// tokens: coalesced across each warp, and without atomics, so that the
+// totals are the same on every run.
+template <typename T>
+__global__ void SumAbsKernel(const T* x, int64_t n, int64_t columns,
+                             double* partial) {
+  const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (c >= columns) return;
+  const int64_t slice = (n + kSlices - 1) / kSlices;
+  const int64_t first = blockIdx.y * slice;
+  const int64_t last = min(first + slice, n);
+  double total = 0;
+  for (int64_t t = first; t < last; ++t)
+    total += fabsf(Load(x, t * columns + c));
+  partial[blockIdx.y * columns + c] = total;
+}
+
+// sum_abs[c] += the slices' partial sums, in slice order.
+__global__ void AddSlicesKernel(const double* partial, int64_t columns,
+                                double* sum_abs) {
+  const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (c >= columns) return;
+  double total = sum_abs[c];
+  for (int s = 0; s < kSlices; ++s) total += partial[s * columns + c];
+  sum_abs[c] = total;
+}
+
+__global__ void ScaleKernel(const double* total, int64_t count, double scale,
+                            double* out) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    out[i] = scale * total[i];
+  }
+}
+
+constexpr unsigned kGrid = 1024, kThreads = 256;
+
+}  // namespace
+
+absl::StatusOr<DeviceHessian> DeviceHessian::Create(const CudaContext& context,
+                                                    int64_t columns) {
+  if (columns <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a Hessian of ", columns, " columns"));
+  }
+  DeviceHessian h(context, columns);
+  ASSIGN_OR_RETURN(h.sum_xxt_,
+                   DeviceBuffer::Allocate(context, columns * columns * 8,
+                                          "the Hessian totals"));
+  ASSIGN_OR_RETURN(h.sum_abs_, DeviceBuffer::Allocate(context, columns * 8,
+                                                      "the |x| totals"));
+  ASSIGN_OR_RETURN(h.abs_partial_,
+                   DeviceBuffer::Allocate(context, kSlices * columns * 8,
+                                          "the |x| partial sums"));
+  ASSIGN_OR_RETURN(h.product_,
+                   DeviceBuffer::Allocate(context, columns * columns * 4,
+                                          "a batch's X^T X"));
+  RETURN_IF_ERROR(
+      CudaError(cudaMemsetAsync(h.sum_xxt_.as<void>(), 0, columns * columns * 8,
+                                context.stream()),
+                "clearing the Hessian"));
+  RETURN_IF_ERROR(CudaError(
+      cudaMemsetAsync(h.sum_abs_.as<void>(), 0, columns * 8, context.stream()),
+      "clearing the Hessian"));
+  return h;
+}
+
+absl::Status DeviceHessian::AddProduct(const void* x, int64_t n, bool bf16) {
+  if (n <= 0) return absl::OkStatus();
+  RETURN_IF_ERROR(context_->Activate());
+  const float one = 1.0f, zero = 0.0f;
+  const cudaDataType type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  // Row-major x [n, columns] is column-major x^T [columns, n]; x^T x.
+  const cublasStatus_t status = cublasGemmEx(
+      context_->cublas(), CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(columns_),
+      static_cast<int>(columns_), static_cast<int>(n), &one, x, type,
+      static_cast<int>(columns_), x, type, static_cast<int>(columns_), &zero,
+      product_.as<void>(), CUDA_R_32F, static_cast<int>(columns_),
+      bf16 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_PEDANTIC,
+      CUBLAS_GEMM_DEFAULT);
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    return absl::UnavailableError(absl::StrCat(
+        "cuBLAS error ", static_cast<int>(status), " accumulating a Hessian"));
+  }
+  AccumulateKernel<<<kGrid, kThreads, 0, context_->stream()>>>(
+      product_.as<float>(), columns_ * columns_, sum_xxt_.as<double>());
+  const unsigned column_blocks = static_cast<unsigned>((columns_ + 255) / 256);
+  const dim3 blocks(column_blocks, kSlices);
+  double* const partial = abs_partial_.as<double>();
+  if (bf16) {
+    SumAbsKernel<<<blocks, 256, 0, context_->stream()>>>(
+        static_cast<const uint16_t*>(x), n, columns_, partial);
+  } else {
+    SumAbsKernel<<<blocks, 256, 0, context_->stream()>>>(
+        static_cast<const float*>(x), n, columns_, partial);
+  }
+  AddSlicesKernel<<<column_blocks, 256, 0, context_->stream()>>>(
+      partial, columns_, sum_abs_.as<double>());
+  RETURN_IF_ERROR(CudaError(cudaGetLastError(), "accumulating a Hessian"));
+  samples_ += n;
+  return absl::OkStatus();
+}
+
+absl::Status DeviceHessian::Add(const float* x, int64_t n) {
+  return AddProduct(x, n, false);
+}
+
+absl::Status DeviceHessian::AddBf16(const uint16_t* x, int64_t n) {
+  return AddProduct(x, n, true);
+}
+
+absl::Status DeviceHessian::Merge(const DeviceHessian& other) {
+  if (other.columns_ != columns_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot merge statistics of ", other.columns_,
+                     " columns into ", columns_));
+  }
+  RETURN_IF_ERROR(context_->Activate());
+  // Both totals are FP64: their sum is what one accumulator would hold.
+  const double one = 1.0;
+  for (auto [mine, theirs, count] :
+       {std::make_tuple(sum_xxt_.as<double>(), other.sum_xxt_.as<double>(),
+                        columns_ * columns_),
+        std::make_tuple(sum_abs_.as<double>(), other.sum_abs_.as<double>(),
+                        columns_)}) {
+    const cublasStatus_t status = cublasDaxpy(
+        context_->cublas(), static_cast<int>(count), &one, theirs, 1, mine, 1);
+    if (status != CUBLAS_STATUS_SUCCESS) {
+      return absl::UnavailableError(absl::StrCat(
+          "cuBLAS error ", static_cast<int>(status), " merging Hessians"));
+    }
+  }
+  samples_ += other.samples_;
+  return absl::OkStatus();
+}
+
+absl::Status DeviceHessian::Hessian(double* h) const {
+  RETURN_IF_ERROR(context_->Activate());
+  const double scale = samples_ > 0 ? 2.0 / static_cast<double>(samples_) : 0;
+  ScaleKernel<<<kGrid, kThreads, 0, context_->stream()>>>(
+      sum_xxt_.as<double>(), columns_ * columns_, scale, h);
+  return CudaError(cudaGetLastError(), "scaling the Hessian");
+}
+
+absl::StatusOr<std::vector<double>> DeviceHessian::HessianOnHost() const {
+  ASSIGN_OR_RETURN(DeviceBuffer h,
+                   DeviceBuffer::Allocate(*context_, columns_ * columns_ * 8,
+                                          "the Hessian"));
+  RETURN_IF_ERROR(Hessian(h.as<double>()));
+  std::vector<double> out(static_cast<size_t>(columns_ * columns_));
+  RETURN_IF_ERROR(CopyToHost(*context_, out.data(), h.as<void>(),
+                             columns_ * columns_ * 8, "the Hessian"));
+  return out;
+}
+
+absl::StatusOr<std::vector<double>> DeviceHessian::MeanAbs() const {
+  std::vector<double> mean(static_cast<size_t>(columns_));
+  RETURN_IF_ERROR(CopyToHost(*context_, mean.data(), sum_abs_.as<void>(),
+                             columns_ * 8, "the |x| totals"));
+  if (samples_ > 0) {
+    for (double& m : mean) m /= static_cast<double>(samples_);
+  }
+  return mean;
+}
+
+}  // namespace quant::cuda

@@ -1,0 +1,122 @@
+// The GPU Hessian accumulator against quant::HessianAccumulator.
+#include "kernels/cuda/hessian_cuda.h"
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "format/half.h"
+#include "gtest/gtest.h"
+#include "quant/hessian.h"
+
+namespace quant::cuda {
+namespace {
+
+std::vector<float> RandomRows(int64_t n, int64_t columns, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  std::vector<float> x(static_cast<size_t>(n * columns));
+  for (float& v : x) v = normal(rng) * 3;
+  return x;
+}
+
+double MaxAbs(const std::vector<double>& v) {
+  double m = 0;
+  for (double x : v) m = std::max(m, std::fabs(x));
+  return m;
+}
+
+class HessianCudaTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<std::unique_ptr<CudaContext>> context =
+        CudaContext::Create(0);
+    if (!context.ok()) {
+      GTEST_SKIP() << "no CUDA device here (" << context.status().message()
+                   << "); the GPU tests run on the GPU machine";
+    }
+    context_ = std::move(*context);
+  }
+
+  DeviceBuffer Upload(const void* data, int64_t bytes) {
+    absl::StatusOr<DeviceBuffer> b =
+        DeviceBuffer::Allocate(*context_, bytes, "test input");
+    EXPECT_TRUE(b.ok()) << b.status();
+    EXPECT_TRUE(CopyToDevice(*context_, b->as<void>(), data, bytes, "x").ok());
+    return std::move(*b);
+  }
+
+  std::unique_ptr<CudaContext> context_;
+};
+
+TEST_F(HessianCudaTest, MatchesTheCpuAccumulatorAndMergesExactly) {
+  const int64_t columns = 77;
+  const std::vector<float> a = RandomRows(333, columns, 1);
+  const std::vector<float> b = RandomRows(101, columns, 2);
+  HessianAccumulator cpu(columns);
+  cpu.Add(a.data(), 333);
+  cpu.Add(b.data(), 101);
+  const std::vector<double> want = cpu.Hessian();
+
+  DeviceBuffer da = Upload(a.data(), a.size() * 4);
+  DeviceBuffer db = Upload(b.data(), b.size() * 4);
+  absl::StatusOr<DeviceHessian> one = DeviceHessian::Create(*context_, columns);
+  absl::StatusOr<DeviceHessian> two = DeviceHessian::Create(*context_, columns);
+  ASSERT_TRUE(one.ok() && two.ok());
+  ASSERT_TRUE(one->Add(da.as<float>(), 333).ok());
+  ASSERT_TRUE(two->Add(db.as<float>(), 101).ok());
+  ASSERT_TRUE(one->Merge(*two).ok());
+  EXPECT_EQ(one->samples(), 434);
+  absl::StatusOr<std::vector<double>> got = one->HessianOnHost();
+  ASSERT_TRUE(got.ok()) << got.status();
+  const double scale = MaxAbs(want);
+  for (size_t i = 0; i < want.size(); ++i) {
+    ASSERT_NEAR((*got)[i], want[i], 1e-6 * scale) << i;
+  }
+  absl::StatusOr<std::vector<double>> mean = one->MeanAbs();
+  ASSERT_TRUE(mean.ok());
+  const std::vector<double> want_mean = cpu.MeanAbs();
+  for (int64_t c = 0; c < columns; ++c) {
+    EXPECT_NEAR((*mean)[c], want_mean[c], 1e-9 * want_mean[c]);
+  }
+
+  // Merging the same batches in another grouping gives the same totals.
+  absl::StatusOr<DeviceHessian> both =
+      DeviceHessian::Create(*context_, columns);
+  ASSERT_TRUE(both->Add(da.as<float>(), 333).ok());
+  ASSERT_TRUE(both->Add(db.as<float>(), 101).ok());
+  absl::StatusOr<std::vector<double>> same = both->HessianOnHost();
+  ASSERT_TRUE(same.ok());
+  EXPECT_EQ(*same, *got);
+
+  absl::StatusOr<DeviceHessian> other = DeviceHessian::Create(*context_, 78);
+  EXPECT_EQ(one->Merge(*other).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(HessianCudaTest, Bfloat16InputsOnTensorCores) {
+  const int64_t columns = 200, n = 1000;
+  std::vector<float> x = RandomRows(n, columns, 3);
+  std::vector<uint16_t> bits(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    bits[i] = FloatToBf16(x[i]);
+    x[i] = Bf16ToFloat(bits[i]);
+  }
+  HessianAccumulator cpu(columns);
+  cpu.Add(x.data(), n);
+  const std::vector<double> want = cpu.Hessian();
+  DeviceBuffer d = Upload(bits.data(), bits.size() * 2);
+  absl::StatusOr<DeviceHessian> h = DeviceHessian::Create(*context_, columns);
+  ASSERT_TRUE(h.ok());
+  ASSERT_TRUE(h->AddBf16(d.as<uint16_t>(), n).ok());
+  absl::StatusOr<std::vector<double>> got = h->HessianOnHost();
+  ASSERT_TRUE(got.ok());
+  // The products of bfloat16 values are exact in FP32; only the order of
+  // the FP32 sums differs.
+  const double scale = MaxAbs(want);
+  for (size_t i = 0; i < want.size(); ++i) {
+    ASSERT_NEAR((*got)[i], want[i], 1e-5 * scale) << i;
+  }
+}
+
+}  // namespace
+}  // namespace quant::cuda
