@@ -69,6 +69,11 @@ class LlamaForward {
   LlamaForward(const ModelSpec& spec, int64_t max_positions);
 
   const ModelSpec& spec() const { return spec_; }
+  // The rotary tables, [max_positions, head_dim / 2] (the GPU forward
+  // uploads these, so that both backends rotate by the same angles).
+  int64_t max_positions() const { return max_positions_; }
+  const std::vector<float>& rotary_cos() const { return cos_; }
+  const std::vector<float>& rotary_sin() const { return sin_; }
 
   // hidden [tokens.size(), hidden_size] = the embeddings of `tokens`.
   // InvalidArgument for a token outside the vocabulary.

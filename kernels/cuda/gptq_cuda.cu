@@ -133,7 +133,7 @@ __global__ void PermuteWeightsKernel(const float* w, int64_t cols,
 }
 
 // Up-front groups of original columns [g * width, ...) of each row, on the
-// weights with dead inputs zeroed: [groups, rows].
+// weights with dead inputs (if given) zeroed: [groups, rows].
 __global__ void FitFixedGroupsKernel(const float* w, int64_t rows, int64_t cols,
                                      const uint8_t* dead, int64_t width,
                                      int64_t groups, int maxq, bool sym,
@@ -144,11 +144,12 @@ __global__ void FitFixedGroupsKernel(const float* w, int64_t rows, int64_t cols,
   const int64_t first = g * width;
   const int n = static_cast<int>(min(width, cols - first));
   const float* row = w + r * cols + first;
-  const uint8_t* d = dead + first;
+  const uint8_t* d = dead == nullptr ? nullptr : dead + first;
   float s;
   int z;
   FindParams(
-      n, maxq, sym, mse, [&](int k) { return d[k] ? 0.0f : row[k]; }, s, z);
+      n, maxq, sym, mse,
+      [&](int k) { return d != nullptr && d[k] ? 0.0f : row[k]; }, s, z);
   scales[index] = s;
   zeros[index] = z;
 }
@@ -442,7 +443,64 @@ class StageClock {
   std::vector<std::tuple<cudaEvent_t, cudaEvent_t, double*>> spans_;
 };
 
+// Round to nearest on fitted groups: one thread per weight.
+__global__ void RtnLevelsKernel(const float* w, int64_t rows, int64_t cols,
+                                int64_t width, const float* scales,
+                                const int32_t* zeros, int maxq,
+                                uint8_t* levels) {
+  const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  const int64_t r = blockIdx.y;
+  if (c >= cols) return;
+  const int64_t g = c / width;
+  levels[r * cols + c] = static_cast<uint8_t>(
+      Level(w[r * cols + c], scales[g * rows + r], zeros[g * rows + r], maxq));
+}
+
 }  // namespace
+
+absl::StatusOr<DeviceGptqResult> RtnQuantizeOnDevice(const CudaContext& context,
+                                                     const float* w,
+                                                     int64_t rows, int64_t cols,
+                                                     int bits, int group_size,
+                                                     bool sym, bool mse) {
+  GptqOptions options;
+  options.bits = bits;
+  options.group_size = group_size;
+  RETURN_IF_ERROR(CheckGptqArguments(rows, cols, cols * cols, options));
+  RETURN_IF_ERROR(context.Activate());
+  const cudaStream_t stream = context.stream();
+  const int maxq = (1 << bits) - 1;
+  const int64_t width = group_size < 0 ? cols : group_size;
+  DeviceGptqResult result;
+  result.rows = rows, result.cols = cols;
+  result.groups = (cols + width - 1) / width;
+  result.bits = bits, result.group_size = group_size;
+  ASSIGN_OR_RETURN(result.scales,
+                   DeviceBuffer::Allocate(context, result.groups * rows * 4,
+                                          "the group scales"));
+  ASSIGN_OR_RETURN(result.zeros,
+                   DeviceBuffer::Allocate(context, result.groups * rows * 4,
+                                          "the group zeros"));
+  ASSIGN_OR_RETURN(result.levels,
+                   DeviceBuffer::Allocate(context, rows * cols, "the levels"));
+  const int64_t n = result.groups * rows;
+  FitFixedGroupsKernel<<<static_cast<unsigned>((n + 127) / 128), 128, 0,
+                         stream>>>(w, rows, cols, nullptr, width, result.groups,
+                                   maxq, sym, mse, result.scales.as<float>(),
+                                   result.zeros.as<int32_t>());
+  RtnLevelsKernel<<<dim3(static_cast<unsigned>((cols + 255) / 256),
+                         static_cast<unsigned>(rows)),
+                    256, 0, stream>>>(
+      w, rows, cols, width, result.scales.as<float>(),
+      result.zeros.as<int32_t>(), maxq, result.levels.as<uint8_t>());
+  RETURN_IF_ERROR(CudaError(cudaGetLastError(), "rounding to nearest"));
+  result.g_idx.resize(static_cast<size_t>(cols));
+  for (int64_t c = 0; c < cols; ++c) {
+    result.g_idx[c] = static_cast<int32_t>(c / width);
+  }
+  RETURN_IF_ERROR(context.Synchronize("rounding to nearest"));
+  return result;
+}
 
 absl::StatusOr<GptqFactor> FactorGptqHessian(const CudaContext& context,
                                              const double* hessian,

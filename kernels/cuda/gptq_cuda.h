@@ -103,6 +103,13 @@ absl::StatusOr<DeviceGptqResult> GptqQuantizeOnDevice(
     const double* hessian, const GptqOptions& options,
     float* dequantized = nullptr, GptqSolveProfile* profile = nullptr);
 
+// quant::RtnQuantize of device weights w [rows, cols]: min-max groups of
+// consecutive columns (-1: whole rows), mse-shrunk when asked; loss and
+// dampening are left at zero.
+absl::StatusOr<DeviceGptqResult> RtnQuantizeOnDevice(
+    const CudaContext& context, const float* w, int64_t rows, int64_t cols,
+    int bits, int group_size, bool sym, bool mse = false);
+
 }  // namespace quant::cuda
 
 #endif  // KERNELS_CUDA_GPTQ_CUDA_H_

@@ -258,5 +258,42 @@ TEST(GptqCudaMoreTest, ASharedFactorGivesTheSameSolveEveryRun) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST(GptqCudaMoreTest, RoundToNearestIsTheCpusRtn) {
+  std::unique_ptr<CudaContext> context = OpenGpu();
+  REQUIRE_GPU(context);
+  const Problem p = MakeProblem(37, 211, 4, 31);
+  absl::StatusOr<DeviceBuffer> w =
+      DeviceBuffer::Allocate(*context, p.rows * p.cols * 4, "weights");
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE(CopyToDevice(*context, w->as<void>(), p.w.data(),
+                           p.rows * p.cols * 4, "weights")
+                  .ok());
+  struct Rtn {
+    int bits, group;
+    bool sym, mse;
+  };
+  for (const Rtn& o : {Rtn{4, 64, false, false}, Rtn{3, -1, true, false},
+                       Rtn{8, 100, false, false}, Rtn{4, 32, false, true}}) {
+    absl::StatusOr<QuantizedLinear> cpu =
+        RtnQuantize(p.w.data(), p.rows, p.cols, o.bits, o.group, o.sym, o.mse);
+    absl::StatusOr<DeviceGptqResult> gpu =
+        RtnQuantizeOnDevice(*context, w->as<float>(), p.rows, p.cols, o.bits,
+                            o.group, o.sym, o.mse);
+    ASSERT_TRUE(cpu.ok()) << cpu.status();
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    absl::StatusOr<GptqResult> got = gpu->Download(*context);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->quantized.q, cpu->q) << o.bits << " bits, g" << o.group;
+    EXPECT_EQ(got->quantized.scales, cpu->scales);
+    EXPECT_EQ(got->quantized.zeros, cpu->zeros);
+    EXPECT_EQ(got->quantized.g_idx, cpu->g_idx);
+  }
+  EXPECT_EQ(RtnQuantizeOnDevice(*context, w->as<float>(), p.rows, p.cols, 9, 64,
+                                false)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace quant::cuda
