@@ -16,12 +16,28 @@ std::string GiB(int64_t bytes) {
 }
 
 absl::Status LibraryError(absl::string_view library, int code,
-                          absl::string_view what) {
+                          bool out_of_memory, absl::string_view what) {
+  if (out_of_memory) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(library, " ran out of GPU memory while ", what));
+  }
   return absl::UnavailableError(
       absl::StrCat(library, " error ", code, " while ", what));
 }
 
 }  // namespace
+
+absl::Status CublasError(int status, absl::string_view what) {
+  if (status == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
+  return LibraryError("cuBLAS", status, status == CUBLAS_STATUS_ALLOC_FAILED,
+                      what);
+}
+
+absl::Status CusolverError(int status, absl::string_view what) {
+  if (status == CUSOLVER_STATUS_SUCCESS) return absl::OkStatus();
+  return LibraryError("cuSOLVER", status,
+                      status == CUSOLVER_STATUS_ALLOC_FAILED, what);
+}
 
 absl::Status CudaError(int cuda_error, absl::string_view what) {
   const cudaError_t error = static_cast<cudaError_t>(cuda_error);
@@ -98,7 +114,7 @@ absl::StatusOr<std::unique_ptr<CudaContext>> CudaContext::Create(int device) {
   cublasHandle_t cublas;
   if (const cublasStatus_t s = cublasCreate(&cublas);
       s != CUBLAS_STATUS_SUCCESS) {
-    return LibraryError("cuBLAS", s, "creating its handle");
+    return CublasError(s, "creating its handle");
   }
   context->cublas_ = cublas;
   cublasSetStream(cublas, stream);
@@ -108,7 +124,7 @@ absl::StatusOr<std::unique_ptr<CudaContext>> CudaContext::Create(int device) {
   cusolverDnHandle_t cusolver;
   if (const cusolverStatus_t s = cusolverDnCreate(&cusolver);
       s != CUSOLVER_STATUS_SUCCESS) {
-    return LibraryError("cuSOLVER", s, "creating its handle");
+    return CusolverError(s, "creating its handle");
   }
   context->cusolver_ = cusolver;
   cusolverDnSetStream(cusolver, stream);

@@ -44,6 +44,10 @@ std::string DescribeDevice(const DeviceInfo& info);
 
 // A CUDA runtime error as a Status naming `what` was being done.
 absl::Status CudaError(int cuda_error, absl::string_view what);
+// A cuBLAS / cuSOLVER status likewise: ResourceExhausted when the library ran
+// out of device memory, else Unavailable.
+absl::Status CublasError(int status, absl::string_view what);
+absl::Status CusolverError(int status, absl::string_view what);
 
 class CudaContext {
  public:

@@ -140,21 +140,11 @@ __global__ void SiluMulKernel(const float* gate, const float* up, int64_t n,
   out[i] = ToBf16(g / (1.0f + expf(-g)) * up[i]);
 }
 
-absl::Status CublasStatus(cublasStatus_t status, absl::string_view what) {
-  if (status == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
-  if (status == CUBLAS_STATUS_ALLOC_FAILED) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("cuBLAS ran out of GPU memory in ", what));
-  }
-  return absl::UnavailableError(
-      absl::StrCat("cuBLAS error ", static_cast<int>(status), " in ", what));
-}
-
 // y [n, rows] (float) = x [n, cols] (bf16) W^T.
 absl::Status Linear(const CudaContext& context, const DeviceLinear& linear,
                     const uint16_t* x, int64_t n, float* y) {
   const float one = 1.0f, zero = 0.0f;
-  return CublasStatus(
+  return CublasError(
       cublasGemmEx(context.cublas(), CUBLAS_OP_T, CUBLAS_OP_N,
                    static_cast<int>(linear.rows), static_cast<int>(n),
                    static_cast<int>(linear.cols), &one,
@@ -355,7 +345,7 @@ absl::Status CudaForward::ForwardBlock(const DeviceBlockWeights& block,
     // products per key/value head. Row-major scores [query, key] of head h
     // are column-major K_g^T Q_h.
     for (int64_t g = 0; g < kv_heads; ++g) {
-      RETURN_IF_ERROR(CublasStatus(
+      RETURN_IF_ERROR(CublasError(
           cublasGemmStridedBatchedEx(
               context_->cublas(), CUBLAS_OP_T, CUBLAS_OP_N, t, t, d, &scale,
               k + g * head_dim, CUDA_R_16BF, static_cast<int>(kv_width), 0,
@@ -370,7 +360,7 @@ absl::Status CudaForward::ForwardBlock(const DeviceBlockWeights& block,
                                     probs_.as<uint16_t>());
     RETURN_IF_ERROR(launched("the attention softmax"));
     for (int64_t g = 0; g < kv_heads; ++g) {
-      RETURN_IF_ERROR(CublasStatus(
+      RETURN_IF_ERROR(CublasError(
           cublasGemmStridedBatchedEx(
               context_->cublas(), CUBLAS_OP_N, CUBLAS_OP_N, d, t, t, &one,
               v + g * head_dim, CUDA_R_16BF, static_cast<int>(kv_width), 0,

@@ -383,26 +383,6 @@ __global__ void DequantizeKernel(const uint8_t* levels, const float* scales,
                          zeros[g * rows + r]);
 }
 
-absl::Status CusolverStatus(cusolverStatus_t status, absl::string_view what) {
-  if (status == CUSOLVER_STATUS_SUCCESS) return absl::OkStatus();
-  if (status == CUSOLVER_STATUS_ALLOC_FAILED) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("cuSOLVER ran out of GPU memory while ", what));
-  }
-  return absl::UnavailableError(absl::StrCat(
-      "cuSOLVER error ", static_cast<int>(status), " while ", what));
-}
-
-absl::Status CublasStatus(cublasStatus_t status, absl::string_view what) {
-  if (status == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
-  if (status == CUBLAS_STATUS_ALLOC_FAILED) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("cuBLAS ran out of GPU memory in ", what));
-  }
-  return absl::UnavailableError(
-      absl::StrCat("cuBLAS error ", static_cast<int>(status), " in ", what));
-}
-
 // Seconds between pairs of events recorded on the context's stream, summed
 // per stage; does nothing without a profile to fill.
 class StageClock {
@@ -556,14 +536,14 @@ absl::StatusOr<GptqFactor> FactorGptqHessian(const CudaContext& context,
                    DeviceBuffer::Allocate(context, sizeof(int), "status"));
   cusolverDnParams_t params;
   RETURN_IF_ERROR(
-      CusolverStatus(cusolverDnCreateParams(&params), "creating parameters"));
+      CusolverError(cusolverDnCreateParams(&params), "creating parameters"));
   struct ParamsDeleter {
     cusolverDnParams_t p;
     ~ParamsDeleter() { cusolverDnDestroyParams(p); }
   } params_deleter{params};
   cusolverDnHandle_t solver = context.cusolver();
   size_t device_bytes = 0, host_bytes = 0;
-  RETURN_IF_ERROR(CusolverStatus(
+  RETURN_IF_ERROR(CusolverError(
       cusolverDnXpotrf_bufferSize(solver, params, CUBLAS_FILL_MODE_UPPER, cols,
                                   CUDA_R_64F, hr.as<double>(), cols, CUDA_R_64F,
                                   &device_bytes, &host_bytes),
@@ -582,7 +562,7 @@ absl::StatusOr<GptqFactor> FactorGptqHessian(const CudaContext& context,
         hessian, cols, factor.perm_d.as<int32_t>(), factor.dead.as<uint8_t>(),
         percent * mean_diagonal, hr.as<double>());
     RETURN_IF_ERROR(CudaError(cudaGetLastError(), "preparing the Hessian"));
-    RETURN_IF_ERROR(CusolverStatus(
+    RETURN_IF_ERROR(CusolverError(
         cusolverDnXpotrf(solver, params, CUBLAS_FILL_MODE_UPPER, cols,
                          CUDA_R_64F, hr.as<double>(), cols, CUDA_R_64F,
                          work.as<void>(), device_bytes, host_work.data(),
@@ -749,7 +729,7 @@ absl::StatusOr<DeviceGptqResult> GptqSolveOnDevice(const CudaContext& context,
       RETURN_IF_ERROR(CudaError(cudaGetLastError(), "preparing a window"));
       // Row-major X Vn = diff is column-major Vn^T X^T = diff^T, and the
       // row-major upper Vn is column-major lower.
-      RETURN_IF_ERROR(CublasStatus(
+      RETURN_IF_ERROR(CublasError(
           cublasStrsm(context.cublas(), CUBLAS_SIDE_LEFT,
                       CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, CUBLAS_DIAG_UNIT,
                       window, static_cast<int>(rows), &one,
@@ -784,7 +764,7 @@ absl::StatusOr<DeviceGptqResult> GptqSolveOnDevice(const CudaContext& context,
       // cores with each operand split in two (hi*hi + lo*hi + hi*lo: the
       // error of FP32 at several times its speed).
       clock.Begin(profile ? &profile->updates_s : nullptr);
-      RETURN_IF_ERROR(CublasStatus(
+      RETURN_IF_ERROR(CublasError(
           cublasGemmEx(context.cublas(), CUBLAS_OP_N, CUBLAS_OP_N,
                        static_cast<int>(cols - i2), static_cast<int>(rows),
                        3 * args.count, &one, vhl + 3 * i1 * cols + i2,

@@ -106,10 +106,7 @@ absl::Status DeviceHessian::AddProduct(const void* x, int64_t n, bool bf16) {
       product_.as<void>(), CUDA_R_32F, static_cast<int>(columns_),
       bf16 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_PEDANTIC,
       CUBLAS_GEMM_DEFAULT);
-  if (status != CUBLAS_STATUS_SUCCESS) {
-    return absl::UnavailableError(absl::StrCat(
-        "cuBLAS error ", static_cast<int>(status), " accumulating a Hessian"));
-  }
+  RETURN_IF_ERROR(CublasError(status, "accumulating a Hessian"));
   AccumulateKernel<<<kGrid, kThreads, 0, context_->stream()>>>(
       product_.as<float>(), columns_ * columns_, sum_xxt_.as<double>());
   const unsigned column_blocks = static_cast<unsigned>((columns_ + 255) / 256);
@@ -153,10 +150,7 @@ absl::Status DeviceHessian::Merge(const DeviceHessian& other) {
                         columns_)}) {
     const cublasStatus_t status = cublasDaxpy(
         context_->cublas(), static_cast<int>(count), &one, theirs, 1, mine, 1);
-    if (status != CUBLAS_STATUS_SUCCESS) {
-      return absl::UnavailableError(absl::StrCat(
-          "cuBLAS error ", static_cast<int>(status), " merging Hessians"));
-    }
+    RETURN_IF_ERROR(CublasError(status, "merging Hessians"));
   }
   samples_ += other.samples_;
   return absl::OkStatus();
