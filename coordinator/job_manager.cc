@@ -114,8 +114,15 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
     if (IsFinal(job.state)) continue;
     ASSIGN_OR_RETURN(const JobPlan plan, JobPlan::FromJson(job.plan));
     CleanJobDir(plan.job_dir);
+    ASSIGN_OR_RETURN(const JobSnapshot snapshot,
+                     manager->scheduler_->GetJob(job.id));
+    int committed = 0;
+    for (const TaskRow& t : snapshot.tasks) {
+      committed += t.state == TaskState::kDone ? 1 : 0;
+    }
     manager->Log(absl::StrCat("job ", job.id, ": continuing (",
-                              JobStateName(job.state), ")"));
+                              JobStateName(job.state), "), ", committed, " of ",
+                              snapshot.tasks.size(), " tasks committed"));
   }
   manager->tick_thread_ = std::thread([m = manager.get()] { m->TickLoop(); });
   manager->assemble_thread_ =
