@@ -123,6 +123,7 @@ absl::Status RunQuantize(const QuantctlOptions& options, std::ostream& out,
   quantize.model_dir = options.model;
   quantize.output = options.out;
   quantize.gguf_type = options.type;
+  if (!options.devices.empty()) quantize.device = options.devices[0];
   if (quantize.work_dir.empty()) quantize.work_dir = options.out + ".work";
   quantize.log = [&](const std::string& line) { err << line << "\n"; };
   ASSIGN_OR_RETURN(const QuantizeModelResult result, QuantizeModel(quantize));
@@ -224,6 +225,8 @@ absl::Status RunServiceCommand(const QuantctlOptions& options,
     SetCpuThreads(options.threads);  // The in-process workers share it.
     LocalRunOptions local;
     local.workers = options.workers;
+    local.backend = options.quantize.backend;
+    local.devices = options.devices;
     local.threads = options.threads;
     local.state_dir = options.state_dir;
     local.progress_on_tty = options.progress_on_tty;
@@ -291,6 +294,8 @@ engine commands (in this process):
                    [--calib-seed 0] [--calib-sampling splitmix64|python]
                    [--work-dir DIR (default OUT.work)]
                    [--stop-after-block N] [--eval TEXT,...] [--eval-windows N]
+                   [--backend cpu|cuda] [--devices 0 (cuda: the GPU; run
+                   --local: one worker per GPU listed, e.g. 0,1)]
                    Windows start at SplitMix64(seed) outputs modulo
                    (tokens - seqlen + 1), or with python at Python's
                    random.seed(seed); random.randint(0, tokens - seqlen - 1)

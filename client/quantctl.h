@@ -42,6 +42,9 @@ struct QuantctlOptions {
   std::string mode = "sequential";              // --mode: or parallel.
   bool local = false;     // run --local (the only kind of run today).
   int workers = 2;        // run --local: in-process workers.
+  // quantize and run --local --backend cuda (quantize.backend): the GPUs;
+  // quantize uses the first.
+  std::vector<int> devices = {0};
   std::string state_dir;  // run --local: keep the job store here.
   bool watch = false;     // submit --watch: then watch it.
   std::string name;       // submit: the job's name.

@@ -9,6 +9,10 @@
 #include "absl/flags/usage.h"
 #include "client/quantctl.h"
 #include "model/calibration.h"
+#include "quant/block_backend.h"
+#ifdef QS_WITH_CUDA
+#include "kernels/cuda/block_backend_cuda.h"
+#endif
 
 ABSL_FLAG(std::string, model, "", "Hugging Face model directory");
 ABSL_FLAG(std::string, out, "", "Output file (convert) or directory");
@@ -66,6 +70,10 @@ ABSL_FLAG(int, stop_after_block, -1, "quantize: stop after this block");
 ABSL_FLAG(std::vector<std::string>, eval, {},
           "quantize / perplexity: held-out texts");
 ABSL_FLAG(int64_t, eval_windows, -1, "perplexity windows per text (-1: all)");
+ABSL_FLAG(std::string, backend, "cpu",
+          "quantize / run --local: where blocks compute, cpu or cuda");
+ABSL_FLAG(std::string, devices, "0",
+          "quantize / run --local with --backend cuda: GPU indices, e.g. 0,1");
 ABSL_FLAG(std::string, coordinator, "localhost:50051",
           "service commands: the coordinator, host:port");
 ABSL_FLAG(std::string, mode, "sequential",
@@ -78,6 +86,9 @@ ABSL_FLAG(bool, watch, false, "submit: then watch the job");
 ABSL_FLAG(std::string, name, "", "submit: the job's name");
 
 int main(int argc, char** argv) {
+#ifdef QS_WITH_CUDA
+  quant::cuda::RegisterCudaBlockBackend();
+#endif
   absl::SetProgramUsageMessage(quant::QuantctlUsage());
   // --calib-samples and --calib_samples alike.
   for (int i = 1; i < argc; ++i) {
@@ -110,14 +121,18 @@ int main(int argc, char** argv) {
       quant::ParseOutputFormat(absl::GetFlag(FLAGS_format));
   absl::StatusOr<quant::CalibrationSampling> sampling =
       quant::ParseCalibrationSampling(absl::GetFlag(FLAGS_calib_sampling));
-  for (const absl::Status& status :
-       {method.status(), format.status(), sampling.status()}) {
+  absl::StatusOr<std::vector<int>> devices =
+      quant::ParseDeviceList(absl::GetFlag(FLAGS_devices));
+  for (const absl::Status& status : {method.status(), format.status(),
+                                     sampling.status(), devices.status()}) {
     if (!status.ok()) {
       std::cerr << "quantctl: " << status.message() << "\n";
       return 2;
     }
   }
   q.method = *method;
+  q.backend = absl::GetFlag(FLAGS_backend);
+  options.devices = *devices;
   q.output_format = *format;
   q.weights.bits = absl::GetFlag(FLAGS_bits);
   q.weights.group_size = absl::GetFlag(FLAGS_group_size);

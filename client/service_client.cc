@@ -17,6 +17,7 @@
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
 #include "coordinator/coordinator.h"
+#include "quant/block_backend.h"
 #include "worker/worker_session.h"
 
 namespace quant {
@@ -233,22 +234,35 @@ absl::Status ServiceClient::Workers(std::ostream& out) {
   v1::ListWorkersResponse response;
   RETURN_IF_ERROR(FromGrpcStatus(stub_->ListWorkers(
       Context().get(), v1::ListWorkersRequest(), &response)));
-  out << absl::StrFormat("%-22s %-16s %-5s %7s %9s %-10s %5s\n", "worker",
-                         "name", "kind", "threads", "memory", "task", "done");
+  out << absl::StrFormat("%-22s %-16s %-5s %7s %9s %-10s %5s  %s\n", "worker",
+                         "name", "kind", "threads", "memory", "task", "done",
+                         "device");
   for (const v1::WorkerInfo& w : response.workers()) {
-    out << absl::StrFormat("%-22s %-16s %-5s %7d %7.1fG %-10s %5d\n",
+    out << absl::StrFormat("%-22s %-16s %-5s %7d %7.1fG %-10s %5d  %s\n",
                            w.worker_id(), w.name(),
                            w.backend() == v1::BACKEND_CUDA ? "cuda" : "cpu",
                            w.threads(), w.memory_bytes() / 1e9,
-                           w.task().empty() ? "-" : w.task(), w.tasks_done());
+                           w.task().empty() ? "-" : w.task(), w.tasks_done(),
+                           w.device().empty() ? "-" : w.device());
   }
   return absl::OkStatus();
 }
 
 absl::Status RunLocal(const v1::JobSpec& spec, const LocalRunOptions& options,
                       std::ostream& out, std::ostream& err) {
-  if (options.workers < 1) {
-    return absl::InvalidArgumentError("run --local needs at least 1 worker");
+  const bool gpu = options.backend != "cpu";
+  const int workers =
+      gpu ? static_cast<int>(options.devices.size()) : options.workers;
+  if (workers < 1) {
+    return absl::InvalidArgumentError(
+        gpu ? "run --local --backend cuda needs at least one device"
+            : "run --local needs at least 1 worker");
+  }
+  // The devices first: a missing GPU is named before any work starts.
+  std::vector<std::shared_ptr<BlockBackend>> backends(workers);
+  for (int i = 0; gpu && i < workers; ++i) {
+    ASSIGN_OR_RETURN(backends[i],
+                     MakeBlockBackend(options.backend, options.devices[i]));
   }
   std::string state_dir = options.state_dir;
   const bool temporary = state_dir.empty();
@@ -283,13 +297,15 @@ absl::Status RunLocal(const v1::JobSpec& spec, const LocalRunOptions& options,
                              (!recipe.calibration().has_samples() ||
                               recipe.calibration().samples() > 0);
   const int threads_per_worker =
-      one_at_a_time ? cores : std::max(1, cores / options.workers);
+      one_at_a_time || gpu ? cores : std::max(1, cores / workers);
   std::vector<std::unique_ptr<WorkerSession>> sessions;
   std::vector<std::thread> threads;
-  for (int i = 0; i < options.workers; ++i) {
+  for (int i = 0; i < workers; ++i) {
     WorkerOptions worker;
     worker.channel = coordinator->InProcessChannel();
-    worker.name = absl::StrCat("local-", i);
+    worker.name = gpu ? absl::StrCat("local-gpu", options.devices[i])
+                      : absl::StrCat("local-", i);
+    worker.backend = backends[i];
     worker.threads = threads_per_worker;
     worker.scratch_dir = absl::StrCat(state_dir, "/scratch-", i);
     worker.lease_wait_ms = 500;

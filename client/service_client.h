@@ -10,6 +10,7 @@
 #include <memory>
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -57,6 +58,9 @@ struct LocalRunOptions {
   // ... on this many cores (0: all): each gets them all in a sequential
   // calibrated job (one block runs at a time), else they share them.
   int threads = 0;
+  // "cuda": one worker per GPU of `devices` instead (`workers` unused).
+  std::string backend = "cpu";
+  std::vector<int> devices = {0};
   std::string state_dir;  // The job store; "" for a temporary one.
   bool progress_on_tty = false;
 };

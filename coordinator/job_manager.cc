@@ -434,6 +434,7 @@ v1::ListWorkersResponse JobManager::ListWorkers() {
     info->set_worker_id(w.id);
     info->set_name(w.name);
     info->set_backend(w.capabilities.backend());
+    info->set_device(w.capabilities.device());
     info->set_threads(w.capabilities.threads());
     info->set_memory_bytes(w.capabilities.memory_bytes());
     info->set_task(w.task);

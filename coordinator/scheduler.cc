@@ -15,11 +15,6 @@ std::string KeyName(const TaskKey& key) {
   return absl::StrCat(key.job_id, "/", key.index);
 }
 
-v1::Backend BackendOf(const std::string& kind) {
-  (void)kind;  // Every task kind runs on the CPU engine today.
-  return v1::BACKEND_CPU;
-}
-
 }  // namespace
 
 int64_t SystemClock::NowMs() {
@@ -127,10 +122,25 @@ bool Scheduler::Ready(const ActiveJob& job, const TaskRow& task) const {
   return true;
 }
 
+bool Scheduler::HasGpuWorker(int64_t now) const {
+  for (const auto& [id, worker] : workers_) {
+    if (worker.capabilities.backend() == v1::BACKEND_CUDA &&
+        now - worker.last_seen_ms <= options_.worker_timeout_ms) {
+      return true;
+    }
+  }
+  return false;
+}
+
 bool Scheduler::Fits(const WorkerInfo& worker, const ActiveJob& job,
-                     const TaskRow& task) const {
+                     const TaskRow& task, bool gpu_pool) const {
   const v1::Capabilities& caps = worker.capabilities;
-  if (caps.backend() != BackendOf(task.kind)) return false;
+  const bool gpu_task =
+      task.kind == kForwardTask || (task.kind == kBlockTask &&
+                                    job.plan.gpu_blocks);
+  if (gpu_pool && gpu_task && caps.backend() != v1::BACKEND_CUDA) {
+    return false;
+  }
   return caps.memory_bytes() <= 0 ||
          caps.memory_bytes() >= TaskMemoryBytes(job.plan, task);
 }
@@ -170,6 +180,7 @@ absl::StatusOr<std::optional<Lease>> Scheduler::TryLease(
   WorkerInfo& worker = w->second;
   const int64_t now = clock_->NowMs();
   worker.last_seen_ms = now;
+  const bool gpu_pool = HasGpuWorker(now);
   // Oldest job first; within a job, task order (the sequential order).
   for (auto& [id, job] : jobs_) {
     if (job.job.state != JobState::kQueued &&
@@ -177,7 +188,9 @@ absl::StatusOr<std::optional<Lease>> Scheduler::TryLease(
       continue;
     }
     for (TaskRow& candidate : job.tasks) {
-      if (!Ready(job, candidate) || !Fits(worker, job, candidate)) continue;
+      if (!Ready(job, candidate) || !Fits(worker, job, candidate, gpu_pool)) {
+        continue;
+      }
       TaskRow task = candidate;
       task.state = TaskState::kLeased;
       task.epoch += 1;

@@ -11,8 +11,12 @@
 // - Retry budgets are separate: infrastructure faults (worker lost or
 //   draining) are retried up to max_infra_faults times; task faults (the
 //   task itself failed) at most max_task_faults times, then the job fails.
-// - Capability matching: a task goes only to a worker with the backend and
-//   the memory it needs (an unknown memory size fits anything).
+// - Capability matching: a task goes only to a worker with the memory it
+//   needs (an unknown memory size fits anything). Block and forward tasks
+//   go to GPU workers while any is registered (CPU workers then take the
+//   other kinds, and AWQ's blocks, which the GPU backend does not compute);
+//   a GPU worker takes any task (its CPU engine runs what its device does
+//   not).
 //
 // Leases, epochs and committed tasks are durable: a coordinator restarted
 // on the same store continues every unfinished job where it stopped, and a
@@ -187,8 +191,10 @@ class Scheduler {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool Ready(const ActiveJob& job, const TaskRow& task) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `gpu_pool`: a GPU worker is registered and alive.
   bool Fits(const WorkerInfo& worker, const ActiveJob& job,
-            const TaskRow& task) const;
+            const TaskRow& task, bool gpu_pool) const;
+  bool HasGpuWorker(int64_t now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Writes `tasks` and the job's state in one transaction, then updates
   // memory (only after the commit succeeded).
   absl::Status Commit(ActiveJob& job, const std::vector<TaskRow>& tasks,

@@ -253,19 +253,58 @@ TEST_F(SchedulerTest, CancelStopsLeasingAndTellsTheHolder) {
   EXPECT_EQ(MustLease(w).epoch, lease.epoch + 1);
 }
 
+v1::Capabilities Gpu(int64_t memory = 0) {
+  v1::Capabilities caps;
+  caps.set_backend(v1::BACKEND_CUDA);
+  caps.set_device("NVIDIA H200 (GPU 0, sm_90, 139.8 GiB)");
+  caps.set_memory_bytes(memory);
+  return caps;
+}
+
 TEST_F(SchedulerTest, CapabilityMatchingByMemory) {
   AddChain();
   const std::string small = scheduler_->RegisterWorker("s", Cpu(500));
   const std::string big = scheduler_->RegisterWorker("b", Cpu(2000));
-  v1::Capabilities gpu;
-  gpu.set_backend(v1::BACKEND_CUDA);
-  const std::string cuda = scheduler_->RegisterWorker("g", gpu);
   EXPECT_FALSE(scheduler_->TryLease(small)->has_value());  // embed needs 1000.
-  EXPECT_FALSE(scheduler_->TryLease(cuda)->has_value());   // CPU tasks.
   EXPECT_TRUE(scheduler_->TryLease(big)->has_value());
-  EXPECT_EQ(scheduler_->ListWorkers().size(), 3u);
+  EXPECT_EQ(scheduler_->ListWorkers().size(), 2u);
   clock_.Advance(200'000);
   EXPECT_TRUE(scheduler_->ListWorkers().empty());  // Timed out.
+}
+
+TEST_F(SchedulerTest, BlockTasksGoToGpuWorkersWhileThereAreAny) {
+  AddChain();
+  const std::string cpu = scheduler_->RegisterWorker("c", Cpu());
+  const std::string gpu = scheduler_->RegisterWorker("g", Gpu(1'000'000));
+  // The embedding goes to whoever asks; then block 0 only to the GPU.
+  const Lease embed = MustLease(cpu);
+  EXPECT_EQ(embed.task.kind, kEmbedTask);
+  ASSERT_TRUE(Complete(embed, cpu).ok());
+  EXPECT_FALSE(scheduler_->TryLease(cpu)->has_value());
+  const Lease block0 = MustLease(gpu);
+  EXPECT_EQ(block0.task.kind, kBlockTask);
+  ASSERT_TRUE(Complete(block0, gpu).ok());
+  // The GPU worker gone (not heard from past the timeout), the CPU worker
+  // takes the next block: a mixed pool never stalls.
+  clock_.Advance(200'000);
+  const Lease block1 = MustLease(cpu);
+  EXPECT_EQ(block1.task.layer, 1);
+}
+
+TEST_F(SchedulerTest, AwqBlocksStayWithCpuWorkersAndGpuWorkersTakeAnything) {
+  JobPlan plan = SmallPlan();
+  plan.gpu_blocks = false;  // AWQ: the GPU backend does not compute it.
+  JobRow job;
+  job.spec = "spec";
+  ASSERT_TRUE(scheduler_->AddJob(job, plan, ChainTasks()).ok());
+  const std::string gpu = scheduler_->RegisterWorker("g", Gpu());
+  const std::string cpu = scheduler_->RegisterWorker("c", Cpu());
+  const Lease embed = MustLease(gpu);  // A GPU worker takes any kind.
+  ASSERT_TRUE(Complete(embed, gpu).ok());
+  EXPECT_EQ(MustLease(cpu).task.kind, kBlockTask);
+  // The plan's flag survives the store.
+  EXPECT_FALSE(JobPlan::FromJson(plan.ToJson())->gpu_blocks);
+  EXPECT_TRUE(JobPlan::FromJson(SmallPlan().ToJson())->gpu_blocks);
 }
 
 TEST_F(SchedulerTest, ARestartKeepsCommittedTasksAndLiveLeases) {

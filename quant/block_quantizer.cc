@@ -22,23 +22,6 @@ namespace {
 constexpr int kQ = 0, kK = 1, kV = 2, kO = 3, kGate = 4, kUp = 5, kDown = 6;
 constexpr int kInputs = 4;
 
-// The input each linear reads.
-BlockInput InputOf(int linear) {
-  switch (linear) {
-    case kQ:
-    case kK:
-    case kV:
-      return BlockInput::kAttention;
-    case kO:
-      return BlockInput::kAttentionOutput;
-    case kGate:
-    case kUp:
-      return BlockInput::kMlp;
-    default:
-      return BlockInput::kMlpOutput;
-  }
-}
-
 double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
       .count();
@@ -52,6 +35,14 @@ float RoundTo(SafetensorsDType dtype, float x) {
       return HalfToFloat(FloatToHalf(x));
     default:
       return x;
+  }
+}
+
+// A linear left in floating point computes with its stored values.
+void RoundToStoredDtype(const BlockRecipe& recipe, int linear,
+                        DecoderBlockWeights& block) {
+  for (float& w : BlockLinear(block, linear).weight) {
+    w = RoundTo(recipe.keep_fp[linear]->dtype, w);
   }
 }
 
@@ -181,44 +172,24 @@ double MeanSquaredDifference(const std::vector<float>& a,
 
 class BlockQuantizer {
  public:
-  BlockQuantizer(const LlamaForward& forward, DecoderBlockWeights block,
-                 const BlockRecipe& recipe, int64_t sequences, int64_t seq_len,
-                 float* hidden)
+  // `fp_block` is the block before StartBlockResult, for AWQ's FP outputs.
+  BlockQuantizer(const LlamaForward& forward, BlockResult started,
+                 DecoderBlockWeights fp_block, const BlockRecipe& recipe,
+                 int64_t sequences, int64_t seq_len, float* hidden)
       : forward_(forward),
         recipe_(recipe),
         sequences_(sequences),
         seq_len_(seq_len),
         per_pass_(std::max<int64_t>(1, recipe.sequences_per_pass)),
-        hidden_(hidden) {
-    if (recipe.method == QuantMethod::kAwq && recipe.awq.fp_inputs) {
-      fp_block_ = block;
-    }
-    result_.weights = std::move(block);
-  }
+        hidden_(hidden),
+        fp_block_(std::move(fp_block)),
+        result_(std::move(started)) {}
 
   absl::StatusOr<BlockResult> Run() {
     const auto start = std::chrono::steady_clock::now();
-    for (int i = 0; i < kBlockLinears; ++i) {
-      const WeightFormat& f = recipe_.formats[i];
-      LinearReport& report = result_.reports[i];
-      report.name = std::string(kBlockLinearNames[i]);
-      if (StaysFp(i)) {
-        report.kept_fp = recipe_.keep_fp[i]->reason;
-        report.proxy_loss = report.relative_output_error = 0;
-        RoundToStoredDtype(i);
-        continue;
-      }
-      report.bits = f.bits;
-      report.group_size = f.group_size;
-    }
     const ComputeKernel kernel = CpuComputeKernel();
     result_.backend = kernel.backend;
     result_.kernel = kernel.kernel;
-    if (sequences_ == 0 && recipe_.method != QuantMethod::kRtn) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(QuantMethodName(recipe_.method),
-                       " needs calibration data; only RTN runs without"));
-    }
     switch (recipe_.method) {
       case QuantMethod::kRtn:
         RETURN_IF_ERROR(RunRtn());
@@ -252,15 +223,8 @@ class BlockQuantizer {
 
   bool StaysFp(int linear) const { return recipe_.keep_fp[linear].has_value(); }
 
-  // A linear left in floating point computes with its stored values.
-  void RoundToStoredDtype(int linear) {
-    for (float& w : BlockLinear(result_.weights, linear).weight) {
-      w = RoundTo(recipe_.keep_fp[linear]->dtype, w);
-    }
-  }
-
   const std::vector<double>* HessianOf(int linear) {
-    const int input = static_cast<int>(InputOf(linear));
+    const int input = static_cast<int>(LinearInput(linear));
     if (!capture_.hessians[input]) return nullptr;
     auto it = hessian_cache_.find(input);
     if (it == hessian_cache_.end()) {
@@ -315,7 +279,7 @@ class BlockQuantizer {
       }
       if (stage.empty()) continue;
       std::array<bool, kInputs> wanted = {false, false, false, false};
-      for (int i : stage) wanted[static_cast<int>(InputOf(i))] = true;
+      for (int i : stage) wanted[static_cast<int>(LinearInput(i))] = true;
       RETURN_IF_ERROR(CaptureStage(wanted));
       for (int i : stage) {
         const auto start = std::chrono::steady_clock::now();
@@ -473,7 +437,7 @@ class BlockQuantizer {
 
     for (int i = 0; i < kBlockLinears; ++i) {
       if (StaysFp(i)) {
-        RoundToStoredDtype(i);  // As scaled.
+        RoundToStoredDtype(recipe_, i, block);  // As scaled.
         continue;
       }
       const auto start = std::chrono::steady_clock::now();
@@ -483,7 +447,7 @@ class BlockQuantizer {
       // AutoAWQ leaves q and k unclipped: their errors pass through softmax.
       if (recipe_.awq.clip && i != kQ && i != kK) {
         const std::vector<float>& x =
-            capture_.sampled[static_cast<int>(InputOf(i))];
+            capture_.sampled[static_cast<int>(LinearInput(i))];
         RETURN_IF_ERROR(ClipAwq(x.data(),
                                 static_cast<int64_t>(x.size()) / linear.cols, f,
                                 recipe_.awq, linear));
@@ -507,6 +471,52 @@ class BlockQuantizer {
 };
 
 }  // namespace
+
+BlockInput LinearInput(int index) {
+  switch (index) {
+    case kQ:
+    case kK:
+    case kV:
+      return BlockInput::kAttention;
+    case kO:
+      return BlockInput::kAttentionOutput;
+    case kGate:
+    case kUp:
+      return BlockInput::kMlp;
+    default:
+      return BlockInput::kMlpOutput;
+  }
+}
+
+absl::StatusOr<BlockResult> StartBlockResult(DecoderBlockWeights block,
+                                             const BlockRecipe& recipe,
+                                             int64_t sequences,
+                                             int64_t seq_len) {
+  if (sequences < 0 || (sequences > 0 && seq_len < 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "bad calibration shape: ", sequences, " sequences of ", seq_len));
+  }
+  if (sequences == 0 && recipe.method != QuantMethod::kRtn) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(QuantMethodName(recipe.method),
+                     " needs calibration data; only RTN runs without"));
+  }
+  BlockResult result;
+  result.weights = std::move(block);
+  for (int i = 0; i < kBlockLinears; ++i) {
+    LinearReport& report = result.reports[i];
+    report.name = std::string(kBlockLinearNames[i]);
+    if (recipe.keep_fp[i].has_value()) {
+      report.kept_fp = recipe.keep_fp[i]->reason;
+      report.proxy_loss = report.relative_output_error = 0;
+      RoundToStoredDtype(recipe, i, result.weights);
+      continue;
+    }
+    report.bits = recipe.formats[i].bits;
+    report.group_size = recipe.formats[i].group_size;
+  }
+  return result;
+}
 
 LinearWeights& BlockLinear(DecoderBlockWeights& block, int index) {
   LinearWeights* linears[] = {&block.q,    &block.k,  &block.v,   &block.o,
@@ -584,12 +594,15 @@ absl::StatusOr<BlockResult> QuantizeBlock(const LlamaForward& forward,
                                           const BlockRecipe& recipe,
                                           int64_t sequences, int64_t seq_len,
                                           float* hidden) {
-  if (sequences < 0 || (sequences > 0 && seq_len < 1)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "bad calibration shape: ", sequences, " sequences of ", seq_len));
+  DecoderBlockWeights fp_block;
+  if (recipe.method == QuantMethod::kAwq && recipe.awq.fp_inputs) {
+    fp_block = block;
   }
-  return BlockQuantizer(forward, std::move(block), recipe, sequences, seq_len,
-                        hidden)
+  ASSIGN_OR_RETURN(BlockResult started, StartBlockResult(std::move(block),
+                                                         recipe, sequences,
+                                                         seq_len));
+  return BlockQuantizer(forward, std::move(started), std::move(fp_block),
+                        recipe, sequences, seq_len, hidden)
       .Run();
 }
 

@@ -112,6 +112,18 @@ struct BlockResult {
   std::string backend, kernel;
 };
 
+// The block input linear `index` reads.
+BlockInput LinearInput(int index);
+
+// The start of every backend's block result: the weights, each linear's
+// report labelled (name, bits, group; a kept linear's reason, zero error, its
+// weights rounded to the dtype it is stored in). InvalidArgument for a bad
+// calibration shape or a calibrated method without calibration data.
+absl::StatusOr<BlockResult> StartBlockResult(DecoderBlockWeights block,
+                                             const BlockRecipe& recipe,
+                                             int64_t sequences,
+                                             int64_t seq_len);
+
 // Quantizes `block` on `hidden` [sequences * seq_len, hidden_size], the
 // activations entering it, and replaces them with the quantized block's
 // outputs. sequences == 0 is a data-free run (RTN only).

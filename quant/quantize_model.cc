@@ -21,6 +21,7 @@
 #include "format/safetensors.h"
 #include "model/llama_forward.h"
 #include "model/perplexity.h"
+#include "quant/block_backend.h"
 #include "quant/block_store.h"
 #include "quant/checkpoint_export.h"
 #include "quant/gguf_head.h"
@@ -570,12 +571,15 @@ absl::StatusOr<QuantizeModelResult> QuantizeModel(
       }
     }
     const LlamaForward forward(spec, std::max<int64_t>(seq_len, 1));
+    ASSIGN_OR_RETURN(const std::unique_ptr<BlockBackend> backend,
+                     MakeBlockBackend(options.backend, options.device));
+    CpuBlockBackend cpu;
     for (int layer = first; layer < spec.num_layers; ++layer) {
       ASSIGN_OR_RETURN(DecoderBlockWeights block,
                        LoadDecoderBlock(*checkpoint, spec, layer));
-      absl::StatusOr<BlockResult> done =
-          QuantizeBlock(forward, std::move(block), plan.block_recipes[layer],
-                        sequences, seq_len, hidden.data());
+      absl::StatusOr<BlockResult> done = QuantizeBlockOn(
+          *backend, cpu, forward, std::move(block), plan.block_recipes[layer],
+          sequences, seq_len, hidden.data());
       if (!done.ok()) {
         return absl::Status(
             done.status().code(),

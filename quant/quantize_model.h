@@ -59,6 +59,11 @@ struct QuantizeModelOptions {
   AwqOptions awq;
   CalibrationOptions calibration;  // samples == 0: data-free (RTN only).
   int64_t sequences_per_pass = 16;
+  // Where the blocks compute: "cpu" or "cuda" (GPU `device`); not part of
+  // the recipe, so a resumed run may change it (each block's report says
+  // which ran it).
+  std::string backend = "cpu";
+  int device = 0;
 
   std::string work_dir;       // Required: block results and activations.
   int stop_after_block = -1;  // >= 0: stop once that block is committed.

@@ -1,6 +1,7 @@
-// quant-worker: a CPU worker. Parses flags into WorkerOptions and runs a
-// WorkerSession until SIGTERM / SIGINT drains it (a second signal exits at
-// once with code 130).
+// quant-worker: a CPU worker, or with --backend cuda one worker per GPU of
+// --devices (one task slot each). Parses flags into WorkerOptions and runs
+// the WorkerSessions until SIGTERM / SIGINT drains them (a second signal
+// exits at once with code 130).
 #include <unistd.h>
 
 #include <cstdlib>
@@ -9,6 +10,8 @@
 #include <memory>
 #include <string>
 #include <system_error>
+#include <thread>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -17,7 +20,11 @@
 #include "common/metrics.h"
 #include "common/process.h"
 #include "kernels/cpu/compute_kernel.h"
+#include "quant/block_backend.h"
 #include "worker/worker_session.h"
+#ifdef QS_WITH_CUDA
+#include "kernels/cuda/block_backend_cuda.h"
+#endif
 
 ABSL_FLAG(std::string, coordinator, "localhost:50051",
           "Coordinator worker gateway, host:port");
@@ -29,6 +36,10 @@ ABSL_FLAG(std::string, metrics_address, "",
           "Serve Prometheus metrics at host:port/metrics (empty: off), e.g. "
           "0.0.0.0:9101");
 ABSL_FLAG(int64_t, lease_wait_ms, 5000, "Longest LeaseTask long poll");
+ABSL_FLAG(std::string, backend, "cpu",
+          "Where block and forward tasks compute: cpu or cuda");
+ABSL_FLAG(std::string, devices, "0",
+          "With --backend cuda: the GPUs, one task slot each (e.g. 0,1,2,3)");
 
 namespace {
 
@@ -45,9 +56,12 @@ void Log(const std::string& line) { quant::LogLine("quant-worker", line); }
 }  // namespace
 
 int main(int argc, char** argv) {
+#ifdef QS_WITH_CUDA
+  quant::cuda::RegisterCudaBlockBackend();
+#endif
   absl::SetProgramUsageMessage(
       "quant-worker --coordinator=host:port [--threads=N] [--scratch_dir=DIR] "
-      "[--metrics_address=host:port]");
+      "[--metrics_address=host:port] [--backend=cpu|cuda --devices=0,1]");
   absl::ParseCommandLine(argc, argv);
 
   // Every thread created from here on inherits the mask, so SIGTERM /
@@ -87,25 +101,62 @@ int main(int argc, char** argv) {
     Log(absl::StrCat("metrics on port ", endpoint->port()));
   }
 
-  absl::StatusOr<std::unique_ptr<quant::WorkerSession>> session =
-      quant::WorkerSession::Create(options);
-  if (!session.ok()) {
-    Log(std::string(session.status().message()));
-    return 2;
+  // One session per slot: the CPU worker has one; a GPU worker one per
+  // device, each registered with its own backend.
+  const std::string backend = absl::GetFlag(FLAGS_backend);
+  std::vector<int> devices = {0};
+  if (backend != "cpu") {
+    absl::StatusOr<std::vector<int>> listed =
+        quant::ParseDeviceList(absl::GetFlag(FLAGS_devices));
+    if (!listed.ok()) {
+      Log(std::string(listed.status().message()));
+      return 2;
+    }
+    devices = *listed;
   }
-  quant::WorkerSession* worker = session->get();
+  std::vector<std::unique_ptr<quant::WorkerSession>> sessions;
+  for (int device : devices) {
+    quant::WorkerOptions slot = options;
+    if (backend != "cpu") {
+      absl::StatusOr<std::unique_ptr<quant::BlockBackend>> made =
+          quant::MakeBlockBackend(backend, device);
+      if (!made.ok()) {
+        Log(absl::StrCat("GPU ", device, ": ", made.status().message()));
+        return 2;
+      }
+      slot.backend = *std::move(made);
+      slot.name = absl::StrCat(options.name, "/gpu", device);
+      slot.scratch_dir = absl::StrCat(options.scratch_dir, "/gpu", device);
+    }
+    absl::StatusOr<std::unique_ptr<quant::WorkerSession>> session =
+        quant::WorkerSession::Create(slot);
+    if (!session.ok()) {
+      Log(std::string(session.status().message()));
+      return 2;
+    }
+    sessions.push_back(*std::move(session));
+  }
 
-  quant::OnStopSignal([worker](int signal) {
+  quant::OnStopSignal([&sessions](int signal) {
     Log(absl::StrCat("signal ", signal,
                      ": draining (the task in hand finishes first)"));
-    worker->Drain();
+    for (auto& session : sessions) session->Drain();
   });
 
-  const absl::Status status = worker->Run();
-  if (!status.ok()) {
-    Log(absl::StrCat("stopped: ", status.ToString()));
-  } else {
-    Log(absl::StrCat("done after ", worker->tasks_done(), " tasks"));
+  std::vector<absl::Status> statuses(sessions.size());
+  std::vector<std::thread> slots;
+  for (size_t i = 0; i < sessions.size(); ++i) {
+    slots.emplace_back([&, i] { statuses[i] = sessions[i]->Run(); });
+  }
+  for (std::thread& slot : slots) slot.join();
+  absl::Status status;
+  for (size_t i = 0; i < sessions.size(); ++i) {
+    if (!statuses[i].ok()) {
+      Log(absl::StrCat("stopped: ", statuses[i].ToString()));
+      status = statuses[i];
+    } else {
+      Log(absl::StrCat("done after ", sessions[i]->tasks_done(), " tasks"));
+    }
   }
   if (own_scratch) {
     std::error_code error;

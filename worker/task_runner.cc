@@ -55,8 +55,11 @@ LinearTypesOf(const v1::TaskSpec& spec) {
 
 absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
                                       const std::string& inputs_path,
-                                      const std::string& output_dir) {
+                                      const std::string& output_dir,
+                                      BlockBackend* backend) {
   const auto start = std::chrono::steady_clock::now();
+  CpuBlockBackend cpu;
+  BlockBackend& compute = backend != nullptr ? *backend : cpu;
   ASSIGN_OR_RETURN(const ModelSpec model,
                    ParseModelConfig(spec.model_config_json()));
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> inputs,
@@ -95,9 +98,10 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       ASSIGN_OR_RETURN(const QuantizeModelOptions options,
                        OptionsFromRecipe(spec.recipe()));
       const LlamaForward forward(model, seq_len);
-      RETURN_IF_ERROR(ForwardBlockInPasses(forward, block, sequences, seq_len,
+      RETURN_IF_ERROR(compute.ForwardBlock(forward, block, sequences, seq_len,
                                            options.sequences_per_pass,
                                            hidden.data()));
+      result.kernel = compute.kernel();
       RETURN_IF_ERROR(
           SaveActivations(activations_out, hidden, sequences, seq_len, dim));
       result.outputs.emplace_back(kActivationsTensor, activations_out);
@@ -120,13 +124,15 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       ASSIGN_OR_RETURN(DecoderBlockWeights block,
                        LoadDecoderBlock(*inputs, model, spec.layer()));
       const LlamaForward forward(model, std::max<int64_t>(seq_len, 1));
-      absl::StatusOr<BlockResult> done = QuantizeBlock(
-          forward, std::move(block), recipe, sequences, seq_len, hidden.data());
+      absl::StatusOr<BlockResult> done =
+          QuantizeBlockOn(compute, cpu, forward, std::move(block), recipe,
+                          sequences, seq_len, hidden.data());
       if (!done.ok()) {
         return absl::Status(done.status().code(),
                             absl::StrCat("block ", spec.layer(), ": ",
                                          done.status().message()));
       }
+      result.kernel = {done->backend, done->kernel};
       const std::string result_path =
           absl::StrCat(output_dir, "/", kResultTensor, ".safetensors");
       RETURN_IF_ERROR(SaveBlockResult(result_path, *done));

@@ -1,4 +1,4 @@
-// A worker's CPU executor: runs one task of the worker protocol on inputs
+// A worker's executor: runs one task of the worker protocol on inputs
 // fetched into a local safetensors file, writing each output as a file.
 // The same engine calls as quantctl quantize, so a block computed here is
 // bit for bit the block computed there.
@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/cpu/compute_kernel.h"
+#include "quant/block_backend.h"
 #include "proto/quant/v1/worker_service.pb.h"
 
 namespace quant {
@@ -25,11 +26,16 @@ struct TaskRunResult {
 };
 
 // `inputs_path` holds every tensor of spec.inputs under its name; outputs go
-// to `output_dir` (which exists). Errors are the task's own faults (bad
-// input, a numerical failure); InvalidArgument names what is wrong.
+// to `output_dir` (which exists). Block and forward tasks compute on
+// `backend` (null: the CPU engine); a recipe the backend does not offer
+// runs on the CPU engine, and the result says which ran it. Errors are the
+// task's own faults (bad input, a numerical failure; InvalidArgument names
+// what is wrong) except ResourceExhausted and Unavailable: the device or
+// the machine failed, not the task.
 absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
                                       const std::string& inputs_path,
-                                      const std::string& output_dir);
+                                      const std::string& output_dir,
+                                      BlockBackend* backend = nullptr);
 
 }  // namespace quant
 

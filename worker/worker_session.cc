@@ -330,7 +330,10 @@ WorkerSession::WorkerSession(WorkerOptions options)
                    : static_cast<int>(
                          std::max(1u, std::thread::hardware_concurrency()))),
       memory_bytes_(options_.memory_bytes > 0 ? options_.memory_bytes
-                                              : DetectMemoryBytes()),
+                    : options_.backend != nullptr &&
+                            options_.backend->device_memory_bytes() > 0
+                        ? options_.backend->device_memory_bytes()
+                        : DetectMemoryBytes()),
       rng_(std::random_device()()) {
   channel_ = options_.channel;
   if (channel_ == nullptr) {
@@ -392,7 +395,12 @@ absl::Status WorkerSession::RegisterOnce(bool idle) {
   v1::RegisterWorkerRequest request;
   request.set_name(options_.name);
   v1::Capabilities* capabilities = request.mutable_capabilities();
-  capabilities->set_backend(v1::BACKEND_CPU);
+  const ComputeKernel kernel = options_.backend != nullptr
+                                   ? options_.backend->kernel()
+                                   : CpuComputeKernel();
+  const bool gpu = kernel.backend == "cuda";
+  capabilities->set_backend(gpu ? v1::BACKEND_CUDA : v1::BACKEND_CPU);
+  if (gpu) capabilities->set_device(kernel.kernel);
   capabilities->set_threads(threads_);
   capabilities->set_memory_bytes(memory_bytes_);
   v1::RegisterWorkerResponse response;
@@ -423,8 +431,9 @@ absl::Status WorkerSession::RegisterOnce(bool idle) {
   registration.max_chunk_bytes = response.max_chunk_bytes() > 0
                                      ? response.max_chunk_bytes()
                                      : kDefaultChunkBytes;
-  Log(absl::StrCat("registered as ", registration.worker_id, " (", threads_,
-                   " threads, ", memory_bytes_ >> 20, " MiB; heartbeat ",
+  Log(absl::StrCat("registered as ", registration.worker_id, " (",
+                   gpu ? kernel.kernel : absl::StrCat(threads_, " threads"),
+                   ", ", memory_bytes_ >> 20, " MiB; heartbeat ",
                    registration.heartbeat_interval_ms, " ms, chunks ",
                    registration.max_chunk_bytes, " B)"));
   absl::MutexLock lock(&register_mu_);
@@ -555,13 +564,21 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
                      absl::StrCat("fetching inputs: ", status.ToString()));
     } else {
       task.SetProgress("compute", kFetchEnd);
-      absl::StatusOr<TaskRunResult> run =
-          RunTask(task.spec, inputs_path, task.dir + "/out");
+      absl::StatusOr<TaskRunResult> run = RunTask(
+          task.spec, inputs_path, task.dir + "/out", options_.backend.get());
       std::filesystem::remove(inputs_path, error);
       if (task.IsAbandoned()) {
         outcome = Outcome::kReleased;
       } else if (!run.ok()) {
-        outcome = Fail(&task, /*task_fault=*/true, run.status().ToString());
+        // Out of (device) memory or a failed device is this worker's
+        // trouble: another worker gets the task, and its budget of task
+        // faults stays whole.
+        const absl::StatusCode code = run.status().code();
+        const bool machine = code == absl::StatusCode::kResourceExhausted ||
+                             code == absl::StatusCode::kUnavailable;
+        outcome = Fail(&task, /*task_fault=*/!machine,
+                       absl::StrCat("worker ", options_.name, ": ",
+                                    run.status().ToString()));
       } else {
         seconds = run->seconds;
         kernel = run->kernel;

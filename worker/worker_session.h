@@ -34,6 +34,7 @@
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
 #include "kernels/cpu/compute_kernel.h"
+#include "quant/block_backend.h"
 #include "proto/quant/v1/worker_service.grpc.pb.h"
 
 namespace quant {
@@ -62,6 +63,9 @@ struct WorkerOptions {
   // Attempts at fetching the inputs and at uploading the outputs before the
   // task is handed back (FailTask task_fault=false).
   int transfer_attempts = 5;
+  // Where block and forward tasks compute; null: the CPU engine. Registered
+  // as the worker's backend, with its device and that device's memory.
+  std::shared_ptr<BlockBackend> backend;
   ServiceMetrics* metrics = nullptr;  // Optional; not owned.
   // Progress and trouble, one line per call; null: silent.
   std::function<void(const std::string&)> log;

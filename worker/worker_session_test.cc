@@ -83,6 +83,7 @@ class FakeCoordinator final : public v1::WorkerGateway::Service {
   int register_calls = 0;
   int lease_calls = 0;
   std::vector<std::string> worker_ids;  // Every id handed out, in order.
+  std::vector<v1::Capabilities> capabilities;  // Of every registration.
   std::vector<v1::HeartbeatRequest> heartbeats;
   std::vector<v1::FetchInputsRequest> fetches;
   std::vector<v1::CompleteTaskRequest> completes;
@@ -103,11 +104,12 @@ class FakeCoordinator final : public v1::WorkerGateway::Service {
       --unavailable_registers;
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "starting up");
     }
-    if (request->capabilities().backend() != v1::BACKEND_CPU ||
+    if (request->capabilities().backend() == v1::BACKEND_UNSPECIFIED ||
         request->capabilities().threads() <= 0 ||
         request->capabilities().memory_bytes() <= 0) {
       violations.push_back("bad capabilities");
     }
+    capabilities.push_back(request->capabilities());
     const std::string id = absl::StrCat("w", worker_ids.size() + 1);
     worker_ids.push_back(id);
     known_.push_back(id);
@@ -626,6 +628,53 @@ TEST_F(WorkerSessionTest, BadInputsAreTheTasksFault) {
       metrics_.TextExposition().find(
           "quant_worker_tasks_total{kind=\"block\",outcome=\"failed\"} 3"),
       std::string::npos);
+}
+
+// A GPU backend whose device fails the way CUDA's do (out of memory, then
+// a device that went away): the engine's real error codes, without a GPU.
+class FailingDeviceBackend : public CpuBlockBackend {
+ public:
+  ComputeKernel kernel() const override {
+    return {"cuda", "Test GPU (GPU 0, sm_90, 80.0 GiB)"};
+  }
+  int64_t device_memory_bytes() const override { return int64_t{80} << 30; }
+  absl::StatusOr<BlockResult> QuantizeBlock(const LlamaForward&,
+                                            DecoderBlockWeights,
+                                            const BlockRecipe&, int64_t,
+                                            int64_t, float*) override {
+    return ++calls_ == 1
+               ? absl::ResourceExhaustedError(
+                     "GPU 0: out of memory allocating the calibration "
+                     "activations: 9000 MiB needed, 512 MiB free")
+               : absl::UnavailableError("GPU 0: device lost");
+  }
+
+ private:
+  int calls_ = 0;
+};
+
+TEST_F(WorkerSessionTest, DeviceFailuresAreTheWorkersFault) {
+  fake_.AddTask(Block(0, 1));
+  fake_.AddTask(Block(1, 1));
+  WorkerOptions options = Options();
+  options.backend = std::make_shared<FailingDeviceBackend>();
+  Start(options);
+  ASSERT_TRUE(fake_.WaitFor([&] { return fake_.fails.size() == 2; }));
+  DrainAndJoin();
+  EXPECT_TRUE(run_status_.ok()) << run_status_;  // The worker lives on.
+  absl::MutexLock lock(&fake_.mu_);
+  ASSERT_FALSE(fake_.capabilities.empty());
+  EXPECT_EQ(fake_.capabilities[0].backend(), v1::BACKEND_CUDA);
+  EXPECT_EQ(fake_.capabilities[0].device(),
+            "Test GPU (GPU 0, sm_90, 80.0 GiB)");
+  EXPECT_EQ(fake_.capabilities[0].memory_bytes(), int64_t{80} << 30);
+  for (const v1::FailTaskRequest& fail : fake_.fails) {
+    EXPECT_FALSE(fail.task_fault()) << fail.error();
+  }
+  EXPECT_NE(fake_.fails[0].error().find("9000 MiB needed, 512 MiB free"),
+            std::string::npos)
+      << fake_.fails[0].error();
+  EXPECT_NE(fake_.fails[1].error().find("device lost"), std::string::npos);
 }
 
 TEST_F(WorkerSessionTest, StaleHeartbeatAbandonsTheTask) {

@@ -236,4 +236,13 @@ absl::Status CopyToHost(const CudaContext& context, void* host,
   return context.Synchronize(absl::StrCat("copying ", what, " from the GPU"));
 }
 
+absl::Status CopyOnDevice(const CudaContext& context, void* to,
+                          const void* from, int64_t bytes,
+                          absl::string_view what) {
+  if (bytes == 0) return absl::OkStatus();
+  return CudaError(cudaMemcpyAsync(to, from, static_cast<size_t>(bytes),
+                                   cudaMemcpyDeviceToDevice, context.stream()),
+                   absl::StrCat("copying ", what, " on the GPU"));
+}
+
 }  // namespace quant::cuda

@@ -114,6 +114,11 @@ absl::Status CopyToHost(const CudaContext& context, void* host,
                         const void* device, int64_t bytes,
                         absl::string_view what);
 
+// Copies device to device, ordered on the context's stream (returns at once).
+absl::Status CopyOnDevice(const CudaContext& context, void* to,
+                          const void* from, int64_t bytes,
+                          absl::string_view what);
+
 }  // namespace quant::cuda
 
 #endif  // KERNELS_CUDA_CUDA_CONTEXT_H_

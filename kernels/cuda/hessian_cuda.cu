@@ -2,6 +2,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kernels/cuda/hessian_cuda.h"
@@ -63,7 +65,105 @@ __global__ void ScaleKernel(const double* total, int64_t count, double scale,
 
 constexpr unsigned kGrid = 1024, kThreads = 256;
 
+// a [2 * count, cols]: rows r < count are q - w of row first + r, the next
+// count rows w itself, in FP64.
+__global__ void StackDifferenceKernel(const float* w, const float* q,
+                                      int64_t first, int64_t count,
+                                      int64_t cols, double* a) {
+  const int64_t total = count * cols;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t at = first * cols + i;
+    const double original = w[at];
+    a[i] = static_cast<double>(q[at]) - original;
+    a[total + i] = original;
+  }
+}
+
+// dots[r] = sum_k a[r, k] b[r, k], one block per row, a fixed tree order.
+__global__ void RowDotKernel(const double* a, const double* b, int64_t cols,
+                             double* dots) {
+  __shared__ double partial[kThreads];
+  const int64_t row = blockIdx.x;
+  double total = 0;
+  for (int64_t k = threadIdx.x; k < cols; k += blockDim.x) {
+    total += a[row * cols + k] * b[row * cols + k];
+  }
+  partial[threadIdx.x] = total;
+  __syncthreads();
+  for (int half = blockDim.x / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) dots[row] = partial[0];
+}
+
 }  // namespace
+
+absl::StatusOr<std::vector<double>> HessianDiagonal(const CudaContext& context,
+                                                    const double* h,
+                                                    int64_t columns) {
+  RETURN_IF_ERROR(context.Activate());
+  std::vector<double> diagonal(static_cast<size_t>(columns));
+  const size_t pitch = static_cast<size_t>(columns + 1) * sizeof(double);
+  RETURN_IF_ERROR(CudaError(
+      cudaMemcpy2DAsync(diagonal.data(), sizeof(double), h, pitch,
+                        sizeof(double), static_cast<size_t>(columns),
+                        cudaMemcpyDeviceToHost, context.stream()),
+      "copying the Hessian's diagonal from the GPU"));
+  RETURN_IF_ERROR(context.Synchronize("copying the Hessian's diagonal"));
+  return diagonal;
+}
+
+absl::StatusOr<HessianQuadratics> ComputeHessianQuadratics(
+    const CudaContext& context, const float* w, const float* q, int64_t rows,
+    int64_t cols, const double* h) {
+  RETURN_IF_ERROR(context.Activate());
+  HessianQuadratics out;
+  if (rows <= 0 || cols <= 0) return out;
+  // Rows at a time so that the stacked operand and its product stay near
+  // 256 MiB each.
+  const int64_t chunk = std::max<int64_t>(
+      1, std::min<int64_t>(rows, (int64_t{16} << 20) / cols));
+  ASSIGN_OR_RETURN(
+      DeviceBuffer a,
+      DeviceBuffer::Allocate(context, 2 * chunk * cols * 8,
+                             "the quantization error (FP64)"));
+  ASSIGN_OR_RETURN(
+      DeviceBuffer ah,
+      DeviceBuffer::Allocate(context, 2 * chunk * cols * 8,
+                             "the error times the Hessian (FP64)"));
+  ASSIGN_OR_RETURN(DeviceBuffer dots,
+                   DeviceBuffer::Allocate(context, 2 * chunk * 8, "row sums"));
+  std::vector<double> host(static_cast<size_t>(2 * chunk));
+  const double one = 1, zero = 0;
+  for (int64_t first = 0; first < rows; first += chunk) {
+    const int64_t count = std::min(chunk, rows - first);
+    StackDifferenceKernel<<<kGrid, kThreads, 0, context.stream()>>>(
+        w, q, first, count, cols, a.as<double>());
+    RETURN_IF_ERROR(CudaError(cudaGetLastError(), "stacking the error"));
+    // Row-major A [2 count, cols] is column-major A^T; A H = (H A^T)^T with
+    // H symmetric.
+    RETURN_IF_ERROR(CublasError(
+        cublasDgemm(context.cublas(), CUBLAS_OP_N, CUBLAS_OP_N,
+                    static_cast<int>(cols), static_cast<int>(2 * count),
+                    static_cast<int>(cols), &one, h, static_cast<int>(cols),
+                    a.as<double>(), static_cast<int>(cols), &zero,
+                    ah.as<double>(), static_cast<int>(cols)),
+        "the error times the Hessian"));
+    RowDotKernel<<<static_cast<unsigned>(2 * count), kThreads, 0,
+                   context.stream()>>>(a.as<double>(), ah.as<double>(), cols,
+                                       dots.as<double>());
+    RETURN_IF_ERROR(CudaError(cudaGetLastError(), "summing the error"));
+    RETURN_IF_ERROR(CopyToHost(context, host.data(), dots.as<void>(),
+                               2 * count * 8, "the error's row sums"));
+    for (int64_t r = 0; r < count; ++r) {
+      out.error += host[r];
+      out.signal += host[count + r];
+    }
+  }
+  return out;
+}
 
 absl::StatusOr<DeviceHessian> DeviceHessian::Create(const CudaContext& context,
                                                     int64_t columns) {

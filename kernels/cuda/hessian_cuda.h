@@ -56,6 +56,22 @@ class DeviceHessian {
   DeviceBuffer product_;      // float [columns, columns]: one batch's X^T X.
 };
 
+// The diagonal of a device matrix h [columns, columns], on the host.
+absl::StatusOr<std::vector<double>> HessianDiagonal(const CudaContext& context,
+                                                    const double* h,
+                                                    int64_t columns);
+
+// For weights w and their quantized values q (device float [rows, cols]) and
+// a Hessian h (device double [cols, cols]): tr(D h D^T) with D = q - w (twice
+// GPTQ's proxy loss) and tr(w h w^T), in FP64 products, summed in a fixed
+// order (the same on every run).
+struct HessianQuadratics {
+  double error = 0, signal = 0;
+};
+absl::StatusOr<HessianQuadratics> ComputeHessianQuadratics(
+    const CudaContext& context, const float* w, const float* q, int64_t rows,
+    int64_t cols, const double* h);
+
 }  // namespace quant::cuda
 
 #endif  // KERNELS_CUDA_HESSIAN_CUDA_H_

@@ -1,8 +1,8 @@
 """CUDA for Bazel 4 without rules_cuda: nvcc compiles each .cu file in a
 genrule, and a cc_library links the objects with the CUDA runtime, cuBLAS
 and cuSOLVER. Every target is tagged manual, so `bazel build //...` never
-needs nvcc; name them (or build with --config=cuda, which links the GPU
-backend into the worker) where nvcc is installed."""
+needs nvcc; name them where nvcc is installed (//worker:main_cuda and
+//client:quantctl_main_cuda are the programs with the GPU backend)."""
 
 NVCC = "/usr/local/cuda/bin/nvcc"
 

@@ -1,0 +1,393 @@
+#include "kernels/cuda/block_backend_cuda.h"
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "kernels/cuda/forward_cuda.h"
+#include "kernels/cuda/gptq_cuda.h"
+#include "kernels/cuda/hessian_cuda.h"
+
+namespace quant::cuda {
+namespace {
+
+constexpr int kInputs = 4;
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+      .count();
+}
+
+DeviceLinear& DeviceBlockLinear(DeviceBlockWeights& block, int index) {
+  DeviceLinear* linears[] = {&block.q,    &block.k,  &block.v,   &block.o,
+                             &block.gate, &block.up, &block.down};
+  return *linears[index];
+}
+
+// One block task on the device.
+class DeviceBlockQuantizer {
+ public:
+  DeviceBlockQuantizer(const CudaContext& context, const LlamaForward& forward,
+                       const BlockRecipe& recipe, int64_t sequences,
+                       int64_t seq_len, float* hidden)
+      : context_(context),
+        forward_(forward),
+        recipe_(recipe),
+        sequences_(sequences),
+        seq_len_(seq_len),
+        per_pass_(std::max<int64_t>(1, recipe.sequences_per_pass)),
+        hidden_(hidden) {}
+
+  absl::StatusOr<BlockResult> Run(BlockResult started) {
+    const auto start = std::chrono::steady_clock::now();
+    result_ = std::move(started);
+    ASSIGN_OR_RETURN(cuda_forward_, CudaForward::Create(context_, forward_));
+    ASSIGN_OR_RETURN(block_, UploadBlock(context_, result_.weights));
+    const int64_t dim = forward_.spec().hidden_size;
+    const int64_t tokens = sequences_ * seq_len_;
+    if (sequences_ > 0) {
+      ASSIGN_OR_RETURN(hidden_d_,
+                       DeviceBuffer::Allocate(context_, tokens * dim * 4,
+                                              "the calibration activations"));
+      RETURN_IF_ERROR(CopyToDevice(context_, hidden_d_.as<void>(), hidden_,
+                                   tokens * dim * 4,
+                                   "the calibration activations"));
+    }
+    if (recipe_.method == QuantMethod::kRtn) {
+      RETURN_IF_ERROR(RunRtn());
+    } else {
+      RETURN_IF_ERROR(RunGptq());
+    }
+    if (sequences_ > 0) {
+      // The quantized block's outputs, in place, then home.
+      for (int64_t first = 0; first < sequences_; first += per_pass_) {
+        const int64_t count = std::min(per_pass_, sequences_ - first);
+        RETURN_IF_ERROR(cuda_forward_->ForwardBlock(
+            block_, count, seq_len_,
+            hidden_d_.as<float>() + first * seq_len_ * dim));
+      }
+      RETURN_IF_ERROR(CopyToHost(context_, hidden_, hidden_d_.as<void>(),
+                                 tokens * dim * 4, "the block's outputs"));
+    }
+    result_.seconds = SecondsSince(start);
+    return std::move(result_);
+  }
+
+ private:
+  bool StaysFp(int linear) const { return recipe_.keep_fp[linear].has_value(); }
+
+  int64_t InputWidth(int input) const {
+    if (input == static_cast<int>(BlockInput::kAttentionOutput)) {
+      return result_.weights.o.cols;
+    }
+    if (input == static_cast<int>(BlockInput::kMlpOutput)) {
+      return result_.weights.down.cols;
+    }
+    return forward_.spec().hidden_size;
+  }
+
+  // Runs the block (as quantized so far) over every sequence into fresh
+  // Hessians of the wanted inputs; the activations stay as they are.
+  absl::Status Capture(std::array<bool, kInputs> wanted) {
+    int last = -1;
+    std::array<std::optional<DeviceHessian>, kInputs> sums;
+    for (int i = 0; i < kInputs; ++i) {
+      if (!wanted[i]) continue;
+      last = i;
+      ASSIGN_OR_RETURN(DeviceHessian sum,
+                       DeviceHessian::Create(context_, InputWidth(i)));
+      sums[i].emplace(std::move(sum));
+      factors_.erase(i);
+    }
+    if (last < 0) return absl::OkStatus();
+    const int64_t dim = forward_.spec().hidden_size;
+    const int64_t pass_floats = std::min(per_pass_, sequences_) * seq_len_ * dim;
+    ASSIGN_OR_RETURN(DeviceBuffer chunk,
+                     DeviceBuffer::Allocate(context_, pass_floats * 4,
+                                            "one pass of activations"));
+    const DeviceInputObserver observer =
+        [&](BlockInput input, const uint16_t* x, int64_t tokens,
+            int64_t width) -> absl::StatusOr<bool> {
+      const int i = static_cast<int>(input);
+      if (wanted[i]) {
+        if (width != sums[i]->columns()) {
+          return absl::InternalError("block input of an unexpected width");
+        }
+        RETURN_IF_ERROR(sums[i]->AddBf16(x, tokens));
+      }
+      return i != last;
+    };
+    for (int64_t first = 0; first < sequences_; first += per_pass_) {
+      const int64_t count = std::min(per_pass_, sequences_ - first);
+      RETURN_IF_ERROR(CopyOnDevice(
+          context_, chunk.as<void>(),
+          hidden_d_.as<float>() + first * seq_len_ * dim,
+          count * seq_len_ * dim * 4, "one pass of activations"));
+      RETURN_IF_ERROR(cuda_forward_->ForwardBlock(block_, count, seq_len_,
+                                                  chunk.as<float>(), observer));
+    }
+    for (int i = 0; i < kInputs; ++i) {
+      if (!wanted[i]) continue;
+      const int64_t n = InputWidth(i);
+      ASSIGN_OR_RETURN(hessians_[i],
+                       DeviceBuffer::Allocate(context_, n * n * 8,
+                                              "a block input's Hessian"));
+      RETURN_IF_ERROR(sums[i]->Hessian(hessians_[i].as<double>()));
+    }
+    return absl::OkStatus();
+  }
+
+  const double* HessianOf(int linear) const {
+    const DeviceBuffer& h = hessians_[static_cast<int>(LinearInput(linear))];
+    return h.bytes() > 0 ? h.as<double>() : nullptr;
+  }
+
+  // Records the solution of linear i (whose original weights are in
+  // original_d_) and makes the block compute with it.
+  absl::Status Install(int i, QuantizedLinear quantized,
+                       std::chrono::steady_clock::time_point start) {
+    LinearWeights& linear = BlockLinear(result_.weights, i);
+    linear.weight = quantized.Dequantize();
+    const int64_t n = linear.rows * linear.cols;
+    RETURN_IF_ERROR(CopyToDevice(context_, dequantized_d_.as<void>(),
+                                 linear.weight.data(), n * 4,
+                                 "the quantized weights"));
+    RETURN_IF_ERROR(SetLinearWeight(context_, dequantized_d_.as<float>(),
+                                    DeviceBlockLinear(block_, i)));
+    LinearReport& report = result_.reports[i];
+    const double* h = HessianOf(i);
+    if (h == nullptr) {
+      report.proxy_loss = report.relative_output_error = std::nan("");
+    } else {
+      ASSIGN_OR_RETURN(const HessianQuadratics forms,
+                       ComputeHessianQuadratics(
+                           context_, original_d_.as<float>(),
+                           dequantized_d_.as<float>(), linear.rows,
+                           linear.cols, h));
+      report.proxy_loss = forms.error / 2;
+      report.relative_output_error =
+          forms.signal > 0
+              ? std::sqrt(std::max(0.0, forms.error) / forms.signal)
+              : 0;
+      ASSIGN_OR_RETURN(const std::vector<double> diagonal,
+                       HessianDiagonal(context_, h, linear.cols));
+      result_.importance[i].assign(diagonal.begin(), diagonal.end());
+    }
+    result_.quantized[i] = std::move(quantized);
+    report.seconds = SecondsSince(start);
+    return absl::OkStatus();
+  }
+
+  // Puts linear i's original weights on the device (original_d_), with
+  // room for their quantized values (dequantized_d_).
+  absl::Status UploadOriginal(int i) {
+    const LinearWeights& linear = BlockLinear(result_.weights, i);
+    const int64_t bytes = linear.rows * linear.cols * 4;
+    if (original_d_.bytes() < bytes) {
+      original_d_ = DeviceBuffer();
+      dequantized_d_ = DeviceBuffer();
+      ASSIGN_OR_RETURN(original_d_,
+                       DeviceBuffer::Allocate(context_, bytes,
+                                              "a linear's FP32 weights"));
+      ASSIGN_OR_RETURN(dequantized_d_,
+                       DeviceBuffer::Allocate(context_, bytes,
+                                              "a linear's quantized weights"));
+    }
+    return CopyToDevice(context_, original_d_.as<void>(), linear.weight.data(),
+                        bytes, "a linear's FP32 weights");
+  }
+
+  absl::Status RunRtn() {
+    if (sequences_ > 0) RETURN_IF_ERROR(Capture({true, true, true, true}));
+    for (int i = 0; i < kBlockLinears; ++i) {
+      if (StaysFp(i)) continue;
+      const auto start = std::chrono::steady_clock::now();
+      const WeightFormat& f = recipe_.formats[i];
+      const LinearWeights& linear = BlockLinear(result_.weights, i);
+      RETURN_IF_ERROR(UploadOriginal(i));
+      ASSIGN_OR_RETURN(const DeviceGptqResult solved,
+                       RtnQuantizeOnDevice(context_, original_d_.as<float>(),
+                                           linear.rows, linear.cols, f.bits,
+                                           f.group_size, f.sym,
+                                           recipe_.gptq.mse));
+      ASSIGN_OR_RETURN(GptqResult downloaded, solved.Download(context_));
+      RETURN_IF_ERROR(Install(i, std::move(downloaded.quantized), start));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<GptqResult> SolveGptq(int i, const GptqOptions& options) {
+    const LinearWeights& linear = BlockLinear(result_.weights, i);
+    const int input = static_cast<int>(LinearInput(i));
+    if (recipe_.gguf_grid[i].has_value()) {
+      // The k-quant refits run on the CPU solver, on this Hessian.
+      std::vector<double> h(static_cast<size_t>(linear.cols * linear.cols));
+      RETURN_IF_ERROR(CopyToHost(context_, h.data(), HessianOf(i),
+                                 linear.cols * linear.cols * 8,
+                                 "a Hessian for the GGUF-grid solve"));
+      return GptqQuantizeGguf(linear.weight.data(), linear.rows, linear.cols,
+                              h, *recipe_.gguf_grid[i], options);
+    }
+    auto factor = factors_.find(input);
+    if (factor == factors_.end()) {
+      ASSIGN_OR_RETURN(GptqFactor made,
+                       FactorGptqHessian(context_, HessianOf(i), linear.cols,
+                                         options));
+      factor = factors_.emplace(input, std::move(made)).first;
+    }
+    ASSIGN_OR_RETURN(const DeviceGptqResult solved,
+                     GptqSolveOnDevice(context_, factor->second,
+                                       original_d_.as<float>(), linear.rows,
+                                       options));
+    return solved.Download(context_);
+  }
+
+  absl::Status RunGptq() {
+    const std::vector<std::vector<int>> stages =
+        recipe_.true_sequential
+            ? TrueSequentialStages()
+            : std::vector<std::vector<int>>{{0, 1, 2, 3, 4, 5, 6}};
+    for (const std::vector<int>& all : stages) {
+      std::vector<int> stage;
+      std::array<bool, kInputs> wanted = {false, false, false, false};
+      for (int i : all) {
+        if (StaysFp(i)) continue;
+        stage.push_back(i);
+        wanted[static_cast<int>(LinearInput(i))] = true;
+      }
+      if (stage.empty()) continue;
+      RETURN_IF_ERROR(Capture(wanted));
+      for (int i : stage) {
+        const auto start = std::chrono::steady_clock::now();
+        GptqOptions options = recipe_.gptq;
+        options.bits = recipe_.formats[i].bits;
+        options.group_size = recipe_.formats[i].group_size;
+        options.sym = recipe_.formats[i].sym;
+        RETURN_IF_ERROR(UploadOriginal(i));
+        absl::StatusOr<GptqResult> solved = SolveGptq(i, options);
+        if (!solved.ok()) {
+          return absl::Status(solved.status().code(),
+                              absl::StrCat(kBlockLinearNames[i], ": ",
+                                           solved.status().message()));
+        }
+        result_.reports[i].damp_percent = solved->damp_percent_used;
+        RETURN_IF_ERROR(Install(i, std::move(solved->quantized), start));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  const CudaContext& context_;
+  const LlamaForward& forward_;
+  const BlockRecipe& recipe_;
+  const int64_t sequences_, seq_len_, per_pass_;
+  float* hidden_;
+  BlockResult result_;
+  std::unique_ptr<CudaForward> cuda_forward_;
+  DeviceBlockWeights block_;
+  DeviceBuffer hidden_d_;  // float [sequences * seq_len, hidden].
+  std::array<DeviceBuffer, kInputs> hessians_;  // double [width, width].
+  std::map<int, GptqFactor> factors_;           // By block input.
+  DeviceBuffer original_d_, dequantized_d_;     // float, the largest linear.
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CudaBlockBackend>> CudaBlockBackend::Create(
+    int device) {
+  ASSIGN_OR_RETURN(std::unique_ptr<CudaContext> context,
+                   CudaContext::Create(device));
+  return std::unique_ptr<CudaBlockBackend>(
+      new CudaBlockBackend(std::move(context)));
+}
+
+ComputeKernel CudaBlockBackend::kernel() const {
+  return {"cuda", DescribeDevice(context_->info())};
+}
+
+int64_t CudaBlockBackend::device_memory_bytes() const {
+  return context_->info().total_bytes;
+}
+
+std::string CudaBlockBackend::Unsupported(const BlockRecipe& recipe) const {
+  if (recipe.method == QuantMethod::kAwq) {
+    return "AWQ's scale and clipping searches run on the CPU engine";
+  }
+  return "";
+}
+
+absl::StatusOr<BlockResult> CudaBlockBackend::QuantizeBlock(
+    const LlamaForward& forward, DecoderBlockWeights block,
+    const BlockRecipe& recipe, int64_t sequences, int64_t seq_len,
+    float* hidden) {
+  if (const std::string why = Unsupported(recipe); !why.empty()) {
+    return absl::FailedPreconditionError(why);
+  }
+  ASSIGN_OR_RETURN(BlockResult started, StartBlockResult(std::move(block),
+                                                         recipe, sequences,
+                                                         seq_len));
+  RETURN_IF_ERROR(context_->Activate());
+  ASSIGN_OR_RETURN(
+      BlockResult result,
+      DeviceBlockQuantizer(*context_, forward, recipe, sequences, seq_len,
+                           hidden)
+          .Run(std::move(started)));
+  const ComputeKernel what = kernel();
+  result.backend = what.backend;
+  result.kernel = what.kernel;
+  if (std::any_of(recipe.gguf_grid.begin(), recipe.gguf_grid.end(),
+                  [](const auto& grid) { return grid.has_value(); })) {
+    const ComputeKernel cpu = CpuComputeKernel();
+    absl::StrAppend(&result.kernel, "; GGUF-grid solves on ", cpu.kernel);
+  }
+  return result;
+}
+
+absl::Status CudaBlockBackend::ForwardBlock(const LlamaForward& forward,
+                                            const DecoderBlockWeights& block,
+                                            int64_t sequences, int64_t seq_len,
+                                            int64_t sequences_per_pass,
+                                            float* hidden) {
+  if (sequences <= 0) return absl::OkStatus();
+  RETURN_IF_ERROR(context_->Activate());
+  ASSIGN_OR_RETURN(std::unique_ptr<CudaForward> cuda_forward,
+                   CudaForward::Create(*context_, forward));
+  ASSIGN_OR_RETURN(const DeviceBlockWeights weights,
+                   UploadBlock(*context_, block));
+  const int64_t dim = forward.spec().hidden_size;
+  const int64_t per_pass = std::max<int64_t>(1, sequences_per_pass);
+  const int64_t pass_floats = std::min(per_pass, sequences) * seq_len * dim;
+  ASSIGN_OR_RETURN(DeviceBuffer chunk,
+                   DeviceBuffer::Allocate(*context_, pass_floats * 4,
+                                          "one pass of activations"));
+  for (int64_t first = 0; first < sequences; first += per_pass) {
+    const int64_t count = std::min(per_pass, sequences - first);
+    float* at = hidden + first * seq_len * dim;
+    const int64_t bytes = count * seq_len * dim * 4;
+    RETURN_IF_ERROR(CopyToDevice(*context_, chunk.as<void>(), at, bytes,
+                                 "one pass of activations"));
+    RETURN_IF_ERROR(cuda_forward->ForwardBlock(weights, count, seq_len,
+                                               chunk.as<float>()));
+    RETURN_IF_ERROR(CopyToHost(*context_, at, chunk.as<void>(), bytes,
+                               "one pass of the block's outputs"));
+  }
+  return absl::OkStatus();
+}
+
+void RegisterCudaBlockBackend() {
+  RegisterBlockBackend(
+      "cuda", [](int device) -> absl::StatusOr<std::unique_ptr<BlockBackend>> {
+        ASSIGN_OR_RETURN(std::unique_ptr<CudaBlockBackend> backend,
+                         CudaBlockBackend::Create(device));
+        return std::unique_ptr<BlockBackend>(std::move(backend));
+      });
+}
+
+}  // namespace quant::cuda

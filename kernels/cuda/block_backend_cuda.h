@@ -1,0 +1,58 @@
+// The block task on one GPU (quant/block_backend.h): the calibration
+// activations, the block's weights and the Hessians stay on the device; each
+// true-sequential stage runs the block forward (forward_cuda.h) into the
+// Hessians of the inputs it needs (hessian_cuda.h), the stage's linears are
+// solved there (gptq_cuda.h; q, k and v share one factorization, as gate and
+// up do) and computed with, quantized, by the stages after them; reports'
+// errors are FP64 products on the device; the quantized block's outputs
+// leave the device once, at the end.
+//
+// Computes RTN and GPTQ, every option, on integer grids. GPTQ on a GGUF
+// type's grid (the k-quant sub-block refits) still runs on the CPU solver,
+// on the Hessian made here; AWQ is not offered (Unsupported), so a worker
+// runs it on its CPU engine.
+#ifndef KERNELS_CUDA_BLOCK_BACKEND_CUDA_H_
+#define KERNELS_CUDA_BLOCK_BACKEND_CUDA_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "kernels/cuda/cuda_context.h"
+#include "quant/block_backend.h"
+
+namespace quant::cuda {
+
+class CudaBlockBackend : public BlockBackend {
+ public:
+  // Unavailable when the device cannot be used.
+  static absl::StatusOr<std::unique_ptr<CudaBlockBackend>> Create(int device);
+
+  ComputeKernel kernel() const override;
+  int64_t device_memory_bytes() const override;
+  std::string Unsupported(const BlockRecipe& recipe) const override;
+  absl::StatusOr<BlockResult> QuantizeBlock(const LlamaForward& forward,
+                                            DecoderBlockWeights block,
+                                            const BlockRecipe& recipe,
+                                            int64_t sequences, int64_t seq_len,
+                                            float* hidden) override;
+  absl::Status ForwardBlock(const LlamaForward& forward,
+                            const DecoderBlockWeights& block,
+                            int64_t sequences, int64_t seq_len,
+                            int64_t sequences_per_pass, float* hidden) override;
+
+  const CudaContext& context() const { return *context_; }
+
+ private:
+  explicit CudaBlockBackend(std::unique_ptr<CudaContext> context)
+      : context_(std::move(context)) {}
+  std::unique_ptr<CudaContext> context_;
+};
+
+// Registers "cuda" with MakeBlockBackend (call once, from main).
+void RegisterCudaBlockBackend();
+
+}  // namespace quant::cuda
+
+#endif  // KERNELS_CUDA_BLOCK_BACKEND_CUDA_H_

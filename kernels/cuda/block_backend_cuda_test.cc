@@ -1,0 +1,288 @@
+// The whole block task on the GPU against the CPU engine (the oracle) on
+// random blocks of odd sizes: quantized levels at least 99% identical and
+// each linear's proxy loss within 0.5% (the numerics contract), the
+// block's outputs close, and two GPU runs byte-identical. Skips without a
+// GPU.
+#include "kernels/cuda/block_backend_cuda.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "format/half.h"
+#include "gtest/gtest.h"
+
+namespace quant::cuda {
+namespace {
+
+#define REQUIRE_GPU(backend)                                   \
+  if ((backend) == nullptr) {                                  \
+    GTEST_SKIP() << "no CUDA device here ("                    \
+                 << ListDevices().status().message()           \
+                 << "); the GPU tests run on the GPU machine"; \
+  }
+
+std::unique_ptr<CudaBlockBackend> OpenGpu() {
+  absl::StatusOr<std::unique_ptr<CudaBlockBackend>> backend =
+      CudaBlockBackend::Create(0);
+  return backend.ok() ? std::move(*backend) : nullptr;
+}
+
+ModelSpec Spec(int64_t hidden, int64_t intermediate, int64_t heads,
+               int64_t kv_heads) {
+  ModelSpec spec;
+  spec.hidden_size = hidden;
+  spec.intermediate_size = intermediate;
+  spec.num_layers = 1;
+  spec.num_heads = heads;
+  spec.num_kv_heads = kv_heads;
+  spec.head_dim = hidden / heads;
+  spec.vocab_size = 10;
+  spec.rms_norm_eps = 1e-5;
+  spec.rope_theta = 10000;
+  return spec;
+}
+
+std::vector<float> Bf16Values(std::mt19937& rng, int64_t n, float scale,
+                              float offset = 0) {
+  std::normal_distribution<float> normal;
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = Bf16ToFloat(FloatToBf16(offset + scale * normal(rng)));
+  return v;
+}
+
+LinearWeights RandomLinear(std::mt19937& rng, int64_t rows, int64_t cols) {
+  LinearWeights l;
+  l.rows = rows, l.cols = cols;
+  l.weight = Bf16Values(rng, rows * cols, 1.0f / std::sqrt(float(cols)));
+  return l;
+}
+
+DecoderBlockWeights RandomBlock(const ModelSpec& s, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int64_t q = s.num_heads * s.head_dim, kv = s.num_kv_heads * s.head_dim;
+  DecoderBlockWeights b;
+  b.attn_norm = Bf16Values(rng, s.hidden_size, 0.1f, 1.0f);
+  b.ffn_norm = Bf16Values(rng, s.hidden_size, 0.1f, 1.0f);
+  b.q = RandomLinear(rng, q, s.hidden_size);
+  b.k = RandomLinear(rng, kv, s.hidden_size);
+  b.v = RandomLinear(rng, kv, s.hidden_size);
+  b.o = RandomLinear(rng, s.hidden_size, q);
+  b.gate = RandomLinear(rng, s.intermediate_size, s.hidden_size);
+  b.up = RandomLinear(rng, s.intermediate_size, s.hidden_size);
+  b.down = RandomLinear(rng, s.hidden_size, s.intermediate_size);
+  return b;
+}
+
+BlockRecipe Recipe(QuantMethod method, int bits, int group_size) {
+  BlockRecipe recipe;
+  recipe.method = method;
+  for (WeightFormat& format : recipe.formats) {
+    format.bits = bits, format.group_size = group_size, format.sym = false;
+  }
+  recipe.sequences_per_pass = 3;  // Several passes, the last one short.
+  return recipe;
+}
+
+struct Case {
+  ModelSpec spec;
+  DecoderBlockWeights block;
+  std::vector<float> hidden;
+  int64_t sequences = 7, seq_len = 33;
+};
+
+Case MakeCase(const ModelSpec& spec, uint32_t seed) {
+  Case c;
+  c.spec = spec;
+  c.block = RandomBlock(spec, seed);
+  std::mt19937 rng(seed + 1);
+  c.hidden = Bf16Values(rng, c.sequences * c.seq_len * spec.hidden_size, 1.0f);
+  return c;
+}
+
+struct BlockRun {
+  BlockResult result;
+  std::vector<float> hidden;
+};
+
+BlockRun Quantize(BlockBackend& backend, const Case& c, const BlockRecipe& recipe) {
+  const LlamaForward forward(c.spec, c.seq_len);
+  BlockRun run;
+  run.hidden = c.hidden;
+  absl::StatusOr<BlockResult> result = backend.QuantizeBlock(
+      forward, c.block, recipe, c.sequences, c.seq_len, run.hidden.data());
+  EXPECT_TRUE(result.ok()) << result.status();
+  if (result.ok()) run.result = *std::move(result);
+  return run;
+}
+
+double RelativeDifference(const std::vector<float>& a,
+                          const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (double{a[i]} - b[i]) * (double{a[i]} - b[i]);
+    den += double{b[i]} * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+// Fraction of equal weights the two solutions compute with (levels and
+// their group parameters, or GGUF codes, agreeing).
+double SameFraction(const QuantizedLinear& a, const QuantizedLinear& b) {
+  const std::vector<float> x = a.Dequantize(), y = b.Dequantize();
+  if (x.size() != y.size() || x.empty()) return 0;
+  size_t same = 0;
+  for (size_t i = 0; i < x.size(); ++i) same += x[i] == y[i] ? 1 : 0;
+  return static_cast<double>(same) / static_cast<double>(x.size());
+}
+
+void ExpectWithinContract(const BlockRun& gpu, const BlockRun& cpu, const char* label) {
+  for (int i = 0; i < kBlockLinears; ++i) {
+    const LinearReport& g = gpu.result.reports[i];
+    const LinearReport& c = cpu.result.reports[i];
+    const double same = SameFraction(gpu.result.quantized[i],
+                                     cpu.result.quantized[i]);
+    const double loss = g.proxy_loss / c.proxy_loss - 1;
+    std::printf("%s %-17s same %.5f  loss gpu %.6g cpu %.6g (%+.3f%%)\n",
+                label, g.name.c_str(), same, g.proxy_loss, c.proxy_loss,
+                100 * loss);
+    EXPECT_GE(same, 0.99) << label << " " << g.name;
+    EXPECT_LT(std::fabs(loss), 0.005) << label << " " << g.name;
+    EXPECT_EQ(gpu.result.importance[i].size(),
+              cpu.result.importance[i].size());
+  }
+  const double outputs = RelativeDifference(gpu.hidden, cpu.hidden);
+  std::printf("%s block outputs: relative difference %.3g\n", label, outputs);
+  EXPECT_LT(outputs, 0.02) << label;
+  EXPECT_EQ(gpu.result.backend, "cuda");
+}
+
+TEST(CudaBlockBackendTest, GptqBlockWithinTheContractOfTheCpu) {
+  std::unique_ptr<CudaBlockBackend> gpu = OpenGpu();
+  REQUIRE_GPU(gpu);
+  CpuBlockBackend cpu;
+  // Odd sizes: 6 heads of 32 over 2 KV heads, intermediate 320.
+  const Case c = MakeCase(Spec(192, 320, 6, 2), 21);
+  for (bool desc_act : {false, true}) {
+    BlockRecipe recipe = Recipe(QuantMethod::kGptq, 4, 32);
+    recipe.gptq.desc_act = desc_act;
+    recipe.gptq.block_size = 48;
+    const BlockRun want = Quantize(cpu, c, recipe);
+    const BlockRun got = Quantize(*gpu, c, recipe);
+    ExpectWithinContract(got, want, desc_act ? "gptq-act" : "gptq");
+  }
+}
+
+TEST(CudaBlockBackendTest, RtnAndKeptLinearsMatchTheCpu) {
+  std::unique_ptr<CudaBlockBackend> gpu = OpenGpu();
+  REQUIRE_GPU(gpu);
+  CpuBlockBackend cpu;
+  const Case c = MakeCase(Spec(192, 320, 6, 2), 23);
+  BlockRecipe recipe = Recipe(QuantMethod::kRtn, 3, 64);
+  recipe.keep_fp[3] = KeptLinear{"kept for the test", SafetensorsDType::kBF16};
+  const BlockRun want = Quantize(cpu, c, recipe);
+  const BlockRun got = Quantize(*gpu, c, recipe);
+  for (int i = 0; i < kBlockLinears; ++i) {
+    if (i == 3) {
+      EXPECT_EQ(got.result.reports[i].kept_fp, "kept for the test");
+      continue;
+    }
+    // RTN reads only the weights: the same levels, bit for bit.
+    EXPECT_EQ(got.result.quantized[i].q, want.result.quantized[i].q) << i;
+    EXPECT_EQ(got.result.quantized[i].scales, want.result.quantized[i].scales);
+  }
+  ExpectWithinContract(got, want, "rtn");
+}
+
+TEST(CudaBlockBackendTest, GgufGridBlockWithinTheContract) {
+  std::unique_ptr<CudaBlockBackend> gpu = OpenGpu();
+  REQUIRE_GPU(gpu);
+  CpuBlockBackend cpu;
+  const Case c = MakeCase(Spec(256, 512, 4, 2), 25);
+  BlockRecipe recipe = Recipe(QuantMethod::kGptq, 4, 32);
+  for (int i = 0; i < kBlockLinears; ++i) {
+    recipe.gguf_grid[i] = i == 6 ? GgmlType::kQ6_K : GgmlType::kQ4_K;
+  }
+  const BlockRun want = Quantize(cpu, c, recipe);
+  const BlockRun got = Quantize(*gpu, c, recipe);
+  ExpectWithinContract(got, want, "q4_k");
+  EXPECT_NE(got.result.kernel.find("GGUF-grid solves on"), std::string::npos);
+}
+
+TEST(CudaBlockBackendTest, TwoRunsAreByteIdentical) {
+  std::unique_ptr<CudaBlockBackend> gpu = OpenGpu();
+  REQUIRE_GPU(gpu);
+  const Case c = MakeCase(Spec(192, 320, 6, 2), 27);
+  BlockRecipe recipe = Recipe(QuantMethod::kGptq, 4, 32);
+  recipe.gptq.desc_act = true;
+  const BlockRun a = Quantize(*gpu, c, recipe);
+  const BlockRun b = Quantize(*gpu, c, recipe);
+  ASSERT_EQ(a.hidden.size(), b.hidden.size());
+  EXPECT_EQ(0, std::memcmp(a.hidden.data(), b.hidden.data(),
+                           a.hidden.size() * sizeof(float)));
+  for (int i = 0; i < kBlockLinears; ++i) {
+    EXPECT_EQ(a.result.quantized[i].q, b.result.quantized[i].q) << i;
+    EXPECT_EQ(a.result.quantized[i].scales, b.result.quantized[i].scales);
+    EXPECT_EQ(a.result.reports[i].proxy_loss, b.result.reports[i].proxy_loss);
+  }
+}
+
+TEST(CudaBlockBackendTest, ForwardTasksAndAwqRouting) {
+  std::unique_ptr<CudaBlockBackend> gpu = OpenGpu();
+  REQUIRE_GPU(gpu);
+  const Case c = MakeCase(Spec(192, 320, 6, 2), 29);
+  const LlamaForward forward(c.spec, c.seq_len);
+  std::vector<float> want = c.hidden, got = c.hidden;
+  ASSERT_TRUE(ForwardBlockInPasses(forward, c.block, c.sequences, c.seq_len, 3,
+                                   want.data())
+                  .ok());
+  ASSERT_TRUE(
+      gpu->ForwardBlock(forward, c.block, c.sequences, c.seq_len, 3, got.data())
+          .ok());
+  EXPECT_LT(RelativeDifference(got, want), 0.01);
+
+  const BlockRecipe awq = Recipe(QuantMethod::kAwq, 4, 32);
+  EXPECT_FALSE(gpu->Unsupported(awq).empty());
+  std::vector<float> hidden = c.hidden;
+  EXPECT_EQ(gpu->QuantizeBlock(forward, c.block, awq, c.sequences, c.seq_len,
+                               hidden.data())
+                .status()
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
+  // QuantizeBlockOn runs it on the CPU engine instead.
+  CpuBlockBackend cpu;
+  absl::StatusOr<BlockResult> done = QuantizeBlockOn(
+      *gpu, cpu, forward, c.block, awq, c.sequences, c.seq_len, hidden.data());
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->backend, "cpu");
+  // A calibrated method without data is refused as on the CPU.
+  EXPECT_EQ(gpu->QuantizeBlock(forward, c.block,
+                               Recipe(QuantMethod::kGptq, 4, 32), 0, 0,
+                               nullptr)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(CudaBlockBackendTest, RegisteredAsCuda) {
+  RegisterCudaBlockBackend();
+  absl::StatusOr<std::unique_ptr<BlockBackend>> made =
+      MakeBlockBackend("cuda", 0);
+  if (!made.ok()) {
+    EXPECT_EQ(made.status().code(), absl::StatusCode::kUnavailable)
+        << made.status();
+    GTEST_SKIP() << made.status().message();
+  }
+  EXPECT_EQ((*made)->kernel().backend, "cuda");
+  EXPECT_GT((*made)->device_memory_bytes(), 0);
+  // A device that is not there: Unavailable, naming it.
+  absl::StatusOr<std::unique_ptr<BlockBackend>> missing =
+      MakeBlockBackend("cuda", 97);
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace quant::cuda

@@ -1,0 +1,97 @@
+// Where a block task computes. The CPU engine (QuantizeBlock, OpenBLAS and
+// OpenMP) is the oracle; a GPU backend computes the same recipe with its own
+// kernels and agrees with it within the numerics contract (levels nearly all
+// identical, proxy loss within a fraction of a percent), not bit for bit.
+// Formats, grids, packing and recipes are shared: only kernels differ.
+//
+// Backends other than the CPU's live in their own libraries and register a
+// factory here (the CUDA one: kernels/cuda/block_backend_cuda.h), so that a
+// build without them still builds everything else and names what is missing.
+#ifndef QUANT_BLOCK_BACKEND_H_
+#define QUANT_BLOCK_BACKEND_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "kernels/cpu/compute_kernel.h"
+#include "model/llama_forward.h"
+#include "quant/block_quantizer.h"
+
+namespace quant {
+
+class BlockBackend {
+ public:
+  virtual ~BlockBackend() = default;
+
+  // What computes here: the backend ("cpu", "cuda") and its kernel class
+  // (the BLAS and threads; the GPU model and device).
+  virtual ComputeKernel kernel() const = 0;
+  // Device memory a task may use (0: the host's; no separate device).
+  virtual int64_t device_memory_bytes() const = 0;
+  // Empty when this backend computes `recipe` itself, else why not (the
+  // caller then runs it on the CPU engine).
+  virtual std::string Unsupported(const BlockRecipe& recipe) const = 0;
+
+  // QuantizeBlock's contract (block_quantizer.h).
+  virtual absl::StatusOr<BlockResult> QuantizeBlock(
+      const LlamaForward& forward, DecoderBlockWeights block,
+      const BlockRecipe& recipe, int64_t sequences, int64_t seq_len,
+      float* hidden) = 0;
+  // ForwardBlockInPasses's contract.
+  virtual absl::Status ForwardBlock(const LlamaForward& forward,
+                                    const DecoderBlockWeights& block,
+                                    int64_t sequences, int64_t seq_len,
+                                    int64_t sequences_per_pass,
+                                    float* hidden) = 0;
+};
+
+// The CPU engine behind the interface.
+class CpuBlockBackend : public BlockBackend {
+ public:
+  ComputeKernel kernel() const override { return CpuComputeKernel(); }
+  int64_t device_memory_bytes() const override { return 0; }
+  std::string Unsupported(const BlockRecipe&) const override { return ""; }
+  absl::StatusOr<BlockResult> QuantizeBlock(const LlamaForward& forward,
+                                            DecoderBlockWeights block,
+                                            const BlockRecipe& recipe,
+                                            int64_t sequences, int64_t seq_len,
+                                            float* hidden) override;
+  absl::Status ForwardBlock(const LlamaForward& forward,
+                            const DecoderBlockWeights& block,
+                            int64_t sequences, int64_t seq_len,
+                            int64_t sequences_per_pass, float* hidden) override;
+};
+
+// Makes the backend on device `device` (ignored by the CPU's).
+using BlockBackendFactory =
+    std::function<absl::StatusOr<std::unique_ptr<BlockBackend>>(int device)>;
+
+// Adds (or replaces) the factory of backend `name`.
+void RegisterBlockBackend(absl::string_view name, BlockBackendFactory factory);
+
+// "cpu" always works; another name needs its factory registered:
+// FailedPrecondition names a known backend this build lacks, InvalidArgument
+// an unknown name. The factory's errors pass through (Unavailable for a
+// missing or busy GPU).
+absl::StatusOr<std::unique_ptr<BlockBackend>> MakeBlockBackend(
+    absl::string_view name, int device = 0);
+
+// "0,1,3" -> {0, 1, 3}: GPU indices, each once; InvalidArgument otherwise.
+absl::StatusOr<std::vector<int>> ParseDeviceList(absl::string_view list);
+
+// Runs `recipe` on `backend` when it can, else on `cpu`; the result's
+// backend and kernel say which ran it.
+absl::StatusOr<BlockResult> QuantizeBlockOn(
+    BlockBackend& backend, BlockBackend& cpu, const LlamaForward& forward,
+    DecoderBlockWeights block, const BlockRecipe& recipe, int64_t sequences,
+    int64_t seq_len, float* hidden);
+
+}  // namespace quant
+
+#endif  // QUANT_BLOCK_BACKEND_H_
