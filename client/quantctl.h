@@ -40,8 +40,8 @@ struct QuantctlOptions {
   // The service commands.
   std::string coordinator = "localhost:50051";  // --coordinator
   std::string mode = "sequential";              // --mode: or parallel.
-  bool local = false;     // run --local (the only kind of run today).
-  int workers = 2;        // run --local: in-process workers.
+  bool local = false;  // run --local (the only kind of run today).
+  int workers = 2;     // run --local: in-process workers.
   // quantize and run --local --backend cuda (quantize.backend): the GPUs;
   // quantize uses the first.
   std::vector<int> devices = {0};

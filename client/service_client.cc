@@ -238,12 +238,11 @@ absl::Status ServiceClient::Workers(std::ostream& out) {
                          "name", "kind", "threads", "memory", "task", "done",
                          "device");
   for (const v1::WorkerInfo& w : response.workers()) {
-    out << absl::StrFormat("%-22s %-16s %-5s %7d %7.1fG %-10s %5d  %s\n",
-                           w.worker_id(), w.name(),
-                           w.backend() == v1::BACKEND_CUDA ? "cuda" : "cpu",
-                           w.threads(), w.memory_bytes() / 1e9,
-                           w.task().empty() ? "-" : w.task(), w.tasks_done(),
-                           w.device().empty() ? "-" : w.device());
+    out << absl::StrFormat(
+        "%-22s %-16s %-5s %7d %7.1fG %-10s %5d  %s\n", w.worker_id(), w.name(),
+        w.backend() == v1::BACKEND_CUDA ? "cuda" : "cpu", w.threads(),
+        w.memory_bytes() / 1e9, w.task().empty() ? "-" : w.task(),
+        w.tasks_done(), w.device().empty() ? "-" : w.device());
   }
   return absl::OkStatus();
 }

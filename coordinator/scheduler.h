@@ -192,8 +192,8 @@ class Scheduler {
   bool Ready(const ActiveJob& job, const TaskRow& task) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // `gpu_pool`: a GPU worker is registered and alive.
-  bool Fits(const WorkerInfo& worker, const ActiveJob& job,
-            const TaskRow& task, bool gpu_pool) const;
+  bool Fits(const WorkerInfo& worker, const ActiveJob& job, const TaskRow& task,
+            bool gpu_pool) const;
   bool HasGpuWorker(int64_t now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Writes `tasks` and the job's state in one transaction, then updates
   // memory (only after the commit succeeded).

@@ -74,9 +74,9 @@ absl::StatusOr<std::vector<int>> ParseDeviceList(absl::string_view list) {
     int device = -1;
     if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(item), &device) ||
         device < 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "devices: \"", item, "\" in \"", list,
-          "\" is not a GPU index (a list like 0,1,2)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("devices: \"", item, "\" in \"", list,
+                       "\" is not a GPU index (a list like 0,1,2)"));
     }
     if (std::find(devices.begin(), devices.end(), device) != devices.end()) {
       return absl::InvalidArgumentError(

@@ -39,10 +39,12 @@ class BlockBackend {
   virtual std::string Unsupported(const BlockRecipe& recipe) const = 0;
 
   // QuantizeBlock's contract (block_quantizer.h).
-  virtual absl::StatusOr<BlockResult> QuantizeBlock(
-      const LlamaForward& forward, DecoderBlockWeights block,
-      const BlockRecipe& recipe, int64_t sequences, int64_t seq_len,
-      float* hidden) = 0;
+  virtual absl::StatusOr<BlockResult> QuantizeBlock(const LlamaForward& forward,
+                                                    DecoderBlockWeights block,
+                                                    const BlockRecipe& recipe,
+                                                    int64_t sequences,
+                                                    int64_t seq_len,
+                                                    float* hidden) = 0;
   // ForwardBlockInPasses's contract.
   virtual absl::Status ForwardBlock(const LlamaForward& forward,
                                     const DecoderBlockWeights& block,
@@ -63,9 +65,9 @@ class CpuBlockBackend : public BlockBackend {
                                             int64_t sequences, int64_t seq_len,
                                             float* hidden) override;
   absl::Status ForwardBlock(const LlamaForward& forward,
-                            const DecoderBlockWeights& block,
-                            int64_t sequences, int64_t seq_len,
-                            int64_t sequences_per_pass, float* hidden) override;
+                            const DecoderBlockWeights& block, int64_t sequences,
+                            int64_t seq_len, int64_t sequences_per_pass,
+                            float* hidden) override;
 };
 
 // Makes the backend on device `device` (ignored by the CPU's).

@@ -84,8 +84,7 @@ TEST(BlockBackendTest, CpuBackendIsTheEngineBitForBit) {
 }
 
 TEST(BlockBackendTest, UnknownAndMissingBackendsAreNamed) {
-  absl::StatusOr<std::unique_ptr<BlockBackend>> none =
-      MakeBlockBackend("tpu");
+  absl::StatusOr<std::unique_ptr<BlockBackend>> none = MakeBlockBackend("tpu");
   EXPECT_EQ(none.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(none.status().message().find("tpu"), std::string::npos);
   // This test binary never links the GPU backend.

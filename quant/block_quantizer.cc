@@ -598,9 +598,9 @@ absl::StatusOr<BlockResult> QuantizeBlock(const LlamaForward& forward,
   if (recipe.method == QuantMethod::kAwq && recipe.awq.fp_inputs) {
     fp_block = block;
   }
-  ASSIGN_OR_RETURN(BlockResult started, StartBlockResult(std::move(block),
-                                                         recipe, sequences,
-                                                         seq_len));
+  ASSIGN_OR_RETURN(
+      BlockResult started,
+      StartBlockResult(std::move(block), recipe, sequences, seq_len));
   return BlockQuantizer(forward, std::move(started), std::move(fp_block),
                         recipe, sequences, seq_len, hidden)
       .Run();

@@ -12,8 +12,8 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/cpu/compute_kernel.h"
-#include "quant/block_backend.h"
 #include "proto/quant/v1/worker_service.pb.h"
+#include "quant/block_backend.h"
 
 namespace quant {
 

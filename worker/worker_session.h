@@ -34,8 +34,8 @@
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
 #include "kernels/cpu/compute_kernel.h"
-#include "quant/block_backend.h"
 #include "proto/quant/v1/worker_service.grpc.pb.h"
+#include "quant/block_backend.h"
 
 namespace quant {
 

@@ -82,7 +82,7 @@ class FakeCoordinator final : public v1::WorkerGateway::Service {
   absl::Mutex mu_;
   int register_calls = 0;
   int lease_calls = 0;
-  std::vector<std::string> worker_ids;  // Every id handed out, in order.
+  std::vector<std::string> worker_ids;         // Every id handed out, in order.
   std::vector<v1::Capabilities> capabilities;  // Of every registration.
   std::vector<v1::HeartbeatRequest> heartbeats;
   std::vector<v1::FetchInputsRequest> fetches;

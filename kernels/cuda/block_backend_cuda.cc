@@ -108,7 +108,8 @@ class DeviceBlockQuantizer {
     }
     if (last < 0) return absl::OkStatus();
     const int64_t dim = forward_.spec().hidden_size;
-    const int64_t pass_floats = std::min(per_pass_, sequences_) * seq_len_ * dim;
+    const int64_t pass_floats =
+        std::min(per_pass_, sequences_) * seq_len_ * dim;
     ASSIGN_OR_RETURN(DeviceBuffer chunk,
                      DeviceBuffer::Allocate(context_, pass_floats * 4,
                                             "one pass of activations"));
@@ -126,10 +127,10 @@ class DeviceBlockQuantizer {
     };
     for (int64_t first = 0; first < sequences_; first += per_pass_) {
       const int64_t count = std::min(per_pass_, sequences_ - first);
-      RETURN_IF_ERROR(CopyOnDevice(
-          context_, chunk.as<void>(),
-          hidden_d_.as<float>() + first * seq_len_ * dim,
-          count * seq_len_ * dim * 4, "one pass of activations"));
+      RETURN_IF_ERROR(
+          CopyOnDevice(context_, chunk.as<void>(),
+                       hidden_d_.as<float>() + first * seq_len_ * dim,
+                       count * seq_len_ * dim * 4, "one pass of activations"));
       RETURN_IF_ERROR(cuda_forward_->ForwardBlock(block_, count, seq_len_,
                                                   chunk.as<float>(), observer));
     }
@@ -166,11 +167,11 @@ class DeviceBlockQuantizer {
     if (h == nullptr) {
       report.proxy_loss = report.relative_output_error = std::nan("");
     } else {
-      ASSIGN_OR_RETURN(const HessianQuadratics forms,
-                       ComputeHessianQuadratics(
-                           context_, original_d_.as<float>(),
-                           dequantized_d_.as<float>(), linear.rows,
-                           linear.cols, h));
+      ASSIGN_OR_RETURN(
+          const HessianQuadratics forms,
+          ComputeHessianQuadratics(context_, original_d_.as<float>(),
+                                   dequantized_d_.as<float>(), linear.rows,
+                                   linear.cols, h));
       report.proxy_loss = forms.error / 2;
       report.relative_output_error =
           forms.signal > 0
@@ -193,9 +194,9 @@ class DeviceBlockQuantizer {
     if (original_d_.bytes() < bytes) {
       original_d_ = DeviceBuffer();
       dequantized_d_ = DeviceBuffer();
-      ASSIGN_OR_RETURN(original_d_,
-                       DeviceBuffer::Allocate(context_, bytes,
-                                              "a linear's FP32 weights"));
+      ASSIGN_OR_RETURN(
+          original_d_,
+          DeviceBuffer::Allocate(context_, bytes, "a linear's FP32 weights"));
       ASSIGN_OR_RETURN(dequantized_d_,
                        DeviceBuffer::Allocate(context_, bytes,
                                               "a linear's quantized weights"));
@@ -212,11 +213,11 @@ class DeviceBlockQuantizer {
       const WeightFormat& f = recipe_.formats[i];
       const LinearWeights& linear = BlockLinear(result_.weights, i);
       RETURN_IF_ERROR(UploadOriginal(i));
-      ASSIGN_OR_RETURN(const DeviceGptqResult solved,
-                       RtnQuantizeOnDevice(context_, original_d_.as<float>(),
-                                           linear.rows, linear.cols, f.bits,
-                                           f.group_size, f.sym,
-                                           recipe_.gptq.mse));
+      ASSIGN_OR_RETURN(
+          const DeviceGptqResult solved,
+          RtnQuantizeOnDevice(context_, original_d_.as<float>(), linear.rows,
+                              linear.cols, f.bits, f.group_size, f.sym,
+                              recipe_.gptq.mse));
       ASSIGN_OR_RETURN(GptqResult downloaded, solved.Download(context_));
       RETURN_IF_ERROR(Install(i, std::move(downloaded.quantized), start));
     }
@@ -232,20 +233,20 @@ class DeviceBlockQuantizer {
       RETURN_IF_ERROR(CopyToHost(context_, h.data(), HessianOf(i),
                                  linear.cols * linear.cols * 8,
                                  "a Hessian for the GGUF-grid solve"));
-      return GptqQuantizeGguf(linear.weight.data(), linear.rows, linear.cols,
-                              h, *recipe_.gguf_grid[i], options);
+      return GptqQuantizeGguf(linear.weight.data(), linear.rows, linear.cols, h,
+                              *recipe_.gguf_grid[i], options);
     }
     auto factor = factors_.find(input);
     if (factor == factors_.end()) {
-      ASSIGN_OR_RETURN(GptqFactor made,
-                       FactorGptqHessian(context_, HessianOf(i), linear.cols,
-                                         options));
+      ASSIGN_OR_RETURN(
+          GptqFactor made,
+          FactorGptqHessian(context_, HessianOf(i), linear.cols, options));
       factor = factors_.emplace(input, std::move(made)).first;
     }
-    ASSIGN_OR_RETURN(const DeviceGptqResult solved,
-                     GptqSolveOnDevice(context_, factor->second,
-                                       original_d_.as<float>(), linear.rows,
-                                       options));
+    ASSIGN_OR_RETURN(
+        const DeviceGptqResult solved,
+        GptqSolveOnDevice(context_, factor->second, original_d_.as<float>(),
+                          linear.rows, options));
     return solved.Download(context_);
   }
 
@@ -330,15 +331,14 @@ absl::StatusOr<BlockResult> CudaBlockBackend::QuantizeBlock(
   if (const std::string why = Unsupported(recipe); !why.empty()) {
     return absl::FailedPreconditionError(why);
   }
-  ASSIGN_OR_RETURN(BlockResult started, StartBlockResult(std::move(block),
-                                                         recipe, sequences,
-                                                         seq_len));
-  RETURN_IF_ERROR(context_->Activate());
   ASSIGN_OR_RETURN(
-      BlockResult result,
-      DeviceBlockQuantizer(*context_, forward, recipe, sequences, seq_len,
-                           hidden)
-          .Run(std::move(started)));
+      BlockResult started,
+      StartBlockResult(std::move(block), recipe, sequences, seq_len));
+  RETURN_IF_ERROR(context_->Activate());
+  ASSIGN_OR_RETURN(BlockResult result,
+                   DeviceBlockQuantizer(*context_, forward, recipe, sequences,
+                                        seq_len, hidden)
+                       .Run(std::move(started)));
   const ComputeKernel what = kernel();
   result.backend = what.backend;
   result.kernel = what.kernel;
@@ -373,8 +373,8 @@ absl::Status CudaBlockBackend::ForwardBlock(const LlamaForward& forward,
     const int64_t bytes = count * seq_len * dim * 4;
     RETURN_IF_ERROR(CopyToDevice(*context_, chunk.as<void>(), at, bytes,
                                  "one pass of activations"));
-    RETURN_IF_ERROR(cuda_forward->ForwardBlock(weights, count, seq_len,
-                                               chunk.as<float>()));
+    RETURN_IF_ERROR(
+        cuda_forward->ForwardBlock(weights, count, seq_len, chunk.as<float>()));
     RETURN_IF_ERROR(CopyToHost(*context_, at, chunk.as<void>(), bytes,
                                "one pass of the block's outputs"));
   }

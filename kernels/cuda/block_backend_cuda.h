@@ -38,9 +38,9 @@ class CudaBlockBackend : public BlockBackend {
                                             int64_t sequences, int64_t seq_len,
                                             float* hidden) override;
   absl::Status ForwardBlock(const LlamaForward& forward,
-                            const DecoderBlockWeights& block,
-                            int64_t sequences, int64_t seq_len,
-                            int64_t sequences_per_pass, float* hidden) override;
+                            const DecoderBlockWeights& block, int64_t sequences,
+                            int64_t seq_len, int64_t sequences_per_pass,
+                            float* hidden) override;
 
   const CudaContext& context() const { return *context_; }
 

@@ -108,7 +108,8 @@ struct BlockRun {
   std::vector<float> hidden;
 };
 
-BlockRun Quantize(BlockBackend& backend, const Case& c, const BlockRecipe& recipe) {
+BlockRun Quantize(BlockBackend& backend, const Case& c,
+                  const BlockRecipe& recipe) {
   const LlamaForward forward(c.spec, c.seq_len);
   BlockRun run;
   run.hidden = c.hidden;
@@ -139,20 +140,19 @@ double SameFraction(const QuantizedLinear& a, const QuantizedLinear& b) {
   return static_cast<double>(same) / static_cast<double>(x.size());
 }
 
-void ExpectWithinContract(const BlockRun& gpu, const BlockRun& cpu, const char* label) {
+void ExpectWithinContract(const BlockRun& gpu, const BlockRun& cpu,
+                          const char* label) {
   for (int i = 0; i < kBlockLinears; ++i) {
     const LinearReport& g = gpu.result.reports[i];
     const LinearReport& c = cpu.result.reports[i];
-    const double same = SameFraction(gpu.result.quantized[i],
-                                     cpu.result.quantized[i]);
+    const double same =
+        SameFraction(gpu.result.quantized[i], cpu.result.quantized[i]);
     const double loss = g.proxy_loss / c.proxy_loss - 1;
-    std::printf("%s %-17s same %.5f  loss gpu %.6g cpu %.6g (%+.3f%%)\n",
-                label, g.name.c_str(), same, g.proxy_loss, c.proxy_loss,
-                100 * loss);
+    std::printf("%s %-17s same %.5f  loss gpu %.6g cpu %.6g (%+.3f%%)\n", label,
+                g.name.c_str(), same, g.proxy_loss, c.proxy_loss, 100 * loss);
     EXPECT_GE(same, 0.99) << label << " " << g.name;
     EXPECT_LT(std::fabs(loss), 0.005) << label << " " << g.name;
-    EXPECT_EQ(gpu.result.importance[i].size(),
-              cpu.result.importance[i].size());
+    EXPECT_EQ(gpu.result.importance[i].size(), cpu.result.importance[i].size());
   }
   const double outputs = RelativeDifference(gpu.hidden, cpu.hidden);
   std::printf("%s block outputs: relative difference %.3g\n", label, outputs);
@@ -260,8 +260,7 @@ TEST(CudaBlockBackendTest, ForwardTasksAndAwqRouting) {
   EXPECT_EQ(done->backend, "cpu");
   // A calibrated method without data is refused as on the CPU.
   EXPECT_EQ(gpu->QuantizeBlock(forward, c.block,
-                               Recipe(QuantMethod::kGptq, 4, 32), 0, 0,
-                               nullptr)
+                               Recipe(QuantMethod::kGptq, 4, 32), 0, 0, nullptr)
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);

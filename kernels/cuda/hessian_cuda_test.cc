@@ -118,5 +118,58 @@ TEST_F(HessianCudaTest, Bfloat16InputsOnTensorCores) {
   }
 }
 
+// The report's quadratic forms and the diagonal against plain FP64 sums on
+// the host, over more rows than one chunk holds.
+TEST_F(HessianCudaTest, QuadraticFormsAndDiagonal) {
+  const int64_t rows = 1037, cols = 17000;  // Chunks of 986 rows.
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal;
+  std::vector<float> w(static_cast<size_t>(rows * cols));
+  std::vector<float> q(w.size());
+  for (size_t i = 0; i < w.size(); ++i) {
+    w[i] = normal(rng);
+    q[i] = w[i] + 0.01f * normal(rng);
+  }
+  // A diagonal-heavy symmetric H, with one off-diagonal band.
+  std::vector<double> h(static_cast<size_t>(cols * cols), 0.0);
+  for (int64_t i = 0; i < cols; ++i) {
+    h[i * cols + i] = 1.0 + i % 7;
+    if (i + 1 < cols) h[i * cols + i + 1] = h[(i + 1) * cols + i] = 0.25;
+  }
+  double error = 0, signal = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < cols; ++i) {
+      const double d = double{q[r * cols + i]} - w[r * cols + i];
+      const double x = w[r * cols + i];
+      double hd = h[i * cols + i] * d, hx = h[i * cols + i] * x;
+      if (i > 0) {
+        hd += 0.25 * (double{q[r * cols + i - 1]} - w[r * cols + i - 1]);
+        hx += 0.25 * w[r * cols + i - 1];
+      }
+      if (i + 1 < cols) {
+        hd += 0.25 * (double{q[r * cols + i + 1]} - w[r * cols + i + 1]);
+        hx += 0.25 * w[r * cols + i + 1];
+      }
+      error += d * hd;
+      signal += x * hx;
+    }
+  }
+  DeviceBuffer w_d = Upload(w.data(), w.size() * 4);
+  DeviceBuffer q_d = Upload(q.data(), q.size() * 4);
+  DeviceBuffer h_d = Upload(h.data(), h.size() * 8);
+  absl::StatusOr<HessianQuadratics> forms =
+      ComputeHessianQuadratics(*context_, w_d.as<float>(), q_d.as<float>(),
+                               rows, cols, h_d.as<double>());
+  ASSERT_TRUE(forms.ok()) << forms.status();
+  EXPECT_NEAR(forms->error, error, 1e-9 * error);
+  EXPECT_NEAR(forms->signal, signal, 1e-9 * signal);
+  absl::StatusOr<std::vector<double>> diagonal =
+      HessianDiagonal(*context_, h_d.as<double>(), cols);
+  ASSERT_TRUE(diagonal.ok()) << diagonal.status();
+  for (int64_t i = 0; i < cols; ++i) {
+    ASSERT_EQ((*diagonal)[i], h[i * cols + i]) << i;
+  }
+}
+
 }  // namespace
 }  // namespace quant::cuda
