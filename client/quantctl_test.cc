@@ -1,5 +1,6 @@
 #include "client/quantctl.h"
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -79,6 +80,24 @@ TEST(QuantctlTest, QuantizeStopsAndResumes) {
       << out;
   EXPECT_NE(out.find("mlp.down_proj"), std::string::npos) << out;  // Table.
   EXPECT_NE(err.find("block 2/2 quantized"), std::string::npos) << err;
+  // A backend this program does not have is named before any work, and
+  // nothing committed is touched.
+  for (const char* command : {"quantize", "run"}) {
+    QuantctlOptions gpu = quantize;
+    gpu.command = command;
+    gpu.local = true;
+    gpu.out = dir + "/gpu-" + command;
+    gpu.quantize.backend = "cuda";
+    status = RunCommand(gpu, &out, &err);
+    EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition)
+        << command << ": " << status;
+    EXPECT_NE(status.message().find("no GPU backend"), std::string::npos)
+        << status;
+    EXPECT_FALSE(std::filesystem::exists(gpu.out + ".work")) << command;
+    gpu.quantize.backend = "tpu";
+    EXPECT_EQ(RunCommand(gpu, &out, &err).code(),
+              absl::StatusCode::kInvalidArgument);
+  }
   // Perplexity needs a SentencePiece model, which the tiny model lacks.
   QuantctlOptions perplexity;
   perplexity.command = "perplexity";

@@ -533,6 +533,9 @@ absl::StatusOr<QuantizeModelResult> QuantizeModel(
   const ModelSpec& spec = plan.spec;
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> checkpoint,
                    SafetensorsCheckpoint::Open(options.model_dir));
+  // The device before any work: a missing GPU leaves the work dir as it is.
+  ASSIGN_OR_RETURN(const std::unique_ptr<BlockBackend> backend,
+                   MakeBlockBackend(options.backend, options.device));
   RETURN_IF_ERROR(ClaimWorkDir(options.work_dir, plan.recipe));
 
   QuantizeModelResult result;
@@ -571,8 +574,6 @@ absl::StatusOr<QuantizeModelResult> QuantizeModel(
       }
     }
     const LlamaForward forward(spec, std::max<int64_t>(seq_len, 1));
-    ASSIGN_OR_RETURN(const std::unique_ptr<BlockBackend> backend,
-                     MakeBlockBackend(options.backend, options.device));
     CpuBlockBackend cpu;
     for (int layer = first; layer < spec.num_layers; ++layer) {
       ASSIGN_OR_RETURN(DecoderBlockWeights block,
