@@ -529,6 +529,12 @@ class GgufGrid : public Grid {
     return step * static_cast<float>(level) + offset;
   }
 
+  int64_t block_size() const { return traits_.block_size; }
+  const BlockLevelRange& range() const { return range_; }
+  const std::vector<float>& steps() const { return step_; }
+  const std::vector<float>& offsets() const { return offset_; }
+  void SetLevels(const std::vector<int>& levels) { levels_ = levels; }
+
   QuantizedLinear Take() {
     const int64_t block = traits_.block_size;
     for (int64_t r = 0; r < rows_; ++r) {
@@ -617,11 +623,20 @@ absl::StatusOr<GptqResult> GptqQuantize(const float* w, int64_t rows,
   return GptqResult{grid.Take(), stats.loss, stats.damp_percent_used};
 }
 
-absl::StatusOr<GptqResult> GptqQuantizeGguf(const float* w, int64_t rows,
-                                            int64_t cols,
-                                            const std::vector<double>& hessian,
-                                            GgmlType type,
-                                            const GptqOptions& options) {
+class GgufSolveGrid::Impl {
+ public:
+  Impl(GgmlType type, int64_t rows, int64_t cols, std::vector<float> importance,
+       bool up_front)
+      : grid(type, rows, cols, std::move(importance), up_front) {}
+  GgufGrid grid;
+};
+
+GgufSolveGrid::GgufSolveGrid(std::unique_ptr<Impl> impl)
+    : impl_(std::move(impl)) {}
+GgufSolveGrid::~GgufSolveGrid() = default;
+
+absl::Status GgufSolveGrid::CheckTypeAndShape(GgmlType type, int64_t rows,
+                                              int64_t cols) {
   if (GetBlockLevelRange(type).max < GetBlockLevelRange(type).min) {
     return absl::InvalidArgumentError(absl::StrCat(
         "GPTQ cannot solve on the grid of GGUF type ", GgmlTypeName(type)));
@@ -629,15 +644,61 @@ absl::StatusOr<GptqResult> GptqQuantizeGguf(const float* w, int64_t rows,
   // Shape: 8 bits and one group per row pass for any type; then the
   // columns must make whole blocks.
   RETURN_IF_ERROR(CheckShape(rows, cols, 8, -1));
-  RETURN_IF_ERROR(GgmlRowBytes(type, cols).status());
+  return GgmlRowBytes(type, cols).status();
+}
+
+absl::StatusOr<std::unique_ptr<GgufSolveGrid>> GgufSolveGrid::Create(
+    GgmlType type, int64_t rows, int64_t cols, std::vector<float> importance,
+    const GptqOptions& options) {
+  RETURN_IF_ERROR(CheckTypeAndShape(type, rows, cols));
+  if (static_cast<int64_t>(importance.size()) != cols) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GGUF grid: ", importance.size(), " importances for ",
+                     cols, " columns"));
+  }
+  RETURN_IF_ERROR(CheckImportance(importance.data(), cols));
+  return std::unique_ptr<GgufSolveGrid>(
+      new GgufSolveGrid(std::make_unique<Impl>(
+          type, rows, cols, std::move(importance),
+          /*up_front=*/options.desc_act || options.static_groups)));
+}
+
+int64_t GgufSolveGrid::group_width() const { return impl_->grid.group_width(); }
+int64_t GgufSolveGrid::block_size() const { return impl_->grid.block_size(); }
+int GgufSolveGrid::level_min() const { return impl_->grid.range().min; }
+int GgufSolveGrid::level_max() const { return impl_->grid.range().max; }
+absl::Status GgufSolveGrid::FitUpFront(const float* w) {
+  return impl_->grid.FitUpFront(w);
+}
+absl::Status GgufSolveGrid::FitGroup(
+    int64_t first, int64_t width,
+    const std::function<float(int64_t, int64_t)>& value) {
+  return impl_->grid.FitGroup(first, width, value);
+}
+const float* GgufSolveGrid::steps() const { return impl_->grid.steps().data(); }
+const float* GgufSolveGrid::offsets() const {
+  return impl_->grid.offsets().data();
+}
+QuantizedLinear GgufSolveGrid::Take(const std::vector<int>& levels) {
+  impl_->grid.SetLevels(levels);
+  return impl_->grid.Take();
+}
+
+absl::StatusOr<GptqResult> GptqQuantizeGguf(const float* w, int64_t rows,
+                                            int64_t cols,
+                                            const std::vector<double>& hessian,
+                                            GgmlType type,
+                                            const GptqOptions& options) {
+  RETURN_IF_ERROR(GgufSolveGrid::CheckTypeAndShape(type, rows, cols));
   RETURN_IF_ERROR(CheckHessianSize(static_cast<int64_t>(hessian.size()), cols));
   std::vector<float> importance(static_cast<size_t>(cols));
   for (int64_t j = 0; j < cols; ++j) {
     importance[j] = static_cast<float>(hessian[j * cols + j]);
   }
-  RETURN_IF_ERROR(CheckImportance(importance.data(), cols));
-  GgufGrid grid(type, rows, cols, std::move(importance),
-                /*up_front=*/options.desc_act || options.static_groups);
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<GgufSolveGrid> solve_grid,
+      GgufSolveGrid::Create(type, rows, cols, std::move(importance), options));
+  GgufGrid& grid = solve_grid->impl_->grid;
   ASSIGN_OR_RETURN(const SolveStats stats,
                    Solve(w, rows, cols, hessian, options, grid));
   return GptqResult{grid.Take(), stats.loss, stats.damp_percent_used};

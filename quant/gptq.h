@@ -13,6 +13,8 @@
 #define QUANT_GPTQ_H_
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -117,6 +119,50 @@ absl::StatusOr<GptqResult> GptqQuantizeGguf(const float* w, int64_t rows,
                                             const std::vector<double>& hessian,
                                             GgmlType type,
                                             const GptqOptions& options);
+
+// GptqQuantizeGguf's grid for a solver outside this file (the GPU's): fitted
+// here, on the host, up front or as the solve reaches each group, and read as
+// each weight's step and offset (its value is step * level + offset, the
+// level rounded from (x - offset) / step and clamped to the type's range; a
+// zero step holds max(min, 0)).
+class GgufSolveGrid {
+ public:
+  // GptqQuantizeGguf's checks; `importance` is the Hessian's diagonal.
+  static absl::StatusOr<std::unique_ptr<GgufSolveGrid>> Create(
+      GgmlType type, int64_t rows, int64_t cols, std::vector<float> importance,
+      const GptqOptions& options);
+  ~GgufSolveGrid();
+
+  // Columns per group fitted when the solve reaches it (0: every block up
+  // front); a group at a block's start reads the block's block_size columns.
+  int64_t group_width() const;
+  int64_t block_size() const;
+  int level_min() const;
+  int level_max() const;
+  // Up front, on the weights in their original order (dead inputs zeroed).
+  absl::Status FitUpFront(const float* w);
+  // The group at columns [first, first + width) (solve order is column order
+  // here); value(r, k) is row r's running weight at column first + k, for
+  // any k < cols - first.
+  absl::Status FitGroup(int64_t first, int64_t width,
+                        const std::function<float(int64_t, int64_t)>& value);
+  // [rows, cols], original column order.
+  const float* steps() const;
+  const float* offsets() const;
+  // The rows in the type, from every weight's level ([rows, cols]).
+  QuantizedLinear Take(const std::vector<int>& levels);
+
+ private:
+  friend absl::StatusOr<GptqResult> GptqQuantizeGguf(
+      const float* w, int64_t rows, int64_t cols,
+      const std::vector<double>& hessian, GgmlType type,
+      const GptqOptions& options);
+  class Impl;
+  explicit GgufSolveGrid(std::unique_ptr<Impl> impl);
+  static absl::Status CheckTypeAndShape(GgmlType type, int64_t rows,
+                                        int64_t cols);
+  std::unique_ptr<Impl> impl_;
+};
 
 }  // namespace quant
 

@@ -425,6 +425,70 @@ TEST(GptqGgufTest, DiagonalHessianGivesTheWeightedQuantizer) {
   }
 }
 
+// GgufSolveGrid as an outside solver uses it (the GPU's): with a diagonal
+// Hessian nothing is compensated, so fitting each group on the original
+// weights when the loop reaches it and rounding onto the steps and offsets
+// read back gives GptqQuantizeGguf's file bytes exactly.
+TEST(GptqGgufTest, TheSolveGridServesAnOutsideSolver) {
+  Problem p = MakeProblem(3, 512, 1, 8);
+  std::vector<float> importance(p.cols);
+  for (int64_t i = 0; i < p.cols; ++i) {
+    for (int64_t j = 0; j < p.cols; ++j) {
+      p.h[i * p.cols + j] = i == j ? 0.5 + i % 5 : 0.0;
+    }
+    importance[i] = static_cast<float>(p.h[i * p.cols + i]);
+  }
+  for (const GgmlType type : kGgufGridTypes) {
+    for (const bool desc_act : {false, true}) {
+      GptqOptions o;
+      o.desc_act = desc_act;
+      absl::StatusOr<GptqResult> want =
+          GptqQuantizeGguf(p.w.data(), p.rows, p.cols, p.h, type, o);
+      ASSERT_TRUE(want.ok()) << want.status();
+      absl::StatusOr<std::unique_ptr<GgufSolveGrid>> grid =
+          GgufSolveGrid::Create(type, p.rows, p.cols, importance, o);
+      ASSERT_TRUE(grid.ok()) << grid.status();
+      GgufSolveGrid& g = **grid;
+      const int64_t width = g.group_width();
+      EXPECT_EQ(width == 0, desc_act);
+      std::vector<int> levels(p.w.size());
+      auto round = [&](int64_t i) {
+        const float step = g.steps()[i], offset = g.offsets()[i];
+        int level = std::max(g.level_min(), 0);
+        if (step != 0) {
+          const float q = std::nearbyint((p.w[i] - offset) / step);
+          level = static_cast<int>(
+              std::min(std::max(q, static_cast<float>(g.level_min())),
+                       static_cast<float>(g.level_max())));
+        }
+        levels[i] = level;
+      };
+      if (width == 0) {
+        ASSERT_TRUE(g.FitUpFront(p.w.data()).ok());
+        for (size_t i = 0; i < p.w.size(); ++i) round(i);
+      } else {
+        for (int64_t first = 0; first < p.cols; first += width) {
+          ASSERT_TRUE(g.FitGroup(first, width, [&](int64_t r, int64_t k) {
+                         return p.w[r * p.cols + first + k];
+                       }).ok());
+          for (int64_t r = 0; r < p.rows; ++r) {
+            for (int64_t k = 0; k < width; ++k) round(r * p.cols + first + k);
+          }
+        }
+      }
+      const QuantizedLinear got = g.Take(levels);
+      EXPECT_EQ(got.gguf_type, type);
+      EXPECT_TRUE(got.gguf_rows == want->quantized.gguf_rows)
+          << GgmlTypeName(type) << (desc_act ? " act-order" : "");
+    }
+  }
+  EXPECT_EQ(GgufSolveGrid::Create(GgmlType::kQ4_K, 2, 256,
+                                  std::vector<float>(7), GptqOptions())
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 // Output error tr(dW H dW^T) on correlated inputs: GPTQ on the grid beats
 // the weighted quantizer of every type, and its solution is what the rows
 // decode to.

@@ -227,21 +227,20 @@ class DeviceBlockQuantizer {
   absl::StatusOr<GptqResult> SolveGptq(int i, const GptqOptions& options) {
     const LinearWeights& linear = BlockLinear(result_.weights, i);
     const int input = static_cast<int>(LinearInput(i));
-    if (recipe_.gguf_grid[i].has_value()) {
-      // The k-quant refits run on the CPU solver, on this Hessian.
-      std::vector<double> h(static_cast<size_t>(linear.cols * linear.cols));
-      RETURN_IF_ERROR(CopyToHost(context_, h.data(), HessianOf(i),
-                                 linear.cols * linear.cols * 8,
-                                 "a Hessian for the GGUF-grid solve"));
-      return GptqQuantizeGguf(linear.weight.data(), linear.rows, linear.cols, h,
-                              *recipe_.gguf_grid[i], options);
-    }
     auto factor = factors_.find(input);
     if (factor == factors_.end()) {
       ASSIGN_OR_RETURN(
           GptqFactor made,
           FactorGptqHessian(context_, HessianOf(i), linear.cols, options));
       factor = factors_.emplace(input, std::move(made)).first;
+    }
+    if (recipe_.gguf_grid[i].has_value()) {
+      ASSIGN_OR_RETURN(const std::vector<double> diagonal,
+                       HessianDiagonal(context_, HessianOf(i), linear.cols));
+      return GptqSolveGgufOnDevice(
+          context_, factor->second, original_d_.as<float>(), linear.rows,
+          *recipe_.gguf_grid[i],
+          std::vector<float>(diagonal.begin(), diagonal.end()), options);
     }
     ASSIGN_OR_RETURN(
         const DeviceGptqResult solved,
@@ -342,11 +341,6 @@ absl::StatusOr<BlockResult> CudaBlockBackend::QuantizeBlock(
   const ComputeKernel what = kernel();
   result.backend = what.backend;
   result.kernel = what.kernel;
-  if (std::any_of(recipe.gguf_grid.begin(), recipe.gguf_grid.end(),
-                  [](const auto& grid) { return grid.has_value(); })) {
-    const ComputeKernel cpu = CpuComputeKernel();
-    absl::StrAppend(&result.kernel, "; GGUF-grid solves on ", cpu.kernel);
-  }
   return result;
 }
 

@@ -7,10 +7,10 @@
 // errors are FP64 products on the device; the quantized block's outputs
 // leave the device once, at the end.
 //
-// Computes RTN and GPTQ, every option, on integer grids. GPTQ on a GGUF
-// type's grid (the k-quant sub-block refits) still runs on the CPU solver,
-// on the Hessian made here; AWQ is not offered (Unsupported), so a worker
-// runs it on its CPU engine.
+// Computes RTN, and GPTQ with every option on integer grids and on the GGUF
+// types' grids (the blocks' and k-quant sub-blocks' fits on the host, the
+// column loop and updates on the device). AWQ is not offered (Unsupported),
+// so a worker runs it on its CPU engine.
 #ifndef KERNELS_CUDA_BLOCK_BACKEND_CUDA_H_
 #define KERNELS_CUDA_BLOCK_BACKEND_CUDA_H_
 

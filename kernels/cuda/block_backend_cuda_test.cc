@@ -211,7 +211,6 @@ TEST(CudaBlockBackendTest, GgufGridBlockWithinTheContract) {
   const BlockRun want = Quantize(cpu, c, recipe);
   const BlockRun got = Quantize(*gpu, c, recipe);
   ExpectWithinContract(got, want, "q4_k");
-  EXPECT_NE(got.result.kernel.find("GGUF-grid solves on"), std::string::npos);
 }
 
 TEST(CudaBlockBackendTest, TwoRunsAreByteIdentical) {

@@ -23,6 +23,7 @@ enum class ParamMode : int {
   kFitted,  // Fitted when the solve reaches each group (solve order).
   kPerRow,  // One group per row, fitted up front.
   kStatic,  // Groups of original columns, fitted up front.
+  kTable,   // A GGUF grid: each weight's step and offset (solve order).
 };
 
 // ---- The min-max grid, as quant/gptq.cc computes it. ----
@@ -225,8 +226,23 @@ struct BlockArgs {
   int64_t group_size;
   const float* scales;   // [groups, rows]: solve-order groups when fitted,
   const int32_t* zeros;  // original-order when static, one when per row.
-  double* row_loss;      // [rows]: each row's proxy loss so far.
+  // kTable: [rows, cols] in solve order; levels in [level_min, level_max]
+  // are stored as level - level_min.
+  const float* steps = nullptr;
+  const float* offsets = nullptr;
+  int level_min = 0, level_max = 0;
+  double* row_loss;  // [rows]: each row's proxy loss so far.
 };
+
+// quant/gptq.cc's GgufGrid::Quantize: the level of x on a step / offset
+// grid, and its value (multiply and add rounded apart, as there).
+__device__ __forceinline__ int TableLevel(float x, float step, float offset,
+                                          int level_min, int level_max) {
+  if (step == 0) return max(level_min, 0);
+  const float q = nearbyintf(__fdiv_rn(__fsub_rn(x, offset), step));
+  return static_cast<int>(fminf(fmaxf(q, static_cast<float>(level_min)),
+                                static_cast<float>(level_max)));
+}
 
 // The block's part of Vn as the column kernel reads it, [kB, kB]: zero on
 // and below the diagonal and past the block's columns.
@@ -310,8 +326,18 @@ __global__ void __launch_bounds__(kRowsPerCta)
           load_params(j / a.group_size);
         }
         const float x = w[k];
-        const int level = Level(x, scale, zero, a.maxq);
-        const float value = scale * static_cast<float>(level - zero);
+        int level;
+        float value;
+        if (a.mode == ParamMode::kTable) {
+          const float step = a.steps[row * a.cols + j];
+          const float offset = a.offsets[row * a.cols + j];
+          level = TableLevel(x, step, offset, a.level_min, a.level_max);
+          value = __fadd_rn(__fmul_rn(step, static_cast<float>(level)), offset);
+          level -= a.level_min;
+        } else {
+          level = Level(x, scale, zero, a.maxq);
+          value = scale * static_cast<float>(level - zero);
+        }
         const float e = (x - value) * sh.v_diagonal[k];  // (x - q) / U_jj.
         loss += static_cast<double>(e) * e / 2;
         sh.levels[tid][k] = static_cast<uint8_t>(level);
@@ -594,14 +620,17 @@ absl::StatusOr<GptqFactor> FactorGptqHessian(const CudaContext& context,
   return factor;
 }
 
-absl::StatusOr<DeviceGptqResult> GptqSolveOnDevice(const CudaContext& context,
-                                                   const GptqFactor& factor,
-                                                   const float* w, int64_t rows,
-                                                   const GptqOptions& options,
-                                                   float* dequantized,
-                                                   GptqSolveProfile* profile) {
+namespace {
+
+// The solve; with `grid` on a GGUF type's grid (options.bits and group_size
+// then unused), whose groups are fitted on the host as the solve reaches
+// them, from the window solve's running weights.
+absl::StatusOr<DeviceGptqResult> Solve(const CudaContext& context,
+                                       const GptqFactor& factor, const float* w,
+                                       int64_t rows, const GptqOptions& options,
+                                       GgufSolveGrid* grid, float* dequantized,
+                                       GptqSolveProfile* profile) {
   const int64_t cols = factor.cols;
-  RETURN_IF_ERROR(CheckGptqArguments(rows, cols, cols * cols, options));
   if (factor.desc_act != options.desc_act ||
       factor.damp_percent != options.damp_percent ||
       factor.damp_auto_increment != options.damp_auto_increment) {
@@ -611,7 +640,7 @@ absl::StatusOr<DeviceGptqResult> GptqSolveOnDevice(const CudaContext& context,
   RETURN_IF_ERROR(context.Activate());
   const cudaStream_t stream = context.stream();
   const int maxq = (1 << options.bits) - 1;
-  const int64_t gs = options.group_size;
+  const int64_t gs = grid != nullptr ? grid->group_width() : options.group_size;
   StageClock clock(context, profile != nullptr);
   const int32_t* perm = factor.perm_d.as<int32_t>();
   const uint8_t* dead = factor.dead.as<uint8_t>();
@@ -634,12 +663,14 @@ absl::StatusOr<DeviceGptqResult> GptqSolveOnDevice(const CudaContext& context,
       "copying the weights"));
 
   ParamMode mode = ParamMode::kFitted;
-  if (gs < 0) {
+  if (grid != nullptr) {
+    mode = ParamMode::kTable;
+  } else if (gs < 0) {
     mode = ParamMode::kPerRow;
   } else if (options.static_groups) {
     mode = ParamMode::kStatic;
   }
-  const int64_t width = gs < 0 ? cols : gs;
+  const int64_t width = gs <= 0 ? cols : gs;
   const int64_t groups = (cols + width - 1) / width;
   DeviceGptqResult result;
   ASSIGN_OR_RETURN(
@@ -650,7 +681,44 @@ absl::StatusOr<DeviceGptqResult> GptqSolveOnDevice(const CudaContext& context,
       DeviceBuffer::Allocate(context, groups * rows * 4, "the group zeros"));
   float* const scales = result.scales.as<float>();
   int32_t* const zeros = result.zeros.as<int32_t>();
-  if (mode != ParamMode::kFitted) {
+  // A GGUF grid: each weight's step and offset, in solve order, fitted on
+  // the host from the weights as they are in original order (dead inputs
+  // zeroed): all up front, or group by group as the solve reaches them.
+  DeviceBuffer steps, offsets;
+  std::vector<float> originals_host;
+  const bool table_fitted = mode == ParamMode::kTable && gs > 0;
+  if (mode == ParamMode::kTable) {
+    ASSIGN_OR_RETURN(steps, DeviceBuffer::Allocate(context, rows * cols * 4,
+                                                   "the grid's steps"));
+    ASSIGN_OR_RETURN(offsets, DeviceBuffer::Allocate(context, rows * cols * 4,
+                                                     "the grid's offsets"));
+    originals_host.resize(static_cast<size_t>(rows * cols));
+    std::vector<uint8_t> dead_host(static_cast<size_t>(cols));
+    RETURN_IF_ERROR(CopyToHost(context, originals_host.data(), w,
+                               rows * cols * 4, "the weights"));
+    RETURN_IF_ERROR(
+        CopyToHost(context, dead_host.data(), dead, cols, "the dead inputs"));
+    for (int64_t j = 0; j < cols; ++j) {
+      if (dead_host[j] == 0) continue;
+      for (int64_t r = 0; r < rows; ++r) originals_host[r * cols + j] = 0;
+    }
+    if (!table_fitted) {
+      RETURN_IF_ERROR(grid->FitUpFront(originals_host.data()));
+      std::vector<float> in_order(static_cast<size_t>(rows * cols));
+      for (const auto& [host, device, what] :
+           {std::make_tuple(grid->steps(), &steps, "the grid's steps"),
+            std::make_tuple(grid->offsets(), &offsets, "the grid's offsets")}) {
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t j = 0; j < cols; ++j) {
+            in_order[r * cols + j] = host[r * cols + factor.perm[j]];
+          }
+        }
+        RETURN_IF_ERROR(CopyToDevice(context, device->as<void>(),
+                                     in_order.data(), rows * cols * 4, what));
+      }
+    }
+  }
+  if (mode != ParamMode::kFitted && mode != ParamMode::kTable) {
     const int64_t n = groups * rows;
     FitFixedGroupsKernel<<<static_cast<unsigned>((n + 127) / 128), 128, 0,
                            stream>>>(w, rows, cols, dead, width, groups, maxq,
@@ -664,14 +732,20 @@ absl::StatusOr<DeviceGptqResult> GptqSolveOnDevice(const CudaContext& context,
   // fully updated weights that the lazy products have already written.
   int64_t block = std::min<int64_t>(options.block_size, kMaxBlock);
   const bool fit_at_block_starts =
-      mode == ParamMode::kFitted && !options.group_params_at_block_start;
-  if (mode == ParamMode::kFitted && gs < block) {
+      (mode == ParamMode::kFitted && !options.group_params_at_block_start) ||
+      table_fitted;
+  if ((mode == ParamMode::kFitted || table_fitted) && gs < block) {
     block = fit_at_block_starts ? gs : (block / gs) * gs;
   }
   // A fitting window reaches from a block's start to the end of the last
-  // group that starts in it.
+  // group that starts in it; a GGUF grid's fit at a type block's start reads
+  // the whole type block.
   const int64_t max_window =
-      mode == ParamMode::kFitted ? std::min(cols, block + gs) : 0;
+      mode == ParamMode::kFitted ? std::min(cols, block + gs)
+      : table_fitted ? std::min(cols, std::max(block, grid->block_size()))
+                     : 0;
+  std::vector<float> window_host(
+      table_fitted ? static_cast<size_t>(rows * max_window) : 0);
   ASSIGN_OR_RETURN(result.levels,
                    DeviceBuffer::Allocate(context, rows * cols, "the levels"));
   ASSIGN_OR_RETURN(DeviceBuffer deltas,
@@ -705,6 +779,12 @@ absl::StatusOr<DeviceGptqResult> GptqSolveOnDevice(const CudaContext& context,
   args.group_size = width;
   args.scales = scales;
   args.zeros = zeros;
+  if (mode == ParamMode::kTable) {
+    args.steps = steps.as<float>();
+    args.offsets = offsets.as<float>();
+    args.level_min = grid->level_min();
+    args.level_max = grid->level_max();
+  }
   args.row_loss = row_loss.as<double>();
 
   const float one = 1.0f;
@@ -712,10 +792,13 @@ absl::StatusOr<DeviceGptqResult> GptqSolveOnDevice(const CudaContext& context,
     int64_t i2 = std::min(i1 + block, cols);
     if (fit_at_block_starts) i2 = std::min(i2, (i1 / gs + 1) * gs);
     const int64_t first_group = (i1 + gs - 1) / std::max<int64_t>(gs, 1);
-    if (mode == ParamMode::kFitted && first_group * gs < i2) {
+    if ((mode == ParamMode::kFitted || table_fitted) && first_group * gs < i2) {
       const int64_t last_group = (i2 - 1) / gs;
-      const int window = static_cast<int>(
+      int window = static_cast<int>(
           std::min(cols, std::max(i2, (last_group + 1) * gs)) - i1);
+      if (table_fitted && i1 % grid->block_size() == 0) {
+        window = static_cast<int>(std::min(cols - i1, grid->block_size()));
+      }
       clock.Begin(profile ? &profile->fits_s : nullptr);
       WindowKernel<<<dim3(static_cast<unsigned>((window + 127) / 128),
                           static_cast<unsigned>(rows)),
@@ -736,14 +819,37 @@ absl::StatusOr<DeviceGptqResult> GptqSolveOnDevice(const CudaContext& context,
                       window_factor.as<float>(), window,
                       window_values.as<float>(), window),
           "a fitting window's solve"));
-      const int count = static_cast<int>(last_group - first_group + 1);
-      const int64_t n = rows * count;
-      FitWindowGroupsKernel<<<static_cast<unsigned>((n + 127) / 128), 128, 0,
-                              stream>>>(
-          originals.as<float>(), window_values.as<float>(), rows, cols, i1,
-          window, gs, first_group, count, maxq, options.sym, options.mse,
-          scales, zeros);
-      RETURN_IF_ERROR(CudaError(cudaGetLastError(), "fitting groups"));
+      if (table_fitted) {
+        // The group's fit on the host, on the CPU's running weights
+        // (originals + the window's solution), its grid back to the device.
+        RETURN_IF_ERROR(CopyToHost(context, window_host.data(),
+                                   window_values.as<void>(), rows * window * 4,
+                                   "a fitting window"));
+        const float* x = window_host.data();
+        RETURN_IF_ERROR(grid->FitGroup(i1, gs, [&](int64_t r, int64_t k) {
+          return originals_host[r * cols + i1 + k] + x[r * window + k];
+        }));
+        for (const auto& [host, device] :
+             {std::make_pair(grid->steps(), &steps),
+              std::make_pair(grid->offsets(), &offsets)}) {
+          RETURN_IF_ERROR(
+              CudaError(cudaMemcpy2DAsync(device->as<float>() + i1, cols * 4,
+                                          host + i1, cols * 4, gs * 4, rows,
+                                          cudaMemcpyHostToDevice, stream),
+                        "copying a group's grid to the GPU"));
+        }
+        // The host arrays change at the next fit: the copies finish first.
+        RETURN_IF_ERROR(context.Synchronize("copying a group's grid"));
+      } else {
+        const int count = static_cast<int>(last_group - first_group + 1);
+        const int64_t n = rows * count;
+        FitWindowGroupsKernel<<<static_cast<unsigned>((n + 127) / 128), 128, 0,
+                                stream>>>(
+            originals.as<float>(), window_values.as<float>(), rows, cols, i1,
+            window, gs, first_group, count, maxq, options.sym, options.mse,
+            scales, zeros);
+        RETURN_IF_ERROR(CudaError(cudaGetLastError(), "fitting groups"));
+      }
       clock.End();
     }
     args.first = i1;
@@ -807,6 +913,52 @@ absl::StatusOr<DeviceGptqResult> GptqSolveOnDevice(const CudaContext& context,
                              rows * 8, "the loss"));
   result.loss = std::accumulate(losses.begin(), losses.end(), 0.0);
   clock.Finish();
+  return result;
+}
+
+}  // namespace
+
+absl::StatusOr<DeviceGptqResult> GptqSolveOnDevice(const CudaContext& context,
+                                                   const GptqFactor& factor,
+                                                   const float* w, int64_t rows,
+                                                   const GptqOptions& options,
+                                                   float* dequantized,
+                                                   GptqSolveProfile* profile) {
+  RETURN_IF_ERROR(CheckGptqArguments(rows, factor.cols,
+                                     factor.cols * factor.cols, options));
+  return Solve(context, factor, w, rows, options, nullptr, dequantized,
+               profile);
+}
+
+absl::StatusOr<GptqResult> GptqSolveGgufOnDevice(
+    const CudaContext& context, const GptqFactor& factor, const float* w,
+    int64_t rows, GgmlType type, std::vector<float> importance,
+    const GptqOptions& options, GptqSolveProfile* profile) {
+  ASSIGN_OR_RETURN(std::unique_ptr<GgufSolveGrid> grid,
+                   GgufSolveGrid::Create(type, rows, factor.cols,
+                                         std::move(importance), options));
+  // The grid decides the levels; the checks of one group per row at 8 bits
+  // cover the rest of the options.
+  GptqOptions checked = options;
+  checked.bits = 8;
+  checked.group_size = -1;
+  checked.static_groups = false;
+  RETURN_IF_ERROR(CheckGptqArguments(rows, factor.cols,
+                                     factor.cols * factor.cols, checked));
+  ASSIGN_OR_RETURN(
+      const DeviceGptqResult solved,
+      Solve(context, factor, w, rows, checked, grid.get(), nullptr, profile));
+  std::vector<uint8_t> bytes(static_cast<size_t>(rows * factor.cols));
+  RETURN_IF_ERROR(CopyToHost(context, bytes.data(), solved.levels.as<void>(),
+                             rows * factor.cols, "the levels"));
+  std::vector<int> levels(bytes.size());
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    levels[i] = bytes[i] + grid->level_min();
+  }
+  GptqResult result;
+  result.quantized = grid->Take(levels);
+  result.loss = solved.loss;
+  result.damp_percent_used = solved.damp_percent_used;
   return result;
 }
 

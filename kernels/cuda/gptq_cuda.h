@@ -97,6 +97,18 @@ absl::StatusOr<DeviceGptqResult> GptqSolveOnDevice(
     int64_t rows, const GptqOptions& options, float* dequantized = nullptr,
     GptqSolveProfile* profile = nullptr);
 
+// GptqQuantizeGguf (quant/gptq.h) on the device: the solve on GGUF block
+// type `type`'s own grid, whose blocks (and k-quant sub-blocks) are fitted
+// on the host by the CPU's fitter as the solve reaches them, on the running
+// weights a window solve recovers (up front with act-order or static
+// groups); every column is rounded and its error fed forward on the device.
+// `importance` is the Hessian's diagonal. The file's rows come back on the
+// host.
+absl::StatusOr<GptqResult> GptqSolveGgufOnDevice(
+    const CudaContext& context, const GptqFactor& factor, const float* w,
+    int64_t rows, GgmlType type, std::vector<float> importance,
+    const GptqOptions& options, GptqSolveProfile* profile = nullptr);
+
 // FactorGptqHessian, then GptqSolveOnDevice.
 absl::StatusOr<DeviceGptqResult> GptqQuantizeOnDevice(
     const CudaContext& context, const float* w, int64_t rows, int64_t cols,

@@ -295,5 +295,71 @@ TEST(GptqCudaMoreTest, RoundToNearestIsTheCpusRtn) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// GPTQ on GGUF grids against the CPU's GptqQuantizeGguf on the same
+// Hessian: the types with and without sub-blocks, column order (groups
+// fitted as the solve reaches them, on the window solve's weights) and
+// act-order (fitted up front); a dead input.
+TEST(GptqCudaMoreTest, GgufGridsAgreeWithTheCpuOracle) {
+  std::unique_ptr<CudaContext> context = OpenGpu();
+  REQUIRE_GPU(context);
+  const Problem p = MakeProblem(37, 512, 1536, 41, {77});
+  std::vector<float> importance(p.cols);
+  for (int64_t j = 0; j < p.cols; ++j) importance[j] = p.h[j * p.cols + j];
+  absl::StatusOr<DeviceBuffer> w =
+      DeviceBuffer::Allocate(*context, p.rows * p.cols * 4, "weights");
+  absl::StatusOr<DeviceBuffer> h =
+      DeviceBuffer::Allocate(*context, p.cols * p.cols * 8, "Hessian");
+  ASSERT_TRUE(w.ok() && h.ok());
+  ASSERT_TRUE(CopyToDevice(*context, w->as<void>(), p.w.data(),
+                           p.rows * p.cols * 4, "w")
+                  .ok());
+  ASSERT_TRUE(CopyToDevice(*context, h->as<void>(), p.h.data(),
+                           p.cols * p.cols * 8, "h")
+                  .ok());
+  for (const GgmlType type :
+       {GgmlType::kQ4_K, GgmlType::kQ6_K, GgmlType::kQ3_K, GgmlType::kQ2_K,
+        GgmlType::kQ5_K, GgmlType::kQ4_0}) {
+    for (const bool desc_act : {false, true}) {
+      GptqOptions o;
+      o.desc_act = desc_act;
+      absl::StatusOr<GptqResult> cpu =
+          GptqQuantizeGguf(p.w.data(), p.rows, p.cols, p.h, type, o);
+      ASSERT_TRUE(cpu.ok()) << cpu.status();
+      absl::StatusOr<GptqFactor> factor =
+          FactorGptqHessian(*context, h->as<double>(), p.cols, o);
+      ASSERT_TRUE(factor.ok()) << factor.status();
+      absl::StatusOr<GptqResult> gpu = GptqSolveGgufOnDevice(
+          *context, *factor, w->as<float>(), p.rows, type, importance, o);
+      ASSERT_TRUE(gpu.ok()) << gpu.status();
+      ASSERT_EQ(gpu->quantized.gguf_type, type);
+      ASSERT_EQ(gpu->quantized.gguf_rows.size(),
+                cpu->quantized.gguf_rows.size());
+      const std::vector<float> a = cpu->quantized.Dequantize();
+      const std::vector<float> b = gpu->quantized.Dequantize();
+      int64_t same = 0;
+      for (size_t i = 0; i < a.size(); ++i) same += a[i] == b[i];
+      const double identical = static_cast<double>(same) / a.size();
+      const double cpu_loss = ProxyLoss(p, cpu->quantized);
+      const double gpu_loss = ProxyLoss(p, gpu->quantized);
+      std::printf("%-6s %-9s values identical %.4f%%  loss cpu %.6g gpu %.6g\n",
+                  std::string(GgmlTypeName(type)).c_str(),
+                  desc_act ? "act-order" : "in order", 100 * identical,
+                  cpu_loss, gpu_loss);
+      EXPECT_GE(identical, 0.99) << GgmlTypeName(type);
+      EXPECT_NEAR(gpu_loss, cpu_loss, 0.005 * cpu_loss) << GgmlTypeName(type);
+      EXPECT_NEAR(gpu->loss, cpu->loss, 0.005 * cpu->loss);
+    }
+  }
+  // Columns that are not whole blocks are refused as on the CPU.
+  absl::StatusOr<GptqFactor> factor =
+      FactorGptqHessian(*context, h->as<double>(), p.cols, GptqOptions());
+  ASSERT_TRUE(factor.ok());
+  EXPECT_EQ(GptqSolveGgufOnDevice(*context, *factor, w->as<float>(), p.rows,
+                                  GgmlType::kF16, importance, GptqOptions())
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace quant::cuda

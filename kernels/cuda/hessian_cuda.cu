@@ -106,11 +106,11 @@ absl::StatusOr<std::vector<double>> HessianDiagonal(const CudaContext& context,
   RETURN_IF_ERROR(context.Activate());
   std::vector<double> diagonal(static_cast<size_t>(columns));
   const size_t pitch = static_cast<size_t>(columns + 1) * sizeof(double);
-  RETURN_IF_ERROR(CudaError(
-      cudaMemcpy2DAsync(diagonal.data(), sizeof(double), h, pitch,
-                        sizeof(double), static_cast<size_t>(columns),
-                        cudaMemcpyDeviceToHost, context.stream()),
-      "copying the Hessian's diagonal from the GPU"));
+  RETURN_IF_ERROR(
+      CudaError(cudaMemcpy2DAsync(diagonal.data(), sizeof(double), h, pitch,
+                                  sizeof(double), static_cast<size_t>(columns),
+                                  cudaMemcpyDeviceToHost, context.stream()),
+                "copying the Hessian's diagonal from the GPU"));
   RETURN_IF_ERROR(context.Synchronize("copying the Hessian's diagonal"));
   return diagonal;
 }
@@ -123,16 +123,14 @@ absl::StatusOr<HessianQuadratics> ComputeHessianQuadratics(
   if (rows <= 0 || cols <= 0) return out;
   // Rows at a time so that the stacked operand and its product stay near
   // 256 MiB each.
-  const int64_t chunk = std::max<int64_t>(
-      1, std::min<int64_t>(rows, (int64_t{16} << 20) / cols));
-  ASSIGN_OR_RETURN(
-      DeviceBuffer a,
-      DeviceBuffer::Allocate(context, 2 * chunk * cols * 8,
-                             "the quantization error (FP64)"));
-  ASSIGN_OR_RETURN(
-      DeviceBuffer ah,
-      DeviceBuffer::Allocate(context, 2 * chunk * cols * 8,
-                             "the error times the Hessian (FP64)"));
+  const int64_t chunk =
+      std::max<int64_t>(1, std::min<int64_t>(rows, (int64_t{16} << 20) / cols));
+  ASSIGN_OR_RETURN(DeviceBuffer a,
+                   DeviceBuffer::Allocate(context, 2 * chunk * cols * 8,
+                                          "the quantization error (FP64)"));
+  ASSIGN_OR_RETURN(DeviceBuffer ah, DeviceBuffer::Allocate(
+                                        context, 2 * chunk * cols * 8,
+                                        "the error times the Hessian (FP64)"));
   ASSIGN_OR_RETURN(DeviceBuffer dots,
                    DeviceBuffer::Allocate(context, 2 * chunk * 8, "row sums"));
   std::vector<double> host(static_cast<size_t>(2 * chunk));
