@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
   build-essential cmake ninja-build pkg-config python3 python3-numpy
+  python3-yaml
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev nlohmann-json3-dev
   libsqlite3-dev libssl-dev libopenblas-dev liblapacke-dev libsentencepiece-dev
@@ -38,4 +39,15 @@ if [[ "${QS_SKIP_NODE:-0}" != 1 ]] &&
   (cd .cache/node && npm install --omit=optional --no-audit --no-fund \
      --loglevel=error) || echo "warning: node-llama-cpp not installed;" \
        "the llama.cpp conformance test will be skipped"
+fi
+
+# The Kubernetes schemas deploy/k8s is validated against (offline, in the
+# deploy_k8s test). Optional like node-llama-cpp: QS_SKIP_NODE=1 skips it.
+if [[ "${QS_SKIP_NODE:-0}" != 1 ]] &&
+   [[ ! -d .cache/node-deploy/node_modules/kubernetes-models ]]; then
+  mkdir -p .cache/node-deploy
+  cp tests/deploy/package.json .cache/node-deploy/package.json
+  (cd .cache/node-deploy && npm install --no-audit --no-fund \
+     --loglevel=error) || echo "warning: kubernetes-models not installed;" \
+       "the deploy_k8s test will be skipped"
 fi

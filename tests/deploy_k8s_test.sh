@@ -1,0 +1,89 @@
+#!/bin/bash
+# deploy/k8s checked with the real tools: every overlay renders with
+# `kubectl kustomize`, and every object it renders validates against the
+# Kubernetes API schemas offline (npm's kubernetes-models and
+# @kubernetes-models/prometheus-operator, tests/deploy/validate_manifests.mjs).
+# The validator is shown to fail on a bad value before it is trusted.
+#
+# usage: deploy_k8s_test.sh NODE_MODULES   (scripts/install_deps.sh puts the
+# packages of tests/deploy/package.json in .cache/node-deploy/node_modules)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+modules=${1:-$root/.cache/node-deploy/node_modules}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+command -v kubectl >/dev/null || { echo "SKIP: no kubectl"; exit 77; }
+[[ -d $modules/kubernetes-models ]] ||
+  { echo "SKIP: no kubernetes-models in $modules (scripts/install_deps.sh)"; exit 77; }
+fail() { echo "FAIL: $*"; exit 1; }
+
+to_json() {  # YAML stream -> JSON array of its objects
+  python3 -c 'import json, sys, yaml
+json.dump([o for o in yaml.safe_load_all(sys.stdin) if o], sys.stdout)'
+}
+
+overlays=$(cd "$root/deploy/k8s/overlays" && ls)
+for overlay in $overlays; do
+  kubectl kustomize "$root/deploy/k8s/overlays/$overlay" >"$work/$overlay.yaml" ||
+    fail "kubectl kustomize deploy/k8s/overlays/$overlay"
+  to_json <"$work/$overlay.yaml" >"$work/$overlay.json"
+  node "$here/deploy/validate_manifests.mjs" "$work/$overlay.json" "$modules" \
+    >"$work/$overlay.log" || { cat "$work/$overlay.log"; fail "overlay $overlay"; }
+  echo "PASS: overlay $overlay: $(tail -n 1 "$work/$overlay.log")"
+done
+
+# What every overlay must hold.
+for overlay in $overlays; do
+  python3 - "$work/$overlay.json" "$overlay" <<'PY' || fail "overlay $overlay lacks a required piece"
+import json, sys
+objects = json.load(open(sys.argv[1]))
+kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
+need = {("StatefulSet", "quant-coordinator"), ("Service", "quant-coordinator"),
+        ("PodDisruptionBudget", "quant-coordinator"),
+        ("Deployment", "quant-worker-cpu"),
+        ("PersistentVolumeClaim", "quant-models"),
+        ("PersistentVolumeClaim", "quant-outputs"),
+        ("Secret", "quant-credentials")}
+missing = need - kinds
+assert not missing, missing
+service = next(o for o in objects if o["kind"] == "Service")
+assert {p["name"] for p in service["spec"]["ports"]} == {"grpc", "metrics"}
+coordinator = next(o for o in objects if o["kind"] == "StatefulSet")
+container = coordinator["spec"]["template"]["spec"]["containers"][0]
+for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+    assert "grpc" in container[probe], probe
+models = next(o for o in objects if o["metadata"]["name"] == "quant-models")
+assert models["spec"]["accessModes"] == ["ReadOnlyMany"]
+for o in objects:
+    if o["kind"] in ("Deployment", "StatefulSet"):
+        spec = o["spec"]["template"]["spec"]
+        assert spec["securityContext"]["runAsNonRoot"], o["metadata"]["name"]
+        assert o["metadata"].get("namespace") == "quant", o["metadata"]["name"]
+if sys.argv[2] == "gpu":
+    gpu = next(o for o in objects if o["metadata"]["name"] == "quant-worker-gpu")
+    spec = gpu["spec"]["template"]["spec"]
+    assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
+    assert "--backend=cuda" in spec["containers"][0]["command"]
+PY
+  echo "PASS: overlay $overlay holds the coordinator, workers, volumes, probes"
+done
+
+# The validator fails on a wrong value (a test that cannot fail is no test).
+python3 - "$work/cpu.json" "$work/broken.json" <<'PY'
+import json, sys
+objects = json.load(open(sys.argv[1]))
+for o in objects:
+    if o["kind"] == "StatefulSet":
+        o["spec"]["replicas"] = "one"
+json.dump(objects, open(sys.argv[2], "w"))
+PY
+if node "$here/deploy/validate_manifests.mjs" "$work/broken.json" "$modules" \
+  >"$work/broken.log"; then
+  fail "a StatefulSet with replicas: \"one\" validated"
+fi
+grep -q "replicas must be integer" "$work/broken.log" ||
+  fail "the broken StatefulSet failed for another reason: $(grep FAIL "$work/broken.log")"
+echo "PASS: a wrong value fails validation"
