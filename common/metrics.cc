@@ -130,11 +130,11 @@ void ServiceMetrics::SetJobProgress(absl::string_view job_id, double fraction) {
   if (fraction < 0) fraction = 0;
   if (fraction > 1) fraction = 1;
   absl::MutexLock lock(&job_progress_mu_);
-  job_progress_->Add(Label("job", job_id)).Set(fraction);
+  job_progress_->Add(Label("job_id", job_id)).Set(fraction);
 }
 
 void ServiceMetrics::RemoveJobProgress(absl::string_view job_id) {
-  const prometheus::Labels labels = Label("job", job_id);
+  const prometheus::Labels labels = Label("job_id", job_id);
   absl::MutexLock lock(&job_progress_mu_);
   if (!job_progress_->Has(labels)) return;
   job_progress_->Remove(&job_progress_->Add(labels));

@@ -58,9 +58,10 @@ class ServiceMetrics {
   void SetActiveWorkers(absl::string_view backend, double count);
   // quant_queue_depth: tasks ready and waiting for a worker.
   void SetQueueDepth(double count);
-  // quant_job_progress_ratio{job}: 0..1 (clamped).
+  // quant_job_progress_ratio{job_id}: 0..1 (clamped); not "job", which
+  // Prometheus sets to the scrape job.
   void SetJobProgress(absl::string_view job_id, double fraction);
-  // Removes the quant_job_progress_ratio{job=job_id} series, so finished jobs
+  // Removes the quant_job_progress_ratio{job_id=...} series, so finished jobs
   // do not accumulate; a no-op when there is none.
   void RemoveJobProgress(absl::string_view job_id);
 

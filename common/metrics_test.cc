@@ -123,7 +123,7 @@ TEST(ServiceMetricsTest, CountersAndGauges) {
            "quant_workers_active{backend=\"cuda\"} 4\n",
            "quant_workers_active{backend=\"cpu\"} 1\n",
            "quant_queue_depth 17\n",
-           "quant_job_progress_ratio{job=\"job-1\"} 0.25\n",
+           "quant_job_progress_ratio{job_id=\"job-1\"} 0.25\n",
            "quant_worker_tasks_total{kind=\"block\",outcome=\"done\"} 2\n",
            "quant_worker_tasks_total{kind=\"block\",outcome=\"released\"} 1\n",
            "quant_worker_busy 1\n",
@@ -143,15 +143,15 @@ TEST(ServiceMetricsTest, JobProgressIsClampedAndRemovable) {
   m.SetJobProgress("c", -1);
   m.SetJobProgress("a", 0.75);
   std::string text = m.TextExposition();
-  EXPECT_THAT(text, HasSubstr("quant_job_progress_ratio{job=\"a\"} 0.75\n"));
-  EXPECT_THAT(text, HasSubstr("quant_job_progress_ratio{job=\"b\"} 1\n"));
-  EXPECT_THAT(text, HasSubstr("quant_job_progress_ratio{job=\"c\"} 0\n"));
+  EXPECT_THAT(text, HasSubstr("quant_job_progress_ratio{job_id=\"a\"} 0.75\n"));
+  EXPECT_THAT(text, HasSubstr("quant_job_progress_ratio{job_id=\"b\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("quant_job_progress_ratio{job_id=\"c\"} 0\n"));
 
   m.RemoveJobProgress("a");
   m.RemoveJobProgress("never-set");  // No-op.
   text = m.TextExposition();
   EXPECT_THAT(text, Not(HasSubstr("job=\"a\"")));
-  EXPECT_THAT(text, HasSubstr("quant_job_progress_ratio{job=\"b\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("quant_job_progress_ratio{job_id=\"b\"} 1\n"));
   m.RemoveJobProgress("b");
   m.RemoveJobProgress("c");
   EXPECT_THAT(m.TextExposition(), Not(HasSubstr("quant_job_progress_ratio{")));
@@ -159,7 +159,7 @@ TEST(ServiceMetricsTest, JobProgressIsClampedAndRemovable) {
   // A removed job can come back.
   m.SetJobProgress("a", 0.1);
   EXPECT_THAT(m.TextExposition(),
-              HasSubstr("quant_job_progress_ratio{job=\"a\"} 0.1\n"));
+              HasSubstr("quant_job_progress_ratio{job_id=\"a\"} 0.1\n"));
 }
 
 TEST(ServiceMetricsTest, TaskDurationHistogram) {

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
   build-essential cmake ninja-build pkg-config python3 python3-numpy
-  python3-yaml
+  python3-yaml prometheus
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev nlohmann-json3-dev
   libsqlite3-dev libssl-dev libopenblas-dev liblapacke-dev libsentencepiece-dev
