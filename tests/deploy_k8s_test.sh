@@ -36,8 +36,8 @@ done
 
 # What every overlay must hold.
 for overlay in $overlays; do
-  python3 - "$work/$overlay.json" "$overlay" <<'PY' || fail "overlay $overlay lacks a required piece"
-import json, sys
+  python3 - "$work/$overlay.json" "$overlay" "$root" <<'PY' || fail "overlay $overlay lacks a required piece"
+import json, sys, yaml
 objects = json.load(open(sys.argv[1]))
 kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
 need = {("StatefulSet", "quant-coordinator"), ("Service", "quant-coordinator"),
@@ -61,6 +61,21 @@ for o in objects:
         spec = o["spec"]["template"]["spec"]
         assert spec["securityContext"]["runAsNonRoot"], o["metadata"]["name"]
         assert o["metadata"].get("namespace") == "quant", o["metadata"]["name"]
+# Monitoring: the alerts are deploy/prometheus's, the dashboard is
+# deploy/grafana's, and what they point at exists.
+root = sys.argv[3]
+rule = next(o for o in objects if o["kind"] == "PrometheusRule")
+assert rule["spec"] == yaml.safe_load(
+    open(root + "/deploy/prometheus/alerts.yaml")), "PrometheusRule != alerts.yaml"
+board = next(o for o in objects if o["metadata"]["name"] == "quant-dashboard")
+assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
+assert json.loads(board["data"]["quant-service.json"]) == json.load(
+    open(root + "/deploy/grafana/quant-service.json"))
+monitor = next(o for o in objects if o["kind"] == "ServiceMonitor")
+assert monitor["spec"]["endpoints"][0]["port"] in {
+    p["name"] for p in service["spec"]["ports"]}
+hpa = next(o for o in objects if o["kind"] == "HorizontalPodAutoscaler")
+assert ("Deployment", hpa["spec"]["scaleTargetRef"]["name"]) in kinds
 if sys.argv[2] == "gpu":
     gpu = next(o for o in objects if o["metadata"]["name"] == "quant-worker-gpu")
     spec = gpu["spec"]["template"]["spec"]
@@ -68,7 +83,7 @@ if sys.argv[2] == "gpu":
     assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
     assert "--backend=cuda" in spec["containers"][0]["command"]
 PY
-  echo "PASS: overlay $overlay holds the coordinator, workers, volumes, probes"
+  echo "PASS: overlay $overlay holds the coordinator, workers, volumes, probes, monitoring"
 done
 
 # The validator fails on a wrong value (a test that cannot fail is no test).
