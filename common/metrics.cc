@@ -78,6 +78,16 @@ ServiceMetrics::ServiceMetrics()
   worker_busy_ = &AddGauge(r, "quant_worker_busy",
                            "1 while this worker runs a task, else 0.")
                       ->Add({});
+  // Failures, retries and expiries exist at zero from the start, so that
+  // rates and increases over them have data before the first one (the task
+  // kinds of coordinator/planner.h).
+  for (const char* kind : {"embed", "forward", "block", "head"}) {
+    for (const char* fault : {"task", "infra"}) {
+      tasks_failed_->Add({{"kind", kind}, {"fault", fault}});
+    }
+    tasks_retried_->Add(Label("kind", kind));
+    tasks_released_->Add(Label("kind", kind));
+  }
 }
 
 void ServiceMetrics::SetJobs(absl::string_view state, double count) {

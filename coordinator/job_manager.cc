@@ -765,6 +765,9 @@ void JobManager::AssembleLoop() {
   }
 }
 
+// How long a succeeded job's progress stays at 1 in the metrics.
+constexpr int64_t kFinishedProgressMs = 15 * 60 * 1000;
+
 void JobManager::RefreshMetrics() {
   ServiceMetrics* metrics = options_.metrics;
   if (metrics == nullptr) return;
@@ -779,7 +782,14 @@ void JobManager::RefreshMetrics() {
     for (const JobRow& row : *jobs) {
       ++by_state[JobStateName(row.state)];
       if (IsFinal(row.state)) {
-        metrics->RemoveJobProgress(JobIdString(row.id));
+        // A job that succeeded shows 100% for a while (dashboards see it
+        // end); then, as every other final job, its series goes.
+        if (row.state == JobState::kSucceeded &&
+            clock_->NowMs() - row.update_ms < kFinishedProgressMs) {
+          metrics->SetJobProgress(JobIdString(row.id), 1.0);
+        } else {
+          metrics->RemoveJobProgress(JobIdString(row.id));
+        }
         continue;
       }
       absl::StatusOr<JobSnapshot> snapshot = scheduler_->GetJob(row.id);

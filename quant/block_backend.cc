@@ -61,8 +61,8 @@ absl::StatusOr<std::unique_ptr<BlockBackend>> MakeBlockBackend(
   if (factory) return factory(device);
   if (name == "cuda") {
     return absl::FailedPreconditionError(
-        "backend cuda: this build has no GPU backend (nvcc was not found "
-        "when it was configured)");
+        "backend cuda: this program has no GPU backend (quant-worker-cuda "
+        "and quantctl-cuda have it, built where nvcc is found)");
   }
   return absl::InvalidArgumentError(
       absl::StrCat("unknown backend \"", name, "\" (cpu or cuda)"));

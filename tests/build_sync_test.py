@@ -110,13 +110,6 @@ def main():
     problems = []
     bazel = bazel_targets()
     cmake = cmake_targets()
-    # A program built again with the GPU backend is one Bazel target more
-    # ("X_cuda", manual, the sources of "X"); CMake links the backend into
-    # X itself when nvcc is found.
-    for label in [l for l in bazel if l.endswith("_cuda") and l not in cmake]:
-        plain = label[:-len("_cuda")]
-        if plain in bazel and bazel[plain] == bazel[label]:
-            del bazel[label]
     for label in sorted(set(bazel) | set(cmake)):
         b, c = bazel.get(label), cmake.get(label)
         if b is None:
