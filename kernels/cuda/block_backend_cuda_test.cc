@@ -12,8 +12,8 @@
 #include <random>
 #include <vector>
 
-#include "format/half.h"
 #include "gtest/gtest.h"
+#include "kernels/cuda/random_block.h"
 
 namespace quant::cuda {
 namespace {
@@ -46,37 +46,6 @@ ModelSpec Spec(int64_t hidden, int64_t intermediate, int64_t heads,
   return spec;
 }
 
-std::vector<float> Bf16Values(std::mt19937& rng, int64_t n, float scale,
-                              float offset = 0) {
-  std::normal_distribution<float> normal;
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = Bf16ToFloat(FloatToBf16(offset + scale * normal(rng)));
-  return v;
-}
-
-LinearWeights RandomLinear(std::mt19937& rng, int64_t rows, int64_t cols) {
-  LinearWeights l;
-  l.rows = rows, l.cols = cols;
-  l.weight = Bf16Values(rng, rows * cols, 1.0f / std::sqrt(float(cols)));
-  return l;
-}
-
-DecoderBlockWeights RandomBlock(const ModelSpec& s, uint32_t seed) {
-  std::mt19937 rng(seed);
-  const int64_t q = s.num_heads * s.head_dim, kv = s.num_kv_heads * s.head_dim;
-  DecoderBlockWeights b;
-  b.attn_norm = Bf16Values(rng, s.hidden_size, 0.1f, 1.0f);
-  b.ffn_norm = Bf16Values(rng, s.hidden_size, 0.1f, 1.0f);
-  b.q = RandomLinear(rng, q, s.hidden_size);
-  b.k = RandomLinear(rng, kv, s.hidden_size);
-  b.v = RandomLinear(rng, kv, s.hidden_size);
-  b.o = RandomLinear(rng, s.hidden_size, q);
-  b.gate = RandomLinear(rng, s.intermediate_size, s.hidden_size);
-  b.up = RandomLinear(rng, s.intermediate_size, s.hidden_size);
-  b.down = RandomLinear(rng, s.hidden_size, s.intermediate_size);
-  return b;
-}
-
 BlockRecipe Recipe(QuantMethod method, int bits, int group_size) {
   BlockRecipe recipe;
   recipe.method = method;
@@ -97,9 +66,10 @@ struct Case {
 Case MakeCase(const ModelSpec& spec, uint32_t seed) {
   Case c;
   c.spec = spec;
-  c.block = RandomBlock(spec, seed);
+  c.block = RandomBf16Block(spec, seed, /*attention_biases=*/false);
   std::mt19937 rng(seed + 1);
-  c.hidden = Bf16Values(rng, c.sequences * c.seq_len * spec.hidden_size, 1.0f);
+  c.hidden =
+      RandomBf16Values(rng, c.sequences * c.seq_len * spec.hidden_size, 1.0f);
   return c;
 }
 

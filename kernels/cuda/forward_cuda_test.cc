@@ -10,9 +10,9 @@
 #include <random>
 #include <vector>
 
-#include "format/half.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda/hessian_cuda.h"
+#include "kernels/cuda/random_block.h"
 #include "quant/hessian.h"
 
 namespace quant::cuda {
@@ -48,39 +48,6 @@ ModelSpec OddSpec() {
   return spec;
 }
 
-std::vector<float> Bf16Values(std::mt19937& rng, int64_t n, float scale,
-                              float offset = 0) {
-  std::normal_distribution<float> normal;
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = Bf16ToFloat(FloatToBf16(offset + scale * normal(rng)));
-  return v;
-}
-
-LinearWeights RandomLinear(std::mt19937& rng, int64_t rows, int64_t cols,
-                           bool bias) {
-  LinearWeights l;
-  l.rows = rows, l.cols = cols;
-  l.weight = Bf16Values(rng, rows * cols, 1.0f / std::sqrt(float(cols)));
-  if (bias) l.bias = Bf16Values(rng, rows, 0.1f);
-  return l;
-}
-
-DecoderBlockWeights RandomBlock(const ModelSpec& s, uint32_t seed) {
-  std::mt19937 rng(seed);
-  const int64_t q = s.num_heads * s.head_dim, kv = s.num_kv_heads * s.head_dim;
-  DecoderBlockWeights b;
-  b.attn_norm = Bf16Values(rng, s.hidden_size, 0.1f, 1.0f);
-  b.ffn_norm = Bf16Values(rng, s.hidden_size, 0.1f, 1.0f);
-  b.q = RandomLinear(rng, q, s.hidden_size, true);
-  b.k = RandomLinear(rng, kv, s.hidden_size, true);
-  b.v = RandomLinear(rng, kv, s.hidden_size, true);
-  b.o = RandomLinear(rng, s.hidden_size, q, true);
-  b.gate = RandomLinear(rng, s.intermediate_size, s.hidden_size, false);
-  b.up = RandomLinear(rng, s.intermediate_size, s.hidden_size, false);
-  b.down = RandomLinear(rng, s.hidden_size, s.intermediate_size, false);
-  return b;
-}
-
 DeviceBuffer Upload(const CudaContext& context, const std::vector<float>& x) {
   absl::StatusOr<DeviceBuffer> d =
       DeviceBuffer::Allocate(context, x.size() * 4, "test data");
@@ -110,9 +77,10 @@ TEST(ForwardCudaTest, MatchesTheCpuForwardAndItsLinearInputs) {
   const ModelSpec spec = OddSpec();
   const int64_t sequences = 3, seq_len = 37;
   const int64_t n = sequences * seq_len;
-  const DecoderBlockWeights block = RandomBlock(spec, 5);
+  const DecoderBlockWeights block =
+      RandomBf16Block(spec, 5, /*attention_biases=*/true);
   std::mt19937 rng(9);
-  std::vector<float> hidden = Bf16Values(rng, n * spec.hidden_size, 1.0f);
+  std::vector<float> hidden = RandomBf16Values(rng, n * spec.hidden_size, 1.0f);
 
   const LlamaForward cpu(spec, seq_len);
   std::vector<float> want = hidden;
@@ -183,7 +151,8 @@ TEST(ForwardCudaTest, AnObserverEndsThePassAndBadShapesAreRefused) {
   std::unique_ptr<CudaContext> context = OpenGpu();
   REQUIRE_GPU(context);
   const ModelSpec spec = OddSpec();
-  const DecoderBlockWeights block = RandomBlock(spec, 6);
+  const DecoderBlockWeights block =
+      RandomBf16Block(spec, 6, /*attention_biases=*/true);
   const LlamaForward cpu(spec, 8);
   absl::StatusOr<std::unique_ptr<CudaForward>> gpu =
       CudaForward::Create(*context, cpu);
@@ -191,7 +160,7 @@ TEST(ForwardCudaTest, AnObserverEndsThePassAndBadShapesAreRefused) {
   absl::StatusOr<DeviceBlockWeights> weights = UploadBlock(*context, block);
   ASSERT_TRUE(weights.ok()) << weights.status();
   std::mt19937 rng(2);
-  const std::vector<float> hidden = Bf16Values(rng, 2 * 8 * 96, 1.0f);
+  const std::vector<float> hidden = RandomBf16Values(rng, 2 * 8 * 96, 1.0f);
   DeviceBuffer h = Upload(*context, hidden);
   std::vector<BlockInput> seen;
   ASSERT_TRUE((*gpu)
