@@ -32,7 +32,7 @@ std::string JobPlan::ToJson() const {
       {"seq_len", seq_len},           {"norm_dtype", norm_dtype},
       {"linear_types", linear_types}, {"head_types", head_types},
       {"embed_bytes", embed_bytes},   {"forward_bytes", forward_bytes},
-      {"block_bytes", block_bytes},   {"gpu_blocks", gpu_blocks}};
+      {"block_bytes", block_bytes}};
   return j.dump();
 }
 
@@ -76,7 +76,6 @@ absl::StatusOr<JobPlan> JobPlan::FromJson(const std::string& json) {
   plan.embed_bytes = j.value("embed_bytes", int64_t{0});
   plan.forward_bytes = j.value("forward_bytes", int64_t{0});
   plan.block_bytes = j.value("block_bytes", int64_t{0});
-  plan.gpu_blocks = j.value("gpu_blocks", true);
   return plan;
 }
 
@@ -124,7 +123,6 @@ absl::StatusOr<PlannedJob> PlanJob(v1::Mode mode,
   plan.embed_bytes = spec.vocab_size * dim * 4 + activations;
   plan.forward_bytes = 2 * block_params * 4 + activations + scratch;
   plan.block_bytes = 4 * block_params * 4 + activations + scratch + hessian;
-  plan.gpu_blocks = options.method != QuantMethod::kAwq;
 
   const int layers = plan.num_layers;
   if (!calibrated) {

@@ -54,10 +54,6 @@ struct JobPlan {
   int64_t embed_bytes = 0;
   int64_t forward_bytes = 0;
   int64_t block_bytes = 0;
-  // Whether a GPU backend computes this job's block tasks (not AWQ's, whose
-  // searches run on the CPU engine): then they go to GPU workers while any
-  // is registered.
-  bool gpu_blocks = true;
 
   std::string ToJson() const;
   static absl::StatusOr<JobPlan> FromJson(const std::string& json);

@@ -135,8 +135,8 @@ bool Scheduler::HasGpuWorker(int64_t now) const {
 bool Scheduler::Fits(const WorkerInfo& worker, const ActiveJob& job,
                      const TaskRow& task, bool gpu_pool) const {
   const v1::Capabilities& caps = worker.capabilities;
-  const bool gpu_task = task.kind == kForwardTask ||
-                        (task.kind == kBlockTask && job.plan.gpu_blocks);
+  const bool gpu_task =
+      task.kind == kForwardTask || task.kind == kBlockTask;
   if (gpu_pool && gpu_task && caps.backend() != v1::BACKEND_CUDA) {
     return false;
   }

@@ -14,9 +14,8 @@
 // - Capability matching: a task goes only to a worker with the memory it
 //   needs (an unknown memory size fits anything). Block and forward tasks
 //   go to GPU workers while any is registered (CPU workers then take the
-//   other kinds, and AWQ's blocks, which the GPU backend does not compute);
-//   a GPU worker takes any task (its CPU engine runs what its device does
-//   not).
+//   other kinds); a GPU worker takes any task (its CPU engine runs what its
+//   device does not).
 //
 // Leases, epochs and committed tasks are durable: a coordinator restarted
 // on the same store continues every unfinished job where it stopped, and a

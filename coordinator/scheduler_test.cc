@@ -291,20 +291,15 @@ TEST_F(SchedulerTest, BlockTasksGoToGpuWorkersWhileThereAreAny) {
   EXPECT_EQ(block1.task.layer, 1);
 }
 
-TEST_F(SchedulerTest, AwqBlocksStayWithCpuWorkersAndGpuWorkersTakeAnything) {
-  JobPlan plan = SmallPlan();
-  plan.gpu_blocks = false;  // AWQ: the GPU backend does not compute it.
+TEST_F(SchedulerTest, GpuWorkersTakeAnyKindOfTask) {
   JobRow job;
   job.spec = "spec";
-  ASSERT_TRUE(scheduler_->AddJob(job, plan, ChainTasks()).ok());
+  ASSERT_TRUE(scheduler_->AddJob(job, SmallPlan(), ChainTasks()).ok());
   const std::string gpu = scheduler_->RegisterWorker("g", Gpu());
-  const std::string cpu = scheduler_->RegisterWorker("c", Cpu());
-  const Lease embed = MustLease(gpu);  // A GPU worker takes any kind.
+  const Lease embed = MustLease(gpu);
+  EXPECT_EQ(embed.task.kind, kEmbedTask);
   ASSERT_TRUE(Complete(embed, gpu).ok());
-  EXPECT_EQ(MustLease(cpu).task.kind, kBlockTask);
-  // The plan's flag survives the store.
-  EXPECT_FALSE(JobPlan::FromJson(plan.ToJson())->gpu_blocks);
-  EXPECT_TRUE(JobPlan::FromJson(SmallPlan().ToJson())->gpu_blocks);
+  EXPECT_EQ(MustLease(gpu).task.kind, kBlockTask);
 }
 
 TEST_F(SchedulerTest, ARestartKeepsCommittedTasksAndLiveLeases) {

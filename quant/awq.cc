@@ -10,9 +10,9 @@
 #include "common/status_macros.h"
 
 namespace quant {
-namespace {
 
-absl::Status CheckFormat(int64_t rows, int64_t cols, int bits, int group_size) {
+absl::Status CheckAwqFormat(int64_t rows, int64_t cols, int bits,
+                            int group_size) {
   if (bits < 2 || bits > 8) {
     return absl::InvalidArgumentError(
         absl::StrCat("AWQ bits must be 2 to 8, not ", bits));
@@ -30,6 +30,8 @@ absl::Status CheckFormat(int64_t rows, int64_t cols, int bits, int group_size) {
   return absl::OkStatus();
 }
 
+namespace {
+
 // The dequantized weights of AwqQuantize, for the searches.
 std::vector<float> PseudoQuantize(const float* w, int64_t rows, int64_t cols,
                                   int bits, int group_size, bool zero_point) {
@@ -43,7 +45,7 @@ std::vector<float> PseudoQuantize(const float* w, int64_t rows, int64_t cols,
 absl::StatusOr<QuantizedLinear> AwqQuantize(const float* w, int64_t rows,
                                             int64_t cols, int bits,
                                             int group_size, bool zero_point) {
-  RETURN_IF_ERROR(CheckFormat(rows, cols, bits, group_size));
+  RETURN_IF_ERROR(CheckAwqFormat(rows, cols, bits, group_size));
   const int64_t width = group_size < 0 ? cols : group_size;
   const int64_t groups = cols / width;
   const int maxq = (1 << bits) - 1;
@@ -110,14 +112,33 @@ absl::StatusOr<AwqScaleSearchResult> SearchAwqScales(
       return absl::InvalidArgumentError(
           "the linears of one AWQ group must share their input");
     }
-    RETURN_IF_ERROR(CheckFormat(linears[i]->rows, cols, formats[i].bits,
-                                formats[i].group_size));
+    RETURN_IF_ERROR(CheckAwqFormat(linears[i]->rows, cols, formats[i].bits,
+                                   formats[i].group_size));
   }
-  const int group_size = formats[0].group_size;
-  if (options.n_grid < 1) {
-    return absl::InvalidArgumentError("AWQ n_grid must be positive");
-  }
-  // w_mean: |w| relative to its group's max, averaged over every row.
+  auto quantized_with = [&](const std::vector<float>& s) {
+    std::vector<LinearWeights> replaced;
+    for (size_t i = 0; i < linears.size(); ++i) {
+      const WeightFormat& f = formats[i];
+      LinearWeights scaled = *linears[i];
+      ScaleInputColumns(s, scaled);
+      scaled.weight = PseudoQuantize(scaled.weight.data(), scaled.rows, cols,
+                                     f.bits, f.group_size, !f.sym);
+      std::vector<float> inverse(s.size());
+      for (size_t i = 0; i < s.size(); ++i) inverse[i] = 1.0f / s[i];
+      ScaleInputColumns(inverse, scaled);
+      replaced.push_back(std::move(scaled));
+    }
+    return replaced;
+  };
+  return SearchAwqScaleGrid(
+      x_mean, AwqWeightMean(linears, formats[0].group_size), options,
+      [&](const std::vector<float>& s) { return loss(quantized_with(s)); });
+}
+
+std::vector<double> AwqWeightMean(
+    const std::vector<const LinearWeights*>& linears, int group_size) {
+  // |w| relative to its group's max, averaged over every row.
+  const int64_t cols = linears[0]->cols;
   const int64_t width = group_size < 0 ? cols : group_size;
   std::vector<double> w_mean(static_cast<size_t>(cols), 0.0);
   int64_t total_rows = 0;
@@ -135,27 +156,25 @@ absl::StatusOr<AwqScaleSearchResult> SearchAwqScales(
     total_rows += linear->rows;
   }
   for (double& m : w_mean) m /= static_cast<double>(total_rows);
+  return w_mean;
+}
 
-  auto quantized_with = [&](const std::vector<float>& s) {
-    std::vector<LinearWeights> replaced;
-    for (size_t i = 0; i < linears.size(); ++i) {
-      const WeightFormat& f = formats[i];
-      LinearWeights scaled = *linears[i];
-      ScaleInputColumns(s, scaled);
-      scaled.weight = PseudoQuantize(scaled.weight.data(), scaled.rows, cols,
-                                     f.bits, f.group_size, !f.sym);
-      std::vector<float> inverse(s.size());
-      for (size_t i = 0; i < s.size(); ++i) inverse[i] = 1.0f / s[i];
-      ScaleInputColumns(inverse, scaled);
-      replaced.push_back(std::move(scaled));
-    }
-    return replaced;
-  };
-
+absl::StatusOr<AwqScaleSearchResult> SearchAwqScaleGrid(
+    const std::vector<double>& x_mean, const std::vector<double>& w_mean,
+    const AwqOptions& options, const AwqScalesLossFn& loss) {
+  if (options.n_grid < 1) {
+    return absl::InvalidArgumentError("AWQ n_grid must be positive");
+  }
+  if (x_mean.size() != w_mean.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(x_mean.size(), " activation means for ", w_mean.size(),
+                     " weight columns"));
+  }
+  const int64_t cols = static_cast<int64_t>(x_mean.size());
   AwqScaleSearchResult best;
   best.loss = std::numeric_limits<double>::infinity();
   const std::vector<float> ones(static_cast<size_t>(cols), 1.0f);
-  ASSIGN_OR_RETURN(best.loss_unscaled, loss(quantized_with(ones)));
+  ASSIGN_OR_RETURN(best.loss_unscaled, loss(ones));
   for (int i = 0; i < options.n_grid; ++i) {
     const double ratio = static_cast<double>(i) / options.n_grid;
     std::vector<double> s(static_cast<size_t>(cols));
@@ -171,7 +190,7 @@ absl::StatusOr<AwqScaleSearchResult> SearchAwqScales(
     std::vector<float> scales(static_cast<size_t>(cols));
     for (int64_t c = 0; c < cols; ++c)
       scales[c] = static_cast<float>(s[c] / norm);
-    ASSIGN_OR_RETURN(const double value, loss(quantized_with(scales)));
+    ASSIGN_OR_RETURN(const double value, loss(scales));
     if (value < best.loss) {
       best.loss = value;
       best.ratio = ratio;
@@ -207,7 +226,7 @@ absl::Status ClipAwq(const float* x, int64_t tokens, const WeightFormat& format,
                      const AwqOptions& options, LinearWeights& linear) {
   const int64_t rows = linear.rows, cols = linear.cols;
   const int bits = format.bits, group_size = format.group_size;
-  RETURN_IF_ERROR(CheckFormat(rows, cols, bits, group_size));
+  RETURN_IF_ERROR(CheckAwqFormat(rows, cols, bits, group_size));
   if (tokens < 1) return absl::InvalidArgumentError("no tokens to clip on");
   const int64_t width = group_size < 0 ? cols : group_size;
   const int64_t groups = cols / width;

@@ -61,6 +61,11 @@ struct AwqScaleSearchResult {
 using AwqLossFn =
     std::function<absl::StatusOr<double>(const std::vector<LinearWeights>&)>;
 
+// InvalidArgument unless `bits` is 2 to 8 and `group_size` (-1: whole rows)
+// divides the columns of a non-empty [rows, cols] weight.
+absl::Status CheckAwqFormat(int64_t rows, int64_t cols, int bits,
+                            int group_size);
+
 // Grid search over r: s = (x_mean^r / (w_mean^(1 - r) + 1e-4)) (duo) or
 // x_mean^r, clamped at 1e-4, normalized by sqrt(max s * min s); keeps the
 // s of least loss. w_mean is the mean over rows of |w| / max|w| of its
@@ -71,6 +76,17 @@ absl::StatusOr<AwqScaleSearchResult> SearchAwqScales(
     const std::vector<const LinearWeights*>& linears,
     const std::vector<WeightFormat>& formats, const std::vector<double>& x_mean,
     const AwqOptions& options, const AwqLossFn& loss);
+
+// The two halves of SearchAwqScales, for a backend that evaluates its
+// candidates elsewhere: w_mean of the linears (group size `group_size`) ...
+std::vector<double> AwqWeightMean(
+    const std::vector<const LinearWeights*>& linears, int group_size);
+// ... and the grid search given a loss for candidate input-channel scales.
+using AwqScalesLossFn =
+    std::function<absl::StatusOr<double>(const std::vector<float>& scales)>;
+absl::StatusOr<AwqScaleSearchResult> SearchAwqScaleGrid(
+    const std::vector<double>& x_mean, const std::vector<double>& w_mean,
+    const AwqOptions& options, const AwqScalesLossFn& loss);
 
 // Multiplies the input columns of `linear` by `scales`.
 void ScaleInputColumns(const std::vector<float>& scales, LinearWeights& linear);

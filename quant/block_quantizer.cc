@@ -38,13 +38,6 @@ float RoundTo(SafetensorsDType dtype, float x) {
   }
 }
 
-// A linear left in floating point computes with its stored values.
-void RoundToStoredDtype(const BlockRecipe& recipe, int linear,
-                        DecoderBlockWeights& block) {
-  for (float& w : BlockLinear(block, linear).weight) {
-    w = RoundTo(recipe.keep_fp[linear]->dtype, w);
-  }
-}
 
 // What one pass over the calibration sequences collects per block input.
 struct Capture {
@@ -320,32 +313,9 @@ class BlockQuantizer {
     const int64_t dim = forward_.spec().hidden_size;
     const int64_t kept_tokens = keep * seq_len_;
 
-    // AWQ's groups: (scaled linears, input, module whose output is
-    // measured); all searched on the FP block before any is applied.
-    struct Group {
-      std::vector<int> linears;
-      BlockInput input;
-    };
-    std::vector<Group> groups = {{{kQ, kK, kV}, BlockInput::kAttention}};
-    if (block.v.rows == block.o.cols) {  // Not with grouped-query attention.
-      groups.push_back({{kO}, BlockInput::kAttentionOutput});
-    }
-    groups.push_back({{kGate, kUp}, BlockInput::kMlp});
-    groups.push_back({{kDown}, BlockInput::kMlpOutput});
-    // A group whose readers all stay in floating point has nothing to
-    // protect; in the others a kept reader is scaled with its group (an
-    // exact rewrite) but searched as what it is, unquantized.
-    groups.erase(std::remove_if(groups.begin(), groups.end(),
-                                [&](const Group& group) {
-                                  return std::all_of(
-                                      group.linears.begin(),
-                                      group.linears.end(),
-                                      [&](int i) { return StaysFp(i); });
-                                }),
-                 groups.end());
-
+    const std::vector<AwqGroup> groups = AwqGroups(block, recipe_);
     std::vector<std::vector<float>> group_scales;
-    for (const Group& group : groups) {
+    for (const AwqGroup& group : groups) {
       const int input = static_cast<int>(group.input);
       const std::vector<float>& x = capture_.kept[input];
       // The module output the search compares against the FP one.
@@ -401,31 +371,11 @@ class BlockQuantizer {
       group_scales.push_back(found.scales);
     }
 
-    // Fold: the producer of each input is divided by s, its readers'
-    // columns multiplied; the captured statistics follow.
+    // Fold; the captured statistics follow.
     for (size_t g = 0; g < groups.size(); ++g) {
       const std::vector<float>& s = group_scales[g];
       const int input = static_cast<int>(groups[g].input);
-      switch (groups[g].input) {
-        case BlockInput::kAttention:
-        case BlockInput::kMlp: {
-          std::vector<float>& norm = groups[g].input == BlockInput::kAttention
-                                         ? block.attn_norm
-                                         : block.ffn_norm;
-          for (size_t c = 0; c < norm.size(); ++c) {
-            norm[c] = RoundTo(recipe_.norm_dtype, norm[c] / s[c]);
-          }
-          break;
-        }
-        case BlockInput::kAttentionOutput:
-          DivideOutputRows(s, block.v);
-          break;
-        case BlockInput::kMlpOutput:
-          DivideOutputRows(s, block.up);
-          break;
-      }
-      for (int i : groups[g].linears)
-        ScaleInputColumns(s, BlockLinear(block, i));
+      FoldAwqScales(groups[g], s, recipe_.norm_dtype, block);
       const int64_t width = static_cast<int64_t>(s.size());
       for (std::vector<float>* x :
            {&capture_.kept[input], &capture_.sampled[input]}) {
@@ -434,12 +384,10 @@ class BlockQuantizer {
       hessian_cache_.emplace(input, capture_.hessians[input]->Hessian());
       ScaleHessian(s, hessian_cache_[input]);
     }
+    RoundKeptLinears(recipe_, block);  // As scaled.
 
     for (int i = 0; i < kBlockLinears; ++i) {
-      if (StaysFp(i)) {
-        RoundToStoredDtype(recipe_, i, block);  // As scaled.
-        continue;
-      }
+      if (StaysFp(i)) continue;
       const auto start = std::chrono::steady_clock::now();
       LinearWeights& linear = BlockLinear(block, i);
       const WeightFormat& f = recipe_.formats[i];
@@ -488,6 +436,61 @@ BlockInput LinearInput(int index) {
   }
 }
 
+std::vector<AwqGroup> AwqGroups(const DecoderBlockWeights& block,
+                                const BlockRecipe& recipe) {
+  std::vector<AwqGroup> groups = {{{kQ, kK, kV}, BlockInput::kAttention}};
+  if (block.v.rows == block.o.cols) {  // Not with grouped-query attention.
+    groups.push_back({{kO}, BlockInput::kAttentionOutput});
+  }
+  groups.push_back({{kGate, kUp}, BlockInput::kMlp});
+  groups.push_back({{kDown}, BlockInput::kMlpOutput});
+  // A group whose readers all stay in floating point has nothing to
+  // protect; in the others a kept reader is scaled with its group (an
+  // exact rewrite) but searched as what it is, unquantized.
+  groups.erase(std::remove_if(groups.begin(), groups.end(),
+                              [&](const AwqGroup& group) {
+                                return std::all_of(
+                                    group.linears.begin(), group.linears.end(),
+                                    [&](int i) {
+                                      return recipe.keep_fp[i].has_value();
+                                    });
+                              }),
+               groups.end());
+  return groups;
+}
+
+void RoundKeptLinears(const BlockRecipe& recipe, DecoderBlockWeights& block) {
+  for (int i = 0; i < kBlockLinears; ++i) {
+    if (!recipe.keep_fp[i].has_value()) continue;
+    for (float& w : BlockLinear(block, i).weight) {
+      w = RoundTo(recipe.keep_fp[i]->dtype, w);
+    }
+  }
+}
+
+void FoldAwqScales(const AwqGroup& group, const std::vector<float>& s,
+                   SafetensorsDType norm_dtype, DecoderBlockWeights& block) {
+  switch (group.input) {
+    case BlockInput::kAttention:
+    case BlockInput::kMlp: {
+      std::vector<float>& norm = group.input == BlockInput::kAttention
+                                     ? block.attn_norm
+                                     : block.ffn_norm;
+      for (size_t c = 0; c < norm.size(); ++c) {
+        norm[c] = RoundTo(norm_dtype, norm[c] / s[c]);
+      }
+      break;
+    }
+    case BlockInput::kAttentionOutput:
+      DivideOutputRows(s, block.v);
+      break;
+    case BlockInput::kMlpOutput:
+      DivideOutputRows(s, block.up);
+      break;
+  }
+  for (int i : group.linears) ScaleInputColumns(s, BlockLinear(block, i));
+}
+
 absl::StatusOr<BlockResult> StartBlockResult(DecoderBlockWeights block,
                                              const BlockRecipe& recipe,
                                              int64_t sequences,
@@ -509,12 +512,12 @@ absl::StatusOr<BlockResult> StartBlockResult(DecoderBlockWeights block,
     if (recipe.keep_fp[i].has_value()) {
       report.kept_fp = recipe.keep_fp[i]->reason;
       report.proxy_loss = report.relative_output_error = 0;
-      RoundToStoredDtype(recipe, i, result.weights);
       continue;
     }
     report.bits = recipe.formats[i].bits;
     report.group_size = recipe.formats[i].group_size;
   }
+  RoundKeptLinears(recipe, result.weights);
   return result;
 }
 

@@ -115,6 +115,28 @@ struct BlockResult {
 // The block input linear `index` reads.
 BlockInput LinearInput(int index);
 
+// AWQ's groups of a block: linears scaled together and the input they
+// share, whose module output (attention, MLP, or the linear) the search
+// measures; in block order, each module reading only its own group's
+// linears and later groups'. Groups whose linears all stay in floating point
+// are left out.
+struct AwqGroup {
+  std::vector<int> linears;
+  BlockInput input;
+};
+std::vector<AwqGroup> AwqGroups(const DecoderBlockWeights& block,
+                                const BlockRecipe& recipe);
+
+// Rounds the linears that stay in floating point to their stored dtype (they
+// compute with their stored values).
+void RoundKeptLinears(const BlockRecipe& recipe, DecoderBlockWeights& block);
+
+// Folds a group's input-channel scales s into `block`: the producer of the
+// input (a norm, rounded to `norm_dtype`; v; up) divided by s, the group's
+// columns multiplied by it.
+void FoldAwqScales(const AwqGroup& group, const std::vector<float>& s,
+                   SafetensorsDType norm_dtype, DecoderBlockWeights& block);
+
 // The start of every backend's block result: the weights, each linear's
 // report labelled (name, bits, group; a kept linear's reason, zero error, its
 // weights rounded to the dtype it is stored in). InvalidArgument for a bad

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "kernels/cuda/awq_cuda.h"
 #include "kernels/cuda/forward_cuda.h"
 #include "kernels/cuda/gptq_cuda.h"
 #include "kernels/cuda/hessian_cuda.h"
@@ -36,14 +37,16 @@ class DeviceBlockQuantizer {
  public:
   DeviceBlockQuantizer(const CudaContext& context, const LlamaForward& forward,
                        const BlockRecipe& recipe, int64_t sequences,
-                       int64_t seq_len, float* hidden)
+                       int64_t seq_len, float* hidden,
+                       const DecoderBlockWeights* fp_block)
       : context_(context),
         forward_(forward),
         recipe_(recipe),
         sequences_(sequences),
         seq_len_(seq_len),
         per_pass_(std::max<int64_t>(1, recipe.sequences_per_pass)),
-        hidden_(hidden) {}
+        hidden_(hidden),
+        fp_block_(fp_block) {}
 
   absl::StatusOr<BlockResult> Run(BlockResult started) {
     const auto start = std::chrono::steady_clock::now();
@@ -60,10 +63,19 @@ class DeviceBlockQuantizer {
                                    tokens * dim * 4,
                                    "the calibration activations"));
     }
-    if (recipe_.method == QuantMethod::kRtn) {
-      RETURN_IF_ERROR(RunRtn());
-    } else {
-      RETURN_IF_ERROR(RunGptq());
+    switch (recipe_.method) {
+      case QuantMethod::kRtn:
+        RETURN_IF_ERROR(RunRtn());
+        break;
+      case QuantMethod::kGptq:
+        RETURN_IF_ERROR(RunGptq());
+        break;
+      case QuantMethod::kAwq:
+        RETURN_IF_ERROR(RunAwq());
+        break;
+    }
+    if (fp_block_ != nullptr) {  // AWQ's FP inputs: the next block's too.
+      ASSIGN_OR_RETURN(block_, UploadBlock(context_, *fp_block_));
     }
     if (sequences_ > 0) {
       // The quantized block's outputs, in place, then home.
@@ -113,6 +125,20 @@ class DeviceBlockQuantizer {
     ASSIGN_OR_RETURN(DeviceBuffer chunk,
                      DeviceBuffer::Allocate(context_, pass_floats * 4,
                                             "one pass of activations"));
+    const int64_t all_tokens = sequences_ * seq_len_;
+    const int64_t sampled =
+        awq_step_ > 0 ? (all_tokens + awq_step_ - 1) / awq_step_ : 0;
+    for (int i = 0; i < kInputs; ++i) {
+      if (!wanted[i] || awq_keep_ == 0) continue;
+      const int64_t row_bytes = InputWidth(i) * 2;
+      ASSIGN_OR_RETURN(kept_[i], DeviceBuffer::Allocate(
+                                     context_, awq_keep_ * seq_len_ * row_bytes,
+                                     "AWQ's search inputs"));
+      ASSIGN_OR_RETURN(sampled_[i],
+                       DeviceBuffer::Allocate(context_, sampled * row_bytes,
+                                              "AWQ's clipping inputs"));
+    }
+    int64_t first = 0, sampled_so_far = 0;
     const DeviceInputObserver observer =
         [&](BlockInput input, const uint16_t* x, int64_t tokens,
             int64_t width) -> absl::StatusOr<bool> {
@@ -122,10 +148,13 @@ class DeviceBlockQuantizer {
           return absl::InternalError("block input of an unexpected width");
         }
         RETURN_IF_ERROR(sums[i]->AddBf16(x, tokens));
+        if (awq_keep_ > 0)
+          RETURN_IF_ERROR(
+              KeepForAwq(i, x, first, tokens, width, sampled_so_far));
       }
       return i != last;
     };
-    for (int64_t first = 0; first < sequences_; first += per_pass_) {
+    for (first = 0; first < sequences_; first += per_pass_) {
       const int64_t count = std::min(per_pass_, sequences_ - first);
       RETURN_IF_ERROR(
           CopyOnDevice(context_, chunk.as<void>(),
@@ -133,9 +162,15 @@ class DeviceBlockQuantizer {
                        count * seq_len_ * dim * 4, "one pass of activations"));
       RETURN_IF_ERROR(cuda_forward_->ForwardBlock(block_, count, seq_len_,
                                                   chunk.as<float>(), observer));
+      if (awq_step_ > 0) {
+        sampled_so_far = CountMultiples((first + count) * seq_len_, awq_step_);
+      }
     }
     for (int i = 0; i < kInputs; ++i) {
       if (!wanted[i]) continue;
+      if (awq_keep_ > 0) {
+        ASSIGN_OR_RETURN(x_mean_[i], sums[i]->MeanAbs());
+      }
       const int64_t n = InputWidth(i);
       ASSIGN_OR_RETURN(hessians_[i],
                        DeviceBuffer::Allocate(context_, n * n * 8,
@@ -284,11 +319,231 @@ class DeviceBlockQuantizer {
     return absl::OkStatus();
   }
 
+  // Tokens t < end with t % step == 0.
+  static int64_t CountMultiples(int64_t end, int64_t step) {
+    return (end + step - 1) / step;
+  }
+
+  // Keeps input i of the pass starting at sequence `first` for AWQ: its
+  // part of the first awq_keep_ sequences, and every awq_step_-th token of
+  // the whole calibration set (the pass holds `tokens` of them).
+  absl::Status KeepForAwq(int i, const uint16_t* x, int64_t first,
+                          int64_t tokens, int64_t width,
+                          int64_t sampled_before) {
+    const int64_t kept = std::min(tokens / seq_len_, awq_keep_ - first);
+    if (kept > 0) {
+      RETURN_IF_ERROR(CopyOnDevice(
+          context_, kept_[i].as<uint16_t>() + first * seq_len_ * width, x,
+          kept * seq_len_ * width * 2, "AWQ's search inputs"));
+    }
+    const int64_t start = first * seq_len_;
+    const int64_t offset = (awq_step_ - start % awq_step_) % awq_step_;
+    if (offset >= tokens) return absl::OkStatus();
+    return GatherRowsOnDevice(
+        context_, x + offset * width, (tokens - 1 - offset) / awq_step_ + 1,
+        awq_step_, width, sampled_[i].as<uint16_t>() + sampled_before * width);
+  }
+
+  // AWQ's scale search for one group on the block as captured (FP):
+  // candidates pseudo-quantized on the device into the block's linears, the
+  // group's module run on the kept inputs, its output compared with the FP
+  // one. The linears get their FP weights back afterwards.
+  absl::StatusOr<AwqScaleSearchResult> SearchScales(const AwqGroup& group) {
+    const int input = static_cast<int>(group.input);
+    const int64_t width = InputWidth(input);
+    const int64_t dim = forward_.spec().hidden_size;
+    const int64_t kept_tokens = awq_keep_ * seq_len_;
+    std::vector<int> searched;
+    for (int i : group.linears) {
+      if (!StaysFp(i)) searched.push_back(i);
+    }
+    const WeightFormat& first_format = recipe_.formats[searched[0]];
+    std::vector<DeviceBuffer> originals;
+    ASSIGN_OR_RETURN(
+        DeviceBuffer sums,
+        DeviceBuffer::Allocate(context_, width * 8, "AWQ's weight means"));
+    const std::vector<double> zeros(static_cast<size_t>(width), 0.0);
+    RETURN_IF_ERROR(CopyToDevice(context_, sums.as<void>(), zeros.data(),
+                                 width * 8, "AWQ's weight means"));
+    int64_t total_rows = 0, largest = 0;
+    for (int i : searched) {
+      const LinearWeights& linear = BlockLinear(result_.weights, i);
+      const int64_t n = linear.rows * linear.cols;
+      ASSIGN_OR_RETURN(
+          DeviceBuffer weights,
+          DeviceBuffer::Allocate(context_, n * 4, "a linear's FP32 weights"));
+      RETURN_IF_ERROR(CopyToDevice(context_, weights.as<void>(),
+                                   linear.weight.data(), n * 4,
+                                   "a linear's FP32 weights"));
+      RETURN_IF_ERROR(AddAwqWeightMeanSums(
+          context_, weights.as<float>(), linear.rows, linear.cols,
+          first_format.group_size, sums.as<double>()));
+      originals.push_back(std::move(weights));
+      total_rows += linear.rows;
+      largest = std::max(largest, n);
+    }
+    std::vector<double> w_mean(static_cast<size_t>(width));
+    RETURN_IF_ERROR(CopyToHost(context_, w_mean.data(), sums.as<void>(),
+                               width * 8, "AWQ's weight means"));
+    for (double& m : w_mean) m /= static_cast<double>(total_rows);
+
+    const bool whole_module = group.input == BlockInput::kAttention ||
+                              group.input == BlockInput::kMlp;
+    const DeviceLinear& only = DeviceBlockLinear(block_, group.linears[0]);
+    const int64_t out_width = whole_module ? dim : only.rows;
+    const uint16_t* x = kept_[input].as<uint16_t>();
+    auto output = [&](float* out) -> absl::Status {
+      if (!whole_module) {
+        return ApplyLinearOnDevice(context_, only, x, kept_tokens, out);
+      }
+      for (int64_t s = 0; s < awq_keep_; s += per_pass_) {
+        const int64_t count = std::min(per_pass_, awq_keep_ - s);
+        const uint16_t* in = x + s * seq_len_ * width;
+        float* at = out + s * seq_len_ * dim;
+        absl::StatusOr<bool> done =
+            group.input == BlockInput::kAttention
+                ? cuda_forward_->Attention(block_, count, seq_len_, in, at)
+                : cuda_forward_->Mlp(block_, count, seq_len_, in, at);
+        RETURN_IF_ERROR(done.status());
+      }
+      return absl::OkStatus();
+    };
+    const char* what = "AWQ's module outputs";
+    ASSIGN_OR_RETURN(
+        DeviceBuffer reference,
+        DeviceBuffer::Allocate(context_, kept_tokens * out_width * 4, what));
+    ASSIGN_OR_RETURN(
+        DeviceBuffer candidate,
+        DeviceBuffer::Allocate(context_, kept_tokens * out_width * 4, what));
+    ASSIGN_OR_RETURN(DeviceBuffer scales,
+                     DeviceBuffer::Allocate(context_, width * 4, what));
+    ASSIGN_OR_RETURN(DeviceBuffer replaced,
+                     DeviceBuffer::Allocate(context_, largest * 4,
+                                            "AWQ's candidate weights"));
+    RETURN_IF_ERROR(output(reference.as<float>()));
+    const AwqScalesLossFn loss =
+        [&](const std::vector<float>& s) -> absl::StatusOr<double> {
+      RETURN_IF_ERROR(
+          CopyToDevice(context_, scales.as<void>(), s.data(), width * 4, what));
+      for (size_t k = 0; k < searched.size(); ++k) {
+        const WeightFormat& f = recipe_.formats[searched[k]];
+        DeviceLinear& linear = DeviceBlockLinear(block_, searched[k]);
+        RETURN_IF_ERROR(AwqScaledCandidateOnDevice(
+            context_, originals[k].as<float>(), linear.rows, linear.cols,
+            scales.as<float>(), f.bits, f.group_size, !f.sym,
+            replaced.as<float>()));
+        RETURN_IF_ERROR(
+            SetLinearWeight(context_, replaced.as<float>(), linear));
+      }
+      RETURN_IF_ERROR(output(candidate.as<float>()));
+      return MeanSquaredDifferenceOnDevice(context_, candidate.as<float>(),
+                                           reference.as<float>(),
+                                           kept_tokens * out_width);
+    };
+    ASSIGN_OR_RETURN(
+        AwqScaleSearchResult found,
+        SearchAwqScaleGrid(x_mean_[input], w_mean, recipe_.awq, loss));
+    for (size_t k = 0; k < searched.size(); ++k) {
+      RETURN_IF_ERROR(SetLinearWeight(context_, originals[k].as<float>(),
+                                      DeviceBlockLinear(block_, searched[k])));
+    }
+    // The buffers above are freed on return.
+    RETURN_IF_ERROR(context_.Synchronize("AWQ's scale search"));
+    return found;
+  }
+
+  absl::Status RunAwq() {
+    awq_keep_ = std::min(sequences_, recipe_.awq.search_sequences);
+    awq_step_ = std::max<int64_t>(
+        1, sequences_ * seq_len_ /
+               std::max<int64_t>(1, recipe_.awq.clip_sample_tokens));
+    RETURN_IF_ERROR(Capture({true, true, true, true}));
+    DecoderBlockWeights& block = result_.weights;
+    const std::vector<AwqGroup> groups = AwqGroups(block, recipe_);
+    std::vector<std::vector<float>> group_scales;
+    for (const AwqGroup& group : groups) {
+      ASSIGN_OR_RETURN(AwqScaleSearchResult found, SearchScales(group));
+      result_.awq_ratios.push_back(found.ratio);
+      group_scales.push_back(std::move(found.scales));
+    }
+    for (DeviceBuffer& kept : kept_) kept = DeviceBuffer();
+
+    // Fold (on the host, shared with the CPU engine); the Hessians and the
+    // clipping inputs follow on the device.
+    const int64_t sampled = CountMultiples(sequences_ * seq_len_, awq_step_);
+    std::array<DeviceBuffer, kInputs> clip_inputs;  // float, as folded.
+    std::array<std::vector<float>, kInputs> input_scales;
+    for (size_t g = 0; g < groups.size(); ++g) {
+      FoldAwqScales(groups[g], group_scales[g], recipe_.norm_dtype, block);
+      input_scales[static_cast<int>(groups[g].input)] = group_scales[g];
+    }
+    RoundKeptLinears(recipe_, block);
+    for (int input = 0; input < kInputs; ++input) {
+      const int64_t width = InputWidth(input);
+      DeviceBuffer s;
+      if (!input_scales[input].empty()) {
+        ASSIGN_OR_RETURN(
+            s, DeviceBuffer::Allocate(context_, width * 4, "AWQ's scales"));
+        RETURN_IF_ERROR(CopyToDevice(context_, s.as<void>(),
+                                     input_scales[input].data(), width * 4,
+                                     "AWQ's scales"));
+        RETURN_IF_ERROR(DivideHessianOnDevice(context_, s.as<float>(), width,
+                                              hessians_[input].as<double>()));
+      }
+      ASSIGN_OR_RETURN(clip_inputs[input],
+                       DeviceBuffer::Allocate(context_, sampled * width * 4,
+                                              "AWQ's clipping inputs"));
+      RETURN_IF_ERROR(
+          Bf16ToFloatOnDevice(context_, sampled_[input].as<uint16_t>(), sampled,
+                              width, s.bytes() > 0 ? s.as<float>() : nullptr,
+                              clip_inputs[input].as<float>()));
+      RETURN_IF_ERROR(context_.Synchronize("AWQ's clipping inputs"));
+      sampled_[input] = DeviceBuffer();
+    }
+    block_ = DeviceBlockWeights();
+    ASSIGN_OR_RETURN(block_, UploadBlock(context_, block));
+
+    DeviceBuffer clipped;
+    for (int i = 0; i < kBlockLinears; ++i) {
+      if (StaysFp(i)) continue;
+      const auto start = std::chrono::steady_clock::now();
+      const LinearWeights& linear = BlockLinear(block, i);
+      const WeightFormat& f = recipe_.formats[i];
+      const int64_t n = linear.rows * linear.cols;
+      RETURN_IF_ERROR(UploadOriginal(i));  // As scaled.
+      if (clipped.bytes() < n * 4) {
+        clipped = DeviceBuffer();
+        ASSIGN_OR_RETURN(
+            clipped,
+            DeviceBuffer::Allocate(context_, n * 4, "AWQ's clipped weights"));
+      }
+      RETURN_IF_ERROR(CopyOnDevice(context_, clipped.as<void>(),
+                                   original_d_.as<void>(), n * 4,
+                                   "AWQ's clipped weights"));
+      // AutoAWQ leaves q and k (linears 0 and 1) unclipped: their errors
+      // pass through softmax.
+      if (recipe_.awq.clip && i > 1) {
+        const int input = static_cast<int>(LinearInput(i));
+        RETURN_IF_ERROR(ClipAwqOnDevice(
+            context_, clip_inputs[input].as<float>(), sampled, f, recipe_.awq,
+            linear.rows, linear.cols, clipped.as<float>()));
+      }
+      ASSIGN_OR_RETURN(
+          const DeviceGptqResult quantized,
+          AwqQuantizeOnDevice(context_, clipped.as<float>(), linear.rows,
+                              linear.cols, f.bits, f.group_size, !f.sym));
+      ASSIGN_OR_RETURN(GptqResult downloaded, quantized.Download(context_));
+      RETURN_IF_ERROR(Install(i, std::move(downloaded.quantized), start));
+    }
+    return absl::OkStatus();
+  }
+
   const CudaContext& context_;
   const LlamaForward& forward_;
   const BlockRecipe& recipe_;
   const int64_t sequences_, seq_len_, per_pass_;
   float* hidden_;
+  const DecoderBlockWeights* fp_block_;  // AWQ with FP inputs, else null.
   BlockResult result_;
   std::unique_ptr<CudaForward> cuda_forward_;
   DeviceBlockWeights block_;
@@ -296,6 +551,11 @@ class DeviceBlockQuantizer {
   std::array<DeviceBuffer, kInputs> hessians_;  // double [width, width].
   std::map<int, GptqFactor> factors_;           // By block input.
   DeviceBuffer original_d_, dequantized_d_;     // float, the largest linear.
+  // AWQ: the first awq_keep_ sequences' inputs and every awq_step_-th
+  // token's (bfloat16 [tokens, width]), and mean |x| per input.
+  int64_t awq_keep_ = 0, awq_step_ = 0;
+  std::array<DeviceBuffer, kInputs> kept_, sampled_;
+  std::array<std::vector<double>, kInputs> x_mean_;
 };
 
 }  // namespace
@@ -316,10 +576,7 @@ int64_t CudaBlockBackend::device_memory_bytes() const {
   return context_->info().total_bytes;
 }
 
-std::string CudaBlockBackend::Unsupported(const BlockRecipe& recipe) const {
-  if (recipe.method == QuantMethod::kAwq) {
-    return "AWQ's scale and clipping searches run on the CPU engine";
-  }
+std::string CudaBlockBackend::Unsupported(const BlockRecipe&) const {
   return "";
 }
 
@@ -330,14 +587,19 @@ absl::StatusOr<BlockResult> CudaBlockBackend::QuantizeBlock(
   if (const std::string why = Unsupported(recipe); !why.empty()) {
     return absl::FailedPreconditionError(why);
   }
+  std::optional<DecoderBlockWeights> fp_block;
+  if (recipe.method == QuantMethod::kAwq && recipe.awq.fp_inputs) {
+    fp_block = block;
+  }
   ASSIGN_OR_RETURN(
       BlockResult started,
       StartBlockResult(std::move(block), recipe, sequences, seq_len));
   RETURN_IF_ERROR(context_->Activate());
-  ASSIGN_OR_RETURN(BlockResult result,
-                   DeviceBlockQuantizer(*context_, forward, recipe, sequences,
-                                        seq_len, hidden)
-                       .Run(std::move(started)));
+  ASSIGN_OR_RETURN(
+      BlockResult result,
+      DeviceBlockQuantizer(*context_, forward, recipe, sequences, seq_len,
+                           hidden, fp_block ? &*fp_block : nullptr)
+          .Run(std::move(started)));
   const ComputeKernel what = kernel();
   result.backend = what.backend;
   result.kernel = what.kernel;

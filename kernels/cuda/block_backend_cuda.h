@@ -7,10 +7,12 @@
 // errors are FP64 products on the device; the quantized block's outputs
 // leave the device once, at the end.
 //
-// Computes RTN, and GPTQ with every option on integer grids and on the GGUF
+// Computes RTN; GPTQ with every option on integer grids and on the GGUF
 // types' grids (the blocks' and k-quant sub-blocks' fits on the host, the
-// column loop and updates on the device). AWQ is not offered (Unsupported),
-// so a worker runs it on its CPU engine.
+// column loop and updates on the device); and AWQ (awq_cuda.h: the scale
+// search's candidates and module outputs, the clipping search, the
+// quantizer on the device; the grid of exponents and the fold of the scales
+// into the block on the host, shared with the CPU engine).
 #ifndef KERNELS_CUDA_BLOCK_BACKEND_CUDA_H_
 #define KERNELS_CUDA_BLOCK_BACKEND_CUDA_H_
 

@@ -1,8 +1,8 @@
 // The whole block task on the GPU against the CPU engine (the oracle) on
 // random blocks of odd sizes: quantized levels at least 99% identical and
 // each linear's proxy loss within 0.5% (the numerics contract), the
-// block's outputs close, and two GPU runs byte-identical. Skips without a
-// GPU.
+// block's outputs close, and two GPU runs byte-identical; for RTN, GPTQ (also
+// on GGUF grids) and AWQ. Skips without a GPU.
 #include "kernels/cuda/block_backend_cuda.h"
 
 #include <algorithm>
@@ -183,25 +183,62 @@ TEST(CudaBlockBackendTest, GgufGridBlockWithinTheContract) {
   ExpectWithinContract(got, want, "q4_k");
 }
 
+TEST(CudaBlockBackendTest, AwqBlockWithinTheContractOfTheCpu) {
+  std::unique_ptr<CudaBlockBackend> gpu = OpenGpu();
+  REQUIRE_GPU(gpu);
+  CpuBlockBackend cpu;
+  // Grouped-query attention (no o group) and full attention (o scaled with
+  // v); FP inputs for the next block; a linear kept in BF16.
+  for (const auto& [spec, label] :
+       {std::make_pair(Spec(192, 320, 6, 2), "awq-gqa"),
+        std::make_pair(Spec(160, 288, 5, 5), "awq-mha")}) {
+    const Case c = MakeCase(spec, 31);
+    BlockRecipe recipe = Recipe(QuantMethod::kAwq, 4, 32);
+    recipe.awq.search_sequences = 4;  // Kept over two passes.
+    recipe.awq.clip_sample_tokens = 64;
+    const BlockRun want = Quantize(cpu, c, recipe);
+    const BlockRun got = Quantize(*gpu, c, recipe);
+    EXPECT_EQ(got.result.awq_ratios, want.result.awq_ratios) << label;
+    ExpectWithinContract(got, want, label);
+  }
+  const Case c = MakeCase(Spec(192, 320, 6, 2), 33);
+  BlockRecipe recipe = Recipe(QuantMethod::kAwq, 3, 64);
+  recipe.formats[6].sym = true;
+  recipe.awq.fp_inputs = true;
+  recipe.keep_fp[5] = KeptLinear{"kept for the test", SafetensorsDType::kBF16};
+  const BlockRun want = Quantize(cpu, c, recipe);
+  const BlockRun got = Quantize(*gpu, c, recipe);
+  EXPECT_EQ(got.result.awq_ratios, want.result.awq_ratios);
+  ExpectWithinContract(got, want, "awq-fp-inputs");
+  // The kept linear, scaled and rounded to BF16, is the CPU's but for
+  // ratios: equal where the ratios are.
+  if (got.result.awq_ratios == want.result.awq_ratios) {
+    EXPECT_EQ(got.result.weights.up.weight, want.result.weights.up.weight);
+  }
+}
+
 TEST(CudaBlockBackendTest, TwoRunsAreByteIdentical) {
   std::unique_ptr<CudaBlockBackend> gpu = OpenGpu();
   REQUIRE_GPU(gpu);
   const Case c = MakeCase(Spec(192, 320, 6, 2), 27);
-  BlockRecipe recipe = Recipe(QuantMethod::kGptq, 4, 32);
-  recipe.gptq.desc_act = true;
-  const BlockRun a = Quantize(*gpu, c, recipe);
-  const BlockRun b = Quantize(*gpu, c, recipe);
-  ASSERT_EQ(a.hidden.size(), b.hidden.size());
-  EXPECT_EQ(0, std::memcmp(a.hidden.data(), b.hidden.data(),
-                           a.hidden.size() * sizeof(float)));
-  for (int i = 0; i < kBlockLinears; ++i) {
-    EXPECT_EQ(a.result.quantized[i].q, b.result.quantized[i].q) << i;
-    EXPECT_EQ(a.result.quantized[i].scales, b.result.quantized[i].scales);
-    EXPECT_EQ(a.result.reports[i].proxy_loss, b.result.reports[i].proxy_loss);
+  BlockRecipe gptq = Recipe(QuantMethod::kGptq, 4, 32);
+  gptq.gptq.desc_act = true;
+  for (const BlockRecipe& recipe : {gptq, Recipe(QuantMethod::kAwq, 4, 32)}) {
+    const BlockRun a = Quantize(*gpu, c, recipe);
+    const BlockRun b = Quantize(*gpu, c, recipe);
+    ASSERT_EQ(a.hidden.size(), b.hidden.size());
+    EXPECT_EQ(0, std::memcmp(a.hidden.data(), b.hidden.data(),
+                             a.hidden.size() * sizeof(float)));
+    EXPECT_EQ(a.result.awq_ratios, b.result.awq_ratios);
+    for (int i = 0; i < kBlockLinears; ++i) {
+      EXPECT_EQ(a.result.quantized[i].q, b.result.quantized[i].q) << i;
+      EXPECT_EQ(a.result.quantized[i].scales, b.result.quantized[i].scales);
+      EXPECT_EQ(a.result.reports[i].proxy_loss, b.result.reports[i].proxy_loss);
+    }
   }
 }
 
-TEST(CudaBlockBackendTest, ForwardTasksAndAwqRouting) {
+TEST(CudaBlockBackendTest, ForwardTasksAndRefusals) {
   std::unique_ptr<CudaBlockBackend> gpu = OpenGpu();
   REQUIRE_GPU(gpu);
   const Case c = MakeCase(Spec(192, 320, 6, 2), 29);
@@ -215,20 +252,6 @@ TEST(CudaBlockBackendTest, ForwardTasksAndAwqRouting) {
           .ok());
   EXPECT_LT(RelativeDifference(got, want), 0.01);
 
-  const BlockRecipe awq = Recipe(QuantMethod::kAwq, 4, 32);
-  EXPECT_FALSE(gpu->Unsupported(awq).empty());
-  std::vector<float> hidden = c.hidden;
-  EXPECT_EQ(gpu->QuantizeBlock(forward, c.block, awq, c.sequences, c.seq_len,
-                               hidden.data())
-                .status()
-                .code(),
-            absl::StatusCode::kFailedPrecondition);
-  // QuantizeBlockOn runs it on the CPU engine instead.
-  CpuBlockBackend cpu;
-  absl::StatusOr<BlockResult> done = QuantizeBlockOn(
-      *gpu, cpu, forward, c.block, awq, c.sequences, c.seq_len, hidden.data());
-  ASSERT_TRUE(done.ok()) << done.status();
-  EXPECT_EQ(done->backend, "cpu");
   // A calibrated method without data is refused as on the CPU.
   EXPECT_EQ(gpu->QuantizeBlock(forward, c.block,
                                Recipe(QuantMethod::kGptq, 4, 32), 0, 0, nullptr)

@@ -277,13 +277,11 @@ absl::Status CudaForward::Reserve(int64_t sequences, int64_t seq_len) {
   return absl::OkStatus();
 }
 
-absl::Status CudaForward::ForwardBlock(const DeviceBlockWeights& block,
-                                       int64_t sequences, int64_t seq_len,
-                                       float* hidden,
-                                       const DeviceInputObserver& observer) {
-  const int64_t dim = spec_.hidden_size, head_dim = spec_.head_dim;
-  const int64_t heads = spec_.num_heads, kv_heads = spec_.num_kv_heads;
-  const int64_t q_width = heads * head_dim, kv_width = kv_heads * head_dim;
+absl::Status CudaForward::CheckBlock(const DeviceBlockWeights& block,
+                                     int64_t sequences, int64_t seq_len) {
+  const int64_t dim = spec_.hidden_size;
+  const int64_t q_width = spec_.num_heads * spec_.head_dim;
+  const int64_t kv_width = spec_.num_kv_heads * spec_.head_dim;
   if (seq_len > max_positions_ || seq_len <= 0 || sequences <= 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         sequences, " sequences of ", seq_len, " tokens do not fit the ",
@@ -299,36 +297,71 @@ absl::Status CudaForward::ForwardBlock(const DeviceBlockWeights& block,
         "decoder block weights do not match the model spec");
   }
   RETURN_IF_ERROR(context_->Activate());
-  RETURN_IF_ERROR(Reserve(sequences, seq_len));
+  return Reserve(sequences, seq_len);
+}
+
+absl::Status CudaForward::ForwardBlock(const DeviceBlockWeights& block,
+                                       int64_t sequences, int64_t seq_len,
+                                       float* hidden,
+                                       const DeviceInputObserver& observer) {
+  RETURN_IF_ERROR(CheckBlock(block, sequences, seq_len));
   const cudaStream_t stream = context_->stream();
-  const int64_t n = sequences * seq_len, ffn = block.gate.rows;
-  auto observe = [&](BlockInput input, const DeviceBuffer& x,
-                     int64_t width) -> absl::StatusOr<bool> {
-    if (!observer) return true;
-    return observer(input, x.as<uint16_t>(), n, width);
+  const int64_t dim = spec_.hidden_size, n = sequences * seq_len;
+  const auto sublayer = [&](const DeviceBuffer& norm, BlockInput input,
+                            const DeviceLinear& out) -> absl::StatusOr<bool> {
+    RmsNormKernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(
+        hidden, norm.as<float>(), dim, spec_.rms_norm_eps,
+        normed_.as<uint16_t>());
+    RETURN_IF_ERROR(CudaError(cudaGetLastError(), "a norm"));
+    bool go_on = true;
+    if (input == BlockInput::kAttention) {
+      ASSIGN_OR_RETURN(
+          go_on, Attention(block, sequences, seq_len, normed_.as<uint16_t>(),
+                           sublayer_.as<float>(), observer));
+    } else {
+      ASSIGN_OR_RETURN(go_on,
+                       Mlp(block, sequences, seq_len, normed_.as<uint16_t>(),
+                           sublayer_.as<float>(), observer));
+    }
+    if (!go_on) return false;
+    ResidualKernel<<<Blocks(n * dim), kThreads, 0, stream>>>(
+        sublayer_.as<float>(), BiasOrNull(out), n, dim, hidden);
+    RETURN_IF_ERROR(CudaError(cudaGetLastError(), "a residual"));
+    return true;
   };
+  ASSIGN_OR_RETURN(const bool go_on,
+                   sublayer(block.attn_norm, BlockInput::kAttention, block.o));
+  if (!go_on) return absl::OkStatus();
+  return sublayer(block.ffn_norm, BlockInput::kMlp, block.down).status();
+}
+
+absl::StatusOr<bool> CudaForward::Attention(
+    const DeviceBlockWeights& block, int64_t sequences, int64_t seq_len,
+    const uint16_t* normed, float* out, const DeviceInputObserver& observer) {
+  RETURN_IF_ERROR(CheckBlock(block, sequences, seq_len));
+  const int64_t head_dim = spec_.head_dim;
+  const int64_t heads = spec_.num_heads, kv_heads = spec_.num_kv_heads;
+  const int64_t q_width = heads * head_dim, kv_width = kv_heads * head_dim;
+  const cudaStream_t stream = context_->stream();
+  const int64_t n = sequences * seq_len;
   auto launched = [](absl::string_view what) {
     return CudaError(cudaGetLastError(), what);
   };
-
-  // Attention.
-  RmsNormKernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(
-      hidden, block.attn_norm.as<float>(), dim, spec_.rms_norm_eps,
-      normed_.as<uint16_t>());
-  RETURN_IF_ERROR(launched("the attention norm"));
-  ASSIGN_OR_RETURN(bool go_on, observe(BlockInput::kAttention, normed_, dim));
-  if (!go_on) return absl::OkStatus();
-  const uint16_t* normed = normed_.as<uint16_t>();
+  if (observer) {
+    ASSIGN_OR_RETURN(const bool go_on, observer(BlockInput::kAttention, normed,
+                                                n, spec_.hidden_size));
+    if (!go_on) return false;
+  }
   RETURN_IF_ERROR(Linear(*context_, block.q, normed, n, q_.as<float>()));
   RETURN_IF_ERROR(Linear(*context_, block.k, normed, n, k_.as<float>()));
   RETURN_IF_ERROR(Linear(*context_, block.v, normed, n, v_.as<float>()));
-  for (auto [x, bias, width, rotate, out] :
+  for (auto [x, bias, width, rotate, rotated] :
        {std::make_tuple(&q_, BiasOrNull(block.q), q_width, true, &q16_),
         std::make_tuple(&k_, BiasOrNull(block.k), kv_width, true, &k16_),
         std::make_tuple(&v_, BiasOrNull(block.v), kv_width, false, &v16_)}) {
     BiasRotateKernel<<<Blocks(n * width / 2), kThreads, 0, stream>>>(
         x->as<float>(), bias, n, width, head_dim, seq_len, cos_.as<float>(),
-        sin_.as<float>(), rotate, out->as<uint16_t>());
+        sin_.as<float>(), rotate, rotated->as<uint16_t>());
     RETURN_IF_ERROR(launched("the rotary embedding"));
   }
   const int64_t group = heads / kv_heads;
@@ -371,34 +404,46 @@ absl::Status CudaForward::ForwardBlock(const DeviceBlockWeights& block,
           "attention values"));
     }
   }
-  ASSIGN_OR_RETURN(go_on,
-                   observe(BlockInput::kAttentionOutput, attended_, q_width));
-  if (!go_on) return absl::OkStatus();
-  RETURN_IF_ERROR(Linear(*context_, block.o, attended_.as<uint16_t>(), n,
-                         sublayer_.as<float>()));
-  ResidualKernel<<<Blocks(n * dim), kThreads, 0, stream>>>(
-      sublayer_.as<float>(), BiasOrNull(block.o), n, dim, hidden);
-  RETURN_IF_ERROR(launched("the attention residual"));
+  if (observer) {
+    ASSIGN_OR_RETURN(const bool go_on,
+                     observer(BlockInput::kAttentionOutput,
+                              attended_.as<uint16_t>(), n, q_width));
+    if (!go_on) return false;
+  }
+  RETURN_IF_ERROR(Linear(*context_, block.o, attended_.as<uint16_t>(), n, out));
+  return true;
+}
 
-  // MLP.
-  RmsNormKernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(
-      hidden, block.ffn_norm.as<float>(), dim, spec_.rms_norm_eps,
-      normed_.as<uint16_t>());
-  RETURN_IF_ERROR(launched("the MLP norm"));
-  ASSIGN_OR_RETURN(go_on, observe(BlockInput::kMlp, normed_, dim));
-  if (!go_on) return absl::OkStatus();
+absl::StatusOr<bool> CudaForward::Mlp(const DeviceBlockWeights& block,
+                                      int64_t sequences, int64_t seq_len,
+                                      const uint16_t* normed, float* out,
+                                      const DeviceInputObserver& observer) {
+  RETURN_IF_ERROR(CheckBlock(block, sequences, seq_len));
+  const int64_t n = sequences * seq_len, ffn = block.gate.rows;
+  if (observer) {
+    ASSIGN_OR_RETURN(const bool go_on,
+                     observer(BlockInput::kMlp, normed, n, spec_.hidden_size));
+    if (!go_on) return false;
+  }
   RETURN_IF_ERROR(Linear(*context_, block.gate, normed, n, gate_.as<float>()));
   RETURN_IF_ERROR(Linear(*context_, block.up, normed, n, up_.as<float>()));
-  SiluMulKernel<<<Blocks(n * ffn), kThreads, 0, stream>>>(
+  SiluMulKernel<<<Blocks(n * ffn), kThreads, 0, context_->stream()>>>(
       gate_.as<float>(), up_.as<float>(), n * ffn, act_.as<uint16_t>());
-  RETURN_IF_ERROR(launched("SwiGLU"));
-  ASSIGN_OR_RETURN(go_on, observe(BlockInput::kMlpOutput, act_, ffn));
-  if (!go_on) return absl::OkStatus();
-  RETURN_IF_ERROR(Linear(*context_, block.down, act_.as<uint16_t>(), n,
-                         sublayer_.as<float>()));
-  ResidualKernel<<<Blocks(n * dim), kThreads, 0, stream>>>(
-      sublayer_.as<float>(), BiasOrNull(block.down), n, dim, hidden);
-  return launched("the MLP residual");
+  RETURN_IF_ERROR(CudaError(cudaGetLastError(), "SwiGLU"));
+  if (observer) {
+    ASSIGN_OR_RETURN(const bool go_on, observer(BlockInput::kMlpOutput,
+                                                act_.as<uint16_t>(), n, ffn));
+    if (!go_on) return false;
+  }
+  RETURN_IF_ERROR(Linear(*context_, block.down, act_.as<uint16_t>(), n, out));
+  return true;
+}
+
+absl::Status ApplyLinearOnDevice(const CudaContext& context,
+                                 const DeviceLinear& linear, const uint16_t* x,
+                                 int64_t n, float* y) {
+  RETURN_IF_ERROR(context.Activate());
+  return Linear(context, linear, x, n, y);
 }
 
 }  // namespace quant::cuda

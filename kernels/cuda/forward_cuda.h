@@ -41,6 +41,12 @@ absl::StatusOr<DeviceBlockWeights> UploadBlock(
 absl::Status SetLinearWeight(const CudaContext& context, const float* weight,
                              DeviceLinear& linear);
 
+// y (device float [n, rows]) = x (device bfloat16 [n, cols]) W^T, without
+// the bias, on tensor cores with FP32 accumulation.
+absl::Status ApplyLinearOnDevice(const CudaContext& context,
+                                 const DeviceLinear& linear, const uint16_t* x,
+                                 int64_t n, float* y);
+
 // Sees each linear input x (device bfloat16 [tokens, width]) during a pass;
 // returning false ends the pass there.
 using DeviceInputObserver = std::function<absl::StatusOr<bool>(
@@ -61,6 +67,19 @@ class CudaForward {
                             int64_t seq_len, float* hidden,
                             const DeviceInputObserver& observer = {});
 
+  // The sublayers without their residual connections or output biases, as
+  // LlamaForward's: out (device float [sequences * seq_len, hidden]) =
+  // o(attention(q, k, v)) of the normalized input `normed` (device bfloat16
+  // [sequences * seq_len, hidden]), and down(silu(gate) * up). False when
+  // `observer` ended the pass (before o or down ran).
+  absl::StatusOr<bool> Attention(const DeviceBlockWeights& block,
+                                 int64_t sequences, int64_t seq_len,
+                                 const uint16_t* normed, float* out,
+                                 const DeviceInputObserver& observer = {});
+  absl::StatusOr<bool> Mlp(const DeviceBlockWeights& block, int64_t sequences,
+                           int64_t seq_len, const uint16_t* normed, float* out,
+                           const DeviceInputObserver& observer = {});
+
   // Device bytes of scratch a pass of `sequences` x `seq_len` tokens needs.
   int64_t ScratchBytes(int64_t sequences, int64_t seq_len) const;
 
@@ -68,6 +87,9 @@ class CudaForward {
   CudaForward(const CudaContext& context, const ModelSpec& spec,
               int64_t max_positions)
       : context_(&context), spec_(spec), max_positions_(max_positions) {}
+  // Checks the shapes, activates the device, grows the scratch.
+  absl::Status CheckBlock(const DeviceBlockWeights& block, int64_t sequences,
+                          int64_t seq_len);
   absl::Status Reserve(int64_t sequences, int64_t seq_len);
 
   const CudaContext* context_;

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kernels/cuda/gptq_cuda.h"
+#include "kernels/cuda/scale_rounding.h"
 
 namespace quant::cuda {
 namespace {
@@ -27,11 +28,6 @@ enum class ParamMode : int {
 };
 
 // ---- The min-max grid, as quant/gptq.cc computes it. ----
-
-__device__ float RoundScaleToHalf(float scale) {
-  const float rounded = __half2float(__float2half_rn(scale));
-  return rounded > 0 ? rounded : 5.9604644775390625e-8f;  // 2^-24.
-}
 
 __device__ void RangeParams(float lo, float hi, int maxq, bool sym,
                             float& scale, int& zero) {
