@@ -67,6 +67,9 @@ std::string RenderProgress(const v1::Job& job) {
                       job.job_id(), JobStateText(job.state()), job.tasks_done(),
                       job.tasks_total(), job.tasks_leased(),
                       IsFinal(job.state()) ? "-" : Duration(job.eta_seconds()));
+  if (!job.waiting().empty()) {
+    absl::StrAppend(&out, "  waiting: ", job.waiting(), "\n");
+  }
   constexpr int kWidth = 30;
   for (const v1::Stage& stage : job.stages()) {
     const int filled =

@@ -44,6 +44,11 @@ TEST(RenderProgressTest, OneBarPerStageWithEta) {
             "  block    [#########---------------------] 10/32\n");
   job.set_eta_seconds(-1);
   EXPECT_NE(RenderProgress(job).find("ETA ?"), std::string::npos);
+  job.set_waiting("block task 3 (layer 2) needs 9.0 GiB; ...");
+  EXPECT_NE(RenderProgress(job).find(
+                "ETA ?\n  waiting: block task 3 (layer 2) needs 9.0 GiB; ...\n"
+                "  embed "),
+            std::string::npos);
 }
 
 class ServiceClientTest : public ::testing::Test {

@@ -72,6 +72,12 @@ ServiceMetrics::ServiceMetrics()
            ->Add({});
   job_progress_ = AddGauge(r, "quant_job_progress_ratio",
                            "Fraction of a running job's tasks done (0..1).");
+  job_eta_ = AddGauge(r, "quant_job_eta_seconds",
+                      "Estimated seconds until a running job ends.");
+  job_waiting_ = AddGauge(
+      r, "quant_job_waiting",
+      "1 while none of a job's ready tasks can go to any registered worker, "
+      "by reason (no_worker, memory).");
   worker_tasks_ = AddCounter(r, "quant_worker_tasks_total",
                              "Tasks finished by this worker, by kind and "
                              "outcome (done, failed, released).");
@@ -148,6 +154,31 @@ void ServiceMetrics::RemoveJobProgress(absl::string_view job_id) {
   absl::MutexLock lock(&job_progress_mu_);
   if (!job_progress_->Has(labels)) return;
   job_progress_->Remove(&job_progress_->Add(labels));
+}
+
+void ServiceMetrics::SetJobEta(absl::string_view job_id,
+                               std::optional<double> seconds) {
+  const prometheus::Labels labels = Label("job_id", job_id);
+  absl::MutexLock lock(&job_progress_mu_);
+  if (seconds.has_value()) {
+    job_eta_->Add(labels).Set(*seconds);
+  } else if (job_eta_->Has(labels)) {
+    job_eta_->Remove(&job_eta_->Add(labels));
+  }
+}
+
+void ServiceMetrics::SetJobWaiting(absl::string_view job_id,
+                                   absl::string_view reason) {
+  absl::MutexLock lock(&job_progress_mu_);
+  for (const char* known : {"no_worker", "memory"}) {
+    const prometheus::Labels labels = {{"job_id", std::string(job_id)},
+                                       {"reason", known}};
+    if (known == reason) {
+      job_waiting_->Add(labels).Set(1);
+    } else if (job_waiting_->Has(labels)) {
+      job_waiting_->Remove(&job_waiting_->Add(labels));
+    }
+  }
 }
 
 void ServiceMetrics::WorkerTaskFinished(absl::string_view kind,

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -65,6 +66,14 @@ class ServiceMetrics {
   // do not accumulate; a no-op when there is none.
   void RemoveJobProgress(absl::string_view job_id);
 
+  // quant_job_eta_seconds{job_id}: the job's estimated seconds to
+  // completion; the series is removed when unknown (nullopt).
+  void SetJobEta(absl::string_view job_id, std::optional<double> seconds);
+  // quant_job_waiting{job_id,reason}: 1 while none of the job's ready tasks
+  // can go to any registered worker, `reason` saying why ("no_worker",
+  // "memory"); an empty reason removes the job's series.
+  void SetJobWaiting(absl::string_view job_id, absl::string_view reason);
+
   // --- Worker ---
 
   // quant_worker_tasks_total{kind,outcome}: outcome is "done", "failed" or
@@ -94,10 +103,12 @@ class ServiceMetrics {
   prometheus::Family<prometheus::Gauge>* workers_active_;
   prometheus::Gauge* queue_depth_;
   prometheus::Family<prometheus::Gauge>* job_progress_;
+  prometheus::Family<prometheus::Gauge>* job_eta_;
+  prometheus::Family<prometheus::Gauge>* job_waiting_;
   prometheus::Family<prometheus::Counter>* worker_tasks_;
   prometheus::Gauge* worker_busy_;
-  // Serializes SetJobProgress against RemoveJobProgress: the gauge a Set
-  // writes must not be removed under it.
+  // Serializes the per-job series' Sets against their removal: the gauge a
+  // Set writes must not be removed under it.
   absl::Mutex job_progress_mu_;
 };
 

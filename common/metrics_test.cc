@@ -162,6 +162,27 @@ TEST(ServiceMetricsTest, JobProgressIsClampedAndRemovable) {
               HasSubstr("quant_job_progress_ratio{job_id=\"a\"} 0.1\n"));
 }
 
+TEST(ServiceMetricsTest, JobEtaAndWaitingSeriesComeAndGo) {
+  ServiceMetrics m;
+  m.SetJobEta("4", 95.5);
+  m.SetJobWaiting("4", "memory");
+  std::string text = m.TextExposition();
+  EXPECT_THAT(text, HasSubstr("quant_job_eta_seconds{job_id=\"4\"} 95.5\n"));
+  EXPECT_THAT(
+      text, HasSubstr("quant_job_waiting{job_id=\"4\",reason=\"memory\"} 1\n"));
+  // Another reason replaces the first; unknown ETA and no reason remove.
+  m.SetJobWaiting("4", "no_worker");
+  text = m.TextExposition();
+  EXPECT_THAT(text, HasSubstr("reason=\"no_worker\"} 1\n"));
+  EXPECT_THAT(text, Not(HasSubstr("reason=\"memory\"")));
+  m.SetJobEta("4", std::nullopt);
+  m.SetJobWaiting("4", "");
+  m.SetJobWaiting("never-set", "");  // No-op.
+  text = m.TextExposition();
+  EXPECT_THAT(text, Not(HasSubstr("quant_job_eta_seconds{")));
+  EXPECT_THAT(text, Not(HasSubstr("quant_job_waiting{")));
+}
+
 TEST(ServiceMetricsTest, TaskDurationHistogram) {
   ServiceMetrics m;
   m.ObserveTaskDuration("gptq", "cuda", 0.05);

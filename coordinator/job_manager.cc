@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <optional>
 #include <random>
 #include <utility>
 
@@ -355,6 +356,7 @@ absl::StatusOr<v1::Job> JobManager::JobMessage(int64_t job_id,
     eta += remaining * it->second.first / it->second.second;
   }
   out.set_eta_seconds(IsFinal(row.state) ? 0 : known ? eta : -1);
+  out.set_waiting(job.snapshot.waiting.message);
   if (row.state == JobState::kSucceeded)
     out.set_report_path(ReportPath(job.spec));
   return out;
@@ -784,12 +786,15 @@ void JobManager::RefreshMetrics() {
       if (IsFinal(row.state)) {
         // A job that succeeded shows 100% for a while (dashboards see it
         // end); then, as every other final job, its series goes.
+        const std::string id = JobIdString(row.id);
         if (row.state == JobState::kSucceeded &&
             clock_->NowMs() - row.update_ms < kFinishedProgressMs) {
-          metrics->SetJobProgress(JobIdString(row.id), 1.0);
+          metrics->SetJobProgress(id, 1.0);
         } else {
-          metrics->RemoveJobProgress(JobIdString(row.id));
+          metrics->RemoveJobProgress(id);
         }
+        metrics->SetJobEta(id, std::nullopt);
+        metrics->SetJobWaiting(id, "");
         continue;
       }
       absl::StatusOr<JobSnapshot> snapshot = scheduler_->GetJob(row.id);
@@ -798,9 +803,17 @@ void JobManager::RefreshMetrics() {
       for (const TaskRow& t : snapshot->tasks) {
         done += t.state == TaskState::kDone ? 1 : 0;
       }
+      const std::string id = JobIdString(row.id);
       metrics->SetJobProgress(
-          JobIdString(row.id),
-          done / static_cast<double>(snapshot->tasks.size()));
+          id, done / static_cast<double>(snapshot->tasks.size()));
+      metrics->SetJobWaiting(id, snapshot->waiting.code);
+      absl::StatusOr<v1::Job> message = JobMessage(row.id, false);
+      if (message.ok()) {
+        metrics->SetJobEta(id,
+                           message->eta_seconds() >= 0
+                               ? std::optional<double>(message->eta_seconds())
+                               : std::nullopt);
+      }
     }
     for (const auto& [state, count] : by_state) metrics->SetJobs(state, count);
   }

@@ -135,13 +135,62 @@ bool Scheduler::HasGpuWorker(int64_t now) const {
 bool Scheduler::Fits(const WorkerInfo& worker, const ActiveJob& job,
                      const TaskRow& task, bool gpu_pool) const {
   const v1::Capabilities& caps = worker.capabilities;
-  const bool gpu_task =
-      task.kind == kForwardTask || task.kind == kBlockTask;
+  const bool gpu_task = task.kind == kForwardTask || task.kind == kBlockTask;
   if (gpu_pool && gpu_task && caps.backend() != v1::BACKEND_CUDA) {
     return false;
   }
   return caps.memory_bytes() <= 0 ||
          caps.memory_bytes() >= TaskMemoryBytes(job.plan, task);
+}
+
+WaitReason Scheduler::Waiting(const ActiveJob& job) const {
+  if (job.job.state != JobState::kQueued &&
+      job.job.state != JobState::kRunning) {
+    return {};
+  }
+  const int64_t now = clock_->NowMs();
+  const bool gpu_pool = HasGpuWorker(now);
+  std::vector<const WorkerInfo*> alive;
+  for (const auto& [id, worker] : workers_) {
+    if (now - worker.last_seen_ms <= options_.worker_timeout_ms) {
+      alive.push_back(&worker);
+    }
+  }
+  const TaskRow* first_ready = nullptr;
+  int ready = 0;
+  for (const TaskRow& task : job.tasks) {
+    if (!Ready(job, task)) continue;
+    ++ready;
+    if (first_ready == nullptr) first_ready = &task;
+    for (const WorkerInfo* worker : alive) {
+      if (Fits(*worker, job, task, gpu_pool)) return {};
+    }
+  }
+  if (first_ready == nullptr) return {};  // Tasks running or done.
+  if (alive.empty()) {
+    return {kWaitNoWorker,
+            absl::StrCat(ready, " task(s) ready and no worker registered")};
+  }
+  // Every live worker is too small (or, for a GPU task while GPU workers
+  // are registered, not a GPU worker).
+  const TaskRow& task = *first_ready;
+  const bool gpu_task = task.kind == kForwardTask || task.kind == kBlockTask;
+  int64_t largest = 0;
+  for (const WorkerInfo* worker : alive) {
+    if (gpu_pool && gpu_task &&
+        worker->capabilities.backend() != v1::BACKEND_CUDA) {
+      continue;
+    }
+    largest = std::max(largest, worker->capabilities.memory_bytes());
+  }
+  auto gib = [](int64_t bytes) {
+    return absl::StrFormat("%.1f GiB", bytes / double{1 << 30});
+  };
+  return {kWaitMemory,
+          absl::StrCat(task.kind, " task ", task.index, " (layer ", task.layer,
+                       ") needs ", gib(TaskMemoryBytes(job.plan, task)),
+                       "; the largest ", gpu_pool && gpu_task ? "GPU " : "",
+                       "worker has ", gib(largest))};
 }
 
 absl::Status Scheduler::Commit(
@@ -486,7 +535,8 @@ absl::StatusOr<JobSnapshot> Scheduler::GetJob(int64_t job_id) {
     absl::MutexLock lock(&mu_);
     auto it = jobs_.find(job_id);
     if (it != jobs_.end()) {
-      return JobSnapshot{it->second.job, it->second.plan, it->second.tasks};
+      return JobSnapshot{it->second.job, it->second.plan, it->second.tasks,
+                         Waiting(it->second)};
     }
   }
   JobSnapshot snapshot;

@@ -99,10 +99,20 @@ struct Lease {
   TaskRow task;
 };
 
+// Why none of a job's ready tasks can go to any registered worker.
+struct WaitReason {
+  // kWaitNoWorker, kWaitMemory, or empty while some worker could take one.
+  std::string code;
+  std::string message;  // What is needed and what the workers have.
+};
+inline constexpr char kWaitNoWorker[] = "no_worker";
+inline constexpr char kWaitMemory[] = "memory";
+
 struct JobSnapshot {
   JobRow job;
   JobPlan plan;
   std::vector<TaskRow> tasks;
+  WaitReason waiting;  // Active jobs only.
 };
 
 // What happened, for metrics.
@@ -194,6 +204,8 @@ class Scheduler {
   bool Fits(const WorkerInfo& worker, const ActiveJob& job, const TaskRow& task,
             bool gpu_pool) const;
   bool HasGpuWorker(int64_t now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  WaitReason Waiting(const ActiveJob& job) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Writes `tasks` and the job's state in one transaction, then updates
   // memory (only after the commit succeeded).
   absl::Status Commit(ActiveJob& job, const std::vector<TaskRow>& tasks,

@@ -291,6 +291,43 @@ TEST_F(SchedulerTest, BlockTasksGoToGpuWorkersWhileThereAreAny) {
   EXPECT_EQ(block1.task.layer, 1);
 }
 
+TEST_F(SchedulerTest, AJobNoWorkerCanRunSaysWhyItWaits) {
+  JobRow job;
+  job.spec = "spec";
+  JobPlan plan = SmallPlan();
+  plan.embed_bytes = int64_t{3} << 30;
+  plan.block_bytes = int64_t{9} << 30;
+  auto id = scheduler_->AddJob(job, plan, ChainTasks());
+  ASSERT_TRUE(id.ok());
+  auto waiting = [&] { return scheduler_->GetJob(*id)->waiting; };
+  EXPECT_EQ(waiting().code, kWaitNoWorker);
+  EXPECT_EQ(waiting().message, "1 task(s) ready and no worker registered");
+
+  const std::string cpu =
+      scheduler_->RegisterWorker("c", Cpu(int64_t{4} << 30));
+  EXPECT_EQ(waiting().code, "");  // The embedding fits.
+  ASSERT_TRUE(Complete(MustLease(cpu), cpu).ok());
+  // The blocks do not: memory, naming what is needed and what there is.
+  EXPECT_EQ(waiting().code, kWaitMemory);
+  EXPECT_EQ(waiting().message,
+            "block task 1 (layer 0) needs 9.0 GiB; the largest worker has "
+            "4.0 GiB");
+  // A GPU worker registered: block tasks are GPU tasks, measured against it.
+  const std::string gpu =
+      scheduler_->RegisterWorker("g", Gpu(int64_t{6} << 30));
+  EXPECT_EQ(waiting().message,
+            "block task 1 (layer 0) needs 9.0 GiB; the largest GPU worker has "
+            "6.0 GiB");
+  scheduler_->RegisterWorker("big", Cpu(int64_t{16} << 30));
+  EXPECT_EQ(waiting().code, kWaitMemory);  // Not while a GPU worker lives.
+  clock_.Advance(200'000);                 // All gone.
+  const std::string big =
+      scheduler_->RegisterWorker("big", Cpu(int64_t{16} << 30));
+  EXPECT_EQ(waiting().code, "");
+  EXPECT_EQ(MustLease(big).task.index, 1);
+  EXPECT_EQ(waiting().code, "");  // Running, nothing else ready.
+}
+
 TEST_F(SchedulerTest, GpuWorkersTakeAnyKindOfTask) {
   JobRow job;
   job.spec = "spec";
