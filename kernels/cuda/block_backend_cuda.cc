@@ -186,15 +186,25 @@ class DeviceBlockQuantizer {
   }
 
   // Records the solution of linear i (whose original weights are in
-  // original_d_) and makes the block compute with it.
+  // original_d_) and makes the block compute with it. With
+  // `dequantized_on_device`, the solver left its weights, scale * (q -
+  // zero), in dequantized_d_; else they are computed here.
   absl::Status Install(int i, QuantizedLinear quantized,
-                       std::chrono::steady_clock::time_point start) {
+                       std::chrono::steady_clock::time_point start,
+                       bool dequantized_on_device) {
     LinearWeights& linear = BlockLinear(result_.weights, i);
-    linear.weight = quantized.Dequantize();
     const int64_t n = linear.rows * linear.cols;
-    RETURN_IF_ERROR(CopyToDevice(context_, dequantized_d_.as<void>(),
-                                 linear.weight.data(), n * 4,
+    if (dequantized_on_device) {
+      linear.weight.resize(static_cast<size_t>(n));
+      RETURN_IF_ERROR(CopyToHost(context_, linear.weight.data(),
+                                 dequantized_d_.as<void>(), n * 4,
                                  "the quantized weights"));
+    } else {
+      linear.weight = quantized.Dequantize();
+      RETURN_IF_ERROR(CopyToDevice(context_, dequantized_d_.as<void>(),
+                                   linear.weight.data(), n * 4,
+                                   "the quantized weights"));
+    }
     RETURN_IF_ERROR(SetLinearWeight(context_, dequantized_d_.as<float>(),
                                     DeviceBlockLinear(block_, i)));
     LinearReport& report = result_.reports[i];
@@ -254,11 +264,14 @@ class DeviceBlockQuantizer {
                               linear.cols, f.bits, f.group_size, f.sym,
                               recipe_.gptq.mse));
       ASSIGN_OR_RETURN(GptqResult downloaded, solved.Download(context_));
-      RETURN_IF_ERROR(Install(i, std::move(downloaded.quantized), start));
+      RETURN_IF_ERROR(Install(i, std::move(downloaded.quantized), start,
+                              /*dequantized_on_device=*/false));
     }
     return absl::OkStatus();
   }
 
+  // The GGUF grids' solutions come back on the host; the others leave their
+  // weights in dequantized_d_.
   absl::StatusOr<GptqResult> SolveGptq(int i, const GptqOptions& options) {
     const LinearWeights& linear = BlockLinear(result_.weights, i);
     const int input = static_cast<int>(LinearInput(i));
@@ -280,7 +293,7 @@ class DeviceBlockQuantizer {
     ASSIGN_OR_RETURN(
         const DeviceGptqResult solved,
         GptqSolveOnDevice(context_, factor->second, original_d_.as<float>(),
-                          linear.rows, options));
+                          linear.rows, options, dequantized_d_.as<float>()));
     return solved.Download(context_);
   }
 
@@ -313,7 +326,8 @@ class DeviceBlockQuantizer {
                                            solved.status().message()));
         }
         result_.reports[i].damp_percent = solved->damp_percent_used;
-        RETURN_IF_ERROR(Install(i, std::move(solved->quantized), start));
+        RETURN_IF_ERROR(Install(i, std::move(solved->quantized), start,
+                                !recipe_.gguf_grid[i].has_value()));
       }
     }
     return absl::OkStatus();
@@ -531,9 +545,11 @@ class DeviceBlockQuantizer {
       ASSIGN_OR_RETURN(
           const DeviceGptqResult quantized,
           AwqQuantizeOnDevice(context_, clipped.as<float>(), linear.rows,
-                              linear.cols, f.bits, f.group_size, !f.sym));
+                              linear.cols, f.bits, f.group_size, !f.sym,
+                              dequantized_d_.as<float>()));
       ASSIGN_OR_RETURN(GptqResult downloaded, quantized.Download(context_));
-      RETURN_IF_ERROR(Install(i, std::move(downloaded.quantized), start));
+      RETURN_IF_ERROR(Install(i, std::move(downloaded.quantized), start,
+                              /*dequantized_on_device=*/true));
     }
     return absl::OkStatus();
   }
