@@ -222,6 +222,16 @@ void DivideOutputRows(const std::vector<float>& scales, LinearWeights& linear) {
   }
 }
 
+AwqClipSearch PlanAwqClip(int64_t tokens, const AwqOptions& options) {
+  AwqClipSearch plan;
+  plan.step = std::max<int64_t>(
+      1, tokens / std::max<int64_t>(1, options.clip_sample_tokens));
+  plan.n = (tokens + plan.step - 1) / plan.step;
+  plan.shrinks =
+      std::max(1, static_cast<int>(options.max_shrink * options.clip_grid));
+  return plan;
+}
+
 absl::Status ClipAwq(const float* x, int64_t tokens, const WeightFormat& format,
                      const AwqOptions& options, LinearWeights& linear) {
   const int64_t rows = linear.rows, cols = linear.cols;
@@ -230,12 +240,9 @@ absl::Status ClipAwq(const float* x, int64_t tokens, const WeightFormat& format,
   if (tokens < 1) return absl::InvalidArgumentError("no tokens to clip on");
   const int64_t width = group_size < 0 ? cols : group_size;
   const int64_t groups = cols / width;
-  // Every step-th token, as AutoAWQ samples them.
-  const int64_t step = std::max<int64_t>(
-      1, tokens / std::max<int64_t>(1, options.clip_sample_tokens));
-  const int64_t n = (tokens + step - 1) / step;
-  const int shrinks =
-      std::max(1, static_cast<int>(options.max_shrink * options.clip_grid));
+  const AwqClipSearch plan = PlanAwqClip(tokens, options);
+  const int64_t step = plan.step, n = plan.n;
+  const int shrinks = plan.shrinks;
 
   std::vector<float> w = linear.weight;
   std::vector<float> largest(static_cast<size_t>(rows * groups));

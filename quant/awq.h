@@ -93,6 +93,14 @@ void ScaleInputColumns(const std::vector<float>& scales, LinearWeights& linear);
 // Divides the output rows (and bias) of `linear` by `scales`.
 void DivideOutputRows(const std::vector<float>& scales, LinearWeights& linear);
 
+// What ClipAwq searches over for `tokens` sampled inputs: every step-th
+// token (n of them, as AutoAWQ samples), and `shrinks` bounds.
+struct AwqClipSearch {
+  int64_t step = 1, n = 0;
+  int shrinks = 1;
+};
+AwqClipSearch PlanAwqClip(int64_t tokens, const AwqOptions& options);
+
 // AWQ's clipping search: per row and group, the range max|w| (1 - i /
 // clip_grid), i < max_shrink * clip_grid, whose quantized group output on
 // the sampled inputs x [tokens, cols] errs least; clamps `linear` to it.

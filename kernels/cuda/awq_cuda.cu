@@ -356,12 +356,9 @@ absl::Status ClipAwqOnDevice(const CudaContext& context, const float* x,
   const cudaStream_t stream = context.stream();
   const int64_t width = format.group_size < 0 ? cols : format.group_size;
   const int64_t groups = cols / width;
-  // Every step-th token, as ClipAwq samples them.
-  const int64_t step = std::max<int64_t>(
-      1, tokens / std::max<int64_t>(1, options.clip_sample_tokens));
-  const int64_t n = (tokens + step - 1) / step;
-  const int shrinks =
-      std::max(1, static_cast<int>(options.max_shrink * options.clip_grid));
+  const AwqClipSearch plan = PlanAwqClip(tokens, options);
+  const int64_t step = plan.step, n = plan.n;
+  const int shrinks = plan.shrinks;
   const int per_chunk = static_cast<int>(std::clamp<int64_t>(
       kClipScratchBytes / ((rows * width + n * rows) * 4), 1, shrinks));
 
