@@ -78,6 +78,12 @@ ServiceMetrics::ServiceMetrics()
       r, "quant_job_waiting",
       "1 while none of a job's ready tasks can go to any registered worker, "
       "by reason (no_worker, memory).");
+  block_error_ = AddGauge(
+      r, "quant_block_relative_error",
+      "Relative output error of a committed block's quantized linears on the "
+      "calibration data.");
+  block_seconds_ = AddGauge(r, "quant_block_seconds",
+                            "Compute time of a committed block task.");
   worker_tasks_ = AddCounter(r, "quant_worker_tasks_total",
                              "Tasks finished by this worker, by kind and "
                              "outcome (done, failed, released).");
@@ -179,6 +185,37 @@ void ServiceMetrics::SetJobWaiting(absl::string_view job_id,
       job_waiting_->Remove(&job_waiting_->Add(labels));
     }
   }
+}
+
+void ServiceMetrics::SetBlockError(absl::string_view job_id, int layer,
+                                   absl::string_view linear,
+                                   double relative_error) {
+  prometheus::Labels labels = {{"job_id", std::string(job_id)},
+                               {"layer", absl::StrCat(layer)},
+                               {"linear", std::string(linear)}};
+  absl::MutexLock lock(&job_progress_mu_);
+  block_error_->Add(labels).Set(relative_error);
+  block_series_[std::string(job_id)].insert({block_error_, std::move(labels)});
+}
+
+void ServiceMetrics::SetBlockSeconds(absl::string_view job_id, int layer,
+                                     double seconds) {
+  prometheus::Labels labels = {{"job_id", std::string(job_id)},
+                               {"layer", absl::StrCat(layer)}};
+  absl::MutexLock lock(&job_progress_mu_);
+  block_seconds_->Add(labels).Set(seconds);
+  block_series_[std::string(job_id)].insert(
+      {block_seconds_, std::move(labels)});
+}
+
+void ServiceMetrics::RemoveJobBlocks(absl::string_view job_id) {
+  absl::MutexLock lock(&job_progress_mu_);
+  auto it = block_series_.find(std::string(job_id));
+  if (it == block_series_.end()) return;
+  for (const auto& [family, labels] : it->second) {
+    if (family->Has(labels)) family->Remove(&family->Add(labels));
+  }
+  block_series_.erase(it);
 }
 
 void ServiceMetrics::WorkerTaskFinished(absl::string_view kind,

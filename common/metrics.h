@@ -7,9 +7,12 @@
 #define COMMON_METRICS_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -74,6 +77,17 @@ class ServiceMetrics {
   // "memory"); an empty reason removes the job's series.
   void SetJobWaiting(absl::string_view job_id, absl::string_view reason);
 
+  // quant_block_relative_error{job_id,layer,linear}: a committed block's
+  // relative output error ||WX - QX|| / ||WX|| on the calibration data, per
+  // quantized linear.
+  void SetBlockError(absl::string_view job_id, int layer,
+                     absl::string_view linear, double relative_error);
+  // quant_block_seconds{job_id,layer}: a committed block task's compute
+  // time on its worker.
+  void SetBlockSeconds(absl::string_view job_id, int layer, double seconds);
+  // Removes the job's quant_block_* series; a no-op when there are none.
+  void RemoveJobBlocks(absl::string_view job_id);
+
   // --- Worker ---
 
   // quant_worker_tasks_total{kind,outcome}: outcome is "done", "failed" or
@@ -105,11 +119,18 @@ class ServiceMetrics {
   prometheus::Family<prometheus::Gauge>* job_progress_;
   prometheus::Family<prometheus::Gauge>* job_eta_;
   prometheus::Family<prometheus::Gauge>* job_waiting_;
+  prometheus::Family<prometheus::Gauge>* block_error_;
+  prometheus::Family<prometheus::Gauge>* block_seconds_;
   prometheus::Family<prometheus::Counter>* worker_tasks_;
   prometheus::Gauge* worker_busy_;
   // Serializes the per-job series' Sets against their removal: the gauge a
   // Set writes must not be removed under it.
   absl::Mutex job_progress_mu_;
+  // Each job's quant_block_* series (family, labels), for RemoveJobBlocks.
+  std::map<std::string,
+           std::set<std::pair<prometheus::Family<prometheus::Gauge>*,
+                              prometheus::Labels>>>
+      block_series_ ABSL_GUARDED_BY(job_progress_mu_);
 };
 
 // Serves a registry over HTTP at /metrics (prometheus::Exposer, civetweb).

@@ -183,6 +183,25 @@ TEST(ServiceMetricsTest, JobEtaAndWaitingSeriesComeAndGo) {
   EXPECT_THAT(text, Not(HasSubstr("quant_job_waiting{")));
 }
 
+TEST(ServiceMetricsTest, BlockSeriesPerJobAndTheirRemoval) {
+  ServiceMetrics m;
+  m.SetBlockError("3", 0, "mlp.down_proj", 0.0625);
+  m.SetBlockError("3", 1, "mlp.down_proj", 0.125);
+  m.SetBlockSeconds("3", 1, 2.5);
+  m.SetBlockSeconds("4", 0, 1.5);
+  std::string text = m.TextExposition();
+  EXPECT_THAT(text, HasSubstr("quant_block_relative_error{job_id=\"3\",layer="
+                              "\"1\",linear=\"mlp.down_proj\"} 0.125\n"));
+  EXPECT_THAT(text,
+              HasSubstr("quant_block_seconds{job_id=\"3\",layer=\"1\"} 2.5\n"));
+  m.RemoveJobBlocks("3");
+  m.RemoveJobBlocks("never-set");  // No-op.
+  text = m.TextExposition();
+  EXPECT_THAT(text, Not(HasSubstr("job_id=\"3\"")));
+  EXPECT_THAT(text,
+              HasSubstr("quant_block_seconds{job_id=\"4\",layer=\"0\"} 1.5\n"));
+}
+
 TEST(ServiceMetricsTest, TaskDurationHistogram) {
   ServiceMetrics m;
   m.ObserveTaskDuration("gptq", "cuda", 0.05);

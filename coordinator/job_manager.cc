@@ -23,6 +23,7 @@
 #include "model/calibration.h"
 #include "proto/recipe.h"
 #include "proto/task_tensors.h"
+#include "quant/block_store.h"
 #include "quant/quantize_model.h"
 
 namespace quant {
@@ -705,10 +706,32 @@ absl::Status JobManager::CompleteTask(const v1::CompleteTaskRequest& request) {
         QuantMethodName(options.method),
         request.backend().empty() ? "cpu" : request.backend(),
         request.seconds());
+    if (task.kind == kBlockTask)
+      RecordBlockMetrics(job.snapshot, task, request);
   }
   Log(absl::StrFormat("job %d: %s task %d done in %.1f s", key.job_id,
                       task.kind, key.index, request.seconds()));
   return absl::OkStatus();
+}
+
+void JobManager::RecordBlockMetrics(const JobSnapshot& job, const TaskRow& task,
+                                    const v1::CompleteTaskRequest& request) {
+  const std::string id = JobIdString(job.job.id);
+  options_.metrics->SetBlockSeconds(id, task.layer, request.seconds());
+  // The errors from the committed result's report (its metadata alone).
+  absl::StatusOr<nlohmann::json> report =
+      LoadBlockReport(BlockResultPath(job.plan.job_dir, task.layer));
+  if (!report.ok() || !report->contains("linears")) return;
+  for (const nlohmann::json& linear : (*report)["linears"]) {
+    const nlohmann::json& error =
+        linear.value("relative_output_error", nlohmann::json());
+    if (!linear.value("kept_fp", std::string()).empty() || !error.is_number()) {
+      continue;
+    }
+    options_.metrics->SetBlockError(id, task.layer,
+                                    linear.value("name", std::string()),
+                                    error.get<double>());
+  }
 }
 
 absl::Status JobManager::FailTask(const v1::FailTaskRequest& request) {
@@ -792,6 +815,7 @@ void JobManager::RefreshMetrics() {
           metrics->SetJobProgress(id, 1.0);
         } else {
           metrics->RemoveJobProgress(id);
+          metrics->RemoveJobBlocks(id);
         }
         metrics->SetJobEta(id, std::nullopt);
         metrics->SetJobWaiting(id, "");

@@ -108,6 +108,9 @@ class JobManager {
   void TickLoop();
   void AssembleLoop();
   void RefreshMetrics();
+  // quant_block_* of a committed block task.
+  void RecordBlockMetrics(const JobSnapshot& job, const TaskRow& task,
+                          const v1::CompleteTaskRequest& request);
 
   const JobManagerOptions options_;
   SystemClock system_clock_;
