@@ -296,9 +296,13 @@ absl::StatusOr<JobManager::JobContext> JobManager::Context(int64_t job_id) {
 absl::StatusOr<v1::Job> JobManager::JobMessage(int64_t job_id,
                                                bool include_tasks) {
   ASSIGN_OR_RETURN(const JobContext job, Context(job_id));
+  return JobMessage(job, include_tasks);
+}
+
+v1::Job JobManager::JobMessage(const JobContext& job, bool include_tasks) {
   const JobRow& row = job.snapshot.job;
   v1::Job out;
-  out.set_job_id(JobIdString(job_id));
+  out.set_job_id(JobIdString(row.id));
   *out.mutable_spec() = job.spec;
   out.set_state(ToProto(row.state));
   out.set_error(row.error);
@@ -821,23 +825,17 @@ void JobManager::RefreshMetrics() {
         metrics->SetJobWaiting(id, "");
         continue;
       }
-      absl::StatusOr<JobSnapshot> snapshot = scheduler_->GetJob(row.id);
-      if (!snapshot.ok() || snapshot->tasks.empty()) continue;
-      int done = 0;
-      for (const TaskRow& t : snapshot->tasks) {
-        done += t.state == TaskState::kDone ? 1 : 0;
-      }
+      absl::StatusOr<JobContext> job = Context(row.id);
+      if (!job.ok() || job->snapshot.tasks.empty()) continue;
+      const v1::Job message = JobMessage(*job, false);
       const std::string id = JobIdString(row.id);
       metrics->SetJobProgress(
-          id, done / static_cast<double>(snapshot->tasks.size()));
-      metrics->SetJobWaiting(id, snapshot->waiting.code);
-      absl::StatusOr<v1::Job> message = JobMessage(row.id, false);
-      if (message.ok()) {
-        metrics->SetJobEta(id,
-                           message->eta_seconds() >= 0
-                               ? std::optional<double>(message->eta_seconds())
-                               : std::nullopt);
-      }
+          id,
+          message.tasks_done() / static_cast<double>(message.tasks_total()));
+      metrics->SetJobWaiting(id, job->snapshot.waiting.code);
+      metrics->SetJobEta(id, message.eta_seconds() >= 0
+                                 ? std::optional<double>(message.eta_seconds())
+                                 : std::nullopt);
     }
     for (const auto& [state, count] : by_state) metrics->SetJobs(state, count);
   }

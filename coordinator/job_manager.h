@@ -96,6 +96,7 @@ class JobManager {
   };
   absl::StatusOr<JobContext> Context(int64_t job_id);
   absl::StatusOr<v1::Job> JobMessage(int64_t job_id, bool include_tasks);
+  v1::Job JobMessage(const JobContext& job, bool include_tasks);
   absl::StatusOr<v1::TaskSpec> BuildTaskSpec(const v1::JobSpec& job,
                                              const JobPlan& plan,
                                              const TaskRow& task);

@@ -132,11 +132,19 @@ bool Scheduler::HasGpuWorker(int64_t now) const {
   return false;
 }
 
+namespace {
+
+// Block and forward tasks go to GPU workers while any is registered.
+bool IsGpuTask(const TaskRow& task) {
+  return task.kind == kForwardTask || task.kind == kBlockTask;
+}
+
+}  // namespace
+
 bool Scheduler::Fits(const WorkerInfo& worker, const ActiveJob& job,
                      const TaskRow& task, bool gpu_pool) const {
   const v1::Capabilities& caps = worker.capabilities;
-  const bool gpu_task = task.kind == kForwardTask || task.kind == kBlockTask;
-  if (gpu_pool && gpu_task && caps.backend() != v1::BACKEND_CUDA) {
+  if (gpu_pool && IsGpuTask(task) && caps.backend() != v1::BACKEND_CUDA) {
     return false;
   }
   return caps.memory_bytes() <= 0 ||
@@ -174,7 +182,7 @@ WaitReason Scheduler::Waiting(const ActiveJob& job) const {
   // Every live worker is too small (or, for a GPU task while GPU workers
   // are registered, not a GPU worker).
   const TaskRow& task = *first_ready;
-  const bool gpu_task = task.kind == kForwardTask || task.kind == kBlockTask;
+  const bool gpu_task = IsGpuTask(task);
   int64_t largest = 0;
   for (const WorkerInfo* worker : alive) {
     if (gpu_pool && gpu_task &&

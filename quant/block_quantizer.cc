@@ -38,7 +38,6 @@ float RoundTo(SafetensorsDType dtype, float x) {
   }
 }
 
-
 // What one pass over the calibration sequences collects per block input.
 struct Capture {
   std::array<std::optional<HessianAccumulator>, kInputs> hessians;
@@ -304,9 +303,8 @@ class BlockQuantizer {
   absl::Status RunAwq() {
     const int64_t keep = std::min(sequences_, recipe_.awq.search_sequences);
     // The clipping search sees tokens from every sequence, as AutoAWQ's.
-    const int64_t sample_step = std::max<int64_t>(
-        1, sequences_ * seq_len_ /
-               std::max<int64_t>(1, recipe_.awq.clip_sample_tokens));
+    const int64_t sample_step =
+        PlanAwqClip(sequences_ * seq_len_, recipe_.awq).step;
     RETURN_IF_ERROR(CaptureStage({true, true, true, true}, keep, sample_step));
     DecoderBlockWeights& block = result_.weights;
     const DecoderBlockWeights original = block;

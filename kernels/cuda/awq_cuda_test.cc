@@ -12,20 +12,10 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cuda/gpu_test_support.h"
 
 namespace quant::cuda {
 namespace {
-
-std::unique_ptr<CudaContext> OpenGpu() {
-  absl::StatusOr<std::unique_ptr<CudaContext>> context = CudaContext::Create(0);
-  return context.ok() ? std::move(*context) : nullptr;
-}
-
-#define REQUIRE_GPU(context)                                             \
-  if ((context) == nullptr) {                                            \
-    GTEST_SKIP() << "no CUDA device here; the GPU tests run on the GPU " \
-                    "machine";                                           \
-  }
 
 std::vector<float> Random(std::mt19937& rng, int64_t n, float scale) {
   std::normal_distribution<float> normal(0.0f, scale);

@@ -125,9 +125,8 @@ class DeviceBlockQuantizer {
     ASSIGN_OR_RETURN(DeviceBuffer chunk,
                      DeviceBuffer::Allocate(context_, pass_floats * 4,
                                             "one pass of activations"));
-    const int64_t all_tokens = sequences_ * seq_len_;
     const int64_t sampled =
-        awq_step_ > 0 ? (all_tokens + awq_step_ - 1) / awq_step_ : 0;
+        awq_step_ > 0 ? CountMultiples(sequences_ * seq_len_, awq_step_) : 0;
     for (int i = 0; i < kInputs; ++i) {
       if (!wanted[i] || awq_keep_ == 0) continue;
       const int64_t row_bytes = InputWidth(i) * 2;
@@ -468,9 +467,7 @@ class DeviceBlockQuantizer {
 
   absl::Status RunAwq() {
     awq_keep_ = std::min(sequences_, recipe_.awq.search_sequences);
-    awq_step_ = std::max<int64_t>(
-        1, sequences_ * seq_len_ /
-               std::max<int64_t>(1, recipe_.awq.clip_sample_tokens));
+    awq_step_ = PlanAwqClip(sequences_ * seq_len_, recipe_.awq).step;
     RETURN_IF_ERROR(Capture({true, true, true, true}));
     DecoderBlockWeights& block = result_.weights;
     const std::vector<AwqGroup> groups = AwqGroups(block, recipe_);

@@ -14,19 +14,13 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cuda/gpu_test_support.h"
 #include "kernels/cuda/random_block.h"
 
 namespace quant::cuda {
 namespace {
 
-#define REQUIRE_GPU(backend)                                   \
-  if ((backend) == nullptr) {                                  \
-    GTEST_SKIP() << "no CUDA device here ("                    \
-                 << ListDevices().status().message()           \
-                 << "); the GPU tests run on the GPU machine"; \
-  }
-
-std::unique_ptr<CudaBlockBackend> OpenGpu() {
+std::unique_ptr<CudaBlockBackend> OpenGpuBackend() {
   absl::StatusOr<std::unique_ptr<CudaBlockBackend>> backend =
       CudaBlockBackend::Create(0);
   return backend.ok() ? std::move(*backend) : nullptr;
@@ -147,7 +141,7 @@ void ExpectWithinContract(const BlockRun& gpu, const BlockRun& cpu,
 }
 
 TEST(CudaBlockBackendTest, GptqBlockWithinTheContractOfTheCpu) {
-  std::unique_ptr<CudaBlockBackend> gpu = OpenGpu();
+  std::unique_ptr<CudaBlockBackend> gpu = OpenGpuBackend();
   REQUIRE_GPU(gpu);
   CpuBlockBackend cpu;
   // Odd sizes: 6 heads of 32 over 2 KV heads, intermediate 320.
@@ -163,7 +157,7 @@ TEST(CudaBlockBackendTest, GptqBlockWithinTheContractOfTheCpu) {
 }
 
 TEST(CudaBlockBackendTest, RtnAndKeptLinearsMatchTheCpu) {
-  std::unique_ptr<CudaBlockBackend> gpu = OpenGpu();
+  std::unique_ptr<CudaBlockBackend> gpu = OpenGpuBackend();
   REQUIRE_GPU(gpu);
   CpuBlockBackend cpu;
   const Case c = MakeCase(Spec(192, 320, 6, 2), 23);
@@ -184,7 +178,7 @@ TEST(CudaBlockBackendTest, RtnAndKeptLinearsMatchTheCpu) {
 }
 
 TEST(CudaBlockBackendTest, GgufGridBlockWithinTheContract) {
-  std::unique_ptr<CudaBlockBackend> gpu = OpenGpu();
+  std::unique_ptr<CudaBlockBackend> gpu = OpenGpuBackend();
   REQUIRE_GPU(gpu);
   CpuBlockBackend cpu;
   const Case c = MakeCase(Spec(256, 512, 4, 2), 25);
@@ -232,7 +226,7 @@ Case SalientCase(const ModelSpec& spec, uint32_t seed) {
 }
 
 TEST(CudaBlockBackendTest, AwqBlockWithinTheContractOfTheCpu) {
-  std::unique_ptr<CudaBlockBackend> gpu = OpenGpu();
+  std::unique_ptr<CudaBlockBackend> gpu = OpenGpuBackend();
   REQUIRE_GPU(gpu);
   CpuBlockBackend cpu;
   // Grouped-query attention (no o group) and full attention (o scaled with
@@ -265,7 +259,7 @@ TEST(CudaBlockBackendTest, AwqBlockWithinTheContractOfTheCpu) {
 }
 
 TEST(CudaBlockBackendTest, TwoRunsAreByteIdentical) {
-  std::unique_ptr<CudaBlockBackend> gpu = OpenGpu();
+  std::unique_ptr<CudaBlockBackend> gpu = OpenGpuBackend();
   REQUIRE_GPU(gpu);
   const Case c = MakeCase(Spec(192, 320, 6, 2), 27);
   BlockRecipe gptq = Recipe(QuantMethod::kGptq, 4, 32);
@@ -286,7 +280,7 @@ TEST(CudaBlockBackendTest, TwoRunsAreByteIdentical) {
 }
 
 TEST(CudaBlockBackendTest, ForwardTasksAndRefusals) {
-  std::unique_ptr<CudaBlockBackend> gpu = OpenGpu();
+  std::unique_ptr<CudaBlockBackend> gpu = OpenGpuBackend();
   REQUIRE_GPU(gpu);
   const Case c = MakeCase(Spec(192, 320, 6, 2), 29);
   const LlamaForward forward(c.spec, c.seq_len);

@@ -11,24 +11,13 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cuda/gpu_test_support.h"
 #include "kernels/cuda/hessian_cuda.h"
 #include "kernels/cuda/random_block.h"
 #include "quant/hessian.h"
 
 namespace quant::cuda {
 namespace {
-
-std::unique_ptr<CudaContext> OpenGpu() {
-  absl::StatusOr<std::unique_ptr<CudaContext>> context = CudaContext::Create(0);
-  return context.ok() ? std::move(*context) : nullptr;
-}
-
-#define REQUIRE_GPU(context)                                   \
-  if ((context) == nullptr) {                                  \
-    GTEST_SKIP() << "no CUDA device here ("                    \
-                 << ListDevices().status().message()           \
-                 << "); the GPU tests run on the GPU machine"; \
-  }
 
 ModelSpec OddSpec() {
   ModelSpec spec;

@@ -11,23 +11,12 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda/cuda_context.h"
+#include "kernels/cuda/gpu_test_support.h"
 
 namespace quant::cuda {
 namespace {
 
 using ::testing::HasSubstr;
-
-std::unique_ptr<CudaContext> OpenGpu() {
-  absl::StatusOr<std::unique_ptr<CudaContext>> context = CudaContext::Create(0);
-  return context.ok() ? std::move(*context) : nullptr;
-}
-
-#define REQUIRE_GPU(context)                                   \
-  if ((context) == nullptr) {                                  \
-    GTEST_SKIP() << "no CUDA device here ("                    \
-                 << ListDevices().status().message()           \
-                 << "); the GPU tests run on the GPU machine"; \
-  }
 
 struct Problem {
   int64_t rows, cols;
