@@ -49,19 +49,19 @@ TEST(AwqQuantizeTest, FollowsAutoAwqsMinMaxRule) {
   ASSERT_TRUE(q.ok()) << q.status();
   EXPECT_EQ(q->scales[0], 1.0f);
   EXPECT_EQ(q->zeros[0], 1);
-  EXPECT_EQ(q->q, (std::vector<int32_t>{0, 1, 1, 3}));
+  EXPECT_EQ(q->q, (std::vector<uint8_t>{0, 1, 1, 3}));
   // Symmetric: scale max|w| / (2^(bits-1) - 1) = 2 / 1, zero 2, levels in
   // [0, 3] = round(w / 2) + 2 (-0.5 rounds to even, 0).
   const auto s = AwqQuantize(w, 1, 4, 2, -1, /*zero_point=*/false);
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->scales[0], 2.0f);
   EXPECT_EQ(s->zeros[0], 2);
-  EXPECT_EQ(s->q, (std::vector<int32_t>{2, 2, 2, 3}));
+  EXPECT_EQ(s->q, (std::vector<uint8_t>{2, 2, 2, 3}));
   // A group without negative values still gets zero point 1.
   const float positive[] = {0.0f, 1.0f, 2.0f, 3.0f};
   const auto p = AwqQuantize(positive, 1, 4, 2, -1, true);
   EXPECT_EQ(p->zeros[0], 1);
-  EXPECT_EQ(p->q, (std::vector<int32_t>{1, 2, 3, 3}));
+  EXPECT_EQ(p->q, (std::vector<uint8_t>{1, 2, 3, 3}));
   // Groups must tile the row.
   EXPECT_EQ(AwqQuantize(w, 1, 4, 4, 3, true).status().code(),
             absl::StatusCode::kInvalidArgument);

@@ -178,7 +178,7 @@ TEST(BlockQuantizerTest, OneLevelChangedIsOutsideTheCrossShapeTolerance) {
   const BlockResult r = Quantize(f, Recipe(QuantMethod::kGptq, 4, 64), out);
   for (int linear : {0, 6}) {
     QuantizedLinear wrong = r.quantized[linear];
-    int32_t& level = wrong.q[wrong.q.size() / 2 + 7];
+    uint8_t& level = wrong.q[wrong.q.size() / 2 + 7];
     level += level == 0 ? 1 : -1;
     DecoderBlockWeights block = r.weights;
     BlockLinear(block, linear).weight = wrong.Dequantize();

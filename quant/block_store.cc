@@ -92,10 +92,8 @@ absl::Status ReadLevels(const SafetensorsFile& file, const std::string& name,
         absl::StrCat(file.path(), " lacks a 2-D tensor ", name, ".q"));
   }
   q.rows = levels->shape[0], q.cols = levels->shape[1];
-  std::vector<uint8_t> bytes;
   RETURN_IF_ERROR(
-      Read(file, name + ".q", SafetensorsDType::kU8, {q.rows, q.cols}, bytes));
-  q.q.assign(bytes.begin(), bytes.end());
+      Read(file, name + ".q", SafetensorsDType::kU8, {q.rows, q.cols}, q.q));
   const TensorView* scales = file.Find(name + ".scales");
   const int64_t groups =
       scales != nullptr && !scales->shape.empty() ? scales->shape[0] : 0;
@@ -158,7 +156,6 @@ nlohmann::json BlockReportJson(const BlockResult& result) {
 absl::Status SaveBlockResult(const std::string& path,
                              const BlockResult& result) {
   std::vector<Item> items;
-  std::vector<std::vector<uint8_t>> levels(kBlockLinears);
   for (int i = 0; i < kBlockLinears; ++i) {
     const QuantizedLinear& q = result.quantized[i];
     const std::string name(kBlockLinearNames[i]);
@@ -172,9 +169,8 @@ absl::Status SaveBlockResult(const std::string& path,
                    {q.rows, static_cast<int64_t>(q.gguf_rows.size()) / q.rows},
                    q.gguf_rows));
     } else {
-      levels[i].assign(q.q.begin(), q.q.end());  // Levels < 2^8.
-      items.push_back(MakeItem(name + ".q", SafetensorsDType::kU8,
-                               {q.rows, q.cols}, levels[i]));
+      items.push_back(
+          MakeItem(name + ".q", SafetensorsDType::kU8, {q.rows, q.cols}, q.q));
       items.push_back(MakeItem(name + ".scales", SafetensorsDType::kF32,
                                {q.groups(), q.rows}, q.scales));
       items.push_back(MakeItem(name + ".zeros", SafetensorsDType::kI32,

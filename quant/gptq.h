@@ -52,7 +52,7 @@ struct QuantizedLinear {
   int64_t rows = 0, cols = 0;
   int bits = 0;
   int group_size = -1;
-  std::vector<int32_t> q;      // [rows, cols], levels in [0, 2^bits).
+  std::vector<uint8_t> q;      // [rows, cols], levels in [0, 2^bits).
   std::vector<float> scales;   // [groups, rows].
   std::vector<int32_t> zeros;  // [groups, rows].
   std::vector<int32_t> g_idx;  // [cols]: the group of each input column.

@@ -95,7 +95,7 @@ absl::Status CheckLinear(const QuantizedLinear& linear, const char* what) {
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < cols; ++c) {
       const int32_t q = linear.q[r * cols + c];
-      if (q < 0 || q >= levels) {
+      if (q >= levels) {
         return absl::InvalidArgumentError(absl::StrCat(
             what, ": level q[", r, ", ", c, "] = ", q, " is outside [0, ",
             levels, ") for ", linear.bits, " bits"));
@@ -300,7 +300,7 @@ absl::StatusOr<PackedAwqGemm> PackAwqGemm(const QuantizedLinear& linear) {
   for (int64_t p = 0; p < packs; ++p) {
     for (int i = 0; i < 8; ++i) {
       const int64_t r = p * 8 + kAwqOrder[i];
-      const int32_t* q_row = linear.q.data() + r * cols;
+      const uint8_t* q_row = linear.q.data() + r * cols;
       for (int64_t c = 0; c < cols; ++c) {
         uint32_t word = static_cast<uint32_t>(out.qweight[c * packs + p]);
         word |= static_cast<uint32_t>(q_row[c]) << (4 * i);
@@ -357,9 +357,9 @@ absl::StatusOr<QuantizedLinear> UnpackAwqGemm(const PackedAwqGemm& packed,
   for (int64_t p = 0; p < packs; ++p) {
     for (int i = 0; i < 8; ++i) {
       const int64_t r = p * 8 + kAwqOrder[i];
-      int32_t* q_row = out.q.data() + r * cols;
+      uint8_t* q_row = out.q.data() + r * cols;
       for (int64_t c = 0; c < cols; ++c) {
-        q_row[c] = static_cast<int32_t>(
+        q_row[c] = static_cast<uint8_t>(
             (static_cast<uint32_t>(packed.qweight[c * packs + p]) >> (4 * i)) &
             0xfu);
       }

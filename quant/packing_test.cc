@@ -302,8 +302,8 @@ TEST(GptqV1Test, RejectsBadInput) {
   const std::vector<Case> cases = {
       {"level 16", [](QuantizedLinear& l) { l.q[5] = 16; },
        "level q[0, 5] = 16 is outside [0, 16)"},
-      {"level -1", [](QuantizedLinear& l) { l.q[64] = -1; },
-       "level q[1, 0] = -1"},
+      {"level 255", [](QuantizedLinear& l) { l.q[64] = 255; },
+       "level q[1, 0] = 255"},
       {"zero 16", [](QuantizedLinear& l) { l.zeros[3] = 16; },
        "zero point [0, 3] = 16"},
       {"bits 5", [](QuantizedLinear& l) { l.bits = 5; },
@@ -427,8 +427,9 @@ void AddExpected(Checkpoint& ckpt, const std::string& name,
                  const QuantizedLinear& l) {
   QuantizedLinear rounded = l;
   for (float& s : rounded.scales) s = HalfToFloat(FloatToHalf(s));
-  ckpt.tensors.push_back(MakeTensor(name + ".expect.q", SafetensorsDType::kI32,
-                                    {l.rows, l.cols}, l.q));
+  ckpt.tensors.push_back(
+      MakeTensor(name + ".expect.q", SafetensorsDType::kI32, {l.rows, l.cols},
+                 std::vector<int32_t>(l.q.begin(), l.q.end())));
   ckpt.tensors.push_back(MakeTensor(name + ".expect.zeros",
                                     SafetensorsDType::kI32,
                                     {l.groups(), l.rows}, l.zeros));

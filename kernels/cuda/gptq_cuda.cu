@@ -983,10 +983,9 @@ absl::StatusOr<GptqResult> DeviceGptqResult::Download(
   QuantizedLinear& out = result.quantized;
   out.rows = rows, out.cols = cols, out.bits = bits;
   out.group_size = group_size;
-  std::vector<uint8_t> bytes(static_cast<size_t>(rows * cols));
-  RETURN_IF_ERROR(CopyToHost(context, bytes.data(), levels.as<void>(),
+  out.q.resize(static_cast<size_t>(rows * cols));
+  RETURN_IF_ERROR(CopyToHost(context, out.q.data(), levels.as<void>(),
                              rows * cols, "the levels"));
-  out.q.assign(bytes.begin(), bytes.end());
   out.scales.resize(static_cast<size_t>(groups * rows));
   out.zeros.resize(static_cast<size_t>(groups * rows));
   RETURN_IF_ERROR(CopyToHost(context, out.scales.data(), scales.as<void>(),
