@@ -42,12 +42,14 @@ if [[ "${QS_SKIP_NODE:-0}" != 1 ]] &&
 fi
 
 # The Kubernetes schemas deploy/k8s is validated against (offline, in the
-# deploy_k8s test). Optional like node-llama-cpp: QS_SKIP_NODE=1 skips it.
+# deploy_k8s test), installed again when tests/deploy/package.json changes.
+# Optional like node-llama-cpp: QS_SKIP_NODE=1 skips it.
 if [[ "${QS_SKIP_NODE:-0}" != 1 ]] &&
-   [[ ! -d .cache/node-deploy/node_modules/kubernetes-models ]]; then
+   ! cmp -s tests/deploy/package.json .cache/node-deploy/package.json; then
   mkdir -p .cache/node-deploy
   cp tests/deploy/package.json .cache/node-deploy/package.json
   (cd .cache/node-deploy && npm install --no-audit --no-fund \
-     --loglevel=error) || echo "warning: kubernetes-models not installed;" \
-       "the deploy_k8s test will be skipped"
+     --loglevel=error) || { rm -f .cache/node-deploy/package.json;
+       echo "warning: kubernetes-models not installed;" \
+         "the deploy_k8s test will be skipped"; }
 fi

@@ -2,7 +2,9 @@
 # deploy/k8s checked with the real tools: every overlay renders with
 # `kubectl kustomize`, and every object it renders validates against the
 # Kubernetes API schemas offline (npm's kubernetes-models and
-# @kubernetes-models/prometheus-operator, tests/deploy/validate_manifests.mjs).
+# @kubernetes-models/prometheus-operator, tests/deploy/validate_manifests.mjs),
+# and holds no field those schemas lack (tests/deploy/check_fields.mjs, the
+# TypeScript compiler on the same packages' types).
 # The validator is shown to fail on a bad value before it is trusted.
 #
 # usage: deploy_k8s_test.sh NODE_MODULES   (scripts/install_deps.sh puts the
@@ -15,7 +17,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 command -v kubectl >/dev/null || { echo "SKIP: no kubectl"; exit 77; }
-[[ -d $modules/kubernetes-models ]] ||
+[[ -d $modules/kubernetes-models && -d $modules/typescript ]] ||
   { echo "SKIP: no kubernetes-models in $modules (scripts/install_deps.sh)"; exit 77; }
 fail() { echo "FAIL: $*"; exit 1; }
 
@@ -31,7 +33,9 @@ for overlay in $overlays; do
   to_json <"$work/$overlay.yaml" >"$work/$overlay.json"
   node "$here/deploy/validate_manifests.mjs" "$work/$overlay.json" "$modules" \
     >"$work/$overlay.log" || { cat "$work/$overlay.log"; fail "overlay $overlay"; }
-  echo "PASS: overlay $overlay: $(tail -n 1 "$work/$overlay.log")"
+  node "$here/deploy/check_fields.mjs" "$work/$overlay.json" "$modules" \
+    >"$work/$overlay.fields.log" || { cat "$work/$overlay.fields.log"; fail "overlay $overlay"; }
+  echo "PASS: overlay $overlay: $(tail -n 1 "$work/$overlay.log"), $(tail -n 1 "$work/$overlay.fields.log")"
 done
 
 # What every overlay must hold.
@@ -102,3 +106,22 @@ fi
 grep -q "replicas must be integer" "$work/broken.log" ||
   fail "the broken StatefulSet failed for another reason: $(grep FAIL "$work/broken.log")"
 echo "PASS: a wrong value fails validation"
+
+# An unknown field fails too (the API server would drop it silently).
+python3 - "$work/gpu.json" "$work/misspelled.json" <<'PY'
+import json, sys
+objects = json.load(open(sys.argv[1]))
+for o in objects:
+    if o["kind"] == "StatefulSet":
+        container = o["spec"]["template"]["spec"]["containers"][0]
+        container["livenessProb"] = container.pop("livenessProbe")
+json.dump(objects, open(sys.argv[2], "w"))
+PY
+if node "$here/deploy/check_fields.mjs" "$work/misspelled.json" "$modules" \
+  >"$work/misspelled.log"; then
+  fail "a container with livenessProb validated"
+fi
+grep -q "StatefulSet quant/quant-coordinator: .*'\"livenessProb\"' does not exist in type 'IContainer'" \
+  "$work/misspelled.log" ||
+  fail "the misspelled field failed for another reason: $(grep FAIL "$work/misspelled.log")"
+echo "PASS: an unknown field fails validation"
