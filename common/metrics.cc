@@ -7,6 +7,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/thread_stack.h"
 #include "prometheus/text_serializer.h"
 
 namespace quant {
@@ -247,7 +248,9 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
     exposer->RegisterCollectable(registry);
   } catch (const std::exception& e) {
     return absl::UnavailableError(
-        absl::StrCat("cannot serve metrics on '", address, "': ", e.what()));
+        absl::StrCat("cannot serve metrics on '", address, "': ", e.what(),
+                     " (each server thread also carries ",
+                     StaticTlsBytes() / 1024, " KiB of static TLS)"));
   } catch (...) {
     return absl::UnavailableError(
         absl::StrCat("cannot serve metrics on '", address, "'"));

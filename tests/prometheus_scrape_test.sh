@@ -8,12 +8,16 @@
 # (deploy/prometheus/alerts.yaml) must load and stay quiet.
 #
 # usage: prometheus_scrape_test.sh QUANTCTL COORDINATOR WORKER SHARED_DATA
+#          [SECOND_WORKER]
+# SECOND_WORKER (default WORKER) runs the second worker: the build passes
+# quant-worker-cuda where it has one, whose metrics server once could not
+# start beside the CUDA libraries' thread-local storage (common/thread_stack).
 # Exit status: 0 pass, 1 failure, 77 skipped (no prometheus, no data).
 set -euo pipefail
 quantctl=$1
 coordinator=$2
-worker=$3
 shared=$4
+workers=("$3" "${5:-$3}")
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 data=$shared/llama-29m-books
 prometheus=$(command -v prometheus || true)
@@ -50,7 +54,7 @@ mkdir -p "$work/out"
   >"$work/coordinator.log" 2>&1 &
 pids+=($!)
 for i in 0 1; do
-  "$worker" --coordinator "127.0.0.1:$port" --name "w$i" --threads 1 \
+  "${workers[$i]}" --coordinator "127.0.0.1:$port" --name "w$i" --threads 1 \
     --scratch_dir "$work/scratch-$i" --lease_wait_ms 1000 \
     --metrics_address "127.0.0.1:${worker_metrics[$i]}" \
     >"$work/worker-$i.log" 2>&1 &
@@ -117,6 +121,11 @@ for panel in json.load(open(dashboard))["panels"]:
         failed += not ok
         print(f"{'PASS' if ok else 'FAIL'}: panel \"{panel['title']}\": "
               f"{len(series)} series, {points} points: {target['expr']}")
+# Every process served its metrics (the coordinator and both workers).
+up = {s["metric"]["instance"]: s["values"][-1][1] for s in query_range("up")}
+ok = len(up) == 3 and all(v == "1" for v in up.values())
+print(f"{'PASS' if ok else 'FAIL'}: scrape targets up at the end: {up}")
+failed += not ok
 progress = query_range(f'max(quant_job_progress_ratio{{job_id="{job}"}})')
 top = max(float(v) for s in progress for _, v in s["values"]) if progress else 0
 print(f"{'PASS' if top == 1 else 'FAIL'}: job {job}'s progress reached {top:.0%}")
