@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "format/half.h"
 
 namespace quant {
 namespace {
@@ -125,8 +126,11 @@ absl::StatusOr<OutputHeadWeights> LoadOutputHead(
   return head;
 }
 
-LlamaForward::LlamaForward(const ModelSpec& spec, int64_t max_positions)
-    : spec_(spec), max_positions_(std::max<int64_t>(max_positions, 0)) {
+LlamaForward::LlamaForward(const ModelSpec& spec, int64_t max_positions,
+                           ProductPrecision precision)
+    : spec_(spec),
+      max_positions_(std::max<int64_t>(max_positions, 0)),
+      precision_(precision) {
   const int64_t half = spec_.head_dim / 2;
   std::vector<float> divisors(static_cast<size_t>(half), 1.0f);
   if (spec_.rope_scaling.type == "llama3") {
@@ -176,6 +180,23 @@ absl::Status LlamaForward::Embed(const SafetensorsCheckpoint& checkpoint,
   return absl::OkStatus();
 }
 
+void LlamaForward::RoundForProducts(float* x, int64_t n) const {
+  if (precision_ != ProductPrecision::kBfloat16) return;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) x[i] = Bf16ToFloat(FloatToBf16(x[i]));
+}
+
+void LlamaForward::Linear(const LinearWeights& linear, const float* x,
+                          int64_t n, float* y) const {
+  if (precision_ != ProductPrecision::kBfloat16) {
+    ApplyLinear(linear, x, n, y);
+    return;
+  }
+  LinearWeights rounded = linear;  // A copy per call: the oracle's cost.
+  RoundForProducts(rounded.weight.data(), linear.rows * linear.cols);
+  ApplyLinear(rounded, x, n, y);
+}
+
 absl::Status LlamaForward::CheckBlock(const DecoderBlockWeights& block,
                                       int64_t seq_len) const {
   const int64_t dim = spec_.hidden_size, head_dim = spec_.head_dim;
@@ -208,9 +229,9 @@ absl::StatusOr<bool> LlamaForward::Attention(
   std::vector<float> q(static_cast<size_t>(tokens * q_width));
   std::vector<float> k(static_cast<size_t>(tokens * kv_width));
   std::vector<float> v(static_cast<size_t>(tokens * kv_width));
-  ApplyLinear(block.q, normed, tokens, q.data());
-  ApplyLinear(block.k, normed, tokens, k.data());
-  ApplyLinear(block.v, normed, tokens, v.data());
+  Linear(block.q, normed, tokens, q.data());
+  Linear(block.k, normed, tokens, k.data());
+  Linear(block.v, normed, tokens, v.data());
 
   // Rotary embeddings, HF convention: element i pairs with i + head_dim / 2.
   auto rotate = [&](float* x, int64_t width) {
@@ -230,6 +251,9 @@ absl::StatusOr<bool> LlamaForward::Attention(
   };
   rotate(q.data(), q_width);
   rotate(k.data(), kv_width);
+  RoundForProducts(q.data(), tokens * q_width);
+  RoundForProducts(k.data(), tokens * kv_width);
+  RoundForProducts(v.data(), tokens * kv_width);
 
   // Causal attention per sequence and head; each query head reads key/value
   // head h / (heads / kv_heads).
@@ -263,6 +287,7 @@ absl::StatusOr<bool> LlamaForward::Attention(
         for (int64_t j = 0; j <= i; ++j) row[j] *= inverse;
         for (int64_t j = i + 1; j < seq_len; ++j) row[j] = 0.0f;
       }
+      RoundForProducts(scores.data(), seq_len * seq_len);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
                   static_cast<int>(seq_len), static_cast<int>(head_dim),
                   static_cast<int>(seq_len), 1.0f, scores.data(),
@@ -274,11 +299,12 @@ absl::StatusOr<bool> LlamaForward::Attention(
   q = {};
   k = {};
   v = {};
+  RoundForProducts(attended.data(), tokens * q_width);
   if (observer && !observer(BlockInput::kAttentionOutput, attended.data(),
                             tokens, q_width)) {
     return false;
   }
-  ApplyLinear(block.o, attended.data(), tokens, out);
+  Linear(block.o, attended.data(), tokens, out);
   return true;
 }
 
@@ -288,14 +314,15 @@ bool LlamaForward::Mlp(const DecoderBlockWeights& block, int64_t tokens,
   const int64_t ffn = block.gate.rows;
   std::vector<float> gate(static_cast<size_t>(tokens * ffn));
   std::vector<float> up(static_cast<size_t>(tokens * ffn));
-  ApplyLinear(block.gate, normed, tokens, gate.data());
-  ApplyLinear(block.up, normed, tokens, up.data());
+  Linear(block.gate, normed, tokens, gate.data());
+  Linear(block.up, normed, tokens, up.data());
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < tokens * ffn; ++i) gate[i] = Silu(gate[i]) * up[i];
+  RoundForProducts(gate.data(), tokens * ffn);
   if (observer && !observer(BlockInput::kMlpOutput, gate.data(), tokens, ffn)) {
     return false;
   }
-  ApplyLinear(block.down, gate.data(), tokens, out);
+  Linear(block.down, gate.data(), tokens, out);
   return true;
 }
 
@@ -309,6 +336,7 @@ absl::Status LlamaForward::ForwardBlock(
   std::vector<float> sublayer(static_cast<size_t>(tokens * dim));
   RmsNorm(hidden, block.attn_norm.data(), tokens, dim, spec_.rms_norm_eps,
           normed.data());
+  RoundForProducts(normed.data(), tokens * dim);
   if (observer &&
       !observer(BlockInput::kAttention, normed.data(), tokens, dim)) {
     return absl::OkStatus();
@@ -322,6 +350,7 @@ absl::Status LlamaForward::ForwardBlock(
 
   RmsNorm(hidden, block.ffn_norm.data(), tokens, dim, spec_.rms_norm_eps,
           normed.data());
+  RoundForProducts(normed.data(), tokens * dim);
   if (observer && !observer(BlockInput::kMlp, normed.data(), tokens, dim)) {
     return absl::OkStatus();
   }
@@ -345,7 +374,8 @@ absl::Status LlamaForward::Logits(const OutputHeadWeights& head,
   std::vector<float> normed(static_cast<size_t>(tokens * dim));
   RmsNorm(hidden, head.norm.data(), tokens, dim, spec_.rms_norm_eps,
           normed.data());
-  ApplyLinear(head.lm_head, normed.data(), tokens, logits);
+  RoundForProducts(normed.data(), tokens * dim);
+  Linear(head.lm_head, normed.data(), tokens, logits);
   return absl::OkStatus();
 }
 

@@ -63,12 +63,25 @@ enum class BlockInput {
 using BlockInputObserver = std::function<bool(BlockInput input, const float* x,
                                               int64_t tokens, int64_t width)>;
 
+// What the matrix products read. kFloat32: FP32 values, as transformers'
+// FP32 forward. kBfloat16: the GPU backend's numerics (kernels/cuda/
+// forward_cuda.h), for the CPU to be its oracle: the linears' weights and
+// inputs (the normed hidden states, the attended heads, the SwiGLU product),
+// the rotated queries and keys, the values and the attention probabilities
+// rounded to BF16 before the products, which still sum in FP32; observers see
+// the rounded inputs. The GPU's results are chaotic functions of these
+// roundings (GPTQ feeds each column's error forward), so only a CPU that
+// rounds where the GPU does can agree with it level for level.
+enum class ProductPrecision { kFloat32, kBfloat16 };
+
 class LlamaForward {
  public:
   // Precomputes the rotary tables for positions below `max_positions`.
-  LlamaForward(const ModelSpec& spec, int64_t max_positions);
+  LlamaForward(const ModelSpec& spec, int64_t max_positions,
+               ProductPrecision precision = ProductPrecision::kFloat32);
 
   const ModelSpec& spec() const { return spec_; }
+  ProductPrecision precision() const { return precision_; }
   // The rotary tables, [max_positions, head_dim / 2] (the GPU forward
   // uploads these, so that both backends rotate by the same angles).
   int64_t max_positions() const { return max_positions_; }
@@ -101,6 +114,11 @@ class LlamaForward {
            const float* normed, float* out,
            const BlockInputObserver& observer = {}) const;
 
+  // y[n, rows] = x[n, cols] W^T + b in this forward's precision (x is
+  // taken as given: in kBfloat16 the callers' inputs are already rounded).
+  void Linear(const LinearWeights& linear, const float* x, int64_t n,
+              float* y) const;
+
   // logits [tokens, vocab] from the final hidden states [tokens, hidden].
   absl::Status Logits(const OutputHeadWeights& head, const float* hidden,
                       int64_t tokens, float* logits) const;
@@ -108,9 +126,12 @@ class LlamaForward {
  private:
   absl::Status CheckBlock(const DecoderBlockWeights& block,
                           int64_t seq_len) const;
+  // Rounds x [n] to BF16 in place in kBfloat16; nothing in kFloat32.
+  void RoundForProducts(float* x, int64_t n) const;
 
   ModelSpec spec_;
   int64_t max_positions_;
+  ProductPrecision precision_;
   std::vector<float> cos_, sin_;  // [max_positions, head_dim / 2].
 };
 

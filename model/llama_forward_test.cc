@@ -17,6 +17,7 @@
 #include "absl/strings/str_split.h"
 #include "common/test_data.h"
 #include "convert/tiny_llama.h"
+#include "format/half.h"
 #include "format/model_config.h"
 #include "format/safetensors.h"
 #include "gmock/gmock.h"
@@ -241,6 +242,50 @@ TEST(LlamaForwardTest, BadInput) {
   broken.attn_norm.pop_back();
   EXPECT_EQ(forward.ForwardBlock(broken, 1, 4, hidden.data()).code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// kBfloat16 rounds every product's input (the observers see them) and
+// moves the outputs by BF16's rounding, no more; the GPU's own forward is
+// compared with it in kernels/cuda/block_backend_cuda_test.cc.
+TEST(LlamaForwardTest, Bf16ProductsRoundTheProductsInputs) {
+  const Model model = MakeTinyModel("llama", true, false);
+  const ModelSpec& spec = model.spec;
+  const int64_t sequences = 2, seq_len = 11;
+  absl::StatusOr<DecoderBlockWeights> block =
+      LoadDecoderBlock(*model.checkpoint, spec, 0);
+  ASSERT_TRUE(block.ok()) << block.status();
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal;
+  std::vector<float> fp32(sequences * seq_len * spec.hidden_size);
+  for (float& x : fp32) x = normal(rng);
+  std::vector<float> bf16 = fp32;
+  const LlamaForward full(spec, seq_len);
+  const LlamaForward rounded(spec, seq_len, ProductPrecision::kBfloat16);
+  EXPECT_EQ(rounded.precision(), ProductPrecision::kBfloat16);
+  int seen = 0;
+  int64_t unrounded = 0;
+  const BlockInputObserver check = [&](BlockInput, const float* x,
+                                       int64_t tokens, int64_t width) {
+    ++seen;
+    for (int64_t i = 0; i < tokens * width; ++i) {
+      unrounded += Bf16ToFloat(FloatToBf16(x[i])) != x[i];
+    }
+    return true;
+  };
+  ASSERT_TRUE(
+      rounded.ForwardBlock(*block, sequences, seq_len, bf16.data(), check)
+          .ok());
+  EXPECT_EQ(seen, 4);
+  EXPECT_EQ(unrounded, 0);
+  ASSERT_TRUE(full.ForwardBlock(*block, sequences, seq_len, fp32.data()).ok());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < fp32.size(); ++i) {
+    num += (double{bf16[i]} - fp32[i]) * (double{bf16[i]} - fp32[i]);
+    den += double{fp32[i]} * fp32[i];
+  }
+  const double relative = std::sqrt(num / den);
+  EXPECT_GT(relative, 1e-6);  // It does round ...
+  EXPECT_LT(relative, 1e-2);  // ... by BF16's steps, 2^-9 relative.
 }
 
 // A .npy file of `descr` elements ('<f4', '<i4') and `rank` dimensions, as

@@ -337,7 +337,7 @@ class BlockQuantizer {
             const LinearWeights& linear =
                 BlockLinear(weights, group.linears[0]);
             out.resize(static_cast<size_t>(kept_tokens * linear.rows));
-            ApplyLinear(linear, x.data(), kept_tokens, out.data());
+            forward_.Linear(linear, x.data(), kept_tokens, out.data());
           }
         }
         return out;

@@ -2,6 +2,7 @@
 // odd sizes, for every option. Skips, saying why, where no GPU is visible.
 #include "kernels/cuda/gptq_cuda.h"
 
+#include <algorithm>
 #include <cmath>
 #include <ostream>
 #include <random>
@@ -288,6 +289,15 @@ TEST(GptqCudaMoreTest, RoundToNearestIsTheCpusRtn) {
 // Hessian: the types with and without sub-blocks, column order (groups
 // fitted as the solve reaches them, on the window solve's weights) and
 // act-order (fitted up front); a dead input.
+//
+// In column order the k-quant fits (a least-error search over candidate
+// scales) see running weights that carry every earlier column's rounding:
+// a near-tie decided by FP32 summation order changes a super-block, whose
+// error then feeds every later column of its row. The CPU is as sensitive
+// to itself: with its Hessian moved by 1e-7 relative it keeps only 90 to
+// 96% of its q2_K / q5_K / q4_K values (at equal loss). Values must agree
+// as well as that, less 5 points, and at least 99% where the CPU is stable;
+// the loss within 0.5% always.
 TEST(GptqCudaMoreTest, GgufGridsAgreeWithTheCpuOracle) {
   std::unique_ptr<CudaContext> context = OpenGpu();
   REQUIRE_GPU(context);
@@ -305,6 +315,21 @@ TEST(GptqCudaMoreTest, GgufGridsAgreeWithTheCpuOracle) {
   ASSERT_TRUE(CopyToDevice(*context, h->as<void>(), p.h.data(),
                            p.cols * p.cols * 8, "h")
                   .ok());
+  std::vector<double> nudged = p.h;  // Symmetric, 1e-7 relative.
+  std::mt19937 rng(5);
+  for (int64_t i = 0; i < p.cols; ++i) {
+    for (int64_t j = 0; j <= i; ++j) {
+      nudged[i * p.cols + j] *= 1 + 1e-7 * (static_cast<int>(rng() % 3) - 1);
+      nudged[j * p.cols + i] = nudged[i * p.cols + j];
+    }
+  }
+  const auto identical_fraction = [](const QuantizedLinear& x,
+                                     const QuantizedLinear& y) {
+    const std::vector<float> a = x.Dequantize(), b = y.Dequantize();
+    int64_t same = 0;
+    for (size_t i = 0; i < a.size(); ++i) same += a[i] == b[i];
+    return static_cast<double>(same) / static_cast<double>(a.size());
+  };
   for (const GgmlType type :
        {GgmlType::kQ4_K, GgmlType::kQ6_K, GgmlType::kQ3_K, GgmlType::kQ2_K,
         GgmlType::kQ5_K, GgmlType::kQ4_0}) {
@@ -314,6 +339,11 @@ TEST(GptqCudaMoreTest, GgufGridsAgreeWithTheCpuOracle) {
       absl::StatusOr<GptqResult> cpu =
           GptqQuantizeGguf(p.w.data(), p.rows, p.cols, p.h, type, o);
       ASSERT_TRUE(cpu.ok()) << cpu.status();
+      absl::StatusOr<GptqResult> cpu_nudged =
+          GptqQuantizeGguf(p.w.data(), p.rows, p.cols, nudged, type, o);
+      ASSERT_TRUE(cpu_nudged.ok()) << cpu_nudged.status();
+      const double cpu_self =
+          identical_fraction(cpu->quantized, cpu_nudged->quantized);
       absl::StatusOr<GptqFactor> factor =
           FactorGptqHessian(*context, h->as<double>(), p.cols, o);
       ASSERT_TRUE(factor.ok()) << factor.status();
@@ -323,18 +353,18 @@ TEST(GptqCudaMoreTest, GgufGridsAgreeWithTheCpuOracle) {
       ASSERT_EQ(gpu->quantized.gguf_type, type);
       ASSERT_EQ(gpu->quantized.gguf_rows.size(),
                 cpu->quantized.gguf_rows.size());
-      const std::vector<float> a = cpu->quantized.Dequantize();
-      const std::vector<float> b = gpu->quantized.Dequantize();
-      int64_t same = 0;
-      for (size_t i = 0; i < a.size(); ++i) same += a[i] == b[i];
-      const double identical = static_cast<double>(same) / a.size();
+      const double identical =
+          identical_fraction(cpu->quantized, gpu->quantized);
       const double cpu_loss = ProxyLoss(p, cpu->quantized);
       const double gpu_loss = ProxyLoss(p, gpu->quantized);
-      std::printf("%-6s %-9s values identical %.4f%%  loss cpu %.6g gpu %.6g\n",
-                  std::string(GgmlTypeName(type)).c_str(),
-                  desc_act ? "act-order" : "in order", 100 * identical,
-                  cpu_loss, gpu_loss);
-      EXPECT_GE(identical, 0.99) << GgmlTypeName(type);
+      std::printf(
+          "%-6s %-9s values identical %.4f%% (cpu nudged %.4f%%)  loss cpu "
+          "%.6g gpu %.6g\n",
+          std::string(GgmlTypeName(type)).c_str(),
+          desc_act ? "act-order" : "in order", 100 * identical, 100 * cpu_self,
+          cpu_loss, gpu_loss);
+      EXPECT_GE(identical, std::min(0.99, cpu_self - 0.05))
+          << GgmlTypeName(type);
       EXPECT_NEAR(gpu_loss, cpu_loss, 0.005 * cpu_loss) << GgmlTypeName(type);
       EXPECT_NEAR(gpu->loss, cpu->loss, 0.005 * cpu->loss);
     }
