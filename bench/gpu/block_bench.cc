@@ -156,15 +156,21 @@ int main(int argc, char** argv) {
                ", \"relative_output_error\": " +
                std::to_string(r.relative_output_error) + "}";
   }
+  std::string phases;
+  for (const auto& [phase, s] : (*backend)->last_phases()) {
+    phases +=
+        (phases.empty() ? "\"" : ", \"") + phase + "\": " + std::to_string(s);
+  }
   std::printf(
       "{\"device\": \"%s\", \"tokens\": %lld, \"sequences_per_pass\": %lld, "
       "\"true_sequential\": %s, \"block_total_s\": %.3f, "
-      "\"linears_s\": %.3f, \"peak_gib\": %.2f, \"linears\": {%s}}\n",
+      "\"linears_s\": %.3f, \"peak_gib\": %.2f, \"linears\": {%s}, "
+      "\"phases\": {%s}}\n",
       (*backend)->kernel().kernel.c_str(),
       static_cast<long long>(sequences * seq_len),
       static_cast<long long>(per_pass), true_sequential ? "true" : "false",
       seconds, solves,
       static_cast<double>(total_bytes - least_free) / (1 << 30),
-      linears.c_str());
+      linears.c_str(), phases.c_str());
   return 0;
 }

@@ -46,3 +46,8 @@ print(f"| reference (block_torch_ref.py) | {total_ref:.2f} | {ref['gptq_solves_s
       f"{ref['peak_gib']:.1f} | 1.0x |")
 print("\nReference stages: " + json.dumps(ref))
 print("Ours per linear (true-sequential): " + json.dumps(sequential["linears"]))
+for label, r in [("true-sequential", sequential), ("one pass", one_pass)]:
+    print(f"\nOurs by phase ({label}, s):\n")
+    print("| phase | s |\n| --- | ---: |")
+    for phase, s in r["phases"].items():
+        print(f"| {phase} | {s:.3f} |")

@@ -6,10 +6,12 @@
 #include <cmath>
 #include <map>
 #include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "common/status_macros.h"
 #include "kernels/cuda/awq_cuda.h"
 #include "kernels/cuda/forward_cuda.h"
@@ -50,6 +52,7 @@ class DeviceBlockQuantizer {
 
   absl::StatusOr<BlockResult> Run(BlockResult started) {
     const auto start = std::chrono::steady_clock::now();
+    last_mark_ = start;
     result_ = std::move(started);
     ASSIGN_OR_RETURN(cuda_forward_, CudaForward::Create(context_, forward_));
     ASSIGN_OR_RETURN(block_, UploadBlock(context_, result_.weights));
@@ -63,6 +66,7 @@ class DeviceBlockQuantizer {
                                    tokens * dim * 4,
                                    "the calibration activations"));
     }
+    RETURN_IF_ERROR(Mark("inputs up"));
     switch (recipe_.method) {
       case QuantMethod::kRtn:
         RETURN_IF_ERROR(RunRtn());
@@ -76,6 +80,7 @@ class DeviceBlockQuantizer {
     }
     if (fp_block_ != nullptr) {  // AWQ's FP inputs: the next block's too.
       ASSIGN_OR_RETURN(block_, UploadBlock(context_, *fp_block_));
+      RETURN_IF_ERROR(Mark("inputs up"));
     }
     if (sequences_ > 0) {
       // The quantized block's outputs, in place, then home.
@@ -85,14 +90,40 @@ class DeviceBlockQuantizer {
             block_, count, seq_len_,
             hidden_d_.as<float>() + first * seq_len_ * dim));
       }
+      RETURN_IF_ERROR(Mark("final forward"));
       RETURN_IF_ERROR(CopyToHost(context_, hidden_, hidden_d_.as<void>(),
                                  tokens * dim * 4, "the block's outputs"));
+      RETURN_IF_ERROR(Mark("outputs down"));
     }
     result_.seconds = SecondsSince(start);
     return std::move(result_);
   }
 
+  // Wall seconds by phase, in the order the phases first ran.
+  const std::vector<std::pair<std::string, double>>& phases() const {
+    return phases_;
+  }
+
  private:
+  // Ends a phase: waits for the device and charges the time since the last
+  // mark to `phase` (the bench's breakdown; a synchronize per phase costs
+  // microseconds against phases of milliseconds or more).
+  absl::Status Mark(absl::string_view phase) {
+    RETURN_IF_ERROR(context_.Synchronize(phase));
+    const auto now = std::chrono::steady_clock::now();
+    const double seconds =
+        std::chrono::duration<double>(now - last_mark_).count();
+    last_mark_ = now;
+    auto found = std::find_if(phases_.begin(), phases_.end(),
+                              [&](const auto& p) { return p.first == phase; });
+    if (found == phases_.end()) {
+      phases_.emplace_back(std::string(phase), seconds);
+    } else {
+      found->second += seconds;
+    }
+    return absl::OkStatus();
+  }
+
   bool StaysFp(int linear) const { return recipe_.keep_fp[linear].has_value(); }
 
   int64_t InputWidth(int input) const {
@@ -146,7 +177,9 @@ class DeviceBlockQuantizer {
         if (width != sums[i]->columns()) {
           return absl::InternalError("block input of an unexpected width");
         }
+        RETURN_IF_ERROR(Mark("capture forwards"));
         RETURN_IF_ERROR(sums[i]->AddBf16(x, tokens));
+        RETURN_IF_ERROR(Mark("Hessians"));
         if (awq_keep_ > 0)
           RETURN_IF_ERROR(
               KeepForAwq(i, x, first, tokens, width, sampled_so_far));
@@ -176,7 +209,7 @@ class DeviceBlockQuantizer {
                                               "a block input's Hessian"));
       RETURN_IF_ERROR(sums[i]->Hessian(hessians_[i].as<double>()));
     }
-    return absl::OkStatus();
+    return Mark("Hessians");
   }
 
   const double* HessianOf(int linear) const {
@@ -204,8 +237,10 @@ class DeviceBlockQuantizer {
                                    linear.weight.data(), n * 4,
                                    "the quantized weights"));
     }
+    RETURN_IF_ERROR(Mark("quantized weights to the host"));
     RETURN_IF_ERROR(SetLinearWeight(context_, dequantized_d_.as<float>(),
                                     DeviceBlockLinear(block_, i)));
+    RETURN_IF_ERROR(Mark("install"));
     LinearReport& report = result_.reports[i];
     const double* h = HessianOf(i);
     if (h == nullptr) {
@@ -224,6 +259,7 @@ class DeviceBlockQuantizer {
       ASSIGN_OR_RETURN(const std::vector<double> diagonal,
                        HessianDiagonal(context_, h, linear.cols));
       result_.importance[i].assign(diagonal.begin(), diagonal.end());
+      RETURN_IF_ERROR(Mark("reports"));
     }
     result_.quantized[i] = std::move(quantized);
     report.seconds = SecondsSince(start);
@@ -245,8 +281,10 @@ class DeviceBlockQuantizer {
                        DeviceBuffer::Allocate(context_, bytes,
                                               "a linear's quantized weights"));
     }
-    return CopyToDevice(context_, original_d_.as<void>(), linear.weight.data(),
-                        bytes, "a linear's FP32 weights");
+    RETURN_IF_ERROR(CopyToDevice(context_, original_d_.as<void>(),
+                                 linear.weight.data(), bytes,
+                                 "a linear's FP32 weights"));
+    return Mark("weights up");
   }
 
   absl::Status RunRtn() {
@@ -280,20 +318,28 @@ class DeviceBlockQuantizer {
           GptqFactor made,
           FactorGptqHessian(context_, HessianOf(i), linear.cols, options));
       factor = factors_.emplace(input, std::move(made)).first;
+      RETURN_IF_ERROR(Mark("factor"));
     }
     if (recipe_.gguf_grid[i].has_value()) {
       ASSIGN_OR_RETURN(const std::vector<double> diagonal,
                        HessianDiagonal(context_, HessianOf(i), linear.cols));
-      return GptqSolveGgufOnDevice(
-          context_, factor->second, original_d_.as<float>(), linear.rows,
-          *recipe_.gguf_grid[i],
-          std::vector<float>(diagonal.begin(), diagonal.end()), options);
+      ASSIGN_OR_RETURN(
+          GptqResult solved,
+          GptqSolveGgufOnDevice(
+              context_, factor->second, original_d_.as<float>(), linear.rows,
+              *recipe_.gguf_grid[i],
+              std::vector<float>(diagonal.begin(), diagonal.end()), options));
+      RETURN_IF_ERROR(Mark("solve"));
+      return solved;
     }
     ASSIGN_OR_RETURN(
         const DeviceGptqResult solved,
         GptqSolveOnDevice(context_, factor->second, original_d_.as<float>(),
                           linear.rows, options, dequantized_d_.as<float>()));
-    return solved.Download(context_);
+    RETURN_IF_ERROR(Mark("solve"));
+    ASSIGN_OR_RETURN(GptqResult downloaded, solved.Download(context_));
+    RETURN_IF_ERROR(Mark("solution to the host"));
+    return downloaded;
   }
 
   absl::Status RunGptq() {
@@ -558,6 +604,8 @@ class DeviceBlockQuantizer {
   float* hidden_;
   const DecoderBlockWeights* fp_block_;  // AWQ with FP inputs, else null.
   BlockResult result_;
+  std::chrono::steady_clock::time_point last_mark_;
+  std::vector<std::pair<std::string, double>> phases_;
   std::unique_ptr<CudaForward> cuda_forward_;
   DeviceBlockWeights block_;
   DeviceBuffer hidden_d_;  // float [sequences * seq_len, hidden].
@@ -608,11 +656,10 @@ absl::StatusOr<BlockResult> CudaBlockBackend::QuantizeBlock(
       BlockResult started,
       StartBlockResult(std::move(block), recipe, sequences, seq_len));
   RETURN_IF_ERROR(context_->Activate());
-  ASSIGN_OR_RETURN(
-      BlockResult result,
-      DeviceBlockQuantizer(*context_, forward, recipe, sequences, seq_len,
-                           hidden, fp_block ? &*fp_block : nullptr)
-          .Run(std::move(started)));
+  DeviceBlockQuantizer quantizer(*context_, forward, recipe, sequences, seq_len,
+                                 hidden, fp_block ? &*fp_block : nullptr);
+  ASSIGN_OR_RETURN(BlockResult result, quantizer.Run(std::move(started)));
+  last_phases_ = quantizer.phases();
   const ComputeKernel what = kernel();
   result.backend = what.backend;
   result.kernel = what.kernel;

@@ -19,6 +19,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "kernels/cuda/cuda_context.h"
@@ -46,10 +48,18 @@ class CudaBlockBackend : public BlockBackend {
 
   const CudaContext& context() const { return *context_; }
 
+  // Where the last QuantizeBlock's wall time went, by phase (inputs up,
+  // capture forwards, Hessians, factor, solve, ...), in the order the
+  // phases first ran.
+  const std::vector<std::pair<std::string, double>>& last_phases() const {
+    return last_phases_;
+  }
+
  private:
   explicit CudaBlockBackend(std::unique_ptr<CudaContext> context)
       : context_(std::move(context)) {}
   std::unique_ptr<CudaContext> context_;
+  std::vector<std::pair<std::string, double>> last_phases_;
 };
 
 // Registers "cuda" with MakeBlockBackend (call once, from main).
