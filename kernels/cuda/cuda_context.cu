@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/status_macros.h"
 #include "kernels/cuda/cuda_context.h"
 
 namespace quant::cuda {
@@ -229,55 +230,37 @@ absl::Status CudaContext::StagedCopy(void* to, const void* from, int64_t bytes,
   auto size_of = [&](int64_t c) {
     return std::min(kStagingBytes, bytes - c * kStagingBytes);
   };
+  // Chunk c's DMA between its staging buffer and the device, then the
+  // buffer's event.
+  auto enqueue = [&](int64_t c) -> absl::Status {
+    const int b = static_cast<int>(c % 2);
+    char* on_device = device + c * kStagingBytes;
+    RETURN_IF_ERROR(
+        CudaError(cudaMemcpyAsync(to_device ? on_device : staging_[b],
+                                  to_device ? staging_[b] : on_device,
+                                  static_cast<size_t>(size_of(c)),
+                                  to_device ? cudaMemcpyHostToDevice
+                                            : cudaMemcpyDeviceToHost,
+                                  stream_),
+                  doing));
+    return CudaError(cudaEventRecord(staged_[b], stream_), doing);
+  };
   if (to_device) {
     for (int64_t c = 0; c < chunks; ++c) {
       const int b = static_cast<int>(c % 2);
       // The buffer's previous DMA must be done before it is refilled.
-      if (absl::Status s = CudaError(cudaEventSynchronize(staged_[b]), doing);
-          !s.ok()) {
-        return s;
-      }
+      RETURN_IF_ERROR(CudaError(cudaEventSynchronize(staged_[b]), doing));
       ParallelCopy(staging_[b], host_from + c * kStagingBytes, size_of(c));
-      if (absl::Status s =
-              CudaError(cudaMemcpyAsync(device + c * kStagingBytes, staging_[b],
-                                        static_cast<size_t>(size_of(c)),
-                                        cudaMemcpyHostToDevice, stream_),
-                        doing);
-          !s.ok()) {
-        return s;
-      }
-      if (absl::Status s =
-              CudaError(cudaEventRecord(staged_[b], stream_), doing);
-          !s.ok()) {
-        return s;
-      }
+      RETURN_IF_ERROR(enqueue(c));
     }
     return Synchronize(doing);
   }
   // To the host: chunk c's DMA runs while chunk c - 1 leaves its buffer.
   for (int64_t c = 0; c <= chunks; ++c) {
-    if (c < chunks) {
-      const int b = static_cast<int>(c % 2);
-      if (absl::Status s =
-              CudaError(cudaMemcpyAsync(staging_[b], device + c * kStagingBytes,
-                                        static_cast<size_t>(size_of(c)),
-                                        cudaMemcpyDeviceToHost, stream_),
-                        doing);
-          !s.ok()) {
-        return s;
-      }
-      if (absl::Status s =
-              CudaError(cudaEventRecord(staged_[b], stream_), doing);
-          !s.ok()) {
-        return s;
-      }
-    }
+    if (c < chunks) RETURN_IF_ERROR(enqueue(c));
     if (c > 0) {
       const int b = static_cast<int>((c - 1) % 2);
-      if (absl::Status s = CudaError(cudaEventSynchronize(staged_[b]), doing);
-          !s.ok()) {
-        return s;
-      }
+      RETURN_IF_ERROR(CudaError(cudaEventSynchronize(staged_[b]), doing));
       ParallelCopy(host_to + (c - 1) * kStagingBytes, staging_[b],
                    size_of(c - 1));
     }

@@ -12,27 +12,17 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { execFileSync } from "node:child_process";
 import os from "node:os";
 import path from "node:path";
+import { kindModule, objectLabel } from "./kinds.mjs";
 
 const [objectsPath, nodeModules] = process.argv.slice(2);
 const objects = JSON.parse(readFileSync(objectsPath, "utf8"));
-
-// "apps/v1" Deployment -> import of IDeployment from kubernetes-models/apps/v1/Deployment.
-function typeImport(apiVersion, kind) {
-  const [group, version] = apiVersion.includes("/")
-    ? apiVersion.split("/")
-    : ["", apiVersion];
-  const root = group === "monitoring.coreos.com"
-    ? "@kubernetes-models/prometheus-operator"
-    : "kubernetes-models";
-  return [root, group, version, kind].filter(Boolean).join("/");
-}
 
 const work = mkdtempSync(path.join(os.tmpdir(), "check-fields-"));
 try {
   const lines = [];
   objects.forEach((object, i) => {
     lines.push(`import type { I${object.kind} as T${i} } from ` +
-      `${JSON.stringify(typeImport(object.apiVersion, object.kind))};`);
+      `${JSON.stringify(kindModule(object.apiVersion, object.kind))};`);
   });
   // One object per line, so that a diagnostic's line names its object.
   const first = lines.length + 1;
@@ -70,11 +60,11 @@ try {
       continue;
     }
     const object = objects[index];
-    const label = `${object.kind} ${object.metadata?.namespace ?? "-"}/${object.metadata?.name}`;
+    const label = objectLabel(object);
     bad.set(label, [...(bad.get(label) ?? []), `${match[2]} ${match[3]}`]);
   }
   for (const object of objects) {
-    const label = `${object.kind} ${object.metadata?.namespace ?? "-"}/${object.metadata?.name}`;
+    const label = objectLabel(object);
     if (bad.has(label)) {
       for (const message of bad.get(label)) console.log(`FAIL ${label}: ${message}`);
     } else {

@@ -8,31 +8,17 @@
 import { readFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import path from "node:path";
+import { kindModule, objectLabel } from "./kinds.mjs";
 
 const [objectsPath, nodeModules] = process.argv.slice(2);
 const objects = JSON.parse(readFileSync(objectsPath, "utf8"));
 
-// "apps/v1" -> kubernetes-models/apps/v1/Deployment.js; core "v1" ->
-// kubernetes-models/v1/Service.js; monitoring.coreos.com -> the operator's.
-function modulePath(apiVersion, kind) {
-  const [group, version] = apiVersion.includes("/")
-    ? apiVersion.split("/")
-    : ["", apiVersion];
-  const root = group === "monitoring.coreos.com"
-    ? "@kubernetes-models/prometheus-operator"
-    : "kubernetes-models";
-  const parts = [nodeModules, root];
-  if (group) parts.push(group);
-  parts.push(version, `${kind}.js`);
-  return path.join(...parts);
-}
-
 let failed = 0;
 for (const object of objects) {
-  const label = `${object.kind} ${object.metadata?.namespace ?? "-"}/${object.metadata?.name}`;
+  const label = objectLabel(object);
   let model;
   try {
-    model = await import(pathToFileURL(modulePath(object.apiVersion, object.kind)).href);
+    model = await import(pathToFileURL(path.join(nodeModules, `${kindModule(object.apiVersion, object.kind)}.js`)).href);
   } catch (error) {
     console.log(`FAIL ${label}: no schema for ${object.apiVersion} ${object.kind}`);
     ++failed;
