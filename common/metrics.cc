@@ -91,6 +91,14 @@ ServiceMetrics::ServiceMetrics()
   worker_busy_ = &AddGauge(r, "quant_worker_busy",
                            "1 while this worker runs a task, else 0.")
                       ->Add({});
+  gpu_memory_used_ = AddGauge(r, "quant_gpu_memory_used_bytes",
+                              "Device memory in use on a worker's GPU.");
+  gpu_memory_total_ = AddGauge(r, "quant_gpu_memory_total_bytes",
+                               "Device memory of a worker's GPU.");
+  gpu_utilization_ = AddGauge(
+      r, "quant_gpu_utilization_ratio",
+      "Fraction of the driver's last sample period in which a kernel ran on "
+      "a worker's GPU (0..1).");
   // Failures, retries and expiries exist at zero from the start, so that
   // rates and increases over them have data before the first one (the task
   // kinds of coordinator/planner.h).
@@ -228,6 +236,18 @@ void ServiceMetrics::WorkerTaskFinished(absl::string_view kind,
 
 void ServiceMetrics::SetWorkerBusy(bool busy) {
   worker_busy_->Set(busy ? 1 : 0);
+}
+
+void ServiceMetrics::SetGpuReading(absl::string_view device,
+                                   absl::string_view gpu,
+                                   double memory_used_bytes,
+                                   double memory_total_bytes,
+                                   std::optional<double> utilization) {
+  const prometheus::Labels labels = {{"device", std::string(device)},
+                                     {"gpu", std::string(gpu)}};
+  gpu_memory_used_->Add(labels).Set(memory_used_bytes);
+  gpu_memory_total_->Add(labels).Set(memory_total_bytes);
+  if (utilization.has_value()) gpu_utilization_->Add(labels).Set(*utilization);
 }
 
 std::string ServiceMetrics::TextExposition() const {

@@ -95,6 +95,16 @@ class ServiceMetrics {
   void WorkerTaskFinished(absl::string_view kind, absl::string_view outcome);
   // quant_worker_busy: 1 while a task runs, 0 otherwise.
   void SetWorkerBusy(bool busy);
+  // A GPU worker's device as its driver reports it (common/nvml.h):
+  // quant_gpu_memory_used_bytes{device,gpu},
+  // quant_gpu_memory_total_bytes{device,gpu} and, where the device reports
+  // it (not under MIG), quant_gpu_utilization_ratio{device,gpu}: the
+  // fraction of the driver's last sample period in which a kernel ran.
+  // `device` is the CUDA index the worker was given (--devices), `gpu` the
+  // model name.
+  void SetGpuReading(absl::string_view device, absl::string_view gpu,
+                     double memory_used_bytes, double memory_total_bytes,
+                     std::optional<double> utilization);
 
   // The Prometheus text format (version 0.0.4) of everything in registry(),
   // for tests and debugging.
@@ -123,6 +133,9 @@ class ServiceMetrics {
   prometheus::Family<prometheus::Gauge>* block_seconds_;
   prometheus::Family<prometheus::Counter>* worker_tasks_;
   prometheus::Gauge* worker_busy_;
+  prometheus::Family<prometheus::Gauge>* gpu_memory_used_;
+  prometheus::Family<prometheus::Gauge>* gpu_memory_total_;
+  prometheus::Family<prometheus::Gauge>* gpu_utilization_;
   // Serializes the per-job series' Sets against their removal: the gauge a
   // Set writes must not be removed under it.
   absl::Mutex job_progress_mu_;

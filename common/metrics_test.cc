@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -200,6 +201,22 @@ TEST(ServiceMetricsTest, BlockSeriesPerJobAndTheirRemoval) {
   EXPECT_THAT(text, Not(HasSubstr("job_id=\"3\"")));
   EXPECT_THAT(text,
               HasSubstr("quant_block_seconds{job_id=\"4\",layer=\"0\"} 1.5\n"));
+}
+
+TEST(ServiceMetricsTest, GpuReadings) {
+  ServiceMetrics m;
+  EXPECT_THAT(m.TextExposition(), Not(HasSubstr("quant_gpu_")));
+  m.SetGpuReading("0", "NVIDIA H200", 2048, 4096, 0.25);
+  m.SetGpuReading("1", "NVIDIA H200", 1024, 4096, std::nullopt);  // Under MIG.
+  m.SetGpuReading("0", "NVIDIA H200", 3072, 4096, 0.5);
+  const std::string text = m.TextExposition();
+  EXPECT_THAT(text, HasSubstr("quant_gpu_memory_used_bytes{device=\"0\","
+                              "gpu=\"NVIDIA H200\"} 3072\n"));
+  EXPECT_THAT(text, HasSubstr("quant_gpu_memory_total_bytes{device=\"1\","
+                              "gpu=\"NVIDIA H200\"} 4096\n"));
+  EXPECT_THAT(text, HasSubstr("quant_gpu_utilization_ratio{device=\"0\","
+                              "gpu=\"NVIDIA H200\"} 0.5\n"));
+  EXPECT_THAT(text, Not(HasSubstr("quant_gpu_utilization_ratio{device=\"1\"")));
 }
 
 TEST(ServiceMetricsTest, TaskDurationHistogram) {

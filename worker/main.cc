@@ -23,7 +23,9 @@
 #include "quant/block_backend.h"
 #include "worker/worker_session.h"
 #ifdef QS_WITH_CUDA
+#include "common/nvml.h"
 #include "kernels/cuda/block_backend_cuda.h"
+#include "kernels/cuda/cuda_context.h"
 #endif
 
 ABSL_FLAG(std::string, coordinator, "localhost:50051",
@@ -52,6 +54,30 @@ std::string HostName() {
 }
 
 void Log(const std::string& line) { quant::LogLine("quant-worker", line); }
+
+#ifdef QS_WITH_CUDA
+// The quant_gpu_* gauges of `devices`, read through NVML every 5 s; none
+// (and a line saying why) where NVML is missing.
+std::unique_ptr<quant::GpuGaugeSampler> StartGpuGauges(
+    const std::vector<int>& devices, quant::ServiceMetrics* metrics) {
+  absl::StatusOr<std::vector<quant::cuda::DeviceInfo>> listed =
+      quant::cuda::ListDevices();
+  if (!listed.ok()) return nullptr;  // The sessions said so already.
+  std::vector<quant::WatchedGpu> gpus;
+  for (int device : devices) {
+    const quant::cuda::DeviceInfo& info = (*listed)[device];
+    gpus.push_back({absl::StrCat(device), info.name, info.pci_bus_id});
+  }
+  absl::StatusOr<std::unique_ptr<quant::GpuGaugeSampler>> sampler =
+      quant::GpuGaugeSampler::WithNvml(std::move(gpus), metrics,
+                                       absl::Seconds(5), Log);
+  if (!sampler.ok()) {
+    Log(absl::StrCat("no GPU gauges: ", sampler.status().message()));
+    return nullptr;
+  }
+  return *std::move(sampler);
+}
+#endif
 
 }  // namespace
 
@@ -136,6 +162,11 @@ int main(int argc, char** argv) {
     }
     sessions.push_back(*std::move(session));
   }
+
+#ifdef QS_WITH_CUDA
+  std::unique_ptr<quant::GpuGaugeSampler> gpu_gauges;
+  if (backend != "cpu") gpu_gauges = StartGpuGauges(devices, metrics.get());
+#endif
 
   quant::OnStopSignal([&sessions](int signal) {
     Log(absl::StrCat("signal ", signal,

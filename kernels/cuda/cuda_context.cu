@@ -108,6 +108,14 @@ absl::StatusOr<std::vector<DeviceInfo>> ListDevices() {
     info.compute_minor = props.minor;
     info.multiprocessors = props.multiProcessorCount;
     info.total_bytes = static_cast<int64_t>(props.totalGlobalMem);
+    char bus_id[32] = {};
+    if (absl::Status s =
+            CudaError(cudaDeviceGetPCIBusId(bus_id, sizeof(bus_id), i),
+                      absl::StrCat("reading GPU ", i, "'s PCI bus id"));
+        !s.ok()) {
+      return s;
+    }
+    info.pci_bus_id = bus_id;
     devices.push_back(std::move(info));
   }
   return devices;
@@ -215,7 +223,9 @@ absl::Status CudaContext::StagedCopy(void* to, const void* from, int64_t bytes,
           cudaEventCreateWithFlags(&staged_[b], cudaEventDisableTiming) !=
               cudaSuccess) {
         cudaGetLastError();  // Not sticky: copies go direct instead.
+        if (staging_[b] != nullptr) cudaFreeHost(staging_[b]);
         staging_[b] = nullptr;
+        staged_[b] = nullptr;
       }
     }
   }

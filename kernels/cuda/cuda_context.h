@@ -36,6 +36,7 @@ struct DeviceInfo {
   int multiprocessors = 0;
   int64_t total_bytes = 0;
   int64_t free_bytes = 0;  // When listed.
+  std::string pci_bus_id;  // "0000:3b:00.0": where NVML finds it.
 };
 
 // The devices this process sees. Unavailable, with the driver's answer,
