@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <exception>
 #include <filesystem>
 #include <memory>
 #include <utility>
@@ -15,6 +16,7 @@
 #include "nlohmann/json.hpp"
 #include "proto/recipe.h"
 #include "proto/task_tensors.h"
+#include "quant/block_store.h"
 #include "quant/quantize_model.h"
 
 namespace quant {
@@ -61,6 +63,14 @@ absl::StatusOr<std::string> CommitTaskOutputs(
       return absl::InvalidArgumentError(absl::StrCat(
           "uploaded ", name,
           " is not a safetensors file: ", file.status().message()));
+    }
+    if (name == kResultTensor) {
+      // Everything the assembly will read of it, read now: a result it
+      // could not read would fail the job after its tasks were done.
+      if (absl::Status checked = CheckBlockResult(path); !checked.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "uploaded result is not a block result: ", checked.message()));
+      }
     }
     if (name == kActivationsTensor) {
       const TensorView* hidden = (*file)->Find("hidden");
@@ -192,7 +202,7 @@ absl::StatusOr<std::string> AssembleJob(
   }
   options.output = staging + "/" + name;
   // The staging goes, whatever happens: it is a whole model's size.
-  const absl::Status built = [&]() -> absl::Status {
+  const auto build = [&]() -> absl::Status {
     ASSIGN_OR_RETURN(const QuantizationPlan plan, PlanQuantization(options));
     RETURN_IF_ERROR(AssembleOutput(options, plan, start).status());
     // SubmitJob refused an existing output; one there now is someone
@@ -216,7 +226,15 @@ absl::StatusOr<std::string> AssembleJob(
     // place and the marker, and does not assemble again.
     RETURN_IF_ERROR(WriteFileAtomically(assembled, ReportPath(spec) + "\n"));
     return RenameDurably(options.output, output.string());
-  }();
+  };
+  // No exception leaves this thread's work (nlohmann's, a library's): the
+  // job fails with it and the coordinator serves on.
+  absl::Status built;
+  try {
+    built = build();
+  } catch (const std::exception& e) {
+    built = absl::InternalError(absl::StrCat("assembly stopped: ", e.what()));
+  }
   fs::remove_all(staging, error);
   RETURN_IF_ERROR(built);
   return ReportPath(spec);

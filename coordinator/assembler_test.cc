@@ -33,6 +33,22 @@ TaskRow Block(int layer) {
   return task;
 }
 
+// A block result of width 4 whose linears were all kept in floating point:
+// small, and everything the assembly reads.
+BlockResult KeptResult() {
+  BlockResult result;
+  for (int i = 0; i < kBlockLinears; ++i) {
+    LinearWeights& linear = BlockLinear(result.weights, i);
+    linear.rows = linear.cols = 4;
+    linear.weight.assign(16, 0.25f * i);
+    result.reports[i].name = std::string(kBlockLinearNames[i]);
+    result.reports[i].kept_fp = "kept for the test";
+  }
+  result.weights.attn_norm.assign(4, 1.0f);
+  result.weights.ffn_norm.assign(4, 1.0f);
+  return result;
+}
+
 TEST(AssemblerTest, UploadsAreFoundOnDiskAndDroppedPerTask) {
   const std::string job = MakeTestTempDir("assembler");
   const std::string dir = UploadDir(job, 1, 4);
@@ -81,12 +97,22 @@ TEST(AssemblerTest, CommittedOutputsAreCheckedAndMovedIntoPlace) {
   ASSERT_TRUE(WriteFileAtomically(upload + "/result", "garbage").ok());
   auto received = ReadUploads(upload, {kResultTensor, kActivationsTensor});
   ASSERT_TRUE(received.ok());
-  const absl::StatusOr<std::string> refused =
+  absl::StatusOr<std::string> refused =
       CommitTaskOutputs(job, SequentialPlan(), Block(0), 4, *received);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(refused.status().message().find("result"), absl::string_view::npos);
-  // A real result file, but activations of another width.
+  // A safetensors file, but not a block result (the assembly could not
+  // read it: refused now, not after the job's tasks are done).
   ASSERT_TRUE(SaveActivations(upload + "/result", hidden, 2, 3, 4).ok());
+  received = ReadUploads(upload, {kResultTensor, kActivationsTensor});
+  refused = CommitTaskOutputs(job, SequentialPlan(), Block(0), 4, *received);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("not a block result"),
+            absl::string_view::npos)
+      << refused.status();
+  EXPECT_FALSE(fs::exists(BlockResultPath(job, 0)));
+  // A real result, but activations of another width.
+  ASSERT_TRUE(SaveBlockResult(upload + "/result", KeptResult()).ok());
   received = ReadUploads(upload, {kResultTensor, kActivationsTensor});
   EXPECT_EQ(CommitTaskOutputs(job, SequentialPlan(), Block(0), 8, *received)
                 .status()

@@ -1,5 +1,6 @@
 #include "quant/block_store.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -103,6 +104,13 @@ absl::Status ReadLevels(const SafetensorsFile& file, const std::string& name,
                        {groups, q.rows}, q.zeros));
   RETURN_IF_ERROR(
       Read(file, name + ".g_idx", SafetensorsDType::kI32, {q.cols}, q.g_idx));
+  for (uint8_t level : q.q) {
+    if (level >> q.bits != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(file.path(), ": ", name,
+                                                     ".q holds level ", level,
+                                                     " of ", q.bits, " bits"));
+    }
+  }
   for (int32_t g : q.g_idx) {
     if (g < 0 || g >= groups) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -206,22 +214,37 @@ absl::Status SaveBlockResult(const std::string& path,
                      {"formats", formats.dump()}});
 }
 
-absl::StatusOr<nlohmann::json> LoadBlockReport(const std::string& path) {
-  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
-                   SafetensorsFile::Open(path));
-  return Metadata(*file, "report");
+namespace {
+
+// The "report" metadata, of the shape BlockReportJson writes: an object
+// whose "linears" are kBlockLinears objects (a worker's upload may say
+// anything; the assembly indexes into it).
+absl::StatusOr<nlohmann::json> ReportOf(const SafetensorsFile& file) {
+  ASSIGN_OR_RETURN(nlohmann::json report, Metadata(file, "report"));
+  const auto linears =
+      report.is_object() ? report.find("linears") : report.end();
+  if (!report.is_object() || linears == report.end() || !linears->is_array() ||
+      linears->size() != kBlockLinears ||
+      !std::all_of(linears->begin(), linears->end(),
+                   [](const nlohmann::json& l) { return l.is_object(); })) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(file.path(), ": report metadata is not an object of ",
+                     kBlockLinears, " linears' reports"));
+  }
+  return report;
 }
 
-absl::StatusOr<BlockResult> LoadBlockResult(const std::string& path) {
+// LoadBlockResult, the weights dequantized only if `dequantize`.
+absl::StatusOr<BlockResult> ReadBlockResult(const std::string& path,
+                                            bool dequantize) {
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
                    SafetensorsFile::Open(path));
   ASSIGN_OR_RETURN(const nlohmann::json formats, Metadata(*file, "formats"));
-  ASSIGN_OR_RETURN(const nlohmann::json report, Metadata(*file, "report"));
-  if (!formats.is_array() || formats.size() != kBlockLinears ||
-      !report.contains("linears") ||
-      report["linears"].size() != kBlockLinears) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": metadata does not describe ", kBlockLinears, " linears"));
+  ASSIGN_OR_RETURN(const nlohmann::json report, ReportOf(*file));
+  if (!formats.is_array() || formats.size() != kBlockLinears) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": formats metadata does not describe ",
+                     kBlockLinears, " linears"));
   }
   BlockResult result;
   try {
@@ -245,13 +268,17 @@ absl::StatusOr<BlockResult> LoadBlockResult(const std::string& path) {
         QuantizedLinear& q = result.quantized[i];
         q.bits = formats[i].at("bits").get<int>();
         q.group_size = formats[i].at("group_size").get<int>();
+        if (q.bits < 2 || q.bits > 8) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(path, ": ", name, " has ", q.bits, "-bit levels"));
+        }
         if (formats[i].contains("gguf_type")) {
           RETURN_IF_ERROR(ReadGgufRows(*file, name, formats[i], q));
         } else {
           RETURN_IF_ERROR(ReadLevels(*file, name, q));
         }
         linear.rows = q.rows, linear.cols = q.cols;
-        linear.weight = q.Dequantize();
+        if (dequantize) linear.weight = q.Dequantize();
       }
       if (file->Find(name + ".bias") != nullptr) {
         RETURN_IF_ERROR(Read(*file, name + ".bias", SafetensorsDType::kF32,
@@ -287,6 +314,22 @@ absl::StatusOr<BlockResult> LoadBlockResult(const std::string& path) {
   RETURN_IF_ERROR(Read(*file, kNormMlp, SafetensorsDType::kF32, {dim},
                        result.weights.ffn_norm));
   return result;
+}
+
+}  // namespace
+
+absl::StatusOr<nlohmann::json> LoadBlockReport(const std::string& path) {
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
+                   SafetensorsFile::Open(path));
+  return ReportOf(*file);
+}
+
+absl::StatusOr<BlockResult> LoadBlockResult(const std::string& path) {
+  return ReadBlockResult(path, /*dequantize=*/true);
+}
+
+absl::Status CheckBlockResult(const std::string& path) {
+  return ReadBlockResult(path, /*dequantize=*/false).status();
 }
 
 absl::Status SaveActivations(const std::string& path,

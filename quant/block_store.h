@@ -21,10 +21,14 @@ absl::Status SaveBlockResult(const std::string& path,
                              const BlockResult& result);
 // Errors name the file and what is missing or malformed.
 absl::StatusOr<BlockResult> LoadBlockResult(const std::string& path);
+// Whether LoadBlockResult reads `path` (every check, without dequantizing
+// the weights): how a worker's upload is checked before it is committed.
+absl::Status CheckBlockResult(const std::string& path);
 
 // The block's reports, AWQ ratios and timing as JSON.
 nlohmann::json BlockReportJson(const BlockResult& result);
-// BlockReportJson of a saved result, read from its metadata alone.
+// BlockReportJson of a saved result, read from its metadata alone; an
+// object whose "linears" are kBlockLinears objects, or InvalidArgument.
 absl::StatusOr<nlohmann::json> LoadBlockReport(const std::string& path);
 
 // hidden [sequences, seq_len, dim].

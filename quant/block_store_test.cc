@@ -1,11 +1,14 @@
 #include "quant/block_store.h"
 
 #include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <memory>
 #include <random>
 #include <string>
 
 #include "common/test_data.h"
+#include "format/safetensors.h"
 #include "gtest/gtest.h"
 
 namespace quant {
@@ -55,6 +58,28 @@ BlockResult RandomResult() {
   r.backend = "cpu";
   r.kernel = "OpenBLAS 0.3.21 Haswell, 16 threads";
   return r;
+}
+
+// `path` with its metadata entry `key` set to `value` (the tensors as
+// they were): the header rewritten, the data after it unchanged.
+void RewriteMetadata(const std::string& path, const std::string& key,
+                     const std::string& value) {
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  uint64_t length = 0;
+  std::memcpy(&length, bytes.data(), 8);
+  nlohmann::json header = nlohmann::json::parse(bytes.substr(8, length));
+  header["__metadata__"][key] = value;
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  const std::string data = bytes.substr(8 + length);
+  length = text.size();
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(&length), 8);
+  out << text << data;
 }
 
 TEST(BlockStoreTest, BlockResultRoundTrips) {
@@ -127,6 +152,61 @@ TEST(BlockStoreTest, DamagedFilesAreErrors) {
       LoadBlockResult(dir + "/act.safetensors").status();
   EXPECT_EQ(no_meta.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(no_meta.message().find("metadata"), std::string::npos) << no_meta;
+}
+
+// A worker's upload may say anything in its metadata: each kind of lie is
+// an InvalidArgument naming what is wrong, from the full reader, the check
+// before commit and the report reader alike (never an exception).
+TEST(BlockStoreTest, MetadataThatLiesIsRefused) {
+  const std::string dir = MakeTestTempDir("block_store_lies");
+  const BlockResult good = RandomResult();
+  const std::string good_path = dir + "/good.safetensors";
+  ASSERT_TRUE(SaveBlockResult(good_path, good).ok());
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> good_file =
+      SafetensorsFile::Open(good_path);
+  ASSERT_TRUE(good_file.ok()) << good_file.status();
+  const nlohmann::json formats =
+      nlohmann::json::parse((*good_file)->metadata().at("formats"));
+  nlohmann::json wide_bits = formats, few_bits = formats;
+  wide_bits[0]["bits"] = 100;
+  few_bits[1]["bits"] = 2;  // Its levels are 3-bit.
+  nlohmann::json linears_as_numbers = BlockReportJson(good);
+  linears_as_numbers["linears"] = {1, 2, 3, 4, 5, 6, 7};
+  nlohmann::json kept_as_number = BlockReportJson(good);
+  kept_as_number["linears"][2]["kept_fp"] = 5;
+  const struct {
+    const char* key;
+    std::string value;
+    const char* named;
+  } lies[] = {
+      {"report", "1", "report metadata"},
+      {"report", "[]", "report metadata"},
+      {"report", linears_as_numbers.dump(), "report metadata"},
+      {"report", kept_as_number.dump(), "malformed metadata"},
+      {"report", "{\"linears\": ", "report"},
+      {"formats", "{}", "formats metadata"},
+      {"formats", wide_bits.dump(), "100-bit levels"},
+      {"formats", few_bits.dump(), "of 2 bits"},
+  };
+  for (const auto& lie : lies) {
+    const std::string path = dir + "/lie.safetensors";
+    ASSERT_TRUE(SaveBlockResult(path, good).ok());
+    RewriteMetadata(path, lie.key, lie.value);
+    const absl::Status loaded = LoadBlockResult(path).status();
+    EXPECT_EQ(loaded.code(), absl::StatusCode::kInvalidArgument)
+        << lie.key << " = " << lie.value << ": " << loaded;
+    EXPECT_NE(loaded.message().find(lie.named), std::string::npos) << loaded;
+    EXPECT_EQ(CheckBlockResult(path).code(), absl::StatusCode::kInvalidArgument)
+        << lie.value;
+    if (std::string(lie.key) == "report" &&
+        std::string(lie.named) == "report metadata") {
+      EXPECT_EQ(LoadBlockReport(path).status().code(),
+                absl::StatusCode::kInvalidArgument);
+    }
+  }
+  // The untouched file passes every reader.
+  EXPECT_TRUE(CheckBlockResult(good_path).ok());
+  EXPECT_TRUE(LoadBlockReport(good_path).ok());
 }
 
 }  // namespace
