@@ -231,6 +231,19 @@ absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::JobSpec& submitted) {
   ASSIGN_OR_RETURN(PlannedJob planned,
                    PlanJob(spec.recipe().mode(), options, *engine_plan));
 
+  // The calibration windows, read before the lock: a large file delays this
+  // submission only.
+  std::vector<int32_t> windows;
+  if (options.calibration.samples > 0) {
+    absl::StatusOr<std::vector<int32_t>> loaded =
+        LoadCalibrationWindows(options.model_dir, options.calibration);
+    if (!loaded.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("recipe.calibration: ", loaded.status().message()));
+    }
+    windows = *std::move(loaded);
+  }
+
   // Submissions are serialized: two jobs must not write one output.
   absl::MutexLock submit_lock(&submit_mu_);
   ASSIGN_OR_RETURN(const std::vector<JobRow> jobs, store_->ListJobs());
@@ -257,19 +270,13 @@ absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::JobSpec& submitted) {
   planned.plan.job_dir = job_dir;
   absl::StatusOr<int64_t> id = [&]() -> absl::StatusOr<int64_t> {
     if (options.calibration.samples > 0) {
-      absl::StatusOr<std::vector<int32_t>> windows =
-          LoadCalibrationWindows(options.model_dir, options.calibration);
-      if (!windows.ok()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("recipe.calibration: ", windows.status().message()));
-      }
       ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWriter> writer,
                        SafetensorsWriter::Create(WindowsPath(job_dir)));
       RETURN_IF_ERROR(writer->AddTensor(
           kWindowsTensor, SafetensorsDType::kI32,
           {options.calibration.samples, options.calibration.seq_len}));
       RETURN_IF_ERROR(writer->WriteTensorData(
-          kWindowsTensor, windows->data(), windows->size() * sizeof(int32_t)));
+          kWindowsTensor, windows.data(), windows.size() * sizeof(int32_t)));
       RETURN_IF_ERROR(writer->Finish());
     }
     RETURN_IF_ERROR(SyncDirectory(jobs_dir));

@@ -225,6 +225,15 @@ absl::StatusOr<std::vector<int32_t>> LoadCalibrationWindows(
     return absl::InvalidArgumentError(
         "calibration needs exactly one source: a text file or a token file");
   }
+  const std::string& source =
+      options.tokens_path.empty() ? options.text_path : options.tokens_path;
+  std::error_code error;
+  const uintmax_t bytes = std::filesystem::file_size(source, error);
+  if (!error && bytes > static_cast<uintmax_t>(kMaxCalibrationFileBytes)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        source, " is ", bytes, " bytes; calibration reads at most ",
+        kMaxCalibrationFileBytes));
+  }
   ASSIGN_OR_RETURN(const ModelSpec spec, LoadModelConfig(model_dir));
   std::vector<int32_t> stream;
   if (!options.tokens_path.empty()) {

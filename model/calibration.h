@@ -30,6 +30,12 @@ absl::StatusOr<CalibrationSampling> ParseCalibrationSampling(
     absl::string_view name);
 absl::string_view CalibrationSamplingName(CalibrationSampling sampling);
 
+// Limits on what one calibration may read and hold: 16 Mi tokens of
+// windows (64 times the 128 x 2048 of a large model's recipe) and a source
+// file of 1 GiB.
+inline constexpr int64_t kMaxCalibrationTokens = int64_t{1} << 24;
+inline constexpr int64_t kMaxCalibrationFileBytes = int64_t{1} << 30;
+
 struct CalibrationOptions {
   std::string text_path;    // UTF-8 text; or
   std::string tokens_path;  // token ids: .npy (1-D int32/int64) or .txt
@@ -82,7 +88,8 @@ absl::StatusOr<std::vector<int32_t>> ReadTokenIds(const std::string& path);
 // The calibration windows for the model in `model_dir` (its tokenizer.model,
 // config bos_token_id, default 1): exactly one of text_path / tokens_path
 // must be set; ids outside [0, vocab_size) are InvalidArgument naming the
-// first one.
+// first one; a source file over kMaxCalibrationFileBytes is InvalidArgument
+// before it is read.
 absl::StatusOr<std::vector<int32_t>> LoadCalibrationWindows(
     const std::string& model_dir, const CalibrationOptions& options);
 

@@ -1,5 +1,6 @@
 #include "model/calibration.h"
 
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -126,6 +127,23 @@ TEST(CalibrationTest, ReadsNpyAndTextIds) {
   const absl::Status truncated = ReadTokenIds(dir + "/short.npy").status();
   EXPECT_EQ(truncated.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(truncated.message().find("bytes"), std::string::npos) << truncated;
+}
+
+TEST(CalibrationTest, AnOversizedSourceIsRefusedUnread) {
+  const std::string dir = MakeTestTempDir("calibration_big");
+  const std::string path = dir + "/huge.txt";
+  { std::ofstream out(path); }
+  // Sparse: one byte over the limit, none of it on disk.
+  std::filesystem::resize_file(path, kMaxCalibrationFileBytes + 1);
+  for (bool tokens : {false, true}) {
+    CalibrationOptions options;
+    (tokens ? options.tokens_path : options.text_path) = path;
+    const absl::Status status =
+        LoadCalibrationWindows(dir + "/no-model", options).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(status.message().find("1073741825 bytes"), std::string::npos)
+        << status;
+  }
 }
 
 TEST(CalibrationTest, TokenizesTheSharedCalibrationText) {

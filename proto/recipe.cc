@@ -7,6 +7,7 @@
 #include "common/status_macros.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/unknown_field_set.h"
+#include "model/calibration.h"
 
 namespace quant {
 namespace {
@@ -161,6 +162,17 @@ absl::StatusOr<QuantizeModelOptions> OptionsFromRecipe(const v1::Recipe& r) {
   if (o.calibration.samples > 0) {
     if (o.calibration.seq_len < 1) {
       return FieldError("calibration.seq_len", "must be positive");
+    }
+    // Each bound alone keeps the product from overflowing.
+    if (o.calibration.samples > kMaxCalibrationTokens ||
+        o.calibration.seq_len > kMaxCalibrationTokens ||
+        o.calibration.samples * o.calibration.seq_len > kMaxCalibrationTokens) {
+      return FieldError(
+          "calibration",
+          absl::StrCat(o.calibration.samples, " windows of ",
+                       o.calibration.seq_len, " tokens exceed the ",
+                       kMaxCalibrationTokens,
+                       " tokens a job may calibrate on"));
     }
     if (o.calibration.text_path.empty() == o.calibration.tokens_path.empty()) {
       return FieldError("calibration",

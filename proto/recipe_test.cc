@@ -89,6 +89,22 @@ TEST(RecipeTest, BadValuesNameTheirField) {
        "recipe.calibration"},
       {[](v1::Recipe& r) { r.mutable_calibration()->set_samples(-2); },
        "recipe.calibration.samples"},
+      // Sizes a submission must not make the coordinator reserve, nor
+      // overflow in their product.
+      {[](v1::Recipe& r) {
+         r.mutable_calibration()->set_samples(int64_t{1} << 40);
+       },
+       "recipe.calibration"},
+      {[](v1::Recipe& r) {
+         r.mutable_calibration()->set_samples(65536);
+         r.mutable_calibration()->set_seq_len(65536);
+       },
+       "recipe.calibration"},
+      {[](v1::Recipe& r) {
+         r.mutable_calibration()->set_samples(4);
+         r.mutable_calibration()->set_seq_len(int64_t{1} << 62);
+       },
+       "recipe.calibration"},
       {[](v1::Recipe& r) { r.set_sequences_per_pass(0); },
        "recipe.sequences_per_pass"},
   };
