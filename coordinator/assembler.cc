@@ -5,6 +5,7 @@
 #include <exception>
 #include <filesystem>
 #include <memory>
+#include <set>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -36,6 +37,17 @@ bool IsGguf(const v1::JobSpec& spec) {
   return spec.recipe().output_format() == v1::OUTPUT_FORMAT_GGUF;
 }
 
+// A file's size and SHA-256, as an upload's are recorded.
+absl::StatusOr<UploadReceiver::Received> DescribeFile(const std::string& path) {
+  ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> file, MappedFile::Open(path));
+  UploadReceiver::Received r;
+  r.path = path;
+  r.bytes = file->size();
+  r.sha256 = Sha256Of(absl::string_view(
+      reinterpret_cast<const char*>(file->data()), file->size()));
+  return r;
+}
+
 }  // namespace
 
 std::string ReportPath(const v1::JobSpec& spec) {
@@ -48,6 +60,7 @@ absl::StatusOr<std::string> CommitTaskOutputs(
     int64_t hidden_size,
     const std::map<std::string, UploadReceiver::Received>& received) {
   nlohmann::json outputs = nlohmann::json::object();
+  std::set<std::string> in_place;
   for (const std::string& name : TaskOutputs(plan, task)) {
     auto it = received.find(name);
     if (it == received.end()) {
@@ -55,6 +68,24 @@ absl::StatusOr<std::string> CommitTaskOutputs(
           absl::StrCat("output \"", name, "\" was not uploaded"));
     }
     const std::string& path = it->second.path;
+    const std::string destination = OutputPath(job_dir, task, name);
+    outputs[name] = {{"path", destination},
+                     {"bytes", it->second.bytes},
+                     {"sha256", HexOf(it->second.sha256)}};
+    std::error_code error;
+    if (!fs::exists(path, error)) {
+      // Moved by an attempt whose commit the store could not record: the
+      // same bytes, checked then, are in place.
+      absl::StatusOr<UploadReceiver::Received> there =
+          DescribeFile(destination);
+      if (there.ok() && there->bytes == it->second.bytes &&
+          there->sha256 == it->second.sha256) {
+        in_place.insert(name);
+        continue;
+      }
+      return absl::FailedPreconditionError(
+          absl::StrCat("output \"", name, "\" was not uploaded"));
+    }
     // What is committed must be readable: a valid safetensors file, and
     // activations of the planned shape.
     absl::StatusOr<std::unique_ptr<SafetensorsFile>> file =
@@ -83,14 +114,12 @@ absl::StatusOr<std::string> CommitTaskOutputs(
                          ", ", plan.seq_len, ", ", hidden_size, "]"));
       }
     }
-    outputs[name] = {{"path", OutputPath(job_dir, task, name)},
-                     {"bytes", it->second.bytes},
-                     {"sha256", HexOf(it->second.sha256)}};
   }
   // Every output checked before any moves: a refused upload moves nothing.
   // (The task commits after the last rename; a crash between renames
   // leaves files the next attempt overwrites.)
   for (const std::string& name : TaskOutputs(plan, task)) {
+    if (in_place.count(name) != 0) continue;
     RETURN_IF_ERROR(RenameDurably(received.at(name).path,
                                   outputs[name]["path"].get<std::string>()));
   }
@@ -124,17 +153,13 @@ absl::StatusOr<std::map<std::string, UploadReceiver::Received>> ReadUploads(
     const std::string& dir, const std::vector<std::string>& expected) {
   std::map<std::string, UploadReceiver::Received> received;
   for (const std::string& name : expected) {
-    const std::string path = dir + "/" + name;
-    absl::StatusOr<std::unique_ptr<MappedFile>> file = MappedFile::Open(path);
+    absl::StatusOr<UploadReceiver::Received> file =
+        DescribeFile(dir + "/" + name);
     if (!file.ok()) {
       return absl::FailedPreconditionError(
           absl::StrCat("output \"", name, "\" was not uploaded"));
     }
-    UploadReceiver::Received& r = received[name];
-    r.path = path;
-    r.bytes = (*file)->size();
-    r.sha256 = Sha256Of(absl::string_view(
-        reinterpret_cast<const char*>((*file)->data()), (*file)->size()));
+    received[name] = *std::move(file);
   }
   return received;
 }

@@ -126,6 +126,20 @@ TEST(AssemblerTest, CommittedOutputsAreCheckedAndMovedIntoPlace) {
   EXPECT_TRUE(fs::exists(ActivationsPath(job, 1)));
   EXPECT_NE(outputs->find(HexOf(received->at(kResultTensor).sha256)),
             std::string::npos);
+  // Committed again, as after a store that could not record the commit (a
+  // full disk): the files moved then are in place, and nothing moves.
+  const absl::StatusOr<std::string> again =
+      CommitTaskOutputs(job, SequentialPlan(), Block(0), 4, *received);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*again, *outputs);
+  // Not the uploaded bytes in place: not committed.
+  ASSERT_TRUE(
+      SaveActivations(ActivationsPath(job, 1), std::vector<float>(24), 2, 3, 4)
+          .ok());
+  EXPECT_EQ(CommitTaskOutputs(job, SequentialPlan(), Block(0), 4, *received)
+                .status()
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace
