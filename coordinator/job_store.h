@@ -65,11 +65,13 @@ struct TaskRow {
   TaskState state = TaskState::kPending;
   int64_t epoch = 0;      // Fencing epoch of the latest lease; 0: never leased.
   std::string worker_id;  // The lease holder ("" unless leased).
-  int64_t lease_deadline_ms = 0;  // When the lease expires.
-  int32_t task_faults = 0;        // Attempts that failed by the task's fault.
-  int32_t infra_faults = 0;       // Attempts lost to workers (gone, draining).
-  std::string error;              // The latest failure.
-  double seconds = 0;             // Compute time of the committed attempt.
+  // When the lease expires, on the coordinator process's monotonic clock
+  // (Clock::MonotonicMs): a restarted coordinator grants a new deadline.
+  int64_t lease_deadline_ms = 0;
+  int32_t task_faults = 0;   // Attempts that failed by the task's fault.
+  int32_t infra_faults = 0;  // Attempts lost to workers (gone, draining).
+  std::string error;         // The latest failure.
+  double seconds = 0;        // Compute time of the committed attempt.
   // The committed outputs as JSON ({"name": {"path", "bytes", "sha256"}});
   // "" until the task is done.
   std::string outputs;

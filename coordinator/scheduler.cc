@@ -23,6 +23,12 @@ int64_t SystemClock::NowMs() {
       .count();
 }
 
+int64_t SystemClock::MonotonicMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 Scheduler::Scheduler(JobStore* store, Clock* clock, SchedulerOptions options,
                      SchedulerEvents events)
     : store_(store),
@@ -35,6 +41,7 @@ absl::Status Scheduler::Recover() {
   ASSIGN_OR_RETURN(const std::vector<JobRow> jobs, store_->ListJobs());
   absl::MutexLock lock(&mu_);
   const int64_t now = clock_->NowMs();
+  const int64_t monotonic = clock_->MonotonicMs();
   for (const JobRow& job : jobs) {
     if (IsFinal(job.state)) continue;
     ActiveJob active;
@@ -52,11 +59,11 @@ absl::Status Scheduler::Recover() {
     active.plan = *std::move(plan);
     active.tasks = *std::move(tasks);
     // Leases held across the restart get a full lease from now: their
-    // workers could not heartbeat while the coordinator was down.
+    // workers could not heartbeat while the coordinator was down (and the
+    // stored deadlines are on the last process's monotonic clock).
     for (TaskRow& task : active.tasks) {
       if (task.state == TaskState::kLeased) {
-        task.lease_deadline_ms =
-            std::max(task.lease_deadline_ms, now + options_.lease_ms);
+        task.lease_deadline_ms = monotonic + options_.lease_ms;
       }
     }
     jobs_[job.id] = std::move(active);
@@ -90,6 +97,7 @@ std::string Scheduler::RegisterWorker(const std::string& name,
   worker.name = name;
   worker.capabilities = capabilities;
   worker.last_seen_ms = clock_->NowMs();
+  worker.last_seen_monotonic_ms = clock_->MonotonicMs();
   const std::string id = worker.id;
   workers_[id] = std::move(worker);
   Changed();
@@ -98,10 +106,10 @@ std::string Scheduler::RegisterWorker(const std::string& name,
 
 std::vector<WorkerInfo> Scheduler::ListWorkers() {
   absl::MutexLock lock(&mu_);
-  const int64_t now = clock_->NowMs();
+  const int64_t now = clock_->MonotonicMs();
   std::vector<WorkerInfo> out;
   for (auto it = workers_.begin(); it != workers_.end();) {
-    if (now - it->second.last_seen_ms > options_.worker_timeout_ms) {
+    if (now - it->second.last_seen_monotonic_ms > options_.worker_timeout_ms) {
       it = workers_.erase(it);
       continue;
     }
@@ -125,7 +133,7 @@ bool Scheduler::Ready(const ActiveJob& job, const TaskRow& task) const {
 bool Scheduler::HasGpuWorker(int64_t now) const {
   for (const auto& [id, worker] : workers_) {
     if (worker.capabilities.backend() == v1::BACKEND_CUDA &&
-        now - worker.last_seen_ms <= options_.worker_timeout_ms) {
+        now - worker.last_seen_monotonic_ms <= options_.worker_timeout_ms) {
       return true;
     }
   }
@@ -156,11 +164,11 @@ WaitReason Scheduler::Waiting(const ActiveJob& job) const {
       job.job.state != JobState::kRunning) {
     return {};
   }
-  const int64_t now = clock_->NowMs();
+  const int64_t now = clock_->MonotonicMs();
   const bool gpu_pool = HasGpuWorker(now);
   std::vector<const WorkerInfo*> alive;
   for (const auto& [id, worker] : workers_) {
-    if (now - worker.last_seen_ms <= options_.worker_timeout_ms) {
+    if (now - worker.last_seen_monotonic_ms <= options_.worker_timeout_ms) {
       alive.push_back(&worker);
     }
   }
@@ -234,8 +242,9 @@ absl::StatusOr<std::optional<Lease>> Scheduler::TryLease(
         absl::StrCat("unknown worker ", worker_id, "; register again"));
   }
   WorkerInfo& worker = w->second;
-  const int64_t now = clock_->NowMs();
-  worker.last_seen_ms = now;
+  const int64_t now = clock_->MonotonicMs();
+  worker.last_seen_ms = clock_->NowMs();
+  worker.last_seen_monotonic_ms = now;
   const bool gpu_pool = HasGpuWorker(now);
   // Oldest job first; within a job, task order (the sequential order).
   for (auto& [id, job] : jobs_) {
@@ -306,10 +315,11 @@ absl::Status Scheduler::CheckLease(const TaskKey& key, int64_t epoch) {
 absl::StatusOr<int64_t> Scheduler::Heartbeat(const TaskKey& key, int64_t epoch,
                                              const std::string& worker_id) {
   absl::MutexLock lock(&mu_);
-  const int64_t now = clock_->NowMs();
+  const int64_t now = clock_->MonotonicMs();
   auto w = workers_.find(worker_id);
   if (w != workers_.end()) {
-    w->second.last_seen_ms = now;
+    w->second.last_seen_ms = clock_->NowMs();
+    w->second.last_seen_monotonic_ms = now;
     w->second.task = KeyName(key);
   }
   if (jobs_.count(key.job_id) == 0) {
@@ -356,6 +366,7 @@ absl::Status Scheduler::Complete(
     w->second.task.clear();
     ++w->second.tasks_done;
     w->second.last_seen_ms = clock_->NowMs();
+    w->second.last_seen_monotonic_ms = clock_->MonotonicMs();
   }
   return absl::OkStatus();
 }
@@ -403,7 +414,7 @@ absl::Status Scheduler::Fail(const TaskKey& key, int64_t epoch, bool task_fault,
 
 int Scheduler::ExpireLeases() {
   absl::MutexLock lock(&mu_);
-  const int64_t now = clock_->NowMs();
+  const int64_t now = clock_->MonotonicMs();
   int expired = 0;
   std::vector<int64_t> finished;
   for (auto& [id, job] : jobs_) {

@@ -48,23 +48,36 @@ namespace quant {
 class Clock {
  public:
   virtual ~Clock() = default;
-  virtual int64_t NowMs() = 0;  // Milliseconds since the Unix epoch.
+  // Milliseconds since the Unix epoch: the times jobs and events record.
+  virtual int64_t NowMs() = 0;
+  // Milliseconds on a clock that never steps (from an arbitrary start, per
+  // process): leases and worker liveness, which a step of the wall clock
+  // must not expire all at once.
+  virtual int64_t MonotonicMs() = 0;
 };
 
 class SystemClock : public Clock {
  public:
   int64_t NowMs() override;
+  int64_t MonotonicMs() override;
 };
 
-// For tests: time moves only when told.
+// For tests: time moves only when told; the wall clock may also step alone.
 class FakeClock : public Clock {
  public:
-  explicit FakeClock(int64_t now_ms = 1'000'000) : now_ms_(now_ms) {}
+  explicit FakeClock(int64_t now_ms = 1'000'000)
+      : now_ms_(now_ms), monotonic_ms_(now_ms) {}
   int64_t NowMs() override { return now_ms_.load(); }
-  void Advance(int64_t ms) { now_ms_ += ms; }
+  int64_t MonotonicMs() override { return monotonic_ms_.load(); }
+  void Advance(int64_t ms) {
+    now_ms_ += ms;
+    monotonic_ms_ += ms;
+  }
+  void StepWallClock(int64_t ms) { now_ms_ += ms; }
 
  private:
   std::atomic<int64_t> now_ms_;
+  std::atomic<int64_t> monotonic_ms_;
 };
 
 struct SchedulerOptions {
@@ -80,8 +93,9 @@ struct WorkerInfo {
   std::string id;
   std::string name;
   v1::Capabilities capabilities;
-  int64_t last_seen_ms = 0;
-  std::string task;  // "job/index" while it holds a lease.
+  int64_t last_seen_ms = 0;            // Wall clock, for people.
+  int64_t last_seen_monotonic_ms = 0;  // For the timeout.
+  std::string task;                    // "job/index" while it holds a lease.
   int tasks_done = 0;
 };
 

@@ -373,6 +373,37 @@ TEST_F(SchedulerTest, LeasesHeldAcrossALongRestartAreNotLost) {
   ASSERT_TRUE(Complete(embed, w).ok());
 }
 
+// Leases and liveness run on the monotonic clock: a step of the wall clock
+// (NTP, an operator) expires nothing and forgets no worker, either way.
+TEST_F(SchedulerTest, AWallClockStepExpiresNoLease) {
+  AddChain();
+  const std::string w = scheduler_->RegisterWorker("a", Cpu());
+  const Lease embed = MustLease(w);
+  clock_.StepWallClock(10 * kLeaseMs);
+  EXPECT_EQ(scheduler_->ExpireLeases(), 0);
+  EXPECT_EQ(scheduler_->ListWorkers().size(), 1u);
+  clock_.StepWallClock(-20 * kLeaseMs);
+  EXPECT_EQ(scheduler_->ExpireLeases(), 0);
+  ASSERT_TRUE(scheduler_->Heartbeat(embed.key, embed.epoch, w).ok());
+  // Real time still runs a silent lease out.
+  clock_.Advance(kLeaseMs + 1);
+  EXPECT_EQ(scheduler_->ExpireLeases(), 1);
+}
+
+// A restarted coordinator's monotonic clock starts elsewhere: a stored
+// deadline far in its future still gives way to a lease from the restart.
+TEST_F(SchedulerTest, LeasesFromAnEarlierProcessGetAFreshDeadline) {
+  const int64_t job = AddChain();
+  const std::string w = scheduler_->RegisterWorker("a", Cpu());
+  MustLease(w);
+  TaskRow stored = StoredTask(job, 0);
+  stored.lease_deadline_ms = int64_t{1} << 60;
+  ASSERT_TRUE(store_->UpdateTask(stored).ok());
+  Reopen();
+  clock_.Advance(kLeaseMs + 1);
+  EXPECT_EQ(scheduler_->ExpireLeases(), 1);
+}
+
 TEST_F(SchedulerTest, AResumedJobWithEveryTaskDoneGoesBackToAssembly) {
   const int64_t job = AddChain();
   const std::string w = scheduler_->RegisterWorker("a", Cpu());
