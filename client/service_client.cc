@@ -3,7 +3,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <thread>
 #include <utility>
@@ -269,8 +272,16 @@ absl::Status RunLocal(const v1::JobSpec& spec, const LocalRunOptions& options,
   std::string state_dir = options.state_dir;
   const bool temporary = state_dir.empty();
   if (temporary) {
-    state_dir = absl::StrCat(fs::temp_directory_path().string(),
-                             "/quantctl-local-", ::getpid());
+    // A new directory only this user can enter: never one that someone
+    // else made (with a job store planted in it) under a name we chose.
+    std::string name = absl::StrCat(fs::temp_directory_path().string(),
+                                    "/quantctl-local-XXXXXX");
+    if (::mkdtemp(name.data()) == nullptr) {
+      return absl::InternalError(
+          absl::StrCat("cannot create a state directory like ", name, ": ",
+                       std::strerror(errno)));
+    }
+    state_dir = name;
   }
   // A temporary store goes however the run ends.
   struct RemoveTemporary {
@@ -284,8 +295,18 @@ absl::Status RunLocal(const v1::JobSpec& spec, const LocalRunOptions& options,
   coordinator_options.listen_address = "";  // In-process only.
   JobManagerOptions& jobs = coordinator_options.jobs;
   jobs.state_dir = state_dir;
-  jobs.model_roots = {"/"};  // The user's own paths, in the user's process.
-  jobs.output_roots = {"/"};
+  // The paths this job names and nothing else: a store given with
+  // --state-dir may hold other jobs, which resume only within them.
+  jobs.model_roots = {spec.model_dir()};
+  const v1::Calibration& calibration = spec.recipe().calibration();
+  for (const std::string& path :
+       {calibration.text_path(), calibration.tokens_path()}) {
+    if (!path.empty()) jobs.model_roots.push_back(path);
+  }
+  for (const std::string& text : spec.recipe().eval_texts()) {
+    jobs.model_roots.push_back(text);
+  }
+  jobs.output_roots = {spec.output()};
   jobs.scheduler.heartbeat_interval_ms = 1000;
   ASSIGN_OR_RETURN(std::unique_ptr<Coordinator> coordinator,
                    Coordinator::Create(coordinator_options));

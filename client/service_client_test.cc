@@ -113,6 +113,24 @@ TEST_F(ServiceClientTest, RunLocalMatchesTheEngine) {
   fs::remove_all(local.state_dir);
 }
 
+// The temporary store is a directory of its own: one that already exists
+// under the name the run once chose (another user's, with a job store
+// planted in it) is neither used nor removed.
+TEST_F(ServiceClientTest, RunLocalMakesItsOwnStateDirectory) {
+  const std::string planted = absl::StrCat(fs::temp_directory_path().string(),
+                                           "/quantctl-local-", getpid());
+  fs::create_directories(planted + "/jobs");
+  ASSERT_TRUE(WriteFileAtomically(planted + "/marker", "not yours").ok());
+  options_.output_format = OutputFormat::kGptq;
+  std::ostringstream out, err;
+  const absl::Status status =
+      RunLocal(Spec(dir_ + "/own-state"), LocalRunOptions(), out, err);
+  ASSERT_TRUE(status.ok()) << status << "\n" << err.str();
+  EXPECT_TRUE(fs::exists(planted + "/marker"));
+  EXPECT_TRUE(fs::is_empty(planted + "/jobs"));
+  fs::remove_all(planted);
+}
+
 TEST_F(ServiceClientTest, CommandsOverTcp) {
   CoordinatorOptions options;
   options.listen_address = "127.0.0.1:0";
