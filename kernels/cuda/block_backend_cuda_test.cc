@@ -116,8 +116,11 @@ double SameFraction(const QuantizedLinear& a, const QuantizedLinear& b) {
 }
 
 // The CPU oracle's run of a case, and its runs on the same case with the
-// calibration inputs nudged by one FP32 ulp here and there: a perturbation
-// of the size by which the GPU's summation orders differ from the CPU's.
+// calibration inputs nudged by 2^-13 of their value here and there: a
+// perturbation of the size by which the GPU's block forward differs from
+// the CPU's computing the same function (1.3e-4, ForwardTasksAndRefusals:
+// FP32 summation orders, and the BF16 roundings of the products' inputs
+// that they tip).
 struct Oracle {
   BlockRun run;
   std::vector<BlockRun> nudged;
@@ -132,7 +135,7 @@ Oracle RunOracle(const Case& c, const BlockRecipe& recipe) {
     std::mt19937 rng(seed);
     for (float& x : nudged.hidden) {
       const int step = static_cast<int>(rng() % 3) - 1;
-      if (step != 0) x = std::nextafter(x, step * INFINITY);
+      x += step * std::ldexp(x, -13);
     }
     oracle.nudged.push_back(Quantize(cpu, nudged, recipe));
   }
@@ -145,10 +148,11 @@ Oracle RunOracle(const Case& c, const BlockRecipe& recipe) {
 // points. GPTQ feeds every column's rounding error into the next, and a
 // linear's inputs carry the earlier stages' solutions, so a level decided by
 // a near-tie changes the rest of its row and the stages after it: the CPU's
-// own agreement under FP32-sized nudges is the bar no other summation order
-// can beat (these blocks: first-stage linears 100%, later ones down to 50%
-// with act-order and on k-quant grids, at equal loss). The block's outputs
-// likewise: within 2% of the CPU's, or 1.5 times the nudges' difference.
+// own agreement under nudges the size of the GPU's differences is the bar
+// no other summation order can beat (these blocks: first-stage linears
+// 100%, later ones down to 35-80% with act-order and on k-quant grids, at
+// equal loss). The block's outputs likewise: within 2% of the CPU's, or 1.5
+// times the nudges' difference.
 //
 // `other_choice[i]`: linear i was scaled by another AWQ exponent than the
 // CPU chose (see AwqBlockWithinTheContractOfTheCpu): its levels differ by
@@ -305,9 +309,22 @@ TEST(CudaBlockBackendTest, AwqBlockWithinTheContractOfTheCpu) {
   const BlockRun got = Quantize(*gpu, c, recipe);
   ExpectAwqWithinContract(c, recipe, got, want, "awq-fp-inputs");
   // The kept linear, scaled and rounded to BF16, is the CPU's where the
-  // exponents are.
+  // exponents are, but for a scale's last bits (its mean |x| from the GPU's
+  // inputs) tipping a rounding: 99% identical, the rest one BF16 step off.
   if (got.result.awq_ratios == want.run.result.awq_ratios) {
-    EXPECT_EQ(got.result.weights.up.weight, want.run.result.weights.up.weight);
+    const std::vector<float>& a = got.result.weights.up.weight;
+    const std::vector<float>& b = want.run.result.weights.up.weight;
+    ASSERT_EQ(a.size(), b.size());
+    size_t same = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      same += a[i] == b[i] ? 1 : 0;
+      EXPECT_LE(std::fabs(a[i] - b[i]),
+                std::ldexp(std::max(std::fabs(a[i]), std::fabs(b[i])), -7))
+          << "weight " << i;
+    }
+    std::printf("awq-fp-inputs kept up_proj: %.5f identical\n",
+                static_cast<double>(same) / a.size());
+    EXPECT_GE(same, 0.99 * a.size());
   }
 }
 
