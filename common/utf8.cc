@@ -1,6 +1,9 @@
 #include "common/utf8.h"
 
+#include <algorithm>
 #include <cstdint>
+
+#include "absl/strings/str_cat.h"
 
 namespace quant {
 namespace {
@@ -95,6 +98,16 @@ std::string QuoteForMessage(absl::string_view s, size_t max_bytes) {
   if (i < s.size()) out.append("...");
   out.push_back('\'');
   return out;
+}
+
+std::string BoundedText(absl::string_view s, size_t max_bytes) {
+  const bool plain = s.size() <= max_bytes && IsValidUtf8(s) &&
+                     std::none_of(s.begin(), s.end(), [](char ch) {
+                       const unsigned char c = static_cast<unsigned char>(ch);
+                       return (c < 0x20 && c != '\n' && c != '\t') || c == 0x7f;
+                     });
+  if (plain) return std::string(s);
+  return absl::StrCat(QuoteForMessage(s, max_bytes), " (", s.size(), " bytes)");
 }
 
 }  // namespace quant

@@ -24,6 +24,12 @@ bool IsValidUtf8(absl::string_view s, size_t* bad_offset = nullptr);
 // always valid UTF-8, e.g. QuoteForMessage("bad\xff") == "'bad\\xff'".
 std::string QuoteForMessage(absl::string_view s, size_t max_bytes = 128);
 
+// Text from another process (an error a worker reports, the name of its
+// kernel) as it may be stored and shown: `s` itself when it is well-formed
+// UTF-8 of at most `max_bytes` with no control bytes but \n and \t; else
+// QuoteForMessage(s, max_bytes) followed by " (N bytes)".
+std::string BoundedText(absl::string_view s, size_t max_bytes);
+
 }  // namespace quant
 
 #endif  // COMMON_UTF8_H_

@@ -107,5 +107,19 @@ TEST(QuoteForMessageTest, OutputIsAlwaysValidUtf8) {
   }
 }
 
+TEST(BoundedTextTest, PlainTextAsItIsAnythingElseQuotedAndBounded) {
+  EXPECT_EQ(BoundedText("CUDA error: out of memory\n\tat block 3", 64),
+            "CUDA error: out of memory\n\tat block 3");
+  EXPECT_EQ(BoundedText("gr\xc3\xbc\xc3\x9f", 8), "gr\xc3\xbc\xc3\x9f");
+  EXPECT_EQ(BoundedText("abcdef", 4), "'abcd...' (6 bytes)");
+  EXPECT_EQ(BoundedText("a\rb", 8), "'a\\rb' (3 bytes)");
+  EXPECT_EQ(BoundedText("x\xff", 8), "'x\\xff' (2 bytes)");
+  // A 16 MiB error is stored as 4 KiB and a note of its size.
+  const std::string huge(16u << 20, 'e');
+  const std::string bounded = BoundedText(huge, 4096);
+  EXPECT_LE(bounded.size(), 4096u + 32);
+  EXPECT_NE(bounded.find("(16777216 bytes)"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace quant

@@ -17,6 +17,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/compute_kernel.h"
 #include "proto/quant/v1/quantization_service.grpc.pb.h"
+#include "proto/quant/v1/worker_service.grpc.pb.h"
 #include "proto/recipe.h"
 #include "quant/quantize_model.h"
 #include "worker/worker_session.h"
@@ -389,6 +390,87 @@ grpc::ByteBuffer Buffer(const std::string& bytes) {
 
 // grpc.health.v1 and server reflection answer, through hand-encoded
 // messages (so the test needs neither service's generated code).
+// What a worker sends is bounded before it is stored or written: names of
+// plain text, errors cut to 4 KiB, outputs no larger than the task needs.
+TEST_F(CoordinatorTest, AWorkersWordsAreBounded) {
+  auto worker = v1::WorkerGateway::NewStub(coordinator_->InProcessChannel());
+  auto register_as = [&](const std::string& name, std::string* id) {
+    grpc::ClientContext context;
+    v1::RegisterWorkerRequest request;
+    request.set_name(name);
+    request.mutable_capabilities()->set_backend(v1::BACKEND_CPU);
+    request.mutable_capabilities()->set_threads(1);
+    request.mutable_capabilities()->set_memory_bytes(int64_t{8} << 30);
+    v1::RegisterWorkerResponse response;
+    const grpc::Status status =
+        worker->RegisterWorker(&context, request, &response);
+    if (id != nullptr) *id = response.worker_id();
+    return status.error_code();
+  };
+  // (A name that is not UTF-8 never gets here: protobuf refuses to parse
+  // the request.)
+  for (const std::string& bad :
+       {std::string(), std::string(300, 'w'), std::string("w\nforged line"),
+        std::string("w\x01")}) {
+    EXPECT_EQ(register_as(bad, nullptr), grpc::StatusCode::INVALID_ARGUMENT)
+        << bad.size();
+  }
+  std::string id;
+  ASSERT_EQ(register_as("honest-worker", &id), grpc::StatusCode::OK);
+
+  v1::Job job;
+  ASSERT_TRUE(Submit(Spec(engine_, dir_ + "/out/bounded"), &job).ok());
+  auto lease = [&] {
+    grpc::ClientContext context;
+    v1::LeaseTaskRequest request;
+    request.set_worker_id(id);
+    request.set_wait_ms(2000);
+    v1::LeaseTaskResponse response;
+    EXPECT_TRUE(worker->LeaseTask(&context, request, &response).ok());
+    EXPECT_TRUE(response.has_task());
+    return response.task();
+  };
+  // An upload declaring a petabyte is refused at its first chunk.
+  const v1::TaskRef first = lease();
+  {
+    grpc::ClientContext context;
+    v1::UploadResultResponse response;
+    auto writer = worker->UploadResult(&context, &response);
+    v1::UploadResultRequest message;
+    *message.mutable_task() = first;
+    ASSERT_TRUE(writer->Write(message));
+    v1::Chunk& chunk = *message.mutable_chunk();
+    chunk.set_tensor("activations");
+    chunk.mutable_info()->set_size_bytes(uint64_t{1} << 50);
+    chunk.set_data("x");
+    writer->Write(message);
+    writer->WritesDone();
+    const grpc::Status status = writer->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(status.error_message().find("declares 1125899906842624 bytes"),
+              std::string::npos)
+        << status.error_message();
+  }
+  // A 1 MiB error is stored as 4 KiB and a note of its size.
+  const v1::TaskRef second = lease();
+  {
+    grpc::ClientContext context;
+    v1::FailTaskRequest request;
+    *request.mutable_task() = second;
+    request.set_error(std::string(1 << 20, 'e'));
+    v1::FailTaskResponse response;
+    ASSERT_TRUE(worker->FailTask(&context, request, &response).ok());
+  }
+  bool found = false;
+  const v1::Job after = Get(job.job_id());
+  for (const v1::Task& task : after.tasks()) {
+    if (task.error().find("(1048576 bytes)") == std::string::npos) continue;
+    found = true;
+    EXPECT_LE(task.error().size(), 4096u + 32);
+  }
+  EXPECT_TRUE(found);
+}
+
 TEST_F(CoordinatorTest, HealthAndReflectionAreOn) {
   grpc::GenericStub stub(coordinator_->InProcessChannel());
   // HealthCheckRequest{service: ""} is empty; the answer is

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <limits>
 #include <optional>
 #include <random>
 #include <utility>
@@ -16,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "common/file.h"
 #include "common/status_macros.h"
+#include "common/utf8.h"
 #include "coordinator/assembler.h"
 #include "coordinator/planner.h"
 #include "format/model_config.h"
@@ -30,6 +32,10 @@ namespace quant {
 namespace {
 
 namespace fs = std::filesystem;
+
+// What a worker's free text may take in the store, logs and metrics.
+constexpr size_t kMaxErrorBytes = 4096;
+constexpr size_t kMaxNameBytes = 256;
 
 std::string JobIdString(int64_t id) { return absl::StrCat(id); }
 
@@ -464,6 +470,14 @@ absl::StatusOr<v1::RegisterWorkerResponse> JobManager::RegisterWorker(
       !v1::Backend_IsValid(request.capabilities().backend())) {
     return absl::InvalidArgumentError("capabilities.backend: unknown");
   }
+  // Names appear in logs, status and metrics: a line of plain text.
+  if (request.name().empty() ||
+      BoundedText(request.name(), kMaxNameBytes) != request.name() ||
+      request.name().find_first_of("\n\t") != std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("name: ", QuoteForMessage(request.name()), " is not 1 to ",
+                     kMaxNameBytes, " bytes of plain text"));
+  }
   v1::RegisterWorkerResponse response;
   response.set_worker_id(
       scheduler_->RegisterWorker(request.name(), request.capabilities()));
@@ -628,7 +642,14 @@ absl::StatusOr<v1::UploadResultResponse> JobManager::UploadResult(
   fs::remove_all(dir, error);
   fs::create_directories(dir, error);
   if (error) return absl::InternalError(absl::StrCat("cannot create ", dir));
-  UploadReceiver receiver(dir, TaskOutputs(job.snapshot.plan, task));
+  // No output is larger than the memory the task was planned to need (its
+  // weights, activations and scratch), with room for headers; plans from
+  // before that estimate have no bound.
+  const int64_t planned = TaskMemoryBytes(job.snapshot.plan, task);
+  UploadReceiver receiver(
+      dir, TaskOutputs(job.snapshot.plan, task),
+      planned > 0 ? static_cast<uint64_t>(planned) + (uint64_t{64} << 20)
+                  : std::numeric_limits<uint64_t>::max());
   absl::Status received = absl::OkStatus();
   while (received.ok() && read(&message)) {
     received =
@@ -686,9 +707,11 @@ absl::Status JobManager::CompleteTask(const v1::CompleteTaskRequest& request) {
     if (!found.ok()) return absl::AbortedError(found.status().message());
     received = *std::move(found);
   }
+  const std::string backend = BoundedText(request.backend(), kMaxNameBytes);
+  const std::string kernel = BoundedText(request.kernel(), kMaxNameBytes);
   const absl::Status completed = scheduler_->Complete(
-      key, ref.epoch(), ref.worker_id(), request.seconds(), request.backend(),
-      request.kernel(), [&] {
+      key, ref.epoch(), ref.worker_id(), request.seconds(), backend, kernel,
+      [&] {
         return CommitTaskOutputs(job.snapshot.plan.job_dir, job.snapshot.plan,
                                  task, model.hidden_size, received);
       });
@@ -713,10 +736,9 @@ absl::Status JobManager::CompleteTask(const v1::CompleteTaskRequest& request) {
                           after.tasks);
   if (options_.metrics != nullptr) {
     options_.metrics->TaskCompleted(task.kind);
-    options_.metrics->ObserveTaskDuration(
-        QuantMethodName(options.method),
-        request.backend().empty() ? "cpu" : request.backend(),
-        request.seconds());
+    options_.metrics->ObserveTaskDuration(QuantMethodName(options.method),
+                                          backend.empty() ? "cpu" : backend,
+                                          request.seconds());
     if (task.kind == kBlockTask)
       RecordBlockMetrics(job.snapshot, task, request);
   }
@@ -748,11 +770,13 @@ void JobManager::RecordBlockMetrics(const JobSnapshot& job, const TaskRow& task,
 absl::Status JobManager::FailTask(const v1::FailTaskRequest& request) {
   const v1::TaskRef& ref = request.task();
   ASSIGN_OR_RETURN(const TaskKey key, KeyOf(ref));
-  RETURN_IF_ERROR(scheduler_->Fail(key, ref.epoch(), request.task_fault(),
-                                   request.error()));
+  // Stored and shown to users: bounded and well-formed, whatever was sent.
+  const std::string error = BoundedText(request.error(), kMaxErrorBytes);
+  RETURN_IF_ERROR(
+      scheduler_->Fail(key, ref.epoch(), request.task_fault(), error));
   Log(absl::StrCat("job ", key.job_id, ": task ", key.index, " failed (",
                    request.task_fault() ? "task" : "worker",
-                   " fault): ", request.error()));
+                   " fault): ", error));
   return absl::OkStatus();
 }
 

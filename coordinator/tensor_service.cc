@@ -113,8 +113,11 @@ absl::Status TaskInputs::Stream(
 }
 
 UploadReceiver::UploadReceiver(std::string dir,
-                               std::vector<std::string> expected)
-    : dir_(std::move(dir)), expected_(std::move(expected)) {}
+                               std::vector<std::string> expected,
+                               uint64_t max_output_bytes)
+    : dir_(std::move(dir)),
+      expected_(std::move(expected)),
+      max_output_bytes_(max_output_bytes) {}
 
 UploadReceiver::~UploadReceiver() = default;
 
@@ -134,6 +137,11 @@ absl::Status UploadReceiver::Accept(const v1::Chunk& chunk) {
     if (!chunk.has_info()) {
       return absl::DataLossError(absl::StrCat(
           chunk.tensor(), ": the first chunk carries no tensor info"));
+    }
+    if (chunk.info().size_bytes() > max_output_bytes_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "\"", chunk.tensor(), "\" declares ", chunk.info().size_bytes(),
+          " bytes; this task's outputs take at most ", max_output_bytes_));
     }
     verifier_ = std::make_unique<ChunkVerifier>(chunk.tensor(),
                                                 chunk.info().size_bytes());

@@ -65,11 +65,15 @@ class TaskInputs {
 // <dir>/<name> as its chunks arrive.
 class UploadReceiver {
  public:
-  UploadReceiver(std::string dir, std::vector<std::string> expected);
+  // Each output declares its size in its first chunk: at most
+  // `max_output_bytes` (what the task could need at all), so that a worker
+  // cannot make the coordinator write without end.
+  UploadReceiver(std::string dir, std::vector<std::string> expected,
+                 uint64_t max_output_bytes);
   ~UploadReceiver();
 
   // DataLoss for a damaged or out-of-order stream; InvalidArgument for a
-  // tensor that was not asked for.
+  // tensor that was not asked for or one larger than max_output_bytes.
   absl::Status Accept(const v1::Chunk& chunk);
   // Commits (fsyncs) every file; FailedPrecondition naming an output that
   // never arrived whole.
@@ -87,6 +91,7 @@ class UploadReceiver {
  private:
   const std::string dir_;
   const std::vector<std::string> expected_;
+  const uint64_t max_output_bytes_;
   std::unique_ptr<ChunkVerifier> verifier_;
   std::unique_ptr<AtomicFileWriter> writer_;
   std::map<std::string, Received> received_;
