@@ -17,8 +17,18 @@ command -v dpkg >/dev/null || { echo "SKIP: no dpkg"; exit 77; }
 
 # The package holding a library: dpkg's record (under /lib or /usr/lib, with
 # Debian's merged /usr), or for CUDA's libraries NVIDIA's package of it.
+# `owner` maps paths to packages (needed_packages fills it).
+declare -A owner=()
+candidates_of() {  # The names dpkg may record a library under.
+  local path=$1 resolved
+  resolved=$(readlink -f "$path")
+  echo "$path"
+  echo "$resolved"
+  echo "${path/#\/lib\//\/usr\/lib\/}"
+  echo "${resolved/#\/usr\/lib\//\/lib\/}"
+}
 package_of() {
-  local name path=$1 resolved
+  local name path=$1 candidate
   name=$(basename "$path")
   case $name in
     libcudart.so.*) echo cuda-cudart-13-0; return ;;
@@ -27,23 +37,27 @@ package_of() {
     libcusparse.so.*) echo libcusparse-13-0; return ;;
     libnvJitLink.so.*) echo libnvjitlink-13-0; return ;;
   esac
-  resolved=$(readlink -f "$path")
-  for candidate in "$path" "$resolved" "${path/#\/lib\//\/usr\/lib\/}" \
-    "${resolved/#\/usr\/lib\//\/lib\/}"; do
-    dpkg -S "$candidate" 2>/dev/null | head -n 1 | cut -d: -f1 && return
-  done
+  while read -r candidate; do
+    [[ -n ${owner[$candidate]:-} ]] && { echo "${owner[$candidate]}"; return; }
+  done < <(candidates_of "$path")
   echo "UNKNOWN($path)"
 }
 
 # Packages the programs need: every library ldd resolves, and SentencePiece,
-# which the programs open at run time. glibc is in every base image.
+# which the programs open at run time. glibc is in every base image. One
+# dpkg query for all of them (one a library took minutes on a busy
+# machine).
 needed_packages() {
-  {
-    ldd "$@" | awk '/=> \//{print $3}' | sort -u | while read -r lib; do
-      package_of "$lib"
-    done
-    package_of "$(ldconfig -p | awk '/libsentencepiece\.so\.0 /{print $NF; exit}')"
-  } | grep -vx 'libc6' | sort -u
+  local libs=() lib line
+  mapfile -t libs < <(ldd "$@" | awk '/=> \//{print $3}' | sort -u)
+  libs+=("$(ldconfig -p | awk '/libsentencepiece\.so\.0 /{print $NF; exit}')")
+  while IFS= read -r line; do
+    [[ $line == diversion* ]] && continue
+    owner[${line##*: }]=${line%%:*}
+  done < <(for lib in "${libs[@]}"; do candidates_of "$lib"; done |
+             sort -u | xargs dpkg -S 2>/dev/null)
+  for lib in "${libs[@]}"; do package_of "$lib"; done | grep -vx 'libc6' |
+    sort -u
 }
 
 # check DOCKERFILE IMAGE_NAME PROGRAM...
