@@ -295,8 +295,8 @@ absl::Status RunLocal(const v1::JobSpec& spec, const LocalRunOptions& options,
   coordinator_options.listen_address = "";  // In-process only.
   JobManagerOptions& jobs = coordinator_options.jobs;
   jobs.state_dir = state_dir;
-  // The paths this job names and nothing else: a store given with
-  // --state-dir may hold other jobs, which resume only within them.
+  // The paths this job names and nothing else (jobs recovered from a store
+  // given with --state-dir resume with the paths they were submitted with).
   jobs.model_roots = {spec.model_dir()};
   const v1::Calibration& calibration = spec.recipe().calibration();
   for (const std::string& path :
