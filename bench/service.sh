@@ -76,16 +76,16 @@ start_service() {
   local tag=$1
   port=$(free_port)
   rm -rf "$work/state-$tag" "$work/scratch-$tag"
-  "$coordinator_bin" --listen "127.0.0.1:$port" --state_dir "$work/state-$tag" \
+  "$coordinator_bin" --insecure --listen "127.0.0.1:$port" --state_dir "$work/state-$tag" \
     --model_roots "$work,$data" --output_roots "$work/out" \
     >"$work/coordinator-$tag.log" 2>&1 &
   coordinator_pid=$!
   pids+=("$coordinator_pid")
   for _ in $(seq 1 200); do
-    "$quantctl" --coordinator "127.0.0.1:$port" list >/dev/null 2>&1 && break
+    "$quantctl" --coordinator "127.0.0.1:$port" --insecure list >/dev/null 2>&1 && break
     sleep 0.1
   done
-  "$worker_bin" --coordinator "127.0.0.1:$port" --name "w-$tag" \
+  "$worker_bin" --coordinator "127.0.0.1:$port" --insecure --name "w-$tag" \
     --threads "$threads" --scratch_dir "$work/scratch-$tag" \
     >"$work/worker-$tag.log" 2>&1 &
   worker_pid=$!
@@ -142,7 +142,7 @@ for rep in $(seq 1 "$reps"); do
         "$quantctl" run --local --workers 1 --threads "$threads" \
           --model "$model" --out "$out" "${recipe[@]}" >"$work/$way-$rep.log" 2>&1 ;;
       service)
-        "$quantctl" --coordinator "127.0.0.1:$port" submit --watch \
+        "$quantctl" --coordinator "127.0.0.1:$port" --insecure submit --watch \
           --model "$model" --out "$out" "${recipe[@]}" >"$work/$way-$rep.log" 2>&1 ;;
     esac
     times[$way]+="$(echo "$(now) - $start" | bc) "
@@ -219,7 +219,7 @@ PY
   sample_rss "$coordinator_pid" "$work/out" "$work/rss-$name.sampled" &
   sampler_pid=$!
   start=$(now)
-  "$quantctl" --coordinator "127.0.0.1:$port" submit --watch --model "$m" \
+  "$quantctl" --coordinator "127.0.0.1:$port" --insecure submit --watch --model "$m" \
     --out "$out" --method rtn --bits 4 --group-size 128 --calib-samples 0 \
     --format gptq >"$work/rss-$name.log" 2>&1
   seconds=$(echo "$(now) - $start" | bc)

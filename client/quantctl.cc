@@ -235,7 +235,9 @@ absl::Status RunServiceCommand(const QuantctlOptions& options,
   ServiceClientOptions client_options;
   client_options.coordinator = options.coordinator;
   client_options.progress_on_tty = options.progress_on_tty;
-  ServiceClient client(client_options);
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel,
+                   DialCoordinator(options.coordinator, options.auth));
+  ServiceClient client(client_options, std::move(channel));
   if (command == "submit") {
     ASSIGN_OR_RETURN(const v1::JobSpec spec, JobSpecOf(options, command));
     ASSIGN_OR_RETURN(const v1::Job job, client.Submit(spec));

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "common/auth.h"
 #include "quant/quantize_model.h"
 
 namespace quant {
@@ -39,9 +40,10 @@ struct QuantctlOptions {
   QuantizeModelOptions quantize;
   // The service commands.
   std::string coordinator = "localhost:50051";  // --coordinator
-  std::string mode = "sequential";              // --mode: or parallel.
-  bool local = false;  // run --local (the only kind of run today).
-  int workers = 2;     // run --local: in-process workers.
+  ClientAuthOptions auth;           // --tls_* / --token_file / --insecure
+  std::string mode = "sequential";  // --mode: or parallel.
+  bool local = false;               // run --local (the only kind of run today).
+  int workers = 2;                  // run --local: in-process workers.
   // quantize and run --local --backend cuda (quantize.backend): the GPUs;
   // quantize uses the first.
   std::vector<int> devices = {0};

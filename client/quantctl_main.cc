@@ -8,6 +8,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "client/quantctl.h"
+#include "common/auth_flags.h"
 #include "model/calibration.h"
 #include "quant/block_backend.h"
 #ifdef QS_WITH_CUDA
@@ -161,6 +162,7 @@ int main(int argc, char** argv) {
   q.eval_texts = absl::GetFlag(FLAGS_eval);
   q.eval_max_windows = absl::GetFlag(FLAGS_eval_windows);
   options.coordinator = absl::GetFlag(FLAGS_coordinator);
+  options.auth = quant::ClientAuthFromFlags();
   options.mode = absl::GetFlag(FLAGS_mode);
   options.local = absl::GetFlag(FLAGS_local);
   options.workers = absl::GetFlag(FLAGS_workers);

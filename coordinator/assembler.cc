@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <exception>
 #include <filesystem>
 #include <memory>
@@ -11,6 +12,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/checksum.h"
+#include "common/failpoint.h"
 #include "common/file.h"
 #include "common/status_macros.h"
 #include "format/safetensors.h"
@@ -123,7 +125,71 @@ absl::StatusOr<std::string> CommitTaskOutputs(
     RETURN_IF_ERROR(RenameDurably(received.at(name).path,
                                   outputs[name]["path"].get<std::string>()));
   }
+  // Killed between the renames and the store's commit of the task.
+  if (Failpoint("coordinator.kill_before_task_commit")) raise(SIGKILL);
   return outputs.dump();
+}
+
+std::vector<TaskToRedo> TasksToRedo(const JobPlan& plan,
+                                    const std::vector<TaskRow>& tasks) {
+  // Why `name` of a committed task is not as committed ("" when it is).
+  auto damage = [](const TaskRow& task, const std::string& name) {
+    const nlohmann::json outputs = nlohmann::json::parse(
+        task.outputs, nullptr, /*allow_exceptions=*/false);
+    if (!outputs.is_object() || !outputs.contains(name) ||
+        !outputs[name].is_object() || !outputs[name]["path"].is_string() ||
+        !outputs[name]["bytes"].is_number_unsigned() ||
+        !outputs[name]["sha256"].is_string()) {
+      return absl::StrCat("its commit record of ", name, " is unreadable");
+    }
+    const std::string path = outputs[name]["path"].get<std::string>();
+    absl::StatusOr<UploadReceiver::Received> file = DescribeFile(path);
+    if (!file.ok()) return absl::StrCat(path, " is gone");
+    const uint64_t bytes = outputs[name]["bytes"].get<uint64_t>();
+    if (static_cast<uint64_t>(file->bytes) != bytes) {
+      return absl::StrCat(path, " holds ", file->bytes, " bytes, ", bytes,
+                          " were committed");
+    }
+    if (HexOf(file->sha256) != outputs[name]["sha256"].get<std::string>()) {
+      return absl::StrCat(path, ": its SHA-256 differs from the committed one");
+    }
+    return std::string();
+  };
+  std::vector<TaskToRedo> redo;
+  std::set<int32_t> chosen;
+  for (const TaskRow& task : tasks) {
+    if (task.state != TaskState::kDone) continue;
+    for (const std::string& name : TaskOutputs(plan, task)) {
+      if (name == kActivationsTensor) continue;  // Read by tasks, not here.
+      std::string why = damage(task, name);
+      if (!why.empty() && chosen.insert(task.index).second) {
+        redo.push_back({task.index, std::move(why)});
+      }
+    }
+  }
+  // A task computed again reads its activations again: their maker runs
+  // again too when they are not as it committed them.
+  for (size_t i = 0; i < redo.size(); ++i) {
+    const TaskRow& task = tasks[redo[i].index];
+    if (!ReadsActivations(plan, task)) continue;
+    for (int32_t dep : task.deps) {
+      const TaskRow& maker = tasks[dep];
+      if (maker.state != TaskState::kDone || chosen.count(dep) != 0) continue;
+      const std::vector<std::string> made = TaskOutputs(plan, maker);
+      if (std::find(made.begin(), made.end(), kActivationsTensor) ==
+              made.end() ||
+          maker.layer + 1 != task.layer) {
+        continue;
+      }
+      const std::string why = damage(maker, kActivationsTensor);
+      if (why.empty()) continue;
+      chosen.insert(dep);
+      redo.push_back(
+          {dep, absl::StrCat("task ", task.index,
+                             " runs again and needs its input: ", why)});
+    }
+  }
+  return redo;
 }
 
 void DropConsumedActivations(const std::string& job_dir, const JobPlan& plan,
@@ -188,9 +254,16 @@ void CleanJobDir(const std::string& job_dir) {
   for (const fs::path& path : temporary) fs::remove(path, error);
 }
 
+bool Assembled(const v1::JobSpec& spec, const std::string& job_dir) {
+  std::error_code error;
+  return fs::exists(job_dir + "/" + kAssembledName, error) &&
+         fs::exists(spec.output(), error);
+}
+
 absl::StatusOr<std::string> AssembleJob(
     const v1::JobSpec& spec, const std::string& job_dir, int64_t submitted_ms,
-    const std::function<void(const std::string&)>& log) {
+    const std::function<void(const std::string&)>& log,
+    const std::function<bool()>& cancelled) {
   // The report's time is the job's, from its submission.
   const int64_t now_ms =
       std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -201,14 +274,13 @@ absl::StatusOr<std::string> AssembleJob(
       std::chrono::milliseconds(std::max<int64_t>(0, now_ms - submitted_ms));
   const std::string assembled = job_dir + "/" + kAssembledName;
   std::error_code error;
-  if (fs::exists(assembled, error) && fs::exists(spec.output(), error)) {
-    return ReportPath(spec);
-  }
+  if (Assembled(spec, job_dir)) return ReportPath(spec);
   ASSIGN_OR_RETURN(QuantizeModelOptions options,
                    OptionsFromRecipe(spec.recipe()));
   options.model_dir = spec.model_dir();
   options.work_dir = job_dir;
   options.log = log;
+  options.cancelled = cancelled;
   // Written beside the output (the same file system, so that renames are
   // atomic), in a hidden directory of this job's, then moved into place: an
   // interrupted assembly leaves nothing under the output's name, and the
@@ -250,6 +322,7 @@ absl::StatusOr<std::string> AssembleJob(
     // The marker first: a restart after the rename finds the output in
     // place and the marker, and does not assemble again.
     RETURN_IF_ERROR(WriteFileAtomically(assembled, ReportPath(spec) + "\n"));
+    if (Failpoint("coordinator.kill_before_final_rename")) raise(SIGKILL);
     return RenameDurably(options.output, output.string());
   };
   // No exception leaves this thread's work (nlohmann's, a library's): the

@@ -56,12 +56,33 @@ void DropUploads(const std::string& job_dir, int32_t task_index);
 // ReadUploads.)
 void CleanJobDir(const std::string& job_dir);
 
+// Done tasks to compute again before the job can be assembled: those whose
+// committed files the assembly reads (block results, the GGUF head) are
+// gone or differ from the size and SHA-256 recorded at their commit, and,
+// transitively, the done tasks that made activations such a task reads
+// once those are gone too (dropped after use, or damaged). Each comes with
+// the reason. Empty when every file is as committed.
+struct TaskToRedo {
+  int32_t index = 0;
+  std::string reason;
+};
+std::vector<TaskToRedo> TasksToRedo(const JobPlan& plan,
+                                    const std::vector<TaskRow>& tasks);
+
+// True once the job's output was moved into place (an assembly that a
+// restart interrupted after that point is not done again).
+bool Assembled(const v1::JobSpec& spec, const std::string& job_dir);
+
 // Writes the job's output from the block results in `job_dir` and returns
 // the path of its quality report (JSON). `submitted_ms` (Unix time) starts
 // the report's clock.
+// `cancelled` is asked before each block: when it says yes, the assembly
+// stops with Cancelled and leaves nothing at the output's name (a
+// coordinator shutting down; the next one assembles again).
 absl::StatusOr<std::string> AssembleJob(
     const v1::JobSpec& spec, const std::string& job_dir, int64_t submitted_ms,
-    const std::function<void(const std::string&)>& log);
+    const std::function<void(const std::string&)>& log,
+    const std::function<bool()>& cancelled = nullptr);
 
 // Where the report of `spec`'s output is written.
 std::string ReportPath(const v1::JobSpec& spec);

@@ -7,7 +7,9 @@
 #include "common/checksum.h"
 #include "common/file.h"
 #include "common/test_data.h"
+#include "coordinator/planner.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "proto/task_tensors.h"
 #include "quant/block_store.h"
 #include "quant/quantize_model.h"
@@ -140,6 +142,80 @@ TEST(AssemblerTest, CommittedOutputsAreCheckedAndMovedIntoPlace) {
                 .status()
                 .code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+// Files the assembly reads are checked against their commit records; a
+// damaged block result sends its task back, with the maker of the
+// activations it reads when those are gone, and nothing else.
+TEST(AssemblerTest, DamagedCommittedFilesNameTheTasksToRedo) {
+  const std::string job = MakeTestTempDir("assembler");
+  JobPlan plan = SequentialPlan();
+  plan.job_dir = job;
+  // embed -> block 0 -> block 1, all done.
+  TaskRow embed;
+  embed.index = 0;
+  embed.kind = kEmbedTask;
+  embed.layer = -1;
+  std::vector<TaskRow> tasks = {embed, Block(0), Block(1)};
+  tasks[1].deps = {0};
+  tasks[2].deps = {1};
+  auto commit = [&](TaskRow& task, const std::string& name,
+                    const std::string& bytes) {
+    const std::string path = OutputPath(job, task, name);
+    ASSERT_TRUE(WriteFileAtomically(path, bytes).ok());
+    nlohmann::json outputs = task.outputs.empty()
+                                 ? nlohmann::json::object()
+                                 : nlohmann::json::parse(task.outputs);
+    outputs[name] = {{"path", path},
+                     {"bytes", bytes.size()},
+                     {"sha256", HexOf(Sha256Of(bytes))}};
+    task.outputs = outputs.dump();
+    task.state = TaskState::kDone;
+  };
+  commit(tasks[0], kActivationsTensor, "boundary 0");
+  commit(tasks[1], kResultTensor, "result 0");
+  commit(tasks[1], kActivationsTensor, "boundary 1");
+  commit(tasks[2], kResultTensor, "result 1");
+  EXPECT_TRUE(TasksToRedo(plan, tasks).empty());
+
+  // Consumed activations are dropped: that alone redoes nothing.
+  fs::remove(ActivationsPath(job, 0));
+  fs::remove(ActivationsPath(job, 1));
+  EXPECT_TRUE(TasksToRedo(plan, tasks).empty());
+
+  // One bit of block 1's result flipped: block 1 again, block 0 (whose
+  // activations block 1 reads are gone) and the embed (likewise for block
+  // 0).
+  std::string flipped = "result 1";
+  flipped[3] ^= 0x10;
+  ASSERT_TRUE(WriteFileAtomically(BlockResultPath(job, 1), flipped).ok());
+  std::vector<TaskToRedo> redo = TasksToRedo(plan, tasks);
+  ASSERT_EQ(redo.size(), 3u);
+  EXPECT_EQ(redo[0].index, 2);
+  EXPECT_NE(redo[0].reason.find("SHA-256"), std::string::npos)
+      << redo[0].reason;
+  EXPECT_EQ(redo[1].index, 1);
+  EXPECT_NE(redo[1].reason.find("needs its input"), std::string::npos)
+      << redo[1].reason;
+  EXPECT_EQ(redo[2].index, 0);
+
+  // With block 0's activations still there, block 1 alone.
+  ASSERT_TRUE(WriteFileAtomically(ActivationsPath(job, 1), "boundary 1").ok());
+  redo = TasksToRedo(plan, tasks);
+  ASSERT_EQ(redo.size(), 1u);
+  EXPECT_EQ(redo[0].index, 2);
+
+  // Block 0's result gone, block 1's a byte short: both, and then the
+  // embed for block 0's input.
+  ASSERT_TRUE(WriteFileAtomically(BlockResultPath(job, 1), "result ").ok());
+  fs::remove(BlockResultPath(job, 0));
+  redo = TasksToRedo(plan, tasks);
+  ASSERT_EQ(redo.size(), 3u);
+  EXPECT_NE(redo[0].reason.find("is gone"), std::string::npos);
+  EXPECT_NE(redo[1].reason.find("holds 7 bytes, 8 were committed"),
+            std::string::npos)
+      << redo[1].reason;
+  EXPECT_EQ(redo[2].index, 0);
 }
 
 }  // namespace

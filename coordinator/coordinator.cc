@@ -24,18 +24,33 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(
                      MetricsEndpoint::Start(options.metrics_address,
                                             c->metrics_.registry()));
   }
+  ASSIGN_OR_RETURN(c->auth_, ServerAuth::Create(options.auth));
+  if (c->auth_->insecure() && !options.listen_address.empty() &&
+      !IsLoopbackAddress(options.listen_address) && options.jobs.log) {
+    // Loud: anyone who can reach the port may submit, cancel, or register as
+    // a worker and receive model weights.
+    for (int i = 0; i < 3; ++i) {
+      options.jobs.log(absl::StrCat(
+          "WARNING: INSECURE: serving ", options.listen_address,
+          " without TLS or authentication; anyone who can reach it may "
+          "submit or cancel jobs and receive model weights as a worker. Give "
+          "--tls_cert, --tls_key, --tls_client_ca and --principals, or listen "
+          "on 127.0.0.1 only."));
+    }
+  }
   options.jobs.metrics = &c->metrics_;
   ASSIGN_OR_RETURN(c->manager_, JobManager::Create(options.jobs));
-  c->public_service_ =
-      std::make_unique<QuantizationServiceImpl>(c->manager_.get());
-  c->worker_gateway_ = std::make_unique<WorkerGatewayImpl>(c->manager_.get());
+  c->public_service_ = std::make_unique<QuantizationServiceImpl>(
+      c->manager_.get(), c->auth_.get());
+  c->worker_gateway_ =
+      std::make_unique<WorkerGatewayImpl>(c->manager_.get(), c->auth_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   if (!options.listen_address.empty()) {
-    builder.AddListeningPort(options.listen_address,
-                             grpc::InsecureServerCredentials(), &c->port_);
+    builder.AddListeningPort(options.listen_address, c->auth_->credentials(),
+                             &c->port_);
   }
   ConfigureServer(builder);
   builder.RegisterService(c->public_service_.get());

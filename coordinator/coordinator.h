@@ -10,6 +10,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "common/auth.h"
 #include "common/grpc_options.h"
 #include "common/metrics.h"
 #include "coordinator/job_manager.h"
@@ -25,6 +26,10 @@ struct CoordinatorOptions {
   // "host:port" of the /metrics endpoint; "" for none.
   std::string metrics_address;
   JobManagerOptions jobs;  // Its metrics are the coordinator's.
+  // Who may call (common/auth.h). Insecure unless set: in-process servers
+  // (tests, run --local) need no credentials; quant-coordinator makes its
+  // operator choose.
+  ServerAuthOptions auth = InsecureServerAuth();
 };
 
 class Coordinator {
@@ -48,6 +53,7 @@ class Coordinator {
   Coordinator() = default;
 
   ServiceMetrics metrics_;
+  std::unique_ptr<ServerAuth> auth_;
   std::unique_ptr<MetricsEndpoint> metrics_endpoint_;
   std::unique_ptr<JobManager> manager_;
   std::unique_ptr<QuantizationServiceImpl> public_service_;

@@ -10,9 +10,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "common/auth.h"
 #include "common/file.h"
 #include "common/test_data.h"
+#include "common/test_pki.h"
 #include "convert/tiny_llama.h"
+#include "gmock/gmock.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/compute_kernel.h"
@@ -518,6 +521,327 @@ TEST_F(CoordinatorTest, HealthAndReflectionAreOn) {
   const std::string services = Flatten(listed);
   EXPECT_NE(services.find("quant.v1.QuantizationService"), std::string::npos);
   EXPECT_NE(services.find("quant.v1.WorkerGateway"), std::string::npos);
+}
+
+// A block result damaged on disk after its commit (a flipped bit) is found
+// before the assembly: its task runs again, with the tasks that make its
+// inputs, and the output is still the engine's byte for byte; the tasks
+// after it are not run again.
+TEST_F(CoordinatorTest, ADamagedCommittedResultIsComputedAgainBeforeAssembly) {
+  TinyLlamaOptions tiny;
+  tiny.num_layers = 4;
+  const std::string model = dir_ + "/model4";
+  ASSERT_TRUE(WriteTinyLlama(model, tiny).ok());
+  QuantizeModelOptions options = engine_;
+  options.model_dir = model;
+  const std::string expected = EngineOutput(options, "engine-redo");
+  v1::JobSpec spec = Spec(options, dir_ + "/out/redo");
+  spec.set_model_dir(model);
+  v1::Job job;
+  ASSERT_TRUE(Submit(spec, &job).ok());
+  StartWorkers(1);
+  // embed and block 0 committed; the worker stops after the task in hand.
+  for (int i = 0; i < 600 && Get(job.job_id()).tasks_done() < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  StopWorkers();
+  const v1::Job before = Get(job.job_id());
+  ASSERT_GE(before.tasks_done(), 2);
+  ASSERT_LT(before.tasks_done(), 5);
+  std::string job_dir;
+  for (const auto& entry : fs::directory_iterator(dir_ + "/state/jobs")) {
+    job_dir = entry.path().string();
+  }
+  const std::string result = BlockResultPath(job_dir, 0);
+  std::string bytes = Bytes(result);
+  bytes[bytes.size() / 2] ^= 0x04;
+  {
+    std::ofstream out(result, std::ios::binary | std::ios::trunc);
+    out << bytes;
+  }
+  StartWorkers(1);
+  const v1::Job done = Watch(job.job_id());
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error();
+  EXPECT_TRUE(Bytes(dir_ + "/out/redo/model.safetensors") ==
+              Bytes(expected + "/model.safetensors"));
+  const v1::Job after = Get(job.job_id());
+  // embed (its activations were dropped) and block 0 ran again ...
+  for (int i : {0, 1}) {
+    EXPECT_EQ(after.tasks(i).infra_faults(), 1) << i;
+    EXPECT_NE(after.tasks(i).seconds(), before.tasks(i).seconds()) << i;
+  }
+  // ... and the blocks committed after it did not.
+  for (int i = 2; i < before.tasks_done(); ++i) {
+    EXPECT_EQ(after.tasks(i).infra_faults(), 0) << i;
+    EXPECT_EQ(after.tasks(i).seconds(), before.tasks(i).seconds()) << i;
+  }
+}
+
+// The coordinator over TLS with client certificates and bearer tokens.
+class CoordinatorAuthTest : public CoordinatorTest {
+ protected:
+  void SetUp() override {
+    CoordinatorTest::SetUp();
+    coordinator_.reset();  // Frees the state directory for a secure one.
+    auth_dir_ = dir_ + "/auth";
+    fs::create_directories(auth_dir_);
+    Put("ca.pem", ca_.cert_pem());
+    PutIdentity("server", ca_.Issue("localhost"));
+    for (const char* name : {"alice", "bob", "ops", "quant-worker"}) {
+      PutIdentity(name, ca_.Issue(name));
+    }
+    WritePrincipals({{"alice", "client", "alice-token"},
+                     {"bob", "client", "bob-token"},
+                     {"ops", "admin", "ops-token"},
+                     {"workers", "worker", "worker-token"}});
+    CoordinatorOptions options;
+    options.listen_address = "127.0.0.1:0";
+    options.jobs.state_dir = dir_ + "/state";
+    options.jobs.model_roots = {dir_};
+    options.jobs.output_roots = {dir_ + "/out"};
+    options.auth.insecure = false;
+    options.auth.cert_file = Path("server.pem");
+    options.auth.key_file = Path("server.key");
+    options.auth.client_ca_file = Path("ca.pem");
+    options.auth.principals_file = Path("principals.json");
+    options.auth.reload_interval_s = 1;
+    auto coordinator = Coordinator::Create(options);
+    ASSERT_TRUE(coordinator.ok()) << coordinator.status();
+    coordinator_ = std::move(*coordinator);
+    target_ = absl::StrCat("localhost:", coordinator_->port());
+  }
+
+  struct Entry {
+    std::string name, role, token;
+  };
+  // Principals whose certificate names are their own names (the worker
+  // pool's is quant-worker).
+  void WritePrincipals(const std::vector<Entry>& entries) {
+    std::string list;
+    for (const Entry& e : entries) {
+      const std::string cert = e.role == "worker" ? "quant-worker" : e.name;
+      absl::StrAppend(&list, list.empty() ? "" : ",", "{\"name\": \"", e.name,
+                      "\", \"role\": \"", e.role, "\", \"token_sha256\": [\"",
+                      TokenDigest(e.token), "\"], \"certificates\": [\"", cert,
+                      "\"]}");
+    }
+    Put("principals.json", absl::StrCat("{\"principals\": [", list, "]}"));
+  }
+  std::string Path(const std::string& name) const {
+    return auth_dir_ + "/" + name;
+  }
+  void Put(const std::string& name, const std::string& text) {
+    WriteTestFile(Path(name), text);
+  }
+  void PutIdentity(const std::string& name, const TestCertificate& cert) {
+    Put(name + ".pem", cert.cert_pem);
+    Put(name + ".key", cert.key_pem);
+  }
+
+  // A channel presenting `identity`'s certificate ("" for none) and
+  // `token` ("" for none), trusting `ca_pem` for the coordinator.
+  std::shared_ptr<grpc::Channel> Dial(const std::string& identity,
+                                      const std::string& token,
+                                      const std::string& ca_pem = "") {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = ca_pem.empty() ? ca_.cert_pem() : ca_pem;
+    if (!identity.empty()) {
+      ssl.pem_cert_chain = *ReadFileToString(Path(identity + ".pem"));
+      ssl.pem_private_key = *ReadFileToString(Path(identity + ".key"));
+    }
+    std::shared_ptr<grpc::ChannelCredentials> credentials =
+        grpc::SslCredentials(ssl);
+    if (!token.empty()) {
+      credentials = grpc::CompositeChannelCredentials(
+          credentials, grpc::AccessTokenCredentials(token));
+    }
+    // A fresh connection per channel, so that certificates rotated on disk
+    // are what the next handshake sees.
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    return grpc::CreateCustomChannel(target_, credentials, args);
+  }
+
+  static grpc::ClientContext* Deadline(grpc::ClientContext* context) {
+    context->set_deadline(std::chrono::system_clock::now() +
+                          std::chrono::seconds(10));
+    return context;
+  }
+  grpc::Status ListJobs(const std::shared_ptr<grpc::Channel>& channel) {
+    grpc::ClientContext context;
+    v1::ListJobsResponse response;
+    return v1::QuantizationService::NewStub(channel)->ListJobs(
+        Deadline(&context), {}, &response);
+  }
+  grpc::Status SubmitAs(const std::shared_ptr<grpc::Channel>& channel,
+                        const std::string& output, v1::Job* job) {
+    grpc::ClientContext context;
+    v1::SubmitJobRequest request;
+    *request.mutable_spec() = Spec(engine_, dir_ + "/out/" + output);
+    return v1::QuantizationService::NewStub(channel)->SubmitJob(
+        Deadline(&context), request, job);
+  }
+  grpc::Status CancelAs(const std::shared_ptr<grpc::Channel>& channel,
+                        const std::string& job_id) {
+    grpc::ClientContext context;
+    v1::CancelJobRequest request;
+    request.set_job_id(job_id);
+    v1::Job job;
+    return v1::QuantizationService::NewStub(channel)->CancelJob(
+        Deadline(&context), request, &job);
+  }
+  grpc::Status LeaseAs(const std::shared_ptr<grpc::Channel>& channel) {
+    grpc::ClientContext context;
+    v1::LeaseTaskRequest request;
+    request.set_worker_id("w-unknown");
+    v1::LeaseTaskResponse response;
+    return v1::WorkerGateway::NewStub(channel)->LeaseTask(Deadline(&context),
+                                                          request, &response);
+  }
+  // Polls `call` until it returns `code` (a reload takes up to a second or
+  // two); true when it did within 15 s.
+  bool Eventually(const std::function<grpc::Status()>& call,
+                  grpc::StatusCode code) {
+    for (int i = 0; i < 150; ++i) {
+      if (call().error_code() == code) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  }
+
+  std::string auth_dir_;
+  std::string target_;
+  TestCa ca_{"quant-test-ca"};
+};
+
+TEST_F(CoordinatorAuthTest, EachCredentialThatShouldFailFailsAndTheRestPass) {
+  using grpc::StatusCode;
+  // Passing: a client on the public API; a worker on the gateway (the
+  // unknown worker id is the next thing the call is refused for).
+  EXPECT_EQ(ListJobs(Dial("alice", "alice-token")).error_code(),
+            StatusCode::OK);
+  EXPECT_EQ(LeaseAs(Dial("quant-worker", "worker-token")).error_code(),
+            StatusCode::NOT_FOUND);
+  // The product's own client path.
+  ClientAuthOptions client;
+  client.ca_file = Path("ca.pem");
+  client.cert_file = Path("alice.pem");
+  client.key_file = Path("alice.key");
+  client.token_file = Path("alice.token");
+  Put("alice.token", "alice-token\n");
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> dialed =
+      DialCoordinator(target_, client);
+  ASSERT_TRUE(dialed.ok()) << dialed.status();
+  EXPECT_EQ(ListJobs(*dialed).error_code(), StatusCode::OK);
+
+  // No certificate, a wrong token, no token.
+  grpc::Status status = ListJobs(Dial("", "alice-token"));
+  EXPECT_EQ(status.error_code(), StatusCode::UNAUTHENTICATED);
+  EXPECT_THAT(status.error_message(),
+              testing::HasSubstr("no client certificate"));
+  status = ListJobs(Dial("alice", "guessed-token"));
+  EXPECT_EQ(status.error_code(), StatusCode::UNAUTHENTICATED);
+  EXPECT_THAT(status.error_message(),
+              testing::HasSubstr("unknown bearer token"));
+  status = ListJobs(Dial("alice", ""));
+  EXPECT_EQ(status.error_code(), StatusCode::UNAUTHENTICATED);
+  EXPECT_THAT(status.error_message(), testing::HasSubstr("no bearer token"));
+
+  // A certificate from another CA, an expired one: no handshake.
+  TestCa other("other-ca");
+  PutIdentity("stranger", other.Issue("alice"));
+  EXPECT_EQ(ListJobs(Dial("stranger", "alice-token")).error_code(),
+            StatusCode::UNAVAILABLE);
+  PutIdentity("expired", ca_.Issue("alice", -7200, -3600));
+  EXPECT_EQ(ListJobs(Dial("expired", "alice-token")).error_code(),
+            StatusCode::UNAVAILABLE);
+  // A coordinator this client's CA did not sign.
+  EXPECT_EQ(
+      ListJobs(Dial("alice", "alice-token", other.cert_pem())).error_code(),
+      StatusCode::UNAVAILABLE);
+
+  // A client token cannot lease tasks; a worker cannot submit or cancel,
+  // with its own token or a client's.
+  status = LeaseAs(Dial("alice", "alice-token"));
+  EXPECT_EQ(status.error_code(), StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(status.error_message(), testing::HasSubstr("LeaseTask"));
+  EXPECT_EQ(LeaseAs(Dial("quant-worker", "alice-token")).error_code(),
+            StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(LeaseAs(Dial("alice", "worker-token")).error_code(),
+            StatusCode::PERMISSION_DENIED);
+  v1::Job job;
+  status = SubmitAs(Dial("quant-worker", "worker-token"), "w1", &job);
+  EXPECT_EQ(status.error_code(), StatusCode::PERMISSION_DENIED);
+  status = SubmitAs(Dial("quant-worker", "alice-token"), "w2", &job);
+  EXPECT_EQ(status.error_code(), StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(status.error_message(), testing::HasSubstr("CN=quant-worker"));
+  EXPECT_EQ(CancelAs(Dial("quant-worker", "worker-token"), "1").error_code(),
+            StatusCode::PERMISSION_DENIED);
+
+  // The health service answers a probe that has neither (a kubelet's).
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = ca_.cert_pem();
+  grpc::GenericStub probe(
+      grpc::CreateChannel(target_, grpc::SslCredentials(ssl)));
+  grpc::ClientContext health_context;
+  Deadline(&health_context);
+  const grpc::ByteBuffer request = Buffer("");
+  grpc::ByteBuffer response;
+  absl::Notification done;
+  probe.UnaryCall(&health_context, "/grpc.health.v1.Health/Check",
+                  grpc::StubOptions(), &request, &response,
+                  [&](grpc::Status s) {
+                    status = s;
+                    done.Notify();
+                  });
+  done.WaitForNotification();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+}
+
+TEST_F(CoordinatorAuthTest, OnlyTheOwnerOrAnAdminMayCancelOrResume) {
+  v1::Job job;
+  ASSERT_TRUE(SubmitAs(Dial("alice", "alice-token"), "owned", &job).ok());
+  EXPECT_EQ(job.owner(), "alice");
+  grpc::Status status = CancelAs(Dial("bob", "bob-token"), job.job_id());
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(status.error_message(), testing::HasSubstr("belongs to alice"));
+  EXPECT_TRUE(CancelAs(Dial("ops", "ops-token"), job.job_id()).ok());
+  grpc::ClientContext context;
+  v1::ResumeJobRequest resume;
+  resume.set_job_id(job.job_id());
+  v1::Job resumed;
+  EXPECT_EQ(v1::QuantizationService::NewStub(Dial("bob", "bob-token"))
+                ->ResumeJob(Deadline(&context), resume, &resumed)
+                .error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  grpc::ClientContext owner_context;
+  EXPECT_TRUE(v1::QuantizationService::NewStub(Dial("alice", "alice-token"))
+                  ->ResumeJob(Deadline(&owner_context), resume, &resumed)
+                  .ok());
+  EXPECT_TRUE(CancelAs(Dial("alice", "alice-token"), job.job_id()).ok());
+}
+
+TEST_F(CoordinatorAuthTest, TokensAndCertificatesReloadWithoutARestart) {
+  // A token added to the principals file works, one removed stops working.
+  WritePrincipals({{"alice", "client", "alice-token-2"},
+                   {"workers", "worker", "worker-token"}});
+  EXPECT_TRUE(
+      Eventually([&] { return ListJobs(Dial("alice", "alice-token-2")); },
+                 grpc::StatusCode::OK));
+  EXPECT_EQ(ListJobs(Dial("alice", "alice-token")).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(ListJobs(Dial("bob", "bob-token")).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+
+  // A new CA: the coordinator's certificate and the client CA it trusts are
+  // replaced on disk; new connections use them.
+  TestCa next("quant-test-ca-2");
+  Put("ca.pem", next.cert_pem());
+  PutIdentity("server", next.Issue("localhost"));
+  PutIdentity("alice", next.Issue("alice"));
+  EXPECT_TRUE(Eventually(
+      [&] { return ListJobs(Dial("alice", "alice-token-2", next.cert_pem())); },
+      grpc::StatusCode::OK));
 }
 
 }  // namespace

@@ -2,9 +2,11 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
 #include <filesystem>
 #include <limits>
 #include <optional>
@@ -15,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/failpoint.h"
 #include "common/file.h"
 #include "common/status_macros.h"
 #include "common/utf8.h"
@@ -178,7 +181,8 @@ absl::StatusOr<std::string> JobManager::CanonicalPath(
                    absl::StrJoin(roots, ", "), ")"));
 }
 
-absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::JobSpec& submitted) {
+absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::JobSpec& submitted,
+                                              const std::string& owner) {
   RETURN_IF_ERROR(CheckNoUnknownFields(submitted, "spec"));
   // Stored with every path resolved, so that the job means the same files
   // whatever directory a restarted coordinator runs in.
@@ -288,14 +292,16 @@ absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::JobSpec& submitted) {
     RETURN_IF_ERROR(SyncDirectory(jobs_dir));
     JobRow row;
     row.spec = spec.SerializeAsString();
+    row.owner = owner;
     return scheduler_->AddJob(row, planned.plan, planned.tasks);
   }();
   if (!id.ok()) {
     fs::remove_all(job_dir, error);
     return id.status();
   }
-  Log(absl::StrCat("job ", *id, ": submitted, ", planned.tasks.size(),
-                   " tasks (", spec.model_dir(), " -> ", spec.output(), ")"));
+  Log(absl::StrCat("job ", *id, ": submitted by ", owner, ", ",
+                   planned.tasks.size(), " tasks (", spec.model_dir(), " -> ",
+                   spec.output(), ")"));
   return JobMessage(*id, false);
 }
 
@@ -319,6 +325,7 @@ v1::Job JobManager::JobMessage(const JobContext& job, bool include_tasks) {
   *out.mutable_spec() = job.spec;
   out.set_state(ToProto(row.state));
   out.set_error(row.error);
+  out.set_owner(row.owner);
   out.set_create_time_ms(row.create_ms);
   out.set_update_time_ms(row.update_ms);
   std::map<std::string, std::pair<int, int>> stages;      // kind -> total, done
@@ -431,19 +438,47 @@ absl::Status JobManager::WatchJob(
   }
 }
 
-absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& job_id) {
+absl::Status JobManager::CheckOwner(int64_t id, const Principal& caller,
+                                    absl::string_view action) {
+  if (caller.role == Role::kAdmin) return absl::OkStatus();
+  ASSIGN_OR_RETURN(const JobSnapshot snapshot, scheduler_->GetJob(id));
+  if (snapshot.job.owner == caller.name) return absl::OkStatus();
+  return absl::PermissionDeniedError(absl::StrCat(
+      "job ", JobIdString(id), " belongs to ",
+      snapshot.job.owner.empty() ? "no recorded principal" : snapshot.job.owner,
+      "; only its owner or an admin may ", action, " it (you are ", caller.name,
+      ")"));
+}
+
+absl::StatusOr<v1::Job> JobManager::CancelJob(const std::string& job_id,
+                                              const Principal& caller) {
   ASSIGN_OR_RETURN(const int64_t id, ParseJobId(job_id));
+  RETURN_IF_ERROR(CheckOwner(id, caller, "cancel"));
   RETURN_IF_ERROR(scheduler_->Cancel(id));
-  Log(absl::StrCat("job ", id, ": cancelled"));
+  Log(absl::StrCat("job ", id, ": cancelled by ", caller.name));
   return JobMessage(id, false);
 }
 
-absl::StatusOr<v1::Job> JobManager::ResumeJob(const std::string& job_id) {
+absl::StatusOr<v1::Job> JobManager::ResumeJob(const std::string& job_id,
+                                              const Principal& caller) {
   ASSIGN_OR_RETURN(const int64_t id, ParseJobId(job_id));
+  RETURN_IF_ERROR(CheckOwner(id, caller, "resume"));
+  {
+    ASSIGN_OR_RETURN(const JobSnapshot snapshot, scheduler_->GetJob(id));
+    std::error_code error;
+    if ((snapshot.job.state == JobState::kFailed ||
+         snapshot.job.state == JobState::kCancelled) &&
+        !fs::exists(snapshot.plan.job_dir, error)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "job ", JobIdString(id),
+          ": its committed files were removed (a failed or cancelled job "
+          "keeps them for --keep_failed_jobs_hours); submit it again"));
+    }
+  }
   RETURN_IF_ERROR(scheduler_->Resume(id));
   ASSIGN_OR_RETURN(const JobContext job, Context(id));
   CleanJobDir(job.snapshot.plan.job_dir);
-  Log(absl::StrCat("job ", id, ": resumed"));
+  Log(absl::StrCat("job ", id, ": resumed by ", caller.name));
   return JobMessage(id, false);
 }
 
@@ -686,6 +721,11 @@ absl::Status JobManager::CompleteTask(const v1::CompleteTaskRequest& request) {
     return absl::NotFoundError(absl::StrCat("no task ", key.index));
   }
   const TaskRow task = job.snapshot.tasks[key.index];
+  // A retry of a commit that happened (its reply was lost): done once, and
+  // the worker hears so again.
+  if (task.state == TaskState::kDone && task.epoch == ref.epoch()) {
+    return absl::OkStatus();
+  }
   ASSIGN_OR_RETURN(const ModelSpec model,
                    LoadModelConfig(job.spec.model_dir()));
   ASSIGN_OR_RETURN(const QuantizeModelOptions options,
@@ -781,10 +821,17 @@ absl::Status JobManager::FailTask(const v1::FailTaskRequest& request) {
 }
 
 void JobManager::TickLoop() {
+  int64_t last_cleanup_ms = -1;
   while (!stopping_) {
     const int expired = scheduler_->ExpireLeases();
     if (expired > 0) Log(absl::StrCat(expired, " lease(s) expired"));
     RefreshMetrics();
+    CheckDiskSpace();
+    const int64_t now = clock_->MonotonicMs();
+    if (last_cleanup_ms < 0 || now - last_cleanup_ms >= 60'000) {
+      last_cleanup_ms = now;
+      RemoveExpiredJobDirs();
+    }
     const absl::Time until = absl::Now() + absl::Milliseconds(options_.tick_ms);
     while (!stopping_ && absl::Now() < until) {
       absl::SleepFor(
@@ -794,34 +841,139 @@ void JobManager::TickLoop() {
 }
 
 void JobManager::AssembleLoop() {
+  std::map<int64_t, std::thread> threads;
+  const auto join_finished = [&] {
+    for (auto it = threads.begin(); it != threads.end();) {
+      bool running;
+      {
+        absl::MutexLock lock(&assembly_mu_);
+        running = assembling_.count(it->first) != 0;
+      }
+      if (running) {
+        ++it;
+        continue;
+      }
+      it->second.join();
+      it = threads.erase(it);
+    }
+  };
   while (!stopping_) {
     const uint64_t version = scheduler_->version();
+    join_finished();
     for (int64_t id : scheduler_->JobsToAssemble()) {
-      absl::StatusOr<JobContext> job = Context(id);
-      absl::StatusOr<std::string> report =
-          job.ok() ? AssembleJob(job->spec, job->snapshot.plan.job_dir,
-                                 job->snapshot.job.create_ms,
-                                 [this, id](const std::string& line) {
-                                   Log(absl::StrCat("job ", id, ": ", line));
-                                 })
-                   : job.status();
-      if (report.ok()) {
-        const absl::Status marked = scheduler_->MarkSucceeded(id);
-        Log(absl::StrCat("job ", id, ": ",
-                         marked.ok() ? "succeeded" : marked.ToString()));
-        // The per-task files served their purpose: the output is written.
-        std::error_code error;
-        if (marked.ok()) fs::remove_all(job->snapshot.plan.job_dir, error);
-      } else {
-        Log(absl::StrCat("job ", id,
-                         ": assembly failed: ", report.status().ToString()));
-        (void)scheduler_->MarkFailed(
-            id, absl::StrCat("assembly: ", report.status().message()));
+      if (threads.count(id) != 0) continue;
+      {
+        absl::MutexLock lock(&assembly_mu_);
+        assembling_.insert(id);
       }
-      if (options_.metrics != nullptr)
-        options_.metrics->RemoveJobProgress(JobIdString(id));
+      threads.emplace(id, std::thread([this, id] {
+                        AssembleOne(id);
+                        absl::MutexLock lock(&assembly_mu_);
+                        assembling_.erase(id);
+                      }));
     }
     scheduler_->WaitForChange(version, absl::Milliseconds(200));
+  }
+  // Shutdown: each assembly stops before its next block.
+  for (auto& [id, thread] : threads) thread.join();
+}
+
+void JobManager::AssembleOne(int64_t id) {
+  absl::StatusOr<JobContext> job = Context(id);
+  if (job.ok() && !Assembled(job->spec, job->snapshot.plan.job_dir)) {
+    // What was committed is what gets assembled: files damaged or gone
+    // since their commit are computed again first.
+    const std::vector<TaskToRedo> redo =
+        TasksToRedo(job->snapshot.plan, job->snapshot.tasks);
+    if (!redo.empty()) {
+      std::vector<int32_t> indices;
+      for (const TaskToRedo& task : redo) {
+        indices.push_back(task.index);
+        Log(absl::StrCat("job ", id, ": task ", task.index,
+                         " runs again: ", task.reason));
+      }
+      const absl::Status reopened = scheduler_->Reopen(
+          id, indices,
+          absl::StrCat("committed output damaged: ", redo.front().reason));
+      if (!reopened.ok()) {
+        Log(absl::StrCat("job ", id, ": ", reopened.ToString()));
+      }
+      return;
+    }
+  }
+  absl::StatusOr<std::string> report =
+      job.ok() ? AssembleJob(
+                     job->spec, job->snapshot.plan.job_dir,
+                     job->snapshot.job.create_ms,
+                     [this, id](const std::string& line) {
+                       Log(absl::StrCat("job ", id, ": ", line));
+                     },
+                     [this] { return stopping_.load(); })
+               : job.status();
+  if (!report.ok() && stopping_ &&
+      report.status().code() == absl::StatusCode::kCancelled) {
+    Log(absl::StrCat("job ", id,
+                     ": assembly stopped for the shutdown; the "
+                     "next start assembles it again"));
+    return;
+  }
+  if (report.ok()) {
+    // Killed with the output in place, before the store says so.
+    if (Failpoint("coordinator.kill_after_final_rename")) raise(SIGKILL);
+    const absl::Status marked = scheduler_->MarkSucceeded(id);
+    Log(absl::StrCat("job ", id, ": ",
+                     marked.ok() ? "succeeded" : marked.ToString()));
+    // The per-task files served their purpose: the output is written.
+    std::error_code error;
+    if (marked.ok()) fs::remove_all(job->snapshot.plan.job_dir, error);
+  } else {
+    Log(absl::StrCat("job ", id,
+                     ": assembly failed: ", report.status().ToString()));
+    (void)scheduler_->MarkFailed(
+        id, absl::StrCat("assembly: ", report.status().message()));
+  }
+  if (options_.metrics != nullptr) {
+    options_.metrics->RemoveJobProgress(JobIdString(id));
+  }
+}
+
+void JobManager::CheckDiskSpace() {
+  struct statvfs fs_stat;
+  if (::statvfs(options_.state_dir.c_str(), &fs_stat) != 0) return;
+  const int64_t free_bytes =
+      static_cast<int64_t>(fs_stat.f_bavail) * fs_stat.f_frsize;
+  const std::string verdict =
+      free_bytes >= options_.min_free_disk_bytes
+          ? ""
+          : absl::StrFormat(
+                "the coordinator's disk is full: %d MiB free in %s, below "
+                "--min_free_disk_mb=%d; no task starts until space returns",
+                free_bytes >> 20, options_.state_dir,
+                options_.min_free_disk_bytes >> 20);
+  if (verdict == disk_full_) return;
+  Log(verdict.empty() ? "disk space is back: tasks start again" : verdict);
+  disk_full_ = verdict;
+  scheduler_->PauseLeasing(verdict);
+}
+
+void JobManager::RemoveExpiredJobDirs() {
+  absl::StatusOr<std::vector<JobRow>> jobs = store_->ListJobs();
+  if (!jobs.ok()) return;
+  const int64_t now = clock_->NowMs();
+  for (const JobRow& row : *jobs) {
+    if (row.state != JobState::kFailed && row.state != JobState::kCancelled) {
+      continue;
+    }
+    if (now - row.update_ms < options_.keep_failed_jobs_ms) continue;
+    absl::StatusOr<JobPlan> plan = JobPlan::FromJson(row.plan);
+    std::error_code error;
+    if (!plan.ok() || !fs::exists(plan->job_dir, error)) continue;
+    fs::remove_all(plan->job_dir, error);
+    Log(absl::StrCat(
+        "job ", row.id, ": ", JobStateName(row.state), " for ",
+        (now - row.update_ms) / 3'600'000,
+        " h; its committed files are removed",
+        error ? absl::StrCat(" (incompletely: ", error.message(), ")") : ""));
   }
 }
 

@@ -13,6 +13,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -22,6 +23,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "common/auth.h"
 #include "common/metrics.h"
 #include "coordinator/job_store.h"
 #include "coordinator/scheduler.h"
@@ -41,7 +43,13 @@ struct JobManagerOptions {
   SchedulerOptions scheduler;
   int64_t max_chunk_bytes = 4 << 20;
   int64_t max_lease_wait_ms = 30'000;
-  int64_t tick_ms = 500;   // Lease expiry and metrics refresh.
+  int64_t tick_ms = 500;  // Lease expiry and metrics refresh.
+  // A failed or cancelled job keeps its committed files (for a resume) this
+  // long after it ended; then they are removed and it cannot resume.
+  int64_t keep_failed_jobs_ms = 7 * 24 * 3'600'000LL;
+  // Below this much free space in state_dir no task is leased (uploads
+  // and commits land there); jobs wait, saying so, until space returns.
+  int64_t min_free_disk_bytes = 1LL << 30;
   Clock* clock = nullptr;  // nullptr: the system clock.
   ServiceMetrics* metrics = nullptr;
   std::function<void(const std::string&)> log;
@@ -57,8 +65,9 @@ class JobManager {
   ~JobManager();  // Stops the background threads.
 
   // ---- The public API ----
-  // INVALID_ARGUMENT names the field at fault.
-  absl::StatusOr<v1::Job> SubmitJob(const v1::JobSpec& spec);
+  // INVALID_ARGUMENT names the field at fault. The job records `owner`.
+  absl::StatusOr<v1::Job> SubmitJob(const v1::JobSpec& spec,
+                                    const std::string& owner);
   absl::StatusOr<v1::Job> GetJob(const std::string& job_id, bool include_tasks);
   absl::StatusOr<v1::ListJobsResponse> ListJobs(v1::JobState state);
   // Emits the job, then again on every change, until it is final (OK),
@@ -66,8 +75,12 @@ class JobManager {
   absl::Status WatchJob(const std::string& job_id,
                         const std::function<bool(const v1::JobEvent&)>& emit,
                         const std::function<bool()>& cancelled);
-  absl::StatusOr<v1::Job> CancelJob(const std::string& job_id);
-  absl::StatusOr<v1::Job> ResumeJob(const std::string& job_id);
+  // Only the job's owner or an admin may cancel or resume it
+  // (PERMISSION_DENIED names the owner).
+  absl::StatusOr<v1::Job> CancelJob(const std::string& job_id,
+                                    const Principal& caller);
+  absl::StatusOr<v1::Job> ResumeJob(const std::string& job_id,
+                                    const Principal& caller);
   v1::ListWorkersResponse ListWorkers();
 
   // ---- The worker gateway ----
@@ -95,6 +108,9 @@ class JobManager {
     JobSnapshot snapshot;
   };
   absl::StatusOr<JobContext> Context(int64_t job_id);
+  // OK when `caller` owns job `id` or is an admin.
+  absl::Status CheckOwner(int64_t id, const Principal& caller,
+                          absl::string_view action);
   absl::StatusOr<v1::Job> JobMessage(int64_t job_id, bool include_tasks);
   v1::Job JobMessage(const JobContext& job, bool include_tasks);
   absl::StatusOr<v1::TaskSpec> BuildTaskSpec(const v1::JobSpec& job,
@@ -107,7 +123,20 @@ class JobManager {
       const std::vector<std::string>& roots) const;
   void Log(const std::string& line) const;
   void TickLoop();
+  // Starts an assembly thread for each job whose tasks are all done (one
+  // job's assembly never waits for another's), and joins them when they end
+  // or, on shutdown, once they stopped at their next block.
   void AssembleLoop();
+  // Checks the committed files of job `id` (tasks whose files are damaged
+  // go back to pending) and writes its output.
+  void AssembleOne(int64_t id);
+  // Removes the directories of jobs failed or cancelled longer ago than
+  // options_.keep_failed_jobs_ms (their committed files, kept so far for a
+  // resume).
+  void RemoveExpiredJobDirs();
+  // Pauses leasing while state_dir has less than min_free_disk_bytes free.
+  void CheckDiskSpace();
+  std::string disk_full_;  // The tick thread's last verdict ("" for fine).
   void RefreshMetrics();
   // quant_block_* of a committed block task.
   void RecordBlockMetrics(const JobSnapshot& job, const TaskRow& task,
@@ -131,6 +160,8 @@ class JobManager {
   std::atomic<bool> stopping_{false};
   std::thread tick_thread_;
   std::thread assemble_thread_;
+  absl::Mutex assembly_mu_;
+  std::set<int64_t> assembling_ ABSL_GUARDED_BY(assembly_mu_);
 };
 
 // "42" -> 42; InvalidArgument otherwise.

@@ -34,7 +34,8 @@ CREATE TABLE jobs (
   state INTEGER NOT NULL,
   error TEXT NOT NULL,
   create_ms INTEGER NOT NULL,
-  update_ms INTEGER NOT NULL
+  update_ms INTEGER NOT NULL,
+  owner TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX jobs_by_state ON jobs (state, id);
 CREATE TABLE tasks (
@@ -59,13 +60,19 @@ CREATE TABLE tasks (
 )sql";
 
 // Version 1 -> 2: which backend and kernel class computed each task.
+// Version 2 -> 3: who submitted each job ("" for jobs from before: only an
+// admin may cancel or resume those).
 constexpr const char* kMigrateFrom1Sql = R"sql(
 ALTER TABLE tasks ADD COLUMN backend TEXT NOT NULL DEFAULT '';
 ALTER TABLE tasks ADD COLUMN kernel TEXT NOT NULL DEFAULT '';
+ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+)sql";
+constexpr const char* kMigrateFrom2Sql = R"sql(
+ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '';
 )sql";
 
 constexpr const char* kJobColumns =
-    "id, spec, plan, state, error, create_ms, update_ms";
+    "id, spec, plan, state, error, create_ms, update_ms, owner";
 constexpr const char* kTaskColumns =
     "job_id, idx, kind, layer, deps, state, epoch, worker_id, "
     "lease_deadline_ms, task_faults, infra_faults, error, seconds, outputs, "
@@ -316,7 +323,7 @@ absl::Status JobStore::Init() {
                        "version 0 that already holds ",
                        objects, " schema objects)"));
     }
-    if (version != kSchemaVersion && version != 1) {
+    if (version < 1 || version > kSchemaVersion) {
       return absl::FailedPreconditionError(absl::StrCat(
           "job store ", path_, ": schema version ", version,
           " in the file, but this build reads version ", kSchemaVersion));
@@ -385,8 +392,12 @@ absl::Status JobStore::Init() {
     return status;
   };
   if (version == 0) return upgrade(0, kSchemaSql, "create schema");
-  if (version == 1)
-    return upgrade(1, kMigrateFrom1Sql, "migrate schema 1 -> 2");
+  if (version == 1) {
+    return upgrade(1, kMigrateFrom1Sql, "migrate schema 1 -> 3");
+  }
+  if (version == 2) {
+    return upgrade(2, kMigrateFrom2Sql, "migrate schema 2 -> 3");
+  }
   return absl::OkStatus();
 }
 
@@ -408,7 +419,8 @@ absl::StatusOr<int64_t> JobStore::CreateJob(const JobRow& job,
     Statement insert_job;
     RETURN_IF_ERROR(Prepare(db_,
                             "INSERT INTO jobs (spec, plan, state, error, "
-                            "create_ms, update_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                            "create_ms, update_ms, owner) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
                             &insert_job, error("prepare insert job")));
     sqlite3_stmt* s = insert_job.get();
     // std::string::data() is never null, so an empty spec binds as an empty
@@ -421,6 +433,8 @@ absl::StatusOr<int64_t> JobStore::CreateJob(const JobRow& job,
                         SQLITE_UTF8);
     sqlite3_bind_int64(s, 5, now_ms);
     sqlite3_bind_int64(s, 6, now_ms);
+    sqlite3_bind_text64(s, 7, job.owner.data(), job.owner.size(), SQLITE_STATIC,
+                        SQLITE_UTF8);
     int rc = sqlite3_step(s);
     if (rc != SQLITE_DONE) return SqliteError(rc, "insert job");
     id = sqlite3_last_insert_rowid(db_);
@@ -498,6 +512,7 @@ absl::StatusOr<JobRow> ReadJob(sqlite3_stmt* s, const std::string& path) {
   job.error = ColumnString(s, 4);
   job.create_ms = sqlite3_column_int64(s, 5);
   job.update_ms = sqlite3_column_int64(s, 6);
+  job.owner = ColumnString(s, 7);
   return job;
 }
 

@@ -54,6 +54,8 @@ struct JobRow {
   std::string error;      // Why it failed ("" otherwise).
   int64_t create_ms = 0;  // Milliseconds since the Unix epoch.
   int64_t update_ms = 0;
+  // The principal that submitted it ("" before schema version 3).
+  std::string owner;
 };
 
 struct TaskRow {
@@ -91,7 +93,7 @@ class JobStore {
 
   // 2 added tasks.backend and tasks.kernel; a version 1 file is migrated
   // when opened.
-  static constexpr int kSchemaVersion = 2;
+  static constexpr int kSchemaVersion = 3;
 
   // Inserts the job (its id, state and times as given are ignored: it is
   // queued at `now_ms`) and its tasks in one transaction; returns its id.

@@ -568,7 +568,7 @@ TEST(JobStoreTest, OtherSchemaVersionIsRefusedAndLeftUnchanged) {
     raw.Exec("CREATE TABLE jobs (id INTEGER PRIMARY KEY, x TEXT)");
     raw.Exec("CREATE TABLE tasks (job_id INTEGER, idx INTEGER)");
     raw.Exec("INSERT INTO jobs (x) VALUES ('keep me')");
-    raw.Exec("PRAGMA user_version = 3");
+    raw.Exec("PRAGMA user_version = 4");
   }
   const std::string before = ReadBytes(path);
   ASSERT_FALSE(before.empty());
@@ -577,8 +577,8 @@ TEST(JobStoreTest, OtherSchemaVersionIsRefusedAndLeftUnchanged) {
   EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition)
       << store.status();
   EXPECT_THAT(store.status().message(), HasSubstr(path));
+  EXPECT_THAT(store.status().message(), HasSubstr("version 4"));
   EXPECT_THAT(store.status().message(), HasSubstr("version 3"));
-  EXPECT_THAT(store.status().message(), HasSubstr("version 2"));
   EXPECT_EQ(ReadBytes(path), before);
   EXPECT_FALSE(Exists(path + "-wal"));
   RawDb raw(path);
@@ -621,6 +621,47 @@ TEST(JobStoreTest, Version1StoreIsMigrated) {
   task.kernel = "OpenBLAS 0.3.21 Zen";
   ASSERT_TRUE(store->UpdateTask(task).ok());
   EXPECT_EQ((*store->GetTasks(1))[0].kernel, "OpenBLAS 0.3.21 Zen");
+  absl::StatusOr<JobRow> job = store->GetJob(1);
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->owner, "");
+  RawDb raw(path);
+  EXPECT_EQ(raw.Query("PRAGMA user_version"),
+            std::to_string(JobStore::kSchemaVersion));
+}
+
+// A version 2 store (before jobs recorded who submitted them) keeps its jobs,
+// whose owner is unknown (""), and records the owner of new ones.
+TEST(JobStoreTest, Version2StoreIsMigratedAndNewJobsKeepTheirOwner) {
+  const std::string path = MakeTestTempDir("job_store") + "/v2.db";
+  {
+    RawDb raw(path);
+    raw.Exec(
+        "CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, spec BLOB "
+        "NOT NULL, plan TEXT NOT NULL, state INTEGER NOT NULL, error TEXT NOT "
+        "NULL, create_ms INTEGER NOT NULL, update_ms INTEGER NOT NULL)");
+    raw.Exec(
+        "CREATE TABLE tasks (job_id INTEGER NOT NULL REFERENCES jobs (id), "
+        "idx INTEGER NOT NULL, kind TEXT NOT NULL, layer INTEGER NOT NULL, "
+        "deps TEXT NOT NULL, state INTEGER NOT NULL, epoch INTEGER NOT NULL, "
+        "worker_id TEXT NOT NULL, lease_deadline_ms INTEGER NOT NULL, "
+        "task_faults INTEGER NOT NULL, infra_faults INTEGER NOT NULL, error "
+        "TEXT NOT NULL, seconds REAL NOT NULL, outputs TEXT NOT NULL, "
+        "backend TEXT NOT NULL DEFAULT '', kernel TEXT NOT NULL DEFAULT '', "
+        "PRIMARY KEY (job_id, idx))");
+    raw.Exec("INSERT INTO jobs VALUES (1, 'spec', 'plan', 1, '', 5, 6)");
+    raw.Exec("PRAGMA user_version = 2");
+  }
+  std::unique_ptr<JobStore> store = OpenOrDie(path);
+  ASSERT_NE(store, nullptr);
+  absl::StatusOr<JobRow> old_job = store->GetJob(1);
+  ASSERT_TRUE(old_job.ok()) << old_job.status();
+  EXPECT_EQ(old_job->spec, "spec");
+  EXPECT_EQ(old_job->owner, "");
+  JobRow row = MakeJob();
+  row.owner = "alice";
+  absl::StatusOr<int64_t> id = store->CreateJob(row, {}, 7);
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_EQ(store->GetJob(*id)->owner, "alice");
   RawDb raw(path);
   EXPECT_EQ(raw.Query("PRAGMA user_version"),
             std::to_string(JobStore::kSchemaVersion));

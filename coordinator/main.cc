@@ -30,6 +30,24 @@ ABSL_FLAG(int, max_task_faults, 3, "Failures of a task before its job fails");
 ABSL_FLAG(int, max_infra_faults, 20,
           "Workers a task may lose before its job fails");
 ABSL_FLAG(int64_t, max_chunk_bytes, 4 << 20, "Largest streamed chunk");
+ABSL_FLAG(int64_t, min_free_disk_mb, 1024,
+          "Below this much free space in --state_dir no task starts; jobs "
+          "wait, saying so, until space returns");
+ABSL_FLAG(double, keep_failed_jobs_hours, 168,
+          "Hours a failed or cancelled job keeps its committed files for a "
+          "resume; then they are removed");
+ABSL_FLAG(bool, insecure, false,
+          "Serve plaintext without authentication (one machine only; loudly "
+          "reported when --listen is not a loopback address)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM file: the coordinator's certificate");
+ABSL_FLAG(std::string, tls_key, "", "PEM file: its private key");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM file: the CA(s) every client and worker certificate chains to");
+ABSL_FLAG(std::string, principals, "",
+          "JSON file: principals, their roles, token SHA-256s and certificate "
+          "names (README, \"Authentication\")");
+ABSL_FLAG(int, tls_reload_s, 10,
+          "Seconds between checks of the certificate files for changes");
 
 namespace {
 void Log(const std::string& line) { quant::LogLine("quant-coordinator", line); }
@@ -38,7 +56,8 @@ void Log(const std::string& line) { quant::LogLine("quant-coordinator", line); }
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "quant-coordinator --state_dir=DIR --model_roots=DIR[,DIR] "
-      "--output_roots=DIR[,DIR] [--listen=host:port]");
+      "--output_roots=DIR[,DIR] (--tls_cert=F --tls_key=F --tls_client_ca=F "
+      "--principals=F | --insecure) [--listen=host:port]");
   absl::ParseCommandLine(argc, argv);
   quant::BlockStopSignals();
 
@@ -54,11 +73,28 @@ int main(int argc, char** argv) {
   jobs.scheduler.max_task_faults = absl::GetFlag(FLAGS_max_task_faults);
   jobs.scheduler.max_infra_faults = absl::GetFlag(FLAGS_max_infra_faults);
   jobs.max_chunk_bytes = absl::GetFlag(FLAGS_max_chunk_bytes);
+  jobs.min_free_disk_bytes = absl::GetFlag(FLAGS_min_free_disk_mb) << 20;
+  jobs.keep_failed_jobs_ms = static_cast<int64_t>(
+      absl::GetFlag(FLAGS_keep_failed_jobs_hours) * 3'600'000);
   jobs.log = Log;
+  quant::ServerAuthOptions& auth = options.auth;
+  auth.insecure = absl::GetFlag(FLAGS_insecure);
+  auth.cert_file = absl::GetFlag(FLAGS_tls_cert);
+  auth.key_file = absl::GetFlag(FLAGS_tls_key);
+  auth.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  auth.principals_file = absl::GetFlag(FLAGS_principals);
+  auth.reload_interval_s = absl::GetFlag(FLAGS_tls_reload_s);
   if (jobs.state_dir.empty() || jobs.model_roots.empty() ||
       jobs.output_roots.empty()) {
     std::cerr << "quant-coordinator: --state_dir, --model_roots and "
                  "--output_roots are required\n";
+    return 2;
+  }
+  if (!auth.insecure && auth.cert_file.empty() && auth.key_file.empty() &&
+      auth.client_ca_file.empty() && auth.principals_file.empty()) {
+    std::cerr << "quant-coordinator: no credentials: give --tls_cert, "
+                 "--tls_key, --tls_client_ca and --principals, or --insecure "
+                 "to serve without TLS or authentication\n";
     return 2;
   }
 
@@ -68,10 +104,12 @@ int main(int argc, char** argv) {
     Log(absl::StrCat("cannot start: ", coordinator.status().ToString()));
     return 1;
   }
-  Log(absl::StrCat("serving on port ", (*coordinator)->port(), ", metrics on ",
-                   (*coordinator)->metrics_port(), "; models from ",
-                   absl::StrJoin(jobs.model_roots, ","), ", outputs to ",
-                   absl::StrJoin(jobs.output_roots, ",")));
+  Log(absl::StrCat("serving on port ", (*coordinator)->port(),
+                   auth.insecure ? " (INSECURE: no TLS, no authentication)"
+                                 : " (mutual TLS and bearer tokens)",
+                   ", metrics on ", (*coordinator)->metrics_port(),
+                   "; models from ", absl::StrJoin(jobs.model_roots, ","),
+                   ", outputs to ", absl::StrJoin(jobs.output_roots, ",")));
   absl::Notification stop;
   quant::OnStopSignal([&stop](int signal) {
     Log(absl::StrCat("signal ", signal, ": shutting down"));

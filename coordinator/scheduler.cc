@@ -164,6 +164,12 @@ WaitReason Scheduler::Waiting(const ActiveJob& job) const {
       job.job.state != JobState::kRunning) {
     return {};
   }
+  if (!paused_.empty()) {
+    for (const TaskRow& task : job.tasks) {
+      if (Ready(job, task)) return {kWaitDisk, paused_};
+    }
+    return {};
+  }
   const int64_t now = clock_->MonotonicMs();
   const bool gpu_pool = HasGpuWorker(now);
   std::vector<const WorkerInfo*> alive;
@@ -245,6 +251,7 @@ absl::StatusOr<std::optional<Lease>> Scheduler::TryLease(
   const int64_t now = clock_->MonotonicMs();
   worker.last_seen_ms = clock_->NowMs();
   worker.last_seen_monotonic_ms = now;
+  if (!paused_.empty()) return std::nullopt;
   const bool gpu_pool = HasGpuWorker(now);
   // Oldest job first; within a job, task order (the sequential order).
   for (auto& [id, job] : jobs_) {
@@ -330,6 +337,10 @@ absl::StatusOr<int64_t> Scheduler::Heartbeat(const TaskKey& key, int64_t epoch,
           absl::StrCat("job ", key.job_id, " is ", JobStateName(row->state)));
     }
   }
+  ASSIGN_OR_RETURN(TaskRow * found, FindTask(key));
+  if (found->state == TaskState::kDone && found->epoch == epoch) {
+    return 0;  // The holder's own commit came first: nothing to extend.
+  }
   ASSIGN_OR_RETURN(TaskRow * live, LiveLease(key, epoch));
   ActiveJob& job = jobs_[key.job_id];
   TaskRow task = *live;
@@ -344,6 +355,10 @@ absl::Status Scheduler::Complete(
     double seconds, const std::string& backend, const std::string& kernel,
     const std::function<absl::StatusOr<std::string>()>& commit_outputs) {
   absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(TaskRow * found, FindTask(key));
+  if (found->state == TaskState::kDone && found->epoch == epoch) {
+    return absl::OkStatus();  // Committed by this lease already.
+  }
   ASSIGN_OR_RETURN(TaskRow * live, LiveLease(key, epoch));
   ActiveJob& job = jobs_[key.job_id];
   if (job.job.state != JobState::kRunning) {
@@ -533,6 +548,56 @@ absl::Status Scheduler::Finish(int64_t job_id, JobState state,
   RETURN_IF_ERROR(Commit(it->second, {}, std::make_pair(state, error)));
   jobs_.erase(it);
   return absl::OkStatus();
+}
+
+absl::Status Scheduler::Reopen(int64_t job_id,
+                               const std::vector<int32_t>& indices,
+                               const std::string& reason) {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end() || it->second.job.state != JobState::kRunning) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", job_id, " is no longer running"));
+  }
+  ActiveJob& job = it->second;
+  std::vector<TaskRow> reset;
+  bool exhausted = false;
+  for (int32_t index : indices) {
+    if (index < 0 || index >= static_cast<int32_t>(job.tasks.size())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("job ", job_id, " has no task ", index));
+    }
+    TaskRow task = job.tasks[index];
+    if (task.state != TaskState::kDone) continue;
+    task.state = TaskState::kPending;
+    task.worker_id = "";
+    task.lease_deadline_ms = 0;
+    task.outputs = "";
+    task.seconds = 0;
+    task.backend = "";
+    task.kernel = "";
+    task.error = reason;
+    exhausted |= ++task.infra_faults > options_.max_infra_faults;
+    reset.push_back(std::move(task));
+  }
+  if (exhausted) {
+    RETURN_IF_ERROR(Commit(
+        job, reset,
+        std::make_pair(JobState::kFailed,
+                       absl::StrCat("committed outputs damaged again and "
+                                    "again: ",
+                                    reason))));
+    jobs_.erase(it);
+    return absl::OkStatus();
+  }
+  return Commit(job, reset, std::nullopt);
+}
+
+void Scheduler::PauseLeasing(const std::string& reason) {
+  absl::MutexLock lock(&mu_);
+  if (paused_ == reason) return;
+  paused_ = reason;
+  Changed();
 }
 
 std::vector<int64_t> Scheduler::JobsToAssemble() {

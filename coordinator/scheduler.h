@@ -121,6 +121,7 @@ struct WaitReason {
 };
 inline constexpr char kWaitNoWorker[] = "no_worker";
 inline constexpr char kWaitMemory[] = "memory";
+inline constexpr char kWaitDisk[] = "disk";
 
 struct JobSnapshot {
   JobRow job;
@@ -177,6 +178,10 @@ class Scheduler {
   absl::Status Fail(const TaskKey& key, int64_t epoch, bool task_fault,
                     const std::string& error);
 
+  // While `reason` is not empty no task is leased (workers are still seen
+  // alive), and every job with a ready task waits with kWaitDisk and it.
+  void PauseLeasing(const std::string& reason);
+
   // Leases past their deadline go back to pending; returns how many.
   int ExpireLeases();
 
@@ -188,6 +193,13 @@ class Scheduler {
   // when it is no longer running (cancelled meanwhile).
   absl::Status MarkSucceeded(int64_t job_id);
   absl::Status MarkFailed(int64_t job_id, const std::string& error);
+
+  // Done tasks of a running job back to pending (their committed files
+  // were found damaged or gone): workers compute them again. Each counts as
+  // an infrastructure fault of the task; past the budget the job fails
+  // with `reason`.
+  absl::Status Reopen(int64_t job_id, const std::vector<int32_t>& indices,
+                      const std::string& reason);
 
   // Jobs that are running with every task done (the assembler's work).
   std::vector<int64_t> JobsToAssemble();
@@ -238,6 +250,7 @@ class Scheduler {
 
   absl::Mutex mu_;
   std::map<int64_t, ActiveJob> jobs_ ABSL_GUARDED_BY(mu_);
+  std::string paused_ ABSL_GUARDED_BY(mu_);  // Why leasing is paused.
   std::map<std::string, WorkerInfo> workers_ ABSL_GUARDED_BY(mu_);
   uint64_t next_worker_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;

@@ -446,5 +446,34 @@ TEST_F(SchedulerTest, WaitForChangeWakesOnACommit) {
   EXPECT_NE(scheduler_->version(), seen);
 }
 
+// Done tasks whose committed files went bad go back to pending, leave the
+// assembler's list, and count against the infrastructure budget.
+TEST_F(SchedulerTest, ReopenedTasksRunAgainWithinTheInfraBudget) {
+  const int64_t job = AddChain();
+  const std::string w = scheduler_->RegisterWorker("a", Cpu());
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(Complete(MustLease(w), w).ok());
+  EXPECT_EQ(scheduler_->JobsToAssemble(), std::vector<int64_t>{job});
+  for (int round = 1; round <= 2; ++round) {
+    ASSERT_TRUE(scheduler_->Reopen(job, {1, 2}, "damaged").ok());
+    EXPECT_TRUE(scheduler_->JobsToAssemble().empty());
+    EXPECT_EQ(StoredTask(job, 0).state, TaskState::kDone);
+    EXPECT_EQ(StoredTask(job, 1).state, TaskState::kPending);
+    EXPECT_EQ(StoredTask(job, 1).outputs, "");
+    EXPECT_EQ(StoredTask(job, 1).error, "damaged");
+    EXPECT_EQ(StoredTask(job, 2).infra_faults, round);
+    const Lease again = MustLease(w);
+    EXPECT_EQ(again.key.index, 1);
+    ASSERT_TRUE(Complete(again, w).ok());
+    ASSERT_TRUE(Complete(MustLease(w), w).ok());
+    EXPECT_EQ(scheduler_->JobsToAssemble(), std::vector<int64_t>{job});
+  }
+  // A third time is past the budget of 2: the job fails, saying why.
+  ASSERT_TRUE(scheduler_->Reopen(job, {2}, "damaged").ok());
+  EXPECT_EQ(store_->GetJob(job)->state, JobState::kFailed);
+  EXPECT_NE(store_->GetJob(job)->error.find("damaged"), std::string::npos);
+  EXPECT_EQ(scheduler_->Reopen(job, {2}, "x").code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
 }  // namespace
 }  // namespace quant

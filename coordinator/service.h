@@ -1,10 +1,12 @@
 // The gRPC services of the coordinator: thin adapters from each RPC to the
-// JobManager call of the same name, through one status converter.
+// JobManager call of the same name, through one status converter. Every RPC
+// first asks ServerAuth who the caller is and whether it may call.
 #ifndef COORDINATOR_SERVICE_H_
 #define COORDINATOR_SERVICE_H_
 
 #include <chrono>
 
+#include "common/auth.h"
 #include "coordinator/job_manager.h"
 #include "proto/quant/v1/quantization_service.grpc.pb.h"
 #include "proto/quant/v1/worker_service.grpc.pb.h"
@@ -13,7 +15,8 @@ namespace quant {
 
 class QuantizationServiceImpl final : public v1::QuantizationService::Service {
  public:
-  explicit QuantizationServiceImpl(JobManager* manager) : manager_(manager) {}
+  QuantizationServiceImpl(JobManager* manager, const ServerAuth* auth)
+      : manager_(manager), auth_(auth) {}
 
   grpc::Status SubmitJob(grpc::ServerContext* context,
                          const v1::SubmitJobRequest* request,
@@ -39,11 +42,13 @@ class QuantizationServiceImpl final : public v1::QuantizationService::Service {
 
  private:
   JobManager* const manager_;
+  const ServerAuth* const auth_;
 };
 
 class WorkerGatewayImpl final : public v1::WorkerGateway::Service {
  public:
-  explicit WorkerGatewayImpl(JobManager* manager) : manager_(manager) {}
+  WorkerGatewayImpl(JobManager* manager, const ServerAuth* auth)
+      : manager_(manager), auth_(auth) {}
 
   grpc::Status RegisterWorker(grpc::ServerContext* context,
                               const v1::RegisterWorkerRequest* request,
@@ -69,6 +74,7 @@ class WorkerGatewayImpl final : public v1::WorkerGateway::Service {
 
  private:
   JobManager* const manager_;
+  const ServerAuth* const auth_;
 };
 
 }  // namespace quant

@@ -620,7 +620,11 @@ absl::StatusOr<QuantizeModelResult> AssembleOutput(
   const ModelSpec& spec = plan.spec;
   QuantizeModelResult result;
   // Reports of every block, from the committed results.
-  const auto load_block = [&](int layer) {
+  const auto load_block = [&](int layer) -> absl::StatusOr<BlockResult> {
+    if (options.cancelled && options.cancelled()) {
+      return absl::CancelledError(
+          absl::StrCat("assembly stopped before block ", layer));
+    }
     return LoadBlockResult(BlockResultPath(options.work_dir, layer));
   };
   nlohmann::json blocks = nlohmann::json::array();

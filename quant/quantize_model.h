@@ -75,6 +75,9 @@ struct QuantizeModelOptions {
   int64_t eval_max_windows = -1;
 
   std::function<void(const std::string&)> log;  // Progress lines; optional.
+  // AssembleOutput asks before each block; yes stops it with Cancelled.
+  // Optional.
+  std::function<bool()> cancelled;
 };
 
 struct QuantizeModelResult {

@@ -57,7 +57,18 @@ assert {p["name"] for p in service["spec"]["ports"]} == {"grpc", "metrics"}
 coordinator = next(o for o in objects if o["kind"] == "StatefulSet")
 container = coordinator["spec"]["template"]["spec"]["containers"][0]
 for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-    assert "grpc" in container[probe], probe
+    assert container[probe]["httpGet"]["port"] == "metrics", probe
+# Secure by default: mutual TLS and tokens from the mounted credentials.
+flags = next(o for o in objects if o["kind"] == "ConfigMap" and
+             o["metadata"]["name"].startswith("quant-flags"))["data"]
+for name, needed in (("coordinator.flags", ("--tls_cert=", "--tls_key=",
+                                            "--tls_client_ca=", "--principals=")),
+                     ("worker.flags", ("--tls_ca=", "--tls_cert=", "--tls_key=",
+                                       "--token_file="))):
+    lines = flags[name].split()
+    assert "--insecure" not in lines, name
+    for flag in needed:
+        assert any(l.startswith(flag + "/etc/quant/credentials/") for l in lines), (name, flag)
 models = next(o for o in objects if o["metadata"]["name"] == "quant-models")
 assert models["spec"]["accessModes"] == ["ReadOnlyMany"]
 for o in objects:

@@ -54,10 +54,10 @@ port=$(free_port)
 coordinator_metrics=$(free_port)
 worker_metrics=($(free_port) $(free_port))
 prometheus_port=$(free_port)
-qc() { "$quantctl" --coordinator "127.0.0.1:$port" "$@"; }
+qc() { "$quantctl" --coordinator "127.0.0.1:$port" --insecure "$@"; }
 
 mkdir -p "$work/out"
-"$coordinator" --listen "127.0.0.1:$port" \
+"$coordinator" --insecure --listen "127.0.0.1:$port" \
   --metrics_address "127.0.0.1:$coordinator_metrics" --state_dir "$work/state" \
   --model_roots "$shared,$(dirname "$data")" --output_roots "$work/out" --heartbeat_ms 500 \
   >"$work/coordinator.log" 2>&1 &
@@ -65,7 +65,7 @@ pids+=($!)
 for i in 0 1; do
   flags=()
   ((i == 1)) && flags=("${second_worker_flags[@]}")
-  "${workers[$i]}" --coordinator "127.0.0.1:$port" --name "w$i" --threads 1 \
+  "${workers[$i]}" --coordinator "127.0.0.1:$port" --insecure --name "w$i" --threads 1 \
     --scratch_dir "$work/scratch-$i" --lease_wait_ms 1000 \
     --metrics_address "127.0.0.1:${worker_metrics[$i]}" "${flags[@]}" \
     >"$work/worker-$i.log" 2>&1 &

@@ -64,12 +64,12 @@ free_port() {
 }
 port=$(free_port)
 metrics_port=$(free_port)
-qc() { "$quantctl" --coordinator "127.0.0.1:$port" "$@"; }
+qc() { "$quantctl" --coordinator "127.0.0.1:$port" --insecure "$@"; }
 
 coordinator_runs=0
 start_coordinator() {
   coordinator_runs=$((coordinator_runs + 1))
-  "$coordinator" --listen "127.0.0.1:$port" \
+  "$coordinator" --insecure --listen "127.0.0.1:$port" \
     --metrics_address "127.0.0.1:$metrics_port" --state_dir "$work/state" \
     --model_roots "$work" --output_roots "$work/out" --lease_ms 4000 \
     --heartbeat_ms 500 >"$work/coordinator-$coordinator_runs.log" 2>&1 &
@@ -82,7 +82,7 @@ start_coordinator() {
 }
 
 start_worker() {
-  "$worker" --coordinator "127.0.0.1:$port" --name "$1" --threads 1 \
+  "$worker" --coordinator "127.0.0.1:$port" --insecure --name "$1" --threads 1 \
     --scratch_dir "$work/scratch-$1" --lease_wait_ms 1000 \
     >"$work/worker-$1.log" 2>&1 &
   worker_pids[$1]=$!

@@ -17,6 +17,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "common/auth_flags.h"
 #include "common/metrics.h"
 #include "common/process.h"
 #include "kernels/cpu/compute_kernel.h"
@@ -86,8 +87,10 @@ int main(int argc, char** argv) {
   quant::cuda::RegisterCudaBlockBackend();
 #endif
   absl::SetProgramUsageMessage(
-      "quant-worker --coordinator=host:port [--threads=N] [--scratch_dir=DIR] "
-      "[--metrics_address=host:port] [--backend=cpu|cuda --devices=0,1]");
+      "quant-worker --coordinator=host:port (--tls_ca=F --tls_cert=F "
+      "--tls_key=F --token_file=F | --insecure) [--threads=N] "
+      "[--scratch_dir=DIR] [--metrics_address=host:port] "
+      "[--backend=cpu|cuda --devices=0,1]");
   absl::ParseCommandLine(argc, argv);
 
   // Every thread created from here on inherits the mask, so SIGTERM /
@@ -97,6 +100,7 @@ int main(int argc, char** argv) {
 
   quant::WorkerOptions options;
   options.coordinator = absl::GetFlag(FLAGS_coordinator);
+  options.auth = quant::ClientAuthFromFlags();
   options.name = absl::GetFlag(FLAGS_name);
   if (options.name.empty()) options.name = HostName();
   options.threads = absl::GetFlag(FLAGS_threads);

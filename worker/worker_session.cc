@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/chunk_stream.h"
+#include "common/failpoint.h"
 #include "common/file.h"
 #include "common/grpc_options.h"
 #include "common/grpc_status.h"
@@ -320,6 +321,10 @@ absl::StatusOr<std::unique_ptr<WorkerSession>> WorkerSession::Create(
     return absl::InvalidArgumentError(
         "worker: no coordinator address and no channel");
   }
+  if (options.channel == nullptr) {
+    ASSIGN_OR_RETURN(options.channel,
+                     DialCoordinator(options.coordinator, options.auth));
+  }
   return std::unique_ptr<WorkerSession>(new WorkerSession(std::move(options)));
 }
 
@@ -336,11 +341,6 @@ WorkerSession::WorkerSession(WorkerOptions options)
                         : DetectMemoryBytes()),
       rng_(std::random_device()()) {
   channel_ = options_.channel;
-  if (channel_ == nullptr) {
-    channel_ = grpc::CreateCustomChannel(options_.coordinator,
-                                         grpc::InsecureChannelCredentials(),
-                                         ServiceChannelArguments());
-  }
   stub_ = v1::WorkerGateway::NewStub(channel_);
 }
 
@@ -848,6 +848,13 @@ absl::Status WorkerSession::UploadAttempt(
         info, data, /*offset=*/0, static_cast<size_t>(chunk_limit),
         [&](const v1::Chunk& chunk) {
           *request.mutable_chunk() = chunk;
+          // Faults the coordinator must catch (tests/fault_injection_test.sh).
+          // One fault per chunk, so that each is seen.
+          if (!chunk.data().empty() && Failpoint("worker.upload_flip_bit")) {
+            (*request.mutable_chunk()->mutable_data())[0] ^= 0x01;
+          } else if (chunk.last() && Failpoint("worker.upload_wrong_sha")) {
+            (*request.mutable_chunk()->mutable_sha256())[0] ^= 0x01;
+          }
           open = writer->Write(request);
           return open;
         },
@@ -916,7 +923,14 @@ WorkerSession::Outcome WorkerSession::Complete(Task* task, double seconds,
   const absl::Status status = CallAboutTask(
       task, [&](grpc::ClientContext* context, const v1::TaskRef& ref) {
         *request.mutable_task() = ref;
-        return stub_->CompleteTask(context, request, &response);
+        grpc::Status status = stub_->CompleteTask(context, request, &response);
+        if (status.ok() && Failpoint("worker.complete_reply_lost")) {
+          Log(absl::StrCat("task ", RefName(task->ref),
+                           ": failpoint: the CompleteTask reply is lost"));
+          return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                              "failpoint: reply lost");
+        }
+        return status;
       });
   if (status.ok()) return Outcome::kDone;
   if (task->IsAbandoned()) return Outcome::kReleased;

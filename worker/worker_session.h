@@ -30,6 +30,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/auth.h"
 #include "common/metrics.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
@@ -42,6 +43,9 @@ namespace quant {
 struct WorkerOptions {
   // The coordinator's worker gateway, "host:port".
   std::string coordinator = "localhost:50051";
+  // How to reach `coordinator` (TLS, certificate, token); quant-worker
+  // makes its operator choose, tests and in-process workers need none.
+  ClientAuthOptions auth = InsecureClientAuth();
   // When set, used instead of `coordinator` (e.g. an in-process channel).
   std::shared_ptr<grpc::Channel> channel;
   // For humans (host or pod name).
