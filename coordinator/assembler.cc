@@ -20,6 +20,7 @@
 #include "proto/recipe.h"
 #include "proto/task_tensors.h"
 #include "quant/block_store.h"
+#include "quant/gguf_head.h"
 #include "quant/quantize_model.h"
 
 namespace quant {
@@ -59,7 +60,7 @@ std::string ReportPath(const v1::JobSpec& spec) {
 
 absl::StatusOr<std::string> CommitTaskOutputs(
     const std::string& job_dir, const JobPlan& plan, const TaskRow& task,
-    int64_t hidden_size,
+    int64_t hidden_size, const std::string& model_dir,
     const std::map<std::string, UploadReceiver::Received>& received) {
   nlohmann::json outputs = nlohmann::json::object();
   std::set<std::string> in_place;
@@ -103,6 +104,19 @@ absl::StatusOr<std::string> CommitTaskOutputs(
       if (absl::Status checked = CheckBlockResult(path); !checked.ok()) {
         return absl::InvalidArgumentError(absl::StrCat(
             "uploaded result is not a block result: ", checked.message()));
+      }
+    }
+    if (name == kHeadTensor) {
+      std::map<std::string, GgmlType> types;
+      for (const auto& [tensor, type_name] : plan.head_types) {
+        ASSIGN_OR_RETURN(types[tensor], ParseGgmlType(type_name));
+      }
+      ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> model,
+                       SafetensorsCheckpoint::Open(model_dir));
+      if (absl::Status checked = CheckGgufHead(path, *model, types);
+          !checked.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("uploaded head: ", checked.message()));
       }
     }
     if (name == kActivationsTensor) {

@@ -23,14 +23,15 @@
 namespace quant {
 
 // Checks each uploaded output (a readable safetensors file; a block result
-// the assembly can read; activations of the planned shape) and renames it
+// the assembly can read; activations of the planned shape; a GGUF head of
+// the planned tensors and types, sized as `model_dir`'s) and renames it
 // to its place in `job_dir`. Returns the outputs as JSON for the store
 // ({"name": {"path", "bytes", "sha256"}}). Again after the store could not
 // record a commit (a full disk): an output already in its place with the
 // upload's size and SHA-256 stays there.
 absl::StatusOr<std::string> CommitTaskOutputs(
     const std::string& job_dir, const JobPlan& plan, const TaskRow& task,
-    int64_t hidden_size,
+    int64_t hidden_size, const std::string& model_dir,
     const std::map<std::string, UploadReceiver::Received>& received);
 
 // Removes the activations at block boundaries that no unfinished task

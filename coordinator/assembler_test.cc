@@ -100,14 +100,15 @@ TEST(AssemblerTest, CommittedOutputsAreCheckedAndMovedIntoPlace) {
   auto received = ReadUploads(upload, {kResultTensor, kActivationsTensor});
   ASSERT_TRUE(received.ok());
   absl::StatusOr<std::string> refused =
-      CommitTaskOutputs(job, SequentialPlan(), Block(0), 4, *received);
+      CommitTaskOutputs(job, SequentialPlan(), Block(0), 4, "", *received);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(refused.status().message().find("result"), absl::string_view::npos);
   // A safetensors file, but not a block result (the assembly could not
   // read it: refused now, not after the job's tasks are done).
   ASSERT_TRUE(SaveActivations(upload + "/result", hidden, 2, 3, 4).ok());
   received = ReadUploads(upload, {kResultTensor, kActivationsTensor});
-  refused = CommitTaskOutputs(job, SequentialPlan(), Block(0), 4, *received);
+  refused =
+      CommitTaskOutputs(job, SequentialPlan(), Block(0), 4, "", *received);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(refused.status().message().find("not a block result"),
             absl::string_view::npos)
@@ -116,13 +117,13 @@ TEST(AssemblerTest, CommittedOutputsAreCheckedAndMovedIntoPlace) {
   // A real result, but activations of another width.
   ASSERT_TRUE(SaveBlockResult(upload + "/result", KeptResult()).ok());
   received = ReadUploads(upload, {kResultTensor, kActivationsTensor});
-  EXPECT_EQ(CommitTaskOutputs(job, SequentialPlan(), Block(0), 8, *received)
+  EXPECT_EQ(CommitTaskOutputs(job, SequentialPlan(), Block(0), 8, "", *received)
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
   // The right width: both files move into the job directory.
   const absl::StatusOr<std::string> outputs =
-      CommitTaskOutputs(job, SequentialPlan(), Block(0), 4, *received);
+      CommitTaskOutputs(job, SequentialPlan(), Block(0), 4, "", *received);
   ASSERT_TRUE(outputs.ok()) << outputs.status();
   EXPECT_TRUE(fs::exists(BlockResultPath(job, 0)));
   EXPECT_TRUE(fs::exists(ActivationsPath(job, 1)));
@@ -131,14 +132,14 @@ TEST(AssemblerTest, CommittedOutputsAreCheckedAndMovedIntoPlace) {
   // Committed again, as after a store that could not record the commit (a
   // full disk): the files moved then are in place, and nothing moves.
   const absl::StatusOr<std::string> again =
-      CommitTaskOutputs(job, SequentialPlan(), Block(0), 4, *received);
+      CommitTaskOutputs(job, SequentialPlan(), Block(0), 4, "", *received);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(*again, *outputs);
   // Not the uploaded bytes in place: not committed.
   ASSERT_TRUE(
       SaveActivations(ActivationsPath(job, 1), std::vector<float>(24), 2, 3, 4)
           .ok());
-  EXPECT_EQ(CommitTaskOutputs(job, SequentialPlan(), Block(0), 4, *received)
+  EXPECT_EQ(CommitTaskOutputs(job, SequentialPlan(), Block(0), 4, "", *received)
                 .status()
                 .code(),
             absl::StatusCode::kFailedPrecondition);

@@ -753,7 +753,8 @@ absl::Status JobManager::CompleteTask(const v1::CompleteTaskRequest& request) {
       key, ref.epoch(), ref.worker_id(), request.seconds(), backend, kernel,
       [&] {
         return CommitTaskOutputs(job.snapshot.plan.job_dir, job.snapshot.plan,
-                                 task, model.hidden_size, received);
+                                 task, model.hidden_size,
+                                 job.spec.model_dir(), received);
       });
   if (completed.code() == absl::StatusCode::kInvalidArgument) {
     // The outputs themselves are wrong: the task's fault, within its budget.

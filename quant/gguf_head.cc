@@ -69,4 +69,34 @@ absl::Status WriteGgufHead(const SafetensorsCheckpoint& source,
   return writer->Finish();
 }
 
+absl::Status CheckGgufHead(const std::string& path,
+                           const SafetensorsCheckpoint& source,
+                           const std::map<std::string, GgmlType>& types) {
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> head,
+                   SafetensorsFile::Open(path));
+  for (const TensorView& tensor : head->tensors()) {
+    if (types.count(tensor.name) == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("head: ", tensor.name, " is not a head tensor"));
+    }
+  }
+  for (const auto& [name, type] : types) {
+    const TensorView* got = head->Find(name);
+    if (got == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("head: ", name, " is missing"));
+    }
+    ASSIGN_OR_RETURN(const TensorView view, source.Get(name));
+    ASSIGN_OR_RETURN(const Shape shape, ShapeOf(view, type));
+    const uint64_t want = shape.rows * shape.row_bytes;
+    if (got->dtype != SafetensorsDType::kU8 || got->nbytes != want) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("head: ", name, " holds ", got->nbytes, " bytes of ",
+                       SafetensorsDTypeName(got->dtype), "; its ",
+                       GgmlTypeName(type), " rows are ", want, " bytes of U8"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace quant

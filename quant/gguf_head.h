@@ -29,6 +29,14 @@ absl::Status WriteGgufHead(const SafetensorsCheckpoint& source,
                            const std::map<std::string, GgmlType>& types,
                            const std::string& path);
 
+// Checks a head file a worker sent before it is committed: a safetensors
+// file holding exactly the tensors of `types`, each U8 with the bytes its
+// type encodes `source`'s tensor of that name in. InvalidArgument names the
+// tensor at fault.
+absl::Status CheckGgufHead(const std::string& path,
+                           const SafetensorsCheckpoint& source,
+                           const std::map<std::string, GgmlType>& types);
+
 }  // namespace quant
 
 #endif  // QUANT_GGUF_HEAD_H_

@@ -1,5 +1,6 @@
 #include "quant/gguf_head.h"
 
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -53,6 +54,45 @@ TEST(GgufHeadTest, EncodedRowsAreTheTypesOwn) {
   EXPECT_NE(missing.message().find("model.nope.weight"),
             absl::string_view::npos);
   EXPECT_FALSE(SafetensorsFile::Open(other).ok());
+}
+
+// What a worker sends as a head is checked before it is committed.
+TEST(GgufHeadTest, CheckRefusesHeadsThatAreNotTheTypesEncoding) {
+  const std::string dir = MakeTestTempDir("gguf_head");
+  ASSERT_TRUE(WriteTinyLlama(dir + "/model", TinyLlamaOptions()).ok());
+  auto model = SafetensorsCheckpoint::Open(dir + "/model");
+  ASSERT_TRUE(model.ok());
+  const std::map<std::string, GgmlType> types = {
+      {"model.embed_tokens.weight", GgmlType::kQ4_K},
+      {"model.norm.weight", GgmlType::kF32}};
+  const std::string path = dir + "/head.safetensors";
+  ASSERT_TRUE(WriteGgufHead(**model, types, path).ok());
+  EXPECT_TRUE(CheckGgufHead(path, **model, types).ok());
+
+  // Another type's rows, a tensor too many, one missing, not safetensors.
+  std::map<std::string, GgmlType> other = types;
+  other["model.embed_tokens.weight"] = GgmlType::kQ8_0;
+  absl::Status status = CheckGgufHead(path, **model, other);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("model.embed_tokens.weight holds"),
+            absl::string_view::npos)
+      << status;
+  status =
+      CheckGgufHead(path, **model, {{"model.norm.weight", GgmlType::kF32}});
+  EXPECT_NE(status.message().find("is not a head tensor"),
+            absl::string_view::npos)
+      << status;
+  other = types;
+  other["lm_head.weight"] = GgmlType::kQ6_K;
+  status = CheckGgufHead(path, **model, other);
+  EXPECT_NE(status.message().find("lm_head.weight is missing"),
+            absl::string_view::npos)
+      << status;
+  const std::string junk = dir + "/junk.safetensors";
+  FILE* f = std::fopen(junk.c_str(), "wb");
+  std::fputs("not safetensors", f);
+  std::fclose(f);
+  EXPECT_FALSE(CheckGgufHead(junk, **model, types).ok());
 }
 
 }  // namespace
