@@ -414,6 +414,18 @@ absl::Status JobManager::WatchJob(
     const std::function<bool(const v1::JobEvent&)>& emit,
     const std::function<bool()>& cancelled) {
   ASSIGN_OR_RETURN(const int64_t id, ParseJobId(job_id));
+  // Each watcher holds a server thread: past the limit, new ones are
+  // refused rather than starving the workers' calls.
+  if (watchers_.fetch_add(1) >= options_.max_watchers) {
+    watchers_.fetch_sub(1);
+    return absl::ResourceExhaustedError(
+        absl::StrCat("too many watchers (", options_.max_watchers,
+                     "); poll GetJob or watch again later"));
+  }
+  struct Release {
+    std::atomic<int>& count;
+    ~Release() { count.fetch_sub(1); }
+  } release{watchers_};
   std::string last;
   while (true) {
     const uint64_t version = scheduler_->version();
@@ -753,8 +765,8 @@ absl::Status JobManager::CompleteTask(const v1::CompleteTaskRequest& request) {
       key, ref.epoch(), ref.worker_id(), request.seconds(), backend, kernel,
       [&] {
         return CommitTaskOutputs(job.snapshot.plan.job_dir, job.snapshot.plan,
-                                 task, model.hidden_size,
-                                 job.spec.model_dir(), received);
+                                 task, model.hidden_size, job.spec.model_dir(),
+                                 received);
       });
   if (completed.code() == absl::StatusCode::kInvalidArgument) {
     // The outputs themselves are wrong: the task's fault, within its budget.

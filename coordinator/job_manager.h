@@ -50,6 +50,8 @@ struct JobManagerOptions {
   // Below this much free space in state_dir no task is leased (uploads
   // and commits land there); jobs wait, saying so, until space returns.
   int64_t min_free_disk_bytes = 1LL << 30;
+  // WatchJob streams at once (each holds a server thread).
+  int max_watchers = 4096;
   Clock* clock = nullptr;  // nullptr: the system clock.
   ServiceMetrics* metrics = nullptr;
   std::function<void(const std::string&)> log;
@@ -158,6 +160,7 @@ class JobManager {
       uploads_ ABSL_GUARDED_BY(uploads_mu_);
 
   std::atomic<bool> stopping_{false};
+  std::atomic<int> watchers_{0};
   std::thread tick_thread_;
   std::thread assemble_thread_;
   absl::Mutex assembly_mu_;

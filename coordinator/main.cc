@@ -30,6 +30,8 @@ ABSL_FLAG(int, max_task_faults, 3, "Failures of a task before its job fails");
 ABSL_FLAG(int, max_infra_faults, 20,
           "Workers a task may lose before its job fails");
 ABSL_FLAG(int64_t, max_chunk_bytes, 4 << 20, "Largest streamed chunk");
+ABSL_FLAG(int, max_watchers, 4096,
+          "WatchJob streams at once; more are refused (RESOURCE_EXHAUSTED)");
 ABSL_FLAG(int64_t, min_free_disk_mb, 1024,
           "Below this much free space in --state_dir no task starts; jobs "
           "wait, saying so, until space returns");
@@ -74,6 +76,7 @@ int main(int argc, char** argv) {
   jobs.scheduler.max_infra_faults = absl::GetFlag(FLAGS_max_infra_faults);
   jobs.max_chunk_bytes = absl::GetFlag(FLAGS_max_chunk_bytes);
   jobs.min_free_disk_bytes = absl::GetFlag(FLAGS_min_free_disk_mb) << 20;
+  jobs.max_watchers = absl::GetFlag(FLAGS_max_watchers);
   jobs.keep_failed_jobs_ms = static_cast<int64_t>(
       absl::GetFlag(FLAGS_keep_failed_jobs_hours) * 3'600'000);
   jobs.log = Log;

@@ -352,6 +352,7 @@ fi
 
 # 7. An oversized message, and thousands of watchers.
 new_scenario crowd
+coordinator_flags=(--max_watchers 1500)
 start_coordinator
 answer=$("$fault_client" oversized --coordinator "127.0.0.1:$port" \
   --bytes $((20 << 20)))
@@ -371,11 +372,13 @@ start_worker a
 wait_state "$job" succeeded 120
 wait "$watchers_pid" || fail "the watchers' client failed"
 read -r _ count _ answered _ early < <(head -1 "$work/crowd-watchers.log")
-((answered == count)) ||
-  fail "$answered of $count watchers answered: $(cat "$work/crowd-watchers.log")"
+refused=$(sed -nE 's/^ *([0-9]+) ended: 8 too many watchers.*/\1/p' \
+  "$work/crowd-watchers.log")
+((answered == 1500 && refused == 500)) ||
+  fail "1500 watchers answered and 500 refused expected: $(cat "$work/crowd-watchers.log")"
 same_as_reference crowd.gguf
-pass "a 20 MiB message refused ($answer); $count watchers answered," \
-  "$early ended before the client let go;" \
+pass "a 20 MiB message refused ($answer); of $count watchers, $answered" \
+  "answered and $refused refused past --max_watchers 1500;" \
   "ListJobs took ${list_ms} ms among them, the coordinator held ${rss_mb} MiB;" \
   "a worker finished a job meanwhile, byte-identical"
 stop_workers
