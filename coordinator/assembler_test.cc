@@ -7,9 +7,11 @@
 #include "common/checksum.h"
 #include "common/file.h"
 #include "common/test_data.h"
+#include "convert/tiny_llama.h"
 #include "coordinator/planner.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "proto/recipe.h"
 #include "proto/task_tensors.h"
 #include "quant/block_store.h"
 #include "quant/quantize_model.h"
@@ -217,6 +219,45 @@ TEST(AssemblerTest, DamagedCommittedFilesNameTheTasksToRedo) {
             std::string::npos)
       << redo[1].reason;
   EXPECT_EQ(redo[2].index, 0);
+}
+
+// A shutdown stops an assembly before its next block: Cancelled, nothing
+// at the output's name, no staging left; the next attempt writes it.
+TEST(AssemblerTest, ACancelledAssemblyLeavesNothingAndTheNextOneWrites) {
+  const std::string dir = MakeTestTempDir("assembler");
+  ASSERT_TRUE(WriteTinyLlama(dir + "/model", TinyLlamaOptions()).ok());
+  QuantizeModelOptions options;
+  options.model_dir = dir + "/model";
+  options.method = QuantMethod::kRtn;
+  options.weights = {4, 64, false};
+  options.calibration.samples = 0;  // Data-free.
+  options.output = dir + "/engine";
+  options.work_dir = dir + "/work";  // The coordinator's job-dir layout.
+  const absl::StatusOr<QuantizeModelResult> engine = QuantizeModel(options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  v1::JobSpec spec;
+  spec.set_model_dir(options.model_dir);
+  spec.set_output(dir + "/out");
+  *spec.mutable_recipe() = RecipeFromOptions(options);
+  int asked = 0;
+  absl::StatusOr<std::string> stopped = AssembleJob(
+      spec, options.work_dir, 0, nullptr, [&] { return ++asked > 1; });
+  EXPECT_EQ(stopped.status().code(), absl::StatusCode::kCancelled)
+      << stopped.status();
+  EXPECT_GT(asked, 1);
+  EXPECT_FALSE(fs::exists(dir + "/out"));
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    EXPECT_EQ(entry.path().filename().string().find(".out."),
+              std::string::npos)
+        << entry.path();  // No staging left.
+  }
+  EXPECT_FALSE(Assembled(spec, options.work_dir));
+  absl::StatusOr<std::string> report =
+      AssembleJob(spec, options.work_dir, 0, nullptr, [] { return false; });
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_TRUE(Assembled(spec, options.work_dir));
+  EXPECT_EQ(*ReadFileToString(dir + "/out/model.safetensors"),
+            *ReadFileToString(dir + "/engine/model.safetensors"));
 }
 
 }  // namespace

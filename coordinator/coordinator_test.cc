@@ -844,5 +844,27 @@ TEST_F(CoordinatorAuthTest, TokensAndCertificatesReloadWithoutARestart) {
       grpc::StatusCode::OK));
 }
 
+// A client's token file is read again when it changes: a rotated token
+// reaches the coordinator on the channel already open.
+TEST_F(CoordinatorAuthTest, AClientsRotatedTokenFileIsUsedOnItsOpenChannel) {
+  ClientAuthOptions client;
+  client.ca_file = Path("ca.pem");
+  client.cert_file = Path("alice.pem");
+  client.key_file = Path("alice.key");
+  client.token_file = Path("alice.token");
+  Put("alice.token", "alice-token\n");
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+      DialCoordinator(target_, client);
+  ASSERT_TRUE(channel.ok()) << channel.status();
+  EXPECT_TRUE(ListJobs(*channel).ok());
+  WritePrincipals({{"alice", "client", "alice-token-2"},
+                   {"workers", "worker", "worker-token"}});
+  EXPECT_TRUE(Eventually([&] { return ListJobs(*channel); },
+                         grpc::StatusCode::UNAUTHENTICATED));
+  Put("alice.token", "alice-token-2\n");
+  EXPECT_TRUE(
+      Eventually([&] { return ListJobs(*channel); }, grpc::StatusCode::OK));
+}
+
 }  // namespace
 }  // namespace quant
