@@ -662,6 +662,18 @@ class CoordinatorAuthTest : public CoordinatorTest {
     return grpc::CreateCustomChannel(target_, credentials, args);
   }
 
+  // Alice through the product's client path (DialCoordinator), her token in
+  // alice.token.
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> DialAsAlice() {
+    ClientAuthOptions client;
+    client.ca_file = Path("ca.pem");
+    client.cert_file = Path("alice.pem");
+    client.key_file = Path("alice.key");
+    client.token_file = Path("alice.token");
+    Put("alice.token", "alice-token\n");
+    return DialCoordinator(target_, client);
+  }
+
   static grpc::ClientContext* Deadline(grpc::ClientContext* context) {
     context->set_deadline(std::chrono::system_clock::now() +
                           std::chrono::seconds(10));
@@ -723,14 +735,7 @@ TEST_F(CoordinatorAuthTest, EachCredentialThatShouldFailFailsAndTheRestPass) {
   EXPECT_EQ(LeaseAs(Dial("quant-worker", "worker-token")).error_code(),
             StatusCode::NOT_FOUND);
   // The product's own client path.
-  ClientAuthOptions client;
-  client.ca_file = Path("ca.pem");
-  client.cert_file = Path("alice.pem");
-  client.key_file = Path("alice.key");
-  client.token_file = Path("alice.token");
-  Put("alice.token", "alice-token\n");
-  absl::StatusOr<std::shared_ptr<grpc::Channel>> dialed =
-      DialCoordinator(target_, client);
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> dialed = DialAsAlice();
   ASSERT_TRUE(dialed.ok()) << dialed.status();
   EXPECT_EQ(ListJobs(*dialed).error_code(), StatusCode::OK);
 
@@ -847,14 +852,7 @@ TEST_F(CoordinatorAuthTest, TokensAndCertificatesReloadWithoutARestart) {
 // A client's token file is read again when it changes: a rotated token
 // reaches the coordinator on the channel already open.
 TEST_F(CoordinatorAuthTest, AClientsRotatedTokenFileIsUsedOnItsOpenChannel) {
-  ClientAuthOptions client;
-  client.ca_file = Path("ca.pem");
-  client.cert_file = Path("alice.pem");
-  client.key_file = Path("alice.key");
-  client.token_file = Path("alice.token");
-  Put("alice.token", "alice-token\n");
-  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
-      DialCoordinator(target_, client);
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = DialAsAlice();
   ASSERT_TRUE(channel.ok()) << channel.status();
   EXPECT_TRUE(ListJobs(*channel).ok());
   WritePrincipals({{"alice", "client", "alice-token-2"},

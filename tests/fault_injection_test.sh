@@ -138,6 +138,16 @@ leased_block() {
   qc status "$1" 2>/dev/null |
     awk '$2 == "block" && $4 == "leased" { print $1; exit }'
 }
+# Sets task to a block task of $job that a worker holds, waiting for one.
+wait_for_leased_block() {
+  task=""
+  for _ in $(seq 1 200); do
+    task=$(leased_block "$job")
+    [[ -n "$task" ]] && return 0
+    sleep 0.05
+  done
+  fail "no worker held a block task of job $job"
+}
 # Waits until worker NAME leased task TASK of JOB under a later epoch.
 taken_over() {  # JOB TASK NAME
   for _ in $(seq 1 300); do
@@ -165,12 +175,7 @@ new_scenario paused
 start_coordinator
 start_worker a
 job=$(submit paused.gguf)
-for _ in $(seq 1 200); do
-  task=$(leased_block "$job")
-  [[ -n "$task" ]] && break
-  sleep 0.05
-done
-[[ -n "$task" ]] || fail "worker a never held a block task"
+wait_for_leased_block
 kill -STOP "${worker_pids[a]}"
 sleep 4  # Past the 3 s lease.
 start_worker b
@@ -264,12 +269,7 @@ for _ in $(seq 1 50); do
 done
 start_worker a "$proxy_port"
 job=$(submit partition.gguf)
-for _ in $(seq 1 200); do
-  task=$(leased_block "$job")
-  [[ -n "$task" ]] && break
-  sleep 0.05
-done
-[[ -n "$task" ]] || fail "worker a never held a block task"
+wait_for_leased_block
 kill -USR1 "$proxy_pid"
 sleep 4  # Past the 3 s lease.
 start_worker b
@@ -320,12 +320,7 @@ else
   job=$(submit diskfull.gguf)
   start_worker a
   # The disk fills while a block task runs: its upload or commit meets it.
-  for _ in $(seq 1 200); do
-    task=$(leased_block "$job")
-    [[ -n "$task" ]] && break
-    sleep 0.05
-  done
-  [[ -n "$task" ]] || fail "worker a never held a block task"
+  wait_for_leased_block
   dd if=/dev/zero of="$state/filler" bs=1M count=64 status=none 2>/dev/null || true
   for _ in $(seq 1 300); do
     qc status "$job" | grep -q "waiting: .*disk" && break
