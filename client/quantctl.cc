@@ -274,6 +274,11 @@ service commands:
   cancel JOB       Stop a job (its committed tasks are kept).
   resume JOB       Restart a failed or cancelled job from its committed tasks.
   workers          The workers the coordinator knows.
+  Every command but run --local talks to --coordinator with credentials:
+  --tls_ca CA.crt --tls_cert ME.crt --tls_key ME.key --token_file ME.token
+  (scripts/make_credentials.sh makes them), or --insecure for a coordinator
+  that runs without TLS. Only a job's submitter or an admin may cancel or
+  resume it.
 
 engine commands (in this process):
   convert          Convert a Hugging Face model directory to GGUF.
