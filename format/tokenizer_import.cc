@@ -116,7 +116,83 @@ absl::StatusOr<std::optional<bool>> OptionalBool(const json& obj,
 
 // ---- SentencePiece (tokenizer.model) ----
 
+// Reads a protobuf varint at bytes[*pos]; false when cut short.
+bool ReadVarint(absl::string_view bytes, size_t* pos, uint64_t* value) {
+  *value = 0;
+  for (int shift = 0; shift < 64 && *pos < bytes.size(); shift += 7) {
+    const uint8_t b = static_cast<uint8_t>(bytes[(*pos)++]);
+    *value |= static_cast<uint64_t>(b & 0x7f) << shift;
+    if ((b & 0x80) == 0) return true;
+  }
+  return false;
+}
+
+// Calls visit(field, wire_type, payload) for each field of a protobuf
+// message (payload: the bytes of a length-delimited field, else empty);
+// false when the bytes are not a well-formed message of such fields.
+template <typename Visit>
+bool ForEachProtoField(absl::string_view bytes, Visit visit) {
+  size_t pos = 0;
+  while (pos < bytes.size()) {
+    uint64_t key, n;
+    if (!ReadVarint(bytes, &pos, &key)) return false;
+    absl::string_view payload;
+    switch (key & 7) {
+      case 0:
+        if (!ReadVarint(bytes, &pos, &n)) return false;
+        break;
+      case 1:
+      case 5:
+        n = (key & 7) == 1 ? 8 : 4;
+        if (bytes.size() - pos < n) return false;
+        pos += n;
+        break;
+      case 2:
+        if (!ReadVarint(bytes, &pos, &n) || bytes.size() - pos < n) {
+          return false;
+        }
+        payload = bytes.substr(pos, n);
+        pos += n;
+        break;
+      default:
+        return false;  // Groups: not in sentencepiece_model.proto.
+    }
+    visit(key >> 3, key & 7, payload);
+  }
+  return true;
+}
+
+// libsentencepiece 0.1.97 (Debian 12's) rejects an empty piece but puts
+// the pieces into its tries as C strings: a piece that starts with a NUL
+// byte makes Darts throw ("zero-length key"), and the exception ends the
+// process (found by tests/fuzz/tokenizer_model_fuzz). This look at the
+// ModelProto's pieces (field 1, each with its text in field 1) rejects empty
+// pieces and any piece holding a NUL before the library sees the file. Bytes
+// that are not a well-formed message are left to the library's own parser.
+absl::Status CheckPieces(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(path));
+  int64_t index = 0;
+  int64_t bad = -1;
+  ForEachProtoField(
+      bytes, [&](uint64_t field, int wire_type, absl::string_view payload) {
+        if (field != 1 || wire_type != 2) return;
+        absl::string_view piece;  // An absent piece is the empty string.
+        ForEachProtoField(payload, [&](uint64_t f, int w, absl::string_view p) {
+          if (f == 1 && w == 2) piece = p;
+        });
+        const bool ok = !piece.empty() && piece.find('\0') == piece.npos;
+        if (!ok && bad < 0) bad = index;
+        ++index;
+      });
+  if (bad >= 0) {
+    return Malformed(path, absl::StrCat("not a SentencePiece model: piece ",
+                                        bad, " is empty or holds a NUL byte"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ImportSentencePiece(const std::string& path, GgufTokenizer* out) {
+  RETURN_IF_ERROR(CheckPieces(path));
   absl::StatusOr<std::unique_ptr<SentencePieceModel>> loaded =
       SentencePieceModel::Load(path);
   if (loaded.status().code() == absl::StatusCode::kInvalidArgument) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -161,6 +162,54 @@ TEST(ImportTokenizerSpmTest, CorruptTokenizerModel) {
   Write(dir + "/tokenizer.model", "this is not a protobuf \xff\xff\xff");
   ExpectError(ImportTokenizer(dir, 0), absl::StatusCode::kInvalidArgument,
               "tokenizer.model: not a SentencePiece model");
+}
+
+// A SentencePiece ModelProto written by hand: `pieces` as (text, type)
+// (field 1: piece 1, type 3), then a trainer_spec (field 2) of model_type
+// `model_type` (field 3; 1 unigram, 2 BPE). Texts shorter than 128 bytes.
+std::string SpmModelProto(
+    const std::vector<std::pair<std::string, int>>& pieces, int model_type) {
+  std::string out;
+  for (const auto& [text, type] : pieces) {
+    std::string piece = "\x0a";
+    piece += static_cast<char>(text.size());
+    piece += text;
+    piece += '\x18';
+    piece += static_cast<char>(type);
+    out += '\x0a';
+    out += static_cast<char>(piece.size());
+    out += piece;
+  }
+  out += "\x12\x02\x18";
+  out += static_cast<char>(model_type);
+  return out;
+}
+
+// libsentencepiece 0.1.97 throws from its trie builder on a piece that
+// starts with a NUL byte, and the exception ended the process
+// (tests/fuzz/tokenizer_model_fuzz; the inputs are in
+// tests/fuzz/corpus/tokenizer_model/regress-*).
+TEST(ImportTokenizerSpmTest, EmptyOrNulPieceIsAnErrorNotACrash) {
+  const std::string dir = MakeTestTempDir("tok_spm_empty_piece");
+  Write(dir + "/tokenizer_config.json", R"({"add_bos_token": false})");
+  for (int model_type : {1, 2}) {
+    for (const std::string bad :
+         {std::string(), std::string("\0", 1), std::string("a\0b", 3)}) {
+      SCOPED_TRACE(
+          absl::StrCat("model_type ", model_type, ", piece size ", bad.size()));
+      Write(dir + "/tokenizer.model",
+            SpmModelProto({{"<unk>", 2}, {"a", 1}, {bad, 1}}, model_type));
+      ExpectError(ImportTokenizer(dir, 0), absl::StatusCode::kInvalidArgument,
+                  "tokenizer.model: not a SentencePiece model: piece 2 is "
+                  "empty or holds a NUL byte");
+    }
+    // The same model without the bad piece loads.
+    Write(dir + "/tokenizer.model",
+          SpmModelProto({{"<unk>", 2}, {"a", 1}, {"b", 1}}, model_type));
+    absl::StatusOr<GgufTokenizer> tok = ImportTokenizer(dir, 0);
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    EXPECT_THAT(tok->tokens, ElementsAre("<unk>", "a", "b"));
+  }
 }
 
 // ---- tokenizer.json BPE ----
