@@ -16,13 +16,17 @@ SOURCE_SUFFIXES = (".cc", ".h", ".cu", ".cuh")
 SKIP_DIRS = {"build", "third_party", ".git", ".cache", "node_modules"}
 
 
+def skipped(d):
+    # Build folders: build/, build-fuzz/ (tests/fuzz) and the like.
+    return (d in SKIP_DIRS or d.startswith(("bazel-", "build-")) or
+            d.startswith("."))
+
+
 def source_files():
     found = set()
     for dirpath, dirnames, filenames in os.walk(ROOT):
         rel = os.path.relpath(dirpath, ROOT)
-        dirnames[:] = [d for d in dirnames
-                       if d not in SKIP_DIRS and not d.startswith("bazel-")
-                       and not d.startswith(".")]
+        dirnames[:] = [d for d in dirnames if not skipped(d)]
         for name in filenames:
             if name.endswith(SOURCE_SUFFIXES):
                 found.add(os.path.normpath(os.path.join(rel, name)))
@@ -32,9 +36,7 @@ def source_files():
 def bazel_targets():
     targets = {}
     for dirpath, dirnames, filenames in os.walk(ROOT):
-        dirnames[:] = [d for d in dirnames
-                       if d not in SKIP_DIRS and not d.startswith("bazel-")
-                       and not d.startswith(".")]
+        dirnames[:] = [d for d in dirnames if not skipped(d)]
         if "BUILD.bazel" not in filenames:
             continue
         package = os.path.relpath(dirpath, ROOT)
@@ -82,9 +84,7 @@ KEYWORDS = {"SRCS", "HDRS", "DEPS", "OUTPUT_NAME", "PROTOS"}
 def cmake_targets():
     targets = {}
     for dirpath, dirnames, filenames in os.walk(ROOT):
-        dirnames[:] = [d for d in dirnames
-                       if d not in SKIP_DIRS and not d.startswith("bazel-")
-                       and not d.startswith(".")]
+        dirnames[:] = [d for d in dirnames if not skipped(d)]
         if "CMakeLists.txt" not in filenames:
             continue
         folder = os.path.relpath(dirpath, ROOT)
