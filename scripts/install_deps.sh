@@ -11,6 +11,7 @@ packages=(
   libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev nlohmann-json3-dev
   libsqlite3-dev libssl-dev libopenblas-dev liblapacke-dev libsentencepiece-dev
   bazel-bootstrap
+  clang libclang-rt-14-dev libomp-14-dev
 )
 # Node.js may come from elsewhere (with its own npm); only fall back to
 # Debian's packages when the commands are missing.
