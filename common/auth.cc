@@ -341,9 +341,10 @@ class ServerAuth::PrincipalsSource {
 namespace {
 
 // Refuses a call whose bearer token is malformed or unknown before any
-// service code runs, and records the token's principal on the call's auth
-// context (quant.principal). Calls without a token pass through: the health
-// service answers them, and every other RPC refuses them in Authorize.
+// service code runs. Calls without a token pass through: the health service
+// answers them, and every other RPC refuses them in Authorize (which looks
+// the token up again, in the same table, to know the caller: properties set
+// here would live on the connection, not the call).
 class TokenProcessor final : public grpc::AuthMetadataProcessor {
  public:
   explicit TokenProcessor(std::shared_ptr<ServerAuth::PrincipalsSource> source)
@@ -351,9 +352,8 @@ class TokenProcessor final : public grpc::AuthMetadataProcessor {
 
   bool IsBlocking() const override { return false; }
 
-  grpc::Status Process(const InputMetadata& metadata,
-                       grpc::AuthContext* context, OutputMetadata*,
-                       OutputMetadata*) override {
+  grpc::Status Process(const InputMetadata& metadata, grpc::AuthContext*,
+                       OutputMetadata*, OutputMetadata*) override {
     const absl::optional<absl::string_view> header = BearerToken(metadata);
     if (!header.has_value()) return grpc::Status::OK;
     absl::string_view token = *header;
@@ -361,13 +361,10 @@ class TokenProcessor final : public grpc::AuthMetadataProcessor {
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                           "authorization metadata is not \"Bearer <token>\"");
     }
-    const Principal* principal =
-        source_->Current()->ByTokenDigest(TokenDigest(token));
-    if (principal == nullptr) {
+    if (source_->Current()->ByTokenDigest(TokenDigest(token)) == nullptr) {
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                           "unknown bearer token");
     }
-    context->AddProperty("quant.principal", principal->name);
     return grpc::Status::OK;
   }
 

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "convert/quant_mix.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/unknown_field_set.h"
 #include "model/calibration.h"
@@ -98,7 +99,15 @@ absl::StatusOr<QuantizeModelOptions> OptionsFromRecipe(const v1::Recipe& r) {
   }
   o.weights.sym = r.sym();
   if (o.output_format == OutputFormat::kGguf) {
-    if (!r.gguf_type().empty()) o.gguf_type = r.gguf_type();
+    if (!r.gguf_type().empty()) {
+      // A name the GGUF writer knows, checked here rather than after the
+      // job's tasks ran.
+      if (absl::Status known = ParseQuantMix(r.gguf_type()).status();
+          !known.ok()) {
+        return FieldError("gguf_type", known.message());
+      }
+      o.gguf_type = r.gguf_type();
+    }
     o.gguf_grid = !r.has_gguf_grid() || r.gguf_grid();
   } else if (!r.gguf_type().empty()) {
     return FieldError("gguf_type", "only for GGUF output");

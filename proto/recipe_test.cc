@@ -82,6 +82,12 @@ TEST(RecipeTest, BadValuesNameTheirField) {
       {[](v1::Recipe& r) { r.mutable_gptq()->set_damp_percent(-1); },
        "recipe.gptq.damp_percent"},
       {[](v1::Recipe& r) { r.set_gguf_type("Q4_K_M"); }, "recipe.gguf_type"},
+      // A GGUF mix the writer does not know (found by recipe_fuzz).
+      {[](v1::Recipe& r) {
+         r.set_output_format(v1::OUTPUT_FORMAT_GGUF);
+         r.set_gguf_type("Q4_K_X");
+       },
+       "recipe.gguf_type"},
       {[](v1::Recipe& r) {
          r.mutable_calibration()->set_text_path("a");
          r.mutable_calibration()->set_tokens_path("b");
