@@ -95,21 +95,28 @@ absl::Status RunMakeTinyModel(const QuantctlOptions& options,
                               std::ostream& out) {
   RETURN_IF_ERROR(RequireFlag(options.out, "out", "make-tiny-model"));
   TinyLlamaOptions tiny;
-  tiny.num_layers = options.layers;
-  tiny.hidden_size = options.hidden;
-  tiny.intermediate_size =
-      options.intermediate > 0 ? options.intermediate : 3 * options.hidden;
-  tiny.num_heads = std::max<int64_t>(1, options.hidden / 64);
-  tiny.num_kv_heads = std::max<int64_t>(1, tiny.num_heads / 2);
+  if (options.preset == "llama3-70b") {
+    tiny = Llama3_70BShapes(options.layers);
+  } else if (!options.preset.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--preset ", options.preset, ": the one preset is llama3-70b"));
+  } else {
+    tiny.num_layers = options.layers;
+    tiny.hidden_size = options.hidden;
+    tiny.intermediate_size =
+        options.intermediate > 0 ? options.intermediate : 3 * options.hidden;
+    tiny.num_heads = std::max<int64_t>(1, options.hidden / 64);
+    tiny.num_kv_heads = std::max<int64_t>(1, tiny.num_heads / 2);
+    tiny.architecture = options.arch;
+    tiny.tie_word_embeddings = options.tie_embeddings;
+  }
   tiny.seed = options.seed;
-  tiny.architecture = options.arch;
-  tiny.tie_word_embeddings = options.tie_embeddings;
   RETURN_IF_ERROR(WriteTinyLlama(options.out, tiny));
   out << absl::StrFormat(
-      "wrote a random-weight %s (%d layers, hidden %d, intermediate %d%s) to "
-      "%s\n",
+      "wrote a random-weight %s (%d layers, hidden %d, intermediate %d, "
+      "%d/%d heads%s) to %s\n",
       tiny.architecture, tiny.num_layers, tiny.hidden_size,
-      tiny.intermediate_size,
+      tiny.intermediate_size, tiny.num_heads, tiny.num_kv_heads,
       tiny.tie_word_embeddings ? ", tied embeddings" : "", options.out);
   return absl::OkStatus();
 }
@@ -316,6 +323,8 @@ engine commands (in this process):
                    --out DIR [--layers N] [--hidden N] [--intermediate N]
                    [--seed N]
                    [--arch llama|qwen2] [--tie_embeddings]
+                   [--preset llama3-70b (Llama-3-70B's shapes, vocabulary
+                   and 5 GB shards, --layers of them; 1.7 GB a layer)]
   help             Print this text.
 )";
 }

@@ -33,6 +33,7 @@ struct QuantctlOptions {
   uint64_t seed = 1;
   std::string arch = "llama";  // llama or qwen2.
   bool tie_embeddings = false;
+  std::string preset;            // make-tiny-model: "" or "llama3-70b".
   bool progress_on_tty = false;  // Redraw one progress line with '\r'.
   // quantize, run and submit (model_dir, output and gguf_type come from
   // --model, --out and --type) and perplexity (eval_texts,

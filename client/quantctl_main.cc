@@ -30,6 +30,8 @@ ABSL_FLAG(int64_t, intermediate, 0,
           "make-tiny-model: MLP intermediate size (0: 3 x hidden)");
 ABSL_FLAG(uint64_t, seed, 1, "make-tiny-model: random seed");
 ABSL_FLAG(std::string, arch, "llama", "make-tiny-model: llama or qwen2");
+ABSL_FLAG(std::string, preset, "",
+          "make-tiny-model: llama3-70b (Llama-3-70B's shapes; --layers)");
 ABSL_FLAG(bool, tie_embeddings, false,
           "make-tiny-model: share the embedding with the output layer");
 
@@ -114,6 +116,7 @@ int main(int argc, char** argv) {
   options.seed = absl::GetFlag(FLAGS_seed);
   options.arch = absl::GetFlag(FLAGS_arch);
   options.tie_embeddings = absl::GetFlag(FLAGS_tie_embeddings);
+  options.preset = absl::GetFlag(FLAGS_preset);
   options.progress_on_tty = ::isatty(STDERR_FILENO);
   quant::QuantizeModelOptions& q = options.quantize;
   absl::StatusOr<quant::QuantMethod> method =

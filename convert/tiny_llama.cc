@@ -259,10 +259,56 @@ absl::Status ValidateOptions(const TinyLlamaOptions& o) {
   if (o.num_heads % o.num_kv_heads != 0) {
     return absl::InvalidArgumentError("num_kv_heads must divide num_heads");
   }
+  if (o.vocab_size < 0 || o.max_shard_bytes < 0 || !(o.rope_theta > 0)) {
+    return absl::InvalidArgumentError(
+        "vocab_size and max_shard_bytes must not be negative, rope_theta "
+        "must be positive");
+  }
   return absl::OkStatus();
 }
 
+// The tensors of each shard, in order: num_shards even groups, or groups
+// of at most max_shard_bytes (a tensor larger than that alone).
+std::vector<std::vector<TensorSpec>> Shards(const TinyLlamaOptions& o,
+                                            std::vector<TensorSpec> specs) {
+  std::vector<std::vector<TensorSpec>> shards;
+  if (o.max_shard_bytes > 0) {
+    int64_t bytes = 0;
+    for (TensorSpec& spec : specs) {
+      int64_t size = 2;  // BF16.
+      for (int64_t d : spec.shape) size *= d;
+      if (shards.empty() || (bytes > 0 && bytes + size > o.max_shard_bytes)) {
+        shards.emplace_back();
+        bytes = 0;
+      }
+      bytes += size;
+      shards.back().push_back(std::move(spec));
+    }
+    return shards;
+  }
+  const size_t per_shard = (specs.size() + o.num_shards - 1) / o.num_shards;
+  for (size_t begin = 0; begin < specs.size(); begin += per_shard) {
+    const size_t end = std::min(specs.size(), begin + per_shard);
+    shards.emplace_back(specs.begin() + begin, specs.begin() + end);
+  }
+  return shards;
+}
+
 }  // namespace
+
+TinyLlamaOptions Llama3_70BShapes(int64_t num_layers) {
+  TinyLlamaOptions o;
+  o.hidden_size = 8192;
+  o.intermediate_size = 28672;
+  o.num_layers = num_layers;
+  o.num_heads = 64;
+  o.num_kv_heads = 8;
+  o.max_position_embeddings = 8192;
+  o.vocab_size = 128256;
+  o.rope_theta = 500000.0;
+  o.max_shard_bytes = 5'000'000'000;
+  return o;
+}
 
 absl::Status WriteTinyLlama(const std::string& dir,
                             const TinyLlamaOptions& options) {
@@ -283,51 +329,59 @@ absl::Status WriteTinyLlama(const std::string& dir,
   const std::vector<std::string> alphabet = ByteLevelAlphabet();
   const auto merges = LearnMerges(alphabet, options.num_merges);
   const json tokenizer = TokenizerJson(alphabet, merges);
-  const int64_t vocab_size =
+  const int64_t tokens =
       static_cast<int64_t>(tokenizer["model"]["vocab"].size());
-  const int64_t bos_id = vocab_size - 2;
-  const int64_t eos_id = vocab_size - 1;
+  const int64_t bos_id = tokens - 2;
+  const int64_t eos_id = tokens - 1;
+  if (options.vocab_size != 0 && options.vocab_size < tokens) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("vocab_size ", options.vocab_size, " is below the ",
+                     tokens, " tokens of the tokenizer"));
+  }
+  const int64_t vocab_size =
+      options.vocab_size == 0 ? tokens : options.vocab_size;
 
   // Weights: N(0, 0.02) like a freshly initialised model, norms at 1.
-  const std::vector<TensorSpec> specs = TensorSpecs(options, vocab_size);
-  const size_t per_shard =
-      (specs.size() + options.num_shards - 1) / options.num_shards;
+  const std::vector<std::vector<TensorSpec>> shards =
+      Shards(options, TensorSpecs(options, vocab_size));
   Gaussian gaussian(options.seed);
   std::map<std::string, std::string> weight_map;
   uint64_t total_bytes = 0;
-  for (int shard = 0; shard < options.num_shards; ++shard) {
-    const size_t begin = shard * per_shard;
-    const size_t end = std::min(specs.size(), begin + per_shard);
-    if (begin >= end) break;
+  // Values are made and written this many at a time (a 70B-shaped
+  // embedding is 2 GB).
+  constexpr int64_t kChunk = 1 << 22;
+  std::vector<uint16_t> values;
+  for (size_t shard = 0; shard < shards.size(); ++shard) {
     const std::string file_name =
-        options.num_shards == 1
+        shards.size() == 1
             ? std::string("model.safetensors")
             : absl::StrCat("model-", absl::Dec(shard + 1, absl::kZeroPad5),
-                           "-of-",
-                           absl::Dec(options.num_shards, absl::kZeroPad5),
+                           "-of-", absl::Dec(shards.size(), absl::kZeroPad5),
                            ".safetensors");
     ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWriter> writer,
                      SafetensorsWriter::Create(dir + "/" + file_name));
     writer->SetMetadata("format", "pt");
-    for (size_t i = begin; i < end; ++i) {
-      RETURN_IF_ERROR(writer->AddTensor(specs[i].name, SafetensorsDType::kBF16,
-                                        specs[i].shape));
+    for (const TensorSpec& spec : shards[shard]) {
+      RETURN_IF_ERROR(
+          writer->AddTensor(spec.name, SafetensorsDType::kBF16, spec.shape));
     }
-    for (size_t i = begin; i < end; ++i) {
+    for (const TensorSpec& spec : shards[shard]) {
       int64_t count = 1;
-      for (int64_t d : specs[i].shape) count *= d;
-      std::vector<uint16_t> values(count);
-      for (uint16_t& v : values) {
-        v = FloatToBf16(specs[i].is_norm ? 1.0f : 0.02f * gaussian.Next());
+      for (int64_t d : spec.shape) count *= d;
+      for (int64_t done = 0; done < count; done += kChunk) {
+        values.resize(std::min(kChunk, count - done));
+        for (uint16_t& v : values) {
+          v = FloatToBf16(spec.is_norm ? 1.0f : 0.02f * gaussian.Next());
+        }
+        RETURN_IF_ERROR(writer->WriteTensorData(spec.name, values.data(),
+                                                values.size() * 2));
       }
-      RETURN_IF_ERROR(writer->WriteTensorData(specs[i].name, values.data(),
-                                              values.size() * 2));
-      weight_map[specs[i].name] = file_name;
-      total_bytes += values.size() * 2;
+      weight_map[spec.name] = file_name;
+      total_bytes += count * 2;
     }
     RETURN_IF_ERROR(writer->Finish());
   }
-  if (options.num_shards > 1) {
+  if (shards.size() > 1) {
     RETURN_IF_ERROR(WriteSafetensorsIndex(dir, weight_map, total_bytes));
   }
 
@@ -344,7 +398,7 @@ absl::Status WriteTinyLlama(const std::string& dir,
       {"hidden_act", "silu"},
       {"max_position_embeddings", options.max_position_embeddings},
       {"rms_norm_eps", 1e-5},
-      {"rope_theta", 10000.0},
+      {"rope_theta", options.rope_theta},
       {"vocab_size", vocab_size},
       {"bos_token_id", bos_id},
       {"eos_token_id", eos_id},

@@ -28,9 +28,21 @@ struct TinyLlamaOptions {
   std::string architecture = "llama";
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // Llama only: q/k/v/o biases.
+  // Embedding and head rows; 0: the tokenizer's size. More rows than the
+  // tokenizer has tokens are ids it never produces (importers pad them).
+  int64_t vocab_size = 0;
+  double rope_theta = 10000.0;
   int num_shards = 2;
+  // > 0: shards filled in tensor order up to this many bytes each, as
+  // transformers' max_shard_size does (overrides num_shards).
+  int64_t max_shard_bytes = 0;
   uint64_t seed = 1;
 };
+
+// Llama-3-70B's shapes (hidden 8192, 64 query / 8 key-value heads,
+// intermediate 28672, vocabulary 128256, rope theta 500000, shards of at
+// most 5 GB) with `num_layers` decoder blocks of random weights.
+TinyLlamaOptions Llama3_70BShapes(int64_t num_layers);
 
 // Creates `dir` if needed and writes the checkpoint into it. Fails if `dir`
 // already holds a config.json (never overwrites a model).

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/file.h"
 #include "common/test_data.h"
 #include "format/model_config.h"
@@ -81,6 +82,62 @@ TEST(TinyLlamaTest, SameSeedSameBytesOtherSeedOtherBytes) {
   ASSERT_TRUE(a.ok() && b.ok() && c.ok());
   EXPECT_EQ(*a, *b);
   EXPECT_NE(*a, *c);
+}
+
+// A vocabulary larger than the tokenizer and shards by size, as a real
+// checkpoint has them: the files load, the tokenizer pads to the rows.
+TEST(TinyLlamaTest, LargerVocabularyAndShardsBySize) {
+  const std::string dir = MakeTestTempDir("tiny") + "/model";
+  TinyLlamaOptions options;
+  options.vocab_size = 1000;
+  options.rope_theta = 500000.0;
+  options.max_shard_bytes = 600'000;  // An embedding is 512 KB.
+  ASSERT_TRUE(WriteTinyLlama(dir, options).ok());
+  auto spec = LoadModelConfig(dir);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  EXPECT_EQ(spec->vocab_size, 1000);
+  EXPECT_EQ(spec->rope_theta, 500000.0);
+  auto checkpoint = SafetensorsCheckpoint::Open(dir);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  const absl::Status shapes = ValidateTensorShapes(
+      *spec,
+      [&](const std::string& name) -> std::optional<std::vector<int64_t>> {
+        auto shape = (*checkpoint)->Shape(name);
+        if (!shape.ok()) return std::nullopt;
+        return *shape;
+      });
+  EXPECT_TRUE(shapes.ok()) << shapes;
+  ASSERT_GT((*checkpoint)->num_files(), 2u);
+  for (size_t i = 0; i < (*checkpoint)->num_files(); ++i) {
+    const SafetensorsFile& file = (*checkpoint)->file(i);
+    uint64_t bytes = 0;
+    for (const TensorView& t : file.tensors()) bytes += t.nbytes;
+    // At most the limit, unless one tensor alone is larger.
+    EXPECT_TRUE(bytes <= 600'000 || file.tensors().size() == 1) << file.path();
+    EXPECT_NE(
+        file.path().find(absl::StrCat(
+            "-of-", absl::Dec((*checkpoint)->num_files(), absl::kZeroPad5))),
+        std::string::npos)
+        << file.path();
+  }
+  auto tokenizer = ImportTokenizer(dir, spec->vocab_size);
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  EXPECT_EQ(tokenizer->tokens.size(), 1000u);
+  options.vocab_size = 100;  // Fewer rows than tokens.
+  EXPECT_EQ(WriteTinyLlama(dir + "2", options).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(TinyLlamaTest, Llama3_70BShapesAreTheRealOnes) {
+  const TinyLlamaOptions o = Llama3_70BShapes(3);
+  EXPECT_EQ(o.num_layers, 3);
+  EXPECT_EQ(o.hidden_size, 8192);
+  EXPECT_EQ(o.intermediate_size, 28672);
+  EXPECT_EQ(o.num_heads, 64);
+  EXPECT_EQ(o.num_kv_heads, 8);
+  EXPECT_EQ(o.vocab_size, 128256);
+  EXPECT_EQ(o.rope_theta, 500000.0);
+  EXPECT_EQ(o.max_shard_bytes, 5'000'000'000);
 }
 
 TEST(TinyLlamaTest, RefusesToOverwriteAModelAndBadSizes) {
