@@ -247,7 +247,7 @@ TEST_F(CoordinatorTest, BadSubmissionsNameTheField) {
          s.mutable_recipe()->set_output_format(v1::OUTPUT_FORMAT_GGUF);
          s.mutable_recipe()->set_gguf_type("Q9_X");
        },
-       "spec: "},
+       "recipe.gguf_type"},
       {[](v1::JobSpec& s) {
          s.GetReflection()->MutableUnknownFields(&s)->AddVarint(99, 1);
        },
