@@ -182,14 +182,14 @@ start_worker b
 taken_over "$job" "$task" b
 kill -CONT "${worker_pids[a]}"
 wait_state "$job" succeeded 120
-grep -qE "lease lost|stale lease|lease expired|is not active" \
+grep -qE "lease lost|stale lease|lease expired|refused|is not active" \
   "$work/paused-worker-a.log" || fail "worker a's late calls were not refused"
 same_as_reference paused.gguf
 commits=$(committed_once)
 grep -q "lease(s) expired" "$work/paused-coordinator-1.log" ||
   fail "no lease expired"
 pass "worker a stopped holding task $task past its lease; its late calls were" \
-  "refused ($(grep -m1 -oE "lease lost|stale lease|lease expired|is not active" \
+  "refused ($(grep -m1 -oE "lease lost|stale lease|lease expired|refused|is not active" \
   "$work/paused-worker-a.log" | head -1)); output byte-identical; $commits commits, none twice"
 stop_workers
 stop_coordinator
@@ -277,13 +277,13 @@ taken_over "$job" "$task" b
 kill -USR2 "$proxy_pid"
 wait_state "$job" succeeded 120
 sleep 1
-grep -qE "lease lost|stale lease|lease expired|is not active|registering again" \
+grep -qE "lease lost|stale lease|lease expired|refused|is not active|registering again" \
   "$work/partition-worker-a.log" ||
   fail "worker a's calls after the partition were not refused"
 same_as_reference partition.gguf
 commits=$(committed_once)
 pass "worker a cut off for 4+ s holding task $task; after the partition:" \
-  "$(grep -m1 -oE "lease lost|stale lease|lease expired|is not active|registering again" \
+  "$(grep -m1 -oE "lease lost|stale lease|lease expired|refused|is not active|registering again" \
   "$work/partition-worker-a.log" | head -1); output byte-identical; $commits commits, none twice"
 stop_workers
 stop_coordinator

@@ -713,7 +713,10 @@ absl::Status WorkerSession::FetchInputs(Task* task, const std::string& path,
     if (task->IsAbandoned()) return absl::CancelledError("task abandoned");
     if (cursor.local_failure()) return status;
     if (status.code() == absl::StatusCode::kFailedPrecondition) {
-      task->Abandon();
+      if (task->Abandon()) {
+        Log(absl::StrCat("task ", RefName(task->ref), ": fetch refused (",
+                         status.message(), "); dropping it"));
+      }
       return status;
     }
     if (status.code() == absl::StatusCode::kNotFound) {
@@ -781,7 +784,10 @@ absl::Status WorkerSession::Upload(
     absl::Status status = UploadAttempt(task, worker_id, outputs, local_fault);
     if (status.ok() || *local_fault || task->IsAbandoned()) return status;
     if (status.code() == absl::StatusCode::kFailedPrecondition) {
-      task->Abandon();
+      if (task->Abandon()) {
+        Log(absl::StrCat("task ", RefName(task->ref), ": upload refused (",
+                         status.message(), "); dropping it"));
+      }
       return status;
     }
     if (status.code() == absl::StatusCode::kNotFound) {
