@@ -108,33 +108,34 @@ absl::Status StreamTensor(const SafetensorsCheckpoint& checkpoint,
                           GgufWriter& gguf) {
   ASSIGN_OR_RETURN(TensorView view, checkpoint.Get(plan.hf_name));
   const int64_t heads = RopePermutationHeads(spec, plan.permutation);
-  if (replacement && !replacement->encoded.empty()) {
+  if (replacement && !replacement->encoded().empty()) {
+    const absl::Span<const uint8_t> encoded = replacement->encoded();
     const int64_t cols = plan.hf_shape.empty() ? 1 : plan.hf_shape.back();
     ASSIGN_OR_RETURN(const uint64_t row_bytes, GgmlRowBytes(type, cols));
     const int64_t rows = cols == 0 ? 0 : view.num_elements() / cols;
     if (replacement->encoded_type != type ||
-        replacement->encoded.size() != rows * row_bytes) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          plan.hf_name, " was encoded as ",
-          GgmlTypeName(replacement->encoded_type), " (",
-          replacement->encoded.size(), " bytes), not as the planned ",
-          GgmlTypeName(type), " (", rows * row_bytes, " bytes)"));
+        encoded.size() != rows * row_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(plan.hf_name, " was encoded as ",
+                       GgmlTypeName(replacement->encoded_type), " (",
+                       encoded.size(), " bytes), not as the planned ",
+                       GgmlTypeName(type), " (", rows * row_bytes, " bytes)"));
     }
     if (heads == 0) {
-      return gguf.WriteTensorData(plan.gguf_name, replacement->encoded.data(),
-                                  replacement->encoded.size());
+      return gguf.WriteTensorData(plan.gguf_name, encoded.data(),
+                                  encoded.size());
     }
-    std::vector<uint8_t> permuted(replacement->encoded.size());
-    RETURN_IF_ERROR(PermuteRowsForRope(replacement->encoded.data(),
-                                       permuted.data(), rows,
+    std::vector<uint8_t> permuted(encoded.size());
+    RETURN_IF_ERROR(PermuteRowsForRope(encoded.data(), permuted.data(), rows,
                                        static_cast<int64_t>(row_bytes), heads));
     return gguf.WriteTensorData(plan.gguf_name, permuted.data(),
                                 permuted.size());
   }
   const float* importance = nullptr;
   if (replacement) {
-    if (static_cast<int64_t>(replacement->values.size()) !=
-        view.num_elements()) {
+    if (!replacement->rows &&
+        static_cast<int64_t>(replacement->values.size()) !=
+            view.num_elements()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "the replacement of ", plan.hf_name, " holds ",
           replacement->values.size(), " values, not ", view.num_elements()));
@@ -175,7 +176,9 @@ absl::Status StreamTensor(const SafetensorsCheckpoint& checkpoint,
   std::vector<uint8_t> packed(std::min(rows, chunk_rows) * row_bytes);
   for (int64_t row = 0; row < rows; row += chunk_rows) {
     const int64_t n_rows = std::min(chunk_rows, rows - row);
-    if (replacement) {
+    if (replacement && replacement->rows) {
+      RETURN_IF_ERROR(replacement->rows(row, n_rows, values.data()));
+    } else if (replacement) {
       std::copy_n(replacement->values.data() + row * cols, n_rows * cols,
                   values.data());
     } else {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "convert/quant_mix.h"
 #include "format/ggml_type.h"
 
@@ -27,17 +28,29 @@ struct ConvertProgress {
   double seconds = 0;
 };
 
-// Replacement data for one checkpoint tensor (e.g. a quantized solution,
-// dequantized): its values in the checkpoint's layout (HF row order), and
-// optional per-input-column importance (the calibration Hessian diagonal)
-// for the GGUF quantizer.
-// Or the rows already encoded in the planned GGUF type (HF row order), for
-// solutions that are exactly that type's blocks.
+// Replacement data for one checkpoint tensor, one of:
+// - its values in the checkpoint's layout (HF row order): `values`, or
+//   `rows` producing them a chunk of rows at a time (a large tensor decoded
+//   from stored levels without a whole F32 copy); either with optional
+//   per-input-column importance (the calibration Hessian diagonal) for the
+//   GGUF quantizer;
+// - its rows already encoded in the planned GGUF type (HF row order), for
+//   solutions that are exactly that type's blocks: owned in
+//   `encoded_storage`, or `encoded_view` into memory the source keeps until
+//   its next call.
 struct TensorOverride {
   std::vector<float> values;
+  std::function<absl::Status(int64_t first_row, int64_t count, float* out)>
+      rows;
   std::vector<float> importance;
-  std::vector<uint8_t> encoded;
+  std::vector<uint8_t> encoded_storage;
+  absl::Span<const uint8_t> encoded_view;
   GgmlType encoded_type = GgmlType::kF32;
+
+  absl::Span<const uint8_t> encoded() const {
+    return encoded_storage.empty() ? encoded_view
+                                   : absl::MakeConstSpan(encoded_storage);
+  }
 };
 // Given an HF tensor name, the data to write instead of the checkpoint's,
 // or nullopt to keep the checkpoint's.

@@ -66,7 +66,19 @@ absl::Status Read(const SafetensorsFile& file, const std::string& name,
         SafetensorsDTypeName(dtype), " [", absl::StrJoin(shape, ", "), "]"));
   }
   out = view->CopyElements<T>();
+  // The copy is what is kept: the file's pages go (the assembly of a 70B
+  // block reads gigabytes through this mapping).
+  file.Release(*view);
   return absl::OkStatus();
+}
+
+// Read, for a tensor that may be absent (`out` stays empty then).
+template <typename T>
+absl::Status ReadOptional(const SafetensorsFile& file, const std::string& name,
+                          const std::vector<int64_t>& shape,
+                          std::vector<T>& out) {
+  if (file.Find(name) == nullptr) return absl::OkStatus();
+  return Read(file, name, SafetensorsDType::kF32, shape, out);
 }
 
 // The JSON metadata entry `key` of a block result file.
@@ -234,72 +246,140 @@ absl::StatusOr<nlohmann::json> ReportOf(const SafetensorsFile& file) {
   return report;
 }
 
-// LoadBlockResult, the weights dequantized only if `dequantize`.
-absl::StatusOr<BlockResult> ReadBlockResult(const std::string& path,
-                                            bool dequantize) {
-  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
-                   SafetensorsFile::Open(path));
-  ASSIGN_OR_RETURN(const nlohmann::json formats, Metadata(*file, "formats"));
-  ASSIGN_OR_RETURN(const nlohmann::json report, ReportOf(*file));
-  if (!formats.is_array() || formats.size() != kBlockLinears) {
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<SavedBlockResult>> SavedBlockResult::Open(
+    const std::string& path) {
+  std::unique_ptr<SavedBlockResult> saved(new SavedBlockResult());
+  ASSIGN_OR_RETURN(saved->file_, SafetensorsFile::Open(path));
+  const SafetensorsFile& file = *saved->file_;
+  ASSIGN_OR_RETURN(saved->formats_, Metadata(file, "formats"));
+  ASSIGN_OR_RETURN(saved->report_, ReportOf(file));
+  if (!saved->formats_.is_array() || saved->formats_.size() != kBlockLinears ||
+      !std::all_of(saved->formats_.begin(), saved->formats_.end(),
+                   [](const nlohmann::json& f) { return f.is_object(); })) {
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": formats metadata does not describe ",
                      kBlockLinears, " linears"));
   }
-  BlockResult result;
+  // Vectors here; that they are as long as the linears' inputs is checked
+  // with the linears (ReadBlockResult).
+  for (const auto& [name, norm] :
+       {std::make_pair(kNormAttention, &saved->attn_norm_),
+        std::make_pair(kNormMlp, &saved->ffn_norm_)}) {
+    const TensorView* view = file.Find(name);
+    const int64_t dim = view == nullptr ? 0 : view->num_elements();
+    RETURN_IF_ERROR(Read(file, name, SafetensorsDType::kF32, {dim}, *norm));
+  }
+  return saved;
+}
+
+SavedBlockResult::~SavedBlockResult() = default;
+
+const std::string& SavedBlockResult::path() const { return file_->path(); }
+
+absl::StatusOr<SavedLinear> SavedBlockResult::Linear(int i) const {
+  const SafetensorsFile& file = *file_;
+  const std::string& path = file.path();
+  SavedLinear saved;
   try {
-    for (int i = 0; i < kBlockLinears; ++i) {
-      const std::string name(kBlockLinearNames[i]);
-      const nlohmann::json& r = report["linears"][i];
-      LinearReport& out = result.reports[i];
-      out.kept_fp = r.value("kept_fp", std::string());
-      LinearWeights& linear = BlockLinear(result.weights, i);
-      if (!out.kept_fp.empty()) {
-        const TensorView* weight = file->Find(name + ".weight");
-        if (weight == nullptr || weight->shape.size() != 2) {
-          return absl::InvalidArgumentError(
-              absl::StrCat(path, " lacks the floating-point ", name,
-                           ".weight its report says was kept"));
-        }
-        linear.rows = weight->shape[0], linear.cols = weight->shape[1];
-        RETURN_IF_ERROR(Read(*file, name + ".weight", SafetensorsDType::kF32,
-                             {linear.rows, linear.cols}, linear.weight));
+    const std::string name(kBlockLinearNames[i]);
+    const nlohmann::json& r = report_["linears"][i];
+    const nlohmann::json& format = formats_[i];
+    LinearReport& out = saved.report;
+    out.kept_fp = r.value("kept_fp", std::string());
+    LinearWeights& linear = saved.weights;
+    if (!out.kept_fp.empty()) {
+      const TensorView* weight = file.Find(name + ".weight");
+      if (weight == nullptr || weight->shape.size() != 2) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, " lacks the floating-point ", name,
+                         ".weight its report says was kept"));
+      }
+      linear.rows = weight->shape[0], linear.cols = weight->shape[1];
+      RETURN_IF_ERROR(Read(file, name + ".weight", SafetensorsDType::kF32,
+                           {linear.rows, linear.cols}, linear.weight));
+    } else {
+      QuantizedLinear& q = saved.quantized;
+      q.bits = format.at("bits").get<int>();
+      q.group_size = format.at("group_size").get<int>();
+      if (q.bits < 2 || q.bits > 8) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": ", name, " has ", q.bits, "-bit levels"));
+      }
+      if (format.contains("gguf_type")) {
+        RETURN_IF_ERROR(ReadGgufRows(file, name, format, q));
       } else {
-        QuantizedLinear& q = result.quantized[i];
-        q.bits = formats[i].at("bits").get<int>();
-        q.group_size = formats[i].at("group_size").get<int>();
-        if (q.bits < 2 || q.bits > 8) {
-          return absl::InvalidArgumentError(
-              absl::StrCat(path, ": ", name, " has ", q.bits, "-bit levels"));
-        }
-        if (formats[i].contains("gguf_type")) {
-          RETURN_IF_ERROR(ReadGgufRows(*file, name, formats[i], q));
-        } else {
-          RETURN_IF_ERROR(ReadLevels(*file, name, q));
-        }
-        linear.rows = q.rows, linear.cols = q.cols;
-        if (dequantize) linear.weight = q.Dequantize();
+        RETURN_IF_ERROR(ReadLevels(file, name, q));
       }
-      if (file->Find(name + ".bias") != nullptr) {
-        RETURN_IF_ERROR(Read(*file, name + ".bias", SafetensorsDType::kF32,
-                             {linear.rows}, linear.bias));
-      }
-      if (file->Find(name + ".importance") != nullptr) {
-        RETURN_IF_ERROR(Read(*file, name + ".importance",
-                             SafetensorsDType::kF32, {linear.cols},
-                             result.importance[i]));
-      }
-      out.name = r.at("name").get<std::string>();
-      out.bits = r.at("bits").get<int>();
-      out.group_size = r.at("group_size").get<int>();
-      auto number = [](const nlohmann::json& v) {
-        return v.is_null() ? std::nan("") : v.get<double>();
-      };
-      out.proxy_loss = number(r.at("proxy_loss"));
-      out.relative_output_error = number(r.at("relative_output_error"));
-      out.damp_percent = r.at("damp_percent").get<double>();
-      out.seconds = r.at("seconds").get<double>();
+      linear.rows = q.rows, linear.cols = q.cols;
     }
+    RETURN_IF_ERROR(
+        ReadOptional(file, name + ".bias", {linear.rows}, linear.bias));
+    RETURN_IF_ERROR(ReadOptional(file, name + ".importance", {linear.cols},
+                                 saved.importance));
+    out.name = r.at("name").get<std::string>();
+    out.bits = r.at("bits").get<int>();
+    out.group_size = r.at("group_size").get<int>();
+    auto number = [](const nlohmann::json& v) {
+      return v.is_null() ? std::nan("") : v.get<double>();
+    };
+    out.proxy_loss = number(r.at("proxy_loss"));
+    out.relative_output_error = number(r.at("relative_output_error"));
+    out.damp_percent = r.at("damp_percent").get<double>();
+    out.seconds = r.at("seconds").get<double>();
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": malformed metadata: ", e.what()));
+  }
+  return saved;
+}
+
+absl::StatusOr<std::vector<float>> SavedBlockResult::Bias(int i) const {
+  std::vector<float> bias;
+  const std::string name = absl::StrCat(kBlockLinearNames[i], ".bias");
+  const TensorView* view = file_->Find(name);
+  if (view == nullptr) return bias;
+  RETURN_IF_ERROR(
+      Read(*file_, name, SafetensorsDType::kF32, {view->num_elements()}, bias));
+  return bias;
+}
+
+namespace {
+
+// LoadBlockResult into `out`, or (null) only its checks: one linear in
+// memory at a time, nothing dequantized.
+absl::Status ReadBlockResult(const std::string& path, BlockResult* out) {
+  ASSIGN_OR_RETURN(std::unique_ptr<SavedBlockResult> saved,
+                   SavedBlockResult::Open(path));
+  int64_t dim = 0;
+  for (int i = 0; i < kBlockLinears; ++i) {
+    ASSIGN_OR_RETURN(SavedLinear linear, saved->Linear(i));
+    if (i == 0) dim = linear.weights.cols;
+    if (out == nullptr) continue;
+    if (linear.report.kept_fp.empty()) {
+      linear.weights.weight = linear.quantized.Dequantize();
+    }
+    out->reports[i] = std::move(linear.report);
+    out->quantized[i] = std::move(linear.quantized);
+    BlockLinear(out->weights, i) = std::move(linear.weights);
+    out->importance[i] = std::move(linear.importance);
+  }
+  for (const auto& [name, norm] :
+       {std::make_pair(kNormAttention, &saved->attn_norm()),
+        std::make_pair(kNormMlp, &saved->ffn_norm())}) {
+    if (static_cast<int64_t>(norm->size()) != dim) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": tensor ", name, " holds ", norm->size(),
+                       " values, expected ", dim));
+    }
+  }
+  BlockResult checked;
+  BlockResult& result = out == nullptr ? checked : *out;
+  result.weights.attn_norm = saved->attn_norm();
+  result.weights.ffn_norm = saved->ffn_norm();
+  const nlohmann::json& report = saved->report();
+  try {
     result.awq_ratios = report.at("awq_ratios").get<std::vector<double>>();
     result.seconds = report.at("seconds").get<double>();
     result.backend = report.value("backend", std::string());
@@ -308,12 +388,7 @@ absl::StatusOr<BlockResult> ReadBlockResult(const std::string& path,
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": malformed metadata: ", e.what()));
   }
-  const int64_t dim = result.weights.q.cols;
-  RETURN_IF_ERROR(Read(*file, kNormAttention, SafetensorsDType::kF32, {dim},
-                       result.weights.attn_norm));
-  RETURN_IF_ERROR(Read(*file, kNormMlp, SafetensorsDType::kF32, {dim},
-                       result.weights.ffn_norm));
-  return result;
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -325,11 +400,13 @@ absl::StatusOr<nlohmann::json> LoadBlockReport(const std::string& path) {
 }
 
 absl::StatusOr<BlockResult> LoadBlockResult(const std::string& path) {
-  return ReadBlockResult(path, /*dequantize=*/true);
+  BlockResult result;
+  RETURN_IF_ERROR(ReadBlockResult(path, &result));
+  return result;
 }
 
 absl::Status CheckBlockResult(const std::string& path) {
-  return ReadBlockResult(path, /*dequantize=*/false).status();
+  return ReadBlockResult(path, nullptr);
 }
 
 absl::Status SaveActivations(const std::string& path,

@@ -7,11 +7,14 @@
 #define QUANT_BLOCK_STORE_H_
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "format/safetensors.h"
 #include "nlohmann/json.hpp"
 #include "quant/block_quantizer.h"
 
@@ -19,10 +22,58 @@ namespace quant {
 
 absl::Status SaveBlockResult(const std::string& path,
                              const BlockResult& result);
+
+// One linear of a saved block result.
+struct SavedLinear {
+  LinearReport report;
+  // The levels, or the rows in a GGUF type; empty for a linear kept in
+  // floating point.
+  QuantizedLinear quantized;
+  // rows, cols and bias; weight only for a linear kept in floating point.
+  LinearWeights weights;
+  std::vector<float> importance;  // Empty without calibration data.
+};
+
+// A saved block result read one linear at a time: what writes a 70B
+// model's output holds one linear's levels, not a block's (whose weights in
+// F32 are 3.4 GB). The file's pages are dropped once copied.
+class SavedBlockResult {
+ public:
+  // Reads the metadata and the norms; errors name the file and what is
+  // malformed.
+  static absl::StatusOr<std::unique_ptr<SavedBlockResult>> Open(
+      const std::string& path);
+  ~SavedBlockResult();
+  SavedBlockResult(const SavedBlockResult&) = delete;
+  SavedBlockResult& operator=(const SavedBlockResult&) = delete;
+
+  // Linear `i` (kBlockLinearNames order), not dequantized.
+  absl::StatusOr<SavedLinear> Linear(int i) const;
+  // Linear `i`'s bias alone (empty when it has none).
+  absl::StatusOr<std::vector<float>> Bias(int i) const;
+  const std::vector<float>& attn_norm() const { return attn_norm_; }
+  const std::vector<float>& ffn_norm() const { return ffn_norm_; }
+  // BlockReportJson's object.
+  const nlohmann::json& report() const { return report_; }
+  const std::string& path() const;
+
+ private:
+  SavedBlockResult() = default;
+
+  std::unique_ptr<SafetensorsFile> file_;
+  nlohmann::json formats_, report_;
+  std::vector<float> attn_norm_, ffn_norm_;
+};
 // Errors name the file and what is missing or malformed.
 absl::StatusOr<BlockResult> LoadBlockResult(const std::string& path);
-// Whether LoadBlockResult reads `path` (every check, without dequantizing
-// the weights): how a worker's upload is checked before it is committed.
+// Opens the saved result of block `layer` (SavedBlockResult::Open of its
+// path, with whatever the caller checks first).
+using BlockResultOpener =
+    std::function<absl::StatusOr<std::unique_ptr<SavedBlockResult>>(int layer)>;
+
+// Whether LoadBlockResult reads `path` (every check, one linear in memory
+// at a time, nothing dequantized): how a worker's upload is checked before
+// it is committed.
 absl::Status CheckBlockResult(const std::string& path);
 
 // The block's reports, AWQ ratios and timing as JSON.

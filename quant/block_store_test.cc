@@ -1,5 +1,6 @@
 #include "quant/block_store.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -116,6 +117,50 @@ TEST(BlockStoreTest, BlockResultRoundTrips) {
   EXPECT_EQ(back->kernel, r.kernel);
   EXPECT_EQ(back->backend, "cpu");
   EXPECT_EQ(*LoadBlockReport(path), BlockReportJson(r));
+}
+
+// The assembly reads a saved result a linear at a time: each linear as
+// LoadBlockResult reads it, its rows decoded a chunk at a time equal to
+// the whole dequantized weight.
+TEST(BlockStoreTest, SavedResultReadsOneLinearAtATime) {
+  const std::string path =
+      MakeTestTempDir("block_store_saved") + "/block-0.safetensors";
+  const BlockResult r = RandomResult();
+  ASSERT_TRUE(SaveBlockResult(path, r).ok());
+  const auto saved = SavedBlockResult::Open(path);
+  ASSERT_TRUE(saved.ok()) << saved.status();
+  EXPECT_EQ((*saved)->attn_norm(), r.weights.attn_norm);
+  EXPECT_EQ((*saved)->ffn_norm(), r.weights.ffn_norm);
+  EXPECT_EQ((*saved)->report(), BlockReportJson(r));
+  for (int i = 0; i < kBlockLinears; ++i) {
+    SCOPED_TRACE(kBlockLinearNames[i]);
+    const auto linear = (*saved)->Linear(i);
+    ASSERT_TRUE(linear.ok()) << linear.status();
+    const LinearWeights& want = BlockLinear(r.weights, i);
+    EXPECT_EQ(linear->weights.rows, want.rows);
+    EXPECT_EQ(linear->weights.cols, want.cols);
+    EXPECT_EQ(linear->weights.bias, want.bias);
+    EXPECT_EQ(*(*saved)->Bias(i), want.bias);
+    EXPECT_EQ(linear->importance, r.importance[i]);
+    EXPECT_EQ(linear->report.kept_fp, r.reports[i].kept_fp);
+    if (i == kKeptLinear) {
+      EXPECT_EQ(linear->weights.weight, want.weight);
+      continue;
+    }
+    EXPECT_TRUE(linear->weights.weight.empty());  // Not dequantized.
+    EXPECT_EQ(linear->quantized.q, r.quantized[i].q);
+    EXPECT_EQ(linear->quantized.gguf_rows, r.quantized[i].gguf_rows);
+    // Rows 1..rows-1 in chunks of 3 (an uneven last chunk).
+    const int64_t cols = want.cols;
+    std::vector<float> rows((want.rows - 1) * cols);
+    for (int64_t row = 1; row < want.rows; row += 3) {
+      const int64_t count = std::min<int64_t>(3, want.rows - row);
+      linear->quantized.DequantizeRows(row, count,
+                                       rows.data() + (row - 1) * cols);
+    }
+    EXPECT_EQ(rows, std::vector<float>(want.weight.begin() + cols,
+                                       want.weight.end()));
+  }
 }
 
 TEST(BlockStoreTest, ActivationsRoundTripAndShapesAreChecked) {

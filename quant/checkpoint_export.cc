@@ -84,12 +84,12 @@ absl::StatusOr<std::vector<uint8_t>> Encode(const std::vector<float>& values,
 // Linear i of a block result as the checkpoint stores it: packed, or (kept
 // in floating point) its weight and bias in `fp_dtype`, the model's.
 absl::StatusOr<std::vector<PackedTensor>> PackLinear(
-    const BlockResult& result, int i, const QuantizationConfig& config,
+    const SavedLinear& saved, const QuantizationConfig& config,
     SafetensorsDType fp_dtype) {
-  const QuantizedLinear& q = result.quantized[i];
-  const LinearWeights& linear = BlockLinear(result.weights, i);
+  const QuantizedLinear& q = saved.quantized;
+  const LinearWeights& linear = saved.weights;
   std::vector<PackedTensor> out;
-  if (!result.reports[i].kept_fp.empty()) {
+  if (!saved.report.kept_fp.empty()) {
     for (const auto& [suffix, values, shape] :
          {std::make_tuple("weight", &linear.weight,
                           std::vector<int64_t>{linear.rows, linear.cols}),
@@ -207,6 +207,7 @@ struct Planned {
   SafetensorsDType dtype;
   std::vector<int64_t> shape;
   int layer = -1;      // Produced from that block's result; else copied.
+  int linear = -1;     // Of that block's linear, packed; else a norm.
   std::string source;  // Copied tensor's name.
 };
 
@@ -321,10 +322,10 @@ absl::StatusOr<std::optional<QuantizationConfig>> ReadQuantizationConfig(
   return config;
 }
 
-absl::Status WriteQuantizedCheckpoint(
-    const std::string& model_dir, const std::string& output_dir,
-    const QuantizationConfig& config,
-    const std::function<absl::StatusOr<BlockResult>(int layer)>& block) {
+absl::Status WriteQuantizedCheckpoint(const std::string& model_dir,
+                                      const std::string& output_dir,
+                                      const QuantizationConfig& config,
+                                      const BlockResultOpener& open_block) {
   std::error_code error;
   if (fs::exists(output_dir, error)) {
     return absl::AlreadyExistsError(
@@ -336,22 +337,25 @@ absl::Status WriteQuantizedCheckpoint(
 
   // The first block's result gives every packed shape, and which linears
   // stay in floating point (blocks are alike).
-  ASSIGN_OR_RETURN(BlockResult current, block(0));
+  ASSIGN_OR_RETURN(std::unique_ptr<SavedBlockResult> block, open_block(0));
   QuantizationConfig written = config;
   written.modules_kept_fp.clear();
   std::array<SafetensorsDType, kBlockLinears> fp_dtypes;
   std::array<bool, kBlockLinears> kept_fp;
-  std::vector<std::vector<PackedTensor>> first_packed;
+  std::array<std::vector<Planned>, kBlockLinears> packed_shapes;
   for (int i = 0; i < kBlockLinears; ++i) {
     const std::string name(kBlockLinearNames[i]);
     ASSIGN_OR_RETURN(const TensorView weight,
                      checkpoint->Get(LayerPrefix(0) + name + ".weight"));
     fp_dtypes[i] = weight.dtype;
-    kept_fp[i] = !current.reports[i].kept_fp.empty();
+    ASSIGN_OR_RETURN(const SavedLinear linear, block->Linear(i));
+    kept_fp[i] = !linear.report.kept_fp.empty();
     if (kept_fp[i]) written.modules_kept_fp.push_back(name);
-    ASSIGN_OR_RETURN(std::vector<PackedTensor> packed,
-                     PackLinear(current, i, config, fp_dtypes[i]));
-    first_packed.push_back(std::move(packed));
+    ASSIGN_OR_RETURN(const std::vector<PackedTensor> packed,
+                     PackLinear(linear, config, fp_dtypes[i]));
+    for (const PackedTensor& t : packed) {
+      packed_shapes[i].push_back({t.suffix, t.dtype, t.shape, -1, i, ""});
+    }
   }
   std::vector<Planned> plan;
   for (const std::string& name : checkpoint->TensorNames()) {
@@ -361,7 +365,7 @@ absl::Status WriteQuantizedCheckpoint(
       if (absl::StartsWith(name, LayerPrefix(l))) layer = l;
     }
     if (layer < 0) {
-      plan.push_back({name, view.dtype, view.shape, -1, name});
+      plan.push_back({name, view.dtype, view.shape, -1, -1, name});
       continue;
     }
     const std::string local = name.substr(LayerPrefix(layer).size());
@@ -370,9 +374,9 @@ absl::Status WriteQuantizedCheckpoint(
       const std::string prefix = std::string(kBlockLinearNames[i]);
       if (local == prefix + ".weight") {
         linear = true;
-        for (const PackedTensor& t : first_packed[i]) {
-          plan.push_back({LayerPrefix(layer) + prefix + "." + t.suffix, t.dtype,
-                          t.shape, layer, ""});
+        for (const Planned& t : packed_shapes[i]) {
+          plan.push_back({LayerPrefix(layer) + prefix + "." + t.name, t.dtype,
+                          t.shape, layer, i, ""});
         }
       } else if (local == prefix + ".bias") {
         linear = true;  // Written with the packed tensors.
@@ -381,13 +385,14 @@ absl::Status WriteQuantizedCheckpoint(
     if (linear) continue;
     if (local == "input_layernorm.weight" ||
         local == "post_attention_layernorm.weight") {
-      plan.push_back({name, view.dtype, view.shape, layer, ""});
+      plan.push_back({name, view.dtype, view.shape, layer, -1, ""});
       continue;
     }
     return absl::InvalidArgumentError(absl::StrCat(
         "tensor ", name, " of a decoder block is not a known linear or norm"));
   }
-  // Blocks in order, one result in memory at a time.
+  // Blocks in order, one block's file open at a time; a linear's packed
+  // tensors are together, so one linear is in memory at a time.
   std::stable_sort(
       plan.begin(), plan.end(),
       [](const Planned& a, const Planned& b) { return a.layer < b.layer; });
@@ -407,8 +412,8 @@ absl::Status WriteQuantizedCheckpoint(
     for (const Planned& p : plan) {
       RETURN_IF_ERROR(writer->AddTensor(p.name, p.dtype, p.shape));
     }
-    int loaded = 0;
-    std::vector<std::vector<PackedTensor>> packed = std::move(first_packed);
+    int open_layer = 0, packed_linear = -1;
+    std::vector<PackedTensor> packed;
     for (const Planned& p : plan) {
       if (p.layer < 0) {
         ASSIGN_OR_RETURN(const TensorView view, checkpoint->Get(p.source));
@@ -417,49 +422,46 @@ absl::Status WriteQuantizedCheckpoint(
         checkpoint->Release(view);
         continue;
       }
-      if (p.layer != loaded) {
-        // One block in memory at a time: the last one goes first.
-        current = BlockResult();
-        packed.clear();
-        ASSIGN_OR_RETURN(current, block(p.layer));
-        loaded = p.layer;
-        for (int i = 0; i < kBlockLinears; ++i) {
-          if (!current.reports[i].kept_fp.empty() != kept_fp[i]) {
-            return absl::InvalidArgumentError(absl::StrCat(
-                "block ", p.layer, " ", kBlockLinearNames[i],
-                " is quantized where block 0's is not, or the reverse"));
-          }
-          ASSIGN_OR_RETURN(std::vector<PackedTensor> linear,
-                           PackLinear(current, i, config, fp_dtypes[i]));
-          packed.push_back(std::move(linear));
-        }
+      if (p.layer != open_layer) {
+        block.reset();
+        ASSIGN_OR_RETURN(block, open_block(p.layer));
+        open_layer = p.layer;
+        packed_linear = -1;
       }
-      const std::string local = p.name.substr(LayerPrefix(p.layer).size());
-      if (local == "input_layernorm.weight" ||
-          local == "post_attention_layernorm.weight") {
+      if (p.linear < 0) {
+        const std::string local = p.name.substr(LayerPrefix(p.layer).size());
         ASSIGN_OR_RETURN(
             const std::vector<uint8_t> bytes,
-            Encode(local == "input_layernorm.weight" ? current.weights.attn_norm
-                                                     : current.weights.ffn_norm,
+            Encode(local == "input_layernorm.weight" ? block->attn_norm()
+                                                     : block->ffn_norm(),
                    p.dtype));
         RETURN_IF_ERROR(
             writer->WriteTensorData(p.name, bytes.data(), bytes.size()));
         continue;
       }
-      bool written = false;
-      for (int i = 0; i < kBlockLinears && !written; ++i) {
-        for (const PackedTensor& t : packed[i]) {
-          if (local == std::string(kBlockLinearNames[i]) + "." + t.suffix) {
-            RETURN_IF_ERROR(writer->WriteTensorData(p.name, t.bytes.data(),
-                                                    t.bytes.size()));
-            written = true;
-            break;
-          }
+      if (p.linear != packed_linear) {
+        packed.clear();
+        ASSIGN_OR_RETURN(const SavedLinear linear, block->Linear(p.linear));
+        if (!linear.report.kept_fp.empty() != kept_fp[p.linear]) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "block ", p.layer, " ", kBlockLinearNames[p.linear],
+              " is quantized where block 0's is not, or the reverse"));
         }
+        ASSIGN_OR_RETURN(packed,
+                         PackLinear(linear, config, fp_dtypes[p.linear]));
+        packed_linear = p.linear;
       }
-      if (!written) {
-        return absl::InternalError(absl::StrCat("no data for ", p.name));
+      const std::string suffix = p.name.substr(p.name.rfind('.') + 1);
+      const auto it = std::find_if(
+          packed.begin(), packed.end(),
+          [&](const PackedTensor& t) { return t.suffix == suffix; });
+      if (it == packed.end() || it->shape != p.shape) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("block ", p.layer, " ", kBlockLinearNames[p.linear],
+                         " does not pack to block 0's ", suffix, " shape"));
       }
+      RETURN_IF_ERROR(
+          writer->WriteTensorData(p.name, it->bytes.data(), it->bytes.size()));
     }
     RETURN_IF_ERROR(writer->Finish());
 

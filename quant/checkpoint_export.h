@@ -17,6 +17,7 @@
 #include "model/llama_forward.h"
 #include "nlohmann/json.hpp"
 #include "quant/block_quantizer.h"
+#include "quant/block_store.h"
 
 namespace quant {
 
@@ -48,14 +49,14 @@ absl::StatusOr<std::optional<QuantizationConfig>> ReadQuantizationConfig(
 // Writes `output_dir` (which must not exist; built under a temporary name
 // and renamed when complete): config.json with quantization_config,
 // quantize_config.json (GPTQ), the tokenizer files, and model.safetensors
-// holding the packed linears of every block (`block(layer)` supplies them,
-// one block at a time), the norms as the blocks left them and every other
+// holding the packed linears of every block (read from `open_block(layer)`,
+// one linear at a time), the norms as the blocks left them and every other
 // tensor copied in its dtype. Linear biases are written as F16, as AutoGPTQ
 // and AutoAWQ do.
-absl::Status WriteQuantizedCheckpoint(
-    const std::string& model_dir, const std::string& output_dir,
-    const QuantizationConfig& config,
-    const std::function<absl::StatusOr<BlockResult>(int layer)>& block);
+absl::Status WriteQuantizedCheckpoint(const std::string& model_dir,
+                                      const std::string& output_dir,
+                                      const QuantizationConfig& config,
+                                      const BlockResultOpener& open_block);
 
 // Decoder block `layer` of a checkpoint written in `config`'s layout, as
 // float weights (packed linears unpacked and dequantized; those the config

@@ -172,23 +172,30 @@ float RoundScaleToHalf(float scale) {
 
 std::vector<float> QuantizedLinear::Dequantize() const {
   std::vector<float> w(static_cast<size_t>(rows * cols));
+  DequantizeRows(0, rows, w.data());
+  return w;
+}
+
+void QuantizedLinear::DequantizeRows(int64_t first_row, int64_t count,
+                                     float* out) const {
   if (gguf_type.has_value()) {
     const BlockDequantizeFn dequantize = GetBlockDequantizer(*gguf_type);
     const GgmlTypeTraits& traits = GetGgmlTypeTraits(*gguf_type);
-    for (int64_t i = 0; i < rows * cols / traits.block_size; ++i) {
-      dequantize(gguf_rows.data() + i * traits.type_size,
-                 w.data() + i * traits.block_size);
+    const int64_t first_block = first_row * cols / traits.block_size;
+    for (int64_t i = 0; i < count * cols / traits.block_size; ++i) {
+      dequantize(gguf_rows.data() + (first_block + i) * traits.type_size,
+                 out + i * traits.block_size);
     }
-    return w;
+    return;
   }
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = first_row; r < first_row + count; ++r) {
+    float* row = out + (r - first_row) * cols;
     for (int64_t c = 0; c < cols; ++c) {
       const int64_t g = g_idx[c];
-      w[r * cols + c] = quant::Dequantize(q[r * cols + c], scales[g * rows + r],
-                                          zeros[g * rows + r]);
+      row[c] = quant::Dequantize(q[r * cols + c], scales[g * rows + r],
+                                 zeros[g * rows + r]);
     }
   }
-  return w;
 }
 
 absl::StatusOr<QuantizedLinear> RtnQuantize(const float* w, int64_t rows,

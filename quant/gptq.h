@@ -66,6 +66,9 @@ struct QuantizedLinear {
   }
   // scale * (q - zero), or the GGUF rows decoded; [rows, cols].
   std::vector<float> Dequantize() const;
+  // Rows [first_row, first_row + count) of Dequantize(), into `out`
+  // (count * cols values): a linear decoded a chunk at a time.
+  void DequantizeRows(int64_t first_row, int64_t count, float* out) const;
 };
 
 struct GptqResult {

@@ -284,7 +284,7 @@ LinearTypes(const ModelSpec& spec,
 // else converted from the checkpoint.
 absl::StatusOr<ConvertResult> WriteGgufFromResults(
     const QuantizeModelOptions& options, const QuantizationPlan& plan,
-    const std::function<absl::StatusOr<BlockResult>(int)>& load_block) {
+    const BlockResultOpener& open_block) {
   const ModelSpec& spec = plan.spec;
   const std::map<std::string, GgmlType>& gguf_types = plan.gguf_types;
   ConvertOptions convert;
@@ -295,10 +295,16 @@ absl::StatusOr<ConvertResult> WriteGgufFromResults(
   // compare at equal size: llama-quantize's imatrix rule (Q4_0's first
   // ffn_down in Q4_1) stays off.
   convert.has_importance = false;
-  int cached_layer = -1;
-  BlockResult cached;
-  // The tensors outside the blocks, when a worker encoded them already.
+  // One block's file open at a time, and of it one linear in memory (the
+  // converter writes a tensor before it asks for the next).
+  int open_layer = -1;
+  std::unique_ptr<SavedBlockResult> block;
+  std::shared_ptr<const SavedLinear> linear;
+  // The tensors outside the blocks, when a worker encoded them already:
+  // written from the mapping, whose pages go once written (a 70B model's
+  // output head in Q6_K is 860 MB).
   std::unique_ptr<SafetensorsFile> head;
+  const TensorView* head_written = nullptr;
   std::error_code error;
   if (fs::exists(GgufHeadPath(options.work_dir), error)) {
     ASSIGN_OR_RETURN(head,
@@ -306,64 +312,76 @@ absl::StatusOr<ConvertResult> WriteGgufFromResults(
   }
   convert.tensor_source = [&](const std::string& hf_name)
       -> absl::StatusOr<std::optional<TensorOverride>> {
+    if (head_written != nullptr) head->Release(*head_written);
+    head_written = nullptr;
+    linear.reset();
     if (const TensorView* encoded =
             head == nullptr ? nullptr : head->Find(hf_name)) {
       TensorOverride tensor;
-      tensor.encoded.assign(encoded->data, encoded->data + encoded->nbytes);
+      tensor.encoded_view = absl::MakeConstSpan(encoded->data, encoded->nbytes);
       tensor.encoded_type = gguf_types.at(hf_name);
-      head->Release(*encoded);
+      head_written = encoded;
       return tensor;
     }
     for (int layer = 0; layer < spec.num_layers; ++layer) {
       const std::string prefix = absl::StrCat("model.layers.", layer, ".");
       if (hf_name.rfind(prefix, 0) != 0) continue;
-      if (cached_layer != layer) {
-        cached = BlockResult();  // One block in memory at a time.
-        ASSIGN_OR_RETURN(cached, load_block(layer));
-        cached_layer = layer;
+      if (open_layer != layer) {
+        block.reset();
+        ASSIGN_OR_RETURN(block, open_block(layer));
+        open_layer = layer;
       }
       const std::string local = hf_name.substr(prefix.size());
       TensorOverride tensor;
       if (local == "input_layernorm.weight") {
-        tensor.values = cached.weights.attn_norm;
+        tensor.values = block->attn_norm();
         return tensor;
       }
       if (local == "post_attention_layernorm.weight") {
-        tensor.values = cached.weights.ffn_norm;
+        tensor.values = block->ffn_norm();
         return tensor;
       }
       for (int i = 0; i < kBlockLinears; ++i) {
         const std::string name(kBlockLinearNames[i]);
-        const LinearWeights& linear = BlockLinear(cached.weights, i);
-        if (local == name + ".weight") {
-          // Exactly the solution where it is in the type (solved on its
-          // grid, or in a coinciding format: Q4_0, Q5_0, Q8_0); else
-          // re-fitted with the Hessian diagonal as importance.
-          const QuantizedLinear& solved = cached.quantized[i];
-          const GgmlType type = gguf_types.at(hf_name);
-          if (solved.gguf_type == type) {
-            tensor.encoded = solved.gguf_rows;
-            tensor.encoded_type = type;
-            return tensor;
-          }
-          if (FitsGgufTypeExactly(solved, type)) {
-            ASSIGN_OR_RETURN(tensor.encoded, PackGgufRows(solved, type));
-            tensor.encoded_type = type;
-            return tensor;
-          }
-          tensor.values = linear.weight;
-          tensor.importance = cached.importance[i];
-          return tensor;
-        }
         if (local == name + ".bias") {
-          tensor.values = linear.bias;
+          ASSIGN_OR_RETURN(tensor.values, block->Bias(i));
           return tensor;
         }
+        if (local != name + ".weight") continue;
+        ASSIGN_OR_RETURN(SavedLinear saved, block->Linear(i));
+        // Exactly the solution where it is in the type (solved on its grid,
+        // or in a coinciding format: Q4_0, Q5_0, Q8_0); else re-fitted with
+        // the Hessian diagonal as importance, decoded a chunk at a time.
+        QuantizedLinear& solved = saved.quantized;
+        const GgmlType type = gguf_types.at(hf_name);
+        if (!saved.report.kept_fp.empty()) {
+          tensor.values = std::move(saved.weights.weight);
+          tensor.importance = std::move(saved.importance);
+          return tensor;
+        }
+        tensor.encoded_type = type;
+        if (solved.gguf_type == type) {
+          tensor.encoded_storage = std::move(solved.gguf_rows);
+        } else if (FitsGgufTypeExactly(solved, type)) {
+          ASSIGN_OR_RETURN(tensor.encoded_storage, PackGgufRows(solved, type));
+        } else {
+          tensor.importance = std::move(saved.importance);
+          linear = std::make_shared<const SavedLinear>(std::move(saved));
+          tensor.rows = [levels = linear](int64_t first, int64_t count,
+                                          float* out) {
+            levels->quantized.DequantizeRows(first, count, out);
+            return absl::OkStatus();
+          };
+          return tensor;
+        }
+        return tensor;
       }
     }
     return std::nullopt;
   };
-  return ConvertToGguf(convert);
+  absl::StatusOr<ConvertResult> written = ConvertToGguf(convert);
+  if (head_written != nullptr) head->Release(*head_written);
+  return written;
 }
 
 // Held-out perplexity of the FP model and of the result, per text.
@@ -620,12 +638,17 @@ absl::StatusOr<QuantizeModelResult> AssembleOutput(
   const ModelSpec& spec = plan.spec;
   QuantizeModelResult result;
   // Reports of every block, from the committed results.
-  const auto load_block = [&](int layer) -> absl::StatusOr<BlockResult> {
+  const auto cancelled = [&](int layer) -> absl::Status {
     if (options.cancelled && options.cancelled()) {
       return absl::CancelledError(
           absl::StrCat("assembly stopped before block ", layer));
     }
-    return LoadBlockResult(BlockResultPath(options.work_dir, layer));
+    return absl::OkStatus();
+  };
+  const BlockResultOpener open_block =
+      [&](int layer) -> absl::StatusOr<std::unique_ptr<SavedBlockResult>> {
+    RETURN_IF_ERROR(cancelled(layer));
+    return SavedBlockResult::Open(BlockResultPath(options.work_dir, layer));
   };
   nlohmann::json blocks = nlohmann::json::array();
   for (int layer = 0; layer < spec.num_layers; ++layer) {
@@ -638,14 +661,16 @@ absl::StatusOr<QuantizeModelResult> AssembleOutput(
   BlockLoader evaluated;
   if (options.output_format == OutputFormat::kGguf) {
     ASSIGN_OR_RETURN(const ConvertResult written,
-                     WriteGgufFromResults(options, plan, load_block));
+                     WriteGgufFromResults(options, plan, open_block));
     log(absl::StrCat("wrote ", options.output, " (", written.output_bytes,
                      " bytes)"));
     // llama.cpp evaluates the GGUF itself; here the solution before it was
     // written in the GGUF types.
     evaluated = [&](const SafetensorsCheckpoint&, const ModelSpec&,
                     int layer) -> absl::StatusOr<DecoderBlockWeights> {
-      ASSIGN_OR_RETURN(BlockResult done, load_block(layer));
+      RETURN_IF_ERROR(cancelled(layer));
+      ASSIGN_OR_RETURN(BlockResult done, LoadBlockResult(BlockResultPath(
+                                             options.work_dir, layer)));
       return std::move(done.weights);
     };
   } else {
@@ -661,7 +686,7 @@ absl::StatusOr<QuantizeModelResult> AssembleOutput(
     config.true_sequential = options.true_sequential;
     config.damp_percent = options.gptq.damp_percent;
     RETURN_IF_ERROR(WriteQuantizedCheckpoint(options.model_dir, options.output,
-                                             config, load_block));
+                                             config, open_block));
     log(absl::StrCat("wrote ", options.output));
     // As written: with the linears it kept in floating point.
     ASSIGN_OR_RETURN(const std::optional<QuantizationConfig> read,
