@@ -308,6 +308,7 @@ absl::Status RunLocal(const v1::JobSpec& spec, const LocalRunOptions& options,
   }
   jobs.output_roots = {spec.output()};
   jobs.scheduler.heartbeat_interval_ms = 1000;
+  jobs.scheduler.affinity_ms = 5000;
   ASSIGN_OR_RETURN(std::unique_ptr<Coordinator> coordinator,
                    Coordinator::Create(coordinator_options));
   const int cores = options.threads > 0

@@ -66,6 +66,10 @@ ServiceMetrics::ServiceMetrics()
   bytes_streamed_ =
       AddCounter(r, "quant_bytes_streamed_total",
                  "Tensor bytes streamed between coordinator and workers.");
+  bytes_held_ = &AddCounter(r, "quant_worker_held_bytes_total",
+                            "Input activations a worker read from its own "
+                            "held copy instead of fetching them.")
+                     ->Add({});
   workers_active_ = AddGauge(r, "quant_workers_active",
                              "Workers connected and alive, by backend.");
   queue_depth_ =
@@ -148,6 +152,10 @@ void ServiceMetrics::AddBytesStreamed(absl::string_view direction,
                                       uint64_t bytes) {
   bytes_streamed_->Add(Label("direction", direction))
       .Increment(static_cast<double>(bytes));
+}
+
+void ServiceMetrics::AddBytesHeld(uint64_t bytes) {
+  bytes_held_->Increment(static_cast<double>(bytes));
 }
 
 void ServiceMetrics::SetActiveWorkers(absl::string_view backend, double count) {

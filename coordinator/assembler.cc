@@ -40,14 +40,22 @@ bool IsGguf(const v1::JobSpec& spec) {
   return spec.recipe().output_format() == v1::OUTPUT_FORMAT_GGUF;
 }
 
-// A file's size and SHA-256, as an upload's are recorded.
+// A file's size and SHA-256, as an upload's are recorded; read a window at
+// a time, each window's pages dropped once hashed (a 70B block's
+// activations are 8.6 GB).
 absl::StatusOr<UploadReceiver::Received> DescribeFile(const std::string& path) {
+  constexpr size_t kWindow = 64 << 20;
   ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> file, MappedFile::Open(path));
   UploadReceiver::Received r;
   r.path = path;
   r.bytes = file->size();
-  r.sha256 = Sha256Of(absl::string_view(
-      reinterpret_cast<const char*>(file->data()), file->size()));
+  Sha256 sha256;
+  for (size_t offset = 0; offset < file->size(); offset += kWindow) {
+    const size_t length = std::min(kWindow, file->size() - offset);
+    sha256.Update(file->data() + offset, length);
+    file->Release(offset, length);
+  }
+  r.sha256 = sha256.Finish();
   return r;
 }
 
@@ -185,23 +193,16 @@ std::vector<TaskToRedo> TasksToRedo(const JobPlan& plan,
   // again too when they are not as it committed them.
   for (size_t i = 0; i < redo.size(); ++i) {
     const TaskRow& task = tasks[redo[i].index];
-    if (!ReadsActivations(plan, task)) continue;
-    for (int32_t dep : task.deps) {
-      const TaskRow& maker = tasks[dep];
-      if (maker.state != TaskState::kDone || chosen.count(dep) != 0) continue;
-      const std::vector<std::string> made = TaskOutputs(plan, maker);
-      if (std::find(made.begin(), made.end(), kActivationsTensor) ==
-              made.end() ||
-          maker.layer + 1 != task.layer) {
-        continue;
-      }
-      const std::string why = damage(maker, kActivationsTensor);
-      if (why.empty()) continue;
-      chosen.insert(dep);
-      redo.push_back(
-          {dep, absl::StrCat("task ", task.index,
-                             " runs again and needs its input: ", why)});
-    }
+    const int32_t dep = ActivationsMaker(plan, tasks, task);
+    if (dep < 0) continue;
+    const TaskRow& maker = tasks[dep];
+    if (maker.state != TaskState::kDone || chosen.count(dep) != 0) continue;
+    const std::string why = damage(maker, kActivationsTensor);
+    if (why.empty()) continue;
+    chosen.insert(dep);
+    redo.push_back(
+        {dep, absl::StrCat("task ", task.index,
+                           " runs again and needs its input: ", why)});
   }
   return redo;
 }

@@ -2,16 +2,20 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "common/auth.h"
 #include "common/file.h"
+#include "common/metrics.h"
 #include "common/test_data.h"
 #include "common/test_pki.h"
 #include "convert/tiny_llama.h"
@@ -62,6 +66,7 @@ class CoordinatorTest : public ::testing::Test {
     options.jobs.output_roots = {dir_ + "/out"};
     options.jobs.scheduler.lease_ms = 3000;
     options.jobs.scheduler.heartbeat_interval_ms = 100;
+    options.jobs.scheduler.affinity_ms = affinity_ms_;
     options.jobs.tick_ms = 50;
     fs::create_directories(dir_ + "/out");
     auto coordinator = Coordinator::Create(options);
@@ -70,7 +75,8 @@ class CoordinatorTest : public ::testing::Test {
     stub_ = v1::QuantizationService::NewStub(coordinator_->InProcessChannel());
   }
 
-  void StartWorkers(int n) {
+  void StartWorkers(int n, ServiceMetrics* metrics = nullptr,
+                    std::function<void(const std::string&)> log = nullptr) {
     for (int i = 0; i < n; ++i) {
       WorkerOptions options;
       options.channel = coordinator_->InProcessChannel();
@@ -78,6 +84,8 @@ class CoordinatorTest : public ::testing::Test {
       options.threads = 1;
       options.scratch_dir = absl::StrCat(dir_, "/scratch", workers_.size());
       options.lease_wait_ms = 200;
+      options.metrics = metrics;
+      options.log = log;
       auto session = WorkerSession::Create(options);
       ASSERT_TRUE(session.ok()) << session.status();
       WorkerSession* worker = session->get();
@@ -144,6 +152,7 @@ class CoordinatorTest : public ::testing::Test {
   }
 
   std::string dir_, model_, tokens_;
+  int64_t affinity_ms_ = 0;
   QuantizeModelOptions engine_;
   std::unique_ptr<Coordinator> coordinator_;
   std::unique_ptr<v1::QuantizationService::Stub> stub_;
@@ -195,6 +204,42 @@ TEST_F(CoordinatorTest, GgufJobMatchesTheEngineByteForByte) {
   ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error();
   EXPECT_TRUE(Bytes(output) == Bytes(expected));
   EXPECT_TRUE(fs::exists(output + ".report.json"));
+}
+
+// With affinity, each block goes to the worker that made its input
+// activations, which reads its own copy instead of fetching it; the output
+// is still the engine's, byte for byte.
+TEST_F(CoordinatorTest, AffineWorkersReadTheActivationsTheyHold) {
+  coordinator_.reset();
+  affinity_ms_ = 30'000;
+  Start();
+  const std::string expected = EngineOutput(engine_, "engine-affine");
+  ServiceMetrics metrics;
+  absl::Mutex mu;
+  std::vector<std::string> lines;
+  StartWorkers(3, &metrics, [&](const std::string& line) {
+    absl::MutexLock lock(&mu);
+    lines.push_back(line);
+  });
+  v1::Job job;
+  const std::string output = dir_ + "/out/affine";
+  ASSERT_TRUE(Submit(Spec(engine_, output), &job).ok());
+  const v1::Job done = Watch(job.job_id());
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error();
+  EXPECT_TRUE(Bytes(output + "/model.safetensors") ==
+              Bytes(expected + "/model.safetensors"));
+  StopWorkers();
+  // Both blocks read held activations: 4 x 40 tokens x hidden F32 each.
+  int held = 0;
+  for (const std::string& line : lines) {
+    held += absl::StrContains(line, "reads the activations it holds");
+  }
+  EXPECT_EQ(held, 2);
+  const int64_t bytes = 2 * 4 * 40 * TinyLlamaOptions().hidden_size * 4;
+  EXPECT_TRUE(absl::StrContains(
+      metrics.TextExposition(),
+      absl::StrCat("quant_worker_held_bytes_total ", bytes, "\n")))
+      << metrics.TextExposition();
 }
 
 TEST_F(CoordinatorTest, ParallelAndDataFreeJobsRun) {

@@ -11,6 +11,7 @@
 #include <limits>
 #include <optional>
 #include <random>
+#include <set>
 #include <utility>
 
 #include "absl/strings/numbers.h"
@@ -536,9 +537,9 @@ absl::StatusOr<v1::RegisterWorkerResponse> JobManager::RegisterWorker(
   return response;
 }
 
-absl::StatusOr<v1::TaskSpec> JobManager::BuildTaskSpec(const v1::JobSpec& job,
-                                                       const JobPlan& plan,
-                                                       const TaskRow& task) {
+absl::StatusOr<v1::TaskSpec> JobManager::BuildTaskSpec(
+    const v1::JobSpec& job, const JobPlan& plan, const TaskRow& task,
+    const std::string& activations_sha256) {
   v1::TaskSpec spec;
   spec.set_kind(task.kind == kEmbedTask     ? v1::TASK_KIND_EMBED
                 : task.kind == kForwardTask ? v1::TASK_KIND_FORWARD
@@ -563,7 +564,13 @@ absl::StatusOr<v1::TaskSpec> JobManager::BuildTaskSpec(const v1::JobSpec& job,
   spec.set_seq_len(plan.seq_len);
   ASSIGN_OR_RETURN(const std::unique_ptr<TaskInputs> inputs,
                    TaskInputs::Open(job.model_dir(), plan.job_dir, plan, task));
-  for (const v1::TensorInfo& info : inputs->infos()) *spec.add_inputs() = info;
+  for (const v1::TensorInfo& info : inputs->infos()) {
+    v1::TensorInfo* input = spec.add_inputs();
+    *input = info;
+    if (info.name() == kActivationsTensor) {
+      input->set_sha256(activations_sha256);
+    }
+  }
   for (const std::string& output : TaskOutputs(plan, task)) {
     spec.add_outputs(output);
   }
@@ -584,7 +591,8 @@ absl::StatusOr<v1::LeaseTaskResponse> JobManager::LeaseTask(
       v1::LeaseTaskResponse response;
       absl::StatusOr<v1::JobSpec> job = ParseSpec(lease->job);
       absl::StatusOr<v1::TaskSpec> spec =
-          job.ok() ? BuildTaskSpec(*job, lease->plan, lease->task)
+          job.ok() ? BuildTaskSpec(*job, lease->plan, lease->task,
+                                   lease->activations_sha256)
                    : job.status();
       if (!spec.ok()) {
         // The job's own inputs are broken (a model file gone, malformed):
@@ -662,7 +670,9 @@ absl::Status JobManager::FetchInputs(
       TaskInputs::Open(job.spec.model_dir(), job.snapshot.plan.job_dir,
                        job.snapshot.plan, task));
   ServiceMetrics* metrics = options_.metrics;
-  return inputs->Stream(request.tensor(), request.offset(),
+  const std::set<std::string> skip(request.skip().begin(),
+                                   request.skip().end());
+  return inputs->Stream(request.tensor(), request.offset(), skip,
                         static_cast<size_t>(options_.max_chunk_bytes), emit,
                         [metrics](size_t n) {
                           if (metrics != nullptr) {

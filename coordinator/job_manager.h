@@ -115,9 +115,9 @@ class JobManager {
                           absl::string_view action);
   absl::StatusOr<v1::Job> JobMessage(int64_t job_id, bool include_tasks);
   v1::Job JobMessage(const JobContext& job, bool include_tasks);
-  absl::StatusOr<v1::TaskSpec> BuildTaskSpec(const v1::JobSpec& job,
-                                             const JobPlan& plan,
-                                             const TaskRow& task);
+  absl::StatusOr<v1::TaskSpec> BuildTaskSpec(
+      const v1::JobSpec& job, const JobPlan& plan, const TaskRow& task,
+      const std::string& activations_sha256);
   // The canonical absolute form of `path`, or InvalidArgument naming
   // `field` when it is not inside one of `roots`.
   absl::StatusOr<std::string> CanonicalPath(

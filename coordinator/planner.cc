@@ -181,6 +181,33 @@ bool ReadsActivations(const JobPlan& plan, const TaskRow& task) {
          (task.kind == kForwardTask || task.kind == kBlockTask);
 }
 
+int32_t ActivationsMaker(const JobPlan& plan, const std::vector<TaskRow>& tasks,
+                         const TaskRow& task) {
+  if (!ReadsActivations(plan, task)) return -1;
+  for (int32_t dep : task.deps) {
+    if (dep < 0 || dep >= static_cast<int32_t>(tasks.size())) continue;
+    const TaskRow& maker = tasks[dep];
+    const std::vector<std::string> made = TaskOutputs(plan, maker);
+    if (maker.layer + 1 == task.layer &&
+        std::find(made.begin(), made.end(), kActivationsTensor) != made.end()) {
+      return dep;
+    }
+  }
+  return -1;
+}
+
+std::string CommittedSha256(const TaskRow& task, const std::string& name) {
+  if (task.state != TaskState::kDone) return "";
+  const nlohmann::json outputs =
+      nlohmann::json::parse(task.outputs, nullptr, /*allow_exceptions=*/false);
+  if (!outputs.is_object() || !outputs.contains(name) ||
+      !outputs[name].is_object() || !outputs[name].contains("sha256") ||
+      !outputs[name]["sha256"].is_string()) {
+    return "";
+  }
+  return outputs[name]["sha256"].get<std::string>();
+}
+
 int64_t TaskMemoryBytes(const JobPlan& plan, const TaskRow& task) {
   if (task.kind == kEmbedTask || task.kind == kHeadTask) {
     return plan.embed_bytes;

@@ -78,6 +78,13 @@ std::string OutputPath(const std::string& job_dir, const TaskRow& task,
 // True when the task reads the activations entering block task.layer
 // (ActivationsPath(job_dir, task.layer)).
 bool ReadsActivations(const JobPlan& plan, const TaskRow& task);
+// The index of the task that writes the activations `task` reads (one of
+// its dependencies), or -1 when it reads none.
+int32_t ActivationsMaker(const JobPlan& plan, const std::vector<TaskRow>& tasks,
+                         const TaskRow& task);
+// The SHA-256 (hex) recorded at the commit of `task`'s output `name`; ""
+// when the task is not done or its record lacks one.
+std::string CommittedSha256(const TaskRow& task, const std::string& name);
 // Bytes a task of this kind needs on a worker.
 int64_t TaskMemoryBytes(const JobPlan& plan, const TaskRow& task);
 

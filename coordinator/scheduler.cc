@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
+#include "proto/task_tensors.h"
 
 namespace quant {
 namespace {
@@ -260,7 +261,8 @@ absl::StatusOr<std::optional<Lease>> Scheduler::TryLease(
       continue;
     }
     for (TaskRow& candidate : job.tasks) {
-      if (!Ready(job, candidate) || !Fits(worker, job, candidate, gpu_pool)) {
+      if (!Ready(job, candidate) || !Fits(worker, job, candidate, gpu_pool) ||
+          HeldForMaker(job, candidate, worker_id, now)) {
         continue;
       }
       TaskRow task = candidate;
@@ -281,10 +283,30 @@ absl::StatusOr<std::optional<Lease>> Scheduler::TryLease(
       lease.job = job.job;
       lease.plan = job.plan;
       lease.task = task;
+      const int32_t maker = ActivationsMaker(job.plan, job.tasks, task);
+      if (maker >= 0) {
+        lease.activations_sha256 =
+            CommittedSha256(job.tasks[maker], kActivationsTensor);
+      }
       return std::optional<Lease>(std::move(lease));
     }
   }
   return std::optional<Lease>();
+}
+
+bool Scheduler::HeldForMaker(const ActiveJob& job, const TaskRow& task,
+                             const std::string& worker_id, int64_t now) const {
+  if (options_.affinity_ms <= 0) return false;
+  const int32_t maker = ActivationsMaker(job.plan, job.tasks, task);
+  const auto made = job.made_by.find(maker);
+  if (maker < 0 || made == job.made_by.end()) return false;
+  const auto& [maker_id, done_ms] = made->second;
+  if (maker_id == worker_id || now - done_ms >= options_.affinity_ms) {
+    return false;
+  }
+  const auto w = workers_.find(maker_id);
+  return w != workers_.end() && w->second.task.empty() &&
+         now - w->second.last_seen_monotonic_ms < options_.worker_timeout_ms;
 }
 
 absl::StatusOr<TaskRow*> Scheduler::FindTask(const TaskKey& key) {
@@ -376,6 +398,7 @@ absl::Status Scheduler::Complete(
   task.kernel = kernel;
   task.outputs = outputs_json;
   RETURN_IF_ERROR(Commit(job, {task}, std::nullopt));
+  job.made_by[task.index] = {worker_id, clock_->MonotonicMs()};
   auto w = workers_.find(worker_id);
   if (w != workers_.end()) {
     w->second.task.clear();

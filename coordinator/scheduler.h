@@ -16,6 +16,8 @@
 //   go to GPU workers while any is registered (CPU workers then take the
 //   other kinds); a GPU worker takes any task (its CPU engine runs what its
 //   device does not).
+// - Affinity: a task reading activations goes first to the worker that made
+//   them (it may hold them and skip their fetch), within affinity_ms.
 //
 // Leases, epochs and committed tasks are durable: a coordinator restarted
 // on the same store continues every unfinished job where it stopped, and a
@@ -87,6 +89,10 @@ struct SchedulerOptions {
   int max_infra_faults = 20;
   // Workers not heard from for this long leave ListWorkers.
   int64_t worker_timeout_ms = 120'000;
+  // Affinity: a task reading activations that another worker made (and may
+  // hold, so need not fetch) waits this long after their commit for that
+  // worker while it is alive and idle; 0: none.
+  int64_t affinity_ms = 0;
 };
 
 struct WorkerInfo {
@@ -111,6 +117,8 @@ struct Lease {
   JobRow job;
   JobPlan plan;
   TaskRow task;
+  // SHA-256 (hex) of the committed activations the task reads; "" if none.
+  std::string activations_sha256;
 };
 
 // Why none of a job's ready tasks can go to any registered worker.
@@ -218,6 +226,9 @@ class Scheduler {
     JobRow job;
     JobPlan plan;
     std::vector<TaskRow> tasks;
+    // Task index -> the worker that committed it and when (monotonic), for
+    // affinity; this process's commits only.
+    std::map<int32_t, std::pair<std::string, int64_t>> made_by;
   };
 
   absl::StatusOr<TaskRow*> FindTask(const TaskKey& key)
@@ -230,6 +241,11 @@ class Scheduler {
   bool Fits(const WorkerInfo& worker, const ActiveJob& job, const TaskRow& task,
             bool gpu_pool) const;
   bool HasGpuWorker(int64_t now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // True while `task` waits for another worker, alive and idle, that made
+  // its input activations (SchedulerOptions::affinity_ms).
+  bool HeldForMaker(const ActiveJob& job, const TaskRow& task,
+                    const std::string& worker_id, int64_t now) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   WaitReason Waiting(const ActiveJob& job) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Writes `tasks` and the job's state in one transaction, then updates

@@ -48,7 +48,7 @@ class SchedulerTest : public ::testing::Test {
     Reopen();
   }
   // A new scheduler on the same store file, as after a restart.
-  void Reopen() {
+  void Reopen(int64_t affinity_ms = 0) {
     scheduler_.reset();
     store_.reset();
     auto store = JobStore::Open(path_);
@@ -56,6 +56,7 @@ class SchedulerTest : public ::testing::Test {
     store_ = std::move(*store);
     SchedulerOptions options;
     options.lease_ms = kLeaseMs;
+    options.affinity_ms = affinity_ms;
     options.max_task_faults = 3;
     options.max_infra_faults = 2;
     SchedulerEvents events;
@@ -92,6 +93,61 @@ class SchedulerTest : public ::testing::Test {
   std::unique_ptr<Scheduler> scheduler_;
   int released_ = 0;
 };
+
+// A block waits a while for the idle worker that made its input
+// activations, and the lease names their committed SHA-256.
+TEST_F(SchedulerTest, ABlockGoesFirstToTheWorkerThatMadeItsInput) {
+  Reopen(/*affinity_ms=*/3000);
+  const int64_t job = AddChain();
+  const std::string a = scheduler_->RegisterWorker("a", Cpu());
+  const std::string b = scheduler_->RegisterWorker("b", Cpu());
+  const Lease embed = MustLease(a);
+  ASSERT_TRUE(
+      scheduler_
+          ->Complete(embed.key, embed.epoch, a, 1, "cpu", "k",
+                     []() -> absl::StatusOr<std::string> {
+                       return std::string(
+                           R"({"activations": {"path": "x", "bytes": 1,)"
+                           R"( "sha256": "00ff"}})");
+                     })
+          .ok());
+  EXPECT_FALSE(scheduler_->TryLease(b)->has_value());  // Held for a.
+  const Lease block0 = MustLease(a);
+  EXPECT_EQ(block0.key.index, 1);
+  EXPECT_EQ(block0.activations_sha256, "00ff");
+  EXPECT_TRUE(embed.activations_sha256.empty());
+  // a holds block 0's lease, so block 1 does not wait for it once ready;
+  // nor, when a is idle, after the affinity's time.
+  ASSERT_TRUE(Complete(block0, a).ok());
+  EXPECT_FALSE(scheduler_->TryLease(b)->has_value());
+  clock_.Advance(3000);
+  const Lease block1 = MustLease(b);
+  EXPECT_EQ(block1.key.index, 2);
+  EXPECT_EQ(block1.activations_sha256, "");  // Block 0's record has none.
+  ASSERT_TRUE(Complete(block1, b).ok());
+  EXPECT_EQ(scheduler_->JobsToAssemble(), std::vector<int64_t>{job});
+}
+
+// A maker busy with another task holds nothing back.
+TEST_F(SchedulerTest, AffinityDoesNotWaitForABusyWorker) {
+  Reopen(/*affinity_ms=*/3000);
+  const int64_t first = AddChain();
+  const int64_t second = AddChain();
+  const std::string a = scheduler_->RegisterWorker("a", Cpu());
+  const std::string b = scheduler_->RegisterWorker("b", Cpu());
+  const Lease first_embed = MustLease(b);
+  const Lease second_embed = MustLease(a);
+  ASSERT_EQ(second_embed.key.job_id, second);
+  ASSERT_TRUE(Complete(first_embed, b).ok());
+  clock_.Advance(3000);  // b's claim on the first job's block 0 lapses.
+  ASSERT_TRUE(Complete(second_embed, a).ok());
+  const Lease first_block = MustLease(a);
+  EXPECT_EQ(first_block.key.job_id, first);
+  // a is busy: the second job's block 0, made by a, goes to b at once.
+  const Lease second_block = MustLease(b);
+  EXPECT_EQ(second_block.key.job_id, second);
+  EXPECT_EQ(second_block.key.index, 1);
+}
 
 TEST_F(SchedulerTest, TasksLeaseInDependencyOrder) {
   const int64_t job = AddChain();

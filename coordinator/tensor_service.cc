@@ -85,9 +85,18 @@ uint64_t TaskInputs::total_bytes() const {
 }
 
 absl::Status TaskInputs::Stream(
-    const std::string& tensor, uint64_t offset, size_t chunk_bytes,
+    const std::string& tensor, uint64_t offset,
+    const std::set<std::string>& skip, size_t chunk_bytes,
     const std::function<bool(const v1::Chunk&)>& emit,
     const std::function<void(size_t)>& sent) const {
+  for (const std::string& name : skip) {
+    if (std::none_of(
+            infos_.begin(), infos_.end(),
+            [&](const v1::TensorInfo& info) { return info.name() == name; })) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot skip ", name, ": the task has no such input"));
+    }
+  }
   size_t first = 0;
   if (!tensor.empty()) {
     while (first < infos_.size() && infos_[first].name() != tensor) ++first;
@@ -99,6 +108,7 @@ absl::Status TaskInputs::Stream(
     return absl::InvalidArgumentError("an offset needs a tensor");
   }
   for (size_t i = first; i < infos_.size(); ++i) {
+    if (skip.count(infos_[i].name()) != 0) continue;
     const TensorView& view = views_[i];
     RETURN_IF_ERROR(SendTensor(infos_[i], view.data, i == first ? offset : 0,
                                chunk_bytes, emit, sent));

@@ -14,6 +14,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -46,9 +47,10 @@ class TaskInputs {
   uint64_t total_bytes() const;
 
   // Streams every input from `tensor` at byte `offset` (empty: from the
-  // start). NotFound for an unknown tensor.
+  // start) but those in `skip` (held by the worker). NotFound for an
+  // unknown tensor, InvalidArgument for an unknown name in `skip`.
   absl::Status Stream(const std::string& tensor, uint64_t offset,
-                      size_t chunk_bytes,
+                      const std::set<std::string>& skip, size_t chunk_bytes,
                       const std::function<bool(const v1::Chunk&)>& emit,
                       const std::function<void(size_t)>& sent = {}) const;
 

@@ -23,9 +23,14 @@
 namespace quant {
 namespace {
 
+// The input activations: from `held_path` (activations this worker made,
+// as SaveActivations wrote them) when set, else from the fetched inputs.
 absl::StatusOr<std::vector<float>> ReadActivations(
-    const SafetensorsCheckpoint& inputs, int64_t sequences, int64_t seq_len,
-    int64_t dim) {
+    const SafetensorsCheckpoint& inputs, const std::string& held_path,
+    int64_t sequences, int64_t seq_len, int64_t dim) {
+  if (!held_path.empty()) {
+    return LoadActivations(held_path, sequences, seq_len, dim);
+  }
   ASSIGN_OR_RETURN(const TensorView view, inputs.Get(kActivationsTensor));
   const std::vector<int64_t> want = {sequences, seq_len, dim};
   if (view.dtype != SafetensorsDType::kF32 || view.shape != want) {
@@ -56,7 +61,8 @@ LinearTypesOf(const v1::TaskSpec& spec) {
 absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
                                       const std::string& inputs_path,
                                       const std::string& output_dir,
-                                      BlockBackend* backend) {
+                                      BlockBackend* backend,
+                                      const std::string& activations_path) {
   const auto start = std::chrono::steady_clock::now();
   CpuBlockBackend cpu;
   BlockBackend& compute = backend != nullptr ? *backend : cpu;
@@ -91,8 +97,9 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       break;
     }
     case v1::TASK_KIND_FORWARD: {
-      ASSIGN_OR_RETURN(std::vector<float> hidden,
-                       ReadActivations(*inputs, sequences, seq_len, dim));
+      ASSIGN_OR_RETURN(
+          std::vector<float> hidden,
+          ReadActivations(*inputs, activations_path, sequences, seq_len, dim));
       ASSIGN_OR_RETURN(const DecoderBlockWeights block,
                        LoadDecoderBlock(*inputs, model, spec.layer()));
       ASSIGN_OR_RETURN(const QuantizeModelOptions options,
@@ -118,8 +125,8 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
           MakeBlockRecipe(options, model, norm_dtype, linear_types));
       std::vector<float> hidden;
       if (sequences > 0) {
-        ASSIGN_OR_RETURN(hidden,
-                         ReadActivations(*inputs, sequences, seq_len, dim));
+        ASSIGN_OR_RETURN(hidden, ReadActivations(*inputs, activations_path,
+                                                 sequences, seq_len, dim));
       }
       ASSIGN_OR_RETURN(DecoderBlockWeights block,
                        LoadDecoderBlock(*inputs, model, spec.layer()));

@@ -31,11 +31,14 @@ struct TaskRunResult {
 // runs on the CPU engine, and the result says which ran it. Errors are the
 // task's own faults (bad input, a numerical failure; InvalidArgument names
 // what is wrong) except ResourceExhausted and Unavailable: the device or
-// the machine failed, not the task.
+// the machine failed, not the task. With `activations_path`, the input
+// activations are read from that file (SaveActivations' format: activations
+// this worker made and holds) instead of `inputs_path`.
 absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
                                       const std::string& inputs_path,
                                       const std::string& output_dir,
-                                      BlockBackend* backend = nullptr);
+                                      BlockBackend* backend = nullptr,
+                                      const std::string& activations_path = "");
 
 }  // namespace quant
 

@@ -6,7 +6,9 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <system_error>
@@ -15,6 +17,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/checksum.h"
 #include "common/chunk_stream.h"
 #include "common/failpoint.h"
 #include "common/file.h"
@@ -25,6 +28,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
+#include "proto/task_tensors.h"
 #include "worker/task_runner.h"
 
 namespace quant {
@@ -122,6 +126,10 @@ struct WorkerSession::Task {
   v1::TaskSpec spec;
   std::string kind;
   std::string dir;
+  // Held activations read instead of fetching the input (empty: none).
+  std::string held_input;
+  // The SHA-256 (hex) each output was uploaded with.
+  std::map<std::string, std::string> uploaded_sha256;
 
   absl::Mutex mu;
   bool finished ABSL_GUARDED_BY(mu) = false;
@@ -195,9 +203,13 @@ class WorkerSession::InputCursor {
     uint64_t size = 0;
   };
 
+  // `tensors`: the spec's inputs but those in `skip` (held locally).
   InputCursor(std::string path, std::vector<Expected> tensors,
-              const v1::TaskSpec* spec)
-      : path_(std::move(path)), tensors_(std::move(tensors)), spec_(spec) {
+              const v1::TaskSpec* spec, std::set<std::string> skip)
+      : path_(std::move(path)),
+        tensors_(std::move(tensors)),
+        spec_(spec),
+        skip_(std::move(skip)) {
     for (const Expected& t : tensors_) total_ += t.size;
   }
 
@@ -211,6 +223,7 @@ class WorkerSession::InputCursor {
     restart_ = false;
     ASSIGN_OR_RETURN(writer_, SafetensorsWriter::Create(path_));
     for (const v1::TensorInfo& info : spec_->inputs()) {
+      if (skip_.count(info.name()) != 0) continue;
       ASSIGN_OR_RETURN(const SafetensorsDType dtype,
                        ParseSafetensorsDType(info.dtype()));
       std::vector<int64_t> shape(info.shape().begin(), info.shape().end());
@@ -287,6 +300,7 @@ class WorkerSession::InputCursor {
   const std::string path_;
   const std::vector<Expected> tensors_;
   const v1::TaskSpec* spec_;
+  const std::set<std::string> skip_;
   uint64_t total_ = 0;
   std::unique_ptr<SafetensorsWriter> writer_;
   // The tensor being received (index_), once its first chunk arrived.
@@ -325,7 +339,12 @@ absl::StatusOr<std::unique_ptr<WorkerSession>> WorkerSession::Create(
     ASSIGN_OR_RETURN(options.channel,
                      DialCoordinator(options.coordinator, options.auth));
   }
-  return std::unique_ptr<WorkerSession>(new WorkerSession(std::move(options)));
+  ASSIGN_OR_RETURN(std::unique_ptr<HeldActivations> held,
+                   HeldActivations::Create(options.scratch_dir + "/held",
+                                           options.held_activations));
+  std::unique_ptr<WorkerSession> session(new WorkerSession(std::move(options)));
+  session->held_ = std::move(held);
+  return session;
 }
 
 WorkerSession::WorkerSession(WorkerOptions options)
@@ -555,6 +574,19 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
                                 ": ", error.message()));
   } else {
     const std::string inputs_path = task.dir + "/inputs.safetensors";
+    for (const v1::TensorInfo& input : task.spec.inputs()) {
+      if (input.name() != kActivationsTensor) continue;
+      std::optional<std::string> held =
+          held_->Find(task.ref.job_id(), task.spec.layer(), input.sha256());
+      if (held.has_value()) {
+        task.held_input = *std::move(held);
+        Log(absl::StrCat("task ", name, ": reads the activations it holds (",
+                         input.size_bytes(), " bytes not fetched)"));
+        if (options_.metrics != nullptr) {
+          options_.metrics->AddBytesHeld(input.size_bytes());
+        }
+      }
+    }
     bool task_fault = false;
     absl::Status status = FetchInputs(&task, inputs_path, &task_fault);
     if (task.IsAbandoned()) {
@@ -564,8 +596,9 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
                      absl::StrCat("fetching inputs: ", status.ToString()));
     } else {
       task.SetProgress("compute", kFetchEnd);
-      absl::StatusOr<TaskRunResult> run = RunTask(
-          task.spec, inputs_path, task.dir + "/out", options_.backend.get());
+      absl::StatusOr<TaskRunResult> run =
+          RunTask(task.spec, inputs_path, task.dir + "/out",
+                  options_.backend.get(), task.held_input);
       std::filesystem::remove(inputs_path, error);
       if (task.IsAbandoned()) {
         outcome = Outcome::kReleased;
@@ -603,6 +636,7 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
           outcome = Fail(&task, /*task_fault=*/false,
                          "the coordinator keeps losing the upload");
         }
+        if (outcome == Outcome::kDone) Hold(task, run->outputs);
       }
     }
   }
@@ -619,6 +653,23 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
     options_.metrics->WorkerTaskFinished(
         task.kind, OutcomeName(static_cast<int>(outcome)));
     options_.metrics->SetWorkerBusy(false);
+  }
+}
+
+void WorkerSession::Hold(
+    const Task& task,
+    const std::vector<std::pair<std::string, std::string>>& outputs) {
+  // What it read is committed at the coordinator and read by nobody else.
+  if (!task.held_input.empty()) {
+    held_->Drop(task.ref.job_id(), task.spec.layer());
+  }
+  for (const auto& [output, path] : outputs) {
+    if (output != kActivationsTensor) continue;
+    const auto sha256 = task.uploaded_sha256.find(output);
+    absl::Status kept =
+        held_->Put(task.ref.job_id(), task.spec.layer() + 1, path,
+                   sha256 == task.uploaded_sha256.end() ? "" : sha256->second);
+    if (!kept.ok()) Log(kept.ToString());
   }
 }
 
@@ -678,8 +729,11 @@ void WorkerSession::HeartbeatLoop(Task* task) {
 
 absl::Status WorkerSession::FetchInputs(Task* task, const std::string& path,
                                         bool* task_fault) {
+  std::set<std::string> skip;
+  if (!task->held_input.empty()) skip.insert(kActivationsTensor);
   std::vector<InputCursor::Expected> tensors;
   for (const v1::TensorInfo& info : task->spec.inputs()) {
+    if (skip.count(info.name()) != 0) continue;
     absl::StatusOr<SafetensorsDType> dtype =
         ParseSafetensorsDType(info.dtype());
     if (!dtype.ok()) {
@@ -704,7 +758,7 @@ absl::Status WorkerSession::FetchInputs(Task* task, const std::string& path,
     }
     tensors.push_back({info.name(), info.size_bytes()});
   }
-  InputCursor cursor(path, std::move(tensors), &task->spec);
+  InputCursor cursor(path, std::move(tensors), &task->spec, skip);
   RETURN_IF_ERROR(cursor.Reset(task_fault));
   for (int failures = 0; !cursor.complete();) {
     const std::string worker_id = registration().worker_id;
@@ -737,6 +791,7 @@ absl::Status WorkerSession::FetchAttempt(Task* task,
                                          InputCursor* cursor) {
   v1::FetchInputsRequest request;
   *request.mutable_task() = task->RefAs(worker_id);
+  if (!task->held_input.empty()) request.add_skip(kActivationsTensor);
   if (!cursor->at_start()) {  // Empty: from the start.
     request.set_tensor(cursor->tensor());
     request.set_offset(cursor->offset());
@@ -853,6 +908,7 @@ absl::Status WorkerSession::UploadAttempt(
     absl::Status status = SendTensor(
         info, data, /*offset=*/0, static_cast<size_t>(chunk_limit),
         [&](const v1::Chunk& chunk) {
+          if (chunk.last()) task->uploaded_sha256[name] = HexOf(chunk.sha256());
           *request.mutable_chunk() = chunk;
           // Faults the coordinator must catch (tests/fault_injection_test.sh).
           // One fault per chunk, so that each is seen.

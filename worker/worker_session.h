@@ -37,6 +37,7 @@
 #include "kernels/cpu/compute_kernel.h"
 #include "proto/quant/v1/worker_service.grpc.pb.h"
 #include "quant/block_backend.h"
+#include "worker/held_activations.h"
 
 namespace quant {
 
@@ -57,6 +58,10 @@ struct WorkerOptions {
   int64_t memory_bytes = 0;
   // Required. Each task works in its own subdirectory, removed afterwards.
   std::string scratch_dir;
+  // Activations this worker made and committed, kept in scratch_dir/held
+  // for the next block if it is leased here (worker/held_activations.h):
+  // how many at most; 0 keeps none.
+  int held_activations = 2;
   // Longest LeaseTask long poll.
   int64_t lease_wait_ms = 5000;
   // Deadline of every unary call; streams get max(this, bytes / 10 MB/s).
@@ -137,6 +142,10 @@ class WorkerSession {
 
   // Runs one leased task to its end (done, failed or released).
   void RunLeasedTask(const v1::LeaseTaskResponse& lease);
+  // After `task` was committed: keeps the activations it output (for the
+  // next block, if leased here) and drops those it read from its hold.
+  void Hold(const Task& task,
+            const std::vector<std::pair<std::string, std::string>>& outputs);
   void HeartbeatLoop(Task* task);
   // `task_fault` is set when the spec itself is malformed.
   absl::Status FetchInputs(Task* task, const std::string& path,
@@ -165,6 +174,7 @@ class WorkerSession {
   const WorkerOptions options_;
   const int threads_;
   const int64_t memory_bytes_;
+  std::unique_ptr<HeldActivations> held_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::WorkerGateway::Stub> stub_;
   std::atomic<int> tasks_done_{0};

@@ -573,8 +573,11 @@ TEST_F(WorkerSessionTest, RunsABlockTaskEndToEnd) {
   ASSERT_TRUE(WriteFileAtomically(uploaded, outputs.at(kResultTensor)).ok());
   EXPECT_TRUE(LoadBlockResult(uploaded).ok());
   ExpectSameTensors(uploaded, *reference_result_);
-  // Scratch space is cleaned up.
-  EXPECT_TRUE(std::filesystem::is_empty(scratch));
+  // Scratch space is cleaned up: nothing but the (empty) held activations.
+  for (const auto& entry : std::filesystem::directory_iterator(scratch)) {
+    EXPECT_EQ(entry.path().filename(), "held");
+    EXPECT_TRUE(std::filesystem::is_empty(entry.path()));
+  }
   const std::string text = metrics_.TextExposition();
   EXPECT_NE(
       text.find("quant_worker_tasks_total{kind=\"block\",outcome=\"done\"} 1"),

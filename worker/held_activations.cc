@@ -1,0 +1,96 @@
+#include "worker/held_activations.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace quant {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A file name: the job id (the coordinator's) with anything but letters,
+// digits, '-' and '_' replaced (a collision is harmless: a file is used only
+// under its SHA-256).
+std::string KeyOf(const std::string& job_id, int boundary) {
+  std::string key = job_id;
+  for (char& c : key) {
+    const bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                       (c >= '0' && c <= '9') || c == '-' || c == '_';
+    if (!plain) c = '_';
+  }
+  return absl::StrCat(key, "-", boundary);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<HeldActivations>> HeldActivations::Create(
+    const std::string& dir, int capacity) {
+  std::error_code error;
+  fs::remove_all(dir, error);
+  fs::create_directories(dir, error);
+  if (error) {
+    return absl::InternalError(
+        absl::StrCat("cannot create ", dir, ": ", error.message()));
+  }
+  return std::unique_ptr<HeldActivations>(
+      new HeldActivations(dir, std::max(0, capacity)));
+}
+
+std::string HeldActivations::PathOf(const std::string& key) const {
+  return absl::StrCat(dir_, "/", key, ".safetensors");
+}
+
+void HeldActivations::DropLocked(const std::string& key) {
+  std::error_code error;
+  fs::remove(PathOf(key), error);
+  held_.erase(std::remove_if(held_.begin(), held_.end(),
+                             [&](const auto& h) { return h.first == key; }),
+              held_.end());
+}
+
+absl::Status HeldActivations::Put(const std::string& job_id, int boundary,
+                                  const std::string& path,
+                                  const std::string& sha256) {
+  const std::string key = KeyOf(job_id, boundary);
+  absl::MutexLock lock(&mu_);
+  DropLocked(key);
+  if (capacity_ == 0 || sha256.empty()) return absl::OkStatus();
+  while (static_cast<int>(held_.size()) >= capacity_) {
+    DropLocked(held_.front().first);
+  }
+  std::error_code error;
+  fs::rename(path, PathOf(key), error);
+  if (error) {
+    return absl::InternalError(absl::StrCat(
+        "cannot keep ", path, " as ", PathOf(key), ": ", error.message()));
+  }
+  held_.emplace_back(key, sha256);
+  return absl::OkStatus();
+}
+
+std::optional<std::string> HeldActivations::Find(const std::string& job_id,
+                                                 int boundary,
+                                                 const std::string& sha256) {
+  const std::string key = KeyOf(job_id, boundary);
+  absl::MutexLock lock(&mu_);
+  const auto it = std::find_if(held_.begin(), held_.end(),
+                               [&](const auto& h) { return h.first == key; });
+  if (it == held_.end()) return std::nullopt;
+  std::error_code error;
+  if (sha256.empty() || it->second != sha256 ||
+      !fs::is_regular_file(PathOf(key), error)) {
+    DropLocked(key);  // Not what was committed (or gone): of no use.
+    return std::nullopt;
+  }
+  return PathOf(key);
+}
+
+void HeldActivations::Drop(const std::string& job_id, int boundary) {
+  absl::MutexLock lock(&mu_);
+  DropLocked(KeyOf(job_id, boundary));
+}
+
+}  // namespace quant
