@@ -332,6 +332,8 @@ absl::Status RunLocal(const v1::JobSpec& spec, const LocalRunOptions& options,
     worker.backend = backends[i];
     worker.threads = threads_per_worker;
     worker.scratch_dir = absl::StrCat(state_dir, "/scratch-", i);
+    // In one process the workers see the model where the coordinator does.
+    worker.shared_model_roots = {spec.model_dir()};
     worker.lease_wait_ms = 500;
     ASSIGN_OR_RETURN(std::unique_ptr<WorkerSession> session,
                      WorkerSession::Create(worker));

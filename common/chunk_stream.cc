@@ -7,10 +7,11 @@
 
 namespace quant {
 
-absl::Status SendTensor(const v1::TensorInfo& info, const uint8_t* data,
-                        uint64_t offset, size_t chunk_bytes,
-                        const std::function<bool(const v1::Chunk&)>& emit,
-                        const std::function<void(size_t)>& sent) {
+absl::Status SendTensor(
+    const v1::TensorInfo& info, const uint8_t* data, uint64_t offset,
+    size_t chunk_bytes, const std::function<bool(const v1::Chunk&)>& emit,
+    const std::function<void(size_t)>& sent,
+    const std::function<void(uint64_t from, uint64_t to)>& done_with) {
   const uint64_t size = info.size_bytes();
   if (offset > size) {
     return absl::OutOfRangeError(absl::StrCat(info.name(), ": offset ", offset,
@@ -21,6 +22,7 @@ absl::Status SendTensor(const v1::TensorInfo& info, const uint8_t* data,
   }
   Sha256 hash;
   hash.Update(data, offset);  // A resumed stream still hashes every byte.
+  uint64_t done_to = 0;       // Bytes hashed and emitted, not yet handed back.
   v1::Chunk chunk;
   do {
     const size_t n =
@@ -42,6 +44,11 @@ absl::Status SendTensor(const v1::TensorInfo& info, const uint8_t* data,
           absl::StrCat("the receiver of ", info.name(), " went away"));
     }
     if (sent) sent(n);
+    if (done_with &&
+        (offset - done_to >= kSendReleaseBytes || offset == size)) {
+      done_with(done_to, offset);
+      done_to = offset;
+    }
   } while (offset < size);
   return absl::OkStatus();
 }

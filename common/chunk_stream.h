@@ -23,10 +23,16 @@ namespace quant {
 // receiver is gone; Cancelled). A tensor of zero bytes is one chunk. With
 // offset > 0 (a resumed stream) the SHA-256 still covers every byte.
 // `sent` (optional) is told the size of each chunk's data once emitted.
-absl::Status SendTensor(const v1::TensorInfo& info, const uint8_t* data,
-                        uint64_t offset, size_t chunk_bytes,
-                        const std::function<bool(const v1::Chunk&)>& emit,
-                        const std::function<void(size_t)>& sent = {});
+// `done_with` (optional) is told, every kSendReleaseBytes or so and at the
+// end, a byte range [from, to) of `data` the stream will not read again:
+// a mapped file's pages can go (a sender's memory is then a window, not
+// the tensor: a 70B embedding is 2 GB, its activations 8.6 GB).
+inline constexpr uint64_t kSendReleaseBytes = 64 << 20;
+absl::Status SendTensor(
+    const v1::TensorInfo& info, const uint8_t* data, uint64_t offset,
+    size_t chunk_bytes, const std::function<bool(const v1::Chunk&)>& emit,
+    const std::function<void(size_t)>& sent = {},
+    const std::function<void(uint64_t from, uint64_t to)>& done_with = {});
 
 // Checks the chunks of one tensor as they arrive, in order. Each Accept
 // returns DataLoss naming the tensor for a wrong name, an offset out of

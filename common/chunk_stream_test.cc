@@ -1,6 +1,7 @@
 #include "common/chunk_stream.h"
 
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -35,6 +36,32 @@ std::vector<v1::Chunk> Send(const v1::TensorInfo& info,
                          })
                   .ok());
   return chunks;
+}
+
+// The ranges a sender may drop cover the tensor once, in order, in steps
+// of at least kSendReleaseBytes (the last may be shorter); a resumed stream
+// hands back its prefix too, since it hashed it.
+TEST(ChunkStreamTest, DoneRangesCoverTheTensorInWindows) {
+  const size_t size = 2 * kSendReleaseBytes + 12345;
+  const std::vector<uint8_t> data(size, 7);
+  for (uint64_t offset : {uint64_t{0}, uint64_t{100}}) {
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;
+    ASSERT_TRUE(
+        SendTensor(
+            Info("t", size), data.data(), offset, 4 << 20,
+            [](const v1::Chunk&) { return true; }, {},
+            [&](uint64_t from, uint64_t to) { ranges.emplace_back(from, to); })
+            .ok());
+    ASSERT_EQ(ranges.size(), 3u);
+    EXPECT_EQ(ranges.front().first, 0u);
+    EXPECT_EQ(ranges.back().second, size);
+    for (size_t i = 0; i < ranges.size(); ++i) {
+      if (i > 0) EXPECT_EQ(ranges[i].first, ranges[i - 1].second);
+      if (i + 1 < ranges.size()) {
+        EXPECT_GE(ranges[i].second - ranges[i].first, kSendReleaseBytes);
+      }
+    }
+  }
 }
 
 TEST(ChunkStreamTest, OddSizesRoundTrip) {

@@ -66,10 +66,10 @@ ServiceMetrics::ServiceMetrics()
   bytes_streamed_ =
       AddCounter(r, "quant_bytes_streamed_total",
                  "Tensor bytes streamed between coordinator and workers.");
-  bytes_held_ = &AddCounter(r, "quant_worker_held_bytes_total",
-                            "Input activations a worker read from its own "
-                            "held copy instead of fetching them.")
-                     ->Add({});
+  local_input_bytes_ =
+      AddCounter(r, "quant_worker_local_input_bytes_total",
+                 "Input bytes a worker read without fetching them, by "
+                 "source.");
   workers_active_ = AddGauge(r, "quant_workers_active",
                              "Workers connected and alive, by backend.");
   queue_depth_ =
@@ -154,8 +154,10 @@ void ServiceMetrics::AddBytesStreamed(absl::string_view direction,
       .Increment(static_cast<double>(bytes));
 }
 
-void ServiceMetrics::AddBytesHeld(uint64_t bytes) {
-  bytes_held_->Increment(static_cast<double>(bytes));
+void ServiceMetrics::AddLocalInputBytes(absl::string_view source,
+                                        uint64_t bytes) {
+  local_input_bytes_->Add(Label("source", source))
+      .Increment(static_cast<double>(bytes));
 }
 
 void ServiceMetrics::SetActiveWorkers(absl::string_view backend, double count) {

@@ -58,9 +58,10 @@ class ServiceMetrics {
   // quant_bytes_streamed_total{direction}: direction is "to_worker" or
   // "from_worker".
   void AddBytesStreamed(absl::string_view direction, uint64_t bytes);
-  // quant_worker_held_bytes_total: input activations a worker read from its
-  // own held copy instead of fetching them (affinity's saving).
-  void AddBytesHeld(uint64_t bytes);
+  // quant_worker_local_input_bytes_total{source}: input bytes a worker read
+  // without fetching them; source is "held" (activations it made itself)
+  // or "model_root" (weights from a shared model root).
+  void AddLocalInputBytes(absl::string_view source, uint64_t bytes);
   // quant_workers_active{backend}.
   void SetActiveWorkers(absl::string_view backend, double count);
   // quant_queue_depth: tasks ready and waiting for a worker.
@@ -127,7 +128,7 @@ class ServiceMetrics {
   prometheus::Family<prometheus::Counter>* tasks_released_;
   prometheus::Family<prometheus::Histogram>* task_duration_;
   prometheus::Family<prometheus::Counter>* bytes_streamed_;
-  prometheus::Counter* bytes_held_;
+  prometheus::Family<prometheus::Counter>* local_input_bytes_;
   prometheus::Family<prometheus::Gauge>* workers_active_;
   prometheus::Gauge* queue_depth_;
   prometheus::Family<prometheus::Gauge>* job_progress_;

@@ -77,7 +77,7 @@ void TouchEveryFamily(ServiceMetrics& m) {
   m.TaskReleased("block");
   m.ObserveTaskDuration("gptq", "cpu", 1);
   m.AddBytesStreamed("to_worker", 1);
-  m.AddBytesHeld(1);
+  m.AddLocalInputBytes("held", 1);
   m.SetActiveWorkers("cpu", 1);
   m.SetQueueDepth(1);
   m.SetJobProgress("job-0", 0.5);
@@ -101,7 +101,8 @@ TEST(ServiceMetricsTest, CountersAndGauges) {
   m.AddBytesStreamed("to_worker", 1000);
   m.AddBytesStreamed("to_worker", 24);
   m.AddBytesStreamed("from_worker", 512);
-  m.AddBytesHeld(4096);
+  m.AddLocalInputBytes("held", 4096);
+  m.AddLocalInputBytes("model_root", 8192);
   m.SetActiveWorkers("cuda", 4);
   m.SetActiveWorkers("cpu", 1);
   m.SetQueueDepth(17);
@@ -123,7 +124,9 @@ TEST(ServiceMetricsTest, CountersAndGauges) {
            "quant_tasks_released_total{kind=\"embedding\"} 1\n",
            "quant_bytes_streamed_total{direction=\"to_worker\"} 1024\n",
            "quant_bytes_streamed_total{direction=\"from_worker\"} 512\n",
-           "quant_worker_held_bytes_total 4096\n",
+           "quant_worker_local_input_bytes_total{source=\"held\"} 4096\n",
+           "quant_worker_local_input_bytes_total{source=\"model_root\"} "
+           "8192\n",
            "quant_workers_active{backend=\"cuda\"} 4\n",
            "quant_workers_active{backend=\"cpu\"} 1\n",
            "quant_queue_depth 17\n",
@@ -321,7 +324,7 @@ TEST_F(MetricsEndpointTest, ServesMetricsOverHttp) {
            "# TYPE quant_tasks_released_total counter",
            "# TYPE quant_task_duration_seconds histogram",
            "# TYPE quant_bytes_streamed_total counter",
-           "# TYPE quant_worker_held_bytes_total counter",
+           "# TYPE quant_worker_local_input_bytes_total counter",
            "# TYPE quant_workers_active gauge",
            "# TYPE quant_queue_depth gauge",
            "# TYPE quant_job_progress_ratio gauge",

@@ -122,8 +122,17 @@ absl::Status StreamTensor(const SafetensorsCheckpoint& checkpoint,
                        GgmlTypeName(type), " (", rows * row_bytes, " bytes)"));
     }
     if (heads == 0) {
-      return gguf.WriteTensorData(plan.gguf_name, encoded.data(),
-                                  encoded.size());
+      // A window at a time, each handed back once written.
+      constexpr size_t kWindow = 64 << 20;
+      for (size_t from = 0; from < encoded.size(); from += kWindow) {
+        const size_t n = std::min(kWindow, encoded.size() - from);
+        RETURN_IF_ERROR(
+            gguf.WriteTensorData(plan.gguf_name, encoded.data() + from, n));
+        if (replacement->encoded_written) {
+          replacement->encoded_written(from, from + n);
+        }
+      }
+      return absl::OkStatus();
     }
     std::vector<uint8_t> permuted(encoded.size());
     RETURN_IF_ERROR(PermuteRowsForRope(encoded.data(), permuted.data(), rows,

@@ -45,6 +45,9 @@ struct TensorOverride {
   std::vector<float> importance;
   std::vector<uint8_t> encoded_storage;
   absl::Span<const uint8_t> encoded_view;
+  // Told each byte range [from, to) of `encoded_view` once written (a mapped
+  // file's pages can go: a 70B output head in Q6_K is 860 MB).
+  std::function<void(uint64_t from, uint64_t to)> encoded_written;
   GgmlType encoded_type = GgmlType::kF32;
 
   absl::Span<const uint8_t> encoded() const {

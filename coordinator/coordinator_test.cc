@@ -1,5 +1,6 @@
 #include "coordinator/coordinator.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -19,6 +20,7 @@
 #include "common/test_data.h"
 #include "common/test_pki.h"
 #include "convert/tiny_llama.h"
+#include "format/safetensors.h"
 #include "gmock/gmock.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
@@ -75,8 +77,8 @@ class CoordinatorTest : public ::testing::Test {
     stub_ = v1::QuantizationService::NewStub(coordinator_->InProcessChannel());
   }
 
-  void StartWorkers(int n, ServiceMetrics* metrics = nullptr,
-                    std::function<void(const std::string&)> log = nullptr) {
+  void StartWorkers(
+      int n, const std::function<void(WorkerOptions&)>& customize = nullptr) {
     for (int i = 0; i < n; ++i) {
       WorkerOptions options;
       options.channel = coordinator_->InProcessChannel();
@@ -84,8 +86,7 @@ class CoordinatorTest : public ::testing::Test {
       options.threads = 1;
       options.scratch_dir = absl::StrCat(dir_, "/scratch", workers_.size());
       options.lease_wait_ms = 200;
-      options.metrics = metrics;
-      options.log = log;
+      if (customize) customize(options);
       auto session = WorkerSession::Create(options);
       ASSERT_TRUE(session.ok()) << session.status();
       WorkerSession* worker = session->get();
@@ -217,9 +218,12 @@ TEST_F(CoordinatorTest, AffineWorkersReadTheActivationsTheyHold) {
   ServiceMetrics metrics;
   absl::Mutex mu;
   std::vector<std::string> lines;
-  StartWorkers(3, &metrics, [&](const std::string& line) {
-    absl::MutexLock lock(&mu);
-    lines.push_back(line);
+  StartWorkers(3, [&](WorkerOptions& options) {
+    options.metrics = &metrics;
+    options.log = [&](const std::string& line) {
+      absl::MutexLock lock(&mu);
+      lines.push_back(line);
+    };
   });
   v1::Job job;
   const std::string output = dir_ + "/out/affine";
@@ -238,8 +242,58 @@ TEST_F(CoordinatorTest, AffineWorkersReadTheActivationsTheyHold) {
   const int64_t bytes = 2 * 4 * 40 * TinyLlamaOptions().hidden_size * 4;
   EXPECT_TRUE(absl::StrContains(
       metrics.TextExposition(),
-      absl::StrCat("quant_worker_held_bytes_total ", bytes, "\n")))
+      absl::StrCat("quant_worker_local_input_bytes_total{source=\"held\"} ",
+                   bytes, "\n")))
       << metrics.TextExposition();
+}
+
+// Workers that see the model root read every weight there once the
+// coordinator recorded its SHA-256; the output is the engine's.
+TEST_F(CoordinatorTest, WorkersOnASharedRootReadVerifiedWeights) {
+  QuantizeModelOptions options = engine_;
+  options.output_format = OutputFormat::kGguf;
+  options.gguf_type = "Q4_K_M";
+  const std::string expected = EngineOutput(options, "engine-direct.gguf");
+  v1::Job job;
+  const std::string output = dir_ + "/out/direct.gguf";
+  ASSERT_TRUE(Submit(Spec(options, output), &job).ok());
+  // The workers come once every tensor is recorded (before, they stream).
+  const size_t tensors =
+      (*SafetensorsCheckpoint::Open(model_))->TensorNames().size();
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  size_t recorded = 0;
+  while (recorded < tensors && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+    for (const auto& entry :
+         fs::recursive_directory_iterator(dir_ + "/state")) {
+      if (entry.path().filename() != "weights.sha256") continue;
+      std::ifstream in(entry.path());
+      recorded = std::count(std::istreambuf_iterator<char>(in),
+                            std::istreambuf_iterator<char>(), '\n');
+    }
+  }
+  ASSERT_EQ(recorded, tensors);
+  ServiceMetrics metrics;
+  absl::Mutex mu;
+  int direct = 0;
+  StartWorkers(2, [&](WorkerOptions& worker) {
+    worker.shared_model_roots = {dir_};
+    worker.metrics = &metrics;
+    worker.log = [&](const std::string& line) {
+      absl::MutexLock lock(&mu);
+      direct += absl::StrContains(line, "SHA-256 verified");
+    };
+  });
+  const v1::Job done = Watch(job.job_id());
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error();
+  EXPECT_TRUE(Bytes(output) == Bytes(expected));
+  StopWorkers();
+  // embed, 2 blocks and the GGUF head: each read its weights locally.
+  EXPECT_EQ(direct, 4);
+  EXPECT_EQ(done.tasks_total(), 4);
+  EXPECT_TRUE(absl::StrContains(
+      metrics.TextExposition(),
+      "quant_worker_local_input_bytes_total{source=\"model_root\"}"));
 }
 
 TEST_F(CoordinatorTest, ParallelAndDataFreeJobsRun) {

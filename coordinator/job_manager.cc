@@ -24,6 +24,7 @@
 #include "common/utf8.h"
 #include "coordinator/assembler.h"
 #include "coordinator/planner.h"
+#include "coordinator/weight_checksums.h"
 #include "format/model_config.h"
 #include "format/safetensors.h"
 #include "model/calibration.h"
@@ -139,6 +140,7 @@ absl::StatusOr<std::unique_ptr<JobManager>> JobManager::Create(
   manager->tick_thread_ = std::thread([m = manager.get()] { m->TickLoop(); });
   manager->assemble_thread_ =
       std::thread([m = manager.get()] { m->AssembleLoop(); });
+  manager->hash_thread_ = std::thread([m = manager.get()] { m->HashLoop(); });
   return manager;
 }
 
@@ -146,6 +148,7 @@ JobManager::~JobManager() {
   stopping_ = true;
   if (tick_thread_.joinable()) tick_thread_.join();
   if (assemble_thread_.joinable()) assemble_thread_.join();
+  if (hash_thread_.joinable()) hash_thread_.join();
   if (lock_fd_ >= 0) ::close(lock_fd_);  // Releases the flock.
 }
 
@@ -537,9 +540,67 @@ absl::StatusOr<v1::RegisterWorkerResponse> JobManager::RegisterWorker(
   return response;
 }
 
+std::string JobManager::WeightSha256(int64_t job_id, const std::string& name) {
+  absl::MutexLock lock(&sums_mu_);
+  const auto job = sums_.find(job_id);
+  if (job == sums_.end()) return "";
+  const auto sum = job->second.find(name);
+  return sum == job->second.end() ? "" : sum->second;
+}
+
+void JobManager::HashLoop() {
+  while (!stopping_) {
+    const uint64_t version = scheduler_->version();
+    const std::vector<int64_t> active = scheduler_->ActiveJobs();
+    {
+      // Jobs that ended need no checksums in memory (their record stays,
+      // for a resume).
+      absl::MutexLock lock(&sums_mu_);
+      for (auto it = sums_.begin(); it != sums_.end();) {
+        if (std::find(active.begin(), active.end(), it->first) ==
+            active.end()) {
+          hashed_.erase(it->first);
+          it = sums_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    for (int64_t id : active) {
+      if (stopping_) return;
+      {
+        absl::MutexLock lock(&sums_mu_);
+        if (hashed_.count(id) != 0) continue;
+      }
+      absl::StatusOr<JobContext> job = Context(id);
+      if (!job.ok()) continue;
+      const std::string& job_dir = job->snapshot.plan.job_dir;
+      {
+        absl::MutexLock lock(&sums_mu_);
+        sums_[id] = LoadWeightChecksums(job_dir);
+      }
+      const absl::Status recorded = RecordWeightChecksums(
+          job->spec.model_dir(), job_dir, job->snapshot.plan,
+          job->snapshot.tasks, [this] { return stopping_.load(); },
+          [&](const std::string& name, const std::string& hex) {
+            absl::MutexLock lock(&sums_mu_);
+            sums_[id][name] = hex;
+          });
+      if (stopping_) return;
+      if (!recorded.ok()) {
+        Log(absl::StrCat("job ", id, ": weights not hashed (",
+                         recorded.message(), "); its workers stream them"));
+      }
+      absl::MutexLock lock(&sums_mu_);
+      hashed_.insert(id);
+    }
+    scheduler_->WaitForChange(version, absl::Milliseconds(500));
+  }
+}
+
 absl::StatusOr<v1::TaskSpec> JobManager::BuildTaskSpec(
     const v1::JobSpec& job, const JobPlan& plan, const TaskRow& task,
-    const std::string& activations_sha256) {
+    int64_t job_id, const std::string& activations_sha256) {
   v1::TaskSpec spec;
   spec.set_kind(task.kind == kEmbedTask     ? v1::TASK_KIND_EMBED
                 : task.kind == kForwardTask ? v1::TASK_KIND_FORWARD
@@ -569,8 +630,11 @@ absl::StatusOr<v1::TaskSpec> JobManager::BuildTaskSpec(
     *input = info;
     if (info.name() == kActivationsTensor) {
       input->set_sha256(activations_sha256);
+    } else if (info.name() != kWindowsTensor) {
+      input->set_sha256(WeightSha256(job_id, info.name()));
     }
   }
+  spec.set_model_dir(job.model_dir());
   for (const std::string& output : TaskOutputs(plan, task)) {
     spec.add_outputs(output);
   }
@@ -592,7 +656,7 @@ absl::StatusOr<v1::LeaseTaskResponse> JobManager::LeaseTask(
       absl::StatusOr<v1::JobSpec> job = ParseSpec(lease->job);
       absl::StatusOr<v1::TaskSpec> spec =
           job.ok() ? BuildTaskSpec(*job, lease->plan, lease->task,
-                                   lease->activations_sha256)
+                                   lease->key.job_id, lease->activations_sha256)
                    : job.status();
       if (!spec.ok()) {
         // The job's own inputs are broken (a model file gone, malformed):

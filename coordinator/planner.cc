@@ -106,8 +106,9 @@ absl::StatusOr<PlannedJob> PlanJob(v1::Mode mode,
   }
 
   // Memory: activations in and out (F32), the block's weights as F32 a few
-  // times over (original, working copy, dequantized), and the largest
-  // Hessian (inputs of down_proj) in doubles, twice (it and its inverse).
+  // times over (original, working copy, dequantized), and, when calibrated,
+  // the largest Hessian (inputs of down_proj) in doubles, twice (it and its
+  // inverse). The README's "Worker memory" gives the formula.
   const int64_t tokens = plan.sequences * plan.seq_len;
   const int64_t dim = spec.hidden_size;
   const int64_t inter = spec.intermediate_size;
@@ -119,7 +120,8 @@ absl::StatusOr<PlannedJob> PlanJob(v1::Mode mode,
                                          std::max<int64_t>(plan.sequences, 1)) *
                        std::max<int64_t>(plan.seq_len, 1);
   const int64_t scratch = pass * (2 * inter + 4 * dim) * 4;
-  const int64_t hessian = 2 * std::max(dim, inter) * std::max(dim, inter) * 8;
+  const int64_t hessian =
+      calibrated ? 2 * std::max(dim, inter) * std::max(dim, inter) * 8 : 0;
   plan.embed_bytes = spec.vocab_size * dim * 4 + activations;
   plan.forward_bytes = 2 * block_params * 4 + activations + scratch;
   plan.block_bytes = 4 * block_params * 4 + activations + scratch + hessian;

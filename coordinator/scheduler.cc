@@ -637,6 +637,18 @@ std::vector<int64_t> Scheduler::JobsToAssemble() {
   return out;
 }
 
+std::vector<int64_t> Scheduler::ActiveJobs() {
+  absl::MutexLock lock(&mu_);
+  std::vector<int64_t> out;
+  for (const auto& [id, job] : jobs_) {
+    if (job.job.state == JobState::kQueued ||
+        job.job.state == JobState::kRunning) {
+      out.push_back(id);
+    }
+  }
+  return out;
+}
+
 absl::StatusOr<JobSnapshot> Scheduler::GetJob(int64_t job_id) {
   {
     absl::MutexLock lock(&mu_);

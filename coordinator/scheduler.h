@@ -211,6 +211,8 @@ class Scheduler {
 
   // Jobs that are running with every task done (the assembler's work).
   std::vector<int64_t> JobsToAssemble();
+  // Jobs queued or running, oldest first.
+  std::vector<int64_t> ActiveJobs();
 
   absl::StatusOr<JobSnapshot> GetJob(int64_t job_id);
   // Tasks ready for some worker now (the queue depth).

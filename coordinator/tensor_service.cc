@@ -110,14 +110,20 @@ absl::Status TaskInputs::Stream(
   for (size_t i = first; i < infos_.size(); ++i) {
     if (skip.count(infos_[i].name()) != 0) continue;
     const TensorView& view = views_[i];
-    RETURN_IF_ERROR(SendTensor(infos_[i], view.data, i == first ? offset : 0,
-                               chunk_bytes, emit, sent));
     // The pages sent are not needed again by this process.
-    if (job_file_ != nullptr && job_file_->Contains(view)) {
-      job_file_->Release(view);
-    } else {
-      model_->Release(view);
-    }
+    const auto release = [&](uint64_t from, uint64_t to) {
+      TensorView part = view;
+      part.data = view.data + from;
+      part.nbytes = to - from;
+      if (job_file_ != nullptr && job_file_->Contains(view)) {
+        job_file_->Release(part);
+      } else {
+        model_->Release(part);
+      }
+    };
+    RETURN_IF_ERROR(SendTensor(infos_[i], view.data, i == first ? offset : 0,
+                               chunk_bytes, emit, sent, release));
+    release(0, view.nbytes);  // Pages straddling the released ranges.
   }
   return absl::OkStatus();
 }

@@ -666,6 +666,22 @@ const SafetensorsFile* SafetensorsCheckpoint::FileOf(
   return it == index_.end() ? nullptr : files_[it->second.first].get();
 }
 
+absl::Status SafetensorsCheckpoint::ForEachWindow(
+    const TensorView& t, size_t window,
+    const std::function<absl::Status(const uint8_t* data, size_t size)>& fn)
+    const {
+  for (size_t from = 0; from < t.nbytes; from += window) {
+    TensorView part = t;
+    part.data = t.data + from;
+    part.nbytes = std::min(window, t.nbytes - from);
+    const absl::Status status = fn(part.data, part.nbytes);
+    Release(part);
+    if (!status.ok()) return status;
+  }
+  Release(t);  // Pages straddling the windows.
+  return absl::OkStatus();
+}
+
 void SafetensorsCheckpoint::Release(const TensorView& t) const {
   const SafetensorsFile* owner = FileOf(t.name);
   if (owner != nullptr && owner->Contains(t)) {

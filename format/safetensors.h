@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -150,6 +151,14 @@ class SafetensorsCheckpoint {
   absl::StatusOr<std::vector<int64_t>> Shape(absl::string_view name) const;
   // Forwards to the file that owns `t`.
   void Release(const TensorView& t) const;
+  // Hands `fn` the bytes of `t` a window of at most `window` bytes at a
+  // time, in order, dropping each window's pages once `fn` returned: a
+  // pass over a tensor holds a window of it, not the tensor. Stops at the
+  // first error `fn` returns.
+  absl::Status ForEachWindow(
+      const TensorView& t, size_t window,
+      const std::function<absl::Status(const uint8_t* data, size_t size)>& fn)
+      const;
 
   size_t num_files() const { return files_.size(); }
   // The path given to Open().

@@ -245,6 +245,42 @@ TEST_F(SafetensorsTest, WriterProducesExactBytes) {
   EXPECT_EQ(*contents, expected);
 }
 
+TEST_F(SafetensorsTest, ForEachWindowPassesEveryByteInOrder) {
+  const std::string path = dir_ + "/windows.safetensors";
+  std::vector<uint8_t> bytes(10007);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = i * 31 % 251;
+  auto writer = SafetensorsWriter::Create(path);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_OK((*writer)->AddTensor("t", SafetensorsDType::kU8,
+                                 {static_cast<int64_t>(bytes.size())}));
+  ASSERT_OK((*writer)->WriteTensorData("t", bytes.data(), bytes.size()));
+  ASSERT_OK((*writer)->Finish());
+  auto checkpoint = SafetensorsCheckpoint::Open(path);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  const TensorView view = *(*checkpoint)->Get("t");
+  std::vector<uint8_t> seen;
+  int windows = 0;
+  ASSERT_OK(
+      (*checkpoint)
+          ->ForEachWindow(view, 4096, [&](const uint8_t* data, size_t size) {
+            EXPECT_LE(size, 4096u);
+            seen.insert(seen.end(), data, data + size);
+            ++windows;
+            return absl::OkStatus();
+          }));
+  EXPECT_EQ(seen, bytes);  // Still readable after the pages were dropped.
+  EXPECT_EQ(windows, 3);
+  // An error stops the pass and is returned.
+  windows = 0;
+  const absl::Status stopped =
+      (*checkpoint)->ForEachWindow(view, 4096, [&](const uint8_t*, size_t) {
+        ++windows;
+        return absl::DataLossError("disk");
+      });
+  EXPECT_EQ(stopped.code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(windows, 1);
+}
+
 TEST_F(SafetensorsTest, EmptyFileWithNoTensorsRoundTrips) {
   const std::string path = dir_ + "/empty.safetensors";
   auto writer = SafetensorsWriter::Create(path);

@@ -416,10 +416,12 @@ absl::Status WriteQuantizedCheckpoint(const std::string& model_dir,
     std::vector<PackedTensor> packed;
     for (const Planned& p : plan) {
       if (p.layer < 0) {
+        // Copied a window at a time (a 70B embedding is 2 GB).
         ASSIGN_OR_RETURN(const TensorView view, checkpoint->Get(p.source));
-        RETURN_IF_ERROR(
-            writer->WriteTensorData(p.name, view.data, view.nbytes));
-        checkpoint->Release(view);
+        RETURN_IF_ERROR(checkpoint->ForEachWindow(
+            view, 64 << 20, [&](const uint8_t* data, size_t size) {
+              return writer->WriteTensorData(p.name, data, size);
+            }));
         continue;
       }
       if (p.layer != open_layer) {

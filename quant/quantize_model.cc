@@ -319,6 +319,12 @@ absl::StatusOr<ConvertResult> WriteGgufFromResults(
             head == nullptr ? nullptr : head->Find(hf_name)) {
       TensorOverride tensor;
       tensor.encoded_view = absl::MakeConstSpan(encoded->data, encoded->nbytes);
+      tensor.encoded_written = [&head, encoded](uint64_t from, uint64_t to) {
+        TensorView written = *encoded;
+        written.data = encoded->data + from;
+        written.nbytes = to - from;
+        head->Release(written);
+      };
       tensor.encoded_type = gguf_types.at(hf_name);
       head_written = encoded;
       return tensor;

@@ -4,9 +4,14 @@
 # GPTQ 4-bit into a GGUF file and a GPTQ safetensors directory; both are
 # byte-identical to `quantctl run --local` with the same recipe on the same
 # kernel class (one OpenBLAS thread everywhere), and llama.cpp loads the
-# GGUF. Then the faults:
-#  - kill -9 a worker in the middle of a task: its lease expires, the other
-#    worker takes the task, the output is byte-identical;
+# GGUF. The workers see the model root (--shared_model_roots): they read
+# the weights there, verified against the SHA-256s the coordinator
+# recorded, and each block goes to the worker that made its input
+# activations (affinity), which reads the copy it holds. Then the faults:
+#  - kill -9 a worker in the middle of a task (with the activations it
+#    holds and those it was computing): its lease expires, the other worker
+#    takes the task, fetching what the dead one held from the coordinator,
+#    and the output is byte-identical;
 #  - kill -9 the coordinator in the middle of a job and start it again: the
 #    job continues from its committed tasks (none is done twice) and the
 #    output is byte-identical;
@@ -84,6 +89,7 @@ start_coordinator() {
 start_worker() {
   "$worker" --coordinator "127.0.0.1:$port" --insecure --name "$1" --threads 1 \
     --scratch_dir "$work/scratch-$1" --lease_wait_ms 1000 \
+    --shared_model_roots "$work" \
     >"$work/worker-$1.log" 2>&1 &
   worker_pids[$1]=$!
 }
@@ -121,6 +127,11 @@ same "$work/out/gptq/model.safetensors" "$work/ref/gptq/model.safetensors" \
 cmp -s "$work/out/gptq/config.json" "$work/ref/gptq/config.json" ||
   fail "GPTQ config.json differs"
 qc workers | grep -q "w1" || fail "quantctl workers does not list w1"
+direct=$(cat "$work"/worker-w*.log | grep -c "SHA-256 verified" || true)
+held=$(cat "$work"/worker-w*.log | grep -c "reads the activations it holds" || true)
+[[ $direct -ge 1 ]] || fail "no worker read the weights from the shared model root"
+[[ $held -ge 1 ]] || fail "no worker read activations it held"
+echo "PASS: $direct tasks read their weights from the shared root (SHA-256 verified), $held the activations their worker held"
 
 if command -v node >/dev/null && [[ -d $node_modules/node-llama-cpp ]]; then
   QS_NODE_MODULES=$node_modules node "$checker" --model "$work/out/model.gguf" \

@@ -39,6 +39,16 @@ ABSL_FLAG(std::string, metrics_address, "",
           "Serve Prometheus metrics at host:port/metrics (empty: off), e.g. "
           "0.0.0.0:9101");
 ABSL_FLAG(int64_t, lease_wait_ms, 5000, "Longest LeaseTask long poll");
+ABSL_FLAG(std::vector<std::string>, shared_model_roots, {},
+          "Directories this worker sees at the coordinator's paths (a shared "
+          "read-only volume): weights of models there are read directly, "
+          "verified against the SHA-256 the coordinator recorded");
+ABSL_FLAG(int64_t, memory_bytes, 0,
+          "Memory one task may use, as registered (0: MemAvailable, or a GPU "
+          "slot's device memory); tasks planned to need more go elsewhere");
+ABSL_FLAG(int, held_activations, 2,
+          "Activations this worker made that it keeps for the next block "
+          "(0: none)");
 ABSL_FLAG(std::string, backend, "cpu",
           "Where block and forward tasks compute: cpu or cuda");
 ABSL_FLAG(std::string, devices, "0",
@@ -89,7 +99,8 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "quant-worker --coordinator=host:port (--tls_ca=F --tls_cert=F "
       "--tls_key=F --token_file=F | --insecure) [--threads=N] "
-      "[--scratch_dir=DIR] [--metrics_address=host:port] "
+      "[--scratch_dir=DIR] [--shared_model_roots=DIR,...] "
+      "[--metrics_address=host:port] "
       "[--backend=cpu|cuda --devices=0,1]");
   absl::ParseCommandLine(argc, argv);
 
@@ -114,6 +125,9 @@ int main(int argc, char** argv) {
         absl::StrCat("/tmp/quant-worker-", static_cast<long>(::getpid()));
   }
   options.lease_wait_ms = absl::GetFlag(FLAGS_lease_wait_ms);
+  options.shared_model_roots = absl::GetFlag(FLAGS_shared_model_roots);
+  options.held_activations = absl::GetFlag(FLAGS_held_activations);
+  options.memory_bytes = absl::GetFlag(FLAGS_memory_bytes);
   options.log = Log;
 
   auto metrics = std::make_unique<quant::ServiceMetrics>();

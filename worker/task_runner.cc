@@ -62,7 +62,7 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
                                       const std::string& inputs_path,
                                       const std::string& output_dir,
                                       BlockBackend* backend,
-                                      const std::string& activations_path) {
+                                      const LocalInputs& local) {
   const auto start = std::chrono::steady_clock::now();
   CpuBlockBackend cpu;
   BlockBackend& compute = backend != nullptr ? *backend : cpu;
@@ -70,6 +70,12 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
                    ParseModelConfig(spec.model_config_json()));
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> inputs,
                    SafetensorsCheckpoint::Open(inputs_path));
+  std::unique_ptr<SafetensorsCheckpoint> model_files;
+  if (!local.model_dir.empty()) {
+    ASSIGN_OR_RETURN(model_files, SafetensorsCheckpoint::Open(local.model_dir));
+  }
+  const SafetensorsCheckpoint& weights =
+      model_files != nullptr ? *model_files : *inputs;
   const int64_t sequences = spec.sequences();
   const int64_t seq_len = spec.seq_len();
   const int64_t dim = model.hidden_size;
@@ -90,18 +96,18 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       const std::vector<int32_t> windows = windows_view.CopyElements<int32_t>();
       std::vector<float> hidden(windows.size() * static_cast<size_t>(dim));
       const LlamaForward forward(model, seq_len);
-      RETURN_IF_ERROR(forward.Embed(*inputs, windows, hidden.data()));
+      RETURN_IF_ERROR(forward.Embed(weights, windows, hidden.data()));
       RETURN_IF_ERROR(
           SaveActivations(activations_out, hidden, sequences, seq_len, dim));
       result.outputs.emplace_back(kActivationsTensor, activations_out);
       break;
     }
     case v1::TASK_KIND_FORWARD: {
-      ASSIGN_OR_RETURN(
-          std::vector<float> hidden,
-          ReadActivations(*inputs, activations_path, sequences, seq_len, dim));
+      ASSIGN_OR_RETURN(std::vector<float> hidden,
+                       ReadActivations(*inputs, local.held_activations,
+                                       sequences, seq_len, dim));
       ASSIGN_OR_RETURN(const DecoderBlockWeights block,
-                       LoadDecoderBlock(*inputs, model, spec.layer()));
+                       LoadDecoderBlock(weights, model, spec.layer()));
       ASSIGN_OR_RETURN(const QuantizeModelOptions options,
                        OptionsFromRecipe(spec.recipe()));
       const LlamaForward forward(model, seq_len);
@@ -125,11 +131,12 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
           MakeBlockRecipe(options, model, norm_dtype, linear_types));
       std::vector<float> hidden;
       if (sequences > 0) {
-        ASSIGN_OR_RETURN(hidden, ReadActivations(*inputs, activations_path,
-                                                 sequences, seq_len, dim));
+        ASSIGN_OR_RETURN(
+            hidden, ReadActivations(*inputs, local.held_activations, sequences,
+                                    seq_len, dim));
       }
       ASSIGN_OR_RETURN(DecoderBlockWeights block,
-                       LoadDecoderBlock(*inputs, model, spec.layer()));
+                       LoadDecoderBlock(weights, model, spec.layer()));
       const LlamaForward forward(model, std::max<int64_t>(seq_len, 1));
       absl::StatusOr<BlockResult> done =
           QuantizeBlockOn(compute, cpu, forward, std::move(block), recipe,
@@ -159,7 +166,7 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       }
       const std::string head_path =
           absl::StrCat(output_dir, "/", kHeadTensor, ".safetensors");
-      RETURN_IF_ERROR(WriteGgufHead(*inputs, types, head_path));
+      RETURN_IF_ERROR(WriteGgufHead(weights, types, head_path));
       result.outputs.emplace_back(kHeadTensor, head_path);
       break;
     }

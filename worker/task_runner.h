@@ -31,14 +31,21 @@ struct TaskRunResult {
 // runs on the CPU engine, and the result says which ran it. Errors are the
 // task's own faults (bad input, a numerical failure; InvalidArgument names
 // what is wrong) except ResourceExhausted and Unavailable: the device or
-// the machine failed, not the task. With `activations_path`, the input
-// activations are read from that file (SaveActivations' format: activations
-// this worker made and holds) instead of `inputs_path`.
+// the machine failed, not the task.
+// Inputs the worker has without fetching them, read instead of those in
+// `inputs_path`:
+struct LocalInputs {
+  // Activations this worker made and holds (SaveActivations' format).
+  std::string held_activations;
+  // The model directory (a shared volume), whose tensors the caller
+  // verified against their recorded SHA-256: the weights are read there.
+  std::string model_dir;
+};
 absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
                                       const std::string& inputs_path,
                                       const std::string& output_dir,
                                       BlockBackend* backend = nullptr,
-                                      const std::string& activations_path = "");
+                                      const LocalInputs& local = {});
 
 }  // namespace quant
 

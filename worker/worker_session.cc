@@ -106,6 +106,59 @@ std::string TaskDirName(const v1::TaskRef& ref) {
   return absl::StrCat(job, "-", ref.task_index(), "-", ref.epoch());
 }
 
+// True when `path` is `root` or lies under it (both resolved, symbolic
+// links included, as far as they exist).
+bool IsWithinRoot(const std::string& path, const std::string& root) {
+  namespace fs = std::filesystem;
+  std::error_code error;
+  const fs::path p = fs::weakly_canonical(path, error);
+  if (error) return false;
+  const fs::path r = fs::weakly_canonical(root, error);
+  if (error) return false;
+  auto pi = p.begin();
+  for (auto ri = r.begin(); ri != r.end(); ++ri, ++pi) {
+    if (ri->empty()) continue;  // A trailing separator.
+    if (pi == p.end() || *pi != *ri) return false;
+  }
+  return true;
+}
+
+// Checks each of `tensors` (as a task spec describes them, with their
+// recorded SHA-256) against the checkpoint in `model_dir`: dtype, shape,
+// size and SHA-256, hashed a window at a time. Returns the bytes verified;
+// FailedPrecondition naming the first tensor that differs.
+absl::StatusOr<uint64_t> VerifyModelTensors(
+    const std::string& model_dir,
+    const std::vector<const v1::TensorInfo*>& tensors) {
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> model,
+                   SafetensorsCheckpoint::Open(model_dir));
+  uint64_t bytes = 0;
+  for (const v1::TensorInfo* info : tensors) {
+    ASSIGN_OR_RETURN(const TensorView view, model->Get(info->name()));
+    if (SafetensorsDTypeName(view.dtype) != info->dtype() ||
+        !std::equal(view.shape.begin(), view.shape.end(), info->shape().begin(),
+                    info->shape().end()) ||
+        view.nbytes != info->size_bytes()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(info->name(), " in ", model_dir,
+                       " is not the tensor the coordinator planned with"));
+    }
+    Sha256 sha256;
+    RETURN_IF_ERROR(model->ForEachWindow(view, 64 << 20,
+                                         [&](const uint8_t* data, size_t size) {
+                                           sha256.Update(data, size);
+                                           return absl::OkStatus();
+                                         }));
+    if (HexOf(sha256.Finish()) != info->sha256()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(info->name(), " in ", model_dir,
+                       " differs from the SHA-256 recorded at planning"));
+    }
+    bytes += view.nbytes;
+  }
+  return bytes;
+}
+
 std::string RefName(const v1::TaskRef& ref) {
   return absl::StrCat(ref.job_id(), "/", ref.task_index(), " (epoch ",
                       ref.epoch(), ")");
@@ -126,8 +179,9 @@ struct WorkerSession::Task {
   v1::TaskSpec spec;
   std::string kind;
   std::string dir;
-  // Held activations read instead of fetching the input (empty: none).
-  std::string held_input;
+  // Inputs read here instead of fetched, and the names not fetched.
+  LocalInputs local;
+  std::set<std::string> skip;
   // The SHA-256 (hex) each output was uploaded with.
   std::map<std::string, std::string> uploaded_sha256;
 
@@ -574,19 +628,7 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
                                 ": ", error.message()));
   } else {
     const std::string inputs_path = task.dir + "/inputs.safetensors";
-    for (const v1::TensorInfo& input : task.spec.inputs()) {
-      if (input.name() != kActivationsTensor) continue;
-      std::optional<std::string> held =
-          held_->Find(task.ref.job_id(), task.spec.layer(), input.sha256());
-      if (held.has_value()) {
-        task.held_input = *std::move(held);
-        Log(absl::StrCat("task ", name, ": reads the activations it holds (",
-                         input.size_bytes(), " bytes not fetched)"));
-        if (options_.metrics != nullptr) {
-          options_.metrics->AddBytesHeld(input.size_bytes());
-        }
-      }
-    }
+    FindLocalInputs(&task);
     bool task_fault = false;
     absl::Status status = FetchInputs(&task, inputs_path, &task_fault);
     if (task.IsAbandoned()) {
@@ -598,7 +640,7 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
       task.SetProgress("compute", kFetchEnd);
       absl::StatusOr<TaskRunResult> run =
           RunTask(task.spec, inputs_path, task.dir + "/out",
-                  options_.backend.get(), task.held_input);
+                  options_.backend.get(), task.local);
       std::filesystem::remove(inputs_path, error);
       if (task.IsAbandoned()) {
         outcome = Outcome::kReleased;
@@ -656,11 +698,59 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
   }
 }
 
+void WorkerSession::FindLocalInputs(Task* task) {
+  const std::string name = RefName(task->ref);
+  for (const v1::TensorInfo& input : task->spec.inputs()) {
+    if (input.name() != kActivationsTensor) continue;
+    std::optional<std::string> held =
+        held_->Find(task->ref.job_id(), task->spec.layer(), input.sha256());
+    if (!held.has_value()) continue;
+    task->local.held_activations = *std::move(held);
+    task->skip.insert(kActivationsTensor);
+    Log(absl::StrCat("task ", name, ": reads the activations it holds (",
+                     input.size_bytes(), " bytes not fetched)"));
+    if (options_.metrics != nullptr) {
+      options_.metrics->AddLocalInputBytes("held", input.size_bytes());
+    }
+  }
+  // Direct reads: the weights from the model root this worker sees, if
+  // every one is what the coordinator recorded; else all are fetched.
+  const std::string& model_dir = task->spec.model_dir();
+  if (model_dir.empty() || std::none_of(options_.shared_model_roots.begin(),
+                                        options_.shared_model_roots.end(),
+                                        [&](const std::string& root) {
+                                          return IsWithinRoot(model_dir, root);
+                                        })) {
+    return;
+  }
+  std::vector<const v1::TensorInfo*> weights;
+  for (const v1::TensorInfo& input : task->spec.inputs()) {
+    if (input.name() == kActivationsTensor || input.name() == kWindowsTensor) {
+      continue;
+    }
+    if (input.sha256().empty()) return;  // Not hashed yet: fetched.
+    weights.push_back(&input);
+  }
+  absl::StatusOr<uint64_t> verified = VerifyModelTensors(model_dir, weights);
+  if (!verified.ok()) {
+    Log(absl::StrCat("task ", name,
+                     ": fetching the weights: ", verified.status().message()));
+    return;
+  }
+  task->local.model_dir = model_dir;
+  for (const v1::TensorInfo* input : weights) task->skip.insert(input->name());
+  Log(absl::StrCat("task ", name, ": reads the weights from ", model_dir, " (",
+                   *verified, " bytes, SHA-256 verified)"));
+  if (options_.metrics != nullptr) {
+    options_.metrics->AddLocalInputBytes("model_root", *verified);
+  }
+}
+
 void WorkerSession::Hold(
     const Task& task,
     const std::vector<std::pair<std::string, std::string>>& outputs) {
   // What it read is committed at the coordinator and read by nobody else.
-  if (!task.held_input.empty()) {
+  if (!task.local.held_activations.empty()) {
     held_->Drop(task.ref.job_id(), task.spec.layer());
   }
   for (const auto& [output, path] : outputs) {
@@ -729,8 +819,7 @@ void WorkerSession::HeartbeatLoop(Task* task) {
 
 absl::Status WorkerSession::FetchInputs(Task* task, const std::string& path,
                                         bool* task_fault) {
-  std::set<std::string> skip;
-  if (!task->held_input.empty()) skip.insert(kActivationsTensor);
+  const std::set<std::string>& skip = task->skip;
   std::vector<InputCursor::Expected> tensors;
   for (const v1::TensorInfo& info : task->spec.inputs()) {
     if (skip.count(info.name()) != 0) continue;
@@ -791,7 +880,7 @@ absl::Status WorkerSession::FetchAttempt(Task* task,
                                          InputCursor* cursor) {
   v1::FetchInputsRequest request;
   *request.mutable_task() = task->RefAs(worker_id);
-  if (!task->held_input.empty()) request.add_skip(kActivationsTensor);
+  for (const std::string& name : task->skip) request.add_skip(name);
   if (!cursor->at_start()) {  // Empty: from the start.
     request.set_tensor(cursor->tensor());
     request.set_offset(cursor->offset());
@@ -930,6 +1019,9 @@ absl::Status WorkerSession::UploadAttempt(
                               kComputeEnd + (1 - kComputeEnd) * sent /
                                                 static_cast<double>(total));
           }
+        },
+        [&](uint64_t from, uint64_t to) {
+          if (size > 0) (*file)->Release(from, to - from);
         });
     // A closed stream is the coordinator's to explain (Finish below).
     if (!status.ok() && open) local = std::move(status);

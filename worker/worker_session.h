@@ -62,6 +62,11 @@ struct WorkerOptions {
   // for the next block if it is leased here (worker/held_activations.h):
   // how many at most; 0 keeps none.
   int held_activations = 2;
+  // Directories this worker sees at the same paths as the coordinator (a
+  // shared read-only volume): a task whose model lies under one reads its
+  // weights there, verified against the SHA-256 the coordinator recorded,
+  // instead of fetching them.
+  std::vector<std::string> shared_model_roots;
   // Longest LeaseTask long poll.
   int64_t lease_wait_ms = 5000;
   // Deadline of every unary call; streams get max(this, bytes / 10 MB/s).
@@ -142,6 +147,10 @@ class WorkerSession {
 
   // Runs one leased task to its end (done, failed or released).
   void RunLeasedTask(const v1::LeaseTaskResponse& lease);
+  // Sets task->local and task->skip: held activations of the SHA-256 the
+  // spec names, and the weights from a shared model root when every one
+  // matches its recorded SHA-256.
+  void FindLocalInputs(Task* task);
   // After `task` was committed: keeps the activations it output (for the
   // next block, if leased here) and drops those it read from its hold.
   void Hold(const Task& task,

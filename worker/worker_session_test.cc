@@ -1,5 +1,6 @@
 #include "worker/worker_session.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <deque>
@@ -10,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -197,6 +199,10 @@ class FakeCoordinator final : public v1::WorkerGateway::Service {
     }
     for (int i = start; i < task.spec.inputs_size(); ++i) {
       const v1::TensorInfo& info = task.spec.inputs(i);
+      if (std::find(request->skip().begin(), request->skip().end(),
+                    info.name()) != request->skip().end()) {
+        continue;
+      }
       const std::string& bytes = task.data[info.name()];
       uint64_t offset = i == start ? request->offset() : 0;
       do {
@@ -518,6 +524,58 @@ class WorkerSessionTest : public ::testing::Test {
 std::string* WorkerSessionTest::dir_ = nullptr;
 ServedTask* WorkerSessionTest::block_ = nullptr;
 std::string* WorkerSessionTest::reference_result_ = nullptr;
+
+// A worker that sees the model root reads the weights there when each
+// matches the SHA-256 the spec names (nothing is fetched), and fetches them
+// all when one does not; the result is the same either way.
+TEST_F(WorkerSessionTest, ReadsVerifiedWeightsFromASharedModelRoot) {
+  ServedTask direct = Block(0, 1);
+  direct.spec.set_model_dir(*dir_ + "/model");
+  for (v1::TensorInfo& info : *direct.spec.mutable_inputs()) {
+    info.set_sha256(HexOf(Sha256Of(direct.data[info.name()])));
+  }
+  ServedTask mismatched = direct;
+  mismatched.ref.set_task_index(1);
+  (*mismatched.spec.mutable_inputs())[2].set_sha256(std::string(64, '0'));
+  fake_.AddTask(direct);
+  fake_.AddTask(mismatched);
+  WorkerOptions options = Options();
+  options.shared_model_roots = {*dir_};
+  std::vector<std::string> lines;
+  absl::Mutex lines_mu;
+  options.log = [&](const std::string& line) {
+    absl::MutexLock lock(&lines_mu);
+    lines.push_back(line);
+  };
+  Start(options);
+  ASSERT_TRUE(fake_.WaitFor([&] { return fake_.completes.size() == 2; }));
+  DrainAndJoin();
+  absl::MutexLock lock(&fake_.mu_);
+  EXPECT_TRUE(fake_.violations.empty()) << fake_.violations[0];
+  // Task 0 fetched nothing; task 1 fetched every input.
+  ASSERT_EQ(fake_.fetches.size(), 1u);
+  EXPECT_EQ(fake_.fetches[0].task().task_index(), 1);
+  EXPECT_EQ(fake_.fetches[0].skip_size(), 0);
+  for (int index : {0, 1}) {
+    const std::string uploaded = absl::StrCat(*dir_, "/direct-", index);
+    ASSERT_TRUE(
+        WriteFileAtomically(uploaded, fake_.uploads[index].at(kResultTensor))
+            .ok());
+    ExpectSameTensors(uploaded, *reference_result_);
+  }
+  absl::MutexLock lines_lock(&lines_mu);
+  int direct_lines = 0, refused = 0;
+  for (const std::string& line : lines) {
+    direct_lines += absl::StrContains(line, "SHA-256 verified");
+    refused += absl::StrContains(line, "differs from the SHA-256");
+  }
+  EXPECT_EQ(direct_lines, 1);
+  EXPECT_EQ(refused, 1);
+  const std::string text = metrics_.TextExposition();
+  EXPECT_TRUE(absl::StrContains(
+      text, "quant_worker_local_input_bytes_total{source=\"model_root\"}"))
+      << text;
+}
 
 TEST_F(WorkerSessionTest, RunsABlockTaskEndToEnd) {
   fake_.unavailable_registers = 3;
