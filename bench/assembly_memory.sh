@@ -61,22 +61,13 @@ for format in gguf gptq; do
   fi
   rm -rf "$out" "$out".report.*
   start_service "$format"
-  sample_rss "$coordinator_pid" "$work/out" "$work/assembly-$format.sampled" during &
-  sampler_pid=$!
-  start=$(now)
-  "$quantctl" --coordinator "127.0.0.1:$port" --insecure submit --watch \
-    --model "$model" --out "$out" --method rtn --bits 4 --group-size 128 \
-    --calib-samples 0 "${args[@]}" >"$work/job-$format.log" 2>&1
-  seconds=$(echo "$(now) - $start" | bc)
-  c_hwm=$(mib_of "$coordinator_pid")
-  w_hwm=$(mib_of "$worker_pid")
-  kill "$sampler_pid" 2>/dev/null || true
-  wait "$sampler_pid" 2>/dev/null || true
-  c_assembly=$(awk '{printf "%.0f", $1 / 1024}' "$work/assembly-$format.sampled")
+  run_measured during "$work/job-$format.log" --model "$model" --out "$out" \
+    --method rtn --bits 4 --group-size 128 --calib-samples 0 "${args[@]}"
   stop_service
   size=$(du -sb "$out" | awk '{printf "%.2f", $1 / 1e9}')
   label="GGUF Q4_K_M"
   [[ $format == gptq ]] && label="GPTQ checkpoint (safetensors)"
-  echo "| $label | $(printf %.0f "$seconds") | $size | $c_assembly | $c_hwm | $w_hwm |"
+  echo "| $label | $(printf %.0f "$seconds") | $size | $coordinator_sampled |" \
+    "$coordinator_hwm | $worker_hwm |"
   rm -rf "$out" "$out".report.*
 done

@@ -166,20 +166,11 @@ PY
   start_service "rss-$name"
   out=$work/out/rss-$name
   rm -rf "$out"
-  sample_rss "$coordinator_pid" "$work/out" "$work/rss-$name.sampled" &
-  sampler_pid=$!
-  start=$(now)
-  "$quantctl" --coordinator "127.0.0.1:$port" --insecure submit --watch --model "$m" \
-    --out "$out" --method rtn --bits 4 --group-size 128 --calib-samples 0 \
-    --format gptq >"$work/rss-$name.log" 2>&1
-  seconds=$(echo "$(now) - $start" | bc)
-  c_rss=$(mib_of "$coordinator_pid")
-  w_rss=$(mib_of "$worker_pid")
-  kill "$sampler_pid" 2>/dev/null || true
-  wait "$sampler_pid" 2>/dev/null || true
-  c_tasks=$(awk '{printf "%.0f", $1 / 1024}' "$work/rss-$name.sampled")
+  run_measured outside "$work/rss-$name.log" --model "$m" --out "$out" \
+    --method rtn --bits 4 --group-size 128 --calib-samples 0 --format gptq
   stop_service
   rm -rf "$out"
   echo "| $name | $(awk -v b="$bytes" 'BEGIN {printf "%.0f", b / 1e6}') | $block |" \
-    "$(printf %.1f "$seconds") | $c_rss | $c_tasks | $w_rss |"
+    "$(printf %.1f "$seconds") | $coordinator_hwm | $coordinator_sampled |" \
+    "$worker_hwm |"
 done

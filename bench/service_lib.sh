@@ -57,3 +57,22 @@ stop_service() {
   kill -TERM "$coordinator_pid" && wait "$coordinator_pid" || true
 }
 
+# Runs `quantctl submit --watch ARGS...` on the service started last, its
+# output in $2, sampling the coordinator's RSS ($1: during the assembly, or
+# outside it); sets seconds, coordinator_hwm, worker_hwm (VmHWM, MiB) and
+# coordinator_sampled (the largest sample, MiB).
+run_measured() {
+  local when=$1 log=$2 sampler start
+  shift 2
+  sample_rss "$coordinator_pid" "$work/out" "$log.sampled" "$when" &
+  sampler=$!
+  start=$(now)
+  "$quantctl" --coordinator "127.0.0.1:$port" --insecure submit --watch "$@" \
+    >"$log" 2>&1
+  seconds=$(echo "$(now) - $start" | bc)
+  coordinator_hwm=$(mib_of "$coordinator_pid")
+  worker_hwm=$(mib_of "$worker_pid")
+  kill "$sampler" 2>/dev/null || true
+  wait "$sampler" 2>/dev/null || true
+  coordinator_sampled=$(awk '{printf "%.0f", $1 / 1024}' "$log.sampled")
+}
