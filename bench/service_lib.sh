@@ -31,14 +31,20 @@ sample_rss() {
   done
 }
 
-# Starts a coordinator and one worker process: sets port, coordinator_pid,
-# worker_pid. $1: a tag for the state, scratch and log files.
+# Starts a coordinator and $2 (1) worker processes, each with a metrics
+# endpoint; the workers get the rest of the arguments too. Sets port,
+# coordinator_pid, coordinator_metrics, worker_pids, worker_metrics (ports)
+# and worker_pid (the first worker). $1: a tag for the state, scratch and
+# log files. Worker binary: $worker_bin; threads each: $threads.
 start_service() {
-  local tag=$1
+  local tag=$1 count=${2:-1} i
+  shift $(($# < 2 ? $# : 2))
   port=$(free_port)
-  rm -rf "$work/state-$tag" "$work/scratch-$tag"
+  coordinator_metrics=$(free_port)
+  rm -rf "$work/state-$tag" "$work/scratch-$tag"-*
   "$coordinator_bin" --insecure --listen "127.0.0.1:$port" --state_dir "$work/state-$tag" \
     --model_roots "$work,$data" --output_roots "$work/out" \
+    --metrics_address "127.0.0.1:$coordinator_metrics" \
     >"$work/coordinator-$tag.log" 2>&1 &
   coordinator_pid=$!
   pids+=("$coordinator_pid")
@@ -46,15 +52,42 @@ start_service() {
     "$quantctl" --coordinator "127.0.0.1:$port" --insecure list >/dev/null 2>&1 && break
     sleep 0.1
   done
-  "$worker_bin" --coordinator "127.0.0.1:$port" --insecure --name "w-$tag" \
-    --threads "$threads" --scratch_dir "$work/scratch-$tag" \
-    >"$work/worker-$tag.log" 2>&1 &
-  worker_pid=$!
-  pids+=("$worker_pid")
+  worker_pids=()
+  worker_metrics=()
+  for i in $(seq 1 "$count"); do
+    worker_metrics+=("$(free_port)")
+    "$worker_bin" --coordinator "127.0.0.1:$port" --insecure --name "w$i-$tag" \
+      --threads "$threads" --scratch_dir "$work/scratch-$tag-$i" \
+      --metrics_address "127.0.0.1:${worker_metrics[-1]}" "$@" \
+      >"$work/worker-$tag-$i.log" 2>&1 &
+    worker_pids+=("$!")
+    pids+=("$!")
+  done
+  worker_pid=${worker_pids[0]}
 }
 stop_service() {
-  kill -TERM "$worker_pid" && wait "$worker_pid" || true
+  local pid
+  for pid in "${worker_pids[@]}"; do
+    kill -TERM "$pid" && wait "$pid" || true
+  done
   kill -TERM "$coordinator_pid" && wait "$coordinator_pid" || true
+}
+# The sum of the samples of metric $2 (a name, optionally with labels:
+# 'quant_bytes_streamed_total{direction="to_worker"}') on 127.0.0.1:$1.
+metric() {
+  python3 - "$1" "$2" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics").read().decode()
+want = sys.argv[2]
+total = 0.0
+for line in text.splitlines():
+    if line.startswith("#"):
+        continue
+    name, _, value = line.rpartition(" ")
+    if name == want or (("{" not in want) and name.split("{")[0] == want):
+        total += float(value)
+print(f"{total:.0f}")
+PY
 }
 
 # Runs `quantctl submit --watch ARGS...` on the service started last, its
