@@ -4,7 +4,9 @@
 # SHAPE=HIDDEN:INTERMEDIATE, a smaller one for a quick run) through a
 # coordinator and K worker processes that see the model root
 # (--shared_model_roots) and keep the activations they make, in each MODE,
-# with a calibrated GPTQ 4-bit GGUF Q4_K_M recipe of SAMPLES x SEQLEN tokens.
+# with a calibrated GPTQ 4-bit recipe of SAMPLES x SEQLEN tokens written as
+# FORMAT (gguf: Q4_K_M, solved on the k-quant grids; gptq: the GPTQ
+# checkpoint, int4 group 128).
 # Per run: the job's wall time; per block (the job's figures divided by
 # LAYERS): the block tasks' compute time, the bytes the coordinator streamed
 # to and from workers and the bytes workers read without fetching (held
@@ -16,7 +18,7 @@
 #
 # usage: bash bench/scale.sh BUILD_DIR [WORK_DIR] > table.md
 # Env: LAYERS (2), WORKERS ("1 2 4"), MODES ("sequential parallel"),
-# SAMPLES (16), SEQLEN (512), SHAPE (empty: Llama-3-70B), THREADS (CPU
+# SAMPLES (16), SEQLEN (512), FORMAT (gguf), SHAPE (empty: Llama-3-70B), THREADS (CPU
 # threads per worker; default nproc / K), BACKEND (cpu, or cuda: workers
 # are quant-worker-cuda --backend cuda --devices 0, sharing GPU 0).
 set -euo pipefail
@@ -30,6 +32,7 @@ samples=${SAMPLES:-16}
 seqlen=${SEQLEN:-512}
 shape=${SHAPE:-}
 backend=${BACKEND:-cpu}
+format=${FORMAT:-gguf}
 quantctl=$build/client/quantctl
 coordinator_bin=$build/coordinator/quant-coordinator
 worker_bin=$build/worker/quant-worker
@@ -67,12 +70,15 @@ random.seed(1)
 print(" ".join(str(random.randrange(vocab)) for _ in range(int(sys.argv[2]))))
 PY
 recipe=(--method gptq --bits 4 --group-size 128 --calib-tokens "$calib"
-  --calib-samples "$samples" --calib-seqlen "$seqlen" --format gguf --type Q4_K_M)
+  --calib-samples "$samples" --calib-seqlen "$seqlen" --format "$format")
+[[ $format == gguf ]] && recipe+=(--type Q4_K_M)
+# The file compared across runs: the GGUF, or the checkpoint's tensors.
+output_of() { [[ $format == gguf ]] && echo "$work/out/$1" || echo "$work/out/$1/model.safetensors"; }
 
 echo "# One job over several workers"
 echo
 echo "Command: \`bash bench/scale.sh $1${2:+ $2}\` (LAYERS=$layers WORKERS=\"${counts[*]}\"" \
-  "MODES=\"${modes[*]}\" SAMPLES=$samples SEQLEN=$seqlen SHAPE=$shape BACKEND=$backend);" \
+  "MODES=\"${modes[*]}\" SAMPLES=$samples SEQLEN=$seqlen FORMAT=$format SHAPE=$shape BACKEND=$backend);" \
   "$(date -u +%Y-%m-%d); commit $(git -C "$here/.." rev-parse --short HEAD 2>/dev/null || echo '?')" \
   "(uncommitted changes: $(git -C "$here/.." status --porcelain 2>/dev/null | wc -l) files)."
 echo "Machine: \`nproc\` = $(nproc), $(lscpu | grep 'Model name' | sed 's/  */ /g')," \
@@ -89,7 +95,7 @@ for mode in "${modes[@]}"; do
   for k in "${counts[@]}"; do
     threads=${THREADS:-$(($(nproc) / k > 0 ? $(nproc) / k : 1))}
     tag=$mode-$k
-    out=$work/out/$tag.gguf
+    out=$work/out/$tag
     rm -rf "$out" "$out".report.*
     start_service "$tag" "$k" --shared_model_roots "$work" "${worker_args[@]}"
     run_measured outside "$work/job-$tag.log" --model "$model" --out "$out" \
@@ -117,9 +123,9 @@ echo
 same=yes
 for mode in "${modes[@]}"; do
   for k in "${counts[@]}"; do
-    cmp -s "$work/out/$mode-$k.gguf" "$work/out/$mode-${counts[0]}.gguf" || same=no
+    cmp -s "$(output_of "$mode-$k")" "$(output_of "$mode-${counts[0]}")" || same=no
   done
 done
-echo "Within each mode the GGUF files of every worker count are byte-identical" \
+echo "Within each mode the outputs of every worker count are byte-identical" \
   "(cmp): **$same**$([[ $backend == cuda ]] && echo " (GPU workers: the" \
   "contract is a tolerance, not bytes, where blocks ran on different backends)")."

@@ -95,7 +95,7 @@ for rep in $(seq 1 "$reps"); do
         "$quantctl" --coordinator "127.0.0.1:$port" --insecure submit --watch \
           --model "$model" --out "$out" "${recipe[@]}" >"$work/$way-$rep.log" 2>&1 ;;
     esac
-    times[$way]+="$(echo "$(now) - $start" | bc) "
+    times[$way]+="$(since "$start") "
     rm -rf "$out.work"
   done
 done

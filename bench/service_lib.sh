@@ -12,6 +12,8 @@ free_port() {
 }
 median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 now() { date +%s.%N; }
+# Seconds since $1 (a `now`); awk, as bc is not everywhere.
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.3f", b - a}'; }
 mib_of() { awk '/^VmHWM:/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 # Largest VmRSS (KiB) of process $1, sampled every 0.2 s while no assembly
 # staging directory exists under $2 (with $4 = during: while one exists),
@@ -102,7 +104,7 @@ run_measured() {
   start=$(now)
   "$quantctl" --coordinator "127.0.0.1:$port" --insecure submit --watch "$@" \
     >"$log" 2>&1
-  seconds=$(echo "$(now) - $start" | bc)
+  seconds=$(since "$start")
   coordinator_hwm=$(mib_of "$coordinator_pid")
   worker_hwm=$(mib_of "$worker_pid")
   kill "$sampler" 2>/dev/null || true
