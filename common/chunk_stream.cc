@@ -21,8 +21,15 @@ absl::Status SendTensor(
     return absl::InvalidArgumentError("chunks of zero bytes");
   }
   Sha256 hash;
-  hash.Update(data, offset);  // A resumed stream still hashes every byte.
-  uint64_t done_to = 0;       // Bytes hashed and emitted, not yet handed back.
+  // A resumed stream still hashes every byte: the prefix a window at a
+  // time, each handed back once hashed.
+  uint64_t done_to = 0;  // Bytes hashed (and emitted) and handed back.
+  while (done_to < offset) {
+    const uint64_t n = std::min<uint64_t>(kSendReleaseBytes, offset - done_to);
+    hash.Update(data + done_to, n);
+    if (done_with) done_with(done_to, done_to + n);
+    done_to += n;
+  }
   v1::Chunk chunk;
   do {
     const size_t n =

@@ -24,7 +24,8 @@ namespace quant {
 // offset > 0 (a resumed stream) the SHA-256 still covers every byte.
 // `sent` (optional) is told the size of each chunk's data once emitted.
 // `done_with` (optional) is told, every kSendReleaseBytes or so and at the
-// end, a byte range [from, to) of `data` the stream will not read again:
+// end (and for a resumed stream's prefix, hashed first, a window at a
+// time), the next byte range [from, to) of `data` it will not read again:
 // a mapped file's pages can go (a sender's memory is then a window, not
 // the tensor: a 70B embedding is 2 GB, its activations 8.6 GB).
 inline constexpr uint64_t kSendReleaseBytes = 64 << 20;

@@ -166,6 +166,12 @@ absl::Status StreamTensor(const SafetensorsCheckpoint& checkpoint,
   const int64_t cols =
       column || plan.hf_shape.empty() ? 1 : plan.hf_shape.back();
   const int64_t rows = cols == 0 ? 0 : view.num_elements() / cols;
+  if (replacement && replacement->rows &&
+      (replacement->rows_count != rows || replacement->rows_width != cols)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the replacement of ", plan.hf_name, " is [", replacement->rows_count,
+        ", ", replacement->rows_width, "], not [", rows, ", ", cols, "]"));
+  }
   if (heads > 0 && (rows == 0 || rows % heads != 0)) {
     return absl::InvalidArgumentError(absl::StrCat(plan.hf_name, " has ", rows,
                                                    " rows, which do not split "

@@ -42,6 +42,8 @@ struct TensorOverride {
   std::vector<float> values;
   std::function<absl::Status(int64_t first_row, int64_t count, float* out)>
       rows;
+  // The [rows, cols] `rows` produces, checked against the tensor's.
+  int64_t rows_count = 0, rows_width = 0;
   std::vector<float> importance;
   std::vector<uint8_t> encoded_storage;
   absl::Span<const uint8_t> encoded_view;

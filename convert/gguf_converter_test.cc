@@ -221,6 +221,55 @@ TEST_F(GgufConverterTest, BadInputFailsCleanlyAndKeepsTheOldOutput) {
   EXPECT_EQ(*ReadFileToString(out), "previous output");
 }
 
+// A replacement produced a chunk of rows at a time must be the tensor's
+// shape (a worker's block result is checked against the model here, before
+// any row is decoded into the converter's buffers); one that is writes
+// what it produces.
+TEST_F(GgufConverterTest, RowReplacementsMustHaveTheTensorsShape) {
+  const std::string name = "model.layers.0.mlp.down_proj.weight";
+  const std::vector<float> source = SourceRows(name);
+  auto shape = (*SafetensorsCheckpoint::Open(*model_dir_))->Shape(name);
+  ASSERT_TRUE(shape.ok());
+  const int64_t rows = (*shape)[0], cols = (*shape)[1];
+  for (const int64_t wrong_cols : {cols, cols + 32}) {
+    ConvertOptions options;
+    options.model_dir = *model_dir_;
+    options.output_path = MakeTestTempDir("converter") + "/rows.gguf";
+    options.mix = *ParseQuantMix("F32");
+    options.tensor_source = [&](const std::string& hf_name)
+        -> absl::StatusOr<std::optional<TensorOverride>> {
+      if (hf_name != name) return std::nullopt;
+      TensorOverride tensor;
+      tensor.rows_count = rows;
+      tensor.rows_width = wrong_cols;
+      tensor.rows = [&](int64_t first, int64_t count, float* out) {
+        for (int64_t i = 0; i < count * cols; ++i) {
+          out[i] = 2 * source[first * cols + i];
+        }
+        return absl::OkStatus();
+      };
+      return tensor;
+    };
+    const auto result = ConvertToGguf(options);
+    if (wrong_cols != cols) {
+      EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_NE(result.status().message().find(name), std::string::npos)
+          << result.status();
+      continue;
+    }
+    ASSERT_TRUE(result.ok()) << result.status();
+    auto reader = GgufReader::Open(options.output_path);
+    ASSERT_TRUE(reader.ok()) << reader.status();
+    const GgufTensorInfo* info = (*reader)->FindTensor("blk.0.ffn_down.weight");
+    ASSERT_NE(info, nullptr);
+    const float* written =
+        reinterpret_cast<const float*>((*reader)->TensorData(*info));
+    for (int64_t i = 0; i < rows * cols; i += 97) {
+      ASSERT_EQ(written[i], 2 * source[i]) << i;
+    }
+  }
+}
+
 // Q/K biases must move exactly like the rows of their weights. The source of
 // each GGUF row is found by its contents, not by the permutation formula.
 TEST(GgufConverterModelTest, BiasesFollowTheirPermutedRows) {

@@ -575,9 +575,10 @@ void JobManager::HashLoop() {
       absl::StatusOr<JobContext> job = Context(id);
       if (!job.ok()) continue;
       const std::string& job_dir = job->snapshot.plan.job_dir;
+      std::map<std::string, std::string> loaded = LoadWeightChecksums(job_dir);
       {
         absl::MutexLock lock(&sums_mu_);
-        sums_[id] = LoadWeightChecksums(job_dir);
+        sums_[id] = std::move(loaded);
       }
       const absl::Status recorded = RecordWeightChecksums(
           job->spec.model_dir(), job_dir, job->snapshot.plan,

@@ -262,7 +262,7 @@ absl::StatusOr<std::optional<Lease>> Scheduler::TryLease(
     }
     for (TaskRow& candidate : job.tasks) {
       if (!Ready(job, candidate) || !Fits(worker, job, candidate, gpu_pool) ||
-          HeldForMaker(job, candidate, worker_id, now)) {
+          HeldForMaker(job, candidate, worker_id, now, gpu_pool)) {
         continue;
       }
       TaskRow task = candidate;
@@ -295,7 +295,8 @@ absl::StatusOr<std::optional<Lease>> Scheduler::TryLease(
 }
 
 bool Scheduler::HeldForMaker(const ActiveJob& job, const TaskRow& task,
-                             const std::string& worker_id, int64_t now) const {
+                             const std::string& worker_id, int64_t now,
+                             bool gpu_pool) const {
   if (options_.affinity_ms <= 0) return false;
   const int32_t maker = ActivationsMaker(job.plan, job.tasks, task);
   const auto made = job.made_by.find(maker);
@@ -306,7 +307,8 @@ bool Scheduler::HeldForMaker(const ActiveJob& job, const TaskRow& task,
   }
   const auto w = workers_.find(maker_id);
   return w != workers_.end() && w->second.task.empty() &&
-         now - w->second.last_seen_monotonic_ms < options_.worker_timeout_ms;
+         now - w->second.last_seen_monotonic_ms < options_.worker_timeout_ms &&
+         Fits(w->second, job, task, gpu_pool);
 }
 
 absl::StatusOr<TaskRow*> Scheduler::FindTask(const TaskKey& key) {

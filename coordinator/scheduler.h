@@ -243,11 +243,12 @@ class Scheduler {
   bool Fits(const WorkerInfo& worker, const ActiveJob& job, const TaskRow& task,
             bool gpu_pool) const;
   bool HasGpuWorker(int64_t now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // True while `task` waits for another worker, alive and idle, that made
-  // its input activations (SchedulerOptions::affinity_ms).
+  // True while `task` waits for another worker, alive, idle and able to
+  // take it, that made its input activations (SchedulerOptions::
+  // affinity_ms).
   bool HeldForMaker(const ActiveJob& job, const TaskRow& task,
-                    const std::string& worker_id, int64_t now) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                    const std::string& worker_id, int64_t now,
+                    bool gpu_pool) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   WaitReason Waiting(const ActiveJob& job) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Writes `tasks` and the job's state in one transaction, then updates

@@ -116,8 +116,7 @@ TEST_F(SchedulerTest, ABlockGoesFirstToTheWorkerThatMadeItsInput) {
   EXPECT_EQ(block0.key.index, 1);
   EXPECT_EQ(block0.activations_sha256, "00ff");
   EXPECT_TRUE(embed.activations_sha256.empty());
-  // a holds block 0's lease, so block 1 does not wait for it once ready;
-  // nor, when a is idle, after the affinity's time.
+  // Block 1 waits for a in turn, until the affinity's time is up.
   ASSERT_TRUE(Complete(block0, a).ok());
   EXPECT_FALSE(scheduler_->TryLease(b)->has_value());
   clock_.Advance(3000);
@@ -147,6 +146,20 @@ TEST_F(SchedulerTest, AffinityDoesNotWaitForABusyWorker) {
   const Lease second_block = MustLease(b);
   EXPECT_EQ(second_block.key.job_id, second);
   EXPECT_EQ(second_block.key.index, 1);
+}
+
+// A maker that could not take the task (too little memory for a block)
+// holds nothing back.
+TEST_F(SchedulerTest, AffinityDoesNotWaitForAMakerThatCannotTakeTheTask) {
+  Reopen(/*affinity_ms=*/3000);
+  AddChain();
+  // 2000 bytes: the embedding (1000) fits, a block (5000) does not.
+  const std::string small = scheduler_->RegisterWorker("small", Cpu(2000));
+  const std::string big = scheduler_->RegisterWorker("big", Cpu());
+  const Lease embed = MustLease(small);
+  ASSERT_TRUE(Complete(embed, small).ok());
+  const Lease block0 = MustLease(big);
+  EXPECT_EQ(block0.key.index, 1);
 }
 
 TEST_F(SchedulerTest, TasksLeaseInDependencyOrder) {

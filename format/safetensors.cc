@@ -670,6 +670,7 @@ absl::Status SafetensorsCheckpoint::ForEachWindow(
     const TensorView& t, size_t window,
     const std::function<absl::Status(const uint8_t* data, size_t size)>& fn)
     const {
+  if (window == 0) return absl::InvalidArgumentError("windows of zero bytes");
   for (size_t from = 0; from < t.nbytes; from += window) {
     TensorView part = t;
     part.data = t.data + from;

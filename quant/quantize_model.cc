@@ -299,7 +299,6 @@ absl::StatusOr<ConvertResult> WriteGgufFromResults(
   // converter writes a tensor before it asks for the next).
   int open_layer = -1;
   std::unique_ptr<SavedBlockResult> block;
-  std::shared_ptr<const SavedLinear> linear;
   // The tensors outside the blocks, when a worker encoded them already:
   // written from the mapping, whose pages go once written (a 70B model's
   // output head in Q6_K is 860 MB).
@@ -314,7 +313,6 @@ absl::StatusOr<ConvertResult> WriteGgufFromResults(
       -> absl::StatusOr<std::optional<TensorOverride>> {
     if (head_written != nullptr) head->Release(*head_written);
     head_written = nullptr;
-    linear.reset();
     if (const TensorView* encoded =
             head == nullptr ? nullptr : head->Find(hf_name)) {
       TensorOverride tensor;
@@ -372,9 +370,10 @@ absl::StatusOr<ConvertResult> WriteGgufFromResults(
           ASSIGN_OR_RETURN(tensor.encoded_storage, PackGgufRows(solved, type));
         } else {
           tensor.importance = std::move(saved.importance);
-          linear = std::make_shared<const SavedLinear>(std::move(saved));
-          tensor.rows = [levels = linear](int64_t first, int64_t count,
-                                          float* out) {
+          tensor.rows_count = solved.rows;
+          tensor.rows_width = solved.cols;
+          auto levels = std::make_shared<const SavedLinear>(std::move(saved));
+          tensor.rows = [levels](int64_t first, int64_t count, float* out) {
             levels->quantized.DequantizeRows(first, count, out);
             return absl::OkStatus();
           };

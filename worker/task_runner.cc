@@ -70,12 +70,8 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
                    ParseModelConfig(spec.model_config_json()));
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> inputs,
                    SafetensorsCheckpoint::Open(inputs_path));
-  std::unique_ptr<SafetensorsCheckpoint> model_files;
-  if (!local.model_dir.empty()) {
-    ASSIGN_OR_RETURN(model_files, SafetensorsCheckpoint::Open(local.model_dir));
-  }
   const SafetensorsCheckpoint& weights =
-      model_files != nullptr ? *model_files : *inputs;
+      local.model != nullptr ? *local.model : *inputs;
   const int64_t sequences = spec.sequences();
   const int64_t seq_len = spec.seq_len();
   const int64_t dim = model.hidden_size;

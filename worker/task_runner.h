@@ -6,11 +6,13 @@
 #define WORKER_TASK_RUNNER_H_
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "format/safetensors.h"
 #include "kernels/cpu/compute_kernel.h"
 #include "proto/quant/v1/worker_service.pb.h"
 #include "quant/block_backend.h"
@@ -37,9 +39,10 @@ struct TaskRunResult {
 struct LocalInputs {
   // Activations this worker made and holds (SaveActivations' format).
   std::string held_activations;
-  // The model directory (a shared volume), whose tensors the caller
-  // verified against their recorded SHA-256: the weights are read there.
-  std::string model_dir;
+  // The model (on a shared volume), whose tensors the caller verified
+  // against their recorded SHA-256 through this very mapping: the weights
+  // are read there.
+  std::shared_ptr<const SafetensorsCheckpoint> model;
 };
 absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
                                       const std::string& inputs_path,

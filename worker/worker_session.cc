@@ -110,6 +110,7 @@ std::string TaskDirName(const v1::TaskRef& ref) {
 // links included, as far as they exist).
 bool IsWithinRoot(const std::string& path, const std::string& root) {
   namespace fs = std::filesystem;
+  if (root.empty()) return false;
   std::error_code error;
   const fs::path p = fs::weakly_canonical(path, error);
   if (error) return false;
@@ -125,14 +126,15 @@ bool IsWithinRoot(const std::string& path, const std::string& root) {
 
 // Checks each of `tensors` (as a task spec describes them, with their
 // recorded SHA-256) against the checkpoint in `model_dir`: dtype, shape,
-// size and SHA-256, hashed a window at a time. Returns the bytes verified;
-// FailedPrecondition naming the first tensor that differs.
-absl::StatusOr<uint64_t> VerifyModelTensors(
+// size and SHA-256, hashed a window at a time. Returns the checkpoint,
+// whose mapping the task then reads (what was verified is what is used),
+// and adds the bytes verified to `bytes`; FailedPrecondition naming the
+// first tensor that differs.
+absl::StatusOr<std::shared_ptr<const SafetensorsCheckpoint>> VerifyModelTensors(
     const std::string& model_dir,
-    const std::vector<const v1::TensorInfo*>& tensors) {
-  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> model,
+    const std::vector<const v1::TensorInfo*>& tensors, uint64_t* bytes) {
+  ASSIGN_OR_RETURN(std::shared_ptr<const SafetensorsCheckpoint> model,
                    SafetensorsCheckpoint::Open(model_dir));
-  uint64_t bytes = 0;
   for (const v1::TensorInfo* info : tensors) {
     ASSIGN_OR_RETURN(const TensorView view, model->Get(info->name()));
     if (SafetensorsDTypeName(view.dtype) != info->dtype() ||
@@ -154,9 +156,9 @@ absl::StatusOr<uint64_t> VerifyModelTensors(
           absl::StrCat(info->name(), " in ", model_dir,
                        " differs from the SHA-256 recorded at planning"));
     }
-    bytes += view.nbytes;
+    *bytes += view.nbytes;
   }
-  return bytes;
+  return model;
 }
 
 std::string RefName(const v1::TaskRef& ref) {
@@ -731,26 +733,31 @@ void WorkerSession::FindLocalInputs(Task* task) {
     if (input.sha256().empty()) return;  // Not hashed yet: fetched.
     weights.push_back(&input);
   }
-  absl::StatusOr<uint64_t> verified = VerifyModelTensors(model_dir, weights);
+  uint64_t bytes = 0;
+  absl::StatusOr<std::shared_ptr<const SafetensorsCheckpoint>> verified =
+      VerifyModelTensors(model_dir, weights, &bytes);
   if (!verified.ok()) {
     Log(absl::StrCat("task ", name,
                      ": fetching the weights: ", verified.status().message()));
     return;
   }
-  task->local.model_dir = model_dir;
+  task->local.model = *std::move(verified);
   for (const v1::TensorInfo* input : weights) task->skip.insert(input->name());
   Log(absl::StrCat("task ", name, ": reads the weights from ", model_dir, " (",
-                   *verified, " bytes, SHA-256 verified)"));
+                   bytes, " bytes, SHA-256 verified)"));
   if (options_.metrics != nullptr) {
-    options_.metrics->AddLocalInputBytes("model_root", *verified);
+    options_.metrics->AddLocalInputBytes("model_root", bytes);
   }
 }
 
 void WorkerSession::Hold(
     const Task& task,
     const std::vector<std::pair<std::string, std::string>>& outputs) {
-  // What it read is committed at the coordinator and read by nobody else.
-  if (!task.local.held_activations.empty()) {
+  // A block task is the last to read its input activations (in parallel
+  // mode its layer's forward task reads them too, before it); they are
+  // committed at the coordinator.
+  if (!task.local.held_activations.empty() &&
+      task.spec.kind() == v1::TASK_KIND_BLOCK) {
     held_->Drop(task.ref.job_id(), task.spec.layer());
   }
   for (const auto& [output, path] : outputs) {
