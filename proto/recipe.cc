@@ -194,6 +194,12 @@ absl::StatusOr<QuantizeModelOptions> OptionsFromRecipe(const v1::Recipe& r) {
   if (o.sequences_per_pass < 1) {
     return FieldError("sequences_per_pass", "must be positive");
   }
+  if (r.has_calibration_shards()) {
+    o.calibration_shards = r.calibration_shards();
+  }
+  if (o.calibration_shards < 1) {
+    return FieldError("calibration_shards", "must be positive");
+  }
   o.eval_texts.assign(r.eval_texts().begin(), r.eval_texts().end());
   if (r.has_eval_max_windows()) o.eval_max_windows = r.eval_max_windows();
   return o;
@@ -243,6 +249,7 @@ v1::Recipe RecipeFromOptions(const QuantizeModelOptions& o, v1::Mode mode) {
                      ? v1::CALIBRATION_SAMPLING_PYTHON
                      : v1::CALIBRATION_SAMPLING_SPLITMIX64);
   r.set_sequences_per_pass(o.sequences_per_pass);
+  r.set_calibration_shards(o.calibration_shards);
   for (const std::string& text : o.eval_texts) r.add_eval_texts(text);
   r.set_eval_max_windows(o.eval_max_windows);
   return r;

@@ -20,7 +20,7 @@ namespace quant {
 namespace {
 
 constexpr int kQ = 0, kK = 1, kV = 2, kO = 3, kGate = 4, kUp = 5, kDown = 6;
-constexpr int kInputs = 4;
+constexpr int kInputs = kBlockInputs;
 
 double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
@@ -51,6 +51,14 @@ struct Capture {
   std::array<std::vector<float>, kInputs> sampled;
 };
 
+// The width of block input `input`.
+int64_t InputWidth(const DecoderBlockWeights& block, int input, int64_t dim) {
+  return input == static_cast<int>(BlockInput::kMlpOutput) ? block.down.cols
+         : input == static_cast<int>(BlockInput::kAttentionOutput)
+             ? block.o.cols
+             : dim;
+}
+
 // Runs the block over every sequence, feeding the wanted inputs to their
 // accumulators; the pass stops after the last wanted input. `hidden` is
 // left unchanged.
@@ -65,11 +73,7 @@ absl::Status CaptureInputs(const LlamaForward& forward,
     if (!wanted[i]) continue;
     last = i;
     if (!capture.hessians[i]) {
-      const int64_t width =
-          i == static_cast<int>(BlockInput::kMlpOutput) ? block.down.cols
-          : i == static_cast<int>(BlockInput::kAttentionOutput) ? block.o.cols
-                                                                : dim;
-      capture.hessians[i].emplace(width);
+      capture.hessians[i].emplace(InputWidth(block, i, dim));
     }
   }
   if (last < 0) return absl::OkStatus();
@@ -162,6 +166,23 @@ double MeanSquaredDifference(const std::vector<float>& a,
   return a.empty() ? 0 : total / static_cast<double>(a.size());
 }
 
+// Records the solution of linear i and makes the block compute with it;
+// `hessian` (null without calibration) gives its report and importance.
+void InstallLinear(int i, QuantizedLinear quantized,
+                   const std::vector<float>& original,
+                   const std::vector<double>* hessian,
+                   std::chrono::steady_clock::time_point start,
+                   BlockResult& result) {
+  LinearWeights& linear = BlockLinear(result.weights, i);
+  linear.weight = quantized.Dequantize();
+  ReportErrors(original, linear.weight, linear.rows, linear.cols, hessian,
+               result.reports[i]);
+  if (hessian != nullptr)
+    result.importance[i] = Diagonal(*hessian, linear.cols);
+  result.quantized[i] = std::move(quantized);
+  result.reports[i].seconds = SecondsSince(start);
+}
+
 class BlockQuantizer {
  public:
   // `fp_block` is the block before StartBlockResult, for AWQ's FP outputs.
@@ -184,10 +205,8 @@ class BlockQuantizer {
     result_.kernel = kernel.kernel;
     switch (recipe_.method) {
       case QuantMethod::kRtn:
-        RETURN_IF_ERROR(RunRtn());
-        break;
       case QuantMethod::kGptq:
-        RETURN_IF_ERROR(RunGptq());
+        RETURN_IF_ERROR(RunStaged());
         break;
       case QuantMethod::kAwq:
         RETURN_IF_ERROR(RunAwq());
@@ -226,76 +245,38 @@ class BlockQuantizer {
     return &it->second;
   }
 
-  // Records the solution of linear i and makes the block compute with it.
   void Install(int i, QuantizedLinear quantized,
                const std::vector<float>& original,
                std::chrono::steady_clock::time_point start) {
-    LinearWeights& linear = BlockLinear(result_.weights, i);
-    linear.weight = quantized.Dequantize();
-    const std::vector<double>* h = HessianOf(i);
-    ReportErrors(original, linear.weight, linear.rows, linear.cols, h,
-                 result_.reports[i]);
-    if (h != nullptr) result_.importance[i] = Diagonal(*h, linear.cols);
-    result_.quantized[i] = std::move(quantized);
-    result_.reports[i].seconds = SecondsSince(start);
+    InstallLinear(i, std::move(quantized), original, HessianOf(i), start,
+                  result_);
   }
 
-  absl::Status RunRtn() {
-    if (sequences_ > 0) RETURN_IF_ERROR(CaptureStage({true, true, true, true}));
-    for (int i = 0; i < kBlockLinears; ++i) {
-      if (StaysFp(i)) continue;
-      const auto start = std::chrono::steady_clock::now();
-      const WeightFormat& f = recipe_.formats[i];
-      const LinearWeights& linear = BlockLinear(result_.weights, i);
-      const std::vector<float> original = linear.weight;
-      ASSIGN_OR_RETURN(
-          QuantizedLinear q,
-          RtnQuantize(original.data(), linear.rows, linear.cols, f.bits,
-                      f.group_size, f.sym, recipe_.gptq.mse));
-      Install(i, std::move(q), original, start);
-    }
-    return absl::OkStatus();
-  }
-
-  absl::Status RunGptq() {
-    // Stages by input; without true_sequential all inputs come from the FP
-    // block in one pass.
-    const std::vector<std::vector<int>> stages =
-        recipe_.true_sequential ? TrueSequentialStages()
-                                : std::vector<std::vector<int>>{
-                                      {kQ, kK, kV, kO, kGate, kUp, kDown}};
-    for (const std::vector<int>& all : stages) {
-      std::vector<int> stage;
-      for (int i : all) {
-        if (!StaysFp(i)) stage.push_back(i);
-      }
-      if (stage.empty()) continue;
-      std::array<bool, kInputs> wanted = {false, false, false, false};
-      for (int i : stage) wanted[static_cast<int>(LinearInput(i))] = true;
-      RETURN_IF_ERROR(CaptureStage(wanted));
-      for (int i : stage) {
-        const auto start = std::chrono::steady_clock::now();
-        const LinearWeights& linear = BlockLinear(result_.weights, i);
-        GptqOptions options = recipe_.gptq;
-        options.bits = recipe_.formats[i].bits;
-        options.group_size = recipe_.formats[i].group_size;
-        options.sym = recipe_.formats[i].sym;
-        const std::vector<float> original = linear.weight;
-        absl::StatusOr<GptqResult> solved =
-            recipe_.gguf_grid[i].has_value()
-                ? GptqQuantizeGguf(original.data(), linear.rows, linear.cols,
-                                   *HessianOf(i), *recipe_.gguf_grid[i],
-                                   options)
-                : GptqQuantize(original.data(), linear.rows, linear.cols,
-                               *HessianOf(i), options);
-        if (!solved.ok()) {
-          return absl::Status(solved.status().code(),
-                              absl::StrCat(kBlockLinearNames[i], ": ",
-                                           solved.status().message()));
+  // GPTQ and RTN: each stage's statistics captured shard by shard (merged
+  // in shard order), then its linears solved.
+  absl::Status RunStaged() {
+    const int64_t dim = forward_.spec().hidden_size;
+    const std::vector<std::vector<int>> stages = CalibrationStages(recipe_);
+    for (int stage = 0; stage < static_cast<int>(stages.size()); ++stage) {
+      BlockStatistics total;
+      if (sequences_ > 0) {
+        for (int64_t k = 0; k < recipe_.calibration_shards; ++k) {
+          ASSIGN_OR_RETURN(const SequenceRange shard,
+                           CalibrationShard(sequences_, per_pass_,
+                                            recipe_.calibration_shards, k));
+          ASSIGN_OR_RETURN(
+              BlockStatistics statistics,
+              CaptureStageStatistics(forward_, result_.weights, recipe_, stage,
+                                     shard.count, seq_len_,
+                                     hidden_ + shard.first * seq_len_ * dim));
+          if (k == 0) {
+            total = std::move(statistics);
+          } else {
+            RETURN_IF_ERROR(MergeStatistics(statistics, total));
+          }
         }
-        result_.reports[i].damp_percent = solved->damp_percent_used;
-        Install(i, std::move(solved->quantized), original, start);
       }
+      RETURN_IF_ERROR(SolveStage(recipe_, stage, total, result_));
     }
     return absl::OkStatus();
   }
@@ -502,6 +483,13 @@ absl::StatusOr<BlockResult> StartBlockResult(DecoderBlockWeights block,
         absl::StrCat(QuantMethodName(recipe.method),
                      " needs calibration data; only RTN runs without"));
   }
+  if (recipe.calibration_shards < 1 ||
+      (recipe.calibration_shards > 1 && recipe.method == QuantMethod::kAwq)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "calibration_shards ", recipe.calibration_shards,
+        ": GPTQ and RTN take one or more, AWQ (whose search reads the whole "
+        "calibration set) one"));
+  }
   BlockResult result;
   result.weights = std::move(block);
   for (int i = 0; i < kBlockLinears; ++i) {
@@ -588,6 +576,137 @@ absl::Status ForwardBlockInPasses(const LlamaForward& forward,
                                          hidden + first * seq_len * dim));
   }
   return absl::OkStatus();
+}
+
+std::vector<std::vector<int>> CalibrationStages(const BlockRecipe& recipe) {
+  std::vector<std::vector<int>> stages;
+  if (recipe.method == QuantMethod::kGptq && recipe.true_sequential) {
+    stages = TrueSequentialStages();
+  } else if (recipe.method != QuantMethod::kAwq) {
+    stages = {{kQ, kK, kV, kO, kGate, kUp, kDown}};
+  }
+  for (std::vector<int>& stage : stages) {
+    stage.erase(
+        std::remove_if(stage.begin(), stage.end(),
+                       [&](int i) { return recipe.keep_fp[i].has_value(); }),
+        stage.end());
+  }
+  return stages;
+}
+
+absl::StatusOr<SequenceRange> CalibrationShard(int64_t sequences,
+                                               int64_t sequences_per_pass,
+                                               int64_t shards, int64_t shard) {
+  const int64_t per_pass = std::max<int64_t>(1, sequences_per_pass);
+  const int64_t passes = (sequences + per_pass - 1) / per_pass;
+  if (shards < 1 || shards > passes || shard < 0 || shard >= shards) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("calibration shard ", shard, " of ", shards, ": ",
+                     sequences, " sequences make ", passes, " passes of ",
+                     per_pass, ", and every shard needs at least one pass"));
+  }
+  // Whole passes, so that every product has the shape it has unsharded.
+  const int64_t first_pass = shard * passes / shards;
+  const int64_t end_pass = (shard + 1) * passes / shards;
+  SequenceRange range;
+  range.first = first_pass * per_pass;
+  range.count = std::min(end_pass * per_pass, sequences) - range.first;
+  return range;
+}
+
+absl::StatusOr<BlockStatistics> CaptureStageStatistics(
+    const LlamaForward& forward, const DecoderBlockWeights& weights,
+    const BlockRecipe& recipe, int stage, int64_t sequences, int64_t seq_len,
+    const float* hidden) {
+  const std::vector<std::vector<int>> stages = CalibrationStages(recipe);
+  if (stage < 0 || stage >= static_cast<int>(stages.size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("no calibration stage ", stage, " in a ",
+                     QuantMethodName(recipe.method), " recipe of ",
+                     stages.size(), " stages"));
+  }
+  std::array<bool, kInputs> wanted = {false, false, false, false};
+  for (int i : stages[stage]) wanted[static_cast<int>(LinearInput(i))] = true;
+  Capture capture;
+  RETURN_IF_ERROR(CaptureInputs(forward, weights, hidden, sequences, seq_len,
+                                std::max<int64_t>(1, recipe.sequences_per_pass),
+                                wanted, capture));
+  return std::move(capture.hessians);
+}
+
+absl::Status MergeStatistics(const BlockStatistics& shard,
+                             BlockStatistics& total) {
+  for (int i = 0; i < kInputs; ++i) {
+    if (shard[i].has_value() != total[i].has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "calibration statistics of different inputs: block input ", i,
+          shard[i].has_value() ? " only in the shard" : " only in the total"));
+    }
+    if (shard[i]) RETURN_IF_ERROR(total[i]->Merge(*shard[i]));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SolveStage(const BlockRecipe& recipe, int stage,
+                        const BlockStatistics& statistics,
+                        BlockResult& partial) {
+  const std::vector<std::vector<int>> stages = CalibrationStages(recipe);
+  if (stage < 0 || stage >= static_cast<int>(stages.size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("no calibration stage ", stage, " in a ",
+                     QuantMethodName(recipe.method), " recipe"));
+  }
+  std::map<int, std::vector<double>> hessians;  // By block input.
+  for (int i : stages[stage]) {
+    const int input = static_cast<int>(LinearInput(i));
+    if (statistics[input] && !hessians.count(input)) {
+      hessians.emplace(input, statistics[input]->Hessian());
+    }
+  }
+  for (int i : stages[stage]) {
+    const auto start = std::chrono::steady_clock::now();
+    const auto h = hessians.find(static_cast<int>(LinearInput(i)));
+    const std::vector<double>* hessian =
+        h == hessians.end() ? nullptr : &h->second;
+    const LinearWeights& linear = BlockLinear(partial.weights, i);
+    const WeightFormat& f = recipe.formats[i];
+    const std::vector<float> original = linear.weight;
+    if (recipe.method == QuantMethod::kRtn) {
+      ASSIGN_OR_RETURN(
+          QuantizedLinear q,
+          RtnQuantize(original.data(), linear.rows, linear.cols, f.bits,
+                      f.group_size, f.sym, recipe.gptq.mse));
+      InstallLinear(i, std::move(q), original, hessian, start, partial);
+      continue;
+    }
+    if (hessian == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kBlockLinearNames[i], ": GPTQ without statistics"));
+    }
+    GptqOptions options = recipe.gptq;
+    options.bits = f.bits;
+    options.group_size = f.group_size;
+    options.sym = f.sym;
+    absl::StatusOr<GptqResult> solved =
+        recipe.gguf_grid[i].has_value()
+            ? GptqQuantizeGguf(original.data(), linear.rows, linear.cols,
+                               *hessian, *recipe.gguf_grid[i], options)
+            : GptqQuantize(original.data(), linear.rows, linear.cols, *hessian,
+                           options);
+    if (!solved.ok()) {
+      return absl::Status(
+          solved.status().code(),
+          absl::StrCat(kBlockLinearNames[i], ": ", solved.status().message()));
+    }
+    partial.reports[i].damp_percent = solved->damp_percent_used;
+    InstallLinear(i, std::move(solved->quantized), original, hessian, start,
+                  partial);
+  }
+  return absl::OkStatus();
+}
+
+bool LinearSolved(const BlockResult& result, int i) {
+  return !result.reports[i].kept_fp.empty() || result.quantized[i].rows > 0;
 }
 
 absl::StatusOr<BlockResult> QuantizeBlock(const LlamaForward& forward,

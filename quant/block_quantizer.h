@@ -26,6 +26,7 @@
 #include "model/llama_forward.h"
 #include "quant/awq.h"
 #include "quant/gptq.h"
+#include "quant/hessian.h"
 
 namespace quant {
 
@@ -78,6 +79,12 @@ struct BlockRecipe {
   // the recipe because it fixes the shapes of every product: the same
   // recipe on the same kernel class gives the same bits.
   int64_t sequences_per_pass = 16;
+  // The calibration set is summed in this many shards of whole passes
+  // (CalibrationShard), each shard's statistics from zero, then added in
+  // shard order: the order a data-parallel job sums its workers' partial
+  // statistics in. Part of the recipe for the same reason as
+  // sequences_per_pass: it fixes the order of every sum. GPTQ and RTN.
+  int64_t calibration_shards = 1;
   // Norm weights changed by AWQ are rounded to this dtype (the one they are
   // stored in), so that the model calibrated is the model written.
   SafetensorsDType norm_dtype = SafetensorsDType::kF32;
@@ -154,6 +161,55 @@ absl::StatusOr<BlockResult> QuantizeBlock(const LlamaForward& forward,
                                           const BlockRecipe& recipe,
                                           int64_t sequences, int64_t seq_len,
                                           float* hidden);
+
+// Data-parallel calibration, the pieces QuantizeBlock composes for GPTQ and
+// RTN: the service runs them as tasks on several workers (each capturing
+// its shard's statistics, one solving the stage) and gets the same bits.
+
+// Per block input (BlockInput order), the statistics of what it saw; empty
+// for the inputs a stage does not read.
+inline constexpr int kBlockInputs = 4;
+using BlockStatistics =
+    std::array<std::optional<HessianAccumulator>, kBlockInputs>;
+
+// The stages whose statistics are captured and solved in turn: GPTQ with
+// true_sequential q/k/v, o, gate/up, down; GPTQ otherwise and RTN every
+// linear at once; AWQ none (its search reads the whole calibration set).
+// Linears kept in floating point are left out (a stage may be empty).
+std::vector<std::vector<int>> CalibrationStages(const BlockRecipe& recipe);
+
+struct SequenceRange {
+  int64_t first = 0, count = 0;
+};
+// Shard `shard` of `shards`: whole passes of sequences_per_pass, as evenly
+// as they go, the last (short) pass in the last shard. InvalidArgument when
+// some shard would hold no pass.
+absl::StatusOr<SequenceRange> CalibrationShard(int64_t sequences,
+                                               int64_t sequences_per_pass,
+                                               int64_t shards, int64_t shard);
+
+// Runs `weights` (the block with the stages before `stage` solved) over
+// `sequences` sequences of `hidden` and returns the statistics of the
+// inputs stage `stage` reads.
+absl::StatusOr<BlockStatistics> CaptureStageStatistics(
+    const LlamaForward& forward, const DecoderBlockWeights& weights,
+    const BlockRecipe& recipe, int stage, int64_t sequences, int64_t seq_len,
+    const float* hidden);
+
+// total += shard, input by input (InvalidArgument when they hold different
+// inputs or widths). Shards are added in order, starting from shard 0's.
+absl::Status MergeStatistics(const BlockStatistics& shard,
+                             BlockStatistics& total);
+
+// Solves stage `stage`'s linears on `statistics` (every shard's, merged)
+// into `partial` (StartBlockResult's, with the stages before solved).
+absl::Status SolveStage(const BlockRecipe& recipe, int stage,
+                        const BlockStatistics& statistics,
+                        BlockResult& partial);
+
+// Whether linear i of `result` has its solution (or stays in floating
+// point): false in a partial result for the stages not solved yet.
+bool LinearSolved(const BlockResult& result, int i);
 
 // Runs `block` over `hidden` in passes of `sequences_per_pass` sequences.
 absl::Status ForwardBlockInPasses(const LlamaForward& forward,

@@ -304,6 +304,103 @@ TEST(BlockQuantizerTest, AwqScalesLinearsOfDifferentFormatsTogether) {
             r.reports[1].relative_output_error);
 }
 
+// A sharded recipe is its pieces composed: a data-parallel job running
+// CaptureStageStatistics per shard on several workers, MergeStatistics in
+// shard order and SolveStage on one gets QuantizeBlock's bits; against
+// one shard only the order of the Hessians' sums differs.
+TEST(BlockQuantizerTest, ShardedCalibrationIsItsPiecesComposed) {
+  const Fixture f = MakeFixture(2);
+  for (QuantMethod method : {QuantMethod::kGptq, QuantMethod::kRtn}) {
+    BlockRecipe recipe = Recipe(method, 4, 64);
+    recipe.sequences_per_pass = 2;  // 3 passes over 6 sequences.
+    recipe.calibration_shards = 3;
+    std::vector<float> out;
+    const BlockResult whole = Quantize(f, recipe, out);
+
+    const LlamaForward forward(f.spec, f.seq_len);
+    absl::StatusOr<BlockResult> partial =
+        StartBlockResult(f.block, recipe, f.sequences, f.seq_len);
+    ASSERT_TRUE(partial.ok()) << partial.status();
+    const int64_t dim = f.spec.hidden_size;
+    const int stages = static_cast<int>(CalibrationStages(recipe).size());
+    EXPECT_EQ(stages, method == QuantMethod::kGptq ? 4 : 1);
+    for (int stage = 0; stage < stages; ++stage) {
+      for (int i = 0; i < kBlockLinears; ++i) {
+        EXPECT_EQ(LinearSolved(*partial, i),
+                  stage > 0 && i < (stage == 1   ? 3
+                                    : stage == 2 ? 4
+                                                 : 6));
+      }
+      // Shards in reverse: only the merge order matters.
+      std::vector<BlockStatistics> shards(3);
+      for (int k = 2; k >= 0; --k) {
+        const absl::StatusOr<SequenceRange> range =
+            CalibrationShard(f.sequences, 2, 3, k);
+        ASSERT_TRUE(range.ok()) << range.status();
+        EXPECT_EQ(range->first, 2 * k);
+        EXPECT_EQ(range->count, 2);
+        absl::StatusOr<BlockStatistics> statistics = CaptureStageStatistics(
+            forward, partial->weights, recipe, stage, range->count, f.seq_len,
+            f.hidden.data() + range->first * f.seq_len * dim);
+        ASSERT_TRUE(statistics.ok()) << statistics.status();
+        shards[k] = *std::move(statistics);
+      }
+      BlockStatistics total = std::move(shards[0]);
+      for (int k = 1; k < 3; ++k) {
+        ASSERT_TRUE(MergeStatistics(shards[k], total).ok());
+      }
+      ASSERT_TRUE(SolveStage(recipe, stage, total, *partial).ok());
+    }
+    for (int i = 0; i < kBlockLinears; ++i) {
+      EXPECT_TRUE(LinearSolved(*partial, i));
+      EXPECT_EQ(partial->quantized[i].q, whole.quantized[i].q)
+          << kBlockLinearNames[i];
+      EXPECT_EQ(partial->quantized[i].scales, whole.quantized[i].scales);
+      EXPECT_EQ(partial->importance[i], whole.importance[i]);
+      EXPECT_EQ(partial->reports[i].proxy_loss, whole.reports[i].proxy_loss);
+    }
+    std::vector<float> composed = f.hidden;
+    ASSERT_TRUE(ForwardBlockInPasses(forward, partial->weights, f.sequences,
+                                     f.seq_len, 2, composed.data())
+                    .ok());
+    EXPECT_EQ(composed, out);
+
+    // One shard: the same sums in another order.
+    recipe.calibration_shards = 1;
+    std::vector<float> unsharded_out;
+    const BlockResult unsharded = Quantize(f, recipe, unsharded_out);
+    for (int i = 0; i < kBlockLinears; ++i) {
+      const std::vector<uint8_t>& a = unsharded.quantized[i].q;
+      const std::vector<uint8_t>& b = whole.quantized[i].q;
+      ASSERT_EQ(a.size(), b.size());
+      size_t same = 0;
+      for (size_t j = 0; j < a.size(); ++j) same += a[j] == b[j];
+      EXPECT_GE(same, a.size() * 99 / 100) << kBlockLinearNames[i];
+      EXPECT_NEAR(unsharded.reports[i].proxy_loss, whole.reports[i].proxy_loss,
+                  1e-3 * whole.reports[i].proxy_loss);
+    }
+  }
+}
+
+TEST(BlockQuantizerTest, ShardsAreWholePassesAndNotForAwq) {
+  const absl::StatusOr<SequenceRange> last = CalibrationShard(6, 4, 2, 1);
+  ASSERT_TRUE(last.ok());
+  EXPECT_EQ(last->first, 4);
+  EXPECT_EQ(last->count, 2);  // The short pass.
+  EXPECT_EQ(CalibrationShard(6, 4, 3, 0).status().code(),
+            absl::StatusCode::kInvalidArgument);  // 2 passes.
+  EXPECT_EQ(CalibrationShard(6, 4, 2, 2).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  const Fixture f = MakeFixture(2);
+  BlockRecipe awq = Recipe(QuantMethod::kAwq, 4, 64);
+  awq.calibration_shards = 2;
+  EXPECT_TRUE(CalibrationStages(awq).empty());
+  const absl::Status refused =
+      StartBlockResult(f.block, awq, f.sequences, f.seq_len).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.message().find("AWQ"), std::string::npos) << refused;
+}
+
 TEST(BlockQuantizerTest, DataFreeRtnAndBadInput) {
   const Fixture f = MakeFixture(2);
   const LlamaForward forward(f.spec, f.seq_len);

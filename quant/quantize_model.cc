@@ -53,7 +53,7 @@ nlohmann::json RecipeJson(const QuantizeModelOptions& o) {
   std::error_code error;
   const std::string model = fs::absolute(o.model_dir, error).string();
   const CalibrationOptions& c = o.calibration;
-  return {
+  nlohmann::json recipe = {
       {"model", model},
       {"method", std::string(QuantMethodName(o.method))},
       {"output_format", o.output_format == OutputFormat::kGguf  ? "gguf"
@@ -88,6 +88,11 @@ nlohmann::json RecipeJson(const QuantizeModelOptions& o) {
         {"seed", c.seed},
         {"sampling", std::string(CalibrationSamplingName(c.sampling))}}},
       {"sequences_per_pass", o.sequences_per_pass}};
+  // Only when set, so that work directories from before it still resume.
+  if (o.calibration_shards != 1) {
+    recipe["calibration_shards"] = o.calibration_shards;
+  }
+  return recipe;
 }
 
 absl::Status CheckOptions(const QuantizeModelOptions& o) {
@@ -99,6 +104,19 @@ absl::Status CheckOptions(const QuantizeModelOptions& o) {
     return absl::InvalidArgumentError(
         absl::StrCat(QuantMethodName(o.method),
                      " needs calibration data (calibration samples > 0)"));
+  }
+  if (o.calibration_shards != 1) {
+    const int64_t passes = (o.calibration.samples + o.sequences_per_pass - 1) /
+                           std::max<int64_t>(1, o.sequences_per_pass);
+    if (o.method == QuantMethod::kAwq || o.calibration_shards < 1 ||
+        o.calibration_shards > passes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "calibration_shards ", o.calibration_shards, ": ",
+          o.method == QuantMethod::kAwq
+              ? "AWQ's search reads the whole calibration set (1 shard)"
+              : absl::StrCat("between 1 and the ", passes,
+                             " passes of the calibration set")));
+    }
   }
   if (o.output_format == OutputFormat::kGptq) {
     if (o.weights.bits != 2 && o.weights.bits != 3 && o.weights.bits != 4 &&
@@ -442,6 +460,7 @@ absl::StatusOr<BlockRecipe> MakeBlockRecipe(
   r.true_sequential = options.true_sequential;
   r.awq = options.awq;
   r.sequences_per_pass = options.sequences_per_pass;
+  r.calibration_shards = options.calibration_shards;
   r.norm_dtype = options.output_format == OutputFormat::kGguf
                      ? SafetensorsDType::kF32  // GGUF norms are F32.
                      : norm_dtype;

@@ -59,6 +59,7 @@ struct QuantizeModelOptions {
   AwqOptions awq;
   CalibrationOptions calibration;  // samples == 0: data-free (RTN only).
   int64_t sequences_per_pass = 16;
+  int64_t calibration_shards = 1;  // BlockRecipe's.
   // Where the blocks compute: "cpu" or "cuda" (GPU `device`); not part of
   // the recipe, so a resumed run may change it (each block's report says
   // which ran it).

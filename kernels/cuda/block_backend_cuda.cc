@@ -637,7 +637,13 @@ int64_t CudaBlockBackend::device_memory_bytes() const {
   return context_->info().total_bytes;
 }
 
-std::string CudaBlockBackend::Unsupported(const BlockRecipe&) const {
+std::string CudaBlockBackend::Unsupported(const BlockRecipe& recipe) const {
+  // The device sums each stage's statistics in one order; a sharded recipe
+  // fixes another (the CPU engine's pieces compute it).
+  if (recipe.calibration_shards > 1) {
+    return "calibration in shards (calibration_shards > 1) runs on the CPU "
+           "engine";
+  }
   return "";
 }
 
