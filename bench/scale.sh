@@ -12,12 +12,15 @@
 # to and from workers and the bytes workers read without fetching (held
 # activations, the model root), all from the programs' /metrics and logs;
 # the coordinator's and the largest worker's peak RSS; the scaling
-# efficiency T(1) / (K T(K)) per mode. Within a mode the outputs of every
+# efficiency T(1) / (K T(K)) per mode. Mode "dp" is sequential with
+# data-parallel calibration: the calibration set in as many shards as the
+# largest worker count (passes of SAMPLES / that many sequences), the same
+# recipe for every worker count. Within a mode the outputs of every
 # worker count are compared byte for byte (equal where one kernel class ran
 # them: CPU workers of one --threads).
 #
 # usage: bash bench/scale.sh BUILD_DIR [WORK_DIR] > table.md
-# Env: LAYERS (2), WORKERS ("1 2 4"), MODES ("sequential parallel"),
+# Env: LAYERS (2), WORKERS ("1 2 4"), MODES ("sequential parallel dp"),
 # SAMPLES (16), SEQLEN (512), FORMAT (gguf), SHAPE (empty: Llama-3-70B), THREADS (CPU
 # threads per worker; default nproc / K), BACKEND (cpu, or cuda: workers
 # are quant-worker-cuda --backend cuda --devices 0, sharing GPU 0).
@@ -27,7 +30,7 @@ work=${2:-/tmp/scale_bench}
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 layers=${LAYERS:-2}
 counts=(${WORKERS:-1 2 4})
-modes=(${MODES:-sequential parallel})
+modes=(${MODES:-sequential parallel dp})
 samples=${SAMPLES:-16}
 seqlen=${SEQLEN:-512}
 shape=${SHAPE:-}
@@ -72,6 +75,11 @@ PY
 recipe=(--method gptq --bits 4 --group-size 128 --calib-tokens "$calib"
   --calib-samples "$samples" --calib-seqlen "$seqlen" --format "$format")
 [[ $format == gguf ]] && recipe+=(--type Q4_K_M)
+# Data-parallel calibration: one shard per worker of the largest count.
+shards=$(printf '%s\n' "${counts[@]}" | sort -n | tail -1)
+dp=(--mode sequential --calibration-shards "$shards"
+  --sequences-per-pass "$((samples / shards > 0 ? samples / shards : 1))")
+mode_args() { [[ $1 == dp ]] && echo "${dp[@]}" || echo "--mode $1"; }
 # The file compared across runs: the GGUF, or the checkpoint's tensors.
 output_of() { [[ $format == gguf ]] && echo "$work/out/$1" || echo "$work/out/$1/model.safetensors"; }
 
@@ -85,7 +93,8 @@ echo "Machine: \`nproc\` = $(nproc), $(lscpu | grep 'Model name' | sed 's/  */ /
   "$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)$(
     command -v nvidia-smi >/dev/null && echo ", $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)")."
 echo "Model: $(basename "$model"), $(cat "$model"/*.safetensors | wc -c |
-  awk '{printf "%.2f GB", $1 / 1e9}') of BF16. Recipe: \`${recipe[*]/#$work\//}\`."
+  awk '{printf "%.2f GB", $1 / 1e9}') of BF16. Recipe: \`${recipe[*]/#$work\//}\`;" \
+  "mode dp: \`${dp[*]}\`."
 echo
 echo "| mode | workers | job (s) | block compute (s/block) | coordinator -> workers (MB/block) | workers -> coordinator (MB/block) | held on workers (MB/block) | read from the model root (MB/block) | coordinator peak MiB | largest worker peak MiB | efficiency |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
@@ -99,7 +108,7 @@ for mode in "${modes[@]}"; do
     rm -rf "$out" "$out".report.*
     start_service "$tag" "$k" --shared_model_roots "$work" "${worker_args[@]}"
     run_measured outside "$work/job-$tag.log" --model "$model" --out "$out" \
-      --mode "$mode" "${recipe[@]}"
+      $(mode_args "$mode") "${recipe[@]}"
     to_workers=$(metric "$coordinator_metrics" 'quant_bytes_streamed_total{direction="to_worker"}')
     from_workers=$(metric "$coordinator_metrics" 'quant_bytes_streamed_total{direction="from_worker"}')
     held=0 direct=0 worker_peak=0
@@ -109,7 +118,11 @@ for mode in "${modes[@]}"; do
       peak=$(mib_of "${worker_pids[$i]}")
       ((peak > worker_peak)) && worker_peak=$peak
     done
-    compute=$(sed -nE 's/.*: block task [0-9]+ done in ([0-9.]+) s.*/\1/p' \
+    # A block's compute: its block task, or (dp) its captures, solves and
+    # the forwards of its shards.
+    kinds=block
+    [[ $mode == dp ]] && kinds="capture|solve|forward"
+    compute=$(sed -nE "s/.*: ($kinds) task [0-9]+ done in ([0-9.]+) s.*/\2/p" \
       "$work/coordinator-$tag.log" | awk -v l="$layers" '{s += $1} END {printf "%.1f", s / l}')
     stop_service
     [[ -z $first ]] && first=$seconds

@@ -53,6 +53,10 @@ ABSL_FLAG(bool, gguf_grid, true,
 ABSL_FLAG(bool, true_sequential, true,
           "quantize: GPTQ stages q/k/v, o, gate/up, down");
 ABSL_FLAG(bool, awq_clip, true, "quantize: AWQ clipping search");
+ABSL_FLAG(int64_t, sequences_per_pass, 16,
+          "quantize: calibration sequences run through a block at once "
+          "(activation memory; part of the recipe: it fixes every product's "
+          "shape)");
 ABSL_FLAG(int64_t, calibration_shards, 1,
           "quantize: sum the calibration set in this many shards (GPTQ, "
           "RTN); a sequential job calibrates each block on that many "
@@ -154,6 +158,7 @@ int main(int argc, char** argv) {
       absl::GetFlag(FLAGS_group_params_at_block_start);
   q.gguf_grid = absl::GetFlag(FLAGS_gguf_grid);
   q.true_sequential = absl::GetFlag(FLAGS_true_sequential);
+  q.sequences_per_pass = absl::GetFlag(FLAGS_sequences_per_pass);
   q.calibration_shards = absl::GetFlag(FLAGS_calibration_shards);
   q.awq.clip = absl::GetFlag(FLAGS_awq_clip);
   q.awq.search_sequences = absl::GetFlag(FLAGS_awq_search_sequences);

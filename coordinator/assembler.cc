@@ -79,7 +79,7 @@ absl::StatusOr<std::string> CommitTaskOutputs(
           absl::StrCat("output \"", name, "\" was not uploaded"));
     }
     const std::string& path = it->second.path;
-    const std::string destination = OutputPath(job_dir, task, name);
+    const std::string destination = OutputPath(plan, job_dir, task, name);
     outputs[name] = {{"path", destination},
                      {"bytes", it->second.bytes},
                      {"sha256", HexOf(it->second.sha256)}};
@@ -108,10 +108,20 @@ absl::StatusOr<std::string> CommitTaskOutputs(
     }
     if (name == kResultTensor) {
       // Everything the assembly will read of it, read now: a result it
-      // could not read would fail the job after its tasks were done.
-      if (absl::Status checked = CheckBlockResult(path); !checked.ok()) {
+      // could not read would fail the job after its tasks were done. (A
+      // data-parallel stage before the last solves part of the block.)
+      const bool partial = destination != BlockResultPath(job_dir, task.layer);
+      if (absl::Status checked =
+              partial ? CheckPartialBlockResult(path) : CheckBlockResult(path);
+          !checked.ok()) {
         return absl::InvalidArgumentError(absl::StrCat(
             "uploaded result is not a block result: ", checked.message()));
+      }
+    }
+    if (name == kStatisticsTensor) {
+      if (absl::Status checked = CheckBlockStatistics(path); !checked.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "uploaded statistics are malformed: ", checked.message()));
       }
     }
     if (name == kHeadTensor) {
@@ -129,13 +139,13 @@ absl::StatusOr<std::string> CommitTaskOutputs(
     }
     if (name == kActivationsTensor) {
       const TensorView* hidden = (*file)->Find("hidden");
-      const std::vector<int64_t> want = {plan.sequences, plan.seq_len,
-                                         hidden_size};
+      const int64_t sequences = TaskSequences(plan, task).count;
+      const std::vector<int64_t> want = {sequences, plan.seq_len, hidden_size};
       if (hidden == nullptr || hidden->dtype != SafetensorsDType::kF32 ||
           hidden->shape != want) {
         return absl::InvalidArgumentError(
-            absl::StrCat("uploaded activations are not F32 [", plan.sequences,
-                         ", ", plan.seq_len, ", ", hidden_size, "]"));
+            absl::StrCat("uploaded activations are not F32 [", sequences, ", ",
+                         plan.seq_len, ", ", hidden_size, "]"));
       }
     }
   }
@@ -182,46 +192,49 @@ std::vector<TaskToRedo> TasksToRedo(const JobPlan& plan,
   for (const TaskRow& task : tasks) {
     if (task.state != TaskState::kDone) continue;
     for (const std::string& name : TaskOutputs(plan, task)) {
-      if (name == kActivationsTensor) continue;  // Read by tasks, not here.
+      // Intermediates are read by tasks, not here (and dropped after).
+      if (!AssembledOutput(plan, task, name)) continue;
       std::string why = damage(task, name);
       if (!why.empty() && chosen.insert(task.index).second) {
         redo.push_back({task.index, std::move(why)});
       }
     }
   }
-  // A task computed again reads its activations again: their maker runs
-  // again too when they are not as it committed them.
+  // A task computed again reads its inputs again (activations, a
+  // data-parallel stage's statistics and partial result): the task that
+  // made one runs again too when it is not as committed.
   for (size_t i = 0; i < redo.size(); ++i) {
     const TaskRow& task = tasks[redo[i].index];
-    const int32_t dep = ActivationsMaker(plan, tasks, task);
-    if (dep < 0) continue;
-    const TaskRow& maker = tasks[dep];
-    if (maker.state != TaskState::kDone || chosen.count(dep) != 0) continue;
-    const std::string why = damage(maker, kActivationsTensor);
-    if (why.empty()) continue;
-    chosen.insert(dep);
-    redo.push_back(
-        {dep, absl::StrCat("task ", task.index,
-                           " runs again and needs its input: ", why)});
+    for (int32_t dep : task.deps) {
+      if (dep < 0 || dep >= static_cast<int32_t>(tasks.size())) continue;
+      const TaskRow& maker = tasks[dep];
+      if (maker.state != TaskState::kDone || chosen.count(dep) != 0) continue;
+      for (const std::string& name : TaskOutputs(plan, maker)) {
+        const std::string why = damage(maker, name);
+        if (why.empty()) continue;
+        chosen.insert(dep);
+        redo.push_back(
+            {dep, absl::StrCat("task ", task.index,
+                               " runs again and needs its input: ", why)});
+        break;
+      }
+    }
   }
   return redo;
 }
 
-void DropConsumedActivations(const std::string& job_dir, const JobPlan& plan,
-                             const std::vector<TaskRow>& tasks) {
-  if (plan.sequences == 0) return;
-  // Boundary b is read by the forward and block tasks of layer b.
-  for (int b = 0; b < plan.num_layers; ++b) {
-    bool read = false, pending = false;
-    for (const TaskRow& task : tasks) {
-      if (task.layer != b || !ReadsActivations(plan, task)) continue;
-      read = true;
-      pending |= task.state != TaskState::kDone;
+void DropConsumedInputs(const std::string& job_dir, const JobPlan& plan,
+                        const std::vector<TaskRow>& tasks) {
+  std::map<std::string, bool> pending;  // File -> a reader is not done.
+  for (const TaskRow& task : tasks) {
+    for (const std::string& path : IntermediateInputs(plan, job_dir, task)) {
+      pending[path] = pending[path] || task.state != TaskState::kDone;
     }
-    if (read && !pending) {
-      std::error_code error;
-      fs::remove(ActivationsPath(job_dir, b), error);
-    }
+  }
+  for (const auto& [path, waiting] : pending) {
+    if (waiting) continue;
+    std::error_code error;
+    fs::remove(path, error);
   }
 }
 

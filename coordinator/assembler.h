@@ -34,10 +34,11 @@ absl::StatusOr<std::string> CommitTaskOutputs(
     int64_t hidden_size, const std::string& model_dir,
     const std::map<std::string, UploadReceiver::Received>& received);
 
-// Removes the activations at block boundaries that no unfinished task
-// reads any more (`tasks` as committed).
-void DropConsumedActivations(const std::string& job_dir, const JobPlan& plan,
-                             const std::vector<TaskRow>& tasks);
+// Removes the intermediate files (activations at block boundaries, a
+// data-parallel job's statistics and partial results) that no unfinished
+// task reads any more (`tasks` as committed).
+void DropConsumedInputs(const std::string& job_dir, const JobPlan& plan,
+                        const std::vector<TaskRow>& tasks);
 
 // Where the upload of a task's outputs under lease `epoch` is written.
 std::string UploadDir(const std::string& job_dir, int32_t task_index,

@@ -164,7 +164,7 @@ TEST(AssemblerTest, DamagedCommittedFilesNameTheTasksToRedo) {
   tasks[2].deps = {1};
   auto commit = [&](TaskRow& task, const std::string& name,
                     const std::string& bytes) {
-    const std::string path = OutputPath(job, task, name);
+    const std::string path = OutputPath(plan, job, task, name);
     ASSERT_TRUE(WriteFileAtomically(path, bytes).ok());
     nlohmann::json outputs = task.outputs.empty()
                                  ? nlohmann::json::object()

@@ -296,6 +296,49 @@ TEST_F(CoordinatorTest, WorkersOnASharedRootReadVerifiedWeights) {
       "quant_worker_local_input_bytes_total{source=\"model_root\"}"));
 }
 
+// Data-parallel calibration over two workers (recipe calibration_shards
+// 2): each block's stages captured shard by shard on the workers holding
+// the shards' activations, solved once, the quantized block forwarded per
+// shard; the GGUF is the engine's with the same recipe, byte for byte, and
+// the intermediates are gone once consumed.
+TEST_F(CoordinatorTest, DataParallelCalibrationMatchesTheEngine) {
+  coordinator_.reset();
+  affinity_ms_ = 30'000;
+  Start();
+  QuantizeModelOptions options = engine_;
+  options.output_format = OutputFormat::kGguf;
+  options.gguf_type = "Q4_K_M";
+  options.calibration_shards = 2;  // 4 sequences, passes of 3: 3 + 1.
+  const std::string expected = EngineOutput(options, "engine-dp.gguf");
+  absl::Mutex mu;
+  int held = 0;
+  StartWorkers(2, [&](WorkerOptions& worker) {
+    worker.log = [&](const std::string& line) {
+      absl::MutexLock lock(&mu);
+      held += absl::StrContains(line, "reads the activations it holds");
+    };
+  });
+  v1::Job job;
+  const std::string output = dir_ + "/out/dp.gguf";
+  ASSERT_TRUE(Submit(Spec(options, output), &job).ok());
+  // 2 embeds; per block 4 stages of 2 captures and a solve; 2 forwards
+  // between the blocks; the head.
+  EXPECT_EQ(job.tasks_total(), 2 + 2 * 12 + 2 + 1);
+  const v1::Job done = Watch(job.job_id());
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error();
+  EXPECT_TRUE(Bytes(output) == Bytes(expected));
+  StopWorkers();
+  absl::MutexLock lock(&mu);
+  EXPECT_GT(held, 0);  // Affinity kept shards where they were made.
+  for (const auto& entry : fs::recursive_directory_iterator(dir_ + "/state")) {
+    const std::string name = entry.path().filename().string();
+    EXPECT_FALSE(absl::StartsWith(name, "statistics-") ||
+                 absl::StartsWith(name, "partial-") ||
+                 absl::StartsWith(name, "activations-"))
+        << entry.path();
+  }
+}
+
 TEST_F(CoordinatorTest, ParallelAndDataFreeJobsRun) {
   StartWorkers(2);
   v1::Job job;

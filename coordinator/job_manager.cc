@@ -606,6 +606,8 @@ absl::StatusOr<v1::TaskSpec> JobManager::BuildTaskSpec(
   spec.set_kind(task.kind == kEmbedTask     ? v1::TASK_KIND_EMBED
                 : task.kind == kForwardTask ? v1::TASK_KIND_FORWARD
                 : task.kind == kHeadTask    ? v1::TASK_KIND_HEAD
+                : task.kind == kCaptureTask ? v1::TASK_KIND_CAPTURE
+                : task.kind == kSolveTask   ? v1::TASK_KIND_SOLVE
                                             : v1::TASK_KIND_BLOCK);
   if (task.kind == kHeadTask) {
     spec.mutable_tensor_types()->insert(plan.head_types.begin(),
@@ -615,15 +617,23 @@ absl::StatusOr<v1::TaskSpec> JobManager::BuildTaskSpec(
   ASSIGN_OR_RETURN(*spec.mutable_model_config_json(),
                    ReadFileToString(job.model_dir() + "/config.json"));
   *spec.mutable_recipe() = job.recipe();
-  if (task.kind == kBlockTask && task.layer >= 0 &&
+  const bool solves = task.kind == kBlockTask || task.kind == kCaptureTask ||
+                      task.kind == kSolveTask;
+  if (solves && task.layer >= 0 &&
       task.layer < static_cast<int>(plan.linear_types.size())) {
     for (const std::string& type : plan.linear_types[task.layer]) {
       spec.add_gguf_types(type);
     }
   }
   spec.set_norm_dtype(plan.norm_dtype);
-  spec.set_sequences(plan.sequences);
+  // A shard's task computes the shard's sequences.
+  spec.set_sequences(TaskSequences(plan, task).count);
   spec.set_seq_len(plan.seq_len);
+  if (DataParallel(plan)) {
+    spec.set_shards(static_cast<int32_t>(plan.calibration_shards));
+    spec.set_shard(std::max(TaskShard(plan, task), 0));
+    spec.set_stage(std::max(TaskStage(plan, task), 0));
+  }
   ASSIGN_OR_RETURN(const std::unique_ptr<TaskInputs> inputs,
                    TaskInputs::Open(job.model_dir(), plan.job_dir, plan, task));
   for (const v1::TensorInfo& info : inputs->infos()) {
@@ -631,7 +641,7 @@ absl::StatusOr<v1::TaskSpec> JobManager::BuildTaskSpec(
     *input = info;
     if (info.name() == kActivationsTensor) {
       input->set_sha256(activations_sha256);
-    } else if (info.name() != kWindowsTensor) {
+    } else if (!IsJobTensor(info.name())) {
       input->set_sha256(WeightSha256(job_id, info.name()));
     }
   }
@@ -860,15 +870,17 @@ absl::Status JobManager::CompleteTask(const v1::CompleteTaskRequest& request) {
   DropUploads(job.snapshot.plan.job_dir,
               key.index);  // Every lease's, old ones too.
   ASSIGN_OR_RETURN(const JobSnapshot after, scheduler_->GetJob(key.job_id));
-  DropConsumedActivations(job.snapshot.plan.job_dir, job.snapshot.plan,
-                          after.tasks);
+  DropConsumedInputs(job.snapshot.plan.job_dir, job.snapshot.plan, after.tasks);
   if (options_.metrics != nullptr) {
     options_.metrics->TaskCompleted(task.kind);
     options_.metrics->ObserveTaskDuration(QuantMethodName(options.method),
                                           backend.empty() ? "cpu" : backend,
                                           request.seconds());
-    if (task.kind == kBlockTask)
+    if (task.kind == kBlockTask ||
+        (task.kind == kSolveTask && TaskStage(job.snapshot.plan, task) + 1 ==
+                                        job.snapshot.plan.calibration_stages)) {
       RecordBlockMetrics(job.snapshot, task, request);
+    }
   }
   Log(absl::StrFormat("job %d: %s task %d done in %.1f s", key.job_id,
                       task.kind, key.index, request.seconds()));

@@ -26,13 +26,20 @@ TaskRow MakeTask(int index, const char* kind, int layer,
 }  // namespace
 
 std::string JobPlan::ToJson() const {
-  nlohmann::json j = {
-      {"mode", v1::Mode_Name(mode)},  {"job_dir", job_dir},
-      {"num_layers", num_layers},     {"sequences", sequences},
-      {"seq_len", seq_len},           {"norm_dtype", norm_dtype},
-      {"linear_types", linear_types}, {"head_types", head_types},
-      {"embed_bytes", embed_bytes},   {"forward_bytes", forward_bytes},
-      {"block_bytes", block_bytes}};
+  nlohmann::json j = {{"mode", v1::Mode_Name(mode)},
+                      {"job_dir", job_dir},
+                      {"num_layers", num_layers},
+                      {"sequences", sequences},
+                      {"seq_len", seq_len},
+                      {"norm_dtype", norm_dtype},
+                      {"calibration_shards", calibration_shards},
+                      {"sequences_per_pass", sequences_per_pass},
+                      {"calibration_stages", calibration_stages},
+                      {"linear_types", linear_types},
+                      {"head_types", head_types},
+                      {"embed_bytes", embed_bytes},
+                      {"forward_bytes", forward_bytes},
+                      {"block_bytes", block_bytes}};
   return j.dump();
 }
 
@@ -55,6 +62,13 @@ absl::StatusOr<JobPlan> JobPlan::FromJson(const std::string& json) {
   plan.sequences = j.value("sequences", int64_t{0});
   plan.seq_len = j.value("seq_len", int64_t{0});
   plan.norm_dtype = j.value("norm_dtype", std::string());
+  plan.calibration_shards = j.value("calibration_shards", int64_t{1});
+  plan.sequences_per_pass = j.value("sequences_per_pass", int64_t{1});
+  plan.calibration_stages = j.value("calibration_stages", 0);
+  if (plan.calibration_shards < 1 || plan.sequences_per_pass < 1 ||
+      plan.calibration_stages < 0) {
+    return absl::DataLossError("job plan: malformed calibration shards");
+  }
   for (const nlohmann::json& layer : j["linear_types"]) {
     if (!layer.is_array()) return absl::DataLossError("job plan: malformed");
     std::vector<std::string> types;
@@ -91,6 +105,12 @@ absl::StatusOr<PlannedJob> PlanJob(v1::Mode mode,
   const bool calibrated = options.calibration.samples > 0;
   plan.sequences = calibrated ? options.calibration.samples : 0;
   plan.seq_len = calibrated ? options.calibration.seq_len : 0;
+  plan.calibration_shards = calibrated ? options.calibration_shards : 1;
+  plan.sequences_per_pass = std::max<int64_t>(1, options.sequences_per_pass);
+  plan.calibration_stages =
+      options.method == QuantMethod::kGptq && options.true_sequential
+          ? static_cast<int>(TrueSequentialStages().size())
+          : 1;
   plan.norm_dtype = std::string(SafetensorsDTypeName(engine_plan.norm_dtype));
   for (const auto& layer : engine_plan.linear_types) {
     std::vector<std::string> names;
@@ -131,6 +151,48 @@ absl::StatusOr<PlannedJob> PlanJob(v1::Mode mode,
     for (int layer = 0; layer < layers; ++layer) {
       job.tasks.push_back(MakeTask(layer, kBlockTask, layer, {}));
     }
+  } else if (DataParallel(plan)) {
+    const int shards = static_cast<int>(plan.calibration_shards);
+    const int stages = plan.calibration_stages;
+    // Task indices, as TaskShard and TaskStage decode them.
+    auto embed = [&](int k) { return k; };
+    auto base = [&](int layer) {
+      return shards + layer * (stages * (shards + 1) + shards);
+    };
+    auto capture = [&](int layer, int t, int k) {
+      return base(layer) + t * (shards + 1) + k;
+    };
+    auto solve = [&](int layer, int t) { return capture(layer, t, shards); };
+    auto forward = [&](int layer, int k) {
+      return base(layer) + stages * (shards + 1) + k;
+    };
+    // Shard k's activations entering `layer`.
+    auto activations = [&](int layer, int k) {
+      return layer == 0 ? embed(k) : forward(layer - 1, k);
+    };
+    for (int k = 0; k < shards; ++k) {
+      job.tasks.push_back(MakeTask(embed(k), kEmbedTask, -1, {}));
+    }
+    for (int layer = 0; layer < layers; ++layer) {
+      for (int t = 0; t < stages; ++t) {
+        std::vector<int32_t> captures;
+        for (int k = 0; k < shards; ++k) {
+          std::vector<int32_t> deps = {activations(layer, k)};
+          if (t > 0) deps.push_back(solve(layer, t - 1));
+          job.tasks.push_back(
+              MakeTask(capture(layer, t, k), kCaptureTask, layer, deps));
+          captures.push_back(capture(layer, t, k));
+        }
+        job.tasks.push_back(
+            MakeTask(solve(layer, t), kSolveTask, layer, captures));
+      }
+      if (layer + 1 == layers) break;
+      for (int k = 0; k < shards; ++k) {
+        job.tasks.push_back(
+            MakeTask(forward(layer, k), kForwardTask, layer,
+                     {activations(layer, k), solve(layer, stages - 1)}));
+      }
+    }
   } else if (plan.mode == v1::MODE_SEQUENTIAL) {
     job.tasks.push_back(MakeTask(0, kEmbedTask, -1, {}));
     for (int layer = 0; layer < layers; ++layer) {
@@ -158,8 +220,78 @@ absl::StatusOr<PlannedJob> PlanJob(v1::Mode mode,
   return job;
 }
 
+bool DataParallel(const JobPlan& plan) {
+  return plan.mode == v1::MODE_SEQUENTIAL && plan.sequences > 0 &&
+         plan.calibration_shards > 1;
+}
+
+namespace {
+
+// A data-parallel task's place within its layer's tasks (captures and
+// solve per stage, then forwards), as PlanJob lays them out.
+int OffsetInLayer(const JobPlan& plan, const TaskRow& task) {
+  const int shards = static_cast<int>(plan.calibration_shards);
+  const int per_layer = plan.calibration_stages * (shards + 1) + shards;
+  return task.index - shards - task.layer * per_layer;
+}
+
+std::string LayerFile(const std::string& job_dir, const std::string& what,
+                      int layer, int stage, int shard) {
+  return absl::StrCat(job_dir, "/", what, "-", layer, "-stage-", stage,
+                      shard >= 0 ? absl::StrCat("-shard-", shard) : "",
+                      ".safetensors");
+}
+
+std::string ShardActivationsPath(const std::string& job_dir, int boundary,
+                                 int shard) {
+  return absl::StrCat(job_dir, "/activations-", boundary, "-shard-", shard,
+                      ".safetensors");
+}
+
+// The result solve task of `stage` writes: partial before the last stage.
+std::string StageResultPath(const JobPlan& plan, const std::string& job_dir,
+                            int layer, int stage) {
+  return stage + 1 == plan.calibration_stages
+             ? BlockResultPath(job_dir, layer)
+             : LayerFile(job_dir, "partial", layer, stage, -1);
+}
+
+}  // namespace
+
+int TaskShard(const JobPlan& plan, const TaskRow& task) {
+  if (!DataParallel(plan)) return -1;
+  const int shards = static_cast<int>(plan.calibration_shards);
+  if (task.kind == kEmbedTask) return task.index;
+  const int offset = OffsetInLayer(plan, task);
+  if (task.kind == kCaptureTask) return offset % (shards + 1);
+  if (task.kind == kForwardTask) {
+    return offset - plan.calibration_stages * (shards + 1);
+  }
+  return -1;
+}
+
+int TaskStage(const JobPlan& plan, const TaskRow& task) {
+  if (!DataParallel(plan) ||
+      (task.kind != kCaptureTask && task.kind != kSolveTask)) {
+    return -1;
+  }
+  return OffsetInLayer(plan, task) /
+         static_cast<int>(plan.calibration_shards + 1);
+}
+
+SequenceRange TaskSequences(const JobPlan& plan, const TaskRow& task) {
+  const int shard = TaskShard(plan, task);
+  if (shard < 0) return {0, plan.sequences};
+  // The plan was checked (shards <= passes) when the job was submitted.
+  const absl::StatusOr<SequenceRange> range = CalibrationShard(
+      plan.sequences, plan.sequences_per_pass, plan.calibration_shards, shard);
+  return range.ok() ? *range : SequenceRange{0, 0};
+}
+
 std::vector<std::string> TaskOutputs(const JobPlan& plan, const TaskRow& task) {
   if (task.kind == kHeadTask) return {kHeadTensor};
+  if (task.kind == kCaptureTask) return {kStatisticsTensor};
+  if (task.kind == kSolveTask) return {kResultTensor};
   if (task.kind == kBlockTask) {
     std::vector<std::string> outputs = {kResultTensor};
     if (plan.sequences > 0 && plan.mode == v1::MODE_SEQUENTIAL &&
@@ -171,16 +303,78 @@ std::vector<std::string> TaskOutputs(const JobPlan& plan, const TaskRow& task) {
   return {kActivationsTensor};
 }
 
-std::string OutputPath(const std::string& job_dir, const TaskRow& task,
-                       const std::string& output) {
-  if (output == kResultTensor) return BlockResultPath(job_dir, task.layer);
+std::string OutputPath(const JobPlan& plan, const std::string& job_dir,
+                       const TaskRow& task, const std::string& output) {
   if (output == kHeadTensor) return GgufHeadPath(job_dir);
-  return ActivationsPath(job_dir, task.layer + 1);
+  if (output == kStatisticsTensor) {
+    return LayerFile(job_dir, "statistics", task.layer, TaskStage(plan, task),
+                     TaskShard(plan, task));
+  }
+  if (output == kResultTensor) {
+    return task.kind == kSolveTask ? StageResultPath(plan, job_dir, task.layer,
+                                                     TaskStage(plan, task))
+                                   : BlockResultPath(job_dir, task.layer);
+  }
+  const int shard = TaskShard(plan, task);
+  return shard >= 0 ? ShardActivationsPath(job_dir, task.layer + 1, shard)
+                    : ActivationsPath(job_dir, task.layer + 1);
+}
+
+bool AssembledOutput(const JobPlan& plan, const TaskRow& task,
+                     const std::string& name) {
+  if (name == kHeadTensor) return true;
+  if (name != kResultTensor) return false;
+  return task.kind != kSolveTask ||
+         TaskStage(plan, task) + 1 == plan.calibration_stages;
 }
 
 bool ReadsActivations(const JobPlan& plan, const TaskRow& task) {
   return plan.sequences > 0 &&
-         (task.kind == kForwardTask || task.kind == kBlockTask);
+         (task.kind == kForwardTask || task.kind == kBlockTask ||
+          task.kind == kCaptureTask);
+}
+
+std::string ActivationsInputPath(const JobPlan& plan,
+                                 const std::string& job_dir,
+                                 const TaskRow& task) {
+  const int shard = TaskShard(plan, task);
+  return shard >= 0 ? ShardActivationsPath(job_dir, task.layer, shard)
+                    : ActivationsPath(job_dir, task.layer);
+}
+
+std::string ResultInputPath(const JobPlan& plan, const std::string& job_dir,
+                            const TaskRow& task) {
+  if (!DataParallel(plan)) return "";
+  if (task.kind == kForwardTask) return BlockResultPath(job_dir, task.layer);
+  const int stage = TaskStage(plan, task);
+  if (stage <= 0) return "";
+  return StageResultPath(plan, job_dir, task.layer, stage - 1);
+}
+
+std::vector<std::string> StatisticsInputPaths(const JobPlan& plan,
+                                              const std::string& job_dir,
+                                              const TaskRow& task) {
+  std::vector<std::string> paths;
+  if (task.kind != kSolveTask) return paths;
+  for (int k = 0; k < plan.calibration_shards; ++k) {
+    paths.push_back(
+        LayerFile(job_dir, "statistics", task.layer, TaskStage(plan, task), k));
+  }
+  return paths;
+}
+
+std::vector<std::string> IntermediateInputs(const JobPlan& plan,
+                                            const std::string& job_dir,
+                                            const TaskRow& task) {
+  std::vector<std::string> paths = StatisticsInputPaths(plan, job_dir, task);
+  if (ReadsActivations(plan, task)) {
+    paths.push_back(ActivationsInputPath(plan, job_dir, task));
+  }
+  const std::string result = ResultInputPath(plan, job_dir, task);
+  if (!result.empty() && result != BlockResultPath(job_dir, task.layer)) {
+    paths.push_back(result);  // A partial result; the block's is assembled.
+  }
+  return paths;
 }
 
 int32_t ActivationsMaker(const JobPlan& plan, const std::vector<TaskRow>& tasks,
@@ -191,6 +385,7 @@ int32_t ActivationsMaker(const JobPlan& plan, const std::vector<TaskRow>& tasks,
     const TaskRow& maker = tasks[dep];
     const std::vector<std::string> made = TaskOutputs(plan, maker);
     if (maker.layer + 1 == task.layer &&
+        TaskShard(plan, maker) == TaskShard(plan, task) &&
         std::find(made.begin(), made.end(), kActivationsTensor) != made.end()) {
       return dep;
     }
@@ -215,7 +410,7 @@ int64_t TaskMemoryBytes(const JobPlan& plan, const TaskRow& task) {
     return plan.embed_bytes;
   }
   if (task.kind == kForwardTask) return plan.forward_bytes;
-  return plan.block_bytes;
+  return plan.block_bytes;  // Block, capture and solve.
 }
 
 }  // namespace quant

@@ -9,6 +9,15 @@
 //   block solves are independent of each other.
 // - data-free (RTN without calibration): one task per block, no
 //   dependencies.
+// - sequential, calibrated, with recipe calibration_shards S > 1 (GPTQ,
+//   RTN): data-parallel calibration. S embed tasks, one per shard of the
+//   calibration windows; per block, per calibration stage (GPTQ
+//   true-sequential: 4, else 1), S capture tasks (a shard's statistics of
+//   what the stage reads, on the block with the stages before solved) and a
+//   solve task (the stage solved on every shard's statistics merged in
+//   shard order); then, before the last block, S forward tasks run the
+//   quantized block over their shards. The block's result equals the block
+//   task's with the same recipe, bit for bit.
 // GGUF output adds a head task (no dependencies, leased after the others
 // that are ready): the embeddings, final norm and output head encoded in
 // their GGUF types. GPTQ and AWQ directories keep those tensors as the
@@ -35,6 +44,8 @@ inline constexpr char kEmbedTask[] = "embed";
 inline constexpr char kForwardTask[] = "forward";
 inline constexpr char kBlockTask[] = "block";
 inline constexpr char kHeadTask[] = "head";
+inline constexpr char kCaptureTask[] = "capture";
+inline constexpr char kSolveTask[] = "solve";
 
 // What the coordinator keeps of a plan (as JSON in the job store).
 struct JobPlan {
@@ -45,6 +56,11 @@ struct JobPlan {
   int num_layers = 0;
   int64_t sequences = 0;  // Calibration windows; 0: data-free.
   int64_t seq_len = 0;
+  // Data-parallel calibration: shards (1: none), the sequences of a pass
+  // (the shards are whole passes) and the calibration stages of a block.
+  int64_t calibration_shards = 1;
+  int64_t sequences_per_pass = 1;
+  int calibration_stages = 0;
   std::string norm_dtype;  // Of the checkpoint's norms.
   // Per block, the GGUF type names of its linears (empty lists unless GGUF).
   std::vector<std::vector<std::string>> linear_types;
@@ -70,14 +86,45 @@ absl::StatusOr<PlannedJob> PlanJob(v1::Mode mode,
                                    const QuantizeModelOptions& options,
                                    const QuantizationPlan& engine_plan);
 
+// Whether the plan calibrates each block data-parallel (capture, solve
+// and forward tasks per shard).
+bool DataParallel(const JobPlan& plan);
+// The calibration shard a task computes (embed, capture and forward tasks
+// of a data-parallel plan), else -1; the calibration stage of a capture or
+// solve task, else -1.
+int TaskShard(const JobPlan& plan, const TaskRow& task);
+int TaskStage(const JobPlan& plan, const TaskRow& task);
+// The sequences a task computes: its shard's, or the whole set's.
+SequenceRange TaskSequences(const JobPlan& plan, const TaskRow& task);
+
 // The output tensors the task's worker uploads (proto/task_tensors.h).
 std::vector<std::string> TaskOutputs(const JobPlan& plan, const TaskRow& task);
 // Where a committed output lives in the job directory.
-std::string OutputPath(const std::string& job_dir, const TaskRow& task,
-                       const std::string& output);
+std::string OutputPath(const JobPlan& plan, const std::string& job_dir,
+                       const TaskRow& task, const std::string& output);
+// Whether output `name` of `task` is read by the assembly (a block's
+// result, the GGUF head) rather than by other tasks only.
+bool AssembledOutput(const JobPlan& plan, const TaskRow& task,
+                     const std::string& name);
 // True when the task reads the activations entering block task.layer
-// (ActivationsPath(job_dir, task.layer)).
+// (ActivationsInputPath).
 bool ReadsActivations(const JobPlan& plan, const TaskRow& task);
+std::string ActivationsInputPath(const JobPlan& plan,
+                                 const std::string& job_dir,
+                                 const TaskRow& task);
+// The block result a data-parallel task reads (the stages solved before a
+// capture's or solve's, the quantized block a forward task runs), "" when
+// it reads none; and a solve task's shards' statistics, in shard order.
+std::string ResultInputPath(const JobPlan& plan, const std::string& job_dir,
+                            const TaskRow& task);
+std::vector<std::string> StatisticsInputPaths(const JobPlan& plan,
+                                              const std::string& job_dir,
+                                              const TaskRow& task);
+// The job-directory files a task reads that nothing needs once their
+// readers are done (activations, statistics, partial results).
+std::vector<std::string> IntermediateInputs(const JobPlan& plan,
+                                            const std::string& job_dir,
+                                            const TaskRow& task);
 // The index of the task that writes the activations `task` reads (one of
 // its dependencies), or -1 when it reads none.
 int32_t ActivationsMaker(const JobPlan& plan, const std::vector<TaskRow>& tasks,

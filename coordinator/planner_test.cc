@@ -67,11 +67,11 @@ TEST_F(PlannerTest, SequentialIsAChain) {
   // The last block's outputs feed nothing.
   EXPECT_EQ(TaskOutputs(job.plan, job.tasks[3]),
             std::vector<std::string>{kResultTensor});
-  EXPECT_EQ(OutputPath("/j", job.tasks[0], kActivationsTensor),
+  EXPECT_EQ(OutputPath(job.plan, "/j", job.tasks[0], kActivationsTensor),
             "/j/activations-0.safetensors");
-  EXPECT_EQ(OutputPath("/j", job.tasks[2], kResultTensor),
+  EXPECT_EQ(OutputPath(job.plan, "/j", job.tasks[2], kResultTensor),
             "/j/block-1.safetensors");
-  EXPECT_EQ(OutputPath("/j", job.tasks[2], kActivationsTensor),
+  EXPECT_EQ(OutputPath(job.plan, "/j", job.tasks[2], kActivationsTensor),
             "/j/activations-2.safetensors");
   EXPECT_FALSE(ReadsActivations(job.plan, job.tasks[0]));
   EXPECT_TRUE(ReadsActivations(job.plan, job.tasks[1]));
@@ -91,6 +91,78 @@ TEST_F(PlannerTest, ParallelBlocksDependOnlyOnTheirInputs) {
             std::vector<std::string>{kActivationsTensor});
   EXPECT_EQ(TaskOutputs(job.plan, job.tasks[3]),
             std::vector<std::string>{kResultTensor});
+}
+
+// Two shards, GPTQ true-sequential (4 stages), 2 layers: per shard an
+// embed; per layer and stage two captures then a solve; forwards between
+// the layers. Each shard's chain reads its own activations.
+TEST_F(PlannerTest, DataParallelCalibrationSplitsEachStage) {
+  options_.calibration_shards = 2;
+  options_.sequences_per_pass = 3;  // 8 sequences: passes 3 3 2; shards 3, 5.
+  TinyLlamaOptions tiny;
+  tiny.num_layers = 2;
+  options_.model_dir = MakeTestTempDir("planner_dp") + "/model";
+  ASSERT_TRUE(WriteTinyLlama(options_.model_dir, tiny).ok());
+  const PlannedJob job = Plan(v1::MODE_SEQUENTIAL);
+  ASSERT_TRUE(DataParallel(job.plan));
+  std::vector<Expected> want = {{kEmbedTask, -1, {}}, {kEmbedTask, -1, {}}};
+  int index = 2;
+  std::vector<int32_t> shard_input = {0, 1};  // Who made shard k's input.
+  for (int layer = 0; layer < 2; ++layer) {
+    int32_t solved = -1;
+    for (int stage = 0; stage < 4; ++stage) {
+      std::vector<int32_t> captures;
+      for (int k = 0; k < 2; ++k) {
+        std::vector<int32_t> deps = {shard_input[k]};
+        if (solved >= 0) deps.push_back(solved);
+        want.push_back({kCaptureTask, layer, deps});
+        captures.push_back(index++);
+      }
+      want.push_back({kSolveTask, layer, captures});
+      solved = index++;
+    }
+    if (layer == 1) break;
+    for (int k = 0; k < 2; ++k) {
+      want.push_back({kForwardTask, layer, {shard_input[k], solved}});
+      shard_input[k] = index++;
+    }
+  }
+  ExpectTasks(job.tasks, want);
+  const JobPlan& plan = job.plan;
+  const std::vector<TaskRow>& tasks = job.tasks;
+  EXPECT_EQ(TaskShard(plan, tasks[1]), 1);
+  EXPECT_EQ(TaskSequences(plan, tasks[1]).first, 3);
+  EXPECT_EQ(TaskSequences(plan, tasks[1]).count, 5);
+  // Layer 0, stage 1: captures 5 and 6, solve 7.
+  EXPECT_EQ(TaskShard(plan, tasks[6]), 1);
+  EXPECT_EQ(TaskStage(plan, tasks[6]), 1);
+  EXPECT_EQ(TaskStage(plan, tasks[7]), 1);
+  EXPECT_EQ(ActivationsMaker(plan, tasks, tasks[6]), 1);
+  EXPECT_EQ(OutputPath(plan, "/j", tasks[6], kStatisticsTensor),
+            "/j/statistics-0-stage-1-shard-1.safetensors");
+  EXPECT_EQ(ActivationsInputPath(plan, "/j", tasks[6]),
+            "/j/activations-0-shard-1.safetensors");
+  EXPECT_EQ(ResultInputPath(plan, "/j", tasks[6]),
+            "/j/partial-0-stage-0.safetensors");
+  EXPECT_EQ(StatisticsInputPaths(plan, "/j", tasks[7]).size(), 2u);
+  EXPECT_FALSE(AssembledOutput(plan, tasks[7], kResultTensor));
+  // The last stage's solve writes the block's result; the forwards read it.
+  EXPECT_EQ(OutputPath(plan, "/j", tasks[13], kResultTensor),
+            "/j/block-0.safetensors");
+  EXPECT_TRUE(AssembledOutput(plan, tasks[13], kResultTensor));
+  EXPECT_EQ(tasks[15].kind, kForwardTask);
+  EXPECT_EQ(TaskShard(plan, tasks[15]), 1);
+  EXPECT_EQ(ResultInputPath(plan, "/j", tasks[15]), "/j/block-0.safetensors");
+  EXPECT_EQ(OutputPath(plan, "/j", tasks[15], kActivationsTensor),
+            "/j/activations-1-shard-1.safetensors");
+  EXPECT_EQ(ActivationsMaker(plan, tasks, tasks[17]), 15);  // Layer 1's.
+  const auto back = JobPlan::FromJson(plan.ToJson());
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->ToJson(), plan.ToJson());
+  // Parallel mode and one shard keep the block tasks.
+  EXPECT_EQ(Plan(v1::MODE_PARALLEL).tasks.back().kind, kBlockTask);
+  options_.calibration_shards = 1;
+  EXPECT_FALSE(DataParallel(Plan(v1::MODE_SEQUENTIAL).plan));
 }
 
 TEST_F(PlannerTest, DataFreeTasksAreIndependent) {
@@ -132,7 +204,8 @@ TEST_F(PlannerTest, PlanJsonRoundTripsWithGgufTypes) {
   EXPECT_EQ(head.index, 6);
   EXPECT_TRUE(head.deps.empty());
   EXPECT_EQ(TaskOutputs(job.plan, head), std::vector<std::string>{kHeadTensor});
-  EXPECT_EQ(OutputPath("/j", head, kHeadTensor), "/j/head.safetensors");
+  EXPECT_EQ(OutputPath(job.plan, "/j", head, kHeadTensor),
+            "/j/head.safetensors");
   EXPECT_FALSE(ReadsActivations(job.plan, head));
   EXPECT_EQ(JobPlan::FromJson("{\"mode\": 3}").status().code(),
             absl::StatusCode::kDataLoss);

@@ -143,9 +143,11 @@ bool Scheduler::HasGpuWorker(int64_t now) const {
 
 namespace {
 
-// Block and forward tasks go to GPU workers while any is registered.
+// Block work (forward, block, and a data-parallel job's capture and solve)
+// goes to GPU workers while any is registered.
 bool IsGpuTask(const TaskRow& task) {
-  return task.kind == kForwardTask || task.kind == kBlockTask;
+  return task.kind == kForwardTask || task.kind == kBlockTask ||
+         task.kind == kCaptureTask || task.kind == kSolveTask;
 }
 
 }  // namespace

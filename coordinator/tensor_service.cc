@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/file.h"
 #include "common/status_macros.h"
 #include "proto/task_tensors.h"
 #include "quant/quantize_model.h"
@@ -35,15 +36,45 @@ absl::StatusOr<std::unique_ptr<TaskInputs>> TaskInputs::Open(
     inputs->infos_.push_back(InfoOf(name, view));
     inputs->views_.push_back(view);
   };
-  if (task.kind == kEmbedTask) {
-    ASSIGN_OR_RETURN(inputs->job_file_,
-                     SafetensorsFile::Open(WindowsPath(job_dir)));
-    const TensorView* windows = inputs->job_file_->Find(kWindowsTensor);
-    if (windows == nullptr) {
-      return absl::DataLossError(absl::StrCat(WindowsPath(job_dir), " has no ",
-                                              kWindowsTensor, " tensor"));
+  // A whole job-directory file (a block result, a shard's statistics),
+  // sent as its bytes.
+  auto add_file = [&](const std::string& name,
+                      const std::string& path) -> absl::Status {
+    absl::StatusOr<std::unique_ptr<MappedFile>> file = MappedFile::Open(path);
+    if (!file.ok()) {
+      return absl::DataLossError(absl::StrCat("input ", name, " of task ",
+                                              task.index, ": ",
+                                              file.status().message()));
     }
-    add(kWindowsTensor, *windows);
+    TensorView view;
+    view.name = name;
+    view.dtype = SafetensorsDType::kU8;
+    view.shape = {static_cast<int64_t>((*file)->size())};
+    view.data = (*file)->data();
+    view.nbytes = (*file)->size();
+    add(name, view);
+    inputs->raw_files_.push_back(*std::move(file));
+    return absl::OkStatus();
+  };
+  const SequenceRange range = TaskSequences(plan, task);
+  if (task.kind == kEmbedTask) {
+    ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
+                     SafetensorsFile::Open(WindowsPath(job_dir)));
+    const TensorView* windows = file->Find(kWindowsTensor);
+    if (windows == nullptr || windows->shape.size() != 2 ||
+        windows->shape[0] < range.first + range.count) {
+      return absl::DataLossError(
+          absl::StrCat(WindowsPath(job_dir), " has no ", kWindowsTensor,
+                       " tensor of ", range.first + range.count, " windows"));
+    }
+    // The task's shard of the windows (all of them without shards).
+    TensorView shard = *windows;
+    const size_t row_bytes = windows->nbytes / windows->shape[0];
+    shard.shape[0] = range.count;
+    shard.data += range.first * row_bytes;
+    shard.nbytes = range.count * row_bytes;
+    add(kWindowsTensor, shard);
+    inputs->job_files_.push_back(std::move(file));
     const std::string embedding = "model.embed_tokens.weight";
     ASSIGN_OR_RETURN(const TensorView view, inputs->model_->Get(embedding));
     add(embedding, view);
@@ -56,24 +87,38 @@ absl::StatusOr<std::unique_ptr<TaskInputs>> TaskInputs::Open(
     }
     return inputs;
   }
-  const std::string prefix = absl::StrCat("model.layers.", task.layer, ".");
-  for (const std::string& name : inputs->model_->TensorNames()) {
-    if (name.rfind(prefix, 0) != 0) continue;
-    ASSIGN_OR_RETURN(const TensorView view, inputs->model_->Get(name));
-    add(name, view);
-  }
-  if (inputs->infos_.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(model_dir, " has no tensors of block ", task.layer));
+  const std::string result = ResultInputPath(plan, job_dir, task);
+  // A data-parallel forward task runs the quantized block: the result is
+  // its weights.
+  if (task.kind != kForwardTask || result.empty()) {
+    const std::string prefix = absl::StrCat("model.layers.", task.layer, ".");
+    for (const std::string& name : inputs->model_->TensorNames()) {
+      if (name.rfind(prefix, 0) != 0) continue;
+      ASSIGN_OR_RETURN(const TensorView view, inputs->model_->Get(name));
+      add(name, view);
+    }
+    if (inputs->infos_.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(model_dir, " has no tensors of block ", task.layer));
+    }
   }
   if (ReadsActivations(plan, task)) {
-    const std::string path = ActivationsPath(job_dir, task.layer);
-    ASSIGN_OR_RETURN(inputs->job_file_, SafetensorsFile::Open(path));
-    const TensorView* hidden = inputs->job_file_->Find("hidden");
+    const std::string path = ActivationsInputPath(plan, job_dir, task);
+    ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
+                     SafetensorsFile::Open(path));
+    const TensorView* hidden = file->Find("hidden");
     if (hidden == nullptr) {
       return absl::DataLossError(absl::StrCat(path, " has no activations"));
     }
     add(kActivationsTensor, *hidden);
+    inputs->job_files_.push_back(std::move(file));
+  }
+  if (!result.empty()) RETURN_IF_ERROR(add_file(kResultTensor, result));
+  const std::vector<std::string> statistics =
+      StatisticsInputPaths(plan, job_dir, task);
+  for (size_t k = 0; k < statistics.size(); ++k) {
+    RETURN_IF_ERROR(
+        add_file(absl::StrCat(kStatisticsTensor, ".", k), statistics[k]));
   }
   return inputs;
 }
@@ -115,11 +160,16 @@ absl::Status TaskInputs::Stream(
       TensorView part = view;
       part.data = view.data + from;
       part.nbytes = to - from;
-      if (job_file_ != nullptr && job_file_->Contains(view)) {
-        job_file_->Release(part);
-      } else {
-        model_->Release(part);
+      for (const auto& file : job_files_) {
+        if (file->Contains(view)) return file->Release(part);
       }
+      for (const auto& file : raw_files_) {
+        if (view.data >= file->data() &&
+            view.data < file->data() + file->size()) {
+          return file->Release(part.data - file->data(), part.nbytes);
+        }
+      }
+      model_->Release(part);
     };
     RETURN_IF_ERROR(SendTensor(infos_[i], view.data, i == first ? offset : 0,
                                chunk_bytes, emit, sent, release));

@@ -35,9 +35,10 @@ std::string WindowsPath(const std::string& job_dir);
 class TaskInputs {
  public:
   // Maps what `task` reads: from `model_dir` the embedding (embed), the
-  // block's tensors (forward, block) or the tensors outside the blocks
-  // (head), from `job_dir` the windows or the activations entering the
-  // block.
+  // block's tensors (forward, block, capture, solve) or the tensors outside
+  // the blocks (head), from `job_dir` the windows (the task's shard of
+  // them), the activations entering the block, and a data-parallel task's
+  // block result and shards' statistics (whole files, as U8).
   static absl::StatusOr<std::unique_ptr<TaskInputs>> Open(
       const std::string& model_dir, const std::string& job_dir,
       const JobPlan& plan, const TaskRow& task);
@@ -58,7 +59,9 @@ class TaskInputs {
   TaskInputs() = default;
 
   std::unique_ptr<SafetensorsCheckpoint> model_;
-  std::unique_ptr<SafetensorsFile> job_file_;  // Windows or activations.
+  // Windows or activations; whole files sent as bytes.
+  std::vector<std::unique_ptr<SafetensorsFile>> job_files_;
+  std::vector<std::unique_ptr<MappedFile>> raw_files_;
   std::vector<v1::TensorInfo> infos_;
   std::vector<TensorView> views_;  // Parallel to infos_.
 };

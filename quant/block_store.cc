@@ -1,6 +1,7 @@
 #include "quant/block_store.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -180,6 +181,7 @@ absl::Status SaveBlockResult(const std::string& path,
     const QuantizedLinear& q = result.quantized[i];
     const std::string name(kBlockLinearNames[i]);
     const LinearWeights& linear = BlockLinear(result.weights, i);
+    if (!LinearSolved(result, i)) continue;  // "pending" in the formats.
     if (!result.reports[i].kept_fp.empty()) {
       items.push_back(MakeItem(name + ".weight", SafetensorsDType::kF32,
                                {linear.rows, linear.cols}, linear.weight));
@@ -213,7 +215,12 @@ absl::Status SaveBlockResult(const std::string& path,
   items.push_back(MakeItem(kNormMlp, SafetensorsDType::kF32, {dim},
                            result.weights.ffn_norm));
   nlohmann::json formats = nlohmann::json::array();
-  for (const QuantizedLinear& q : result.quantized) {
+  for (int i = 0; i < kBlockLinears; ++i) {
+    if (!LinearSolved(result, i)) {
+      formats.push_back({{"pending", true}});
+      continue;
+    }
+    const QuantizedLinear& q = result.quantized[i];
     nlohmann::json format = {{"bits", q.bits}, {"group_size", q.group_size}};
     if (q.gguf_type.has_value()) {
       format["gguf_type"] = std::string(GgmlTypeName(*q.gguf_type));
@@ -286,6 +293,10 @@ absl::StatusOr<SavedLinear> SavedBlockResult::Linear(int i) const {
     const std::string name(kBlockLinearNames[i]);
     const nlohmann::json& r = report_["linears"][i];
     const nlohmann::json& format = formats_[i];
+    if (format.value("pending", false)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          path, ": ", name, " is not solved yet (a partial block result)"));
+    }
     LinearReport& out = saved.report;
     out.kept_fp = r.value("kept_fp", std::string());
     LinearWeights& linear = saved.weights;
@@ -348,12 +359,15 @@ absl::StatusOr<std::vector<float>> SavedBlockResult::Bias(int i) const {
 namespace {
 
 // LoadBlockResult into `out`, or (null) only its checks: one linear in
-// memory at a time, nothing dequantized.
-absl::Status ReadBlockResult(const std::string& path, BlockResult* out) {
+// memory at a time, nothing dequantized. With `partial`, a linear not
+// solved yet is no error and is left as `out` has it.
+absl::Status ReadBlockResult(const std::string& path, bool partial,
+                             BlockResult* out) {
   ASSIGN_OR_RETURN(std::unique_ptr<SavedBlockResult> saved,
                    SavedBlockResult::Open(path));
-  int64_t dim = 0;
+  int64_t dim = 0;  // The inputs of q_proj: the hidden size.
   for (int i = 0; i < kBlockLinears; ++i) {
+    if (partial && saved->Pending(i)) continue;
     ASSIGN_OR_RETURN(SavedLinear linear, saved->Linear(i));
     if (i == 0) dim = linear.weights.cols;
     if (out == nullptr) continue;
@@ -368,7 +382,7 @@ absl::Status ReadBlockResult(const std::string& path, BlockResult* out) {
   for (const auto& [name, norm] :
        {std::make_pair(kNormAttention, &saved->attn_norm()),
         std::make_pair(kNormMlp, &saved->ffn_norm())}) {
-    if (static_cast<int64_t>(norm->size()) != dim) {
+    if (dim > 0 && static_cast<int64_t>(norm->size()) != dim) {
       return absl::InvalidArgumentError(
           absl::StrCat(path, ": tensor ", name, " holds ", norm->size(),
                        " values, expected ", dim));
@@ -401,12 +415,123 @@ absl::StatusOr<nlohmann::json> LoadBlockReport(const std::string& path) {
 
 absl::StatusOr<BlockResult> LoadBlockResult(const std::string& path) {
   BlockResult result;
-  RETURN_IF_ERROR(ReadBlockResult(path, &result));
+  RETURN_IF_ERROR(ReadBlockResult(path, /*partial=*/false, &result));
   return result;
 }
 
 absl::Status CheckBlockResult(const std::string& path) {
-  return ReadBlockResult(path, nullptr);
+  return ReadBlockResult(path, /*partial=*/false, nullptr);
+}
+
+absl::Status LoadSolvedLinears(const std::string& path, BlockResult& partial) {
+  return ReadBlockResult(path, /*partial=*/true, &partial);
+}
+
+absl::Status CheckPartialBlockResult(const std::string& path) {
+  return ReadBlockResult(path, /*partial=*/true, nullptr);
+}
+
+namespace {
+
+std::string StatisticsName(int input, const char* sum) {
+  return absl::StrCat("input", input, ".", sum);
+}
+
+}  // namespace
+
+absl::Status SaveBlockStatistics(const std::string& path,
+                                 const BlockStatistics& statistics) {
+  // The lower triangle of sum x x^T (all the accumulator adds to), packed
+  // row by row: half the bytes of the square.
+  std::array<std::vector<double>, kBlockInputs> packed;
+  std::vector<Item> items;
+  nlohmann::json samples = nlohmann::json::object();
+  for (int input = 0; input < kBlockInputs; ++input) {
+    if (!statistics[input].has_value()) continue;
+    const HessianAccumulator& acc = *statistics[input];
+    const int64_t n = acc.columns();
+    std::vector<double>& lower = packed[input];
+    lower.reserve(static_cast<size_t>(n * (n + 1) / 2));
+    for (int64_t i = 0; i < n; ++i) {
+      lower.insert(lower.end(), acc.sum_xxt().begin() + i * n,
+                   acc.sum_xxt().begin() + i * n + i + 1);
+    }
+    items.push_back(MakeItem(StatisticsName(input, "sum_xxt"),
+                             SafetensorsDType::kF64,
+                             {static_cast<int64_t>(lower.size())}, lower));
+    items.push_back(MakeItem(StatisticsName(input, "sum_abs"),
+                             SafetensorsDType::kF64, {n}, acc.sum_abs()));
+    samples[std::to_string(input)] = acc.samples();
+  }
+  return WriteItems(path, items, {{"samples", samples.dump()}});
+}
+
+namespace {
+
+// The statistics file's inputs, each with its sample count and columns,
+// every tensor's dtype and shape checked; values not read.
+absl::StatusOr<std::vector<std::array<int64_t, 3>>> StatisticsLayout(
+    const SafetensorsFile& file) {
+  ASSIGN_OR_RETURN(const nlohmann::json samples, Metadata(file, "samples"));
+  if (!samples.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(file.path(), ": samples metadata is not an object"));
+  }
+  std::vector<std::array<int64_t, 3>> layout;  // {input, samples, columns}.
+  for (int input = 0; input < kBlockInputs; ++input) {
+    const auto count = samples.find(std::to_string(input));
+    if (count == samples.end()) continue;
+    if (!count->is_number_integer() || count->get<int64_t>() < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(file.path(), ": the sample count of input ", input,
+                       " is not a count"));
+    }
+    const TensorView* sum_abs = file.Find(StatisticsName(input, "sum_abs"));
+    const TensorView* sum_xxt = file.Find(StatisticsName(input, "sum_xxt"));
+    const int64_t n = sum_abs != nullptr && sum_abs->shape.size() == 1
+                          ? sum_abs->shape[0]
+                          : -1;
+    if (n < 0 || sum_abs->dtype != SafetensorsDType::kF64 ||
+        sum_xxt == nullptr || sum_xxt->dtype != SafetensorsDType::kF64 ||
+        sum_xxt->shape != std::vector<int64_t>{n * (n + 1) / 2}) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          file.path(), ": the sums of input ", input,
+          " are not F64 [columns] and F64 [columns * (columns + 1) / 2]"));
+    }
+    layout.push_back({input, count->get<int64_t>(), n});
+  }
+  return layout;
+}
+
+}  // namespace
+
+absl::Status CheckBlockStatistics(const std::string& path) {
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
+                   SafetensorsFile::Open(path));
+  return StatisticsLayout(*file).status();
+}
+
+absl::StatusOr<BlockStatistics> LoadBlockStatistics(const std::string& path) {
+  ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
+                   SafetensorsFile::Open(path));
+  ASSIGN_OR_RETURN(const auto layout, StatisticsLayout(*file));
+  BlockStatistics statistics;
+  for (const auto& [input, samples, n] : layout) {
+    std::vector<double> sum_abs, lower;
+    RETURN_IF_ERROR(Read(*file, StatisticsName(input, "sum_abs"),
+                         SafetensorsDType::kF64, {n}, sum_abs));
+    RETURN_IF_ERROR(Read(*file, StatisticsName(input, "sum_xxt"),
+                         SafetensorsDType::kF64, {n * (n + 1) / 2}, lower));
+    std::vector<double> sum_xxt(static_cast<size_t>(n * n), 0.0);
+    for (int64_t i = 0, at = 0; i < n; at += i + 1, ++i) {
+      std::copy(lower.begin() + at, lower.begin() + at + i + 1,
+                sum_xxt.begin() + i * n);
+    }
+    ASSIGN_OR_RETURN(statistics[input],
+                     HessianAccumulator::FromSums(
+                         n, samples, std::move(sum_xxt), std::move(sum_abs)));
+  }
+  return statistics;
 }
 
 absl::Status SaveActivations(const std::string& path,

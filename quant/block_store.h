@@ -47,6 +47,9 @@ class SavedBlockResult {
   SavedBlockResult(const SavedBlockResult&) = delete;
   SavedBlockResult& operator=(const SavedBlockResult&) = delete;
 
+  // Whether linear `i` is not solved yet (a partial result: Linear(i) is
+  // FailedPrecondition).
+  bool Pending(int i) const { return formats_[i].value("pending", false); }
   // Linear `i` (kBlockLinearNames order), not dequantized.
   absl::StatusOr<SavedLinear> Linear(int i) const;
   // Linear `i`'s bias alone (empty when it has none).
@@ -75,6 +78,24 @@ using BlockResultOpener =
 // at a time, nothing dequantized): how a worker's upload is checked before
 // it is committed.
 absl::Status CheckBlockResult(const std::string& path);
+
+// A partial result: the stages a data-parallel job has solved so far.
+// SaveBlockResult writes the linears not solved yet (LinearSolved) as
+// "pending", which LoadBlockResult and CheckBlockResult refuse;
+// LoadSolvedLinears fills `partial` (StartBlockResult's) with the solved
+// linears and the norms, CheckPartialBlockResult is its checks alone.
+absl::Status LoadSolvedLinears(const std::string& path, BlockResult& partial);
+absl::Status CheckPartialBlockResult(const std::string& path);
+
+// One calibration shard's statistics (CaptureStageStatistics) stored
+// exactly, the sums in float64, so that merged again they are bit for bit
+// the statistics merged in memory. Errors name the file and what is wrong.
+absl::Status SaveBlockStatistics(const std::string& path,
+                                 const BlockStatistics& statistics);
+absl::StatusOr<BlockStatistics> LoadBlockStatistics(const std::string& path);
+// LoadBlockStatistics' checks of every tensor's dtype and shape, without
+// reading the sums (gigabytes at 70B).
+absl::Status CheckBlockStatistics(const std::string& path);
 
 // The block's reports, AWQ ratios and timing as JSON.
 nlohmann::json BlockReportJson(const BlockResult& result);

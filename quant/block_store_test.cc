@@ -119,6 +119,84 @@ TEST(BlockStoreTest, BlockResultRoundTrips) {
   EXPECT_EQ(*LoadBlockReport(path), BlockReportJson(r));
 }
 
+// A partial result keeps the linears solved so far; the rest stay as the
+// reader's started result has them, and a full read refuses the file.
+TEST(BlockStoreTest, PartialResultFillsOnlySolvedLinears) {
+  const std::string path =
+      MakeTestTempDir("block_store") + "/partial.safetensors";
+  BlockResult r = RandomResult();
+  const int pending[] = {3, 4};
+  for (int i : pending) {
+    r.quantized[i] = QuantizedLinear();
+    r.importance[i].clear();
+    ASSERT_FALSE(LinearSolved(r, i));
+  }
+  ASSERT_TRUE(SaveBlockResult(path, r).ok());
+  EXPECT_TRUE(CheckPartialBlockResult(path).ok());
+  const absl::Status full = CheckBlockResult(path);
+  EXPECT_EQ(full.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(full.message().find("self_attn.o_proj is not solved yet"),
+            std::string::npos)
+      << full;
+  EXPECT_FALSE(LoadBlockResult(path).ok());
+
+  BlockResult started;  // As StartBlockResult leaves the FP block.
+  for (int i = 0; i < kBlockLinears; ++i) {
+    LinearWeights& linear = BlockLinear(started.weights, i);
+    linear = BlockLinear(r.weights, i);
+    linear.weight.assign(linear.rows * linear.cols, 9.0f);
+  }
+  ASSERT_TRUE(LoadSolvedLinears(path, started).ok());
+  for (int i = 0; i < kBlockLinears; ++i) {
+    const bool is_pending = i == 3 || i == 4;
+    EXPECT_EQ(LinearSolved(started, i), !is_pending) << i;
+    if (is_pending) {
+      EXPECT_EQ(BlockLinear(started.weights, i).weight[0], 9.0f);
+    } else {
+      EXPECT_EQ(BlockLinear(started.weights, i).weight,
+                BlockLinear(r.weights, i).weight)
+          << i;
+      EXPECT_EQ(started.quantized[i].q, r.quantized[i].q);
+      EXPECT_EQ(started.importance[i], r.importance[i]);
+    }
+  }
+  EXPECT_EQ(started.weights.attn_norm, r.weights.attn_norm);
+}
+
+// A shard's statistics stored and read back merge to the very bits of the
+// statistics merged in memory.
+TEST(BlockStoreTest, StatisticsRoundTripExactly) {
+  const std::string dir = MakeTestTempDir("block_store");
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal;
+  BlockStatistics stats;
+  for (int input : {0, 3}) {
+    const int64_t columns = input == 0 ? 13 : 29;
+    std::vector<float> x(31 * columns);
+    for (float& v : x) v = normal(rng);
+    stats[input].emplace(columns);
+    stats[input]->Add(x.data(), 31);
+  }
+  ASSERT_TRUE(SaveBlockStatistics(dir + "/s.safetensors", stats).ok());
+  absl::StatusOr<BlockStatistics> back =
+      LoadBlockStatistics(dir + "/s.safetensors");
+  ASSERT_TRUE(back.ok()) << back.status();
+  for (int input = 0; input < kBlockInputs; ++input) {
+    ASSERT_EQ(back->at(input).has_value(), stats[input].has_value()) << input;
+    if (!stats[input]) continue;
+    EXPECT_EQ(back->at(input)->samples(), 31);
+    EXPECT_EQ(back->at(input)->sum_xxt(), stats[input]->sum_xxt());
+    EXPECT_EQ(back->at(input)->sum_abs(), stats[input]->sum_abs());
+  }
+  // A file that is not statistics says so.
+  ASSERT_TRUE(SaveActivations(dir + "/a.safetensors", {1, 2}, 1, 1, 2).ok());
+  const absl::StatusOr<BlockStatistics> wrong =
+      LoadBlockStatistics(dir + "/a.safetensors");
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(wrong.status().message().find("samples"), std::string::npos)
+      << wrong.status();
+}
+
 // The assembly reads a saved result a linear at a time: each linear as
 // LoadBlockResult reads it, its rows decoded a chunk at a time equal to
 // the whole dequantized weight.

@@ -3,6 +3,7 @@
 #include <cblas.h>
 
 #include <cmath>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -61,6 +62,24 @@ std::vector<double> HessianAccumulator::MeanAbs() const {
   if (samples_ == 0) return mean;
   for (size_t c = 0; c < mean.size(); ++c) mean[c] = sum_abs_[c] / samples_;
   return mean;
+}
+
+absl::StatusOr<HessianAccumulator> HessianAccumulator::FromSums(
+    int64_t columns, int64_t samples, std::vector<double> sum_xxt,
+    std::vector<double> sum_abs) {
+  if (columns < 0 || samples < 0 ||
+      sum_xxt.size() != static_cast<size_t>(columns * columns) ||
+      sum_abs.size() != static_cast<size_t>(columns)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "statistics of ", columns, " columns and ", samples, " samples: ",
+        sum_xxt.size(), " sums of products, ", sum_abs.size(), " sums of |x|"));
+  }
+  HessianAccumulator accumulator(0);
+  accumulator.columns_ = columns;
+  accumulator.samples_ = samples;
+  accumulator.sum_xxt_ = std::move(sum_xxt);
+  accumulator.sum_abs_ = std::move(sum_abs);
+  return accumulator;
 }
 
 }  // namespace quant

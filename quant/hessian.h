@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace quant {
 
@@ -32,6 +33,16 @@ class HessianAccumulator {
 
   // Mean |x| per column (zeros before any sample).
   std::vector<double> MeanAbs() const;
+
+  // The running sums, stored exactly where a shard's statistics travel
+  // (FromSums restores them): sum x x^T (lower triangle) and sum |x|.
+  const std::vector<double>& sum_xxt() const { return sum_xxt_; }
+  const std::vector<double>& sum_abs() const { return sum_abs_; }
+  // InvalidArgument when the sums are not [columns, columns] and [columns]
+  // or samples is negative.
+  static absl::StatusOr<HessianAccumulator> FromSums(
+      int64_t columns, int64_t samples, std::vector<double> sum_xxt,
+      std::vector<double> sum_abs);
 
  private:
   int64_t columns_;

@@ -80,5 +80,27 @@ TEST(HessianTest, EmptyAndMismatched) {
               HasSubstr("cannot merge statistics of 5 columns into 4"));
 }
 
+// What a shard's statistics travel as restores them exactly.
+TEST(HessianTest, SumsRoundTrip) {
+  const int64_t columns = 9;
+  const std::vector<float> x = Inputs(23, columns, 3);
+  HessianAccumulator acc(columns);
+  acc.Add(x.data(), 23);
+  absl::StatusOr<HessianAccumulator> restored = HessianAccumulator::FromSums(
+      columns, acc.samples(), acc.sum_xxt(), acc.sum_abs());
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ(restored->samples(), 23);
+  EXPECT_EQ(restored->Hessian(), acc.Hessian());
+  EXPECT_EQ(restored->MeanAbs(), acc.MeanAbs());
+  const absl::StatusOr<HessianAccumulator> short_sums =
+      HessianAccumulator::FromSums(columns, 1, acc.sum_abs(), acc.sum_abs());
+  EXPECT_EQ(short_sums.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      HessianAccumulator::FromSums(columns, -1, acc.sum_xxt(), acc.sum_abs())
+          .status()
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace quant

@@ -7,7 +7,9 @@
 # GGUF. The workers see the model root (--shared_model_roots): they read
 # the weights there, verified against the SHA-256s the coordinator
 # recorded, and each block goes to the worker that made its input
-# activations (affinity), which reads the copy it holds. Then the faults:
+# activations (affinity), which reads the copy it holds. A third job
+# calibrates each block data-parallel over the two workers (two shards),
+# byte-identical to run --local with that recipe. Then the faults:
 #  - kill -9 a worker in the middle of a task (with the activations it
 #    holds and those it was computing): its lease expires, the other worker
 #    takes the task, fetching what the dead one held from the coordinator,
@@ -110,6 +112,11 @@ same() {  # FILE REFERENCE WHAT
 "$quantctl" run --local --threads 1 --model "$work/model" \
   --out "$work/ref/model.gguf" "${recipe[@]}" "${gguf[@]}" \
   >"$work/ref-gguf.log" 2>&1 || fail "run --local (gguf)"
+# Data-parallel calibration: 4 passes of 4 sequences in 2 shards.
+dp=(--sequences-per-pass 4 --calibration-shards 2)
+"$quantctl" run --local --threads 1 --model "$work/model" \
+  --out "$work/ref/dp" "${recipe[@]}" "${dp[@]}" --format gptq \
+  >"$work/ref-dp.log" 2>&1 || fail "run --local (data-parallel)"
 
 # 2. A coordinator and two worker processes.
 start_coordinator
@@ -126,6 +133,16 @@ same "$work/out/gptq/model.safetensors" "$work/ref/gptq/model.safetensors" \
   "GPTQ through the service"
 cmp -s "$work/out/gptq/config.json" "$work/ref/gptq/config.json" ||
   fail "GPTQ config.json differs"
+id=$(qc submit --model "$work/model" --out "$work/out/dp" "${recipe[@]}" \
+  "${dp[@]}" --format gptq)
+qc watch "$id" >"$work/watch-dp.log" 2>&1 || fail "data-parallel job $id"
+same "$work/out/dp/model.safetensors" "$work/ref/dp/model.safetensors" \
+  "GPTQ with data-parallel calibration over two workers"
+for name in w1 w2; do
+  grep -q "capture task .*: done" "$work/worker-$name.log" ||
+    fail "worker $name ran no capture task of the data-parallel job"
+done
+echo "PASS: the data-parallel job's captures ran on both workers"
 qc workers | grep -q "w1" || fail "quantctl workers does not list w1"
 direct=$(cat "$work"/worker-w*.log | grep -c "SHA-256 verified" || true)
 held=$(cat "$work"/worker-w*.log | grep -c "reads the activations it holds" || true)
@@ -148,7 +165,7 @@ for family in ["quant_jobs{", "quant_tasks_completed_total{", "quant_workers_act
                "quant_task_duration_seconds_bucket{", "quant_bytes_streamed_total{",
                "quant_queue_depth"]:
     assert family in text, family
-assert 'quant_jobs{state="succeeded"} 2' in text, "two jobs succeeded"
+assert 'quant_jobs{state="succeeded"} 3' in text, "three jobs succeeded"
 PY
 echo "PASS: /metrics"
 

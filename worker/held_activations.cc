@@ -14,14 +14,14 @@ namespace fs = std::filesystem;
 // A file name: the job id (the coordinator's) with anything but letters,
 // digits, '-' and '_' replaced (a collision is harmless: a file is used only
 // under its SHA-256).
-std::string KeyOf(const std::string& job_id, int boundary) {
+std::string KeyOf(const std::string& job_id, int boundary, int shard) {
   std::string key = job_id;
   for (char& c : key) {
     const bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
                        (c >= '0' && c <= '9') || c == '-' || c == '_';
     if (!plain) c = '_';
   }
-  return absl::StrCat(key, "-", boundary);
+  return absl::StrCat(key, "-", boundary, "-", shard);
 }
 
 }  // namespace
@@ -52,9 +52,9 @@ void HeldActivations::DropLocked(const std::string& key) {
 }
 
 absl::Status HeldActivations::Put(const std::string& job_id, int boundary,
-                                  const std::string& path,
+                                  int shard, const std::string& path,
                                   const std::string& sha256) {
-  const std::string key = KeyOf(job_id, boundary);
+  const std::string key = KeyOf(job_id, boundary, shard);
   absl::MutexLock lock(&mu_);
   DropLocked(key);
   if (capacity_ == 0 || sha256.empty()) return absl::OkStatus();
@@ -72,9 +72,9 @@ absl::Status HeldActivations::Put(const std::string& job_id, int boundary,
 }
 
 std::optional<std::string> HeldActivations::Find(const std::string& job_id,
-                                                 int boundary,
+                                                 int boundary, int shard,
                                                  const std::string& sha256) {
-  const std::string key = KeyOf(job_id, boundary);
+  const std::string key = KeyOf(job_id, boundary, shard);
   absl::MutexLock lock(&mu_);
   const auto it = std::find_if(held_.begin(), held_.end(),
                                [&](const auto& h) { return h.first == key; });
@@ -88,9 +88,9 @@ std::optional<std::string> HeldActivations::Find(const std::string& job_id,
   return PathOf(key);
 }
 
-void HeldActivations::Drop(const std::string& job_id, int boundary) {
+void HeldActivations::Drop(const std::string& job_id, int boundary, int shard) {
   absl::MutexLock lock(&mu_);
-  DropLocked(KeyOf(job_id, boundary));
+  DropLocked(KeyOf(job_id, boundary, shard));
 }
 
 }  // namespace quant

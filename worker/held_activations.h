@@ -28,15 +28,16 @@ class HeldActivations {
       const std::string& dir, int capacity);
 
   // Moves `path` in: the activations entering block `boundary` of job
-  // `job_id`, whose bytes have SHA-256 `sha256` (hex). Replaces an earlier
-  // file of the same boundary.
-  absl::Status Put(const std::string& job_id, int boundary,
+  // `job_id` (calibration shard `shard` of a data-parallel job, else 0),
+  // whose bytes have SHA-256 `sha256` (hex). Replaces an earlier file of
+  // the same boundary and shard.
+  absl::Status Put(const std::string& job_id, int boundary, int shard,
                    const std::string& path, const std::string& sha256);
-  // The file held for (job_id, boundary) when it was put with `sha256`;
-  // nullopt when none is, or (dropped then) one of another SHA-256.
+  // The file held for (job_id, boundary, shard) when it was put with
+  // `sha256`; nullopt when none is, or (dropped then) one of another SHA-256.
   std::optional<std::string> Find(const std::string& job_id, int boundary,
-                                  const std::string& sha256);
-  void Drop(const std::string& job_id, int boundary);
+                                  int shard, const std::string& sha256);
+  void Drop(const std::string& job_id, int boundary, int shard);
 
  private:
   HeldActivations(std::string dir, int capacity)
@@ -47,7 +48,7 @@ class HeldActivations {
   const std::string dir_;
   const int capacity_;
   absl::Mutex mu_;
-  // Keys ("<job>-<boundary>") oldest first, with their SHA-256s.
+  // Keys ("<job>-<boundary>-<shard>") oldest first, with their SHA-256s.
   std::deque<std::pair<std::string, std::string>> held_ ABSL_GUARDED_BY(mu_);
 };
 

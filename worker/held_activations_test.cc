@@ -25,17 +25,18 @@ TEST(HeldActivationsTest, FindsOnlyWhatWasPutWithTheSameChecksum) {
   EXPECT_FALSE(std::filesystem::exists(dir + "/held/stale.safetensors"));
 
   ASSERT_TRUE(
-      (*held)->Put("7", 3, WriteFile(dir + "/a", "boundary 3"), "aa").ok());
+      (*held)->Put("7", 3, 0, WriteFile(dir + "/a", "boundary 3"), "aa").ok());
   EXPECT_FALSE(std::filesystem::exists(dir + "/a"));  // Moved in.
-  const auto found = (*held)->Find("7", 3, "aa");
+  const auto found = (*held)->Find("7", 3, 0, "aa");
   ASSERT_TRUE(found.has_value());
   std::ifstream in(*found, std::ios::binary);
   EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), "boundary 3");
-  EXPECT_FALSE((*held)->Find("7", 4, "aa").has_value());
-  EXPECT_FALSE((*held)->Find("8", 3, "aa").has_value());
+  EXPECT_FALSE((*held)->Find("7", 4, 0, "aa").has_value());
+  EXPECT_FALSE((*held)->Find("8", 3, 0, "aa").has_value());
+  EXPECT_FALSE((*held)->Find("7", 3, 1, "aa").has_value());  // Another shard.
   // Another checksum (the task was computed again elsewhere): dropped.
-  EXPECT_FALSE((*held)->Find("7", 3, "bb").has_value());
-  EXPECT_FALSE((*held)->Find("7", 3, "aa").has_value());
+  EXPECT_FALSE((*held)->Find("7", 3, 0, "bb").has_value());
+  EXPECT_FALSE((*held)->Find("7", 3, 0, "aa").has_value());
   EXPECT_FALSE(std::filesystem::exists(*found));
 }
 
@@ -45,22 +46,22 @@ TEST(HeldActivationsTest, KeepsAtMostCapacityDroppingTheOldest) {
   ASSERT_TRUE(held.ok());
   for (int b = 1; b <= 3; ++b) {
     ASSERT_TRUE((*held)
-                    ->Put("1", b, WriteFile(dir + "/x", std::to_string(b)),
+                    ->Put("1", b, 0, WriteFile(dir + "/x", std::to_string(b)),
                           "s" + std::to_string(b))
                     .ok());
   }
-  EXPECT_FALSE((*held)->Find("1", 1, "s1").has_value());
-  EXPECT_TRUE((*held)->Find("1", 2, "s2").has_value());
-  EXPECT_TRUE((*held)->Find("1", 3, "s3").has_value());
-  (*held)->Drop("1", 3);
-  EXPECT_FALSE((*held)->Find("1", 3, "s3").has_value());
+  EXPECT_FALSE((*held)->Find("1", 1, 0, "s1").has_value());
+  EXPECT_TRUE((*held)->Find("1", 2, 0, "s2").has_value());
+  EXPECT_TRUE((*held)->Find("1", 3, 0, "s3").has_value());
+  (*held)->Drop("1", 3, 0);
+  EXPECT_FALSE((*held)->Find("1", 3, 0, "s3").has_value());
   // Capacity 0 keeps nothing, and a file is never kept without a checksum.
   auto none = HeldActivations::Create(dir + "/none", 0);
   ASSERT_TRUE(none.ok());
-  ASSERT_TRUE((*none)->Put("1", 1, WriteFile(dir + "/y", "y"), "s").ok());
-  EXPECT_FALSE((*none)->Find("1", 1, "s").has_value());
-  ASSERT_TRUE((*held)->Put("1", 5, WriteFile(dir + "/z", "z"), "").ok());
-  EXPECT_FALSE((*held)->Find("1", 5, "").has_value());
+  ASSERT_TRUE((*none)->Put("1", 1, 0, WriteFile(dir + "/y", "y"), "s").ok());
+  EXPECT_FALSE((*none)->Find("1", 1, 0, "s").has_value());
+  ASSERT_TRUE((*held)->Put("1", 5, 0, WriteFile(dir + "/z", "z"), "").ok());
+  EXPECT_FALSE((*held)->Find("1", 5, 0, "").has_value());
 }
 
 }  // namespace

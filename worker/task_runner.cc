@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -56,6 +58,56 @@ LinearTypesOf(const v1::TaskSpec& spec) {
   return types;
 }
 
+// Writes the U8 input `name` (a whole file sent as bytes: a block result,
+// a shard's statistics) to `path`.
+absl::Status WriteInputFile(const SafetensorsCheckpoint& inputs,
+                            const std::string& name, const std::string& path) {
+  ASSIGN_OR_RETURN(const TensorView view, inputs.Get(name));
+  if (view.dtype != SafetensorsDType::kU8 || view.shape.size() != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("input ", name, " is not a U8 file"));
+  }
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(view.data),
+            static_cast<std::streamsize>(view.nbytes));
+  out.close();
+  if (!out) return absl::InternalError(absl::StrCat("cannot write ", path));
+  return absl::OkStatus();
+}
+
+// A data-parallel stage's starting point: the block's FP weights with the
+// stages before `spec.stage()` solved, from the "result" input (absent for
+// the first stage).
+absl::StatusOr<BlockResult> StartedBlock(const v1::TaskSpec& spec,
+                                         const SafetensorsCheckpoint& inputs,
+                                         const SafetensorsCheckpoint& weights,
+                                         const ModelSpec& model,
+                                         const BlockRecipe& recipe,
+                                         const std::string& output_dir) {
+  ASSIGN_OR_RETURN(DecoderBlockWeights block,
+                   LoadDecoderBlock(weights, model, spec.layer()));
+  ASSIGN_OR_RETURN(BlockResult partial,
+                   StartBlockResult(std::move(block), recipe, spec.sequences(),
+                                    spec.seq_len()));
+  if (spec.stage() > 0) {
+    const std::string path = output_dir + "/input-result.safetensors";
+    RETURN_IF_ERROR(WriteInputFile(inputs, kResultTensor, path));
+    RETURN_IF_ERROR(LoadSolvedLinears(path, partial));
+    std::filesystem::remove(path);
+  }
+  return partial;
+}
+
+absl::StatusOr<BlockRecipe> RecipeOf(const v1::TaskSpec& spec,
+                                     const ModelSpec& model) {
+  ASSIGN_OR_RETURN(const QuantizeModelOptions options,
+                   OptionsFromRecipe(spec.recipe()));
+  ASSIGN_OR_RETURN(const SafetensorsDType norm_dtype,
+                   ParseSafetensorsDType(spec.norm_dtype()));
+  ASSIGN_OR_RETURN(const auto linear_types, LinearTypesOf(spec));
+  return MakeBlockRecipe(options, model, norm_dtype, linear_types);
+}
+
 }  // namespace
 
 absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
@@ -102,29 +154,34 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       ASSIGN_OR_RETURN(std::vector<float> hidden,
                        ReadActivations(*inputs, local.held_activations,
                                        sequences, seq_len, dim));
-      ASSIGN_OR_RETURN(const DecoderBlockWeights block,
-                       LoadDecoderBlock(weights, model, spec.layer()));
       ASSIGN_OR_RETURN(const QuantizeModelOptions options,
                        OptionsFromRecipe(spec.recipe()));
       const LlamaForward forward(model, seq_len);
-      RETURN_IF_ERROR(compute.ForwardBlock(forward, block, sequences, seq_len,
-                                           options.sequences_per_pass,
-                                           hidden.data()));
-      result.kernel = compute.kernel();
+      DecoderBlockWeights block;
+      // A data-parallel job's: the quantized block (computed by the CPU
+      // engine, which runs sharded recipes, as quantctl's block does).
+      const bool quantized = inputs->Get(kResultTensor).ok();
+      BlockBackend& runs = quantized ? cpu : compute;
+      if (quantized) {
+        const std::string path = output_dir + "/input-result.safetensors";
+        RETURN_IF_ERROR(WriteInputFile(*inputs, kResultTensor, path));
+        ASSIGN_OR_RETURN(BlockResult done, LoadBlockResult(path));
+        std::filesystem::remove(path);
+        block = std::move(done.weights);
+      } else {
+        ASSIGN_OR_RETURN(block, LoadDecoderBlock(weights, model, spec.layer()));
+      }
+      RETURN_IF_ERROR(runs.ForwardBlock(forward, block, sequences, seq_len,
+                                        options.sequences_per_pass,
+                                        hidden.data()));
+      result.kernel = runs.kernel();
       RETURN_IF_ERROR(
           SaveActivations(activations_out, hidden, sequences, seq_len, dim));
       result.outputs.emplace_back(kActivationsTensor, activations_out);
       break;
     }
     case v1::TASK_KIND_BLOCK: {
-      ASSIGN_OR_RETURN(const QuantizeModelOptions options,
-                       OptionsFromRecipe(spec.recipe()));
-      ASSIGN_OR_RETURN(const SafetensorsDType norm_dtype,
-                       ParseSafetensorsDType(spec.norm_dtype()));
-      ASSIGN_OR_RETURN(const auto linear_types, LinearTypesOf(spec));
-      ASSIGN_OR_RETURN(
-          const BlockRecipe recipe,
-          MakeBlockRecipe(options, model, norm_dtype, linear_types));
+      ASSIGN_OR_RETURN(const BlockRecipe recipe, RecipeOf(spec, model));
       std::vector<float> hidden;
       if (sequences > 0) {
         ASSIGN_OR_RETURN(
@@ -153,6 +210,64 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
             SaveActivations(activations_out, hidden, sequences, seq_len, dim));
         result.outputs.emplace_back(kActivationsTensor, activations_out);
       }
+      break;
+    }
+    case v1::TASK_KIND_CAPTURE: {
+      ASSIGN_OR_RETURN(const BlockRecipe recipe, RecipeOf(spec, model));
+      ASSIGN_OR_RETURN(
+          const BlockResult partial,
+          StartedBlock(spec, *inputs, weights, model, recipe, output_dir));
+      ASSIGN_OR_RETURN(const std::vector<float> hidden,
+                       ReadActivations(*inputs, local.held_activations,
+                                       sequences, seq_len, dim));
+      const LlamaForward forward(model, seq_len);
+      ASSIGN_OR_RETURN(
+          const BlockStatistics statistics,
+          CaptureStageStatistics(forward, partial.weights, recipe, spec.stage(),
+                                 sequences, seq_len, hidden.data()));
+      const std::string path =
+          absl::StrCat(output_dir, "/", kStatisticsTensor, ".safetensors");
+      RETURN_IF_ERROR(SaveBlockStatistics(path, statistics));
+      result.outputs.emplace_back(kStatisticsTensor, path);
+      break;
+    }
+    case v1::TASK_KIND_SOLVE: {
+      ASSIGN_OR_RETURN(const BlockRecipe recipe, RecipeOf(spec, model));
+      ASSIGN_OR_RETURN(
+          BlockResult partial,
+          StartedBlock(spec, *inputs, weights, model, recipe, output_dir));
+      // Every shard's statistics, merged in shard order from shard 0's.
+      BlockStatistics total;
+      for (int k = 0; k < spec.shards(); ++k) {
+        const std::string name = absl::StrCat(kStatisticsTensor, ".", k);
+        const std::string path =
+            absl::StrCat(output_dir, "/input-", name, ".safetensors");
+        RETURN_IF_ERROR(WriteInputFile(*inputs, name, path));
+        ASSIGN_OR_RETURN(BlockStatistics shard, LoadBlockStatistics(path));
+        std::filesystem::remove(path);
+        if (k == 0) {
+          total = std::move(shard);
+        } else {
+          RETURN_IF_ERROR(MergeStatistics(shard, total));
+        }
+      }
+      const auto solve_start = std::chrono::steady_clock::now();
+      if (absl::Status solved =
+              SolveStage(recipe, spec.stage(), total, partial);
+          !solved.ok()) {
+        return absl::Status(solved.code(),
+                            absl::StrCat("block ", spec.layer(), " stage ",
+                                         spec.stage(), ": ", solved.message()));
+      }
+      partial.seconds = std::chrono::duration<double>(
+                            std::chrono::steady_clock::now() - solve_start)
+                            .count();
+      partial.backend = result.kernel.backend;
+      partial.kernel = result.kernel.kernel;
+      const std::string path =
+          absl::StrCat(output_dir, "/", kResultTensor, ".safetensors");
+      RETURN_IF_ERROR(SaveBlockResult(path, partial));
+      result.outputs.emplace_back(kResultTensor, path);
       break;
     }
     case v1::TASK_KIND_HEAD: {

@@ -102,6 +102,31 @@ class TaskRunnerTest : public ::testing::Test {
     return spec;
   }
 
+  // Runs the embed task on the calibration windows; `activations` is the
+  // file it writes.
+  void Embed(const SafetensorsCheckpoint& checkpoint,
+             std::string* activations) {
+    const auto windows = LoadCalibrationWindows(model_, options_.calibration);
+    ASSERT_TRUE(windows.ok());
+    const TensorView embedding = *checkpoint.Get("model.embed_tokens.weight");
+    WriteInputs(dir_ + "/embed.in",
+                {{kWindowsTensor,
+                  SafetensorsDType::kI32,
+                  {options_.calibration.samples, options_.calibration.seq_len},
+                  windows->data(),
+                  windows->size() * sizeof(int32_t)},
+                 {embedding.name, embedding.dtype, embedding.shape,
+                  embedding.data, embedding.nbytes}});
+    v1::TaskSpec embed = Spec(v1::TASK_KIND_EMBED, -1);
+    embed.add_outputs(kActivationsTensor);
+    std::filesystem::create_directories(dir_ + "/embed.out");
+    const auto embedded =
+        RunTask(embed, dir_ + "/embed.in", dir_ + "/embed.out");
+    ASSERT_TRUE(embedded.ok()) << embedded.status();
+    ASSERT_EQ(embedded->outputs.size(), 1u);
+    *activations = embedded->outputs[0].second;
+  }
+
   std::string dir_, model_;
   QuantizeModelOptions options_;
 };
@@ -121,27 +146,8 @@ TEST_F(TaskRunnerTest, BlockChainMatchesTheEngineByteForByte) {
 
   auto checkpoint = SafetensorsCheckpoint::Open(model_);
   ASSERT_TRUE(checkpoint.ok());
-  const auto windows = LoadCalibrationWindows(model_, options_.calibration);
-  ASSERT_TRUE(windows.ok());
-  const TensorView embedding = *(*checkpoint)->Get("model.embed_tokens.weight");
-  const int64_t samples = options_.calibration.samples;
-  const int64_t seq_len = options_.calibration.seq_len;
-  WriteInputs(dir_ + "/embed.in",
-              {{kWindowsTensor,
-                SafetensorsDType::kI32,
-                {samples, seq_len},
-                windows->data(),
-                windows->size() * sizeof(int32_t)},
-               {embedding.name, embedding.dtype, embedding.shape,
-                embedding.data, embedding.nbytes}});
-  v1::TaskSpec embed = Spec(v1::TASK_KIND_EMBED, -1);
-  embed.add_outputs(kActivationsTensor);
-  std::filesystem::create_directories(dir_ + "/embed.out");
-  const auto embedded = RunTask(embed, dir_ + "/embed.in", dir_ + "/embed.out");
-  ASSERT_TRUE(embedded.ok()) << embedded.status();
-  ASSERT_EQ(embedded->outputs.size(), 1u);
-
-  std::string activations = embedded->outputs[0].second;
+  std::string activations;
+  ASSERT_NO_FATAL_FAILURE(Embed(**checkpoint, &activations));
   for (int layer = 0; layer < 2; ++layer) {
     auto file = SafetensorsFile::Open(activations);
     ASSERT_TRUE(file.ok());
@@ -169,6 +175,122 @@ TEST_F(TaskRunnerTest, BlockChainMatchesTheEngineByteForByte) {
                   *ReadFileToString(ActivationsPath(staged.work_dir, 1)));
     }
   }
+}
+
+// A data-parallel block: per stage, each shard's CAPTURE and one SOLVE on
+// their statistics, then each shard's FORWARD of the quantized block,
+// compute the BLOCK task's result and activations (same recipe) bit for bit.
+TEST_F(TaskRunnerTest, DataParallelStagesMatchTheBlockTask) {
+  options_.calibration_shards = 2;  // 4 sequences, passes of 3: 3 + 1.
+  auto checkpoint = SafetensorsCheckpoint::Open(model_);
+  ASSERT_TRUE(checkpoint.ok());
+  std::string embedded;
+  ASSERT_NO_FATAL_FAILURE(Embed(**checkpoint, &embedded));
+  const int64_t seq_len = options_.calibration.seq_len;
+  auto activations = SafetensorsFile::Open(embedded);
+  ASSERT_TRUE(activations.ok());
+  const TensorView hidden = *(*activations)->Find("hidden");
+
+  // The reference: one BLOCK task.
+  std::vector<Input> inputs = BlockInputs(**checkpoint, 0);
+  inputs.push_back({kActivationsTensor, hidden.dtype, hidden.shape, hidden.data,
+                    hidden.nbytes});
+  WriteInputs(dir_ + "/block.in", inputs);
+  std::filesystem::create_directories(dir_ + "/block.out");
+  v1::TaskSpec block = Spec(v1::TASK_KIND_BLOCK, 0);
+  block.add_outputs(kResultTensor);
+  block.add_outputs(kActivationsTensor);
+  const auto reference =
+      RunTask(block, dir_ + "/block.in", dir_ + "/block.out");
+  ASSERT_TRUE(reference.ok()) << reference.status();
+
+  const int64_t dim = hidden.shape[2];
+  const int64_t row_bytes = seq_len * dim * sizeof(float);
+  const int64_t first[] = {0, 3}, count[] = {3, 1};
+  std::string result;  // The latest SOLVE's output file, as bytes.
+  auto with_result = [&](std::vector<Input> in) {
+    if (!result.empty()) {
+      in.push_back({kResultTensor,
+                    SafetensorsDType::kU8,
+                    {static_cast<int64_t>(result.size())},
+                    result.data(),
+                    result.size()});
+    }
+    return in;
+  };
+  for (int stage = 0; stage < 4; ++stage) {
+    std::vector<std::string> statistics(2);
+    for (int k = 0; k < 2; ++k) {
+      std::vector<Input> in = BlockInputs(**checkpoint, 0);
+      in.push_back({kActivationsTensor,
+                    SafetensorsDType::kF32,
+                    {count[k], seq_len, dim},
+                    hidden.data + first[k] * row_bytes,
+                    static_cast<size_t>(count[k] * row_bytes)});
+      const std::string name = absl::StrCat(dir_, "/capture", stage, k);
+      WriteInputs(name + ".in", with_result(in));
+      std::filesystem::create_directories(name + ".out");
+      v1::TaskSpec spec = Spec(v1::TASK_KIND_CAPTURE, 0);
+      spec.set_stage(stage);
+      spec.set_shard(k);
+      spec.set_shards(2);
+      spec.set_sequences(count[k]);
+      spec.add_outputs(kStatisticsTensor);
+      const auto captured = RunTask(spec, name + ".in", name + ".out");
+      ASSERT_TRUE(captured.ok()) << captured.status();
+      statistics[k] = *ReadFileToString(captured->outputs[0].second);
+    }
+    std::vector<Input> in = BlockInputs(**checkpoint, 0);
+    for (int k = 0; k < 2; ++k) {
+      in.push_back({absl::StrCat(kStatisticsTensor, ".", k),
+                    SafetensorsDType::kU8,
+                    {static_cast<int64_t>(statistics[k].size())},
+                    statistics[k].data(),
+                    statistics[k].size()});
+    }
+    const std::string name = absl::StrCat(dir_, "/solve", stage);
+    WriteInputs(name + ".in", with_result(in));
+    std::filesystem::create_directories(name + ".out");
+    v1::TaskSpec spec = Spec(v1::TASK_KIND_SOLVE, 0);
+    spec.set_stage(stage);
+    spec.set_shards(2);
+    spec.add_outputs(kResultTensor);
+    const auto solved = RunTask(spec, name + ".in", name + ".out");
+    ASSERT_TRUE(solved.ok()) << solved.status();
+    result = *ReadFileToString(solved->outputs[0].second);
+    if (stage == 3) {
+      ExpectSameTensors(solved->outputs[0].second,
+                        reference->outputs[0].second);
+    }
+  }
+  // Each shard's next activations from the quantized block.
+  std::string forwarded;
+  for (int k = 0; k < 2; ++k) {
+    const std::string name = absl::StrCat(dir_, "/forward", k);
+    WriteInputs(name + ".in",
+                with_result({{kActivationsTensor,
+                              SafetensorsDType::kF32,
+                              {count[k], seq_len, dim},
+                              hidden.data + first[k] * row_bytes,
+                              static_cast<size_t>(count[k] * row_bytes)}}));
+    std::filesystem::create_directories(name + ".out");
+    v1::TaskSpec spec = Spec(v1::TASK_KIND_FORWARD, 0);
+    spec.set_shard(k);
+    spec.set_shards(2);
+    spec.set_sequences(count[k]);
+    const auto done = RunTask(spec, name + ".in", name + ".out");
+    ASSERT_TRUE(done.ok()) << done.status();
+    auto out = SafetensorsFile::Open(done->outputs[0].second);
+    ASSERT_TRUE(out.ok());
+    const TensorView* next = (*out)->Find("hidden");
+    forwarded.append(reinterpret_cast<const char*>(next->data), next->nbytes);
+  }
+  auto whole = SafetensorsFile::Open(reference->outputs[1].second);
+  ASSERT_TRUE(whole.ok());
+  const TensorView* next = (*whole)->Find("hidden");
+  EXPECT_TRUE(
+      forwarded ==
+      std::string(reinterpret_cast<const char*>(next->data), next->nbytes));
 }
 
 TEST_F(TaskRunnerTest, BadInputIsTheTasksFault) {

@@ -83,6 +83,10 @@ const char* KindName(v1::TaskKind kind) {
       return "block";
     case v1::TASK_KIND_HEAD:
       return "head";
+    case v1::TASK_KIND_CAPTURE:
+      return "capture";
+    case v1::TASK_KIND_SOLVE:
+      return "solve";
     default:
       return "unknown";
   }
@@ -705,7 +709,8 @@ void WorkerSession::FindLocalInputs(Task* task) {
   for (const v1::TensorInfo& input : task->spec.inputs()) {
     if (input.name() != kActivationsTensor) continue;
     std::optional<std::string> held =
-        held_->Find(task->ref.job_id(), task->spec.layer(), input.sha256());
+        held_->Find(task->ref.job_id(), task->spec.layer(), task->spec.shard(),
+                    input.sha256());
     if (!held.has_value()) continue;
     task->local.held_activations = *std::move(held);
     task->skip.insert(kActivationsTensor);
@@ -727,12 +732,11 @@ void WorkerSession::FindLocalInputs(Task* task) {
   }
   std::vector<const v1::TensorInfo*> weights;
   for (const v1::TensorInfo& input : task->spec.inputs()) {
-    if (input.name() == kActivationsTensor || input.name() == kWindowsTensor) {
-      continue;
-    }
+    if (IsJobTensor(input.name())) continue;
     if (input.sha256().empty()) return;  // Not hashed yet: fetched.
     weights.push_back(&input);
   }
+  if (weights.empty()) return;  // A quantized block's forward reads none.
   uint64_t bytes = 0;
   absl::StatusOr<std::shared_ptr<const SafetensorsCheckpoint>> verified =
       VerifyModelTensors(model_dir, weights, &bytes);
@@ -754,18 +758,21 @@ void WorkerSession::Hold(
     const Task& task,
     const std::vector<std::pair<std::string, std::string>>& outputs) {
   // A block task is the last to read its input activations (in parallel
-  // mode its layer's forward task reads them too, before it); they are
-  // committed at the coordinator.
-  if (!task.local.held_activations.empty() &&
-      task.spec.kind() == v1::TASK_KIND_BLOCK) {
-    held_->Drop(task.ref.job_id(), task.spec.layer());
+  // mode its layer's forward task reads them too, before it), as a
+  // data-parallel job's forward task is the last to read its shard's (after
+  // the stages' captures); they are committed at the coordinator.
+  const bool last_reader =
+      task.spec.kind() == v1::TASK_KIND_BLOCK ||
+      (task.spec.kind() == v1::TASK_KIND_FORWARD && task.spec.shards() > 1);
+  if (!task.local.held_activations.empty() && last_reader) {
+    held_->Drop(task.ref.job_id(), task.spec.layer(), task.spec.shard());
   }
   for (const auto& [output, path] : outputs) {
     if (output != kActivationsTensor) continue;
     const auto sha256 = task.uploaded_sha256.find(output);
-    absl::Status kept =
-        held_->Put(task.ref.job_id(), task.spec.layer() + 1, path,
-                   sha256 == task.uploaded_sha256.end() ? "" : sha256->second);
+    absl::Status kept = held_->Put(
+        task.ref.job_id(), task.spec.layer() + 1, task.spec.shard(), path,
+        sha256 == task.uploaded_sha256.end() ? "" : sha256->second);
     if (!kept.ok()) Log(kept.ToString());
   }
 }
