@@ -221,6 +221,63 @@ TEST(AssemblerTest, DamagedCommittedFilesNameTheTasksToRedo) {
   EXPECT_EQ(redo[2].index, 0);
 }
 
+// A data-parallel job's statistics, partial results and activations are
+// dropped once read and are no reason to redo anything; a damaged block
+// result sends back its solve and, through the inputs each redone task
+// reads and that are gone, the captures, forwards and embeds before it.
+TEST(AssemblerTest, DataParallelRedoFollowsTheInputsThatAreGone) {
+  const std::string job = MakeTestTempDir("assembler");
+  JobPlan plan = SequentialPlan();
+  plan.job_dir = job;
+  plan.sequences = 4;
+  plan.sequences_per_pass = 2;
+  plan.calibration_shards = 2;
+  plan.calibration_stages = 1;
+  // Embeds 0, 1; layer 0: captures 2, 3, solve 4, forwards 5, 6; layer 1:
+  // captures 7, 8, solve 9 (PlanJob's layout).
+  const std::vector<std::pair<const char*, std::vector<int32_t>>> layout = {
+      {kEmbedTask, {}},       {kEmbedTask, {}},     {kCaptureTask, {0}},
+      {kCaptureTask, {1}},    {kSolveTask, {2, 3}}, {kForwardTask, {0, 4}},
+      {kForwardTask, {1, 4}}, {kCaptureTask, {5}},  {kCaptureTask, {6}},
+      {kSolveTask, {7, 8}}};
+  std::vector<TaskRow> tasks;
+  for (const auto& [kind, deps] : layout) {
+    TaskRow task;
+    task.index = static_cast<int32_t>(tasks.size());
+    task.kind = kind;
+    task.layer = task.kind == kEmbedTask ? -1 : task.index < 7 ? 0 : 1;
+    task.deps = deps;
+    task.state = TaskState::kDone;
+    nlohmann::json outputs = nlohmann::json::object();
+    for (const std::string& name : TaskOutputs(plan, task)) {
+      const std::string path = OutputPath(plan, job, task, name);
+      const std::string bytes = absl::StrCat("task ", task.index);
+      ASSERT_TRUE(WriteFileAtomically(path, bytes).ok());
+      outputs[name] = {{"path", path},
+                       {"bytes", bytes.size()},
+                       {"sha256", HexOf(Sha256Of(bytes))}};
+    }
+    task.outputs = outputs.dump();
+    tasks.push_back(task);
+  }
+  ASSERT_EQ(TaskShard(plan, tasks[6]), 1);
+  DropConsumedInputs(job, plan, tasks);
+  for (int i : {2, 3, 7, 8}) {
+    EXPECT_FALSE(
+        fs::exists(OutputPath(plan, job, tasks[i], kStatisticsTensor)));
+  }
+  EXPECT_FALSE(fs::exists(OutputPath(plan, job, tasks[5], kActivationsTensor)));
+  EXPECT_TRUE(fs::exists(BlockResultPath(job, 0)));  // Assembled.
+  EXPECT_TRUE(TasksToRedo(plan, tasks).empty());
+
+  ASSERT_TRUE(WriteFileAtomically(BlockResultPath(job, 1), "task 0").ok());
+  std::vector<int32_t> redone;
+  for (const TaskToRedo& redo : TasksToRedo(plan, tasks)) {
+    redone.push_back(redo.index);
+  }
+  EXPECT_EQ(redone, (std::vector<int32_t>{9, 7, 8, 5, 6, 0, 1}));
+}
+
 // A shutdown stops an assembly before its next block: Cancelled, nothing
 // at the output's name, no staging left; the next attempt writes it.
 TEST(AssemblerTest, ACancelledAssemblyLeavesNothingAndTheNextOneWrites) {
