@@ -143,11 +143,12 @@ bool Scheduler::HasGpuWorker(int64_t now) const {
 
 namespace {
 
-// Block work (forward, block, and a data-parallel job's capture and solve)
-// goes to GPU workers while any is registered.
-bool IsGpuTask(const TaskRow& task) {
-  return task.kind == kForwardTask || task.kind == kBlockTask ||
-         task.kind == kCaptureTask || task.kind == kSolveTask;
+// Block and forward tasks go to GPU workers while any is registered; a
+// data-parallel job's tasks run on the CPU engine (the GPU backend does not
+// run sharded recipes yet), so any worker takes them.
+bool IsGpuTask(const JobPlan& plan, const TaskRow& task) {
+  return !DataParallel(plan) &&
+         (task.kind == kForwardTask || task.kind == kBlockTask);
 }
 
 }  // namespace
@@ -155,7 +156,8 @@ bool IsGpuTask(const TaskRow& task) {
 bool Scheduler::Fits(const WorkerInfo& worker, const ActiveJob& job,
                      const TaskRow& task, bool gpu_pool) const {
   const v1::Capabilities& caps = worker.capabilities;
-  if (gpu_pool && IsGpuTask(task) && caps.backend() != v1::BACKEND_CUDA) {
+  if (gpu_pool && IsGpuTask(job.plan, task) &&
+      caps.backend() != v1::BACKEND_CUDA) {
     return false;
   }
   return caps.memory_bytes() <= 0 ||
@@ -199,7 +201,7 @@ WaitReason Scheduler::Waiting(const ActiveJob& job) const {
   // Every live worker is too small (or, for a GPU task while GPU workers
   // are registered, not a GPU worker).
   const TaskRow& task = *first_ready;
-  const bool gpu_task = IsGpuTask(task);
+  const bool gpu_task = IsGpuTask(job.plan, task);
   int64_t largest = 0;
   for (const WorkerInfo* worker : alive) {
     if (gpu_pool && gpu_task &&

@@ -360,6 +360,36 @@ TEST_F(SchedulerTest, BlockTasksGoToGpuWorkersWhileThereAreAny) {
   EXPECT_EQ(block1.task.layer, 1);
 }
 
+// A data-parallel job's tasks run on the CPU engine: a CPU worker takes
+// them while a GPU worker is registered.
+TEST_F(SchedulerTest, DataParallelTasksGoToAnyWorker) {
+  JobRow job;
+  job.spec = "spec";
+  JobPlan plan = SmallPlan();
+  plan.num_layers = 1;
+  plan.calibration_shards = 2;
+  plan.calibration_stages = 1;
+  // Embeds 0 and 1, captures 2 and 3 (one per shard), solve 4.
+  std::vector<TaskRow> tasks(5);
+  for (int i = 0; i < 5; ++i) {
+    tasks[i].index = i;
+    tasks[i].kind = i < 2 ? kEmbedTask : i < 4 ? kCaptureTask : kSolveTask;
+    tasks[i].layer = i < 2 ? -1 : 0;
+    if (i >= 2)
+      tasks[i].deps =
+          i < 4 ? std::vector<int32_t>{i - 2} : std::vector<int32_t>{2, 3};
+  }
+  ASSERT_TRUE(scheduler_->AddJob(job, plan, tasks).ok());
+  const std::string cpu = scheduler_->RegisterWorker("c", Cpu());
+  scheduler_->RegisterWorker("g", Gpu());
+  for (const char* kind :
+       {kEmbedTask, kEmbedTask, kCaptureTask, kCaptureTask, kSolveTask}) {
+    const Lease lease = MustLease(cpu);
+    EXPECT_EQ(lease.task.kind, kind);
+    ASSERT_TRUE(Complete(lease, cpu).ok());
+  }
+}
+
 TEST_F(SchedulerTest, AJobNoWorkerCanRunSaysWhyItWaits) {
   JobRow job;
   job.spec = "spec";
