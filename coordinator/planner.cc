@@ -39,7 +39,8 @@ std::string JobPlan::ToJson() const {
                       {"head_types", head_types},
                       {"embed_bytes", embed_bytes},
                       {"forward_bytes", forward_bytes},
-                      {"block_bytes", block_bytes}};
+                      {"block_bytes", block_bytes},
+                      {"activation_bytes", activation_bytes}};
   return j.dump();
 }
 
@@ -90,6 +91,7 @@ absl::StatusOr<JobPlan> JobPlan::FromJson(const std::string& json) {
   plan.embed_bytes = j.value("embed_bytes", int64_t{0});
   plan.forward_bytes = j.value("forward_bytes", int64_t{0});
   plan.block_bytes = j.value("block_bytes", int64_t{0});
+  plan.activation_bytes = j.value("activation_bytes", int64_t{0});
   return plan;
 }
 
@@ -145,6 +147,7 @@ absl::StatusOr<PlannedJob> PlanJob(v1::Mode mode,
   plan.embed_bytes = spec.vocab_size * dim * 4 + activations;
   plan.forward_bytes = 2 * block_params * 4 + activations + scratch;
   plan.block_bytes = 4 * block_params * 4 + activations + scratch + hessian;
+  plan.activation_bytes = activations;
 
   const int layers = plan.num_layers;
   if (!calibrated) {
@@ -406,11 +409,18 @@ std::string CommittedSha256(const TaskRow& task, const std::string& name) {
 }
 
 int64_t TaskMemoryBytes(const JobPlan& plan, const TaskRow& task) {
-  if (task.kind == kEmbedTask || task.kind == kHeadTask) {
-    return plan.embed_bytes;
-  }
-  if (task.kind == kForwardTask) return plan.forward_bytes;
-  return plan.block_bytes;  // Block, capture and solve.
+  const int64_t base = task.kind == kEmbedTask || task.kind == kHeadTask
+                           ? plan.embed_bytes
+                       : task.kind == kForwardTask ? plan.forward_bytes
+                                                   : plan.block_bytes;
+  if (!DataParallel(plan) || task.kind == kHeadTask) return base;
+  // A data-parallel task holds its shard's activations (a solve, none; it
+  // merges the shards' statistics one at a time into the Hessians' room).
+  const int64_t sequences =
+      task.kind == kSolveTask ? 0 : TaskSequences(plan, task).count;
+  return base - plan.activation_bytes +
+         plan.activation_bytes * sequences /
+             std::max<int64_t>(1, plan.sequences);
 }
 
 }  // namespace quant

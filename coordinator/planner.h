@@ -70,6 +70,8 @@ struct JobPlan {
   int64_t embed_bytes = 0;
   int64_t forward_bytes = 0;
   int64_t block_bytes = 0;
+  // Of each: the calibration activations in and out (all sequences).
+  int64_t activation_bytes = 0;
 
   std::string ToJson() const;
   static absl::StatusOr<JobPlan> FromJson(const std::string& json);

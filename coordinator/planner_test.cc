@@ -156,6 +156,15 @@ TEST_F(PlannerTest, DataParallelCalibrationSplitsEachStage) {
   EXPECT_EQ(OutputPath(plan, "/j", tasks[15], kActivationsTensor),
             "/j/activations-1-shard-1.safetensors");
   EXPECT_EQ(ActivationsMaker(plan, tasks, tasks[17]), 15);  // Layer 1's.
+  // Memory: a capture holds its shard's activations (5 of 8 sequences), a
+  // solve none.
+  const int64_t activations = plan.activation_bytes;
+  ASSERT_GT(activations, 0);
+  EXPECT_EQ(TaskMemoryBytes(plan, tasks[6]),
+            plan.block_bytes - activations + activations * 5 / 8);
+  EXPECT_EQ(TaskMemoryBytes(plan, tasks[7]), plan.block_bytes - activations);
+  EXPECT_EQ(TaskMemoryBytes(plan, tasks[0]),
+            plan.embed_bytes - activations + activations * 3 / 8);
   const auto back = JobPlan::FromJson(plan.ToJson());
   ASSERT_TRUE(back.ok());
   EXPECT_EQ(back->ToJson(), plan.ToJson());
