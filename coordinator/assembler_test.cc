@@ -147,6 +147,66 @@ TEST(AssemblerTest, CommittedOutputsAreCheckedAndMovedIntoPlace) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+// A data-parallel job's uploads are checked for what each task makes:
+// statistics, a partial result before the last stage (a whole one at it),
+// a shard's activations.
+TEST(AssemblerTest, DataParallelUploadsAreCheckedForTheirTask) {
+  const std::string job = MakeTestTempDir("assembler");
+  JobPlan plan = SequentialPlan();
+  plan.num_layers = 1;
+  plan.sequences = 4;
+  plan.sequences_per_pass = 2;
+  plan.calibration_shards = 2;
+  plan.calibration_stages = 2;
+  // Embeds 0, 1; stage 0: captures 2, 3, solve 4; stage 1: 5, 6, solve 7.
+  auto task = [](int index, const char* kind) {
+    TaskRow row;
+    row.index = index;
+    row.kind = kind;
+    row.layer = index < 2 ? -1 : 0;
+    return row;
+  };
+  const std::string upload = UploadDir(job, 2, 1);
+  fs::create_directories(upload);
+  auto commit = [&](const TaskRow& row, const std::string& name) {
+    const auto received = ReadUploads(upload, {name});
+    EXPECT_TRUE(received.ok()) << received.status();
+    return CommitTaskOutputs(job, plan, row, 4, "", *received);
+  };
+  // Activations where statistics belong.
+  const std::vector<float> hidden(4 * 3 * 4, 0.5f);
+  ASSERT_TRUE(SaveActivations(upload + "/statistics", hidden, 4, 3, 4).ok());
+  absl::StatusOr<std::string> done =
+      commit(task(2, kCaptureTask), kStatisticsTensor);
+  EXPECT_EQ(done.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(done.status().message().find("statistics are malformed"),
+            absl::string_view::npos)
+      << done.status();
+  BlockStatistics statistics;
+  statistics[0].emplace(4);
+  statistics[0]->Add(hidden.data(), 3);
+  ASSERT_TRUE(SaveBlockStatistics(upload + "/statistics", statistics).ok());
+  ASSERT_TRUE(commit(task(2, kCaptureTask), kStatisticsTensor).ok());
+  // A result with o_proj not solved yet: stage 0's, not the block's.
+  BlockResult partial = KeptResult();
+  partial.reports[3].kept_fp.clear();
+  ASSERT_TRUE(SaveBlockResult(upload + "/result", partial).ok());
+  done = commit(task(7, kSolveTask), kResultTensor);
+  EXPECT_EQ(done.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(done.status().message().find("not solved yet"),
+            absl::string_view::npos)
+      << done.status();
+  ASSERT_TRUE(commit(task(4, kSolveTask), kResultTensor).ok());
+  EXPECT_TRUE(fs::exists(job + "/partial-0-stage-0.safetensors"));
+  EXPECT_FALSE(fs::exists(BlockResultPath(job, 0)));
+  // Shard 1's embed makes 2 of the 4 sequences.
+  ASSERT_TRUE(SaveActivations(upload + "/activations", hidden, 4, 3, 4).ok());
+  done = commit(task(1, kEmbedTask), kActivationsTensor);
+  EXPECT_NE(done.status().message().find("not F32 [2, 3, 4]"),
+            absl::string_view::npos)
+      << done.status();
+}
+
 // Files the assembly reads are checked against their commit records; a
 // damaged block result sends its task back, with the maker of the
 // activations it reads when those are gone, and nothing else.
