@@ -110,7 +110,7 @@ absl::StatusOr<std::string> CommitTaskOutputs(
       // Everything the assembly will read of it, read now: a result it
       // could not read would fail the job after its tasks were done. (A
       // data-parallel stage before the last solves part of the block.)
-      const bool partial = destination != BlockResultPath(job_dir, task.layer);
+      const bool partial = !AssembledOutput(plan, task, name);
       if (absl::Status checked =
               partial ? CheckPartialBlockResult(path) : CheckBlockResult(path);
           !checked.ok()) {

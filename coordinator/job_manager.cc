@@ -876,9 +876,8 @@ absl::Status JobManager::CompleteTask(const v1::CompleteTaskRequest& request) {
     options_.metrics->ObserveTaskDuration(QuantMethodName(options.method),
                                           backend.empty() ? "cpu" : backend,
                                           request.seconds());
-    if (task.kind == kBlockTask ||
-        (task.kind == kSolveTask && TaskStage(job.snapshot.plan, task) + 1 ==
-                                        job.snapshot.plan.calibration_stages)) {
+    if ((task.kind == kBlockTask || task.kind == kSolveTask) &&
+        AssembledOutput(job.snapshot.plan, task, kResultTensor)) {
       RecordBlockMetrics(job.snapshot, task, request);
     }
   }

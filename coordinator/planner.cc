@@ -63,11 +63,23 @@ absl::StatusOr<JobPlan> JobPlan::FromJson(const std::string& json) {
   plan.sequences = j.value("sequences", int64_t{0});
   plan.seq_len = j.value("seq_len", int64_t{0});
   plan.norm_dtype = j.value("norm_dtype", std::string());
-  plan.calibration_shards = j.value("calibration_shards", int64_t{1});
-  plan.sequences_per_pass = j.value("sequences_per_pass", int64_t{1});
-  plan.calibration_stages = j.value("calibration_stages", 0);
+  try {
+    plan.calibration_shards = j.value("calibration_shards", int64_t{1});
+    plan.sequences_per_pass = j.value("sequences_per_pass", int64_t{1});
+    plan.calibration_stages = j.value("calibration_stages", 0);
+    plan.activation_bytes = j.value("activation_bytes", int64_t{0});
+  } catch (const nlohmann::json::exception&) {
+    return absl::DataLossError("job plan: malformed calibration shards");
+  }
+  // Shards of whole passes, every one holding one, in a known number of
+  // stages: what TaskShard and TaskSequences rely on.
   if (plan.calibration_shards < 1 || plan.sequences_per_pass < 1 ||
-      plan.calibration_stages < 0) {
+      plan.calibration_stages < 0 ||
+      (DataParallel(plan) &&
+       (plan.calibration_stages < 1 ||
+        !CalibrationShard(plan.sequences, plan.sequences_per_pass,
+                          plan.calibration_shards, 0)
+             .ok()))) {
     return absl::DataLossError("job plan: malformed calibration shards");
   }
   for (const nlohmann::json& layer : j["linear_types"]) {
@@ -91,7 +103,6 @@ absl::StatusOr<JobPlan> JobPlan::FromJson(const std::string& json) {
   plan.embed_bytes = j.value("embed_bytes", int64_t{0});
   plan.forward_bytes = j.value("forward_bytes", int64_t{0});
   plan.block_bytes = j.value("block_bytes", int64_t{0});
-  plan.activation_bytes = j.value("activation_bytes", int64_t{0});
   return plan;
 }
 
@@ -178,16 +189,18 @@ absl::StatusOr<PlannedJob> PlanJob(v1::Mode mode,
     }
     for (int layer = 0; layer < layers; ++layer) {
       for (int t = 0; t < stages; ++t) {
-        std::vector<int32_t> captures;
+        std::vector<int32_t> solve_deps;
         for (int k = 0; k < shards; ++k) {
           std::vector<int32_t> deps = {activations(layer, k)};
           if (t > 0) deps.push_back(solve(layer, t - 1));
           job.tasks.push_back(
               MakeTask(capture(layer, t, k), kCaptureTask, layer, deps));
-          captures.push_back(capture(layer, t, k));
+          solve_deps.push_back(capture(layer, t, k));
         }
+        // The captures, and the stages solved before (read as well).
+        if (t > 0) solve_deps.push_back(solve(layer, t - 1));
         job.tasks.push_back(
-            MakeTask(solve(layer, t), kSolveTask, layer, captures));
+            MakeTask(solve(layer, t), kSolveTask, layer, solve_deps));
       }
       if (layer + 1 == layers) break;
       for (int k = 0; k < shards; ++k) {
@@ -418,9 +431,11 @@ int64_t TaskMemoryBytes(const JobPlan& plan, const TaskRow& task) {
   // merges the shards' statistics one at a time into the Hessians' room).
   const int64_t sequences =
       task.kind == kSolveTask ? 0 : TaskSequences(plan, task).count;
+  const double share =
+      static_cast<double>(sequences) / std::max<int64_t>(1, plan.sequences);
   return base - plan.activation_bytes +
-         plan.activation_bytes * sequences /
-             std::max<int64_t>(1, plan.sequences);
+         static_cast<int64_t>(share *
+                              static_cast<double>(plan.activation_bytes));
 }
 
 }  // namespace quant

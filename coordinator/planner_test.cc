@@ -6,6 +6,7 @@
 #include "common/test_data.h"
 #include "convert/tiny_llama.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "proto/task_tensors.h"
 
 namespace quant {
@@ -118,6 +119,7 @@ TEST_F(PlannerTest, DataParallelCalibrationSplitsEachStage) {
         want.push_back({kCaptureTask, layer, deps});
         captures.push_back(index++);
       }
+      if (solved >= 0) captures.push_back(solved);
       want.push_back({kSolveTask, layer, captures});
       solved = index++;
     }
@@ -168,6 +170,19 @@ TEST_F(PlannerTest, DataParallelCalibrationSplitsEachStage) {
   const auto back = JobPlan::FromJson(plan.ToJson());
   ASSERT_TRUE(back.ok());
   EXPECT_EQ(back->ToJson(), plan.ToJson());
+  // A damaged store's plan: no stages, more shards than passes, a field of
+  // the wrong type.
+  for (const auto& [key, value] :
+       std::vector<std::pair<std::string, nlohmann::json>>{
+           {"calibration_stages", 0},
+           {"calibration_shards", 4},
+           {"sequences_per_pass", "3"}}) {
+    nlohmann::json damaged = nlohmann::json::parse(plan.ToJson());
+    damaged[key] = value;
+    EXPECT_EQ(JobPlan::FromJson(damaged.dump()).status().code(),
+              absl::StatusCode::kDataLoss)
+        << key;
+  }
   // Parallel mode and one shard keep the block tasks.
   EXPECT_EQ(Plan(v1::MODE_PARALLEL).tasks.back().kind, kBlockTask);
   options_.calibration_shards = 1;

@@ -62,7 +62,7 @@ absl::StatusOr<std::unique_ptr<TaskInputs>> TaskInputs::Open(
                      SafetensorsFile::Open(WindowsPath(job_dir)));
     const TensorView* windows = file->Find(kWindowsTensor);
     if (windows == nullptr || windows->shape.size() != 2 ||
-        windows->shape[0] < range.first + range.count) {
+        windows->shape[0] < std::max<int64_t>(1, range.first + range.count)) {
       return absl::DataLossError(
           absl::StrCat(WindowsPath(job_dir), " has no ", kWindowsTensor,
                        " tensor of ", range.first + range.count, " windows"));

@@ -659,7 +659,15 @@ absl::Status SolveStage(const BlockRecipe& recipe, int stage,
   std::map<int, std::vector<double>> hessians;  // By block input.
   for (int i : stages[stage]) {
     const int input = static_cast<int>(LinearInput(i));
-    if (statistics[input] && !hessians.count(input)) {
+    if (!statistics[input]) continue;
+    // Statistics from elsewhere (a worker's upload) must fit the linear.
+    const int64_t cols = BlockLinear(partial.weights, i).cols;
+    if (statistics[input]->columns() != cols) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kBlockLinearNames[i], ": statistics of ",
+          statistics[input]->columns(), " columns for ", cols, " inputs"));
+    }
+    if (!hessians.count(input)) {
       hessians.emplace(input, statistics[input]->Hessian());
     }
   }

@@ -399,6 +399,21 @@ TEST(BlockQuantizerTest, ShardsAreWholePassesAndNotForAwq) {
       StartBlockResult(f.block, awq, f.sequences, f.seq_len).status();
   EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(refused.message().find("AWQ"), std::string::npos) << refused;
+  // Statistics that do not fit the stage's linears (a worker's upload):
+  // refused by name, for RTN as for GPTQ.
+  for (QuantMethod method : {QuantMethod::kRtn, QuantMethod::kGptq}) {
+    const BlockRecipe recipe = Recipe(method, 4, 64);
+    absl::StatusOr<BlockResult> partial =
+        StartBlockResult(f.block, recipe, f.sequences, f.seq_len);
+    ASSERT_TRUE(partial.ok());
+    BlockStatistics wrong;
+    wrong[static_cast<int>(LinearInput(0))].emplace(f.spec.hidden_size + 1);
+    const absl::Status solved = SolveStage(recipe, 0, wrong, *partial);
+    EXPECT_EQ(solved.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(solved.message().find("self_attn.q_proj: statistics of"),
+              std::string::npos)
+        << solved;
+  }
 }
 
 TEST(BlockQuantizerTest, DataFreeRtnAndBadInput) {

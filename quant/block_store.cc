@@ -285,15 +285,22 @@ SavedBlockResult::~SavedBlockResult() = default;
 
 const std::string& SavedBlockResult::path() const { return file_->path(); }
 
+bool SavedBlockResult::Pending(int i) const {
+  // Anything but a true "pending" is a linear to read (and checked there).
+  const auto pending = formats_[i].find("pending");
+  return pending != formats_[i].end() && pending->is_boolean() &&
+         pending->get<bool>();
+}
+
 absl::StatusOr<SavedLinear> SavedBlockResult::Linear(int i) const {
   const SafetensorsFile& file = *file_;
   const std::string& path = file.path();
   SavedLinear saved;
+  const std::string name(kBlockLinearNames[i]);
   try {
-    const std::string name(kBlockLinearNames[i]);
     const nlohmann::json& r = report_["linears"][i];
     const nlohmann::json& format = formats_[i];
-    if (format.value("pending", false)) {
+    if (Pending(i)) {
       return absl::FailedPreconditionError(absl::StrCat(
           path, ": ", name, " is not solved yet (a partial block result)"));
     }
@@ -341,7 +348,7 @@ absl::StatusOr<SavedLinear> SavedBlockResult::Linear(int i) const {
     out.seconds = r.at("seconds").get<double>();
   } catch (const nlohmann::json::exception& e) {
     return absl::InvalidArgumentError(
-        absl::StrCat(path, ": malformed metadata: ", e.what()));
+        absl::StrCat(path, ": ", name, ": malformed metadata: ", e.what()));
   }
   return saved;
 }

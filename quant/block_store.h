@@ -49,7 +49,7 @@ class SavedBlockResult {
 
   // Whether linear `i` is not solved yet (a partial result: Linear(i) is
   // FailedPrecondition).
-  bool Pending(int i) const { return formats_[i].value("pending", false); }
+  bool Pending(int i) const;
   // Linear `i` (kBlockLinearNames order), not dequantized.
   absl::StatusOr<SavedLinear> Linear(int i) const;
   // Linear `i`'s bias alone (empty when it has none).

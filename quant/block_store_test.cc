@@ -161,6 +161,16 @@ TEST(BlockStoreTest, PartialResultFillsOnlySolvedLinears) {
     }
   }
   EXPECT_EQ(started.weights.attn_norm, r.weights.attn_norm);
+  // A "pending" that is not true (a worker's upload may say anything) is a
+  // linear to read, and this one is not there: an error, not a crash.
+  nlohmann::json formats = nlohmann::json::parse(
+      (*SafetensorsFile::Open(path))->metadata().at("formats"));
+  formats[3] = {{"pending", "yes"}};
+  RewriteMetadata(path, "formats", formats.dump());
+  const absl::Status status = CheckPartialBlockResult(path);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("self_attn.o_proj"), std::string::npos)
+      << status;
 }
 
 // A shard's statistics stored and read back merge to the very bits of the

@@ -251,6 +251,15 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
           RETURN_IF_ERROR(MergeStatistics(shard, total));
         }
       }
+      // Every token of every shard, once: what the engine sums.
+      for (const std::optional<HessianAccumulator>& input : total) {
+        if (input.has_value() && input->samples() != sequences * seq_len) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("block ", spec.layer(), " stage ", spec.stage(),
+                           ": statistics of ", input->samples(),
+                           " tokens, expected ", sequences * seq_len));
+        }
+      }
       const auto solve_start = std::chrono::steady_clock::now();
       if (absl::Status solved =
               SolveStage(recipe, spec.stage(), total, partial);
@@ -259,9 +268,10 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
                             absl::StrCat("block ", spec.layer(), " stage ",
                                          spec.stage(), ": ", solved.message()));
       }
-      partial.seconds = std::chrono::duration<double>(
-                            std::chrono::steady_clock::now() - solve_start)
-                            .count();
+      // The block's solves so far (the stages before, from the input).
+      partial.seconds += std::chrono::duration<double>(
+                             std::chrono::steady_clock::now() - solve_start)
+                             .count();
       partial.backend = result.kernel.backend;
       partial.kernel = result.kernel.kernel;
       const std::string path =
