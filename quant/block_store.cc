@@ -518,26 +518,42 @@ absl::Status CheckBlockStatistics(const std::string& path) {
   return StatisticsLayout(*file).status();
 }
 
-absl::StatusOr<BlockStatistics> LoadBlockStatistics(const std::string& path) {
+absl::Status MergeBlockStatisticsFile(const std::string& path,
+                                      BlockStatistics& total) {
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
                    SafetensorsFile::Open(path));
   ASSIGN_OR_RETURN(const auto layout, StatisticsLayout(*file));
-  BlockStatistics statistics;
-  for (const auto& [input, samples, n] : layout) {
-    std::vector<double> sum_abs, lower;
-    RETURN_IF_ERROR(Read(*file, StatisticsName(input, "sum_abs"),
-                         SafetensorsDType::kF64, {n}, sum_abs));
-    RETURN_IF_ERROR(Read(*file, StatisticsName(input, "sum_xxt"),
-                         SafetensorsDType::kF64, {n * (n + 1) / 2}, lower));
-    std::vector<double> sum_xxt(static_cast<size_t>(n * n), 0.0);
-    for (int64_t i = 0, at = 0; i < n; at += i + 1, ++i) {
-      std::copy(lower.begin() + at, lower.begin() + at + i + 1,
-                sum_xxt.begin() + i * n);
+  const bool first = std::none_of(total.begin(), total.end(),
+                                  [](const auto& input) { return input; });
+  std::array<bool, kBlockInputs> present = {};
+  for (const auto& [input, samples, n] : layout) present[input] = true;
+  for (int input = 0; input < kBlockInputs; ++input) {
+    if (!first && present[input] != total[input].has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": statistics of other inputs than the shards before (input ",
+          input, ")"));
     }
-    ASSIGN_OR_RETURN(statistics[input],
-                     HessianAccumulator::FromSums(
-                         n, samples, std::move(sum_xxt), std::move(sum_abs)));
   }
+  for (const auto& [input, samples, n] : layout) {
+    if (!total[input]) total[input].emplace(n);
+    if (total[input]->columns() != n) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": input ", input, " has ", n, " columns, ",
+                       total[input]->columns(), " before"));
+    }
+    const TensorView* lower = file->Find(StatisticsName(input, "sum_xxt"));
+    const TensorView* sum_abs = file->Find(StatisticsName(input, "sum_abs"));
+    RETURN_IF_ERROR(
+        total[input]->AddPackedSums(samples, lower->data, sum_abs->data));
+    // Added: the mapping's pages go (3.3 GB for a 70B down_proj).
+    file->Release(*lower);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<BlockStatistics> LoadBlockStatistics(const std::string& path) {
+  BlockStatistics statistics;
+  RETURN_IF_ERROR(MergeBlockStatisticsFile(path, statistics));
   return statistics;
 }
 

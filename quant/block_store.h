@@ -93,6 +93,12 @@ absl::Status CheckPartialBlockResult(const std::string& path);
 absl::Status SaveBlockStatistics(const std::string& path,
                                  const BlockStatistics& statistics);
 absl::StatusOr<BlockStatistics> LoadBlockStatistics(const std::string& path);
+// Adds the statistics stored at `path` into `total` (empty: they become
+// it) without a copy of each shard's sums: a solve holds the merged
+// statistics, not every shard's. InvalidArgument when the file holds other
+// inputs or widths than `total`.
+absl::Status MergeBlockStatisticsFile(const std::string& path,
+                                      BlockStatistics& total);
 // LoadBlockStatistics' checks of every tensor's dtype and shape, without
 // reading the sums (gigabytes at 70B).
 absl::Status CheckBlockStatistics(const std::string& path);

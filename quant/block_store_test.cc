@@ -198,6 +198,13 @@ TEST(BlockStoreTest, StatisticsRoundTripExactly) {
     EXPECT_EQ(back->at(input)->sum_xxt(), stats[input]->sum_xxt());
     EXPECT_EQ(back->at(input)->sum_abs(), stats[input]->sum_abs());
   }
+  // Merged into statistics of other inputs: refused by name.
+  BlockStatistics other;
+  other[0].emplace(13);
+  const absl::Status merged =
+      MergeBlockStatisticsFile(dir + "/s.safetensors", other);
+  EXPECT_EQ(merged.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(merged.message().find("other inputs"), std::string::npos) << merged;
   // A file that is not statistics says so.
   ASSERT_TRUE(SaveActivations(dir + "/a.safetensors", {1, 2}, 1, 1, 2).ok());
   const absl::StatusOr<BlockStatistics> wrong =

@@ -3,7 +3,7 @@
 #include <cblas.h>
 
 #include <cmath>
-#include <utility>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 
@@ -64,22 +64,30 @@ std::vector<double> HessianAccumulator::MeanAbs() const {
   return mean;
 }
 
-absl::StatusOr<HessianAccumulator> HessianAccumulator::FromSums(
-    int64_t columns, int64_t samples, std::vector<double> sum_xxt,
-    std::vector<double> sum_abs) {
-  if (columns < 0 || samples < 0 ||
-      sum_xxt.size() != static_cast<size_t>(columns * columns) ||
-      sum_abs.size() != static_cast<size_t>(columns)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "statistics of ", columns, " columns and ", samples, " samples: ",
-        sum_xxt.size(), " sums of products, ", sum_abs.size(), " sums of |x|"));
+absl::Status HessianAccumulator::AddPackedSums(int64_t samples,
+                                               const void* lower,
+                                               const void* sum_abs) {
+  if (samples < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("statistics of ", samples, " samples"));
   }
-  HessianAccumulator accumulator(0);
-  accumulator.columns_ = columns;
-  accumulator.samples_ = samples;
-  accumulator.sum_xxt_ = std::move(sum_xxt);
-  accumulator.sum_abs_ = std::move(sum_abs);
-  return accumulator;
+  const auto* bytes = static_cast<const unsigned char*>(lower);
+  for (int64_t i = 0; i < columns_; ++i) {
+    double* row = sum_xxt_.data() + i * columns_;
+    for (int64_t j = 0; j <= i; ++j, bytes += sizeof(double)) {
+      double value;
+      std::memcpy(&value, bytes, sizeof(double));
+      row[j] += value;
+    }
+  }
+  const auto* abs_bytes = static_cast<const unsigned char*>(sum_abs);
+  for (int64_t c = 0; c < columns_; ++c) {
+    double value;
+    std::memcpy(&value, abs_bytes + c * sizeof(double), sizeof(double));
+    sum_abs_[c] += value;
+  }
+  samples_ += samples;
+  return absl::OkStatus();
 }
 
 }  // namespace quant

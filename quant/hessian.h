@@ -10,7 +10,6 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/status/statusor.h"
 
 namespace quant {
 
@@ -34,15 +33,16 @@ class HessianAccumulator {
   // Mean |x| per column (zeros before any sample).
   std::vector<double> MeanAbs() const;
 
-  // The running sums, stored exactly where a shard's statistics travel
-  // (FromSums restores them): sum x x^T (lower triangle) and sum |x|.
+  // The running sums, stored exactly where a shard's statistics travel:
+  // sum x x^T (lower triangle used) and sum |x|.
   const std::vector<double>& sum_xxt() const { return sum_xxt_; }
   const std::vector<double>& sum_abs() const { return sum_abs_; }
-  // InvalidArgument when the sums are not [columns, columns] and [columns]
-  // or samples is negative.
-  static absl::StatusOr<HessianAccumulator> FromSums(
-      int64_t columns, int64_t samples, std::vector<double> sum_xxt,
-      std::vector<double> sum_abs);
+  // Adds stored sums of `samples` rows: sum x x^T as its lower triangle
+  // packed row by row (columns * (columns + 1) / 2 doubles) and sum |x|
+  // (columns doubles), read bytewise (any alignment). Added to zeros they
+  // are the stored sums exactly. InvalidArgument for a negative count.
+  absl::Status AddPackedSums(int64_t samples, const void* lower,
+                             const void* sum_abs);
 
  private:
   int64_t columns_;

@@ -80,26 +80,40 @@ TEST(HessianTest, EmptyAndMismatched) {
               HasSubstr("cannot merge statistics of 5 columns into 4"));
 }
 
-// What a shard's statistics travel as restores them exactly.
-TEST(HessianTest, SumsRoundTrip) {
+// A shard's statistics, stored packed and added to zeros, are its sums
+// exactly; added to another shard's, the merge.
+TEST(HessianTest, PackedSumsAddExactly) {
   const int64_t columns = 9;
   const std::vector<float> x = Inputs(23, columns, 3);
-  HessianAccumulator acc(columns);
-  acc.Add(x.data(), 23);
-  absl::StatusOr<HessianAccumulator> restored = HessianAccumulator::FromSums(
-      columns, acc.samples(), acc.sum_xxt(), acc.sum_abs());
-  ASSERT_TRUE(restored.ok()) << restored.status();
-  EXPECT_EQ(restored->samples(), 23);
-  EXPECT_EQ(restored->Hessian(), acc.Hessian());
-  EXPECT_EQ(restored->MeanAbs(), acc.MeanAbs());
-  const absl::StatusOr<HessianAccumulator> short_sums =
-      HessianAccumulator::FromSums(columns, 1, acc.sum_abs(), acc.sum_abs());
-  EXPECT_EQ(short_sums.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(
-      HessianAccumulator::FromSums(columns, -1, acc.sum_xxt(), acc.sum_abs())
-          .status()
-          .code(),
-      absl::StatusCode::kInvalidArgument);
+  HessianAccumulator acc(columns), other(columns);
+  acc.Add(x.data(), 13);
+  other.Add(x.data() + 13 * columns, 10);
+  auto packed = [&](const HessianAccumulator& a) {
+    std::vector<double> lower;
+    for (int64_t i = 0; i < columns; ++i) {
+      for (int64_t j = 0; j <= i; ++j) {
+        lower.push_back(a.sum_xxt()[i * columns + j]);
+      }
+    }
+    return lower;
+  };
+  HessianAccumulator restored(columns);
+  ASSERT_TRUE(restored
+                  .AddPackedSums(acc.samples(), packed(acc).data(),
+                                 acc.sum_abs().data())
+                  .ok());
+  EXPECT_EQ(restored.samples(), 13);
+  EXPECT_EQ(restored.sum_xxt(), acc.sum_xxt());
+  EXPECT_EQ(restored.sum_abs(), acc.sum_abs());
+  ASSERT_TRUE(restored
+                  .AddPackedSums(other.samples(), packed(other).data(),
+                                 other.sum_abs().data())
+                  .ok());
+  ASSERT_TRUE(acc.Merge(other).ok());
+  EXPECT_EQ(restored.Hessian(), acc.Hessian());
+  EXPECT_EQ(restored.MeanAbs(), acc.MeanAbs());
+  EXPECT_EQ(restored.AddPackedSums(-1, nullptr, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -243,13 +243,8 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
         const std::string path =
             absl::StrCat(output_dir, "/input-", name, ".safetensors");
         RETURN_IF_ERROR(WriteInputFile(*inputs, name, path));
-        ASSIGN_OR_RETURN(BlockStatistics shard, LoadBlockStatistics(path));
+        RETURN_IF_ERROR(MergeBlockStatisticsFile(path, total));
         std::filesystem::remove(path);
-        if (k == 0) {
-          total = std::move(shard);
-        } else {
-          RETURN_IF_ERROR(MergeStatistics(shard, total));
-        }
       }
       // Every token of every shard, once: what the engine sums.
       for (const std::optional<HessianAccumulator>& input : total) {
