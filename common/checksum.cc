@@ -3,8 +3,13 @@
 #include <openssl/evp.h>
 
 #include <array>
+#include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
 
 #if (defined(__x86_64__) || defined(_M_X64)) && \
     (defined(__GNUC__) || defined(__clang__))
@@ -180,6 +185,36 @@ std::string Sha256Of(absl::string_view data) {
   Sha256 hash;
   hash.Update(data);
   return hash.Finish();
+}
+
+absl::StatusOr<std::string> Sha256OfFile(const std::string& path,
+                                         uint64_t* bytes) {
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(
+      std::fopen(path.c_str(), "rb"), &std::fclose);
+  if (file == nullptr) {
+    const int error = errno;
+    const std::string message =
+        absl::StrCat("cannot read ", path, ": ", std::strerror(error));
+    return error == ENOENT ? absl::NotFoundError(message)
+                           : absl::InternalError(message);
+  }
+  std::vector<char> block(8 << 20);
+  Sha256 sha256;
+  uint64_t total = 0;
+  size_t n;
+  while ((n = std::fread(block.data(), 1, block.size(), file.get())) > 0) {
+    sha256.Update(block.data(), n);
+    total += n;
+  }
+  if (std::ferror(file.get())) {
+    return absl::InternalError(absl::StrCat("cannot read ", path));
+  }
+  if (bytes != nullptr) *bytes = total;
+  std::string digest = sha256.Finish();
+  if (digest.empty()) {
+    return absl::InternalError(absl::StrCat("SHA-256 of ", path, " failed"));
+  }
+  return digest;
 }
 
 std::string HexOf(absl::string_view bytes) {

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
 // OpenSSL's digest context (openssl/types.h), kept out of this header.
@@ -73,6 +74,12 @@ class Sha256 {
 
 // SHA-256 of `data` (32 raw bytes; empty only if OpenSSL failed).
 std::string Sha256Of(absl::string_view data);
+
+// SHA-256 (32 raw bytes) of the file at `path`, read a block at a time
+// (activations at 70B are 8.6 GB); `bytes` gets its size when not null.
+// NotFound / Internal naming the file when it cannot be read.
+absl::StatusOr<std::string> Sha256OfFile(const std::string& path,
+                                         uint64_t* bytes = nullptr);
 
 // `bytes` as lowercase hex, two digits per byte: HexOf("\x01\xab") == "01ab".
 std::string HexOf(absl::string_view bytes);

@@ -1,7 +1,11 @@
 #include "common/checksum.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -185,6 +189,24 @@ TEST(Sha256Test, MoveKeepsState) {
 TEST(HexOfTest, Lowercase) {
   EXPECT_EQ(HexOf(""), "");
   EXPECT_EQ(HexOf(absl::string_view("\x00\x01\xab\xff", 4)), "0001abff");
+}
+
+// A file is hashed as its bytes are, across the reader's block boundary
+// (8 MiB); a missing file is NotFound.
+TEST(Sha256Test, FilesHashAsTheirBytes) {
+  const std::string path =
+      ::testing::TempDir() + "/sha256_of_file_" + std::to_string(getpid());
+  std::string bytes((8 << 20) + 4099, '\0');
+  std::mt19937 rng(7);
+  for (char& c : bytes) c = static_cast<char>(rng());
+  std::ofstream(path, std::ios::binary) << bytes;
+  uint64_t size = 0;
+  absl::StatusOr<std::string> digest = Sha256OfFile(path, &size);
+  ASSERT_TRUE(digest.ok()) << digest.status();
+  EXPECT_EQ(*digest, Sha256Of(bytes));
+  EXPECT_EQ(size, bytes.size());
+  std::remove(path.c_str());
+  EXPECT_EQ(Sha256OfFile(path).status().code(), absl::StatusCode::kNotFound);
 }
 
 }  // namespace

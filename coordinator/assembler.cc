@@ -40,23 +40,69 @@ bool IsGguf(const v1::JobSpec& spec) {
   return spec.recipe().output_format() == v1::OUTPUT_FORMAT_GGUF;
 }
 
-// A file's size and SHA-256, as an upload's are recorded; read a window at
-// a time, each window's pages dropped once hashed (a 70B block's
-// activations are 8.6 GB).
+// A file's size and SHA-256, as an upload's are recorded.
 absl::StatusOr<UploadReceiver::Received> DescribeFile(const std::string& path) {
-  constexpr size_t kWindow = 64 << 20;
-  ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> file, MappedFile::Open(path));
   UploadReceiver::Received r;
   r.path = path;
-  r.bytes = file->size();
-  Sha256 sha256;
-  for (size_t offset = 0; offset < file->size(); offset += kWindow) {
-    const size_t length = std::min(kWindow, file->size() - offset);
-    sha256.Update(file->data() + offset, length);
-    file->Release(offset, length);
-  }
-  r.sha256 = sha256.Finish();
+  ASSIGN_OR_RETURN(r.sha256, Sha256OfFile(path, &r.bytes));
   return r;
+}
+
+// What is committed must be readable: a valid safetensors file, and what
+// each kind of output must be for the tasks and the assembly that read it.
+absl::Status CheckOutputFile(const JobPlan& plan, const TaskRow& task,
+                             int64_t hidden_size, const std::string& model_dir,
+                             const std::string& name, const std::string& path) {
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> file =
+      SafetensorsFile::Open(path);
+  if (!file.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("uploaded ", name,
+                     " is not a safetensors file: ", file.status().message()));
+  }
+  if (name == kResultTensor) {
+    // Everything the assembly will read of it, read now: a result it
+    // could not read would fail the job after its tasks were done. (A
+    // data-parallel stage before the last solves part of the block.)
+    const bool partial = !AssembledOutput(plan, task, name);
+    if (absl::Status checked =
+            partial ? CheckPartialBlockResult(path) : CheckBlockResult(path);
+        !checked.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "uploaded result is not a block result: ", checked.message()));
+    }
+  }
+  if (name == kStatisticsTensor) {
+    if (absl::Status checked = CheckBlockStatistics(path); !checked.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "uploaded statistics are malformed: ", checked.message()));
+    }
+  }
+  if (name == kHeadTensor) {
+    std::map<std::string, GgmlType> types;
+    for (const auto& [tensor, type_name] : plan.head_types) {
+      ASSIGN_OR_RETURN(types[tensor], ParseGgmlType(type_name));
+    }
+    ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> model,
+                     SafetensorsCheckpoint::Open(model_dir));
+    if (absl::Status checked = CheckGgufHead(path, *model, types);
+        !checked.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("uploaded head: ", checked.message()));
+    }
+  }
+  if (name == kActivationsTensor) {
+    const TensorView* hidden = (*file)->Find("hidden");
+    const int64_t sequences = TaskSequences(plan, task).count;
+    const std::vector<int64_t> want = {sequences, plan.seq_len, hidden_size};
+    if (hidden == nullptr || hidden->dtype != SafetensorsDType::kF32 ||
+        hidden->shape != want) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("uploaded activations are not F32 [", sequences, ", ",
+                       plan.seq_len, ", ", hidden_size, "]"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -69,10 +115,34 @@ std::string ReportPath(const v1::JobSpec& spec) {
 absl::StatusOr<std::string> CommitTaskOutputs(
     const std::string& job_dir, const JobPlan& plan, const TaskRow& task,
     int64_t hidden_size, const std::string& model_dir,
-    const std::map<std::string, UploadReceiver::Received>& received) {
+    const std::map<std::string, UploadReceiver::Received>& received,
+    const std::map<std::string, DeferredOutput>& deferred,
+    const std::string& holder) {
   nlohmann::json outputs = nlohmann::json::object();
   std::set<std::string> in_place;
-  for (const std::string& name : TaskOutputs(plan, task)) {
+  const std::vector<std::string> expected = TaskOutputs(plan, task);
+  for (const auto& [name, output] : deferred) {
+    // Only activations wait on their worker: the tasks after read them
+    // there, while results and statistics are read by others at once.
+    if (name != kActivationsTensor ||
+        std::find(expected.begin(), expected.end(), name) == expected.end() ||
+        received.count(name) != 0 || holder.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("output \"", name, "\" cannot be deferred"));
+    }
+    if (output.sha256.size() != 64 ||
+        output.sha256.find_first_not_of("0123456789abcdef") !=
+            std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "deferred output \"", name, "\" has no SHA-256 (hex, lower case)"));
+    }
+    outputs[name] = {{"path", OutputPath(plan, job_dir, task, name)},
+                     {"bytes", output.bytes},
+                     {"sha256", output.sha256},
+                     {"held_by", holder}};
+  }
+  for (const std::string& name : expected) {
+    if (deferred.count(name) != 0) continue;
     auto it = received.find(name);
     if (it == received.end()) {
       return absl::FailedPreconditionError(
@@ -97,69 +167,40 @@ absl::StatusOr<std::string> CommitTaskOutputs(
       return absl::FailedPreconditionError(
           absl::StrCat("output \"", name, "\" was not uploaded"));
     }
-    // What is committed must be readable: a valid safetensors file, and
-    // activations of the planned shape.
-    absl::StatusOr<std::unique_ptr<SafetensorsFile>> file =
-        SafetensorsFile::Open(path);
-    if (!file.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "uploaded ", name,
-          " is not a safetensors file: ", file.status().message()));
-    }
-    if (name == kResultTensor) {
-      // Everything the assembly will read of it, read now: a result it
-      // could not read would fail the job after its tasks were done. (A
-      // data-parallel stage before the last solves part of the block.)
-      const bool partial = !AssembledOutput(plan, task, name);
-      if (absl::Status checked =
-              partial ? CheckPartialBlockResult(path) : CheckBlockResult(path);
-          !checked.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "uploaded result is not a block result: ", checked.message()));
-      }
-    }
-    if (name == kStatisticsTensor) {
-      if (absl::Status checked = CheckBlockStatistics(path); !checked.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "uploaded statistics are malformed: ", checked.message()));
-      }
-    }
-    if (name == kHeadTensor) {
-      std::map<std::string, GgmlType> types;
-      for (const auto& [tensor, type_name] : plan.head_types) {
-        ASSIGN_OR_RETURN(types[tensor], ParseGgmlType(type_name));
-      }
-      ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> model,
-                       SafetensorsCheckpoint::Open(model_dir));
-      if (absl::Status checked = CheckGgufHead(path, *model, types);
-          !checked.ok()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("uploaded head: ", checked.message()));
-      }
-    }
-    if (name == kActivationsTensor) {
-      const TensorView* hidden = (*file)->Find("hidden");
-      const int64_t sequences = TaskSequences(plan, task).count;
-      const std::vector<int64_t> want = {sequences, plan.seq_len, hidden_size};
-      if (hidden == nullptr || hidden->dtype != SafetensorsDType::kF32 ||
-          hidden->shape != want) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("uploaded activations are not F32 [", sequences, ", ",
-                         plan.seq_len, ", ", hidden_size, "]"));
-      }
-    }
+    RETURN_IF_ERROR(
+        CheckOutputFile(plan, task, hidden_size, model_dir, name, path));
   }
   // Every output checked before any moves: a refused upload moves nothing.
   // (The task commits after the last rename; a crash between renames
   // leaves files the next attempt overwrites.)
-  for (const std::string& name : TaskOutputs(plan, task)) {
-    if (in_place.count(name) != 0) continue;
+  for (const std::string& name : expected) {
+    if (in_place.count(name) != 0 || deferred.count(name) != 0) continue;
     RETURN_IF_ERROR(RenameDurably(received.at(name).path,
                                   outputs[name]["path"].get<std::string>()));
   }
   // Killed between the renames and the store's commit of the task.
   if (Failpoint("coordinator.kill_before_task_commit")) raise(SIGKILL);
   return outputs.dump();
+}
+
+absl::Status CommitDeferredOutput(const std::string& job_dir,
+                                  const JobPlan& plan, const TaskRow& task,
+                                  int64_t hidden_size,
+                                  const std::string& model_dir,
+                                  const std::string& name,
+                                  const UploadReceiver::Received& received) {
+  if (DeferredHolder(task, name).empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "task ", task.index, " holds no deferred ", name, " to upload"));
+  }
+  if (HexOf(received.sha256) != CommittedSha256(task, name)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("uploaded ", name, " of task ", task.index,
+                     " differs from the SHA-256 committed for it"));
+  }
+  RETURN_IF_ERROR(
+      CheckOutputFile(plan, task, hidden_size, model_dir, name, received.path));
+  return RenameDurably(received.path, OutputPath(plan, job_dir, task, name));
 }
 
 std::vector<TaskToRedo> TasksToRedo(const JobPlan& plan,
@@ -225,10 +266,14 @@ std::vector<TaskToRedo> TasksToRedo(const JobPlan& plan,
 
 void DropConsumedInputs(const std::string& job_dir, const JobPlan& plan,
                         const std::vector<TaskRow>& tasks) {
-  std::map<std::string, bool> pending;  // File -> a reader is not done.
+  // File -> a reader is not done, or holds outputs not uploaded yet (it
+  // runs again, reading the file again, if its worker leaves).
+  std::map<std::string, bool> pending;
   for (const TaskRow& task : tasks) {
+    const bool waiting =
+        task.state != TaskState::kDone || HoldsDeferredOutputs(plan, task);
     for (const std::string& path : IntermediateInputs(plan, job_dir, task)) {
-      pending[path] = pending[path] || task.state != TaskState::kDone;
+      pending[path] = pending[path] || waiting;
     }
   }
   for (const auto& [path, waiting] : pending) {

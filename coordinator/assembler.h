@@ -29,10 +29,31 @@ namespace quant {
 // ({"name": {"path", "bytes", "sha256"}}). Again after the store could not
 // record a commit (a full disk): an output already in its place with the
 // upload's size and SHA-256 stays there.
+//
+// `deferred` outputs (activations only) are committed by their SHA-256 and
+// size alone, recorded as held by worker `holder` (their "held_by"), and
+// uploaded later (CommitDeferredOutput).
+struct DeferredOutput {
+  std::string sha256;  // Hex.
+  uint64_t bytes = 0;
+};
 absl::StatusOr<std::string> CommitTaskOutputs(
     const std::string& job_dir, const JobPlan& plan, const TaskRow& task,
     int64_t hidden_size, const std::string& model_dir,
-    const std::map<std::string, UploadReceiver::Received>& received);
+    const std::map<std::string, UploadReceiver::Received>& received,
+    const std::map<std::string, DeferredOutput>& deferred = {},
+    const std::string& holder = "");
+
+// The upload of a deferred output of done task `task` (as committed),
+// checked as CommitTaskOutputs checks it and against the committed SHA-256,
+// moved to its place. The caller then records it there
+// (Scheduler::MarkDurable).
+absl::Status CommitDeferredOutput(const std::string& job_dir,
+                                  const JobPlan& plan, const TaskRow& task,
+                                  int64_t hidden_size,
+                                  const std::string& model_dir,
+                                  const std::string& name,
+                                  const UploadReceiver::Received& received);
 
 // Removes the intermediate files (activations at block boundaries, a
 // data-parallel job's statistics and partial results) that no unfinished

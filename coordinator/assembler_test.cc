@@ -147,6 +147,101 @@ TEST(AssemblerTest, CommittedOutputsAreCheckedAndMovedIntoPlace) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+// Activations committed deferred: recorded by SHA-256 with their holder,
+// nothing moved; their later upload must be those bytes and of the planned
+// shape, then it moves into place. The inputs of a task whose outputs are
+// held stay until they are uploaded.
+TEST(AssemblerTest, DeferredActivationsAreRecordedThenUploadedIntoPlace) {
+  const std::string job = MakeTestTempDir("assembler_deferred");
+  const JobPlan plan = SequentialPlan();
+  const std::string upload = UploadDir(job, 1, 1);
+  fs::create_directories(upload);
+  ASSERT_TRUE(SaveBlockResult(upload + "/result", KeptResult()).ok());
+  const std::vector<float> hidden(2 * 3 * 4, 0.5f);
+  const std::string made = job + "/made.safetensors";
+  ASSERT_TRUE(SaveActivations(made, hidden, 2, 3, 4).ok());
+  const std::string sha256 = HexOf(*Sha256OfFile(made));
+  auto received = ReadUploads(upload, {kResultTensor});
+  ASSERT_TRUE(received.ok());
+  // Only activations wait on their worker, with a SHA-256, and a holder.
+  EXPECT_EQ(CommitTaskOutputs(job, plan, Block(0), 4, "", *received,
+                              {{kResultTensor, {sha256, 1}}}, "w-1")
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CommitTaskOutputs(job, plan, Block(0), 4, "", *received,
+                              {{kActivationsTensor, {"00ff", 1}}}, "w-1")
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CommitTaskOutputs(job, plan, Block(0), 4, "", *received,
+                              {{kActivationsTensor, {sha256, 1}}}, "")
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  const absl::StatusOr<std::string> outputs =
+      CommitTaskOutputs(job, plan, Block(0), 4, "", *received,
+                        {{kActivationsTensor, {sha256, 99}}}, "w-1");
+  ASSERT_TRUE(outputs.ok()) << outputs.status();
+  EXPECT_TRUE(fs::exists(BlockResultPath(job, 0)));
+  EXPECT_FALSE(fs::exists(ActivationsPath(job, 1)));
+  TaskRow maker = Block(0);
+  maker.state = TaskState::kDone;
+  maker.epoch = 1;
+  maker.outputs = *outputs;
+  EXPECT_EQ(DeferredHolder(maker, kActivationsTensor), "w-1");
+  EXPECT_EQ(CommittedSha256(maker, kActivationsTensor), sha256);
+  EXPECT_TRUE(HoldsDeferredOutputs(plan, maker));
+
+  // Block 0's input stays while its output is held, though block 0 is done.
+  TaskRow embed;
+  embed.index = 0;
+  embed.kind = kEmbedTask;
+  embed.layer = -1;
+  embed.state = TaskState::kDone;
+  TaskRow reader = Block(1);
+  reader.deps = {1};
+  reader.state = TaskState::kDone;
+  maker.deps = {0};
+  ASSERT_TRUE(SaveActivations(ActivationsPath(job, 0), hidden, 2, 3, 4).ok());
+  DropConsumedInputs(job, plan, {embed, maker, reader});
+  EXPECT_TRUE(fs::exists(ActivationsPath(job, 0)));
+
+  // The upload: other bytes are refused, the committed ones move in.
+  UploadReceiver::Received other;
+  ASSERT_TRUE(SaveActivations(job + "/other.safetensors",
+                              std::vector<float>(24), 2, 3, 4)
+                  .ok());
+  other.path = job + "/other.safetensors";
+  other.sha256 = *Sha256OfFile(other.path);
+  EXPECT_EQ(
+      CommitDeferredOutput(job, plan, maker, 4, "", kActivationsTensor, other)
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+  UploadReceiver::Received file;
+  file.path = made;
+  file.sha256 = *Sha256OfFile(made);
+  EXPECT_EQ(
+      CommitDeferredOutput(job, plan, maker, 8, "", kActivationsTensor, file)
+          .code(),
+      absl::StatusCode::kInvalidArgument);  // Not the planned width.
+  ASSERT_TRUE(
+      CommitDeferredOutput(job, plan, maker, 4, "", kActivationsTensor, file)
+          .ok());
+  EXPECT_TRUE(fs::exists(ActivationsPath(job, 1)));
+  EXPECT_FALSE(fs::exists(made));
+  // Recorded as on disk: block 0's input goes.
+  nlohmann::json record = nlohmann::json::parse(maker.outputs);
+  record[kActivationsTensor].erase("held_by");
+  maker.outputs = record.dump();
+  EXPECT_EQ(
+      CommitDeferredOutput(job, plan, maker, 4, "", kActivationsTensor, file)
+          .code(),
+      absl::StatusCode::kFailedPrecondition);
+  DropConsumedInputs(job, plan, {embed, maker, reader});
+  EXPECT_FALSE(fs::exists(ActivationsPath(job, 0)));
+}
+
 // A data-parallel job's uploads are checked for what each task makes:
 // statistics, a partial result before the last stage (a whole one at it),
 // a shard's activations.

@@ -239,6 +239,13 @@ TEST_F(CoordinatorTest, AffineWorkersReadTheActivationsTheyHold) {
     held += absl::StrContains(line, "reads the activations it holds");
   }
   EXPECT_EQ(held, 2);
+  // Their makers (the embedding, block 0) committed them by SHA-256 and
+  // uploaded them after: off the critical path.
+  int deferred = 0;
+  for (const std::string& line : lines) {
+    deferred += absl::StrContains(line, "committed by SHA-256, uploaded after");
+  }
+  EXPECT_EQ(deferred, 2);
   const int64_t bytes = 2 * 4 * 40 * TinyLlamaOptions().hidden_size * 4;
   EXPECT_TRUE(absl::StrContains(
       metrics.TextExposition(),

@@ -599,9 +599,33 @@ void JobManager::HashLoop() {
   }
 }
 
+namespace {
+
+// The hidden size when the activations a task reads are held by their
+// maker (TaskInputs::Open describes them from it), else 0.
+absl::StatusOr<int64_t> HeldHiddenSize(const v1::JobSpec& job, bool held) {
+  if (!held) return 0;
+  ASSIGN_OR_RETURN(const ModelSpec model, LoadModelConfig(job.model_dir()));
+  return model.hidden_size;
+}
+
+// The outputs a task's upload holds: all but those its commit defers.
+std::vector<std::string> UploadedOutputs(
+    const JobPlan& plan, const TaskRow& task,
+    const std::map<std::string, DeferredOutput>& deferred) {
+  std::vector<std::string> names;
+  for (const std::string& name : TaskOutputs(plan, task)) {
+    if (deferred.count(name) == 0) names.push_back(name);
+  }
+  return names;
+}
+
+}  // namespace
+
 absl::StatusOr<v1::TaskSpec> JobManager::BuildTaskSpec(
     const v1::JobSpec& job, const JobPlan& plan, const TaskRow& task,
-    int64_t job_id, const std::string& activations_sha256) {
+    int64_t job_id, const std::string& activations_sha256,
+    bool activations_held) {
   v1::TaskSpec spec;
   spec.set_kind(task.kind == kEmbedTask     ? v1::TASK_KIND_EMBED
                 : task.kind == kForwardTask ? v1::TASK_KIND_FORWARD
@@ -634,8 +658,11 @@ absl::StatusOr<v1::TaskSpec> JobManager::BuildTaskSpec(
     spec.set_shard(std::max(TaskShard(plan, task), 0));
     spec.set_stage(std::max(TaskStage(plan, task), 0));
   }
-  ASSIGN_OR_RETURN(const std::unique_ptr<TaskInputs> inputs,
-                   TaskInputs::Open(job.model_dir(), plan.job_dir, plan, task));
+  ASSIGN_OR_RETURN(const int64_t held_hidden,
+                   HeldHiddenSize(job, activations_held));
+  ASSIGN_OR_RETURN(
+      const std::unique_ptr<TaskInputs> inputs,
+      TaskInputs::Open(job.model_dir(), plan.job_dir, plan, task, held_hidden));
   for (const v1::TensorInfo& info : inputs->infos()) {
     v1::TensorInfo* input = spec.add_inputs();
     *input = info;
@@ -667,7 +694,8 @@ absl::StatusOr<v1::LeaseTaskResponse> JobManager::LeaseTask(
       absl::StatusOr<v1::JobSpec> job = ParseSpec(lease->job);
       absl::StatusOr<v1::TaskSpec> spec =
           job.ok() ? BuildTaskSpec(*job, lease->plan, lease->task,
-                                   lease->key.job_id, lease->activations_sha256)
+                                   lease->key.job_id, lease->activations_sha256,
+                                   lease->activations_held)
                    : job.status();
       if (!spec.ok()) {
         // The job's own inputs are broken (a model file gone, malformed):
@@ -696,6 +724,7 @@ absl::StatusOr<v1::LeaseTaskResponse> JobManager::LeaseTask(
       ref->set_epoch(lease->epoch);
       *response.mutable_spec() = std::move(*spec);
       response.set_lease_ms(lease->lease_ms);
+      response.set_defer_activations(lease->defer_activations);
       Log(absl::StrCat("job ", lease->key.job_id, ": ", lease->task.kind,
                        " task ", lease->key.index, " leased to ",
                        request.worker_id(), " (epoch ", lease->epoch, ")"));
@@ -740,13 +769,29 @@ absl::Status JobManager::FetchInputs(
   RETURN_IF_ERROR(scheduler_->CheckLease(key, request.task().epoch()));
   ASSIGN_OR_RETURN(const JobContext job, Context(key.job_id));
   const TaskRow& task = job.snapshot.tasks[key.index];
+  const int32_t maker =
+      ActivationsMaker(job.snapshot.plan, job.snapshot.tasks, task);
+  ASSIGN_OR_RETURN(
+      const int64_t held_hidden,
+      HeldHiddenSize(job.spec,
+                     maker >= 0 && !DeferredHolder(job.snapshot.tasks[maker],
+                                                   kActivationsTensor)
+                                        .empty()));
   ASSIGN_OR_RETURN(
       const std::unique_ptr<TaskInputs> inputs,
       TaskInputs::Open(job.spec.model_dir(), job.snapshot.plan.job_dir,
-                       job.snapshot.plan, task));
+                       job.snapshot.plan, task, held_hidden));
   ServiceMetrics* metrics = options_.metrics;
   const std::set<std::string> skip(request.skip().begin(),
                                    request.skip().end());
+  if (held_hidden > 0 && skip.count(kActivationsTensor) == 0) {
+    // Their holder lost its copy (a restart, its disk): they are made again.
+    RETURN_IF_ERROR(scheduler_->LoseDeferred(
+        key.job_id, maker, "no longer has its activations, not uploaded"));
+    return absl::UnavailableError(
+        "the activations this task reads were lost before their upload; "
+        "they are computed again");
+  }
   return inputs->Stream(request.tensor(), request.offset(), skip,
                         static_cast<size_t>(options_.max_chunk_bytes), emit,
                         [metrics](size_t n) {
@@ -754,6 +799,24 @@ absl::Status JobManager::FetchInputs(
                             metrics->AddBytesStreamed("to_worker", n);
                           }
                         });
+}
+
+absl::Status JobManager::Receive(
+    const std::function<bool(v1::UploadResultRequest*)>& read,
+    UploadReceiver* receiver) {
+  v1::UploadResultRequest message;
+  absl::Status received = absl::OkStatus();
+  while (received.ok() && read(&message)) {
+    received =
+        message.has_chunk()
+            ? receiver->Accept(message.chunk())
+            : absl::InvalidArgumentError("an upload sends its task once");
+  }
+  if (received.ok()) received = receiver->Finish();
+  if (received.ok() && options_.metrics != nullptr) {
+    options_.metrics->AddBytesStreamed("from_worker", receiver->bytes());
+  }
+  return received;
 }
 
 absl::StatusOr<v1::UploadResultResponse> JobManager::UploadResult(
@@ -764,6 +827,7 @@ absl::StatusOr<v1::UploadResultResponse> JobManager::UploadResult(
         "an upload starts with the task it belongs to");
   }
   const v1::TaskRef ref = message.task();
+  if (message.deferred()) return UploadDeferred(ref, read);
   ASSIGN_OR_RETURN(const TaskKey key, KeyOf(ref));
   RETURN_IF_ERROR(scheduler_->CheckLease(key, ref.epoch()));
   ASSIGN_OR_RETURN(const JobContext job, Context(key.job_id));
@@ -781,15 +845,9 @@ absl::StatusOr<v1::UploadResultResponse> JobManager::UploadResult(
   UploadReceiver receiver(
       dir, TaskOutputs(job.snapshot.plan, task),
       planned > 0 ? static_cast<uint64_t>(planned) + (uint64_t{64} << 20)
-                  : std::numeric_limits<uint64_t>::max());
-  absl::Status received = absl::OkStatus();
-  while (received.ok() && read(&message)) {
-    received =
-        message.has_chunk()
-            ? receiver.Accept(message.chunk())
-            : absl::InvalidArgumentError("an upload sends its task once");
-  }
-  if (received.ok()) received = receiver.Finish();
+                  : std::numeric_limits<uint64_t>::max(),
+      {kActivationsTensor});  // Those the commit may defer.
+  const absl::Status received = Receive(read, &receiver);
   if (received.code() == absl::StatusCode::kInvalidArgument) {
     // Outputs the task does not have: the task's (its worker's code's)
     // fault, not the network's.
@@ -797,13 +855,69 @@ absl::StatusOr<v1::UploadResultResponse> JobManager::UploadResult(
                            std::string(received.message()));
   }
   RETURN_IF_ERROR(received);
-  if (options_.metrics != nullptr) {
-    options_.metrics->AddBytesStreamed("from_worker", receiver.bytes());
-  }
   {
     absl::MutexLock lock(&uploads_mu_);
     uploads_[{key.job_id, key.index, ref.epoch()}] = receiver.received();
   }
+  v1::UploadResultResponse response;
+  response.set_bytes_received(receiver.bytes());
+  return response;
+}
+
+absl::StatusOr<v1::UploadResultResponse> JobManager::UploadDeferred(
+    const v1::TaskRef& ref,
+    const std::function<bool(v1::UploadResultRequest*)>& read) {
+  ASSIGN_OR_RETURN(const TaskKey key, KeyOf(ref));
+  ASSIGN_OR_RETURN(const JobContext job, Context(key.job_id));
+  if (key.index < 0 ||
+      key.index >= static_cast<int32_t>(job.snapshot.tasks.size())) {
+    return absl::NotFoundError(absl::StrCat("no task ", key.index));
+  }
+  const JobPlan& plan = job.snapshot.plan;
+  const TaskRow task = job.snapshot.tasks[key.index];
+  if (job.snapshot.job.state != JobState::kRunning) {
+    // Assembled, failed or cancelled: its tasks' files are not wanted (a
+    // resumed job computes again what it lacks).
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job ", key.job_id, " is ", JobStateName(job.snapshot.job.state)));
+  }
+  if (task.state != TaskState::kDone || task.epoch != ref.epoch()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "task ", key.index, " is not done under lease ", ref.epoch()));
+  }
+  std::vector<std::string> held;
+  for (const std::string& name : TaskOutputs(plan, task)) {
+    if (!DeferredHolder(task, name).empty()) held.push_back(name);
+  }
+  if (held.empty()) {
+    // Uploaded already (a lost reply), or forgotten: nothing is wanted.
+    return v1::UploadResultResponse();
+  }
+  const std::string dir = UploadDir(plan.job_dir, task.index, ref.epoch());
+  std::error_code error;
+  fs::remove_all(dir, error);
+  fs::create_directories(dir, error);
+  if (error) return absl::InternalError(absl::StrCat("cannot create ", dir));
+  const int64_t planned = TaskMemoryBytes(plan, task);
+  UploadReceiver receiver(
+      dir, held,
+      planned > 0 ? static_cast<uint64_t>(planned) + (uint64_t{64} << 20)
+                  : std::numeric_limits<uint64_t>::max());
+  RETURN_IF_ERROR(Receive(read, &receiver));
+  ASSIGN_OR_RETURN(const ModelSpec model,
+                   LoadModelConfig(job.spec.model_dir()));
+  for (const auto& [name, file] : receiver.received()) {
+    RETURN_IF_ERROR(CommitDeferredOutput(plan.job_dir, plan, task,
+                                         model.hidden_size,
+                                         job.spec.model_dir(), name, file));
+    RETURN_IF_ERROR(
+        scheduler_->MarkDurable(key, ref.epoch(), name, HexOf(file.sha256)));
+  }
+  fs::remove_all(dir, error);
+  ASSIGN_OR_RETURN(const JobSnapshot after, scheduler_->GetJob(key.job_id));
+  DropConsumedInputs(plan.job_dir, plan, after.tasks);
+  Log(absl::StrFormat("job %d: %s task %d's deferred outputs uploaded",
+                      key.job_id, task.kind, key.index));
   v1::UploadResultResponse response;
   response.set_bytes_received(receiver.bytes());
   return response;
@@ -829,6 +943,10 @@ absl::Status JobManager::CompleteTask(const v1::CompleteTaskRequest& request) {
                    OptionsFromRecipe(job.spec.recipe()));
   // The verified upload: remembered, or found on disk by a coordinator that
   // restarted after it.
+  std::map<std::string, DeferredOutput> deferred;
+  for (const v1::DeferredOutput& output : request.deferred()) {
+    deferred[output.name()] = {output.sha256(), output.size_bytes()};
+  }
   std::map<std::string, UploadReceiver::Received> received;
   {
     absl::MutexLock lock(&uploads_mu_);
@@ -839,7 +957,7 @@ absl::Status JobManager::CompleteTask(const v1::CompleteTaskRequest& request) {
     absl::StatusOr<std::map<std::string, UploadReceiver::Received>> found =
         ReadUploads(
             UploadDir(job.snapshot.plan.job_dir, key.index, ref.epoch()),
-            TaskOutputs(job.snapshot.plan, task));
+            UploadedOutputs(job.snapshot.plan, task, deferred));
     // Nothing uploaded under this lease: the worker uploads again.
     if (!found.ok()) return absl::AbortedError(found.status().message());
     received = *std::move(found);
@@ -851,7 +969,7 @@ absl::Status JobManager::CompleteTask(const v1::CompleteTaskRequest& request) {
       [&] {
         return CommitTaskOutputs(job.snapshot.plan.job_dir, job.snapshot.plan,
                                  task, model.hidden_size, job.spec.model_dir(),
-                                 received);
+                                 received, deferred, ref.worker_id());
       });
   if (completed.code() == absl::StatusCode::kInvalidArgument) {
     // The outputs themselves are wrong: the task's fault, within its budget.
@@ -924,6 +1042,15 @@ void JobManager::TickLoop() {
   while (!stopping_) {
     const int expired = scheduler_->ExpireLeases();
     if (expired > 0) Log(absl::StrCat(expired, " lease(s) expired"));
+    for (int64_t id : scheduler_->LoseAbsentHolders()) {
+      Log(absl::StrCat("job ", id,
+                       ": a worker left holding activations not uploaded; "
+                       "what still needs them is computed again"));
+      absl::StatusOr<JobSnapshot> job = scheduler_->GetJob(id);
+      if (job.ok()) {
+        DropConsumedInputs(job->plan.job_dir, job->plan, job->tasks);
+      }
+    }
     RefreshMetrics();
     CheckDiskSpace();
     const int64_t now = clock_->MonotonicMs();

@@ -98,6 +98,15 @@ class JobManager {
   // `read` yields the stream's messages (false at its end).
   absl::StatusOr<v1::UploadResultResponse> UploadResult(
       const std::function<bool(v1::UploadResultRequest*)>& read);
+  // Reads an upload's chunks after its first message into `receiver` and
+  // finishes it.
+  absl::Status Receive(
+      const std::function<bool(v1::UploadResultRequest*)>& read,
+      UploadReceiver* receiver);
+  // The rest of UploadResult for outputs a commit deferred.
+  absl::StatusOr<v1::UploadResultResponse> UploadDeferred(
+      const v1::TaskRef& ref,
+      const std::function<bool(v1::UploadResultRequest*)>& read);
   absl::Status CompleteTask(const v1::CompleteTaskRequest& request);
   absl::Status FailTask(const v1::FailTaskRequest& request);
 
@@ -117,7 +126,8 @@ class JobManager {
   v1::Job JobMessage(const JobContext& job, bool include_tasks);
   absl::StatusOr<v1::TaskSpec> BuildTaskSpec(
       const v1::JobSpec& job, const JobPlan& plan, const TaskRow& task,
-      int64_t job_id, const std::string& activations_sha256);
+      int64_t job_id, const std::string& activations_sha256,
+      bool activations_held);
   // The canonical absolute form of `path`, or InvalidArgument naming
   // `field` when it is not inside one of `roots`.
   absl::StatusOr<std::string> CanonicalPath(

@@ -26,6 +26,9 @@ ABSL_FLAG(std::vector<std::string>, output_roots, {},
           "Directories jobs may write outputs to");
 ABSL_FLAG(int64_t, lease_ms, 60000, "Lease of a task without heartbeats");
 ABSL_FLAG(int64_t, heartbeat_ms, 5000, "Heartbeat interval for workers");
+ABSL_FLAG(int64_t, worker_timeout_ms, 120000,
+          "A worker not heard from for this long is gone: activations it "
+          "holds uncommitted are computed again (more than 2 heartbeats)");
 ABSL_FLAG(int, max_task_faults, 3, "Failures of a task before its job fails");
 ABSL_FLAG(int, max_infra_faults, 20,
           "Workers a task may lose before its job fails");
@@ -75,6 +78,13 @@ int main(int argc, char** argv) {
   jobs.output_roots = absl::GetFlag(FLAGS_output_roots);
   jobs.scheduler.lease_ms = absl::GetFlag(FLAGS_lease_ms);
   jobs.scheduler.heartbeat_interval_ms = absl::GetFlag(FLAGS_heartbeat_ms);
+  jobs.scheduler.worker_timeout_ms = absl::GetFlag(FLAGS_worker_timeout_ms);
+  if (jobs.scheduler.worker_timeout_ms <=
+      2 * jobs.scheduler.heartbeat_interval_ms) {
+    std::cerr << "quant-coordinator: --worker_timeout_ms must exceed two "
+                 "heartbeats (--heartbeat_ms)\n";
+    return 2;
+  }
   jobs.scheduler.max_task_faults = absl::GetFlag(FLAGS_max_task_faults);
   jobs.scheduler.max_infra_faults = absl::GetFlag(FLAGS_max_infra_faults);
   jobs.scheduler.affinity_ms = absl::GetFlag(FLAGS_affinity_ms);

@@ -409,16 +409,38 @@ int32_t ActivationsMaker(const JobPlan& plan, const std::vector<TaskRow>& tasks,
   return -1;
 }
 
-std::string CommittedSha256(const TaskRow& task, const std::string& name) {
+namespace {
+
+// The string `field` of a done task's commit record of output `name`; ""
+// when there is none.
+std::string CommittedField(const TaskRow& task, const std::string& name,
+                           const std::string& field) {
   if (task.state != TaskState::kDone) return "";
   const nlohmann::json outputs =
       nlohmann::json::parse(task.outputs, nullptr, /*allow_exceptions=*/false);
   if (!outputs.is_object() || !outputs.contains(name) ||
-      !outputs[name].is_object() || !outputs[name].contains("sha256") ||
-      !outputs[name]["sha256"].is_string()) {
+      !outputs[name].is_object() || !outputs[name].contains(field) ||
+      !outputs[name][field].is_string()) {
     return "";
   }
-  return outputs[name]["sha256"].get<std::string>();
+  return outputs[name][field].get<std::string>();
+}
+
+}  // namespace
+
+std::string CommittedSha256(const TaskRow& task, const std::string& name) {
+  return CommittedField(task, name, "sha256");
+}
+
+std::string DeferredHolder(const TaskRow& task, const std::string& name) {
+  return CommittedField(task, name, "held_by");
+}
+
+bool HoldsDeferredOutputs(const JobPlan& plan, const TaskRow& task) {
+  for (const std::string& name : TaskOutputs(plan, task)) {
+    if (!DeferredHolder(task, name).empty()) return true;
+  }
+  return false;
 }
 
 int64_t TaskMemoryBytes(const JobPlan& plan, const TaskRow& task) {

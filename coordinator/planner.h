@@ -134,6 +134,12 @@ int32_t ActivationsMaker(const JobPlan& plan, const std::vector<TaskRow>& tasks,
 // The SHA-256 (hex) recorded at the commit of `task`'s output `name`; ""
 // when the task is not done or its record lacks one.
 std::string CommittedSha256(const TaskRow& task, const std::string& name);
+// The worker that holds `task`'s output `name`, committed by its SHA-256
+// and not uploaded yet (a deferred commit); "" once it is on the
+// coordinator's disk, or for any other record.
+std::string DeferredHolder(const TaskRow& task, const std::string& name);
+// True when some output of `task` is committed but held by its worker.
+bool HoldsDeferredOutputs(const JobPlan& plan, const TaskRow& task);
 // Bytes a task of this kind needs on a worker.
 int64_t TaskMemoryBytes(const JobPlan& plan, const TaskRow& task);
 

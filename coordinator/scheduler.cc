@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
+#include "nlohmann/json.hpp"
 #include "proto/task_tensors.h"
 
 namespace quant {
@@ -36,7 +37,8 @@ Scheduler::Scheduler(JobStore* store, Clock* clock, SchedulerOptions options,
       clock_(clock),
       options_(options),
       events_(std::move(events)),
-      run_id_(std::random_device{}()) {}
+      run_id_(std::random_device{}()),
+      started_monotonic_ms_(clock->MonotonicMs()) {}
 
 absl::Status Scheduler::Recover() {
   ASSIGN_OR_RETURN(const std::vector<JobRow> jobs, store_->ListJobs());
@@ -291,7 +293,10 @@ absl::StatusOr<std::optional<Lease>> Scheduler::TryLease(
       if (maker >= 0) {
         lease.activations_sha256 =
             CommittedSha256(job.tasks[maker], kActivationsTensor);
+        lease.activations_held =
+            !DeferredHolder(job.tasks[maker], kActivationsTensor).empty();
       }
+      lease.defer_activations = options_.affinity_ms > 0;
       return std::optional<Lease>(std::move(lease));
     }
   }
@@ -301,10 +306,14 @@ absl::StatusOr<std::optional<Lease>> Scheduler::TryLease(
 bool Scheduler::HeldForMaker(const ActiveJob& job, const TaskRow& task,
                              const std::string& worker_id, int64_t now,
                              bool gpu_pool) const {
-  if (options_.affinity_ms <= 0) return false;
   const int32_t maker = ActivationsMaker(job.plan, job.tasks, task);
+  if (maker < 0) return false;
+  const std::string holder =
+      DeferredHolder(job.tasks[maker], kActivationsTensor);
+  if (!holder.empty()) return holder != worker_id;
+  if (options_.affinity_ms <= 0) return false;
   const auto made = job.made_by.find(maker);
-  if (maker < 0 || made == job.made_by.end()) return false;
+  if (made == job.made_by.end()) return false;
   const auto& [maker_id, done_ms] = made->second;
   if (maker_id == worker_id || now - done_ms >= options_.affinity_ms) {
     return false;
@@ -355,7 +364,6 @@ absl::StatusOr<int64_t> Scheduler::Heartbeat(const TaskKey& key, int64_t epoch,
   if (w != workers_.end()) {
     w->second.last_seen_ms = clock_->NowMs();
     w->second.last_seen_monotonic_ms = now;
-    w->second.task = KeyName(key);
   }
   if (jobs_.count(key.job_id) == 0) {
     // Ended (cancelled, failed): the holder stops.
@@ -370,6 +378,9 @@ absl::StatusOr<int64_t> Scheduler::Heartbeat(const TaskKey& key, int64_t epoch,
     return 0;  // The holder's own commit came first: nothing to extend.
   }
   ASSIGN_OR_RETURN(TaskRow * live, LiveLease(key, epoch));
+  // Busy only while the lease lives: a beat that was in flight when the
+  // task committed must not hide the idle maker from its affinity.
+  if (w != workers_.end()) w->second.task = KeyName(key);
   ActiveJob& job = jobs_[key.job_id];
   TaskRow task = *live;
   task.worker_id = worker_id;
@@ -497,6 +508,119 @@ int Scheduler::ExpireLeases() {
   }
   for (int64_t id : finished) jobs_.erase(id);
   return expired;
+}
+
+absl::Status Scheduler::MarkDurable(const TaskKey& key, int64_t epoch,
+                                    const std::string& name,
+                                    const std::string& sha256) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(TaskRow * found, FindTask(key));
+  if (found->state != TaskState::kDone || found->epoch != epoch) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "task ", key.index, " is not done under lease ", epoch, " any more"));
+  }
+  nlohmann::json outputs = nlohmann::json::parse(found->outputs, nullptr,
+                                                 /*allow_exceptions=*/false);
+  if (!outputs.is_object() || !outputs.contains(name) ||
+      !outputs[name].is_object()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("task ", key.index, " committed no ", name));
+  }
+  if (CommittedSha256(*found, name) != sha256) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("uploaded ", name, " of task ", key.index,
+                     " is not what was committed (SHA-256 ", sha256, ", not ",
+                     CommittedSha256(*found, name), ")"));
+  }
+  if (!outputs[name].contains("held_by")) return absl::OkStatus();
+  outputs[name].erase("held_by");
+  TaskRow task = *found;
+  task.outputs = outputs.dump();
+  return Commit(jobs_[key.job_id], {task}, std::nullopt);
+}
+
+std::vector<int64_t> Scheduler::LoseAbsentHolders() {
+  absl::MutexLock lock(&mu_);
+  const int64_t now = clock_->MonotonicMs();
+  std::vector<int64_t> changed_jobs, finished;
+  if (now - started_monotonic_ms_ <= options_.worker_timeout_ms) {
+    return changed_jobs;
+  }
+  const auto alive = [&](const std::string& id) {
+    const auto w = workers_.find(id);
+    return w != workers_.end() &&
+           now - w->second.last_seen_monotonic_ms <= options_.worker_timeout_ms;
+  };
+  for (auto& [id, job] : jobs_) {
+    if (job.job.state != JobState::kRunning) continue;
+    std::vector<int32_t> lost;
+    for (const TaskRow& maker : job.tasks) {
+      const std::string holder = DeferredHolder(maker, kActivationsTensor);
+      if (!holder.empty() && !alive(holder)) lost.push_back(maker.index);
+    }
+    if (lost.empty()) continue;
+    absl::StatusOr<bool> failed = LoseDeferredLocked(
+        job, lost, "left holding its activations, not uploaded");
+    if (!failed.ok()) continue;  // Retried next time.
+    changed_jobs.push_back(id);
+    if (*failed) finished.push_back(id);
+  }
+  for (int64_t id : finished) jobs_.erase(id);
+  return changed_jobs;
+}
+
+absl::Status Scheduler::LoseDeferred(int64_t job_id, int32_t maker,
+                                     const std::string& why) {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end() || it->second.job.state != JobState::kRunning ||
+      maker < 0 || maker >= static_cast<int32_t>(it->second.tasks.size()) ||
+      DeferredHolder(it->second.tasks[maker], kActivationsTensor).empty()) {
+    return absl::OkStatus();  // Nothing held any more.
+  }
+  ASSIGN_OR_RETURN(const bool failed,
+                   LoseDeferredLocked(it->second, {maker}, why));
+  if (failed) jobs_.erase(it);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> Scheduler::LoseDeferredLocked(
+    ActiveJob& job, const std::vector<int32_t>& makers,
+    const std::string& why) {
+  std::vector<TaskRow> changed;
+  std::optional<std::pair<JobState, std::string>> state;
+  for (int32_t index : makers) {
+    const TaskRow& maker = job.tasks[index];
+    const std::string holder = DeferredHolder(maker, kActivationsTensor);
+    const bool still_read = std::any_of(
+        job.tasks.begin(), job.tasks.end(), [&](const TaskRow& reader) {
+          return reader.state != TaskState::kDone &&
+                 ActivationsMaker(job.plan, job.tasks, reader) == index;
+        });
+    TaskRow task = maker;
+    if (still_read) {
+      // Computed again (its inputs were kept for this), within the task's
+      // budget of infrastructure faults.
+      task.state = TaskState::kPending;
+      task.outputs = "";
+      task.seconds = 0;
+      task.backend = "";
+      task.kernel = "";
+      task.error = absl::StrCat("worker ", holder, " ", why);
+      if (++task.infra_faults > options_.max_infra_faults) {
+        state.emplace(JobState::kFailed,
+                      absl::StrCat(task.kind, " task ", task.index, " lost ",
+                                   task.infra_faults, " workers"));
+      }
+    } else {
+      nlohmann::json outputs = nlohmann::json::parse(task.outputs);
+      outputs[kActivationsTensor].erase("held_by");
+      task.outputs = outputs.dump();
+    }
+    changed.push_back(std::move(task));
+  }
+  RETURN_IF_ERROR(Commit(job, changed, state));
+  return state.has_value();
 }
 
 absl::Status Scheduler::Cancel(int64_t job_id) {

@@ -119,6 +119,10 @@ struct Lease {
   TaskRow task;
   // SHA-256 (hex) of the committed activations the task reads; "" if none.
   std::string activations_sha256;
+  // Those activations are held by this worker, not uploaded yet.
+  bool activations_held = false;
+  // The task's own activations may be committed deferred (affinity is on).
+  bool defer_activations = false;
 };
 
 // Why none of a job's ready tasks can go to any registered worker.
@@ -193,6 +197,23 @@ class Scheduler {
   // Leases past their deadline go back to pending; returns how many.
   int ExpireLeases();
 
+  // The deferred output `name` of task `key` (done under `epoch`, committed
+  // with SHA-256 `sha256` hex) is now on the coordinator's disk: any worker
+  // may read it. FailedPrecondition when the task was computed again since
+  // (or never so), InvalidArgument for another SHA-256.
+  absl::Status MarkDurable(const TaskKey& key, int64_t epoch,
+                           const std::string& name, const std::string& sha256);
+  // Deferred outputs whose worker is gone (not heard from within
+  // worker_timeout_ms, and that long since this scheduler started, so that
+  // a worker of an earlier coordinator can still upload them): a task still
+  // to read one makes its maker run again; one nothing reads any more is
+  // forgotten. Returns the jobs changed.
+  std::vector<int64_t> LoseAbsentHolders();
+  // The same for the activations task `maker` committed deferred, which
+  // their holder no longer has (`why`, for the task's record).
+  absl::Status LoseDeferred(int64_t job_id, int32_t maker,
+                            const std::string& why);
+
   absl::Status Cancel(int64_t job_id);
   // A failed or cancelled job back to queued, with fresh retry budgets for
   // the tasks that are not done.
@@ -243,13 +264,20 @@ class Scheduler {
   bool Fits(const WorkerInfo& worker, const ActiveJob& job, const TaskRow& task,
             bool gpu_pool) const;
   bool HasGpuWorker(int64_t now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // True while `task` waits for another worker, alive, idle and able to
-  // take it, that made its input activations (SchedulerOptions::
-  // affinity_ms).
+  // True while `task` waits for another worker that made its input
+  // activations: the one that holds them uncommitted to the coordinator's
+  // disk (a deferred commit), or one alive, idle and able to take it
+  // (SchedulerOptions::affinity_ms).
   bool HeldForMaker(const ActiveJob& job, const TaskRow& task,
                     const std::string& worker_id, int64_t now,
                     bool gpu_pool) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   WaitReason Waiting(const ActiveJob& job) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // LoseDeferred for `makers` of `job`, committed; true when the job
+  // failed on it (its caller drops it from jobs_).
+  absl::StatusOr<bool> LoseDeferredLocked(ActiveJob& job,
+                                          const std::vector<int32_t>& makers,
+                                          const std::string& why)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Writes `tasks` and the job's state in one transaction, then updates
   // memory (only after the commit succeeded).
@@ -266,6 +294,7 @@ class Scheduler {
   // In worker ids, so that ids differ across coordinator restarts and a
   // worker of an earlier run is never mistaken for a new one.
   const uint32_t run_id_;
+  const int64_t started_monotonic_ms_;
 
   absl::Mutex mu_;
   std::map<int64_t, ActiveJob> jobs_ ABSL_GUARDED_BY(mu_);

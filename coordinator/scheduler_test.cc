@@ -4,8 +4,10 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/test_data.h"
 #include "gtest/gtest.h"
+#include "proto/task_tensors.h"
 
 namespace quant {
 namespace {
@@ -146,6 +148,91 @@ TEST_F(SchedulerTest, AffinityDoesNotWaitForABusyWorker) {
   const Lease second_block = MustLease(b);
   EXPECT_EQ(second_block.key.job_id, second);
   EXPECT_EQ(second_block.key.index, 1);
+}
+
+// A heartbeat that was in flight when its task committed (the worker
+// beats until its upload is acknowledged) does not make the maker look busy:
+// the next block still waits for it.
+TEST_F(SchedulerTest, ALateHeartbeatForACommittedTaskKeepsTheMakersClaim) {
+  Reopen(/*affinity_ms=*/3000);
+  AddChain();
+  const std::string a = scheduler_->RegisterWorker("a", Cpu());
+  const std::string b = scheduler_->RegisterWorker("b", Cpu());
+  const Lease embed = MustLease(a);
+  ASSERT_TRUE(Complete(embed, a).ok());
+  EXPECT_EQ(*scheduler_->Heartbeat(embed.key, embed.epoch, a), 0);
+  EXPECT_FALSE(scheduler_->TryLease(b)->has_value());  // Held for a.
+  EXPECT_EQ(MustLease(a).key.index, 1);
+}
+
+// Activations committed deferred (by their SHA-256, held by the worker
+// that made them) are read only by that worker until they are uploaded;
+// when it leaves first, their maker runs again, and once nothing reads
+// them they are forgotten.
+TEST_F(SchedulerTest, DeferredActivationsWaitForTheirHolderOrAreMadeAgain) {
+  Reopen(/*affinity_ms=*/3000);
+  const int64_t job = AddChain();
+  const std::string a = scheduler_->RegisterWorker("a", Cpu());
+  const std::string b = scheduler_->RegisterWorker("b", Cpu());
+  const auto held_by = [](const std::string& worker) {
+    return [worker]() -> absl::StatusOr<std::string> {
+      return absl::StrCat(
+          R"({"activations": {"path": "x", "bytes": 1, "sha256": "00ff",)",
+          R"( "held_by": ")", worker, R"("}})");
+    };
+  };
+  const Lease embed = MustLease(a);
+  EXPECT_TRUE(embed.defer_activations);
+  ASSERT_TRUE(
+      scheduler_->Complete(embed.key, embed.epoch, a, 1, "cpu", "k", held_by(a))
+          .ok());
+  clock_.Advance(3000);  // Past the affinity: still a's alone.
+  EXPECT_FALSE(scheduler_->TryLease(b)->has_value());
+  EXPECT_EQ(
+      scheduler_
+          ->MarkDurable(embed.key, embed.epoch, kActivationsTensor, "11ff")
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      scheduler_
+          ->MarkDurable(embed.key, embed.epoch + 1, kActivationsTensor, "00ff")
+          .code(),
+      absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(
+      scheduler_
+          ->MarkDurable(embed.key, embed.epoch, kActivationsTensor, "00ff")
+          .ok());
+  const Lease block0 = MustLease(b);  // Uploaded: anyone reads it.
+  EXPECT_EQ(block0.key.index, 1);
+  EXPECT_FALSE(block0.activations_held);
+  ASSERT_TRUE(
+      scheduler_
+          ->Complete(block0.key, block0.epoch, b, 1, "cpu", "k", held_by(b))
+          .ok());
+  // b stops being heard from; a keeps asking.
+  clock_.Advance(60'000);
+  EXPECT_FALSE(scheduler_->TryLease(a)->has_value());
+  EXPECT_TRUE(scheduler_->LoseAbsentHolders().empty());
+  clock_.Advance(60'001);
+  EXPECT_FALSE(scheduler_->TryLease(a)->has_value());
+  EXPECT_EQ(scheduler_->LoseAbsentHolders(), std::vector<int64_t>{job});
+  EXPECT_EQ(StoredTask(job, 1).state, TaskState::kPending);
+  EXPECT_EQ(StoredTask(job, 1).infra_faults, 1);
+  const Lease again = MustLease(a);
+  EXPECT_EQ(again.key.index, 1);
+  ASSERT_TRUE(
+      scheduler_->Complete(again.key, again.epoch, a, 1, "cpu", "k", held_by(a))
+          .ok());
+  const Lease block1 = MustLease(a);
+  EXPECT_TRUE(block1.activations_held);
+  ASSERT_TRUE(Complete(block1, a).ok());
+  // a leaves holding block 0's activations, which nothing reads any more.
+  clock_.Advance(120'001);
+  EXPECT_EQ(scheduler_->LoseAbsentHolders(), std::vector<int64_t>{job});
+  EXPECT_EQ(StoredTask(job, 1).state, TaskState::kDone);
+  EXPECT_TRUE(DeferredHolder(StoredTask(job, 1), kActivationsTensor).empty());
+  EXPECT_EQ(CommittedSha256(StoredTask(job, 1), kActivationsTensor), "00ff");
+  EXPECT_EQ(scheduler_->JobsToAssemble(), std::vector<int64_t>{job});
 }
 
 // A maker that could not take the task (too little memory for a block)

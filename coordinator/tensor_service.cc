@@ -29,7 +29,7 @@ std::string WindowsPath(const std::string& job_dir) {
 
 absl::StatusOr<std::unique_ptr<TaskInputs>> TaskInputs::Open(
     const std::string& model_dir, const std::string& job_dir,
-    const JobPlan& plan, const TaskRow& task) {
+    const JobPlan& plan, const TaskRow& task, int64_t held_hidden_size) {
   std::unique_ptr<TaskInputs> inputs(new TaskInputs);
   ASSIGN_OR_RETURN(inputs->model_, SafetensorsCheckpoint::Open(model_dir));
   auto add = [&](const std::string& name, const TensorView& view) {
@@ -102,7 +102,15 @@ absl::StatusOr<std::unique_ptr<TaskInputs>> TaskInputs::Open(
           absl::StrCat(model_dir, " has no tensors of block ", task.layer));
     }
   }
-  if (ReadsActivations(plan, task)) {
+  if (ReadsActivations(plan, task) && held_hidden_size > 0) {
+    TensorView held;  // No bytes here.
+    held.name = kActivationsTensor;
+    held.dtype = SafetensorsDType::kF32;
+    held.shape = {range.count, plan.seq_len, held_hidden_size};
+    held.nbytes = static_cast<size_t>(range.count * plan.seq_len *
+                                      held_hidden_size * sizeof(float));
+    add(kActivationsTensor, held);
+  } else if (ReadsActivations(plan, task)) {
     const std::string path = ActivationsInputPath(plan, job_dir, task);
     ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file,
                      SafetensorsFile::Open(path));
@@ -155,6 +163,11 @@ absl::Status TaskInputs::Stream(
   for (size_t i = first; i < infos_.size(); ++i) {
     if (skip.count(infos_[i].name()) != 0) continue;
     const TensorView& view = views_[i];
+    if (view.data == nullptr && view.nbytes > 0) {
+      return absl::UnavailableError(absl::StrCat(
+          infos_[i].name(),
+          " are held by the worker that made them and not uploaded yet"));
+    }
     // The pages sent are not needed again by this process.
     const auto release = [&](uint64_t from, uint64_t to) {
       TensorView part = view;
@@ -180,9 +193,11 @@ absl::Status TaskInputs::Stream(
 
 UploadReceiver::UploadReceiver(std::string dir,
                                std::vector<std::string> expected,
-                               uint64_t max_output_bytes)
+                               uint64_t max_output_bytes,
+                               std::set<std::string> optional)
     : dir_(std::move(dir)),
       expected_(std::move(expected)),
+      optional_(std::move(optional)),
       max_output_bytes_(max_output_bytes) {}
 
 UploadReceiver::~UploadReceiver() = default;
@@ -236,7 +251,7 @@ absl::Status UploadReceiver::Finish() {
                                             verifier_->offset(), " bytes"));
   }
   for (const std::string& name : expected_) {
-    if (received_.count(name) == 0) {
+    if (received_.count(name) == 0 && optional_.count(name) == 0) {
       return absl::FailedPreconditionError(
           absl::StrCat("the upload lacks output \"", name, "\""));
     }

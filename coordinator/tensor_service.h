@@ -39,9 +39,12 @@ class TaskInputs {
   // the blocks (head), from `job_dir` the windows (the task's shard of
   // them), the activations entering the block, and a data-parallel task's
   // block result and shards' statistics (whole files, as U8).
+  // `held_hidden_size` > 0: the activations are held by the worker that
+  // made them (a deferred commit), not here: described as F32 [sequences,
+  // seq_len, held_hidden_size] and never sent.
   static absl::StatusOr<std::unique_ptr<TaskInputs>> Open(
       const std::string& model_dir, const std::string& job_dir,
-      const JobPlan& plan, const TaskRow& task);
+      const JobPlan& plan, const TaskRow& task, int64_t held_hidden_size = 0);
 
   // In stream order.
   const std::vector<v1::TensorInfo>& infos() const { return infos_; }
@@ -49,7 +52,8 @@ class TaskInputs {
 
   // Streams every input from `tensor` at byte `offset` (empty: from the
   // start) but those in `skip` (held by the worker). NotFound for an
-  // unknown tensor, InvalidArgument for an unknown name in `skip`.
+  // unknown tensor, InvalidArgument for an unknown name in `skip`,
+  // Unavailable for activations that only their maker holds.
   absl::Status Stream(const std::string& tensor, uint64_t offset,
                       const std::set<std::string>& skip, size_t chunk_bytes,
                       const std::function<bool(const v1::Chunk&)>& emit,
@@ -72,9 +76,11 @@ class UploadReceiver {
  public:
   // Each output declares its size in its first chunk: at most
   // `max_output_bytes` (what the task could need at all), so that a worker
-  // cannot make the coordinator write without end.
+  // cannot make the coordinator write without end. Outputs in `optional`
+  // may be missing (activations the worker commits deferred).
   UploadReceiver(std::string dir, std::vector<std::string> expected,
-                 uint64_t max_output_bytes);
+                 uint64_t max_output_bytes,
+                 std::set<std::string> optional = {});
   ~UploadReceiver();
 
   // DataLoss for a damaged or out-of-order stream; InvalidArgument for a
@@ -96,6 +102,7 @@ class UploadReceiver {
  private:
   const std::string dir_;
   const std::vector<std::string> expected_;
+  const std::set<std::string> optional_;
   const uint64_t max_output_bytes_;
   std::unique_ptr<ChunkVerifier> verifier_;
   std::unique_ptr<AtomicFileWriter> writer_;

@@ -9,7 +9,12 @@
 # recorded, and each block goes to the worker that made its input
 # activations (affinity), which reads the copy it holds. A third job
 # calibrates each block data-parallel over the two workers (two shards),
-# byte-identical to run --local with that recipe. Then the faults:
+# byte-identical to run --local with that recipe. Activations are committed
+# by their SHA-256 and uploaded after the commit (the next block waits for
+# the worker that holds them). Then the faults:
+#  - a worker killed holding activations it committed that way, before
+#    their upload: once it is gone their maker runs again elsewhere, and
+#    the output is byte-identical;
 #  - kill -9 a worker in the middle of a task (with the activations it
 #    holds and those it was computing): its lease expires, the other worker
 #    takes the task, fetching what the dead one held from the coordinator,
@@ -79,7 +84,8 @@ start_coordinator() {
   "$coordinator" --insecure --listen "127.0.0.1:$port" \
     --metrics_address "127.0.0.1:$metrics_port" --state_dir "$work/state" \
     --model_roots "$work" --output_roots "$work/out" --lease_ms 4000 \
-    --heartbeat_ms 500 >"$work/coordinator-$coordinator_runs.log" 2>&1 &
+    --heartbeat_ms 500 --worker_timeout_ms 3000 \
+    >"$work/coordinator-$coordinator_runs.log" 2>&1 &
   coordinator_pid=$!
   for _ in $(seq 1 100); do
     qc list >/dev/null 2>&1 && return 0
@@ -88,8 +94,8 @@ start_coordinator() {
   fail "the coordinator did not start"
 }
 
-start_worker() {
-  "$worker" --coordinator "127.0.0.1:$port" --insecure --name "$1" --threads 1 \
+start_worker() {  # NAME [FAILPOINTS]
+  QS_FAILPOINTS="${2:-}" "$worker" --coordinator "127.0.0.1:$port" --insecure --name "$1" --threads 1 \
     --scratch_dir "$work/scratch-$1" --lease_wait_ms 1000 \
     --shared_model_roots "$work" \
     >"$work/worker-$1.log" 2>&1 &
@@ -168,8 +174,41 @@ for family in ["quant_jobs{", "quant_tasks_completed_total{", "quant_workers_act
 assert 'quant_jobs{state="succeeded"} 3' in text, "three jobs succeeded"
 PY
 echo "PASS: /metrics"
+deferred=$(cat "$work"/worker-w*.log | grep -c "committed by SHA-256, uploaded after" || true)
+[[ $deferred -ge 1 ]] || fail "no activations were committed by SHA-256 alone"
+echo "PASS: $deferred activations committed by SHA-256 and uploaded after the commit"
 
-# 3. kill -9 a worker holding a block task.
+# 3. A worker killed holding activations it committed by SHA-256, before
+# their upload: the only worker, it takes the first task and dies.
+for name in w1 w2; do
+  kill -TERM "${worker_pids[$name]}"
+  wait "${worker_pids[$name]}" || fail "worker $name exited $? on SIGTERM"
+  unset "worker_pids[$name]"
+done
+start_worker wk worker.kill_before_deferred_upload
+id=$(qc submit --model "$work/model" --out "$work/out/unuploaded.gguf" \
+  "${recipe[@]}" "${gguf[@]}")
+for _ in $(seq 1 300); do
+  kill -0 "${worker_pids[wk]}" 2>/dev/null || break
+  sleep 0.1
+done
+kill -0 "${worker_pids[wk]}" 2>/dev/null && fail "worker wk did not die"
+{ wait "${worker_pids[wk]}"; } 2>/dev/null || true  # 137: killed, as meant.
+unset "worker_pids[wk]"
+grep -q "failpoint: killed before uploading activations" "$work/worker-wk.log" ||
+  fail "worker wk died otherwise: $(tail -n 3 "$work/worker-wk.log")"
+start_worker w1
+start_worker w2
+qc watch "$id" >"$work/watch-unuploaded.log" 2>&1 ||
+  fail "job $id after its holder of activations died"
+same "$work/out/unuploaded.gguf" "$work/ref/model.gguf" \
+  "GGUF after a worker died holding activations not uploaded"
+grep -q "job $id: a worker left holding activations not uploaded" \
+  "$work/coordinator-$coordinator_runs.log" ||
+  fail "the coordinator did not compute the lost activations again"
+echo "PASS: the dead worker's unuploaded activations were computed again"
+
+# 4. kill -9 a worker holding a block task.
 id=$(qc submit --model "$work/model" --out "$work/out/killed.gguf" \
   "${recipe[@]}" "${gguf[@]}")
 victim=""
@@ -193,7 +232,7 @@ awk 'NR > 3 && $7 >= 1 {found = 1} END {exit !found}' "$work/status-killed.txt" 
 echo "PASS: the dead worker's task was re-leased and the job finished"
 start_worker "${victim}b"
 
-# 4. kill -9 the coordinator in the middle of a job.
+# 5. kill -9 the coordinator in the middle of a job.
 id=$(qc submit --model "$work/model" --out "$work/out/restarted" \
   "${recipe[@]}" --format gptq)
 for _ in $(seq 1 600); do
@@ -225,7 +264,7 @@ done_after=$(grep -cE "job $id: .* task [0-9]+ done" "$second_log" || true)
   fail "$done_before + $done_after tasks done for $total"
 echo "PASS: after the restart only the $done_after uncommitted of $total tasks ran"
 
-# 5. A task fault (a shard gone), then `quantctl resume` once it is back.
+# 6. A task fault (a shard gone), then `quantctl resume` once it is back.
 shard=$(cd "$work/model" && ls model-*.safetensors | tail -n 1)
 id=$(qc submit --model "$work/model" --out "$work/out/resumed" \
   "${recipe[@]}" --format gptq)
@@ -241,7 +280,7 @@ qc watch "$id" >"$work/watch-resumed.log" 2>&1 || fail "resumed job $id"
 same "$work/out/resumed/model.safetensors" "$work/ref/gptq/model.safetensors" \
   "GPTQ after quantctl resume"
 
-# 6. SIGTERM drains: idle workers and the coordinator exit 0.
+# 7. SIGTERM drains: idle workers and the coordinator exit 0.
 for name in "${!worker_pids[@]}"; do
   kill -TERM "${worker_pids[$name]}"
   wait "${worker_pids[$name]}" || fail "worker $name exited $? on SIGTERM"

@@ -47,19 +47,22 @@ void HeldActivations::DropLocked(const std::string& key) {
   std::error_code error;
   fs::remove(PathOf(key), error);
   held_.erase(std::remove_if(held_.begin(), held_.end(),
-                             [&](const auto& h) { return h.first == key; }),
+                             [&](const Held& h) { return h.key == key; }),
               held_.end());
 }
 
 absl::Status HeldActivations::Put(const std::string& job_id, int boundary,
                                   int shard, const std::string& path,
-                                  const std::string& sha256) {
+                                  const std::string& sha256, bool pinned) {
   const std::string key = KeyOf(job_id, boundary, shard);
   absl::MutexLock lock(&mu_);
   DropLocked(key);
-  if (capacity_ == 0 || sha256.empty()) return absl::OkStatus();
+  if ((capacity_ == 0 && !pinned) || sha256.empty()) return absl::OkStatus();
   while (static_cast<int>(held_.size()) >= capacity_) {
-    DropLocked(held_.front().first);
+    const auto oldest = std::find_if(held_.begin(), held_.end(),
+                                     [](const Held& h) { return !h.pinned; });
+    if (oldest == held_.end()) break;
+    DropLocked(oldest->key);
   }
   std::error_code error;
   fs::rename(path, PathOf(key), error);
@@ -67,8 +70,17 @@ absl::Status HeldActivations::Put(const std::string& job_id, int boundary,
     return absl::InternalError(absl::StrCat(
         "cannot keep ", path, " as ", PathOf(key), ": ", error.message()));
   }
-  held_.emplace_back(key, sha256);
+  held_.push_back({key, sha256, pinned});
   return absl::OkStatus();
+}
+
+void HeldActivations::Unpin(const std::string& job_id, int boundary,
+                            int shard) {
+  const std::string key = KeyOf(job_id, boundary, shard);
+  absl::MutexLock lock(&mu_);
+  for (Held& h : held_) {
+    if (h.key == key) h.pinned = false;
+  }
 }
 
 std::optional<std::string> HeldActivations::Find(const std::string& job_id,
@@ -77,10 +89,10 @@ std::optional<std::string> HeldActivations::Find(const std::string& job_id,
   const std::string key = KeyOf(job_id, boundary, shard);
   absl::MutexLock lock(&mu_);
   const auto it = std::find_if(held_.begin(), held_.end(),
-                               [&](const auto& h) { return h.first == key; });
+                               [&](const Held& h) { return h.key == key; });
   if (it == held_.end()) return std::nullopt;
   std::error_code error;
-  if (sha256.empty() || it->second != sha256 ||
+  if (sha256.empty() || it->sha256 != sha256 ||
       !fs::is_regular_file(PathOf(key), error)) {
     DropLocked(key);  // Not what was committed (or gone): of no use.
     return std::nullopt;

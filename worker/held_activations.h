@@ -30,9 +30,13 @@ class HeldActivations {
   // Moves `path` in: the activations entering block `boundary` of job
   // `job_id` (calibration shard `shard` of a data-parallel job, else 0),
   // whose bytes have SHA-256 `sha256` (hex). Replaces an earlier file of
-  // the same boundary and shard.
+  // the same boundary and shard. A `pinned` file (committed deferred: the
+  // coordinator has only its SHA-256 until it is uploaded) is not evicted
+  // for room until Unpin; the others may exceed the capacity meanwhile.
   absl::Status Put(const std::string& job_id, int boundary, int shard,
-                   const std::string& path, const std::string& sha256);
+                   const std::string& path, const std::string& sha256,
+                   bool pinned = false);
+  void Unpin(const std::string& job_id, int boundary, int shard);
   // The file held for (job_id, boundary, shard) when it was put with
   // `sha256`; nullopt when none is, or (dropped then) one of another SHA-256.
   std::optional<std::string> Find(const std::string& job_id, int boundary,
@@ -48,8 +52,12 @@ class HeldActivations {
   const std::string dir_;
   const int capacity_;
   absl::Mutex mu_;
-  // Keys ("<job>-<boundary>-<shard>") oldest first, with their SHA-256s.
-  std::deque<std::pair<std::string, std::string>> held_ ABSL_GUARDED_BY(mu_);
+  struct Held {
+    std::string key;  // "<job>-<boundary>-<shard>".
+    std::string sha256;
+    bool pinned = false;
+  };
+  std::deque<Held> held_ ABSL_GUARDED_BY(mu_);  // Oldest first.
 };
 
 }  // namespace quant

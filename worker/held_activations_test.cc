@@ -64,5 +64,31 @@ TEST(HeldActivationsTest, KeepsAtMostCapacityDroppingTheOldest) {
   EXPECT_FALSE((*held)->Find("1", 5, 0, "").has_value());
 }
 
+// Activations committed deferred are the only copy until uploaded: room is
+// made by evicting others, and they go once unpinned like any other.
+TEST(HeldActivationsTest, PinnedFilesAreNotEvictedUntilUnpinned) {
+  const std::string dir = MakeTestTempDir("held_activations_pinned");
+  auto held = HeldActivations::Create(dir + "/held", 1);
+  ASSERT_TRUE(held.ok());
+  ASSERT_TRUE(
+      (*held)->Put("1", 1, 0, WriteFile(dir + "/x", "1"), "s1", true).ok());
+  ASSERT_TRUE(
+      (*held)->Put("1", 2, 0, WriteFile(dir + "/x", "2"), "s2", true).ok());
+  ASSERT_TRUE((*held)->Put("1", 3, 0, WriteFile(dir + "/x", "3"), "s3").ok());
+  EXPECT_TRUE((*held)->Find("1", 1, 0, "s1").has_value());
+  EXPECT_TRUE((*held)->Find("1", 2, 0, "s2").has_value());
+  EXPECT_TRUE((*held)->Find("1", 3, 0, "s3").has_value());
+  (*held)->Unpin("1", 1, 0);
+  ASSERT_TRUE((*held)->Put("1", 4, 0, WriteFile(dir + "/x", "4"), "s4").ok());
+  EXPECT_FALSE((*held)->Find("1", 1, 0, "s1").has_value());  // The oldest.
+  EXPECT_TRUE((*held)->Find("1", 2, 0, "s2").has_value());
+  // Capacity 0 still keeps a pinned file.
+  auto none = HeldActivations::Create(dir + "/none", 0);
+  ASSERT_TRUE(none.ok());
+  ASSERT_TRUE(
+      (*none)->Put("1", 1, 0, WriteFile(dir + "/y", "y"), "s", true).ok());
+  EXPECT_TRUE((*none)->Find("1", 1, 0, "s").has_value());
+}
+
 }  // namespace
 }  // namespace quant

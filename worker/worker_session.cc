@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -550,6 +551,90 @@ absl::Status WorkerSession::Reregister(const std::string& stale_worker_id) {
 }
 
 absl::Status WorkerSession::Run() {
+  {
+    absl::MutexLock lock(&mu_);
+    leasing_done_ = false;
+  }
+  std::thread uploader([this] { UploadDeferredLoop(); });
+  const absl::Status status = LeaseUntilDrained();
+  {
+    absl::MutexLock lock(&mu_);
+    leasing_done_ = true;
+  }
+  uploader.join();
+  return status;
+}
+
+void WorkerSession::UploadDeferredLoop() {
+  while (true) {
+    DeferredUpload upload;
+    {
+      absl::MutexLock lock(&mu_);
+      const auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return leasing_done_ || !deferred_.empty();
+      };
+      mu_.Await(absl::Condition(&ready));
+      if (deferred_.empty()) return;
+      upload = std::move(deferred_.front());
+      deferred_.pop_front();
+    }
+    UploadDeferred(upload);
+  }
+}
+
+void WorkerSession::UploadDeferred(const DeferredUpload& upload) {
+  const std::string name = RefName(upload.ref);
+  // Killed holding committed activations the coordinator has only the
+  // SHA-256 of (tests/service_e2e_test.sh).
+  if (Failpoint("worker.kill_before_deferred_upload")) {
+    Log(absl::StrCat("task ", name, ": failpoint: killed before uploading ",
+                     upload.name));
+    raise(SIGKILL);
+  }
+  Task task;
+  task.ref = upload.ref;
+  absl::Status status;
+  for (int attempt = 0;; ++attempt) {
+    bool local_fault = false;
+    status = UploadAttempt(&task, registration().worker_id,
+                           {{upload.name, upload.path}}, &local_fault,
+                           /*deferred=*/true);
+    // Refused for good (the task was computed again, the job ended) or
+    // unreadable here: the coordinator computes it again if still needed.
+    // Anything else (a damaged stream, the coordinator away) goes again.
+    const absl::StatusCode code = status.code();
+    if (status.ok() || local_fault ||
+        code == absl::StatusCode::kFailedPrecondition ||
+        code == absl::StatusCode::kNotFound ||
+        code == absl::StatusCode::kInvalidArgument ||
+        code == absl::StatusCode::kPermissionDenied ||
+        code == absl::StatusCode::kUnauthenticated) {
+      break;
+    }
+    // While leasing goes on this retries until the coordinator is back; a
+    // draining worker gives up after its transfer attempts.
+    bool draining_done;
+    {
+      absl::MutexLock lock(&mu_);
+      draining_done = leasing_done_;
+    }
+    if (draining_done && attempt + 1 >= options_.transfer_attempts) break;
+    Log(absl::StrCat("task ", name, ": deferred upload of ", upload.name,
+                     " failed (", status.ToString(), "); sending again"));
+    Sleep(Backoff(attempt), /*idle=*/false);
+  }
+  if (status.ok()) {
+    Log(absl::StrCat("task ", name, ": deferred ", upload.name, " uploaded"));
+  } else {
+    Log(absl::StrCat("task ", name, ": deferred ", upload.name,
+                     " not uploaded: ", status.ToString()));
+  }
+  std::error_code error;
+  std::filesystem::remove(upload.path, error);
+  held_->Unpin(upload.ref.job_id(), upload.boundary, upload.shard);
+}
+
+absl::Status WorkerSession::LeaseUntilDrained() {
   // OpenMP's count is this thread's; OpenBLAS's pool is the process's (its
   // main sets it: SetCpuThreads).
   if (options_.threads > 0) omp_set_num_threads(options_.threads);
@@ -663,13 +748,33 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
       } else {
         seconds = run->seconds;
         kernel = run->kernel;
+        // Activations the lease lets this worker commit by their SHA-256
+        // stay here, uploaded after the commit (off the critical path).
+        std::vector<std::pair<std::string, std::string>> uploaded;
+        std::vector<v1::DeferredOutput> deferred;
+        for (const auto& [output, path] : run->outputs) {
+          uint64_t bytes = 0;
+          absl::StatusOr<std::string> sha256 = absl::UnimplementedError("");
+          if (lease.defer_activations() && output == kActivationsTensor) {
+            sha256 = Sha256OfFile(path, &bytes);
+          }
+          if (!sha256.ok()) {  // Not deferred: uploaded now.
+            uploaded.emplace_back(output, path);
+            continue;
+          }
+          v1::DeferredOutput& entry = deferred.emplace_back();
+          entry.set_name(output);
+          entry.set_sha256(HexOf(*sha256));
+          entry.set_size_bytes(bytes);
+          task.uploaded_sha256[output] = entry.sha256();
+        }
         // At most a few uploads: a coordinator that lost one asks again.
         outcome = Outcome::kUploadAgain;
         for (int upload = 0; upload < 3 && outcome == Outcome::kUploadAgain;
              ++upload) {
           task.SetProgress("upload", kComputeEnd);
           bool local_fault = false;
-          status = Upload(&task, run->outputs, &local_fault);
+          status = Upload(&task, uploaded, &local_fault);
           if (task.IsAbandoned()) {
             outcome = Outcome::kReleased;
           } else if (!status.ok()) {
@@ -677,14 +782,14 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
                 Fail(&task, /*task_fault=*/false,
                      absl::StrCat("uploading outputs: ", status.ToString()));
           } else {
-            outcome = Complete(&task, seconds, kernel);
+            outcome = Complete(&task, seconds, kernel, deferred);
           }
         }
         if (outcome == Outcome::kUploadAgain) {
           outcome = Fail(&task, /*task_fault=*/false,
                          "the coordinator keeps losing the upload");
         }
-        if (outcome == Outcome::kDone) Hold(task, run->outputs);
+        if (outcome == Outcome::kDone) Hold(task, run->outputs, deferred);
       }
     }
   }
@@ -756,7 +861,8 @@ void WorkerSession::FindLocalInputs(Task* task) {
 
 void WorkerSession::Hold(
     const Task& task,
-    const std::vector<std::pair<std::string, std::string>>& outputs) {
+    const std::vector<std::pair<std::string, std::string>>& outputs,
+    const std::vector<v1::DeferredOutput>& deferred) {
   // A block task is the last to read its input activations (in parallel
   // mode its layer's forward task reads them too, before it), as a
   // data-parallel job's forward task is the last to read its shard's (after
@@ -770,10 +876,41 @@ void WorkerSession::Hold(
   for (const auto& [output, path] : outputs) {
     if (output != kActivationsTensor) continue;
     const auto sha256 = task.uploaded_sha256.find(output);
+    const bool pinned = std::any_of(
+        deferred.begin(), deferred.end(),
+        [&](const v1::DeferredOutput& d) { return d.name() == output; });
+    const int boundary = task.spec.layer() + 1;
     absl::Status kept = held_->Put(
-        task.ref.job_id(), task.spec.layer() + 1, task.spec.shard(), path,
-        sha256 == task.uploaded_sha256.end() ? "" : sha256->second);
+        task.ref.job_id(), boundary, task.spec.shard(), path,
+        sha256 == task.uploaded_sha256.end() ? "" : sha256->second, pinned);
     if (!kept.ok()) Log(kept.ToString());
+    if (!pinned) continue;
+    // Uploaded from a link of its own: the held file may be dropped (its
+    // last reader done here) while the upload runs.
+    const std::optional<std::string> held = held_->Find(
+        task.ref.job_id(), boundary, task.spec.shard(), sha256->second);
+    DeferredUpload upload;
+    upload.ref = task.ref;
+    upload.name = output;
+    upload.path = task.dir + ".deferred-" + output;
+    upload.boundary = boundary;
+    upload.shard = task.spec.shard();
+    std::error_code error;
+    std::filesystem::remove(upload.path, error);
+    if (held.has_value()) {
+      std::filesystem::create_hard_link(*held, upload.path, error);
+    }
+    if (!held.has_value() || error) {
+      // Lost here: the coordinator computes it again once this worker is
+      // gone; nothing else can be done from here.
+      Log(absl::StrCat("task ", RefName(task.ref), ": cannot keep ", output,
+                       " for its deferred upload",
+                       error ? absl::StrCat(": ", error.message()) : ""));
+      held_->Unpin(task.ref.job_id(), boundary, task.spec.shard());
+      continue;
+    }
+    absl::MutexLock lock(&mu_);
+    deferred_.push_back(std::move(upload));
   }
 }
 
@@ -962,7 +1099,7 @@ absl::Status WorkerSession::Upload(
 absl::Status WorkerSession::UploadAttempt(
     Task* task, const std::string& worker_id,
     const std::vector<std::pair<std::string, std::string>>& outputs,
-    bool* local_fault) {
+    bool* local_fault, bool deferred) {
   uint64_t total = 0;
   for (const auto& output : outputs) {
     std::error_code error;
@@ -986,6 +1123,7 @@ absl::Status WorkerSession::UploadAttempt(
       stub_->UploadResult(&context, &response);
   v1::UploadResultRequest header;
   *header.mutable_task() = task->RefAs(worker_id);
+  header.set_deferred(deferred);
   bool open = writer->Write(header);
   absl::Status local;
   uint64_t sent = 0;
@@ -1081,9 +1219,13 @@ absl::Status WorkerSession::CallAboutTask(
   }
 }
 
-WorkerSession::Outcome WorkerSession::Complete(Task* task, double seconds,
-                                               const ComputeKernel& kernel) {
+WorkerSession::Outcome WorkerSession::Complete(
+    Task* task, double seconds, const ComputeKernel& kernel,
+    const std::vector<v1::DeferredOutput>& deferred) {
   v1::CompleteTaskRequest request;
+  for (const v1::DeferredOutput& output : deferred) {
+    *request.add_deferred() = output;
+  }
   request.set_seconds(seconds);
   request.set_backend(kernel.backend);
   request.set_kernel(kernel.kernel);
@@ -1100,7 +1242,13 @@ WorkerSession::Outcome WorkerSession::Complete(Task* task, double seconds,
         }
         return status;
       });
-  if (status.ok()) return Outcome::kDone;
+  if (status.ok()) {
+    for (const v1::DeferredOutput& output : deferred) {
+      Log(absl::StrCat("task ", RefName(task->ref), ": ", output.name(),
+                       " committed by SHA-256, uploaded after"));
+    }
+    return Outcome::kDone;
+  }
   if (task->IsAbandoned()) return Outcome::kReleased;
   switch (status.code()) {
     case absl::StatusCode::kAborted:

@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <random>
@@ -97,7 +98,8 @@ class WorkerSession {
   ~WorkerSession();
 
   // Registers, then leases and runs tasks until Drain(). Returns OK once
-  // drained (the task in hand, if any, finished first); an error only when
+  // drained (the task in hand, if any, finished first, and the activations
+  // it committed deferred uploaded); an error only when
   // the coordinator refuses the worker for good (e.g. INVALID_ARGUMENT or
   // UNIMPLEMENTED on RegisterWorker / LeaseTask).
   absl::Status Run();
@@ -123,7 +125,23 @@ class WorkerSession {
   // and lost it); the outputs go again.
   enum class Outcome { kDone, kFailed, kReleased, kUploadAgain };
 
+  // Activations committed by their SHA-256 alone (the lease allowed it),
+  // uploaded after the commit while the next task runs.
+  struct DeferredUpload {
+    v1::TaskRef ref;
+    std::string name;
+    std::string path;  // A link to the held file, removed after.
+    int boundary = 0;  // The held file's key, unpinned after.
+    int shard = 0;
+  };
+
   explicit WorkerSession(WorkerOptions options);
+
+  // Run() without the deferred uploads.
+  absl::Status LeaseUntilDrained();
+  // Uploads what Hold queued, until Run() ends and nothing is queued.
+  void UploadDeferredLoop();
+  void UploadDeferred(const DeferredUpload& upload);
 
   void Log(const std::string& line) const;
   bool draining() const;
@@ -152,9 +170,11 @@ class WorkerSession {
   // matches its recorded SHA-256.
   void FindLocalInputs(Task* task);
   // After `task` was committed: keeps the activations it output (for the
-  // next block, if leased here) and drops those it read from its hold.
+  // next block, if leased here; those in `deferred` pinned and queued for
+  // upload) and drops those it read from its hold.
   void Hold(const Task& task,
-            const std::vector<std::pair<std::string, std::string>>& outputs);
+            const std::vector<std::pair<std::string, std::string>>& outputs,
+            const std::vector<v1::DeferredOutput>& deferred);
   void HeartbeatLoop(Task* task);
   // `task_fault` is set when the spec itself is malformed.
   absl::Status FetchInputs(Task* task, const std::string& path,
@@ -172,12 +192,14 @@ class WorkerSession {
   absl::Status CallAboutTask(
       Task* task, const std::function<grpc::Status(grpc::ClientContext*,
                                                    const v1::TaskRef&)>& rpc);
+  // `deferred`: outputs of a task committed under task->ref's epoch.
   absl::Status UploadAttempt(
       Task* task, const std::string& worker_id,
       const std::vector<std::pair<std::string, std::string>>& outputs,
-      bool* local_fault);
+      bool* local_fault, bool deferred = false);
   // CompleteTask / FailTask, retried until the lease would have expired.
-  Outcome Complete(Task* task, double seconds, const ComputeKernel& kernel);
+  Outcome Complete(Task* task, double seconds, const ComputeKernel& kernel,
+                   const std::vector<v1::DeferredOutput>& deferred);
   Outcome Fail(Task* task, bool task_fault, const std::string& error);
 
   const WorkerOptions options_;
@@ -193,6 +215,8 @@ class WorkerSession {
   // The idle call (Register / LeaseTask) Drain() cancels.
   grpc::ClientContext* idle_call_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
+  std::deque<DeferredUpload> deferred_ ABSL_GUARDED_BY(mu_);
+  bool leasing_done_ ABSL_GUARDED_BY(mu_) = false;
 
   // Serializes RegisterWorker calls (the heartbeat thread and the task may
   // both find the worker forgotten); held across the call.
