@@ -23,7 +23,9 @@
 # Env: LAYERS (2), WORKERS ("1 2 4"), MODES ("sequential parallel dp"),
 # SAMPLES (16), SEQLEN (512), FORMAT (gguf), SHAPE (empty: Llama-3-70B), THREADS (CPU
 # threads per worker; default nproc / K), BACKEND (cpu, or cuda: workers
-# are quant-worker-cuda --backend cuda --devices 0, sharing GPU 0).
+# are quant-worker-cuda --backend cuda --devices 0, sharing GPU 0),
+# COORDINATOR_FLAGS (more quant-coordinator flags, e.g.
+# --defer_activations=false).
 set -euo pipefail
 build=$(cd "$1" && pwd)
 work=${2:-/tmp/scale_bench}
@@ -86,7 +88,8 @@ output_of() { [[ $format == gguf ]] && echo "$work/out/$1" || echo "$work/out/$1
 echo "# One job over several workers"
 echo
 echo "Command: \`bash bench/scale.sh $1${2:+ $2}\` (LAYERS=$layers WORKERS=\"${counts[*]}\"" \
-  "MODES=\"${modes[*]}\" SAMPLES=$samples SEQLEN=$seqlen FORMAT=$format SHAPE=$shape BACKEND=$backend);" \
+  "MODES=\"${modes[*]}\" SAMPLES=$samples SEQLEN=$seqlen FORMAT=$format SHAPE=$shape BACKEND=$backend" \
+  "COORDINATOR_FLAGS=\"${COORDINATOR_FLAGS:-}\");" \
   "$(date -u +%Y-%m-%d); commit $(git -C "$here/.." rev-parse --short HEAD 2>/dev/null || echo '?')" \
   "(uncommitted changes: $(git -C "$here/.." status --porcelain 2>/dev/null | wc -l) files)."
 echo "Machine: \`nproc\` = $(nproc), $(lscpu | grep 'Model name' | sed 's/  */ /g')," \

@@ -46,7 +46,7 @@ start_service() {
   rm -rf "$work/state-$tag" "$work/scratch-$tag"-*
   "$coordinator_bin" --insecure --listen "127.0.0.1:$port" --state_dir "$work/state-$tag" \
     --model_roots "$work,$data" --output_roots "$work/out" \
-    --metrics_address "127.0.0.1:$coordinator_metrics" \
+    --metrics_address "127.0.0.1:$coordinator_metrics" ${COORDINATOR_FLAGS:-} \
     >"$work/coordinator-$tag.log" 2>&1 &
   coordinator_pid=$!
   pids+=("$coordinator_pid")

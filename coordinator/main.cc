@@ -36,6 +36,9 @@ ABSL_FLAG(int64_t, max_chunk_bytes, 4 << 20, "Largest streamed chunk");
 ABSL_FLAG(int64_t, affinity_ms, 5000,
           "How long a task reading activations waits for the idle worker "
           "that made them (and holds them); 0: no affinity");
+ABSL_FLAG(bool, defer_activations, true,
+          "With affinity, workers commit the activations they make by their "
+          "SHA-256 and upload them after the commit, off the critical path");
 ABSL_FLAG(int, max_watchers, 4096,
           "WatchJob streams at once; more are refused (RESOURCE_EXHAUSTED)");
 ABSL_FLAG(int64_t, min_free_disk_mb, 1024,
@@ -88,6 +91,7 @@ int main(int argc, char** argv) {
   jobs.scheduler.max_task_faults = absl::GetFlag(FLAGS_max_task_faults);
   jobs.scheduler.max_infra_faults = absl::GetFlag(FLAGS_max_infra_faults);
   jobs.scheduler.affinity_ms = absl::GetFlag(FLAGS_affinity_ms);
+  jobs.scheduler.defer_activations = absl::GetFlag(FLAGS_defer_activations);
   jobs.max_chunk_bytes = absl::GetFlag(FLAGS_max_chunk_bytes);
   jobs.min_free_disk_bytes = absl::GetFlag(FLAGS_min_free_disk_mb) << 20;
   jobs.max_watchers = absl::GetFlag(FLAGS_max_watchers);

@@ -296,7 +296,8 @@ absl::StatusOr<std::optional<Lease>> Scheduler::TryLease(
         lease.activations_held =
             !DeferredHolder(job.tasks[maker], kActivationsTensor).empty();
       }
-      lease.defer_activations = options_.affinity_ms > 0;
+      lease.defer_activations =
+          options_.affinity_ms > 0 && options_.defer_activations;
       return std::optional<Lease>(std::move(lease));
     }
   }

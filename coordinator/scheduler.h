@@ -93,6 +93,10 @@ struct SchedulerOptions {
   // hold, so need not fetch) waits this long after their commit for that
   // worker while it is alive and idle; 0: none.
   int64_t affinity_ms = 0;
+  // With affinity: workers may commit the activations they make by their
+  // SHA-256 and upload them after the commit (LeaseTaskResponse.
+  // defer_activations).
+  bool defer_activations = true;
 };
 
 struct WorkerInfo {
