@@ -235,6 +235,33 @@ TEST_F(SchedulerTest, DeferredActivationsWaitForTheirHolderOrAreMadeAgain) {
   EXPECT_EQ(scheduler_->JobsToAssemble(), std::vector<int64_t>{job});
 }
 
+// A holder that asks for the activations it should hold (it lost its copy)
+// makes their maker run again; once they are uploaded that asks nothing.
+TEST_F(SchedulerTest, AHolderThatLostItsCopyMakesTheMakerRunAgain) {
+  Reopen(/*affinity_ms=*/3000);
+  const int64_t job = AddChain();
+  const std::string a = scheduler_->RegisterWorker("a", Cpu());
+  const Lease embed = MustLease(a);
+  ASSERT_TRUE(
+      scheduler_
+          ->Complete(embed.key, embed.epoch, a, 1, "cpu", "k",
+                     []() -> absl::StatusOr<std::string> {
+                       return std::string(
+                           R"({"activations": {"path": "x", "bytes": 1,)"
+                           R"( "sha256": "00ff", "held_by": "a"}})");
+                     })
+          .ok());
+  ASSERT_TRUE(scheduler_->LoseDeferred(job, 0, "lost its copy").ok());
+  EXPECT_EQ(StoredTask(job, 0).state, TaskState::kPending);
+  EXPECT_NE(StoredTask(job, 0).error.find("lost its copy"), std::string::npos);
+  const Lease again = MustLease(a);
+  EXPECT_EQ(again.key.index, 0);
+  ASSERT_TRUE(Complete(again, a).ok());  // Committed whole this time.
+  ASSERT_TRUE(scheduler_->LoseDeferred(job, 0, "lost its copy").ok());
+  EXPECT_EQ(StoredTask(job, 0).state, TaskState::kDone);
+  EXPECT_EQ(MustLease(a).key.index, 1);
+}
+
 // A maker that could not take the task (too little memory for a block)
 // holds nothing back.
 TEST_F(SchedulerTest, AffinityDoesNotWaitForAMakerThatCannotTakeTheTask) {
