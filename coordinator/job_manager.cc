@@ -802,8 +802,25 @@ absl::Status JobManager::FetchInputs(
 }
 
 absl::Status JobManager::Receive(
+    const JobPlan& plan, const TaskRow& task, int64_t epoch,
+    std::vector<std::string> expected, std::set<std::string> optional,
     const std::function<bool(v1::UploadResultRequest*)>& read,
-    UploadReceiver* receiver) {
+    std::unique_ptr<UploadReceiver>* into) {
+  const std::string dir = UploadDir(plan.job_dir, task.index, epoch);
+  std::error_code error;
+  fs::remove_all(dir, error);
+  fs::create_directories(dir, error);
+  if (error) return absl::InternalError(absl::StrCat("cannot create ", dir));
+  // No output is larger than the memory the task was planned to need (its
+  // weights, activations and scratch), with room for headers; plans from
+  // before that estimate have no bound.
+  const int64_t planned = TaskMemoryBytes(plan, task);
+  *into = std::make_unique<UploadReceiver>(
+      dir, std::move(expected),
+      planned > 0 ? static_cast<uint64_t>(planned) + (uint64_t{64} << 20)
+                  : std::numeric_limits<uint64_t>::max(),
+      std::move(optional));
+  UploadReceiver* receiver = into->get();
   v1::UploadResultRequest message;
   absl::Status received = absl::OkStatus();
   while (received.ok() && read(&message)) {
@@ -832,22 +849,12 @@ absl::StatusOr<v1::UploadResultResponse> JobManager::UploadResult(
   RETURN_IF_ERROR(scheduler_->CheckLease(key, ref.epoch()));
   ASSIGN_OR_RETURN(const JobContext job, Context(key.job_id));
   const TaskRow& task = job.snapshot.tasks[key.index];
-  const std::string dir =
-      UploadDir(job.snapshot.plan.job_dir, task.index, ref.epoch());
-  std::error_code error;
-  fs::remove_all(dir, error);
-  fs::create_directories(dir, error);
-  if (error) return absl::InternalError(absl::StrCat("cannot create ", dir));
-  // No output is larger than the memory the task was planned to need (its
-  // weights, activations and scratch), with room for headers; plans from
-  // before that estimate have no bound.
-  const int64_t planned = TaskMemoryBytes(job.snapshot.plan, task);
-  UploadReceiver receiver(
-      dir, TaskOutputs(job.snapshot.plan, task),
-      planned > 0 ? static_cast<uint64_t>(planned) + (uint64_t{64} << 20)
-                  : std::numeric_limits<uint64_t>::max(),
-      {kActivationsTensor});  // Those the commit may defer.
-  const absl::Status received = Receive(read, &receiver);
+  std::unique_ptr<UploadReceiver> receiver;
+  const absl::Status received =
+      Receive(job.snapshot.plan, task, ref.epoch(),
+              TaskOutputs(job.snapshot.plan, task),
+              {kActivationsTensor},  // Those the commit may defer.
+              read, &receiver);
   if (received.code() == absl::StatusCode::kInvalidArgument) {
     // Outputs the task does not have: the task's (its worker's code's)
     // fault, not the network's.
@@ -857,10 +864,10 @@ absl::StatusOr<v1::UploadResultResponse> JobManager::UploadResult(
   RETURN_IF_ERROR(received);
   {
     absl::MutexLock lock(&uploads_mu_);
-    uploads_[{key.job_id, key.index, ref.epoch()}] = receiver.received();
+    uploads_[{key.job_id, key.index, ref.epoch()}] = receiver->received();
   }
   v1::UploadResultResponse response;
-  response.set_bytes_received(receiver.bytes());
+  response.set_bytes_received(receiver->bytes());
   return response;
 }
 
@@ -893,33 +900,25 @@ absl::StatusOr<v1::UploadResultResponse> JobManager::UploadDeferred(
     // Uploaded already (a lost reply), or forgotten: nothing is wanted.
     return v1::UploadResultResponse();
   }
-  const std::string dir = UploadDir(plan.job_dir, task.index, ref.epoch());
-  std::error_code error;
-  fs::remove_all(dir, error);
-  fs::create_directories(dir, error);
-  if (error) return absl::InternalError(absl::StrCat("cannot create ", dir));
-  const int64_t planned = TaskMemoryBytes(plan, task);
-  UploadReceiver receiver(
-      dir, held,
-      planned > 0 ? static_cast<uint64_t>(planned) + (uint64_t{64} << 20)
-                  : std::numeric_limits<uint64_t>::max());
-  RETURN_IF_ERROR(Receive(read, &receiver));
+  std::unique_ptr<UploadReceiver> receiver;
+  RETURN_IF_ERROR(Receive(plan, task, ref.epoch(), held, {}, read, &receiver));
   ASSIGN_OR_RETURN(const ModelSpec model,
                    LoadModelConfig(job.spec.model_dir()));
-  for (const auto& [name, file] : receiver.received()) {
+  for (const auto& [name, file] : receiver->received()) {
     RETURN_IF_ERROR(CommitDeferredOutput(plan.job_dir, plan, task,
                                          model.hidden_size,
                                          job.spec.model_dir(), name, file));
     RETURN_IF_ERROR(
         scheduler_->MarkDurable(key, ref.epoch(), name, HexOf(file.sha256)));
   }
-  fs::remove_all(dir, error);
+  std::error_code error;
+  fs::remove_all(UploadDir(plan.job_dir, task.index, ref.epoch()), error);
   ASSIGN_OR_RETURN(const JobSnapshot after, scheduler_->GetJob(key.job_id));
   DropConsumedInputs(plan.job_dir, plan, after.tasks);
   Log(absl::StrFormat("job %d: %s task %d's deferred outputs uploaded",
                       key.job_id, task.kind, key.index));
   v1::UploadResultResponse response;
-  response.set_bytes_received(receiver.bytes());
+  response.set_bytes_received(receiver->bytes());
   return response;
 }
 

@@ -98,11 +98,14 @@ class JobManager {
   // `read` yields the stream's messages (false at its end).
   absl::StatusOr<v1::UploadResultResponse> UploadResult(
       const std::function<bool(v1::UploadResultRequest*)>& read);
-  // Reads an upload's chunks after its first message into `receiver` and
-  // finishes it.
+  // Reads an upload of `expected` outputs of `task` (`optional` ones may
+  // be missing) after its first message into a fresh upload directory of
+  // lease `epoch`, through the receiver it makes in `into`, and finishes it.
   absl::Status Receive(
+      const JobPlan& plan, const TaskRow& task, int64_t epoch,
+      std::vector<std::string> expected, std::set<std::string> optional,
       const std::function<bool(v1::UploadResultRequest*)>& read,
-      UploadReceiver* receiver);
+      std::unique_ptr<UploadReceiver>* into);
   // The rest of UploadResult for outputs a commit deferred.
   absl::StatusOr<v1::UploadResultResponse> UploadDeferred(
       const v1::TaskRef& ref,

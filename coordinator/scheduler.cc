@@ -304,6 +304,26 @@ absl::StatusOr<std::optional<Lease>> Scheduler::TryLease(
   return std::optional<Lease>();
 }
 
+namespace {
+
+// A done task back to pending, its commit forgotten, with `reason` and one
+// more infrastructure fault (its committed files are gone or damaged).
+TaskRow ComputedAgain(const TaskRow& done, const std::string& reason) {
+  TaskRow task = done;
+  task.state = TaskState::kPending;
+  task.worker_id = "";
+  task.lease_deadline_ms = 0;
+  task.outputs = "";
+  task.seconds = 0;
+  task.backend = "";
+  task.kernel = "";
+  task.error = reason;
+  ++task.infra_faults;
+  return task;
+}
+
+}  // namespace
+
 bool Scheduler::HeldForMaker(const ActiveJob& job, const TaskRow& task,
                              const std::string& worker_id, int64_t now,
                              bool gpu_pool) const {
@@ -527,11 +547,12 @@ absl::Status Scheduler::MarkDurable(const TaskKey& key, int64_t epoch,
     return absl::FailedPreconditionError(
         absl::StrCat("task ", key.index, " committed no ", name));
   }
-  if (CommittedSha256(*found, name) != sha256) {
+  const std::string committed = CommittedSha256(*found, name);
+  if (committed != sha256) {
     return absl::InvalidArgumentError(
         absl::StrCat("uploaded ", name, " of task ", key.index,
                      " is not what was committed (SHA-256 ", sha256, ", not ",
-                     CommittedSha256(*found, name), ")"));
+                     committed, ")"));
   }
   if (!outputs[name].contains("held_by")) return absl::OkStatus();
   outputs[name].erase("held_by");
@@ -602,13 +623,8 @@ absl::StatusOr<bool> Scheduler::LoseDeferredLocked(
     if (still_read) {
       // Computed again (its inputs were kept for this), within the task's
       // budget of infrastructure faults.
-      task.state = TaskState::kPending;
-      task.outputs = "";
-      task.seconds = 0;
-      task.backend = "";
-      task.kernel = "";
-      task.error = absl::StrCat("worker ", holder, " ", why);
-      if (++task.infra_faults > options_.max_infra_faults) {
+      task = ComputedAgain(maker, absl::StrCat("worker ", holder, " ", why));
+      if (task.infra_faults > options_.max_infra_faults) {
         state.emplace(JobState::kFailed,
                       absl::StrCat(task.kind, " task ", task.index, " lost ",
                                    task.infra_faults, " workers"));
@@ -721,17 +737,9 @@ absl::Status Scheduler::Reopen(int64_t job_id,
       return absl::InvalidArgumentError(
           absl::StrCat("job ", job_id, " has no task ", index));
     }
-    TaskRow task = job.tasks[index];
-    if (task.state != TaskState::kDone) continue;
-    task.state = TaskState::kPending;
-    task.worker_id = "";
-    task.lease_deadline_ms = 0;
-    task.outputs = "";
-    task.seconds = 0;
-    task.backend = "";
-    task.kernel = "";
-    task.error = reason;
-    exhausted |= ++task.infra_faults > options_.max_infra_faults;
+    if (job.tasks[index].state != TaskState::kDone) continue;
+    TaskRow task = ComputedAgain(job.tasks[index], reason);
+    exhausted |= task.infra_faults > options_.max_infra_faults;
     reset.push_back(std::move(task));
   }
   if (exhausted) {

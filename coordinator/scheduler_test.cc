@@ -85,6 +85,22 @@ class SchedulerTest : public ::testing::Test {
         lease.key, lease.epoch, worker, 1.5, "cpu", "OpenBLAS 0.3.21 Haswell",
         []() -> absl::StatusOr<std::string> { return std::string("{}"); });
   }
+  // Commits `lease` with activations of SHA-256 "00ff", held by `holder`
+  // (a deferred commit) unless it is empty.
+  absl::Status CompleteWithActivations(const Lease& lease,
+                                       const std::string& worker,
+                                       const std::string& holder = "") {
+    return scheduler_->Complete(
+        lease.key, lease.epoch, worker, 1, "cpu", "k",
+        [holder]() -> absl::StatusOr<std::string> {
+          return absl::StrCat(
+              R"({"activations": {"path": "x", "bytes": 1, "sha256": "00ff")",
+              holder.empty()
+                  ? ""
+                  : absl::StrCat(R"(, "held_by": ")", holder, R"(")"),
+              "}}");
+        });
+  }
   TaskRow StoredTask(int64_t job, int index) {
     return (*store_->GetTasks(job))[index];
   }
@@ -104,15 +120,7 @@ TEST_F(SchedulerTest, ABlockGoesFirstToTheWorkerThatMadeItsInput) {
   const std::string a = scheduler_->RegisterWorker("a", Cpu());
   const std::string b = scheduler_->RegisterWorker("b", Cpu());
   const Lease embed = MustLease(a);
-  ASSERT_TRUE(
-      scheduler_
-          ->Complete(embed.key, embed.epoch, a, 1, "cpu", "k",
-                     []() -> absl::StatusOr<std::string> {
-                       return std::string(
-                           R"({"activations": {"path": "x", "bytes": 1,)"
-                           R"( "sha256": "00ff"}})");
-                     })
-          .ok());
+  ASSERT_TRUE(CompleteWithActivations(embed, a).ok());
   EXPECT_FALSE(scheduler_->TryLease(b)->has_value());  // Held for a.
   const Lease block0 = MustLease(a);
   EXPECT_EQ(block0.key.index, 1);
@@ -174,18 +182,9 @@ TEST_F(SchedulerTest, DeferredActivationsWaitForTheirHolderOrAreMadeAgain) {
   const int64_t job = AddChain();
   const std::string a = scheduler_->RegisterWorker("a", Cpu());
   const std::string b = scheduler_->RegisterWorker("b", Cpu());
-  const auto held_by = [](const std::string& worker) {
-    return [worker]() -> absl::StatusOr<std::string> {
-      return absl::StrCat(
-          R"({"activations": {"path": "x", "bytes": 1, "sha256": "00ff",)",
-          R"( "held_by": ")", worker, R"("}})");
-    };
-  };
   const Lease embed = MustLease(a);
   EXPECT_TRUE(embed.defer_activations);
-  ASSERT_TRUE(
-      scheduler_->Complete(embed.key, embed.epoch, a, 1, "cpu", "k", held_by(a))
-          .ok());
+  ASSERT_TRUE(CompleteWithActivations(embed, a, a).ok());
   clock_.Advance(3000);  // Past the affinity: still a's alone.
   EXPECT_FALSE(scheduler_->TryLease(b)->has_value());
   EXPECT_EQ(
@@ -205,10 +204,7 @@ TEST_F(SchedulerTest, DeferredActivationsWaitForTheirHolderOrAreMadeAgain) {
   const Lease block0 = MustLease(b);  // Uploaded: anyone reads it.
   EXPECT_EQ(block0.key.index, 1);
   EXPECT_FALSE(block0.activations_held);
-  ASSERT_TRUE(
-      scheduler_
-          ->Complete(block0.key, block0.epoch, b, 1, "cpu", "k", held_by(b))
-          .ok());
+  ASSERT_TRUE(CompleteWithActivations(block0, b, b).ok());
   // b stops being heard from; a keeps asking.
   clock_.Advance(60'000);
   EXPECT_FALSE(scheduler_->TryLease(a)->has_value());
@@ -220,9 +216,7 @@ TEST_F(SchedulerTest, DeferredActivationsWaitForTheirHolderOrAreMadeAgain) {
   EXPECT_EQ(StoredTask(job, 1).infra_faults, 1);
   const Lease again = MustLease(a);
   EXPECT_EQ(again.key.index, 1);
-  ASSERT_TRUE(
-      scheduler_->Complete(again.key, again.epoch, a, 1, "cpu", "k", held_by(a))
-          .ok());
+  ASSERT_TRUE(CompleteWithActivations(again, a, a).ok());
   const Lease block1 = MustLease(a);
   EXPECT_TRUE(block1.activations_held);
   ASSERT_TRUE(Complete(block1, a).ok());
@@ -242,15 +236,7 @@ TEST_F(SchedulerTest, AHolderThatLostItsCopyMakesTheMakerRunAgain) {
   const int64_t job = AddChain();
   const std::string a = scheduler_->RegisterWorker("a", Cpu());
   const Lease embed = MustLease(a);
-  ASSERT_TRUE(
-      scheduler_
-          ->Complete(embed.key, embed.epoch, a, 1, "cpu", "k",
-                     []() -> absl::StatusOr<std::string> {
-                       return std::string(
-                           R"({"activations": {"path": "x", "bytes": 1,)"
-                           R"( "sha256": "00ff", "held_by": "a"}})");
-                     })
-          .ok());
+  ASSERT_TRUE(CompleteWithActivations(embed, a, a).ok());
   ASSERT_TRUE(scheduler_->LoseDeferred(job, 0, "lost its copy").ok());
   EXPECT_EQ(StoredTask(job, 0).state, TaskState::kPending);
   EXPECT_NE(StoredTask(job, 0).error.find("lost its copy"), std::string::npos);
