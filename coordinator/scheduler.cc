@@ -145,12 +145,11 @@ bool Scheduler::HasGpuWorker(int64_t now) const {
 
 namespace {
 
-// Block and forward tasks go to GPU workers while any is registered; a
-// data-parallel job's tasks run on the CPU engine (the GPU backend does not
-// run sharded recipes yet), so any worker takes them.
-bool IsGpuTask(const JobPlan& plan, const TaskRow& task) {
-  return !DataParallel(plan) &&
-         (task.kind == kForwardTask || task.kind == kBlockTask);
+// The tasks that run a block (whole, or a data-parallel job's captures,
+// solves and forwards) go to GPU workers while any is registered.
+bool IsGpuTask(const TaskRow& task) {
+  return task.kind == kForwardTask || task.kind == kBlockTask ||
+         task.kind == kCaptureTask || task.kind == kSolveTask;
 }
 
 }  // namespace
@@ -158,8 +157,7 @@ bool IsGpuTask(const JobPlan& plan, const TaskRow& task) {
 bool Scheduler::Fits(const WorkerInfo& worker, const ActiveJob& job,
                      const TaskRow& task, bool gpu_pool) const {
   const v1::Capabilities& caps = worker.capabilities;
-  if (gpu_pool && IsGpuTask(job.plan, task) &&
-      caps.backend() != v1::BACKEND_CUDA) {
+  if (gpu_pool && IsGpuTask(task) && caps.backend() != v1::BACKEND_CUDA) {
     return false;
   }
   return caps.memory_bytes() <= 0 ||
@@ -203,7 +201,7 @@ WaitReason Scheduler::Waiting(const ActiveJob& job) const {
   // Every live worker is too small (or, for a GPU task while GPU workers
   // are registered, not a GPU worker).
   const TaskRow& task = *first_ready;
-  const bool gpu_task = IsGpuTask(job.plan, task);
+  const bool gpu_task = IsGpuTask(task);
   int64_t largest = 0;
   for (const WorkerInfo* worker : alive) {
     if (gpu_pool && gpu_task &&
@@ -565,7 +563,12 @@ std::vector<int64_t> Scheduler::LoseAbsentHolders() {
   absl::MutexLock lock(&mu_);
   const int64_t now = clock_->MonotonicMs();
   std::vector<int64_t> changed_jobs, finished;
-  if (now - started_monotonic_ms_ <= options_.worker_timeout_ms) {
+  // After a restart the holders are the earlier coordinator's workers: they
+  // reconnect (gRPC's own backoff takes seconds) and upload under ids this
+  // coordinator never sees alive, so they get a grace of their own.
+  constexpr int64_t kHolderGraceAfterStartMs = 60'000;
+  if (now - started_monotonic_ms_ <=
+      std::max(options_.worker_timeout_ms, kHolderGraceAfterStartMs)) {
     return changed_jobs;
   }
   const auto alive = [&](const std::string& id) {

@@ -208,8 +208,9 @@ class Scheduler {
   absl::Status MarkDurable(const TaskKey& key, int64_t epoch,
                            const std::string& name, const std::string& sha256);
   // Deferred outputs whose worker is gone (not heard from within
-  // worker_timeout_ms, and that long since this scheduler started, so that
-  // a worker of an earlier coordinator can still upload them): a task still
+  // worker_timeout_ms, and that long or a minute, whichever is longer,
+  // since this scheduler started, so that a worker of an earlier
+  // coordinator can reconnect and upload them): a task still
   // to read one makes its maker run again; one nothing reads any more is
   // forgotten. Returns the jobs changed.
   std::vector<int64_t> LoseAbsentHolders();

@@ -50,7 +50,7 @@ class SchedulerTest : public ::testing::Test {
     Reopen();
   }
   // A new scheduler on the same store file, as after a restart.
-  void Reopen(int64_t affinity_ms = 0) {
+  void Reopen(int64_t affinity_ms = 0, int64_t worker_timeout_ms = 120'000) {
     scheduler_.reset();
     store_.reset();
     auto store = JobStore::Open(path_);
@@ -59,6 +59,7 @@ class SchedulerTest : public ::testing::Test {
     SchedulerOptions options;
     options.lease_ms = kLeaseMs;
     options.affinity_ms = affinity_ms;
+    options.worker_timeout_ms = worker_timeout_ms;
     options.max_task_faults = 3;
     options.max_infra_faults = 2;
     SchedulerEvents events;
@@ -246,6 +247,38 @@ TEST_F(SchedulerTest, AHolderThatLostItsCopyMakesTheMakerRunAgain) {
   ASSERT_TRUE(scheduler_->LoseDeferred(job, 0, "lost its copy").ok());
   EXPECT_EQ(StoredTask(job, 0).state, TaskState::kDone);
   EXPECT_EQ(MustLease(a).key.index, 1);
+}
+
+// After a coordinator restart the holder is a worker of the earlier run,
+// under an id the new one never sees: it has a minute to reconnect and
+// upload, however short the worker timeout.
+TEST_F(SchedulerTest, AfterARestartAHolderHasAMinuteToUpload) {
+  Reopen(/*affinity_ms=*/3000, /*worker_timeout_ms=*/3000);
+  const int64_t job = AddChain();
+  const std::string a = scheduler_->RegisterWorker("a", Cpu());
+  const Lease embed = MustLease(a);
+  ASSERT_TRUE(CompleteWithActivations(embed, a, a).ok());
+  Reopen(/*affinity_ms=*/3000, /*worker_timeout_ms=*/3000);
+  clock_.Advance(60'000);
+  EXPECT_TRUE(scheduler_->LoseAbsentHolders().empty());
+  ASSERT_TRUE(
+      scheduler_
+          ->MarkDurable(embed.key, embed.epoch, kActivationsTensor, "00ff")
+          .ok());
+  clock_.Advance(1);
+  EXPECT_TRUE(scheduler_->LoseAbsentHolders().empty());  // Uploaded.
+  EXPECT_EQ(StoredTask(job, 0).state, TaskState::kDone);
+
+  // Not uploaded within the minute: made again.
+  const std::string b = scheduler_->RegisterWorker("b", Cpu());
+  const Lease block0 = MustLease(b);
+  ASSERT_TRUE(CompleteWithActivations(block0, b, b).ok());
+  Reopen(/*affinity_ms=*/3000, /*worker_timeout_ms=*/3000);
+  clock_.Advance(60'000);
+  EXPECT_TRUE(scheduler_->LoseAbsentHolders().empty());
+  clock_.Advance(1);
+  EXPECT_EQ(scheduler_->LoseAbsentHolders(), std::vector<int64_t>{job});
+  EXPECT_EQ(StoredTask(job, 1).state, TaskState::kPending);
 }
 
 // A maker that could not take the task (too little memory for a block)
@@ -460,9 +493,10 @@ TEST_F(SchedulerTest, BlockTasksGoToGpuWorkersWhileThereAreAny) {
   EXPECT_EQ(block1.task.layer, 1);
 }
 
-// A data-parallel job's tasks run on the CPU engine: a CPU worker takes
-// them while a GPU worker is registered.
-TEST_F(SchedulerTest, DataParallelTasksGoToAnyWorker) {
+// A data-parallel job's captures and solves are GPU tasks (the GPU backend
+// runs them) like blocks: with a GPU worker registered, a CPU worker takes
+// the embeddings only.
+TEST_F(SchedulerTest, DataParallelTasksGoToGpuWorkersWhileThereAreAny) {
   JobRow job;
   job.spec = "spec";
   JobPlan plan = SmallPlan();
@@ -481,12 +515,17 @@ TEST_F(SchedulerTest, DataParallelTasksGoToAnyWorker) {
   }
   ASSERT_TRUE(scheduler_->AddJob(job, plan, tasks).ok());
   const std::string cpu = scheduler_->RegisterWorker("c", Cpu());
-  scheduler_->RegisterWorker("g", Gpu());
-  for (const char* kind :
-       {kEmbedTask, kEmbedTask, kCaptureTask, kCaptureTask, kSolveTask}) {
+  const std::string gpu = scheduler_->RegisterWorker("g", Gpu());
+  for (int i = 0; i < 2; ++i) {
     const Lease lease = MustLease(cpu);
-    EXPECT_EQ(lease.task.kind, kind);
+    EXPECT_EQ(lease.task.kind, kEmbedTask);
     ASSERT_TRUE(Complete(lease, cpu).ok());
+  }
+  EXPECT_FALSE(scheduler_->TryLease(cpu)->has_value());
+  for (const char* kind : {kCaptureTask, kCaptureTask, kSolveTask}) {
+    const Lease lease = MustLease(gpu);
+    EXPECT_EQ(lease.task.kind, kind);
+    ASSERT_TRUE(Complete(lease, gpu).ok());
   }
 }
 
