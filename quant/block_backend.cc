@@ -1,6 +1,7 @@
 #include "quant/block_backend.h"
 
 #include <algorithm>
+#include <chrono>
 #include <map>
 #include <utility>
 
@@ -9,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "common/status_macros.h"
 
 namespace quant {
 namespace {
@@ -40,6 +42,58 @@ absl::Status CpuBlockBackend::ForwardBlock(const LlamaForward& forward,
                                            float* hidden) {
   return ForwardBlockInPasses(forward, block, sequences, seq_len,
                               sequences_per_pass, hidden);
+}
+
+absl::StatusOr<BlockStatistics> CpuBlockBackend::CaptureStageStatistics(
+    const LlamaForward& forward, const DecoderBlockWeights& weights,
+    const BlockRecipe& recipe, int stage, int64_t sequences, int64_t seq_len,
+    const float* hidden) {
+  return quant::CaptureStageStatistics(forward, weights, recipe, stage,
+                                       sequences, seq_len, hidden);
+}
+
+absl::Status CpuBlockBackend::SolveStage(const BlockRecipe& recipe, int stage,
+                                         const BlockStatistics& statistics,
+                                         BlockResult& partial) {
+  return quant::SolveStage(recipe, stage, statistics, partial);
+}
+
+absl::StatusOr<BlockResult> QuantizeBlockInStages(
+    BlockBackend& backend, const LlamaForward& forward,
+    DecoderBlockWeights block, const BlockRecipe& recipe, int64_t sequences,
+    int64_t seq_len, float* hidden) {
+  if (recipe.method == QuantMethod::kAwq) {
+    return absl::InvalidArgumentError(
+        "AWQ is not calibrated in stages (its search reads the whole "
+        "calibration set)");
+  }
+  const auto start = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(
+      BlockResult result,
+      StartBlockResult(std::move(block), recipe, sequences, seq_len));
+  const int64_t dim = forward.spec().hidden_size;
+  RETURN_IF_ERROR(RunCalibrationStages(
+      recipe, sequences,
+      [&](int stage, const SequenceRange& shard) {
+        return backend.CaptureStageStatistics(
+            forward, result.weights, recipe, stage, shard.count, seq_len,
+            hidden + shard.first * seq_len * dim);
+      },
+      [&](int stage, const BlockStatistics& statistics) {
+        return backend.SolveStage(recipe, stage, statistics, result);
+      }));
+  if (sequences > 0) {
+    RETURN_IF_ERROR(backend.ForwardBlock(forward, result.weights, sequences,
+                                         seq_len, recipe.sequences_per_pass,
+                                         hidden));
+  }
+  const ComputeKernel kernel = backend.kernel();
+  result.backend = kernel.backend;
+  result.kernel = kernel.kernel;
+  result.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
+  return result;
 }
 
 void RegisterBlockBackend(absl::string_view name, BlockBackendFactory factory) {

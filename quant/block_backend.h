@@ -51,6 +51,16 @@ class BlockBackend {
                                     int64_t sequences, int64_t seq_len,
                                     int64_t sequences_per_pass,
                                     float* hidden) = 0;
+
+  // Data-parallel calibration's pieces (GPTQ and RTN, every backend):
+  // CaptureStageStatistics' and SolveStage's contracts (block_quantizer.h).
+  virtual absl::StatusOr<BlockStatistics> CaptureStageStatistics(
+      const LlamaForward& forward, const DecoderBlockWeights& weights,
+      const BlockRecipe& recipe, int stage, int64_t sequences, int64_t seq_len,
+      const float* hidden) = 0;
+  virtual absl::Status SolveStage(const BlockRecipe& recipe, int stage,
+                                  const BlockStatistics& statistics,
+                                  BlockResult& partial) = 0;
 };
 
 // The CPU engine behind the interface.
@@ -68,6 +78,13 @@ class CpuBlockBackend : public BlockBackend {
                             const DecoderBlockWeights& block, int64_t sequences,
                             int64_t seq_len, int64_t sequences_per_pass,
                             float* hidden) override;
+  absl::StatusOr<BlockStatistics> CaptureStageStatistics(
+      const LlamaForward& forward, const DecoderBlockWeights& weights,
+      const BlockRecipe& recipe, int stage, int64_t sequences, int64_t seq_len,
+      const float* hidden) override;
+  absl::Status SolveStage(const BlockRecipe& recipe, int stage,
+                          const BlockStatistics& statistics,
+                          BlockResult& partial) override;
 };
 
 // Makes the backend on device `device` (ignored by the CPU's).
@@ -86,6 +103,16 @@ absl::StatusOr<std::unique_ptr<BlockBackend>> MakeBlockBackend(
 
 // "0,1,3" -> {0, 1, 3}: GPU indices, each once; InvalidArgument otherwise.
 absl::StatusOr<std::vector<int>> ParseDeviceList(absl::string_view list);
+
+// QuantizeBlock's contract for GPTQ and RTN from `backend`'s pieces: each
+// stage captured shard by shard (the recipe's calibration_shards), merged in
+// shard order and solved (RunCalibrationStages), then the quantized block's
+// forward in passes. What a data-parallel job computes on workers of
+// `backend`'s kernel class, bit for bit.
+absl::StatusOr<BlockResult> QuantizeBlockInStages(
+    BlockBackend& backend, const LlamaForward& forward,
+    DecoderBlockWeights block, const BlockRecipe& recipe, int64_t sequences,
+    int64_t seq_len, float* hidden);
 
 // Runs `recipe` on `backend` when it can, else on `cpu`; the result's
 // backend and kernel say which ran it.

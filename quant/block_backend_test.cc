@@ -22,8 +22,9 @@ struct Fixture {
   int64_t sequences = 3, seq_len = 16;
 };
 
-Fixture MakeFixture() {
+Fixture MakeFixture(int64_t sequences = 3) {
   Fixture f;
+  f.sequences = sequences;
   const std::string dir = MakeTestTempDir("block_backend");
   EXPECT_TRUE(WriteTinyLlama(dir, TinyLlamaOptions()).ok());
   f.spec = *LoadModelConfig(dir);
@@ -81,6 +82,43 @@ TEST(BlockBackendTest, CpuBackendIsTheEngineBitForBit) {
                                    expected.data())
                   .ok());
   EXPECT_EQ(forwarded, expected);
+}
+
+// A backend's pieces composed in stages are the engine's sharded block
+// (the CPU's, bit for bit): what a data-parallel job of its workers gets.
+TEST(BlockBackendTest, PiecesInStagesAreTheShardedBlock) {
+  // Three passes of 2, the last short: three shards.
+  const Fixture f = MakeFixture(5);
+  const LlamaForward forward(f.spec, f.seq_len);
+  CpuBlockBackend cpu;
+  for (QuantMethod method : {QuantMethod::kGptq, QuantMethod::kRtn}) {
+    BlockRecipe recipe = GptqRecipe();
+    recipe.method = method;
+    recipe.calibration_shards = 3;
+    std::vector<float> engine = f.hidden, pieces = f.hidden;
+    absl::StatusOr<BlockResult> a = QuantizeBlock(
+        forward, f.block, recipe, f.sequences, f.seq_len, engine.data());
+    ASSERT_TRUE(a.ok()) << a.status();
+    absl::StatusOr<BlockResult> b = QuantizeBlockInStages(
+        cpu, forward, f.block, recipe, f.sequences, f.seq_len, pieces.data());
+    ASSERT_TRUE(b.ok()) << b.status();
+    EXPECT_EQ(engine, pieces);
+    for (int i = 0; i < kBlockLinears; ++i) {
+      EXPECT_EQ(a->quantized[i].q, b->quantized[i].q) << i;
+      EXPECT_EQ(a->quantized[i].scales, b->quantized[i].scales) << i;
+      EXPECT_EQ(a->importance[i], b->importance[i]) << i;
+      EXPECT_EQ(a->reports[i].proxy_loss, b->reports[i].proxy_loss) << i;
+    }
+    EXPECT_EQ(b->backend, "cpu");
+  }
+  BlockRecipe awq = GptqRecipe();
+  awq.method = QuantMethod::kAwq;
+  std::vector<float> hidden = f.hidden;
+  EXPECT_EQ(QuantizeBlockInStages(cpu, forward, f.block, awq, f.sequences,
+                                  f.seq_len, hidden.data())
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(BlockBackendTest, UnknownAndMissingBackendsAreNamed) {

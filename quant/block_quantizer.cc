@@ -256,29 +256,16 @@ class BlockQuantizer {
   // in shard order), then its linears solved.
   absl::Status RunStaged() {
     const int64_t dim = forward_.spec().hidden_size;
-    const std::vector<std::vector<int>> stages = CalibrationStages(recipe_);
-    for (int stage = 0; stage < static_cast<int>(stages.size()); ++stage) {
-      BlockStatistics total;
-      if (sequences_ > 0) {
-        for (int64_t k = 0; k < recipe_.calibration_shards; ++k) {
-          ASSIGN_OR_RETURN(const SequenceRange shard,
-                           CalibrationShard(sequences_, per_pass_,
-                                            recipe_.calibration_shards, k));
-          ASSIGN_OR_RETURN(
-              BlockStatistics statistics,
-              CaptureStageStatistics(forward_, result_.weights, recipe_, stage,
-                                     shard.count, seq_len_,
-                                     hidden_ + shard.first * seq_len_ * dim));
-          if (k == 0) {
-            total = std::move(statistics);
-          } else {
-            RETURN_IF_ERROR(MergeStatistics(statistics, total));
-          }
-        }
-      }
-      RETURN_IF_ERROR(SolveStage(recipe_, stage, total, result_));
-    }
-    return absl::OkStatus();
+    return RunCalibrationStages(
+        recipe_, sequences_,
+        [&](int stage, const SequenceRange& shard) {
+          return CaptureStageStatistics(forward_, result_.weights, recipe_,
+                                        stage, shard.count, seq_len_,
+                                        hidden_ + shard.first * seq_len_ * dim);
+        },
+        [&](int stage, const BlockStatistics& statistics) {
+          return SolveStage(recipe_, stage, statistics, result_);
+        });
   }
 
   absl::Status RunAwq() {
@@ -632,6 +619,29 @@ absl::StatusOr<BlockStatistics> CaptureStageStatistics(
                                 std::max<int64_t>(1, recipe.sequences_per_pass),
                                 wanted, capture));
   return std::move(capture.hessians);
+}
+
+absl::Status RunCalibrationStages(const BlockRecipe& recipe, int64_t sequences,
+                                  const StageCapture& capture,
+                                  const StageSolve& solve) {
+  const int64_t per_pass = std::max<int64_t>(1, recipe.sequences_per_pass);
+  const int stages = static_cast<int>(CalibrationStages(recipe).size());
+  for (int stage = 0; stage < stages; ++stage) {
+    BlockStatistics total;
+    for (int64_t k = 0; sequences > 0 && k < recipe.calibration_shards; ++k) {
+      ASSIGN_OR_RETURN(
+          const SequenceRange shard,
+          CalibrationShard(sequences, per_pass, recipe.calibration_shards, k));
+      ASSIGN_OR_RETURN(BlockStatistics statistics, capture(stage, shard));
+      if (k == 0) {
+        total = std::move(statistics);
+      } else {
+        RETURN_IF_ERROR(MergeStatistics(statistics, total));
+      }
+    }
+    RETURN_IF_ERROR(solve(stage, total));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status MergeStatistics(const BlockStatistics& shard,

@@ -14,6 +14,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -206,6 +207,19 @@ absl::Status MergeStatistics(const BlockStatistics& shard,
 absl::Status SolveStage(const BlockRecipe& recipe, int stage,
                         const BlockStatistics& statistics,
                         BlockResult& partial);
+
+// The stage loop of GPTQ and RTN, on any backend's pieces: for each stage,
+// `capture` of every shard's sequences (CalibrationShard of the recipe's
+// calibration_shards; none without calibration data), merged in shard
+// order, then `solve`. What QuantizeBlock and a sharded block on a GPU run,
+// and what a data-parallel job's tasks compute on several workers.
+using StageCapture = std::function<absl::StatusOr<BlockStatistics>(
+    int stage, const SequenceRange& shard)>;
+using StageSolve =
+    std::function<absl::Status(int stage, const BlockStatistics& statistics)>;
+absl::Status RunCalibrationStages(const BlockRecipe& recipe, int64_t sequences,
+                                  const StageCapture& capture,
+                                  const StageSolve& solve);
 
 // Whether linear i of `result` has its solution (or stays in floating
 // point): false in a partial result for the stages not solved yet.

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -88,6 +89,23 @@ absl::Status HessianAccumulator::AddPackedSums(int64_t samples,
   }
   samples_ += samples;
   return absl::OkStatus();
+}
+
+absl::StatusOr<HessianAccumulator> HessianAccumulator::FromSums(
+    int64_t samples, std::vector<double> sum_xxt, std::vector<double> sum_abs) {
+  const int64_t columns = static_cast<int64_t>(sum_abs.size());
+  if (samples < 0 || columns == 0 ||
+      sum_xxt.size() != static_cast<size_t>(columns * columns)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("statistics of ", samples, " samples with ",
+                     sum_xxt.size(), " products for ", columns, " columns"));
+  }
+  HessianAccumulator made(0);
+  made.columns_ = columns;
+  made.samples_ = samples;
+  made.sum_xxt_ = std::move(sum_xxt);
+  made.sum_abs_ = std::move(sum_abs);
+  return made;
 }
 
 }  // namespace quant

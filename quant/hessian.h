@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace quant {
 
@@ -43,6 +44,14 @@ class HessianAccumulator {
   // are the stored sums exactly. InvalidArgument for a negative count.
   absl::Status AddPackedSums(int64_t samples, const void* lower,
                              const void* sum_abs);
+
+  // An accumulator holding `samples` rows' sums, taken over: sum x x^T
+  // [columns, columns] row-major (lower triangle used) and sum |x|
+  // [columns], as a device accumulated them (kernels/cuda). InvalidArgument
+  // when the sizes disagree or the count is negative.
+  static absl::StatusOr<HessianAccumulator> FromSums(
+      int64_t samples, std::vector<double> sum_xxt,
+      std::vector<double> sum_abs);
 
  private:
   int64_t columns_;

@@ -116,5 +116,38 @@ TEST(HessianTest, PackedSumsAddExactly) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// Sums taken over (a device's) are the accumulator that made them; an upper
+// triangle filled in (a device's full product) changes nothing computed.
+TEST(HessianTest, FromSumsTakesSumsOver) {
+  const int64_t columns = 7;
+  const std::vector<float> x = Inputs(19, columns, 5);
+  HessianAccumulator acc(columns);
+  acc.Add(x.data(), 19);
+  std::vector<double> full = acc.sum_xxt();
+  for (int64_t i = 0; i < columns; ++i) {
+    for (int64_t j = i + 1; j < columns; ++j) {
+      full[i * columns + j] = full[j * columns + i];
+    }
+  }
+  absl::StatusOr<HessianAccumulator> made =
+      HessianAccumulator::FromSums(19, full, acc.sum_abs());
+  ASSERT_TRUE(made.ok()) << made.status();
+  EXPECT_EQ(made->columns(), columns);
+  EXPECT_EQ(made->samples(), 19);
+  EXPECT_EQ(made->Hessian(), acc.Hessian());
+  EXPECT_EQ(made->MeanAbs(), acc.MeanAbs());
+  ASSERT_TRUE(made->Merge(acc).ok());
+  EXPECT_EQ(made->samples(), 38);
+
+  EXPECT_THAT(
+      HessianAccumulator::FromSums(19, std::vector<double>(48), acc.sum_abs())
+          .status()
+          .message(),
+      HasSubstr("48 products for 7 columns"));
+  EXPECT_EQ(
+      HessianAccumulator::FromSums(-1, full, acc.sum_abs()).status().code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace quant

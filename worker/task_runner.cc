@@ -158,11 +158,8 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
                        OptionsFromRecipe(spec.recipe()));
       const LlamaForward forward(model, seq_len);
       DecoderBlockWeights block;
-      // A data-parallel job's: the quantized block (computed by the CPU
-      // engine, which runs sharded recipes, as quantctl's block does).
-      const bool quantized = inputs->Get(kResultTensor).ok();
-      BlockBackend& runs = quantized ? cpu : compute;
-      if (quantized) {
+      // A data-parallel job's: the quantized block.
+      if (inputs->Get(kResultTensor).ok()) {
         const std::string path = output_dir + "/input-result.safetensors";
         RETURN_IF_ERROR(WriteInputFile(*inputs, kResultTensor, path));
         ASSIGN_OR_RETURN(BlockResult done, LoadBlockResult(path));
@@ -171,10 +168,10 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       } else {
         ASSIGN_OR_RETURN(block, LoadDecoderBlock(weights, model, spec.layer()));
       }
-      RETURN_IF_ERROR(runs.ForwardBlock(forward, block, sequences, seq_len,
-                                        options.sequences_per_pass,
-                                        hidden.data()));
-      result.kernel = runs.kernel();
+      RETURN_IF_ERROR(compute.ForwardBlock(forward, block, sequences, seq_len,
+                                           options.sequences_per_pass,
+                                           hidden.data()));
+      result.kernel = compute.kernel();
       RETURN_IF_ERROR(
           SaveActivations(activations_out, hidden, sequences, seq_len, dim));
       result.outputs.emplace_back(kActivationsTensor, activations_out);
@@ -221,10 +218,11 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
                        ReadActivations(*inputs, local.held_activations,
                                        sequences, seq_len, dim));
       const LlamaForward forward(model, seq_len);
-      ASSIGN_OR_RETURN(
-          const BlockStatistics statistics,
-          CaptureStageStatistics(forward, partial.weights, recipe, spec.stage(),
-                                 sequences, seq_len, hidden.data()));
+      ASSIGN_OR_RETURN(const BlockStatistics statistics,
+                       compute.CaptureStageStatistics(
+                           forward, partial.weights, recipe, spec.stage(),
+                           sequences, seq_len, hidden.data()));
+      result.kernel = compute.kernel();
       const std::string path =
           absl::StrCat(output_dir, "/", kStatisticsTensor, ".safetensors");
       RETURN_IF_ERROR(SaveBlockStatistics(path, statistics));
@@ -256,8 +254,9 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
         }
       }
       const auto solve_start = std::chrono::steady_clock::now();
+      result.kernel = compute.kernel();
       if (absl::Status solved =
-              SolveStage(recipe, spec.stage(), total, partial);
+              compute.SolveStage(recipe, spec.stage(), total, partial);
           !solved.ok()) {
         return absl::Status(solved.code(),
                             absl::StrCat("block ", spec.layer(), " stage ",

@@ -34,12 +34,14 @@ DeviceLinear& DeviceBlockLinear(DeviceBlockWeights& block, int index) {
   return *linears[index];
 }
 
-// One block task on the device.
+// One block task on the device, or one of data-parallel calibration's
+// pieces (a stage's statistics over some sequences; a stage's solves).
 class DeviceBlockQuantizer {
  public:
-  DeviceBlockQuantizer(const CudaContext& context, const LlamaForward& forward,
+  // `forward` may be null for the solves alone (SolveStage).
+  DeviceBlockQuantizer(const CudaContext& context, const LlamaForward* forward,
                        const BlockRecipe& recipe, int64_t sequences,
-                       int64_t seq_len, float* hidden,
+                       int64_t seq_len, const float* hidden,
                        const DecoderBlockWeights* fp_block)
       : context_(context),
         forward_(forward),
@@ -50,29 +52,19 @@ class DeviceBlockQuantizer {
         hidden_(hidden),
         fp_block_(fp_block) {}
 
-  absl::StatusOr<BlockResult> Run(BlockResult started) {
+  // The block task: `started` quantized on the activations, whose
+  // successors (the quantized block's outputs) land in `outputs`.
+  absl::StatusOr<BlockResult> Run(BlockResult started, float* outputs) {
     const auto start = std::chrono::steady_clock::now();
     last_mark_ = start;
     result_ = std::move(started);
-    ASSIGN_OR_RETURN(cuda_forward_, CudaForward::Create(context_, forward_));
-    ASSIGN_OR_RETURN(block_, UploadBlock(context_, result_.weights));
-    const int64_t dim = forward_.spec().hidden_size;
+    RETURN_IF_ERROR(UploadInputs(result_.weights));
+    const int64_t dim = forward_->spec().hidden_size;
     const int64_t tokens = sequences_ * seq_len_;
-    if (sequences_ > 0) {
-      ASSIGN_OR_RETURN(hidden_d_,
-                       DeviceBuffer::Allocate(context_, tokens * dim * 4,
-                                              "the calibration activations"));
-      RETURN_IF_ERROR(CopyToDevice(context_, hidden_d_.as<void>(), hidden_,
-                                   tokens * dim * 4,
-                                   "the calibration activations"));
-    }
-    RETURN_IF_ERROR(Mark("inputs up"));
     switch (recipe_.method) {
       case QuantMethod::kRtn:
-        RETURN_IF_ERROR(RunRtn());
-        break;
       case QuantMethod::kGptq:
-        RETURN_IF_ERROR(RunGptq());
+        RETURN_IF_ERROR(RunStaged());
         break;
       case QuantMethod::kAwq:
         RETURN_IF_ERROR(RunAwq());
@@ -91,12 +83,46 @@ class DeviceBlockQuantizer {
             hidden_d_.as<float>() + first * seq_len_ * dim));
       }
       RETURN_IF_ERROR(Mark("final forward"));
-      RETURN_IF_ERROR(CopyToHost(context_, hidden_, hidden_d_.as<void>(),
+      RETURN_IF_ERROR(CopyToHost(context_, outputs, hidden_d_.as<void>(),
                                  tokens * dim * 4, "the block's outputs"));
       RETURN_IF_ERROR(Mark("outputs down"));
     }
     result_.seconds = SecondsSince(start);
     return std::move(result_);
+  }
+
+  // CaptureStageStatistics: `weights` run over the sequences into the
+  // statistics of the inputs `linears` read, which come back to the host.
+  absl::StatusOr<BlockStatistics> CaptureStatistics(
+      const DecoderBlockWeights& weights, const std::vector<int>& linears) {
+    last_mark_ = std::chrono::steady_clock::now();
+    RETURN_IF_ERROR(UploadInputs(weights));
+    ASSIGN_OR_RETURN(auto sums, CaptureSums(Wanted(linears)));
+    BlockStatistics statistics;
+    for (int i = 0; i < kInputs; ++i) {
+      if (!sums[i]) continue;
+      std::vector<double> sum_xxt, sum_abs;
+      RETURN_IF_ERROR(sums[i]->CopySumsToHost(&sum_xxt, &sum_abs));
+      ASSIGN_OR_RETURN(
+          HessianAccumulator host,
+          HessianAccumulator::FromSums(sums[i]->samples(), std::move(sum_xxt),
+                                       std::move(sum_abs)));
+      statistics[i].emplace(std::move(host));
+    }
+    RETURN_IF_ERROR(Mark("statistics to the host"));
+    return statistics;
+  }
+
+  // SolveStage: `linears` solved into `partial` on `statistics` (every
+  // shard's, merged). The quantized weights come back to the host only.
+  absl::Status SolveStage(const std::vector<int>& linears,
+                          const BlockStatistics& statistics,
+                          BlockResult& partial) {
+    last_mark_ = std::chrono::steady_clock::now();
+    result_ = std::move(partial);
+    const absl::Status solved = SolveOnStatistics(linears, statistics);
+    partial = std::move(result_);
+    return solved;
   }
 
   // Wall seconds by phase, in the order the phases first ran.
@@ -126,19 +152,59 @@ class DeviceBlockQuantizer {
 
   bool StaysFp(int linear) const { return recipe_.keep_fp[linear].has_value(); }
 
+  // The block and the calibration activations on the device.
+  absl::Status UploadInputs(const DecoderBlockWeights& weights) {
+    ASSIGN_OR_RETURN(cuda_forward_, CudaForward::Create(context_, *forward_));
+    ASSIGN_OR_RETURN(block_, UploadBlock(context_, weights));
+    const int64_t bytes =
+        sequences_ * seq_len_ * forward_->spec().hidden_size * 4;
+    if (bytes > 0) {
+      ASSIGN_OR_RETURN(hidden_d_,
+                       DeviceBuffer::Allocate(context_, bytes,
+                                              "the calibration activations"));
+      RETURN_IF_ERROR(CopyToDevice(context_, hidden_d_.as<void>(), hidden_,
+                                   bytes, "the calibration activations"));
+    }
+    return Mark("inputs up");
+  }
+
   int64_t InputWidth(int input) const {
-    if (input == static_cast<int>(BlockInput::kAttentionOutput)) {
-      return result_.weights.o.cols;
-    }
-    if (input == static_cast<int>(BlockInput::kMlpOutput)) {
-      return result_.weights.down.cols;
-    }
-    return forward_.spec().hidden_size;
+    const int reader = input == static_cast<int>(BlockInput::kAttentionOutput)
+                           ? 3
+                       : input == static_cast<int>(BlockInput::kMlpOutput) ? 6
+                                                                           : 0;
+    return BlockLinearShape(forward_->spec(), reader).cols;
+  }
+
+  // The block inputs `linears` read.
+  static std::array<bool, kInputs> Wanted(const std::vector<int>& linears) {
+    std::array<bool, kInputs> wanted = {false, false, false, false};
+    for (int i : linears) wanted[static_cast<int>(LinearInput(i))] = true;
+    return wanted;
   }
 
   // Runs the block (as quantized so far) over every sequence into fresh
   // Hessians of the wanted inputs; the activations stay as they are.
   absl::Status Capture(std::array<bool, kInputs> wanted) {
+    ASSIGN_OR_RETURN(auto sums, CaptureSums(wanted));
+    for (int i = 0; i < kInputs; ++i) {
+      if (!wanted[i]) continue;
+      factors_.erase(i);
+      if (awq_keep_ > 0) {
+        ASSIGN_OR_RETURN(x_mean_[i], sums[i]->MeanAbs());
+      }
+      const int64_t n = InputWidth(i);
+      ASSIGN_OR_RETURN(hessians_[i],
+                       DeviceBuffer::Allocate(context_, n * n * 8,
+                                              "a block input's Hessian"));
+      RETURN_IF_ERROR(sums[i]->Hessian(hessians_[i].as<double>()));
+    }
+    return Mark("Hessians");
+  }
+
+  // Capture's forwards and sums (and AWQ's kept inputs).
+  absl::StatusOr<std::array<std::optional<DeviceHessian>, kInputs>> CaptureSums(
+      std::array<bool, kInputs> wanted) {
     int last = -1;
     std::array<std::optional<DeviceHessian>, kInputs> sums;
     for (int i = 0; i < kInputs; ++i) {
@@ -147,10 +213,9 @@ class DeviceBlockQuantizer {
       ASSIGN_OR_RETURN(DeviceHessian sum,
                        DeviceHessian::Create(context_, InputWidth(i)));
       sums[i].emplace(std::move(sum));
-      factors_.erase(i);
     }
-    if (last < 0) return absl::OkStatus();
-    const int64_t dim = forward_.spec().hidden_size;
+    if (last < 0) return sums;
+    const int64_t dim = forward_->spec().hidden_size;
     const int64_t pass_floats =
         std::min(per_pass_, sequences_) * seq_len_ * dim;
     ASSIGN_OR_RETURN(DeviceBuffer chunk,
@@ -198,18 +263,8 @@ class DeviceBlockQuantizer {
         sampled_so_far = CountMultiples((first + count) * seq_len_, awq_step_);
       }
     }
-    for (int i = 0; i < kInputs; ++i) {
-      if (!wanted[i]) continue;
-      if (awq_keep_ > 0) {
-        ASSIGN_OR_RETURN(x_mean_[i], sums[i]->MeanAbs());
-      }
-      const int64_t n = InputWidth(i);
-      ASSIGN_OR_RETURN(hessians_[i],
-                       DeviceBuffer::Allocate(context_, n * n * 8,
-                                              "a block input's Hessian"));
-      RETURN_IF_ERROR(sums[i]->Hessian(hessians_[i].as<double>()));
-    }
-    return Mark("Hessians");
+    RETURN_IF_ERROR(Mark("Hessians"));
+    return sums;
   }
 
   const double* HessianOf(int linear) const {
@@ -238,9 +293,11 @@ class DeviceBlockQuantizer {
                                    "the quantized weights"));
     }
     RETURN_IF_ERROR(Mark("quantized weights to the host"));
-    RETURN_IF_ERROR(SetLinearWeight(context_, dequantized_d_.as<float>(),
-                                    DeviceBlockLinear(block_, i)));
-    RETURN_IF_ERROR(Mark("install"));
+    if (cuda_forward_ != nullptr) {  // The block computes on the device.
+      RETURN_IF_ERROR(SetLinearWeight(context_, dequantized_d_.as<float>(),
+                                      DeviceBlockLinear(block_, i)));
+      RETURN_IF_ERROR(Mark("install"));
+    }
     LinearReport& report = result_.reports[i];
     const double* h = HessianOf(i);
     if (h == nullptr) {
@@ -287,26 +344,6 @@ class DeviceBlockQuantizer {
     return Mark("weights up");
   }
 
-  absl::Status RunRtn() {
-    if (sequences_ > 0) RETURN_IF_ERROR(Capture({true, true, true, true}));
-    for (int i = 0; i < kBlockLinears; ++i) {
-      if (StaysFp(i)) continue;
-      const auto start = std::chrono::steady_clock::now();
-      const WeightFormat& f = recipe_.formats[i];
-      const LinearWeights& linear = BlockLinear(result_.weights, i);
-      RETURN_IF_ERROR(UploadOriginal(i));
-      ASSIGN_OR_RETURN(
-          const DeviceGptqResult solved,
-          RtnQuantizeOnDevice(context_, original_d_.as<float>(), linear.rows,
-                              linear.cols, f.bits, f.group_size, f.sym,
-                              recipe_.gptq.mse));
-      ASSIGN_OR_RETURN(GptqResult downloaded, solved.Download(context_));
-      RETURN_IF_ERROR(Install(i, std::move(downloaded.quantized), start,
-                              /*dequantized_on_device=*/false));
-    }
-    return absl::OkStatus();
-  }
-
   // The GGUF grids' solutions come back on the host; the others leave their
   // weights in dequantized_d_.
   absl::StatusOr<GptqResult> SolveGptq(int i, const GptqOptions& options) {
@@ -342,39 +379,76 @@ class DeviceBlockQuantizer {
     return downloaded;
   }
 
-  absl::Status RunGptq() {
-    const std::vector<std::vector<int>> stages =
-        recipe_.true_sequential
-            ? TrueSequentialStages()
-            : std::vector<std::vector<int>>{{0, 1, 2, 3, 4, 5, 6}};
-    for (const std::vector<int>& all : stages) {
-      std::vector<int> stage;
-      std::array<bool, kInputs> wanted = {false, false, false, false};
-      for (int i : all) {
-        if (StaysFp(i)) continue;
-        stage.push_back(i);
-        wanted[static_cast<int>(LinearInput(i))] = true;
-      }
+  // GPTQ and RTN: each stage's inputs captured, its linears solved.
+  absl::Status RunStaged() {
+    for (const std::vector<int>& stage : CalibrationStages(recipe_)) {
       if (stage.empty()) continue;
-      RETURN_IF_ERROR(Capture(wanted));
-      for (int i : stage) {
-        const auto start = std::chrono::steady_clock::now();
-        GptqOptions options = recipe_.gptq;
-        options.bits = recipe_.formats[i].bits;
-        options.group_size = recipe_.formats[i].group_size;
-        options.sym = recipe_.formats[i].sym;
-        RETURN_IF_ERROR(UploadOriginal(i));
-        absl::StatusOr<GptqResult> solved = SolveGptq(i, options);
-        if (!solved.ok()) {
-          return absl::Status(solved.status().code(),
-                              absl::StrCat(kBlockLinearNames[i], ": ",
-                                           solved.status().message()));
-        }
-        result_.reports[i].damp_percent = solved->damp_percent_used;
-        RETURN_IF_ERROR(Install(i, std::move(solved->quantized), start,
-                                !recipe_.gguf_grid[i].has_value()));
-      }
+      if (sequences_ > 0) RETURN_IF_ERROR(Capture(Wanted(stage)));
+      for (int i : stage) RETURN_IF_ERROR(SolveLinear(i));
     }
+    return absl::OkStatus();
+  }
+
+  // Linear i solved on the Hessian of its input (none: RTN without data).
+  absl::Status SolveLinear(int i) {
+    const auto start = std::chrono::steady_clock::now();
+    const WeightFormat& f = recipe_.formats[i];
+    const LinearWeights& linear = BlockLinear(result_.weights, i);
+    RETURN_IF_ERROR(UploadOriginal(i));
+    if (recipe_.method == QuantMethod::kRtn) {
+      ASSIGN_OR_RETURN(
+          const DeviceGptqResult solved,
+          RtnQuantizeOnDevice(context_, original_d_.as<float>(), linear.rows,
+                              linear.cols, f.bits, f.group_size, f.sym,
+                              recipe_.gptq.mse));
+      ASSIGN_OR_RETURN(GptqResult downloaded, solved.Download(context_));
+      return Install(i, std::move(downloaded.quantized), start,
+                     /*dequantized_on_device=*/false);
+    }
+    GptqOptions options = recipe_.gptq;
+    options.bits = f.bits;
+    options.group_size = f.group_size;
+    options.sym = f.sym;
+    absl::StatusOr<GptqResult> solved = SolveGptq(i, options);
+    if (!solved.ok()) {
+      return absl::Status(
+          solved.status().code(),
+          absl::StrCat(kBlockLinearNames[i], ": ", solved.status().message()));
+    }
+    result_.reports[i].damp_percent = solved->damp_percent_used;
+    return Install(i, std::move(solved->quantized), start,
+                   !recipe_.gguf_grid[i].has_value());
+  }
+
+  // SolveStage's work on result_: the Hessians of `statistics` up, checked
+  // against the linears reading them as the CPU engine checks them, then
+  // each linear solved.
+  absl::Status SolveOnStatistics(const std::vector<int>& linears,
+                                 const BlockStatistics& statistics) {
+    for (int i : linears) {
+      const int input = static_cast<int>(LinearInput(i));
+      const int64_t cols = BlockLinear(result_.weights, i).cols;
+      if (!statistics[input]) {
+        if (recipe_.method == QuantMethod::kRtn) continue;
+        return absl::InvalidArgumentError(
+            absl::StrCat(kBlockLinearNames[i], ": GPTQ without statistics"));
+      }
+      if (statistics[input]->columns() != cols) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            kBlockLinearNames[i], ": statistics of ",
+            statistics[input]->columns(), " columns for ", cols, " inputs"));
+      }
+      if (hessians_[input].bytes() > 0) continue;
+      const std::vector<double> hessian = statistics[input]->Hessian();
+      ASSIGN_OR_RETURN(hessians_[input],
+                       DeviceBuffer::Allocate(context_, cols * cols * 8,
+                                              "a block input's Hessian"));
+      RETURN_IF_ERROR(CopyToDevice(context_, hessians_[input].as<void>(),
+                                   hessian.data(), cols * cols * 8,
+                                   "a block input's Hessian"));
+    }
+    RETURN_IF_ERROR(Mark("Hessians up"));
+    for (int i : linears) RETURN_IF_ERROR(SolveLinear(i));
     return absl::OkStatus();
   }
 
@@ -410,7 +484,7 @@ class DeviceBlockQuantizer {
   absl::StatusOr<AwqScaleSearchResult> SearchScales(const AwqGroup& group) {
     const int input = static_cast<int>(group.input);
     const int64_t width = InputWidth(input);
-    const int64_t dim = forward_.spec().hidden_size;
+    const int64_t dim = forward_->spec().hidden_size;
     const int64_t kept_tokens = awq_keep_ * seq_len_;
     std::vector<int> searched;
     for (int i : group.linears) {
@@ -598,10 +672,10 @@ class DeviceBlockQuantizer {
   }
 
   const CudaContext& context_;
-  const LlamaForward& forward_;
+  const LlamaForward* forward_;
   const BlockRecipe& recipe_;
   const int64_t sequences_, seq_len_, per_pass_;
-  float* hidden_;
+  const float* hidden_;
   const DecoderBlockWeights* fp_block_;  // AWQ with FP inputs, else null.
   BlockResult result_;
   std::chrono::steady_clock::time_point last_mark_;
@@ -637,13 +711,7 @@ int64_t CudaBlockBackend::device_memory_bytes() const {
   return context_->info().total_bytes;
 }
 
-std::string CudaBlockBackend::Unsupported(const BlockRecipe& recipe) const {
-  // The device sums each stage's statistics in one order; a sharded recipe
-  // fixes another (the CPU engine's pieces compute it).
-  if (recipe.calibration_shards > 1) {
-    return "calibration in shards (calibration_shards > 1) runs on the CPU "
-           "engine";
-  }
+std::string CudaBlockBackend::Unsupported(const BlockRecipe&) const {
   return "";
 }
 
@@ -651,8 +719,12 @@ absl::StatusOr<BlockResult> CudaBlockBackend::QuantizeBlock(
     const LlamaForward& forward, DecoderBlockWeights block,
     const BlockRecipe& recipe, int64_t sequences, int64_t seq_len,
     float* hidden) {
-  if (const std::string why = Unsupported(recipe); !why.empty()) {
-    return absl::FailedPreconditionError(why);
+  if (recipe.calibration_shards > 1 && recipe.method != QuantMethod::kAwq) {
+    // Shard by shard, in the order the recipe fixes: the pieces a
+    // data-parallel job runs on its workers.
+    last_phases_.clear();
+    return QuantizeBlockInStages(*this, forward, std::move(block), recipe,
+                                 sequences, seq_len, hidden);
   }
   std::optional<DecoderBlockWeights> fp_block;
   if (recipe.method == QuantMethod::kAwq && recipe.awq.fp_inputs) {
@@ -662,9 +734,11 @@ absl::StatusOr<BlockResult> CudaBlockBackend::QuantizeBlock(
       BlockResult started,
       StartBlockResult(std::move(block), recipe, sequences, seq_len));
   RETURN_IF_ERROR(context_->Activate());
-  DeviceBlockQuantizer quantizer(*context_, forward, recipe, sequences, seq_len,
-                                 hidden, fp_block ? &*fp_block : nullptr);
-  ASSIGN_OR_RETURN(BlockResult result, quantizer.Run(std::move(started)));
+  DeviceBlockQuantizer quantizer(*context_, &forward, recipe, sequences,
+                                 seq_len, hidden,
+                                 fp_block ? &*fp_block : nullptr);
+  ASSIGN_OR_RETURN(BlockResult result,
+                   quantizer.Run(std::move(started), hidden));
   last_phases_ = quantizer.phases();
   const ComputeKernel what = kernel();
   result.backend = what.backend;
@@ -700,6 +774,49 @@ absl::Status CudaBlockBackend::ForwardBlock(const LlamaForward& forward,
     RETURN_IF_ERROR(CopyToHost(*context_, at, chunk.as<void>(), bytes,
                                "one pass of the block's outputs"));
   }
+  return absl::OkStatus();
+}
+
+// The stage's linears, as the CPU engine names a stage that is not there.
+absl::StatusOr<std::vector<int>> StageLinears(const BlockRecipe& recipe,
+                                              int stage) {
+  std::vector<std::vector<int>> stages = CalibrationStages(recipe);
+  if (stage < 0 || stage >= static_cast<int>(stages.size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("no calibration stage ", stage, " in a ",
+                     QuantMethodName(recipe.method), " recipe of ",
+                     stages.size(), " stages"));
+  }
+  return std::move(stages[stage]);
+}
+
+absl::StatusOr<BlockStatistics> CudaBlockBackend::CaptureStageStatistics(
+    const LlamaForward& forward, const DecoderBlockWeights& weights,
+    const BlockRecipe& recipe, int stage, int64_t sequences, int64_t seq_len,
+    const float* hidden) {
+  ASSIGN_OR_RETURN(const std::vector<int> linears, StageLinears(recipe, stage));
+  if (sequences <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("stage ", stage, ": no calibration sequences to capture"));
+  }
+  RETURN_IF_ERROR(context_->Activate());
+  DeviceBlockQuantizer quantizer(*context_, &forward, recipe, sequences,
+                                 seq_len, hidden, nullptr);
+  ASSIGN_OR_RETURN(BlockStatistics statistics,
+                   quantizer.CaptureStatistics(weights, linears));
+  last_phases_ = quantizer.phases();
+  return statistics;
+}
+
+absl::Status CudaBlockBackend::SolveStage(const BlockRecipe& recipe, int stage,
+                                          const BlockStatistics& statistics,
+                                          BlockResult& partial) {
+  ASSIGN_OR_RETURN(const std::vector<int> linears, StageLinears(recipe, stage));
+  RETURN_IF_ERROR(context_->Activate());
+  DeviceBlockQuantizer quantizer(*context_, nullptr, recipe, 0, 0, nullptr,
+                                 nullptr);
+  RETURN_IF_ERROR(quantizer.SolveStage(linears, statistics, partial));
+  last_phases_ = quantizer.phases();
   return absl::OkStatus();
 }
 

@@ -13,6 +13,13 @@
 // search's candidates and module outputs, the clipping search, the
 // quantizer on the device; the grid of exponents and the fold of the scales
 // into the block on the host, shared with the CPU engine).
+//
+// Data-parallel calibration's pieces run here too: a stage's statistics
+// over a shard of the sequences, summed on the device in FP64 and taken to
+// the host (merged there in shard order), and a stage's solves on the
+// merged statistics. A sharded recipe's block is those pieces composed
+// (QuantizeBlockInStages), so one GPU and a data-parallel job over GPU
+// workers compute the same bits.
 #ifndef KERNELS_CUDA_BLOCK_BACKEND_CUDA_H_
 #define KERNELS_CUDA_BLOCK_BACKEND_CUDA_H_
 
@@ -45,12 +52,19 @@ class CudaBlockBackend : public BlockBackend {
                             const DecoderBlockWeights& block, int64_t sequences,
                             int64_t seq_len, int64_t sequences_per_pass,
                             float* hidden) override;
+  absl::StatusOr<BlockStatistics> CaptureStageStatistics(
+      const LlamaForward& forward, const DecoderBlockWeights& weights,
+      const BlockRecipe& recipe, int stage, int64_t sequences, int64_t seq_len,
+      const float* hidden) override;
+  absl::Status SolveStage(const BlockRecipe& recipe, int stage,
+                          const BlockStatistics& statistics,
+                          BlockResult& partial) override;
 
   const CudaContext& context() const { return *context_; }
 
-  // Where the last QuantizeBlock's wall time went, by phase (inputs up,
-  // capture forwards, Hessians, factor, solve, ...), in the order the
-  // phases first ran.
+  // Where the last QuantizeBlock's (or piece's) wall time went, by phase
+  // (inputs up, capture forwards, Hessians, factor, solve, ...), in the order
+  // the phases first ran.
   const std::vector<std::pair<std::string, double>>& last_phases() const {
     return last_phases_;
   }

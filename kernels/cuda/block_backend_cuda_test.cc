@@ -328,13 +328,89 @@ TEST(CudaBlockBackendTest, AwqBlockWithinTheContractOfTheCpu) {
   }
 }
 
+// A sharded recipe runs as data-parallel calibration's pieces on the GPU
+// (each shard's statistics captured on the device, merged on the host in
+// shard order, each stage solved on the device): within the contract of
+// the CPU engine's sharded block, for GPTQ and RTN.
+TEST(CudaBlockBackendTest, ShardedBlockFromPiecesWithinTheContract) {
+  std::unique_ptr<CudaBlockBackend> gpu = OpenGpuBackend();
+  REQUIRE_GPU(gpu);
+  const Case c = MakeCase(Spec(192, 320, 6, 2), 31);
+  for (QuantMethod method : {QuantMethod::kGptq, QuantMethod::kRtn}) {
+    BlockRecipe recipe = Recipe(method, 4, 32);
+    recipe.calibration_shards = 4;  // 14 passes of 3 sequences.
+    const Oracle want = RunOracle(c, recipe);
+    const BlockRun got = Quantize(*gpu, c, recipe);
+    ExpectWithinContract(
+        got, want, method == QuantMethod::kGptq ? "gptq-shards" : "rtn-shards");
+  }
+}
+
+// The pieces themselves: a shard's statistics near the CPU's (the forward's
+// BF16 products and FP32 orders apart), counting its tokens; the stage's
+// solve refuses what the CPU's refuses.
+TEST(CudaBlockBackendTest, PiecesCaptureAndSolveAsTheCpus) {
+  std::unique_ptr<CudaBlockBackend> gpu = OpenGpuBackend();
+  REQUIRE_GPU(gpu);
+  const Case c = MakeCase(Spec(192, 320, 6, 2), 33);
+  const BlockRecipe recipe = Recipe(QuantMethod::kGptq, 4, 32);
+  const LlamaForward forward(c.spec, c.seq_len, ProductPrecision::kBfloat16);
+  const int64_t count = 9;
+  const float* shard = c.hidden.data() + 6 * c.seq_len * c.spec.hidden_size;
+  for (int stage = 0; stage < 4; ++stage) {
+    absl::StatusOr<BlockStatistics> mine = gpu->CaptureStageStatistics(
+        forward, c.block, recipe, stage, count, c.seq_len, shard);
+    ASSERT_TRUE(mine.ok()) << mine.status();
+    absl::StatusOr<BlockStatistics> cpu = CaptureStageStatistics(
+        forward, c.block, recipe, stage, count, c.seq_len, shard);
+    ASSERT_TRUE(cpu.ok()) << cpu.status();
+    for (int input = 0; input < kBlockInputs; ++input) {
+      ASSERT_EQ((*mine)[input].has_value(), (*cpu)[input].has_value());
+      if (!(*cpu)[input]) continue;
+      EXPECT_EQ((*mine)[input]->samples(), count * c.seq_len);
+      const std::vector<double> a = (*mine)[input]->Hessian();
+      const std::vector<double> b = (*cpu)[input]->Hessian();
+      double num = 0, den = 0;
+      for (size_t k = 0; k < a.size(); ++k) {
+        num += (a[k] - b[k]) * (a[k] - b[k]);
+        den += b[k] * b[k];
+      }
+      std::printf("stage %d input %d: Hessian relative difference %.3g\n",
+                  stage, input, std::sqrt(num / den));
+      EXPECT_LT(std::sqrt(num / den), 0.01) << stage << " " << input;
+    }
+  }
+  EXPECT_EQ(gpu->CaptureStageStatistics(forward, c.block, recipe, 4, count,
+                                        c.seq_len, shard)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+
+  absl::StatusOr<BlockResult> partial =
+      StartBlockResult(c.block, recipe, c.sequences, c.seq_len);
+  ASSERT_TRUE(partial.ok()) << partial.status();
+  BlockStatistics wrong;
+  wrong[0].emplace(7);  // q/k/v read hidden_size (192) columns.
+  const absl::Status refused = gpu->SolveStage(recipe, 0, wrong, *partial);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.message().find("statistics of 7 columns for 192 inputs"),
+            std::string::npos)
+      << refused;
+  EXPECT_EQ(gpu->SolveStage(recipe, 0, BlockStatistics(), *partial).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(partial->weights.q.weight, c.block.q.weight);  // Left as it was.
+}
+
 TEST(CudaBlockBackendTest, TwoRunsAreByteIdentical) {
   std::unique_ptr<CudaBlockBackend> gpu = OpenGpuBackend();
   REQUIRE_GPU(gpu);
   const Case c = MakeCase(Spec(192, 320, 6, 2), 27);
   BlockRecipe gptq = Recipe(QuantMethod::kGptq, 4, 32);
   gptq.gptq.desc_act = true;
-  for (const BlockRecipe& recipe : {gptq, Recipe(QuantMethod::kAwq, 4, 32)}) {
+  BlockRecipe sharded = Recipe(QuantMethod::kGptq, 4, 32);
+  sharded.calibration_shards = 3;
+  for (const BlockRecipe& recipe :
+       {gptq, Recipe(QuantMethod::kAwq, 4, 32), sharded}) {
     const BlockRun a = Quantize(*gpu, c, recipe);
     const BlockRun b = Quantize(*gpu, c, recipe);
     ASSERT_EQ(a.hidden.size(), b.hidden.size());

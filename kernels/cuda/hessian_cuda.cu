@@ -283,4 +283,14 @@ absl::StatusOr<std::vector<double>> DeviceHessian::MeanAbs() const {
   return mean;
 }
 
+absl::Status DeviceHessian::CopySumsToHost(std::vector<double>* sum_xxt,
+                                           std::vector<double>* sum_abs) const {
+  sum_xxt->resize(static_cast<size_t>(columns_ * columns_));
+  sum_abs->resize(static_cast<size_t>(columns_));
+  RETURN_IF_ERROR(CopyToHost(*context_, sum_xxt->data(), sum_xxt_.as<void>(),
+                             columns_ * columns_ * 8, "the Hessian totals"));
+  return CopyToHost(*context_, sum_abs->data(), sum_abs_.as<void>(),
+                    columns_ * 8, "the |x| totals");
+}
+
 }  // namespace quant::cuda

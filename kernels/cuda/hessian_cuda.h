@@ -41,6 +41,11 @@ class DeviceHessian {
   absl::StatusOr<std::vector<double>> HessianOnHost() const;
   // Mean |x| per column, on the host.
   absl::StatusOr<std::vector<double>> MeanAbs() const;
+  // The FP64 totals themselves, on the host: sum x x^T [columns, columns]
+  // (the full product) and sum |x| [columns] (a data-parallel shard's
+  // statistics, for quant::HessianAccumulator::FromSums).
+  absl::Status CopySumsToHost(std::vector<double>* sum_xxt,
+                              std::vector<double>* sum_abs) const;
 
  private:
   DeviceHessian(const CudaContext& context, int64_t columns)

@@ -89,6 +89,28 @@ TEST_F(HessianCudaTest, MatchesTheCpuAccumulatorAndMergesExactly) {
   ASSERT_TRUE(same.ok());
   EXPECT_EQ(*same, *got);
 
+  // The totals on the host are a shard's statistics: merged there with
+  // another shard's, they are the device's merge.
+  std::vector<double> sum_xxt, sum_abs, two_xxt, two_abs;
+  ASSERT_TRUE(both->CopySumsToHost(&sum_xxt, &sum_abs).ok());
+  ASSERT_TRUE(two->CopySumsToHost(&two_xxt, &two_abs).ok());
+  absl::StatusOr<HessianAccumulator> host = HessianAccumulator::FromSums(
+      both->samples(), std::move(sum_xxt), std::move(sum_abs));
+  ASSERT_TRUE(host.ok()) << host.status();
+  EXPECT_EQ(host->samples(), 434);
+  const std::vector<double> from_sums = host->Hessian();
+  for (size_t i = 0; i < want.size(); ++i) {
+    ASSERT_NEAR(from_sums[i], want[i], 1e-6 * scale) << i;
+  }
+  const std::vector<double> host_mean = host->MeanAbs();
+  for (int64_t c = 0; c < columns; ++c) {
+    EXPECT_NEAR(host_mean[c], want_mean[c], 1e-9 * want_mean[c]);
+  }
+  absl::StatusOr<HessianAccumulator> shard = HessianAccumulator::FromSums(
+      two->samples(), std::move(two_xxt), std::move(two_abs));
+  ASSERT_TRUE(shard.ok() && host->Merge(*shard).ok());
+  EXPECT_EQ(host->samples(), 535);
+
   absl::StatusOr<DeviceHessian> other = DeviceHessian::Create(*context_, 78);
   EXPECT_EQ(one->Merge(*other).code(), absl::StatusCode::kInvalidArgument);
 }
