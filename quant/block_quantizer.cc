@@ -581,6 +581,18 @@ std::vector<std::vector<int>> CalibrationStages(const BlockRecipe& recipe) {
   return stages;
 }
 
+absl::StatusOr<std::vector<int>> CalibrationStage(const BlockRecipe& recipe,
+                                                  int stage) {
+  std::vector<std::vector<int>> stages = CalibrationStages(recipe);
+  if (stage < 0 || stage >= static_cast<int>(stages.size())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("no calibration stage ", stage, " in a ",
+                     QuantMethodName(recipe.method), " recipe of ",
+                     stages.size(), " stages"));
+  }
+  return std::move(stages[stage]);
+}
+
 absl::StatusOr<SequenceRange> CalibrationShard(int64_t sequences,
                                                int64_t sequences_per_pass,
                                                int64_t shards, int64_t shard) {
@@ -605,15 +617,10 @@ absl::StatusOr<BlockStatistics> CaptureStageStatistics(
     const LlamaForward& forward, const DecoderBlockWeights& weights,
     const BlockRecipe& recipe, int stage, int64_t sequences, int64_t seq_len,
     const float* hidden) {
-  const std::vector<std::vector<int>> stages = CalibrationStages(recipe);
-  if (stage < 0 || stage >= static_cast<int>(stages.size())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("no calibration stage ", stage, " in a ",
-                     QuantMethodName(recipe.method), " recipe of ",
-                     stages.size(), " stages"));
-  }
+  ASSIGN_OR_RETURN(const std::vector<int> linears,
+                   CalibrationStage(recipe, stage));
   std::array<bool, kInputs> wanted = {false, false, false, false};
-  for (int i : stages[stage]) wanted[static_cast<int>(LinearInput(i))] = true;
+  for (int i : linears) wanted[static_cast<int>(LinearInput(i))] = true;
   Capture capture;
   RETURN_IF_ERROR(CaptureInputs(forward, weights, hidden, sequences, seq_len,
                                 std::max<int64_t>(1, recipe.sequences_per_pass),
@@ -660,14 +667,10 @@ absl::Status MergeStatistics(const BlockStatistics& shard,
 absl::Status SolveStage(const BlockRecipe& recipe, int stage,
                         const BlockStatistics& statistics,
                         BlockResult& partial) {
-  const std::vector<std::vector<int>> stages = CalibrationStages(recipe);
-  if (stage < 0 || stage >= static_cast<int>(stages.size())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("no calibration stage ", stage, " in a ",
-                     QuantMethodName(recipe.method), " recipe"));
-  }
+  ASSIGN_OR_RETURN(const std::vector<int> linears,
+                   CalibrationStage(recipe, stage));
   std::map<int, std::vector<double>> hessians;  // By block input.
-  for (int i : stages[stage]) {
+  for (int i : linears) {
     const int input = static_cast<int>(LinearInput(i));
     if (!statistics[input]) continue;
     // Statistics from elsewhere (a worker's upload) must fit the linear.
@@ -681,7 +684,7 @@ absl::Status SolveStage(const BlockRecipe& recipe, int stage,
       hessians.emplace(input, statistics[input]->Hessian());
     }
   }
-  for (int i : stages[stage]) {
+  for (int i : linears) {
     const auto start = std::chrono::steady_clock::now();
     const auto h = hessians.find(static_cast<int>(LinearInput(i)));
     const std::vector<double>* hessian =

@@ -178,6 +178,9 @@ using BlockStatistics =
 // linear at once; AWQ none (its search reads the whole calibration set).
 // Linears kept in floating point are left out (a stage may be empty).
 std::vector<std::vector<int>> CalibrationStages(const BlockRecipe& recipe);
+// Stage `stage`'s linears; InvalidArgument naming a stage that is not there.
+absl::StatusOr<std::vector<int>> CalibrationStage(const BlockRecipe& recipe,
+                                                  int stage);
 
 struct SequenceRange {
   int64_t first = 0, count = 0;

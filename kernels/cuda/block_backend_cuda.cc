@@ -777,24 +777,12 @@ absl::Status CudaBlockBackend::ForwardBlock(const LlamaForward& forward,
   return absl::OkStatus();
 }
 
-// The stage's linears, as the CPU engine names a stage that is not there.
-absl::StatusOr<std::vector<int>> StageLinears(const BlockRecipe& recipe,
-                                              int stage) {
-  std::vector<std::vector<int>> stages = CalibrationStages(recipe);
-  if (stage < 0 || stage >= static_cast<int>(stages.size())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("no calibration stage ", stage, " in a ",
-                     QuantMethodName(recipe.method), " recipe of ",
-                     stages.size(), " stages"));
-  }
-  return std::move(stages[stage]);
-}
-
 absl::StatusOr<BlockStatistics> CudaBlockBackend::CaptureStageStatistics(
     const LlamaForward& forward, const DecoderBlockWeights& weights,
     const BlockRecipe& recipe, int stage, int64_t sequences, int64_t seq_len,
     const float* hidden) {
-  ASSIGN_OR_RETURN(const std::vector<int> linears, StageLinears(recipe, stage));
+  ASSIGN_OR_RETURN(const std::vector<int> linears,
+                   CalibrationStage(recipe, stage));
   if (sequences <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("stage ", stage, ": no calibration sequences to capture"));
@@ -811,7 +799,8 @@ absl::StatusOr<BlockStatistics> CudaBlockBackend::CaptureStageStatistics(
 absl::Status CudaBlockBackend::SolveStage(const BlockRecipe& recipe, int stage,
                                           const BlockStatistics& statistics,
                                           BlockResult& partial) {
-  ASSIGN_OR_RETURN(const std::vector<int> linears, StageLinears(recipe, stage));
+  ASSIGN_OR_RETURN(const std::vector<int> linears,
+                   CalibrationStage(recipe, stage));
   RETURN_IF_ERROR(context_->Activate());
   DeviceBlockQuantizer quantizer(*context_, nullptr, recipe, 0, 0, nullptr,
                                  nullptr);
