@@ -1,6 +1,7 @@
 #include "worker/worker_session.h"
 
 #include <omp.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -135,35 +136,15 @@ bool IsWithinRoot(const std::string& path, const std::string& root) {
 // whose mapping the task then reads (what was verified is what is used),
 // and adds the bytes verified to `bytes`; FailedPrecondition naming the
 // first tensor that differs.
-absl::StatusOr<std::shared_ptr<const SafetensorsCheckpoint>> VerifyModelTensors(
-    const std::string& model_dir,
-    const std::vector<const v1::TensorInfo*>& tensors, uint64_t* bytes) {
-  ASSIGN_OR_RETURN(std::shared_ptr<const SafetensorsCheckpoint> model,
-                   SafetensorsCheckpoint::Open(model_dir));
-  for (const v1::TensorInfo* info : tensors) {
-    ASSIGN_OR_RETURN(const TensorView view, model->Get(info->name()));
-    if (SafetensorsDTypeName(view.dtype) != info->dtype() ||
-        !std::equal(view.shape.begin(), view.shape.end(), info->shape().begin(),
-                    info->shape().end()) ||
-        view.nbytes != info->size_bytes()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(info->name(), " in ", model_dir,
-                       " is not the tensor the coordinator planned with"));
-    }
-    Sha256 sha256;
-    RETURN_IF_ERROR(model->ForEachWindow(view, 64 << 20,
-                                         [&](const uint8_t* data, size_t size) {
-                                           sha256.Update(data, size);
-                                           return absl::OkStatus();
-                                         }));
-    if (HexOf(sha256.Finish()) != info->sha256()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(info->name(), " in ", model_dir,
-                       " differs from the SHA-256 recorded at planning"));
-    }
-    *bytes += view.nbytes;
+// What identifies a file's version: device, inode, size and modification
+// time (a replaced or rewritten file has another).
+absl::StatusOr<std::string> FileVersion(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) {
+    return absl::NotFoundError(absl::StrCat("cannot stat ", path));
   }
-  return model;
+  return absl::StrCat(st.st_dev, ":", st.st_ino, ":", st.st_size, ":",
+                      st.st_mtim.tv_sec, ".", st.st_mtim.tv_nsec);
 }
 
 std::string RefName(const v1::TaskRef& ref) {
@@ -842,9 +823,9 @@ void WorkerSession::FindLocalInputs(Task* task) {
     weights.push_back(&input);
   }
   if (weights.empty()) return;  // A quantized block's forward reads none.
-  uint64_t bytes = 0;
+  uint64_t hashed = 0, known = 0;
   absl::StatusOr<std::shared_ptr<const SafetensorsCheckpoint>> verified =
-      VerifyModelTensors(model_dir, weights, &bytes);
+      VerifyModelTensors(model_dir, weights, &hashed, &known);
   if (!verified.ok()) {
     Log(absl::StrCat("task ", name,
                      ": fetching the weights: ", verified.status().message()));
@@ -852,11 +833,65 @@ void WorkerSession::FindLocalInputs(Task* task) {
   }
   task->local.model = *std::move(verified);
   for (const v1::TensorInfo* input : weights) task->skip.insert(input->name());
-  Log(absl::StrCat("task ", name, ": reads the weights from ", model_dir, " (",
-                   bytes, " bytes, SHA-256 verified)"));
+  Log(absl::StrCat(
+      "task ", name, ": reads the weights from ", model_dir, " (",
+      hashed + known, " bytes, SHA-256 verified",
+      known > 0 ? absl::StrCat("; ", known, " of them by an earlier task, ",
+                               "their files unchanged since")
+                : "",
+      ")"));
   if (options_.metrics != nullptr) {
-    options_.metrics->AddLocalInputBytes("model_root", bytes);
+    options_.metrics->AddLocalInputBytes("model_root", hashed + known);
   }
+}
+
+absl::StatusOr<std::shared_ptr<const SafetensorsCheckpoint>>
+WorkerSession::VerifyModelTensors(
+    const std::string& model_dir,
+    const std::vector<const v1::TensorInfo*>& tensors, uint64_t* hashed,
+    uint64_t* known) {
+  ASSIGN_OR_RETURN(std::shared_ptr<const SafetensorsCheckpoint> model,
+                   SafetensorsCheckpoint::Open(model_dir));
+  for (const v1::TensorInfo* info : tensors) {
+    ASSIGN_OR_RETURN(const TensorView view, model->Get(info->name()));
+    if (SafetensorsDTypeName(view.dtype) != info->dtype() ||
+        !std::equal(view.shape.begin(), view.shape.end(), info->shape().begin(),
+                    info->shape().end()) ||
+        view.nbytes != info->size_bytes()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(info->name(), " in ", model_dir,
+                       " is not the tensor the coordinator planned with"));
+    }
+    const std::string key =
+        absl::StrCat(model_dir, "\n", info->name(), "\n", info->sha256());
+    ASSIGN_OR_RETURN(const std::string version,
+                     FileVersion(model->FileOf(info->name())->path()));
+    {
+      absl::MutexLock lock(&verified_mu_);
+      const auto found = verified_.find(key);
+      if (found != verified_.end() && found->second == version) {
+        *known += view.nbytes;
+        continue;
+      }
+    }
+    Sha256 sha256;
+    RETURN_IF_ERROR(model->ForEachWindow(view, 64 << 20,
+                                         [&](const uint8_t* data, size_t size) {
+                                           sha256.Update(data, size);
+                                           return absl::OkStatus();
+                                         }));
+    if (HexOf(sha256.Finish()) != info->sha256()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(info->name(), " in ", model_dir,
+                       " differs from the SHA-256 recorded at planning"));
+    }
+    // The version read before hashing: a file changed meanwhile is hashed
+    // again next time.
+    absl::MutexLock lock(&verified_mu_);
+    verified_[key] = version;
+    *hashed += view.nbytes;
+  }
+  return model;
 }
 
 void WorkerSession::Hold(

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -33,6 +34,7 @@
 #include "absl/time/time.h"
 #include "common/auth.h"
 #include "common/metrics.h"
+#include "format/safetensors.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
 #include "kernels/cpu/compute_kernel.h"
@@ -197,6 +199,14 @@ class WorkerSession {
       Task* task, const std::string& worker_id,
       const std::vector<std::pair<std::string, std::string>>& outputs,
       bool* local_fault, bool deferred = false);
+  // The model tensors `tensors` in `model_dir` (the root this worker sees),
+  // each checked against the shape and SHA-256 its spec names; `hashed`
+  // and `known` count the bytes hashed here and those verified by an
+  // earlier task in a file unchanged since (verified_).
+  absl::StatusOr<std::shared_ptr<const SafetensorsCheckpoint>>
+  VerifyModelTensors(const std::string& model_dir,
+                     const std::vector<const v1::TensorInfo*>& tensors,
+                     uint64_t* hashed, uint64_t* known);
   // CompleteTask / FailTask, retried until the lease would have expired.
   Outcome Complete(Task* task, double seconds, const ComputeKernel& kernel,
                    const std::vector<v1::DeferredOutput>& deferred);
@@ -217,6 +227,14 @@ class WorkerSession {
   std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
   std::deque<DeferredUpload> deferred_ ABSL_GUARDED_BY(mu_);
   bool leasing_done_ ABSL_GUARDED_BY(mu_) = false;
+
+  // Model tensors verified against the SHA-256 a spec named, by model
+  // directory, name and SHA-256, with the version (FileVersion: device,
+  // inode, size, mtime) of the file holding each then: a data-parallel
+  // job's captures and solves read one block's weights many times, and a
+  // tensor in an unchanged file is not hashed again.
+  absl::Mutex verified_mu_;
+  std::map<std::string, std::string> verified_ ABSL_GUARDED_BY(verified_mu_);
 
   // Serializes RegisterWorker calls (the heartbeat thread and the task may
   // both find the worker forgotten); held across the call.

@@ -537,8 +537,12 @@ TEST_F(WorkerSessionTest, ReadsVerifiedWeightsFromASharedModelRoot) {
   ServedTask mismatched = direct;
   mismatched.ref.set_task_index(1);
   (*mismatched.spec.mutable_inputs())[2].set_sha256(std::string(64, '0'));
+  // The same weights again: verified by task 0, their file unchanged.
+  ServedTask again = direct;
+  again.ref.set_task_index(2);
   fake_.AddTask(direct);
   fake_.AddTask(mismatched);
+  fake_.AddTask(again);
   WorkerOptions options = Options();
   options.shared_model_roots = {*dir_};
   std::vector<std::string> lines;
@@ -548,15 +552,30 @@ TEST_F(WorkerSessionTest, ReadsVerifiedWeightsFromASharedModelRoot) {
     lines.push_back(line);
   };
   Start(options);
-  ASSERT_TRUE(fake_.WaitFor([&] { return fake_.completes.size() == 2; }));
+  ASSERT_TRUE(fake_.WaitFor([&] { return fake_.completes.size() == 3; }));
+  // The files rewritten (another mtime): their tensors are hashed again.
+  int touched = 0;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(*dir_ + "/model")) {
+    if (entry.path().extension() != ".safetensors") continue;
+    std::filesystem::last_write_time(
+        entry.path(), std::filesystem::last_write_time(entry.path()) +
+                          std::chrono::seconds(1));
+    ++touched;
+  }
+  ASSERT_GT(touched, 0);
+  ServedTask rewritten = direct;
+  rewritten.ref.set_task_index(3);
+  fake_.AddTask(rewritten);
+  ASSERT_TRUE(fake_.WaitFor([&] { return fake_.completes.size() == 4; }));
   DrainAndJoin();
   absl::MutexLock lock(&fake_.mu_);
   EXPECT_TRUE(fake_.violations.empty()) << fake_.violations[0];
-  // Task 0 fetched nothing; task 1 fetched every input.
+  // Tasks 0, 2 and 3 fetched nothing; task 1 fetched every input.
   ASSERT_EQ(fake_.fetches.size(), 1u);
   EXPECT_EQ(fake_.fetches[0].task().task_index(), 1);
   EXPECT_EQ(fake_.fetches[0].skip_size(), 0);
-  for (int index : {0, 1}) {
+  for (int index : {0, 1, 2, 3}) {
     const std::string uploaded = absl::StrCat(*dir_, "/direct-", index);
     ASSERT_TRUE(
         WriteFileAtomically(uploaded, fake_.uploads[index].at(kResultTensor))
@@ -564,13 +583,18 @@ TEST_F(WorkerSessionTest, ReadsVerifiedWeightsFromASharedModelRoot) {
     ExpectSameTensors(uploaded, *reference_result_);
   }
   absl::MutexLock lines_lock(&lines_mu);
-  int direct_lines = 0, refused = 0;
+  int direct_lines = 0, refused = 0, known = 0;
   for (const std::string& line : lines) {
     direct_lines += absl::StrContains(line, "SHA-256 verified");
     refused += absl::StrContains(line, "differs from the SHA-256");
+    if (absl::StrContains(line, "by an earlier task")) {
+      ++known;
+      EXPECT_TRUE(absl::StrContains(line, "task job-1/2 ")) << line;
+    }
   }
-  EXPECT_EQ(direct_lines, 1);
+  EXPECT_EQ(direct_lines, 3);
   EXPECT_EQ(refused, 1);
+  EXPECT_EQ(known, 1);  // Task 2; task 3's file had changed.
   const std::string text = metrics_.TextExposition();
   EXPECT_TRUE(absl::StrContains(
       text, "quant_worker_local_input_bytes_total{source=\"model_root\"}"))
