@@ -885,11 +885,13 @@ WorkerSession::VerifyModelTensors(
           absl::StrCat(info->name(), " in ", model_dir,
                        " differs from the SHA-256 recorded at planning"));
     }
-    // The version read before hashing: a file changed meanwhile is hashed
-    // again next time.
+    *hashed += view.nbytes;
+    // Remembered only if the file kept its version while it was hashed.
+    absl::StatusOr<std::string> after =
+        FileVersion(model->FileOf(info->name())->path());
+    if (!after.ok() || *after != version) continue;
     absl::MutexLock lock(&verified_mu_);
     verified_[key] = version;
-    *hashed += view.nbytes;
   }
   return model;
 }
