@@ -4,7 +4,6 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <chrono>
@@ -145,22 +144,6 @@ bool Admits(Audience audience, Role role) {
 
 absl::string_view AudienceName(Audience audience) {
   return audience == Audience::kWorkers ? "workers" : "clients";
-}
-
-// The file's identity for change detection.
-struct FileStamp {
-  int64_t mtime_ns = -1, size = -1, inode = -1;
-  bool operator==(const FileStamp& o) const {
-    return mtime_ns == o.mtime_ns && size == o.size && inode == o.inode;
-  }
-};
-
-FileStamp StampOf(const std::string& path) {
-  struct stat st;
-  if (stat(path.c_str(), &st) != 0) return {};
-  return {static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 +
-              st.st_mtim.tv_nsec,
-          static_cast<int64_t>(st.st_size), static_cast<int64_t>(st.st_ino)};
 }
 
 int64_t NowMs() {

@@ -94,6 +94,20 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path);
 absl::Status WriteFileAtomically(const std::string& path,
                                  absl::string_view contents);
 
+// A file's identity for change detection: a replaced or rewritten file has
+// another (device, inode, size, modification time). All -1 when the file
+// cannot be stat'ed.
+struct FileStamp {
+  int64_t device = -1, inode = -1, size = -1, mtime_ns = -1;
+  bool ok() const { return inode >= 0; }
+  bool operator==(const FileStamp& o) const {
+    return device == o.device && inode == o.inode && size == o.size &&
+           mtime_ns == o.mtime_ns;
+  }
+  bool operator!=(const FileStamp& o) const { return !(*this == o); }
+};
+FileStamp StampOf(const std::string& path);
+
 }  // namespace quant
 
 #endif  // COMMON_FILE_H_

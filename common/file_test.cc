@@ -156,5 +156,21 @@ TEST(RenameDurablyTest, RenamesAndNamesFailures) {
   EXPECT_FALSE(SyncDirectory(dir + "/b").ok());  // Not a directory.
 }
 
+// A stamp changes when the file is replaced (another inode), not when it
+// is only read; a missing file has none.
+TEST(FileStampTest, ChangesWithTheFileNotWithReads) {
+  const std::string dir = MakeTestTempDir("file_test");
+  const std::string path = dir + "/stamped";
+  ASSERT_TRUE(WriteFileAtomically(path, "one").ok());
+  const FileStamp first = StampOf(path);
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(first.size, 3);
+  ASSERT_TRUE(ReadFileToString(path).ok());
+  EXPECT_EQ(StampOf(path), first);
+  ASSERT_TRUE(WriteFileAtomically(path, "one").ok());  // Same bytes, new file.
+  EXPECT_NE(StampOf(path), first);
+  EXPECT_FALSE(StampOf(dir + "/missing").ok());
+}
+
 }  // namespace
 }  // namespace quant

@@ -1,7 +1,6 @@
 #include "worker/worker_session.h"
 
 #include <omp.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -136,17 +135,6 @@ bool IsWithinRoot(const std::string& path, const std::string& root) {
 // whose mapping the task then reads (what was verified is what is used),
 // and adds the bytes verified to `bytes`; FailedPrecondition naming the
 // first tensor that differs.
-// What identifies a file's version: device, inode, size and modification
-// time (a replaced or rewritten file has another).
-absl::StatusOr<std::string> FileVersion(const std::string& path) {
-  struct stat st;
-  if (stat(path.c_str(), &st) != 0) {
-    return absl::NotFoundError(absl::StrCat("cannot stat ", path));
-  }
-  return absl::StrCat(st.st_dev, ":", st.st_ino, ":", st.st_size, ":",
-                      st.st_mtim.tv_sec, ".", st.st_mtim.tv_nsec);
-}
-
 std::string RefName(const v1::TaskRef& ref) {
   return absl::StrCat(ref.job_id(), "/", ref.task_index(), " (epoch ",
                       ref.epoch(), ")");
@@ -864,9 +852,9 @@ WorkerSession::VerifyModelTensors(
     }
     const std::string key =
         absl::StrCat(model_dir, "\n", info->name(), "\n", info->sha256());
-    ASSIGN_OR_RETURN(const std::string version,
-                     FileVersion(model->FileOf(info->name())->path()));
-    {
+    const std::string& path = model->FileOf(info->name())->path();
+    const FileStamp version = StampOf(path);
+    if (version.ok()) {
       absl::MutexLock lock(&verified_mu_);
       const auto found = verified_.find(key);
       if (found != verified_.end() && found->second == version) {
@@ -887,9 +875,7 @@ WorkerSession::VerifyModelTensors(
     }
     *hashed += view.nbytes;
     // Remembered only if the file kept its version while it was hashed.
-    absl::StatusOr<std::string> after =
-        FileVersion(model->FileOf(info->name())->path());
-    if (!after.ok() || *after != version) continue;
+    if (!version.ok() || StampOf(path) != version) continue;
     absl::MutexLock lock(&verified_mu_);
     verified_[key] = version;
   }

@@ -33,6 +33,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/auth.h"
+#include "common/file.h"
 #include "common/metrics.h"
 #include "format/safetensors.h"
 #include "grpcpp/channel.h"
@@ -229,12 +230,12 @@ class WorkerSession {
   bool leasing_done_ ABSL_GUARDED_BY(mu_) = false;
 
   // Model tensors verified against the SHA-256 a spec named, by model
-  // directory, name and SHA-256, with the version (FileVersion: device,
+  // directory, name and SHA-256, with the version (StampOf: device,
   // inode, size, mtime) of the file holding each then: a data-parallel
   // job's captures and solves read one block's weights many times, and a
   // tensor in an unchanged file is not hashed again.
   absl::Mutex verified_mu_;
-  std::map<std::string, std::string> verified_ ABSL_GUARDED_BY(verified_mu_);
+  std::map<std::string, FileStamp> verified_ ABSL_GUARDED_BY(verified_mu_);
 
   // Serializes RegisterWorker calls (the heartbeat thread and the task may
   // both find the worker forgotten); held across the call.
