@@ -83,7 +83,7 @@ void MappedFile::Release(size_t offset, size_t length) const {
 }
 
 absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Create(
-    const std::string& final_path) {
+    const std::string& final_path, Durability durability) {
   // mkstemp: a fresh, exclusively created name, so two writers of one path
   // never share a temporary file and a planted link is never followed.
   std::string temp_path = absl::StrCat(final_path, ".tmp.XXXXXX");
@@ -91,7 +91,7 @@ absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Create(
   if (fd < 0) return ErrnoError("cannot create", temp_path);
   ::fchmod(fd, 0644);  // mkstemp creates 0600; outputs are ordinary files.
   return std::unique_ptr<AtomicFileWriter>(
-      new AtomicFileWriter(final_path, std::move(temp_path), fd));
+      new AtomicFileWriter(final_path, std::move(temp_path), fd, durability));
 }
 
 AtomicFileWriter::~AtomicFileWriter() {
@@ -158,7 +158,9 @@ absl::Status AtomicFileWriter::WriteZeros(size_t count) {
 absl::Status AtomicFileWriter::Commit() {
   if (committed_) return absl::OkStatus();
   RETURN_IF_ERROR(FlushBuffer());
-  if (::fsync(fd_) != 0) return ErrnoError("cannot fsync", temp_path_);
+  if (durability_ == Durability::kDurable && ::fsync(fd_) != 0) {
+    return ErrnoError("cannot fsync", temp_path_);
+  }
   if (::close(fd_) != 0) {
     fd_ = -1;
     return ErrnoError("cannot close", temp_path_);
@@ -169,7 +171,9 @@ absl::Status AtomicFileWriter::Commit() {
   }
   committed_ = true;
   // Make the rename itself durable (best effort: the data is already safe).
-  (void)SyncDirectory(DirectoryOf(final_path_));
+  if (durability_ == Durability::kDurable) {
+    (void)SyncDirectory(DirectoryOf(final_path_));
+  }
   return absl::OkStatus();
 }
 

@@ -16,43 +16,52 @@ bool Exists(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0;
 }
 
-TEST(AtomicFileWriterTest, CommitPublishesExactBytes) {
-  const std::string dir = MakeTestTempDir("file_test");
-  const std::string path = dir + "/out.bin";
-  auto writer = AtomicFileWriter::Create(path);
-  ASSERT_TRUE(writer.ok()) << writer.status();
-  ASSERT_TRUE((*writer)->Write("abc").ok());
-  ASSERT_TRUE((*writer)->WriteZeros(5000).ok());
-  // A write larger than the internal buffer goes straight to the file.
-  const std::string big(3 << 20, 'x');
-  ASSERT_TRUE((*writer)->Write(big).ok());
-  EXPECT_EQ((*writer)->offset(), 3u + 5000u + big.size());
-  EXPECT_FALSE(Exists(path)) << "nothing may appear before Commit";
-  ASSERT_TRUE((*writer)->Commit().ok());
-  EXPECT_FALSE(Exists((*writer)->temp_path()));
+constexpr Durability kDurabilities[] = {Durability::kDurable,
+                                        Durability::kScratch};
 
-  auto contents = ReadFileToString(path);
-  ASSERT_TRUE(contents.ok()) << contents.status();
-  ASSERT_EQ(contents->size(), 3u + 5000u + big.size());
-  EXPECT_EQ(contents->substr(0, 3), "abc");
-  EXPECT_EQ(contents->substr(3, 5000), std::string(5000, '\0'));
-  EXPECT_EQ(contents->substr(5003), big);
+// Scratch files skip the fsyncs only: they are published as atomically.
+TEST(AtomicFileWriterTest, CommitPublishesExactBytes) {
+  for (const Durability durability : kDurabilities) {
+    SCOPED_TRACE(durability == Durability::kDurable ? "durable" : "scratch");
+    const std::string dir = MakeTestTempDir("file_test");
+    const std::string path = dir + "/out.bin";
+    auto writer = AtomicFileWriter::Create(path, durability);
+    ASSERT_TRUE(writer.ok()) << writer.status();
+    ASSERT_TRUE((*writer)->Write("abc").ok());
+    ASSERT_TRUE((*writer)->WriteZeros(5000).ok());
+    // A write larger than the internal buffer goes straight to the file.
+    const std::string big(3 << 20, 'x');
+    ASSERT_TRUE((*writer)->Write(big).ok());
+    EXPECT_EQ((*writer)->offset(), 3u + 5000u + big.size());
+    EXPECT_FALSE(Exists(path)) << "nothing may appear before Commit";
+    ASSERT_TRUE((*writer)->Commit().ok());
+    EXPECT_FALSE(Exists((*writer)->temp_path()));
+
+    auto contents = ReadFileToString(path);
+    ASSERT_TRUE(contents.ok()) << contents.status();
+    ASSERT_EQ(contents->size(), 3u + 5000u + big.size());
+    EXPECT_EQ(contents->substr(0, 3), "abc");
+    EXPECT_EQ(contents->substr(3, 5000), std::string(5000, '\0'));
+    EXPECT_EQ(contents->substr(5003), big);
+  }
 }
 
 TEST(AtomicFileWriterTest, AbandonedWriterLeavesNothingBehind) {
-  const std::string dir = MakeTestTempDir("file_test");
-  const std::string path = dir + "/out.bin";
-  ASSERT_TRUE(WriteFileAtomically(path, "old contents").ok());
-  std::string temp_path;
-  {
-    auto writer = AtomicFileWriter::Create(path);
-    ASSERT_TRUE(writer.ok());
-    ASSERT_TRUE((*writer)->Write("partial").ok());
-    temp_path = (*writer)->temp_path();
+  for (const Durability durability : kDurabilities) {
+    const std::string dir = MakeTestTempDir("file_test");
+    const std::string path = dir + "/out.bin";
+    ASSERT_TRUE(WriteFileAtomically(path, "old contents").ok());
+    std::string temp_path;
+    {
+      auto writer = AtomicFileWriter::Create(path, durability);
+      ASSERT_TRUE(writer.ok());
+      ASSERT_TRUE((*writer)->Write("partial").ok());
+      temp_path = (*writer)->temp_path();
+    }
+    EXPECT_FALSE(Exists(temp_path));
+    // The previous complete file is untouched.
+    EXPECT_EQ(*ReadFileToString(path), "old contents");
   }
-  EXPECT_FALSE(Exists(temp_path));
-  // The previous complete file is untouched.
-  EXPECT_EQ(*ReadFileToString(path), "old contents");
 }
 
 TEST(AtomicFileWriterTest, WriteAfterCommitFails) {

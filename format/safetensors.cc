@@ -701,9 +701,9 @@ void SafetensorsCheckpoint::Release(const TensorView& t) const {
 // SafetensorsWriter
 
 absl::StatusOr<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(
-    const std::string& path) {
+    const std::string& path, Durability durability) {
   ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> out,
-                   AtomicFileWriter::Create(path));
+                   AtomicFileWriter::Create(path, durability));
   return std::unique_ptr<SafetensorsWriter>(
       new SafetensorsWriter(path, std::move(out)));
 }

@@ -192,7 +192,7 @@ class SafetensorsCheckpoint {
 class SafetensorsWriter {
  public:
   static absl::StatusOr<std::unique_ptr<SafetensorsWriter>> Create(
-      const std::string& path);
+      const std::string& path, Durability durability = Durability::kDurable);
 
   SafetensorsWriter(const SafetensorsWriter&) = delete;
   SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;

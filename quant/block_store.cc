@@ -36,9 +36,10 @@ Item MakeItem(std::string name, SafetensorsDType dtype,
 }
 
 absl::Status WriteItems(const std::string& path, const std::vector<Item>& items,
-                        const std::map<std::string, std::string>& metadata) {
+                        const std::map<std::string, std::string>& metadata,
+                        Durability durability) {
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWriter> writer,
-                   SafetensorsWriter::Create(path));
+                   SafetensorsWriter::Create(path, durability));
   for (const auto& [key, value] : metadata) writer->SetMetadata(key, value);
   for (const Item& item : items) {
     RETURN_IF_ERROR(writer->AddTensor(item.name, item.dtype, item.shape));
@@ -174,8 +175,8 @@ nlohmann::json BlockReportJson(const BlockResult& result) {
           {"kernel", result.kernel}};
 }
 
-absl::Status SaveBlockResult(const std::string& path,
-                             const BlockResult& result) {
+absl::Status SaveBlockResult(const std::string& path, const BlockResult& result,
+                             Durability durability) {
   std::vector<Item> items;
   for (int i = 0; i < kBlockLinears; ++i) {
     const QuantizedLinear& q = result.quantized[i];
@@ -228,9 +229,10 @@ absl::Status SaveBlockResult(const std::string& path,
     }
     formats.push_back(std::move(format));
   }
-  return WriteItems(path, items,
-                    {{"report", BlockReportJson(result).dump()},
-                     {"formats", formats.dump()}});
+  return WriteItems(
+      path, items,
+      {{"report", BlockReportJson(result).dump()}, {"formats", formats.dump()}},
+      durability);
 }
 
 namespace {
@@ -447,7 +449,8 @@ std::string StatisticsName(int input, const char* sum) {
 }  // namespace
 
 absl::Status SaveBlockStatistics(const std::string& path,
-                                 const BlockStatistics& statistics) {
+                                 const BlockStatistics& statistics,
+                                 Durability durability) {
   // The lower triangle of sum x x^T (all the accumulator adds to), packed
   // row by row: half the bytes of the square.
   std::array<std::vector<double>, kBlockInputs> packed;
@@ -470,7 +473,7 @@ absl::Status SaveBlockStatistics(const std::string& path,
                              SafetensorsDType::kF64, {n}, acc.sum_abs()));
     samples[std::to_string(input)] = acc.samples();
   }
-  return WriteItems(path, items, {{"samples", samples.dump()}});
+  return WriteItems(path, items, {{"samples", samples.dump()}}, durability);
 }
 
 namespace {
@@ -559,11 +562,12 @@ absl::StatusOr<BlockStatistics> LoadBlockStatistics(const std::string& path) {
 
 absl::Status SaveActivations(const std::string& path,
                              const std::vector<float>& hidden,
-                             int64_t sequences, int64_t seq_len, int64_t dim) {
+                             int64_t sequences, int64_t seq_len, int64_t dim,
+                             Durability durability) {
   return WriteItems(path,
                     {MakeItem("hidden", SafetensorsDType::kF32,
                               {sequences, seq_len, dim}, hidden)},
-                    {});
+                    {}, durability);
 }
 
 absl::StatusOr<std::vector<float>> LoadActivations(const std::string& path,

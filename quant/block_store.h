@@ -14,14 +14,17 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/file.h"
 #include "format/safetensors.h"
 #include "nlohmann/json.hpp"
 #include "quant/block_quantizer.h"
 
 namespace quant {
 
-absl::Status SaveBlockResult(const std::string& path,
-                             const BlockResult& result);
+// Saves of this file are durable (fsynced) unless told kScratch: a
+// worker's task outputs are scratch (common/file.h).
+absl::Status SaveBlockResult(const std::string& path, const BlockResult& result,
+                             Durability durability = Durability::kDurable);
 
 // One linear of a saved block result.
 struct SavedLinear {
@@ -91,7 +94,8 @@ absl::Status CheckPartialBlockResult(const std::string& path);
 // exactly, the sums in float64, so that merged again they are bit for bit
 // the statistics merged in memory. Errors name the file and what is wrong.
 absl::Status SaveBlockStatistics(const std::string& path,
-                                 const BlockStatistics& statistics);
+                                 const BlockStatistics& statistics,
+                                 Durability durability = Durability::kDurable);
 absl::StatusOr<BlockStatistics> LoadBlockStatistics(const std::string& path);
 // Adds the statistics stored at `path` into `total` (empty: they become
 // it) without a copy of each shard's sums: a solve holds the merged
@@ -112,7 +116,8 @@ absl::StatusOr<nlohmann::json> LoadBlockReport(const std::string& path);
 // hidden [sequences, seq_len, dim].
 absl::Status SaveActivations(const std::string& path,
                              const std::vector<float>& hidden,
-                             int64_t sequences, int64_t seq_len, int64_t dim);
+                             int64_t sequences, int64_t seq_len, int64_t dim,
+                             Durability durability = Durability::kDurable);
 // InvalidArgument when the stored shape is not [sequences, seq_len, dim].
 absl::StatusOr<std::vector<float>> LoadActivations(const std::string& path,
                                                    int64_t sequences,

@@ -145,8 +145,8 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       std::vector<float> hidden(windows.size() * static_cast<size_t>(dim));
       const LlamaForward forward(model, seq_len);
       RETURN_IF_ERROR(forward.Embed(weights, windows, hidden.data()));
-      RETURN_IF_ERROR(
-          SaveActivations(activations_out, hidden, sequences, seq_len, dim));
+      RETURN_IF_ERROR(SaveActivations(activations_out, hidden, sequences,
+                                      seq_len, dim, Durability::kScratch));
       result.outputs.emplace_back(kActivationsTensor, activations_out);
       break;
     }
@@ -172,8 +172,8 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
                                            options.sequences_per_pass,
                                            hidden.data()));
       result.kernel = compute.kernel();
-      RETURN_IF_ERROR(
-          SaveActivations(activations_out, hidden, sequences, seq_len, dim));
+      RETURN_IF_ERROR(SaveActivations(activations_out, hidden, sequences,
+                                      seq_len, dim, Durability::kScratch));
       result.outputs.emplace_back(kActivationsTensor, activations_out);
       break;
     }
@@ -199,12 +199,13 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       result.kernel = {done->backend, done->kernel};
       const std::string result_path =
           absl::StrCat(output_dir, "/", kResultTensor, ".safetensors");
-      RETURN_IF_ERROR(SaveBlockResult(result_path, *done));
+      RETURN_IF_ERROR(
+          SaveBlockResult(result_path, *done, Durability::kScratch));
       result.outputs.emplace_back(kResultTensor, result_path);
       for (const std::string& name : spec.outputs()) {
         if (name != kActivationsTensor) continue;
-        RETURN_IF_ERROR(
-            SaveActivations(activations_out, hidden, sequences, seq_len, dim));
+        RETURN_IF_ERROR(SaveActivations(activations_out, hidden, sequences,
+                                        seq_len, dim, Durability::kScratch));
         result.outputs.emplace_back(kActivationsTensor, activations_out);
       }
       break;
@@ -225,7 +226,8 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       result.kernel = compute.kernel();
       const std::string path =
           absl::StrCat(output_dir, "/", kStatisticsTensor, ".safetensors");
-      RETURN_IF_ERROR(SaveBlockStatistics(path, statistics));
+      RETURN_IF_ERROR(
+          SaveBlockStatistics(path, statistics, Durability::kScratch));
       result.outputs.emplace_back(kStatisticsTensor, path);
       break;
     }
@@ -270,7 +272,7 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       partial.kernel = result.kernel.kernel;
       const std::string path =
           absl::StrCat(output_dir, "/", kResultTensor, ".safetensors");
-      RETURN_IF_ERROR(SaveBlockResult(path, partial));
+      RETURN_IF_ERROR(SaveBlockResult(path, partial, Durability::kScratch));
       result.outputs.emplace_back(kResultTensor, path);
       break;
     }
