@@ -11,7 +11,8 @@ absl::Status SendTensor(
     const v1::TensorInfo& info, const uint8_t* data, uint64_t offset,
     size_t chunk_bytes, const std::function<bool(const v1::Chunk&)>& emit,
     const std::function<void(size_t)>& sent,
-    const std::function<void(uint64_t from, uint64_t to)>& done_with) {
+    const std::function<void(uint64_t from, uint64_t to)>& done_with,
+    absl::string_view sha256) {
   const uint64_t size = info.size_bytes();
   if (offset > size) {
     return absl::OutOfRangeError(absl::StrCat(info.name(), ": offset ", offset,
@@ -20,13 +21,14 @@ absl::Status SendTensor(
   if (chunk_bytes == 0) {
     return absl::InvalidArgumentError("chunks of zero bytes");
   }
+  const bool hashing = sha256.empty();
   Sha256 hash;
   // A resumed stream still hashes every byte: the prefix a window at a
   // time, each handed back once hashed.
   uint64_t done_to = 0;  // Bytes hashed (and emitted) and handed back.
   while (done_to < offset) {
     const uint64_t n = std::min<uint64_t>(kSendReleaseBytes, offset - done_to);
-    hash.Update(data + done_to, n);
+    if (hashing) hash.Update(data + done_to, n);
     if (done_with) done_with(done_to, done_to + n);
     done_to += n;
   }
@@ -40,11 +42,11 @@ absl::Status SendTensor(
     chunk.set_offset(offset);
     chunk.set_data(data + offset, n);
     chunk.set_crc32c(Crc32c(data + offset, n));
-    hash.Update(data + offset, n);
+    if (hashing) hash.Update(data + offset, n);
     offset += n;
     if (offset == size) {
       chunk.set_last(true);
-      chunk.set_sha256(hash.Finish());
+      chunk.set_sha256(hashing ? hash.Finish() : std::string(sha256));
     }
     if (!emit(chunk)) {
       return absl::CancelledError(

@@ -38,6 +38,44 @@ std::vector<v1::Chunk> Send(const v1::TensorInfo& info,
   return chunks;
 }
 
+// A digest the sender knows goes out as is: the same stream as one hashed
+// there when it is right, and a stream the receiver refuses when it is not
+// (a held file damaged after its commit).
+TEST(ChunkStreamTest, AKnownDigestIsSentAsIs) {
+  const std::vector<uint8_t> data = RandomBytes(10000);
+  const std::vector<v1::Chunk> hashed =
+      Send(Info("t", data.size()), data, 0, 4096);
+  ASSERT_FALSE(hashed.empty());
+  const std::string right = hashed.back().sha256();
+  std::string wrong = right;
+  wrong[0] ^= 0x01;
+  for (const std::string& digest : {right, wrong}) {
+    std::vector<v1::Chunk> chunks;
+    ASSERT_TRUE(SendTensor(
+                    Info("t", data.size()), data.data(), 0, 4096,
+                    [&](const v1::Chunk& c) {
+                      chunks.push_back(c);
+                      return true;
+                    },
+                    {}, {}, digest)
+                    .ok());
+    ASSERT_EQ(chunks.size(), hashed.size());
+    EXPECT_EQ(chunks.back().sha256(), digest);
+    ChunkVerifier verifier("t", data.size());
+    absl::Status status;
+    for (const v1::Chunk& chunk : chunks) {
+      status = verifier.Accept(chunk);
+      if (!status.ok()) break;
+    }
+    if (digest == right) {
+      EXPECT_TRUE(status.ok()) << status;
+      EXPECT_EQ(verifier.sha256(), right);
+    } else {
+      EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
+    }
+  }
+}
+
 // The ranges a sender may drop cover the tensor once, in order, in steps
 // of at most kSendReleaseBytes and a chunk (from a fresh stream, at least
 // kSendReleaseBytes but the last); a resumed stream hands back its prefix

@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/checksum.h"
 #include "common/chunk_stream.h"
@@ -562,6 +563,7 @@ void WorkerSession::UploadDeferred(const DeferredUpload& upload) {
   }
   Task task;
   task.ref = upload.ref;
+  task.uploaded_sha256[upload.name] = upload.sha256;  // Not hashed again.
   absl::Status status;
   for (int attempt = 0;; ++attempt) {
     bool local_fault = false;
@@ -916,6 +918,7 @@ void WorkerSession::Hold(
     upload.ref = task.ref;
     upload.name = output;
     upload.path = task.dir + ".deferred-" + output;
+    upload.sha256 = sha256->second;
     upload.boundary = boundary;
     upload.shard = task.spec.shard();
     std::error_code error;
@@ -1169,6 +1172,12 @@ absl::Status WorkerSession::UploadAttempt(
     // An empty file is mapped as a null pointer; it still goes as one chunk.
     static const uint8_t kNoBytes = 0;
     const uint8_t* data = size > 0 ? (*file)->data() : &kNoBytes;
+    // A deferred upload's file was hashed for its commit.
+    const auto committed = task->uploaded_sha256.find(name);
+    const std::string known_sha256 =
+        deferred && committed != task->uploaded_sha256.end()
+            ? absl::HexStringToBytes(committed->second)
+            : "";
     absl::Status status = SendTensor(
         info, data, /*offset=*/0, static_cast<size_t>(chunk_limit),
         [&](const v1::Chunk& chunk) {
@@ -1197,7 +1206,8 @@ absl::Status WorkerSession::UploadAttempt(
         },
         [&](uint64_t from, uint64_t to) {
           if (size > 0) (*file)->Release(from, to - from);
-        });
+        },
+        known_sha256);
     // A closed stream is the coordinator's to explain (Finish below).
     if (!status.ok() && open) local = std::move(status);
   }

@@ -133,8 +133,9 @@ class WorkerSession {
   struct DeferredUpload {
     v1::TaskRef ref;
     std::string name;
-    std::string path;  // A link to the held file, removed after.
-    int boundary = 0;  // The held file's key, unpinned after.
+    std::string path;    // A link to the held file, removed after.
+    std::string sha256;  // Hex, as committed.
+    int boundary = 0;    // The held file's key, unpinned after.
     int shard = 0;
   };
 
