@@ -128,6 +128,8 @@ for mode in "${modes[@]}"; do
     compute=$(sed -nE "s/.*: ($kinds) task [0-9]+ done in ([0-9.]+) s.*/\2/p" \
       "$work/coordinator-$tag.log" | awk -v l="$layers" '{s += $1} END {printf "%.1f", s / l}')
     stop_service
+    # A 70B job's state and scratch are tens of GB; the output stays for cmp.
+    rm -rf "$work/state-$tag" "$work/scratch-$tag"-*
     [[ -z $first ]] && first=$seconds
     efficiency=$(awk -v a="$first" -v b="$seconds" -v k="$k" 'BEGIN {printf "%.2f", a / (k * b)}')
     echo "| $mode | $k | $(printf %.1f "$seconds") | $compute | $(mb "$to_workers") |" \
