@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -99,7 +100,12 @@ AtomicFileWriter::~AtomicFileWriter() {
   if (!committed_) ::unlink(temp_path_.c_str());
 }
 
+void AtomicFileWriter::HashContents() {
+  if (hash_ == nullptr && offset_ == 0) hash_ = std::make_unique<Sha256>();
+}
+
 absl::Status AtomicFileWriter::FlushBuffer() {
+  if (hash_ != nullptr) hash_->Update(buffer_);
   size_t done = 0;
   while (done < buffer_.size()) {
     const ssize_t n =
@@ -130,17 +136,25 @@ absl::Status AtomicFileWriter::Write(const void* data, size_t size) {
     offset_ += size;
     return absl::OkStatus();
   }
-  // Large tensors bypass the buffer.
+  // Large tensors bypass the buffer (and are hashed meanwhile).
+  std::thread hashing;
+  if (hash_ != nullptr) {
+    hashing = std::thread([this, data, size] { hash_->Update(data, size); });
+  }
   const char* bytes = static_cast<const char*>(data);
   size_t done = 0;
+  absl::Status status;
   while (done < size) {
     const ssize_t n = ::write(fd_, bytes + done, size - done);
     if (n < 0) {
       if (errno == EINTR) continue;
-      return ErrnoError("cannot write", temp_path_);
+      status = ErrnoError("cannot write", temp_path_);
+      break;
     }
     done += static_cast<size_t>(n);
   }
+  if (hashing.joinable()) hashing.join();
+  if (!status.ok()) return status;
   offset_ += size;
   return absl::OkStatus();
 }
@@ -158,6 +172,7 @@ absl::Status AtomicFileWriter::WriteZeros(size_t count) {
 absl::Status AtomicFileWriter::Commit() {
   if (committed_) return absl::OkStatus();
   RETURN_IF_ERROR(FlushBuffer());
+  if (hash_ != nullptr) sha256_ = hash_->Finish();
   if (durability_ == Durability::kDurable && ::fsync(fd_) != 0) {
     return ErrnoError("cannot fsync", temp_path_);
   }

@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/checksum.h"
 
 namespace quant {
 
@@ -71,6 +72,13 @@ class AtomicFileWriter {
   uint64_t offset() const { return offset_; }
   absl::Status Commit();
 
+  // Before the first Write: the SHA-256 of the contents is computed as they
+  // are written (a large write is hashed on a second thread while it goes
+  // to the file), so that a digest the caller needs costs no second pass.
+  void HashContents();
+  // After Commit: the raw digest, or empty without HashContents.
+  const std::string& sha256() const { return sha256_; }
+
   const std::string& final_path() const { return final_path_; }
   const std::string& temp_path() const { return temp_path_; }
 
@@ -90,6 +98,8 @@ class AtomicFileWriter {
   uint64_t offset_ = 0;
   std::string buffer_;  // Coalesces small writes (headers, metadata).
   bool committed_ = false;
+  std::unique_ptr<Sha256> hash_;  // Of the bytes written, in order.
+  std::string sha256_;
 };
 
 // fsync of a directory: makes the renames and creations in it durable.

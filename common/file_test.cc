@@ -5,6 +5,7 @@
 #include <fstream>
 #include <string>
 
+#include "common/checksum.h"
 #include "common/test_data.h"
 #include "gtest/gtest.h"
 
@@ -62,6 +63,32 @@ TEST(AtomicFileWriterTest, AbandonedWriterLeavesNothingBehind) {
     // The previous complete file is untouched.
     EXPECT_EQ(*ReadFileToString(path), "old contents");
   }
+}
+
+// The digest computed while writing (small writes through the buffer, a
+// large one hashed on a second thread) is the file's.
+TEST(AtomicFileWriterTest, HashedContentsAreTheFilesSha256) {
+  const std::string dir = MakeTestTempDir("file_test");
+  const std::string path = dir + "/out.bin";
+  auto writer = AtomicFileWriter::Create(path, Durability::kScratch);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  (*writer)->HashContents();
+  std::string big(5 << 20, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 31);
+  ASSERT_TRUE((*writer)->Write("header").ok());
+  ASSERT_TRUE((*writer)->Write(big).ok());
+  ASSERT_TRUE((*writer)->WriteZeros(777).ok());
+  ASSERT_TRUE((*writer)->Write(big.substr(0, 1 << 20)).ok());
+  ASSERT_TRUE((*writer)->Commit().ok());
+  const absl::StatusOr<std::string> file = Sha256OfFile(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ((*writer)->sha256(), *file);
+  // Without HashContents there is no digest.
+  auto plain = AtomicFileWriter::Create(dir + "/plain.bin");
+  ASSERT_TRUE(plain.ok());
+  ASSERT_TRUE((*plain)->Write(big).ok());
+  ASSERT_TRUE((*plain)->Commit().ok());
+  EXPECT_TRUE((*plain)->sha256().empty());
 }
 
 TEST(AtomicFileWriterTest, WriteAfterCommitFails) {

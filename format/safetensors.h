@@ -213,6 +213,12 @@ class SafetensorsWriter {
   // on any failure the temporary file is removed.
   absl::Status Finish();
 
+  // Before the first WriteTensorData: the file's SHA-256 is computed as it
+  // is written (AtomicFileWriter::HashContents); sha256() is the raw
+  // digest once finished.
+  void HashContents() { out_->HashContents(); }
+  const std::string& sha256() const { return sha256_; }
+
   const std::string& path() const { return path_; }
 
  private:
@@ -238,7 +244,8 @@ class SafetensorsWriter {
   absl::flat_hash_map<std::string, size_t> by_name_;
   uint64_t data_size_ = 0;
   bool header_written_ = false;
-  bool done_ = false;   // Finished, or failed on I/O: no further calls.
+  bool done_ = false;  // Finished, or failed on I/O: no further calls.
+  std::string sha256_;
   size_t current_ = 0;  // First incomplete tensor once the header is out.
 };
 

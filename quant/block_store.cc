@@ -37,9 +37,10 @@ Item MakeItem(std::string name, SafetensorsDType dtype,
 
 absl::Status WriteItems(const std::string& path, const std::vector<Item>& items,
                         const std::map<std::string, std::string>& metadata,
-                        Durability durability) {
+                        Durability durability, std::string* sha256 = nullptr) {
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWriter> writer,
                    SafetensorsWriter::Create(path, durability));
+  if (sha256 != nullptr) writer->HashContents();
   for (const auto& [key, value] : metadata) writer->SetMetadata(key, value);
   for (const Item& item : items) {
     RETURN_IF_ERROR(writer->AddTensor(item.name, item.dtype, item.shape));
@@ -47,7 +48,9 @@ absl::Status WriteItems(const std::string& path, const std::vector<Item>& items,
   for (const Item& item : items) {
     RETURN_IF_ERROR(writer->WriteTensorData(item.name, item.data, item.bytes));
   }
-  return writer->Finish();
+  RETURN_IF_ERROR(writer->Finish());
+  if (sha256 != nullptr) *sha256 = writer->sha256();
+  return absl::OkStatus();
 }
 
 // Copies tensor `name` of `file` into `out`, checking dtype and shape.
@@ -563,11 +566,11 @@ absl::StatusOr<BlockStatistics> LoadBlockStatistics(const std::string& path) {
 absl::Status SaveActivations(const std::string& path,
                              const std::vector<float>& hidden,
                              int64_t sequences, int64_t seq_len, int64_t dim,
-                             Durability durability) {
+                             Durability durability, std::string* sha256) {
   return WriteItems(path,
                     {MakeItem("hidden", SafetensorsDType::kF32,
                               {sequences, seq_len, dim}, hidden)},
-                    {}, durability);
+                    {}, durability, sha256);
 }
 
 absl::StatusOr<std::vector<float>> LoadActivations(const std::string& path,

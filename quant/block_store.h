@@ -113,11 +113,13 @@ nlohmann::json BlockReportJson(const BlockResult& result);
 // object whose "linears" are kBlockLinears objects, or InvalidArgument.
 absl::StatusOr<nlohmann::json> LoadBlockReport(const std::string& path);
 
-// hidden [sequences, seq_len, dim].
+// hidden [sequences, seq_len, dim]. `sha256` (optional): the file's raw
+// SHA-256, computed while it is written.
 absl::Status SaveActivations(const std::string& path,
                              const std::vector<float>& hidden,
                              int64_t sequences, int64_t seq_len, int64_t dim,
-                             Durability durability = Durability::kDurable);
+                             Durability durability = Durability::kDurable,
+                             std::string* sha256 = nullptr);
 // InvalidArgument when the stored shape is not [sequences, seq_len, dim].
 absl::StatusOr<std::vector<float>> LoadActivations(const std::string& path,
                                                    int64_t sequences,

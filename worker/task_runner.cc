@@ -146,7 +146,8 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       const LlamaForward forward(model, seq_len);
       RETURN_IF_ERROR(forward.Embed(weights, windows, hidden.data()));
       RETURN_IF_ERROR(SaveActivations(activations_out, hidden, sequences,
-                                      seq_len, dim, Durability::kScratch));
+                                      seq_len, dim, Durability::kScratch,
+                                      &result.sha256[kActivationsTensor]));
       result.outputs.emplace_back(kActivationsTensor, activations_out);
       break;
     }
@@ -173,7 +174,8 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
                                            hidden.data()));
       result.kernel = compute.kernel();
       RETURN_IF_ERROR(SaveActivations(activations_out, hidden, sequences,
-                                      seq_len, dim, Durability::kScratch));
+                                      seq_len, dim, Durability::kScratch,
+                                      &result.sha256[kActivationsTensor]));
       result.outputs.emplace_back(kActivationsTensor, activations_out);
       break;
     }
@@ -205,7 +207,8 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       for (const std::string& name : spec.outputs()) {
         if (name != kActivationsTensor) continue;
         RETURN_IF_ERROR(SaveActivations(activations_out, hidden, sequences,
-                                        seq_len, dim, Durability::kScratch));
+                                        seq_len, dim, Durability::kScratch,
+                                        &result.sha256[kActivationsTensor]));
         result.outputs.emplace_back(kActivationsTensor, activations_out);
       }
       break;

@@ -6,6 +6,7 @@
 #define WORKER_TASK_RUNNER_H_
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -25,6 +26,9 @@ struct TaskRunResult {
   std::vector<std::pair<std::string, std::string>> outputs;
   double seconds = 0;
   ComputeKernel kernel;  // What computed it.
+  // Raw SHA-256s of the outputs hashed as they were written (activations,
+  // which a worker may commit by their digest).
+  std::map<std::string, std::string> sha256;
 };
 
 // `inputs_path` holds every tensor of spec.inputs under its name; outputs go

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/checksum.h"
 #include "common/file.h"
 #include "common/test_data.h"
 #include "convert/tiny_llama.h"
@@ -71,6 +72,15 @@ void ExpectSameTensors(const std::string& a, const std::string& b) {
   }
 }
 
+// The activations' SHA-256, computed as they were written, is the file's.
+void ExpectDigestOfFile(const TaskRunResult& result, const std::string& path) {
+  const auto digest = result.sha256.find(kActivationsTensor);
+  ASSERT_NE(digest, result.sha256.end());
+  const absl::StatusOr<std::string> file = Sha256OfFile(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(digest->second, *file);
+}
+
 class TaskRunnerTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -125,6 +135,7 @@ class TaskRunnerTest : public ::testing::Test {
     ASSERT_TRUE(embedded.ok()) << embedded.status();
     ASSERT_EQ(embedded->outputs.size(), 1u);
     *activations = embedded->outputs[0].second;
+    ExpectDigestOfFile(*embedded, *activations);
   }
 
   std::string dir_, model_;
@@ -171,6 +182,7 @@ TEST_F(TaskRunnerTest, BlockChainMatchesTheEngineByteForByte) {
                       BlockResultPath(whole.work_dir, layer));
     if (layer == 0) {
       activations = done->outputs[1].second;
+      ExpectDigestOfFile(*done, activations);
       EXPECT_TRUE(*ReadFileToString(activations) ==
                   *ReadFileToString(ActivationsPath(staged.work_dir, 1)));
     }
