@@ -25,7 +25,8 @@
 # threads per worker; default nproc / K), BACKEND (cpu, or cuda: workers
 # are quant-worker-cuda --backend cuda --devices 0, sharing GPU 0),
 # COORDINATOR_FLAGS (more quant-coordinator flags, e.g.
-# --defer_activations=false).
+# --defer_activations=false), WORKER_FLAGS (more quant-worker flags, e.g.
+# --upload_streams=1).
 set -euo pipefail
 build=$(cd "$1" && pwd)
 work=${2:-/tmp/scale_bench}
@@ -46,6 +47,7 @@ if [[ $backend == cuda ]]; then
   worker_bin=$build/worker/quant-worker-cuda
   worker_args=(--backend cuda --devices 0)
 fi
+worker_args+=(${WORKER_FLAGS:-})
 for bin in "$quantctl" "$coordinator_bin" "$worker_bin"; do
   [[ -x $bin ]] || { echo "missing $bin (build it first)" >&2; exit 1; }
 done
@@ -89,7 +91,7 @@ echo "# One job over several workers"
 echo
 echo "Command: \`bash bench/scale.sh $1${2:+ $2}\` (LAYERS=$layers WORKERS=\"${counts[*]}\"" \
   "MODES=\"${modes[*]}\" SAMPLES=$samples SEQLEN=$seqlen FORMAT=$format SHAPE=$shape BACKEND=$backend" \
-  "COORDINATOR_FLAGS=\"${COORDINATOR_FLAGS:-}\");" \
+  "COORDINATOR_FLAGS=\"${COORDINATOR_FLAGS:-}\" WORKER_FLAGS=\"${WORKER_FLAGS:-}\");" \
   "$(date -u +%Y-%m-%d); commit $(git -C "$here/.." rev-parse --short HEAD 2>/dev/null || echo '?')" \
   "(uncommitted changes: $(git -C "$here/.." status --porcelain 2>/dev/null | wc -l) files)."
 echo "Machine: \`nproc\` = $(nproc), $(lscpu | grep 'Model name' | sed 's/  */ /g')," \

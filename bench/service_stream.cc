@@ -11,8 +11,11 @@
 //    and its real output "result" is uploaded: worker -> coordinator is
 //    UploadResult of that file in chunks (SendTensor, as the worker sends
 //    it), repeated for the same lease (each call replaces the previous
-//    upload; the coordinator checks every chunk and fsyncs the file), then
-//    CompleteTask commits the last one.
+//    upload; the coordinator checks every chunk and fsyncs the file), in
+//    one stream and as several side by side (a striped upload, proto
+//    UploadStripe, as the worker sends 256 MiB or more: each stream's
+//    chunks checked and written by its own thread, the SHA-256 taken in
+//    order as units complete), then CompleteTask commits the last one.
 // A baseline pass over the same bytes in this process (memcpy, CRC-32C,
 // SHA-256, and CRC-32C + SHA-256 chunk by chunk, which is what each side of
 // a stream computes per byte) gives the checksum-bound ceiling.
@@ -21,7 +24,8 @@
 // timed runs after one untimed warm-up.
 //
 // Usage: service_stream [--model=DIR] [--hidden=2048] [--layers=2]
-//   [--bits=8] [--reps=5] [--chunks=1,4] (MiB) [--tmp=DIR]
+//   [--bits=8] [--reps=5] [--chunks=1,4] (MiB) [--streams=1,4]
+//   [--unit_mib=16] [--tmp=DIR]
 // Without --model a random-weight Llama (convert/tiny_llama.h) with the
 // given hidden size (intermediate 2.75x) is written to the temp directory.
 #include <unistd.h>
@@ -77,6 +81,8 @@ struct Options {
   int bits = 8;
   int reps = 5;
   std::vector<int> chunk_mib = {1, 4};
+  std::vector<int> streams = {1, 4};
+  uint64_t unit_mib = 16;
   std::string tmp;
 };
 
@@ -203,8 +209,68 @@ absl::StatusOr<uint64_t> Upload(
   return response.bytes_received();
 }
 
+// The same upload as `streams` UploadResult streams side by side (proto
+// UploadStripe), in units of `unit_bytes`, as the worker sends a large one:
+// the manifest's digests are known (the worker hashes while writing).
+absl::StatusOr<uint64_t> UploadStriped(
+    v1::WorkerGateway::Stub* stub, const v1::TaskRef& ref,
+    const std::vector<std::pair<std::string, std::string>>& outputs,
+    size_t chunk_bytes, int streams, uint64_t unit_bytes,
+    const std::vector<std::string>& sha256, const std::string& upload_id) {
+  std::vector<std::unique_ptr<MappedFile>> files;
+  std::vector<StripedTensor> tensors;
+  v1::UploadStripe stripe;
+  stripe.set_upload_id(upload_id);
+  stripe.set_count(streams);
+  stripe.set_unit_bytes(unit_bytes);
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    ASSIGN_OR_RETURN(files.emplace_back(), MappedFile::Open(outputs[i].second));
+    tensors.push_back(
+        {outputs[i].first, files.back()->data(), files.back()->size()});
+    v1::DeferredOutput* entry = stripe.add_outputs();
+    entry->set_name(outputs[i].first);
+    entry->set_sha256(sha256[i]);
+    entry->set_size_bytes(files.back()->size());
+  }
+  std::vector<absl::Status> statuses(streams);
+  std::vector<uint64_t> acked(streams, 0);
+  const auto send = [&](int index) {
+    std::unique_ptr<grpc::ClientContext> context = Context(600);
+    v1::UploadResultResponse response;
+    std::unique_ptr<grpc::ClientWriter<v1::UploadResultRequest>> writer =
+        stub->UploadResult(context.get(), &response);
+    v1::UploadResultRequest request;
+    *request.mutable_task() = ref;
+    *request.mutable_stripe() = stripe;
+    request.mutable_stripe()->set_index(index);
+    bool open = writer->Write(request);
+    request.Clear();
+    if (open) {
+      (void)SendStripe(tensors, index, streams, unit_bytes, chunk_bytes,
+                       [&](const v1::Chunk& chunk) {
+                         *request.mutable_chunk() = chunk;  // As the worker.
+                         open = writer->Write(request);
+                         return open;
+                       });
+    }
+    if (open) writer->WritesDone();
+    statuses[index] = FromGrpc(writer->Finish(), "UploadResult");
+    acked[index] = response.bytes_received();
+  };
+  std::vector<std::thread> threads;
+  for (int i = 0; i < streams; ++i) threads.emplace_back(send, i);
+  for (std::thread& thread : threads) thread.join();
+  uint64_t total = 0;
+  for (int i = 0; i < streams; ++i) {
+    RETURN_IF_ERROR(statuses[i]);
+    total += acked[i];
+  }
+  return total;
+}
+
 struct Row {
   std::string direction;
+  int streams = 1;
   int chunk_mib = 0;
   uint64_t bytes = 0;
   double seconds = 0;
@@ -390,7 +456,7 @@ absl::Status Run(const Options& options) {
     ASSIGN_OR_RETURN(const double fetch_seconds,
                      MedianSeconds(options.reps, fetch_once));
     rows.push_back(
-        {"coordinator -> worker (FetchInputs)", mib, total, fetch_seconds});
+        {"coordinator -> worker (FetchInputs)", 1, mib, total, fetch_seconds});
 
     // The block, run once on the fetched inputs: its real outputs.
     if (outputs.empty()) {
@@ -405,17 +471,31 @@ absl::Status Run(const Options& options) {
     for (const auto& output : outputs)
       out_bytes += fs::file_size(output.second);
 
-    // worker -> coordinator, then the commit.
-    auto upload_once = [&]() -> absl::Status {
-      ASSIGN_OR_RETURN(const uint64_t acked,
-                       Upload(gateway.get(), ref, outputs, chunk_bytes));
-      if (acked != out_bytes) return absl::DataLossError("short upload");
-      return absl::OkStatus();
-    };
-    ASSIGN_OR_RETURN(const double upload_seconds,
-                     MedianSeconds(options.reps, upload_once));
-    rows.push_back({"worker -> coordinator (UploadResult)", mib, out_bytes,
-                    upload_seconds});
+    std::vector<std::string> out_sha256;
+    for (const auto& output : outputs) {
+      ASSIGN_OR_RETURN(const std::string sha256, Sha256OfFile(output.second));
+      out_sha256.push_back(HexOf(sha256));
+    }
+
+    // worker -> coordinator in 1 or more streams, then the commit.
+    int attempt = 0;
+    for (const int streams : options.streams) {
+      auto upload_once = [&]() -> absl::Status {
+        ASSIGN_OR_RETURN(
+            const uint64_t acked,
+            streams == 1
+                ? Upload(gateway.get(), ref, outputs, chunk_bytes)
+                : UploadStriped(gateway.get(), ref, outputs, chunk_bytes,
+                                streams, options.unit_mib << 20, out_sha256,
+                                absl::StrCat("bench-", ++attempt)));
+        if (acked != out_bytes) return absl::DataLossError("short upload");
+        return absl::OkStatus();
+      };
+      ASSIGN_OR_RETURN(const double upload_seconds,
+                       MedianSeconds(options.reps, upload_once));
+      rows.push_back({"worker -> coordinator (UploadResult)", streams, mib,
+                      out_bytes, upload_seconds});
+    }
     v1::CompleteTaskRequest complete;
     *complete.mutable_task() = ref;
     complete.set_seconds(1);
@@ -452,17 +532,18 @@ absl::Status Run(const Options& options) {
       "Model: %s; task %s. Median of %d timed runs after a warm-up.\n\n",
       model.c_str(), task_text.c_str(), options.reps);
   std::printf(
-      "| direction | chunk | MB | seconds (median of %d) | MB/s | of CRC-32C + "
-      "SHA-256 rate |\n| --- | --- | --- | --- | --- | --- |\n",
+      "| direction | streams | chunk | MB | seconds (median of %d) | MB/s | of "
+      "CRC-32C + SHA-256 rate |\n| --- | --- | --- | --- | --- | --- | --- "
+      "|\n",
       options.reps);
   for (const Row& row : rows) {
     const double rate = MBps(row.bytes, row.seconds);
     const double ceiling = row.direction.find("Fetch") != std::string::npos
                                ? ceiling_in
                                : ceiling_out;
-    std::printf("| %s | %d MiB | %.1f | %.3f | %.0f | %.0f%% |\n",
-                row.direction.c_str(), row.chunk_mib, row.bytes / 1e6,
-                row.seconds, rate, 100 * rate / ceiling);
+    std::printf("| %s | %d | %d MiB | %.1f | %.3f | %.0f | %.0f%% |\n",
+                row.direction.c_str(), row.streams, row.chunk_mib,
+                row.bytes / 1e6, row.seconds, rate, 100 * rate / ceiling);
   }
   std::printf(
       "\n| one pass in one thread over the same bytes | MB | seconds (median "
@@ -489,12 +570,17 @@ ABSL_FLAG(int, reps, 5, "Timed runs per measurement");
 ABSL_FLAG(std::vector<std::string>, chunks,
           std::vector<std::string>({"1", "4"}),
           "Chunk sizes to measure, MiB (1 to 8)");
+ABSL_FLAG(std::vector<std::string>, streams,
+          std::vector<std::string>({"1", "4"}),
+          "Upload streams side by side to measure (1 to 64; more than 1: a "
+          "striped upload, as a worker sends 256 MiB or more)");
+ABSL_FLAG(int, unit_mib, 16, "Striped uploads: unit, MiB");
 ABSL_FLAG(std::string, tmp, "", "Temporary directory (default: under /tmp)");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "service_stream [--model=DIR] [--hidden=2048] [--layers=2] [--bits=8] "
-      "[--reps=5] [--chunks=1,4] [--tmp=DIR]");
+      "[--reps=5] [--chunks=1,4] [--streams=1,4] [--unit_mib=16] [--tmp=DIR]");
   absl::ParseCommandLine(argc, argv);
   quant::Options options;
   options.model = absl::GetFlag(FLAGS_model);
@@ -503,6 +589,21 @@ int main(int argc, char** argv) {
   options.bits = absl::GetFlag(FLAGS_bits);
   options.reps = absl::GetFlag(FLAGS_reps);
   options.tmp = absl::GetFlag(FLAGS_tmp);
+  options.unit_mib = absl::GetFlag(FLAGS_unit_mib);
+  options.streams.clear();
+  for (const std::string& text : absl::GetFlag(FLAGS_streams)) {
+    int streams = 0;
+    if (!absl::SimpleAtoi(text, &streams) || streams < 1 || streams > 64) {
+      std::fprintf(stderr, "service_stream: --streams: %s is not 1 to 64\n",
+                   text.c_str());
+      return 2;
+    }
+    options.streams.push_back(streams);
+  }
+  if (options.unit_mib < 1 || options.unit_mib > 1024) {
+    std::fprintf(stderr, "service_stream: --unit_mib is 1 to 1024\n");
+    return 2;
+  }
   options.chunk_mib.clear();
   for (const std::string& chunk : absl::GetFlag(FLAGS_chunks)) {
     int mib = 0;

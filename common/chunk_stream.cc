@@ -62,6 +62,45 @@ absl::Status SendTensor(
   return absl::OkStatus();
 }
 
+absl::Status SendStripe(const std::vector<StripedTensor>& tensors, int index,
+                        int count, uint64_t unit_bytes, size_t chunk_bytes,
+                        const std::function<bool(const v1::Chunk&)>& emit,
+                        const std::function<void(size_t)>& sent,
+                        const std::function<void(size_t tensor, uint64_t from,
+                                                 uint64_t to)>& done_with) {
+  if (count < 1 || index < 0 || index >= count || unit_bytes == 0 ||
+      chunk_bytes == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("stream ", index, " of ", count, " in units of ",
+                     unit_bytes, " bytes, chunks of ", chunk_bytes));
+  }
+  v1::Chunk chunk;
+  for (size_t t = 0; t < tensors.size(); ++t) {
+    const StripedTensor& tensor = tensors[t];
+    for (uint64_t from = index * unit_bytes; from < tensor.size;
+         from += count * unit_bytes) {
+      const uint64_t to = std::min(from + unit_bytes, tensor.size);
+      for (uint64_t at = from; at < to;) {
+        const size_t n =
+            static_cast<size_t>(std::min<uint64_t>(chunk_bytes, to - at));
+        chunk.Clear();
+        chunk.set_tensor(tensor.name);
+        chunk.set_offset(at);
+        chunk.set_data(tensor.data + at, n);
+        chunk.set_crc32c(Crc32c(tensor.data + at, n));
+        if (!emit(chunk)) {
+          return absl::CancelledError(
+              absl::StrCat("the receiver of ", tensor.name, " went away"));
+        }
+        if (sent) sent(n);
+        at += n;
+      }
+      if (done_with) done_with(t, from, to);
+    }
+  }
+  return absl::OkStatus();
+}
+
 ChunkVerifier::ChunkVerifier(std::string tensor, uint64_t size)
     : tensor_(std::move(tensor)), size_(size) {}
 

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -39,6 +40,25 @@ absl::Status SendTensor(
     const std::function<void(size_t)>& sent = {},
     const std::function<void(uint64_t from, uint64_t to)>& done_with = {},
     absl::string_view sha256 = {});
+
+// Stream `index` of a striped upload (proto quant.v1.UploadStripe) of
+// `tensors` over `count` streams: of each tensor in turn, its units of
+// `unit_bytes` u with u % count == index, in order, as chunks of at most
+// `chunk_bytes` (tensor, offset, data, crc32c) that do not cross a unit,
+// to `emit` (false: the receiver is gone; Cancelled). `sent` is told each
+// chunk's size once emitted; `done_with` each unit's tensor and byte range
+// once sent.
+struct StripedTensor {
+  std::string name;
+  const uint8_t* data = nullptr;
+  uint64_t size = 0;
+};
+absl::Status SendStripe(const std::vector<StripedTensor>& tensors, int index,
+                        int count, uint64_t unit_bytes, size_t chunk_bytes,
+                        const std::function<bool(const v1::Chunk&)>& emit,
+                        const std::function<void(size_t)>& sent = {},
+                        const std::function<void(size_t tensor, uint64_t from,
+                                                 uint64_t to)>& done_with = {});
 
 // Checks the chunks of one tensor as they arrive, in order. Each Accept
 // returns DataLoss naming the tensor for a wrong name, an offset out of

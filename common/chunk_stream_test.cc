@@ -186,5 +186,58 @@ TEST(ChunkStreamTest, DamageIsDataLoss) {
             absl::StatusCode::kCancelled);
 }
 
+// The streams of a striped upload carry every byte exactly once between
+// them, each stream its units in order, no chunk across a unit's end.
+TEST(ChunkStreamTest, StripesCoverEveryByteOnce) {
+  const std::vector<uint8_t> big = RandomBytes(10 * 1000 + 17);
+  const std::vector<uint8_t> small = RandomBytes(999);
+  const std::vector<StripedTensor> tensors = {
+      {"big", big.data(), big.size()},
+      {"none", nullptr, 0},
+      {"small", small.data(), small.size()}};
+  constexpr uint64_t kUnit = 1000;
+  for (int count : {1, 3, 12}) {
+    SCOPED_TRACE(count);
+    std::vector<std::vector<int>> seen = {
+        std::vector<int>(big.size()), {}, std::vector<int>(small.size())};
+    for (int index = 0; index < count; ++index) {
+      std::string last_tensor;
+      uint64_t next = 0;
+      uint64_t sent = 0, released = 0;
+      const absl::Status status = SendStripe(
+          tensors, index, count, kUnit, 300,
+          [&](const v1::Chunk& chunk) {
+            const size_t t = chunk.tensor() == "big" ? 0 : 2;
+            const uint64_t at = chunk.offset();
+            const size_t n = chunk.data().size();
+            EXPECT_TRUE(n > 0 && n <= 300);
+            EXPECT_EQ(at / kUnit % count, static_cast<uint64_t>(index));
+            EXPECT_EQ((at + n - 1) / kUnit, at / kUnit) << "crosses a unit";
+            if (chunk.tensor() == last_tensor) EXPECT_GE(at, next);
+            last_tensor = chunk.tensor();
+            next = at + n;
+            EXPECT_EQ(chunk.crc32c(), Crc32c(chunk.data().data(), n));
+            const uint8_t* data = t == 0 ? big.data() : small.data();
+            EXPECT_EQ(chunk.data(),
+                      std::string(reinterpret_cast<const char*>(data + at), n));
+            for (size_t k = 0; k < n; ++k) ++seen[t][at + k];
+            return true;
+          },
+          [&](size_t n) { sent += n; },
+          [&](size_t, uint64_t from, uint64_t to) { released += to - from; });
+      EXPECT_TRUE(status.ok()) << status;
+      EXPECT_EQ(sent, released);
+    }
+    for (const std::vector<int>& counts : seen) {
+      for (int c : counts) ASSERT_EQ(c, 1);
+    }
+  }
+  const auto refuse = [](const v1::Chunk&) { return false; };
+  EXPECT_EQ(SendStripe(tensors, 0, 2, kUnit, 300, refuse).code(),
+            absl::StatusCode::kCancelled);
+  EXPECT_EQ(SendStripe(tensors, 2, 2, kUnit, 300, refuse).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace quant

@@ -254,6 +254,45 @@ TEST_F(CoordinatorTest, AffineWorkersReadTheActivationsTheyHold) {
       << metrics.TextExposition();
 }
 
+// Uploads sent as several streams side by side (the activations committed
+// deferred and the block results alike), in units smaller than the tiny
+// model's tensors so that every stream carries several: the output is the
+// engine's, byte for byte.
+TEST_F(CoordinatorTest, StripedUploadsMatchTheEngineByteForByte) {
+  coordinator_.reset();
+  affinity_ms_ = 30'000;
+  Start();
+  const std::string expected = EngineOutput(engine_, "engine-striped");
+  absl::Mutex mu;
+  std::vector<std::string> lines;
+  StartWorkers(2, [&](WorkerOptions& options) {
+    options.upload_streams = 3;
+    options.striped_upload_bytes = 1;
+    options.stripe_unit_bytes = 4096;
+    options.log = [&](const std::string& line) {
+      absl::MutexLock lock(&mu);
+      lines.push_back(line);
+    };
+  });
+  v1::Job job;
+  const std::string output = dir_ + "/out/striped";
+  ASSERT_TRUE(Submit(Spec(engine_, output), &job).ok());
+  const v1::Job done = Watch(job.job_id());
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error();
+  EXPECT_TRUE(Bytes(output + "/model.safetensors") ==
+              Bytes(expected + "/model.safetensors"));
+  StopWorkers();
+  // The embedding's and block 0's activations (deferred) and both blocks'
+  // results.
+  int striped = 0, deferred = 0;
+  for (const std::string& line : lines) {
+    striped += absl::StrContains(line, "uploaded in 3 streams");
+    deferred += absl::StrContains(line, "committed by SHA-256, uploaded after");
+  }
+  EXPECT_EQ(deferred, 2);
+  EXPECT_EQ(striped, 4);
+}
+
 // Workers that see the model root read every weight there once the
 // coordinator recorded its SHA-256; the output is the engine's.
 TEST_F(CoordinatorTest, WorkersOnASharedRootReadVerifiedWeights) {

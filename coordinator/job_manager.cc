@@ -801,39 +801,98 @@ absl::Status JobManager::FetchInputs(
                         });
 }
 
-absl::Status JobManager::Receive(
-    const JobPlan& plan, const TaskRow& task, int64_t epoch,
+absl::StatusOr<JobManager::ReceivedUpload> JobManager::Receive(
+    const TaskKey& key, const JobPlan& plan, const TaskRow& task, int64_t epoch,
     std::vector<std::string> expected, std::set<std::string> optional,
-    const std::function<bool(v1::UploadResultRequest*)>& read,
-    std::unique_ptr<UploadReceiver>* into) {
+    const v1::UploadResultRequest& header,
+    const std::function<bool(v1::UploadResultRequest*)>& read) {
   const std::string dir = UploadDir(plan.job_dir, task.index, epoch);
-  std::error_code error;
-  fs::remove_all(dir, error);
-  fs::create_directories(dir, error);
-  if (error) return absl::InternalError(absl::StrCat("cannot create ", dir));
+  const auto fresh_dir = [&dir]() -> absl::Status {
+    std::error_code error;
+    fs::remove_all(dir, error);
+    fs::create_directories(dir, error);
+    if (error) return absl::InternalError(absl::StrCat("cannot create ", dir));
+    return absl::OkStatus();
+  };
   // No output is larger than the memory the task was planned to need (its
   // weights, activations and scratch), with room for headers; plans from
   // before that estimate have no bound.
   const int64_t planned = TaskMemoryBytes(plan, task);
-  *into = std::make_unique<UploadReceiver>(
-      dir, std::move(expected),
+  const uint64_t max_output_bytes =
       planned > 0 ? static_cast<uint64_t>(planned) + (uint64_t{64} << 20)
-                  : std::numeric_limits<uint64_t>::max(),
-      std::move(optional));
-  UploadReceiver* receiver = into->get();
+                  : std::numeric_limits<uint64_t>::max();
+  const std::tuple<int64_t, int32_t, int64_t> upload_key{key.job_id, key.index,
+                                                         epoch};
+  ReceivedUpload upload;
+  if (header.has_stripe()) {
+    // The upload's first stream to arrive makes it; a newer attempt's
+    // replaces an older one's, which fails.
+    std::shared_ptr<StripedUpload> striped;
+    {
+      absl::MutexLock lock(&uploads_mu_);
+      std::shared_ptr<StripedUpload>& slot = striped_[upload_key];
+      if (slot == nullptr || !slot->SameUpload(header.stripe())) {
+        if (slot != nullptr) {
+          slot->Abort(absl::AbortedError("a newer upload of the task began"));
+        }
+        slot = nullptr;
+        absl::Status made = fresh_dir();
+        absl::StatusOr<std::shared_ptr<StripedUpload>> created =
+            made.ok() ? StripedUpload::Create(dir, header.stripe(), expected,
+                                              optional, max_output_bytes)
+                      : made;
+        if (!created.ok()) {
+          striped_.erase(upload_key);
+          return created.status();
+        }
+        slot = *std::move(created);
+      }
+      striped = slot;
+    }
+    bool last = false;
+    const absl::Status received = striped->ReceiveStream(
+        header.stripe().index(), read, &upload.bytes, &last);
+    if (!received.ok() || last) {
+      absl::MutexLock lock(&uploads_mu_);
+      const auto it = striped_.find(upload_key);
+      if (it != striped_.end() && it->second == striped) striped_.erase(it);
+    }
+    if (options_.metrics != nullptr) {
+      options_.metrics->AddBytesStreamed("from_worker", upload.bytes);
+    }
+    RETURN_IF_ERROR(received);
+    upload.complete = last;
+    if (last) upload.outputs = striped->received();
+    return upload;
+  }
+  {
+    absl::MutexLock lock(&uploads_mu_);
+    const auto it = striped_.find(upload_key);
+    if (it != striped_.end()) {
+      it->second->Abort(absl::AbortedError("a newer upload of the task began"));
+      striped_.erase(it);
+    }
+  }
+  RETURN_IF_ERROR(fresh_dir());
+  UploadReceiver receiver(dir, std::move(expected), max_output_bytes,
+                          std::move(optional));
   v1::UploadResultRequest message;
   absl::Status received = absl::OkStatus();
   while (received.ok() && read(&message)) {
     received =
         message.has_chunk()
-            ? receiver->Accept(message.chunk())
+            ? receiver.Accept(message.chunk())
             : absl::InvalidArgumentError("an upload sends its task once");
   }
-  if (received.ok()) received = receiver->Finish();
-  if (received.ok() && options_.metrics != nullptr) {
-    options_.metrics->AddBytesStreamed("from_worker", receiver->bytes());
+  if (received.ok()) received = receiver.Finish();
+  RETURN_IF_ERROR(received);
+  if (options_.metrics != nullptr) {
+    options_.metrics->AddBytesStreamed("from_worker", receiver.bytes());
   }
-  return received;
+  upload.complete = true;
+  upload.outputs = receiver.received();
+  upload.bytes = receiver.bytes();
+  return upload;
 }
 
 absl::StatusOr<v1::UploadResultResponse> JobManager::UploadResult(
@@ -844,36 +903,36 @@ absl::StatusOr<v1::UploadResultResponse> JobManager::UploadResult(
         "an upload starts with the task it belongs to");
   }
   const v1::TaskRef ref = message.task();
-  if (message.deferred()) return UploadDeferred(ref, read);
+  if (message.deferred()) return UploadDeferred(message, read);
   ASSIGN_OR_RETURN(const TaskKey key, KeyOf(ref));
   RETURN_IF_ERROR(scheduler_->CheckLease(key, ref.epoch()));
   ASSIGN_OR_RETURN(const JobContext job, Context(key.job_id));
   const TaskRow& task = job.snapshot.tasks[key.index];
-  std::unique_ptr<UploadReceiver> receiver;
-  const absl::Status received =
-      Receive(job.snapshot.plan, task, ref.epoch(),
+  const absl::StatusOr<ReceivedUpload> received =
+      Receive(key, job.snapshot.plan, task, ref.epoch(),
               TaskOutputs(job.snapshot.plan, task),
               {kActivationsTensor},  // Those the commit may defer.
-              read, &receiver);
-  if (received.code() == absl::StatusCode::kInvalidArgument) {
+              message, read);
+  if (received.status().code() == absl::StatusCode::kInvalidArgument) {
     // Outputs the task does not have: the task's (its worker's code's)
     // fault, not the network's.
     (void)scheduler_->Fail(key, ref.epoch(), true,
-                           std::string(received.message()));
+                           std::string(received.status().message()));
   }
-  RETURN_IF_ERROR(received);
-  {
+  RETURN_IF_ERROR(received.status());
+  if (received->complete) {
     absl::MutexLock lock(&uploads_mu_);
-    uploads_[{key.job_id, key.index, ref.epoch()}] = receiver->received();
+    uploads_[{key.job_id, key.index, ref.epoch()}] = received->outputs;
   }
   v1::UploadResultResponse response;
-  response.set_bytes_received(receiver->bytes());
+  response.set_bytes_received(received->bytes);
   return response;
 }
 
 absl::StatusOr<v1::UploadResultResponse> JobManager::UploadDeferred(
-    const v1::TaskRef& ref,
+    const v1::UploadResultRequest& header,
     const std::function<bool(v1::UploadResultRequest*)>& read) {
+  const v1::TaskRef& ref = header.task();
   ASSIGN_OR_RETURN(const TaskKey key, KeyOf(ref));
   ASSIGN_OR_RETURN(const JobContext job, Context(key.job_id));
   if (key.index < 0 ||
@@ -900,11 +959,15 @@ absl::StatusOr<v1::UploadResultResponse> JobManager::UploadDeferred(
     // Uploaded already (a lost reply), or forgotten: nothing is wanted.
     return v1::UploadResultResponse();
   }
-  std::unique_ptr<UploadReceiver> receiver;
-  RETURN_IF_ERROR(Receive(plan, task, ref.epoch(), held, {}, read, &receiver));
+  ASSIGN_OR_RETURN(
+      const ReceivedUpload received,
+      Receive(key, plan, task, ref.epoch(), held, {}, header, read));
+  v1::UploadResultResponse response;
+  response.set_bytes_received(received.bytes);
+  if (!received.complete) return response;  // Another stream commits it.
   ASSIGN_OR_RETURN(const ModelSpec model,
                    LoadModelConfig(job.spec.model_dir()));
-  for (const auto& [name, file] : receiver->received()) {
+  for (const auto& [name, file] : received.outputs) {
     RETURN_IF_ERROR(CommitDeferredOutput(plan.job_dir, plan, task,
                                          model.hidden_size,
                                          job.spec.model_dir(), name, file));
@@ -917,8 +980,6 @@ absl::StatusOr<v1::UploadResultResponse> JobManager::UploadDeferred(
   DropConsumedInputs(plan.job_dir, plan, after.tasks);
   Log(absl::StrFormat("job %d: %s task %d's deferred outputs uploaded",
                       key.job_id, task.kind, key.index));
-  v1::UploadResultResponse response;
-  response.set_bytes_received(receiver->bytes());
   return response;
 }
 

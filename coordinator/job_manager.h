@@ -27,6 +27,7 @@
 #include "common/metrics.h"
 #include "coordinator/job_store.h"
 #include "coordinator/scheduler.h"
+#include "coordinator/striped_upload.h"
 #include "coordinator/tensor_service.h"
 #include "proto/quant/v1/quantization_service.pb.h"
 #include "proto/quant/v1/worker_service.pb.h"
@@ -98,17 +99,26 @@ class JobManager {
   // `read` yields the stream's messages (false at its end).
   absl::StatusOr<v1::UploadResultResponse> UploadResult(
       const std::function<bool(v1::UploadResultRequest*)>& read);
+  // What one upload stream brought: with `complete`, every output (the
+  // upload in one stream, or the last stream of a striped one to end);
+  // else its part of a striped upload.
+  struct ReceivedUpload {
+    bool complete = false;
+    std::map<std::string, UploadReceiver::Received> outputs;
+    uint64_t bytes = 0;
+  };
   // Reads an upload of `expected` outputs of `task` (`optional` ones may
-  // be missing) after its first message into a fresh upload directory of
-  // lease `epoch`, through the receiver it makes in `into`, and finishes it.
-  absl::Status Receive(
-      const JobPlan& plan, const TaskRow& task, int64_t epoch,
-      std::vector<std::string> expected, std::set<std::string> optional,
-      const std::function<bool(v1::UploadResultRequest*)>& read,
-      std::unique_ptr<UploadReceiver>* into);
+  // be missing) after its first message `header` into the upload directory
+  // of lease `epoch` (made afresh by the upload's first stream) and
+  // finishes it.
+  absl::StatusOr<ReceivedUpload> Receive(
+      const TaskKey& key, const JobPlan& plan, const TaskRow& task,
+      int64_t epoch, std::vector<std::string> expected,
+      std::set<std::string> optional, const v1::UploadResultRequest& header,
+      const std::function<bool(v1::UploadResultRequest*)>& read);
   // The rest of UploadResult for outputs a commit deferred.
   absl::StatusOr<v1::UploadResultResponse> UploadDeferred(
-      const v1::TaskRef& ref,
+      const v1::UploadResultRequest& header,
       const std::function<bool(v1::UploadResultRequest*)>& read);
   absl::Status CompleteTask(const v1::CompleteTaskRequest& request);
   absl::Status FailTask(const v1::FailTaskRequest& request);
@@ -177,6 +187,10 @@ class JobManager {
   std::map<std::tuple<int64_t, int32_t, int64_t>,
            std::map<std::string, UploadReceiver::Received>>
       uploads_ ABSL_GUARDED_BY(uploads_mu_);
+  // Striped uploads being received, by (job, task, epoch): one at a time.
+  std::map<std::tuple<int64_t, int32_t, int64_t>,
+           std::shared_ptr<StripedUpload>>
+      striped_ ABSL_GUARDED_BY(uploads_mu_);
 
   std::atomic<bool> stopping_{false};
   std::atomic<int> watchers_{0};

@@ -49,6 +49,8 @@ ABSL_FLAG(int64_t, memory_bytes, 0,
 ABSL_FLAG(int, held_activations, 2,
           "Activations this worker made that it keeps for the next block "
           "(0: none)");
+ABSL_FLAG(int, upload_streams, 4,
+          "Streams side by side for an upload of 256 MiB or more (1: one)");
 ABSL_FLAG(std::string, backend, "cpu",
           "Where block and forward tasks compute: cpu or cuda");
 ABSL_FLAG(std::string, devices, "0",
@@ -127,6 +129,7 @@ int main(int argc, char** argv) {
   options.lease_wait_ms = absl::GetFlag(FLAGS_lease_wait_ms);
   options.shared_model_roots = absl::GetFlag(FLAGS_shared_model_roots);
   options.held_activations = absl::GetFlag(FLAGS_held_activations);
+  options.upload_streams = absl::GetFlag(FLAGS_upload_streams);
   options.memory_bytes = absl::GetFlag(FLAGS_memory_bytes);
   options.log = Log;
 

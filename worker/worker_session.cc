@@ -4,12 +4,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
+#include <random>
 #include <set>
 #include <sstream>
 #include <system_error>
@@ -354,6 +356,14 @@ absl::StatusOr<std::unique_ptr<WorkerSession>> WorkerSession::Create(
     return absl::InvalidArgumentError(
         "worker: rpc_timeout_ms, backoff and transfer_attempts must be "
         "positive, lease_wait_ms not negative");
+  }
+  if (options.upload_streams < 1 || options.upload_streams > 64 ||
+      options.stripe_unit_bytes < 4096 ||
+      options.stripe_unit_bytes > (uint64_t{1} << 30)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "worker: upload_streams is 1 to 64 (not ", options.upload_streams,
+        ") and stripe_unit_bytes 4 KiB to 1 GiB (not ",
+        options.stripe_unit_bytes, ")"));
   }
   std::error_code error;
   std::filesystem::create_directories(options.scratch_dir, error);
@@ -739,6 +749,11 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
                          : Sha256OfFile(path, &bytes);
           }
           if (!sha256.ok()) {  // Not deferred: uploaded now.
+            // A striped upload names its digest up front.
+            const auto written = run->sha256.find(output);
+            if (written != run->sha256.end() && !written->second.empty()) {
+              task.uploaded_sha256[output] = HexOf(written->second);
+            }
             uploaded.emplace_back(output, path);
             continue;
           }
@@ -1147,6 +1162,10 @@ absl::Status WorkerSession::UploadAttempt(
     }
     total += size;
   }
+  if (options_.upload_streams > 1 && total >= options_.striped_upload_bytes) {
+    return UploadStriped(task, worker_id, outputs, local_fault, deferred,
+                         total);
+  }
   const uint64_t chunk_limit =
       static_cast<uint64_t>(registration().max_chunk_bytes);
 
@@ -1229,6 +1248,121 @@ absl::Status WorkerSession::UploadAttempt(
   const absl::Status status = FromGrpcStatus(writer->Finish());
   RETURN_IF_ERROR(local);
   return status;
+}
+
+absl::Status WorkerSession::UploadStriped(
+    Task* task, const std::string& worker_id,
+    const std::vector<std::pair<std::string, std::string>>& outputs,
+    bool* local_fault, bool deferred, uint64_t total) {
+  const int streams = options_.upload_streams;
+  const uint64_t unit = options_.stripe_unit_bytes;
+  const uint64_t chunk_limit =
+      static_cast<uint64_t>(registration().max_chunk_bytes);
+  // The manifest: each output's size and SHA-256, known from its commit or
+  // its writing, else computed here (the streams cannot hash in order).
+  std::vector<std::unique_ptr<MappedFile>> files;
+  std::vector<StripedTensor> tensors;
+  v1::UploadStripe stripe;
+  for (const auto& [name, path] : outputs) {
+    absl::StatusOr<std::unique_ptr<MappedFile>> file = MappedFile::Open(path);
+    if (!file.ok()) {
+      *local_fault = true;
+      return absl::InternalError(
+          absl::StrCat("cannot read output ", name, " (", path, ")"));
+    }
+    v1::DeferredOutput* entry = stripe.add_outputs();
+    entry->set_name(name);
+    entry->set_size_bytes((*file)->size());
+    const auto known = task->uploaded_sha256.find(name);
+    entry->set_sha256(known != task->uploaded_sha256.end()
+                          ? known->second
+                          : HexOf(Sha256Of(absl::string_view(
+                                reinterpret_cast<const char*>((*file)->data()),
+                                (*file)->size()))));
+    files.push_back(*std::move(file));
+    tensors.push_back({name, files.back()->data(), files.back()->size()});
+  }
+  // Faults the coordinator must catch (tests/fault_injection_test.sh).
+  if (!outputs.empty() && Failpoint("worker.upload_wrong_sha")) {
+    std::string& hex = *stripe.mutable_outputs(0)->mutable_sha256();
+    hex[0] = hex[0] == '0' ? '1' : '0';
+  }
+  std::random_device random;
+  stripe.set_upload_id(
+      absl::StrCat(worker_id, "-", absl::Hex(random()), absl::Hex(random())));
+  stripe.set_count(streams);
+  stripe.set_unit_bytes(unit);
+
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  for (int i = 0; i < streams; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    NewContext(contexts.back().get(),
+               StreamTimeout(options_.rpc_timeout_ms, total / streams));
+  }
+  std::vector<absl::Status> statuses(streams);
+  std::atomic<uint64_t> sent{0};
+  const auto send = [&](int index) {
+    grpc::ClientContext& context = *contexts[index];
+    Task::Call call(task, &context);
+    v1::UploadResultResponse response;
+    std::unique_ptr<grpc::ClientWriter<v1::UploadResultRequest>> writer =
+        stub_->UploadResult(&context, &response);
+    v1::UploadResultRequest request;
+    *request.mutable_task() = task->RefAs(worker_id);
+    request.set_deferred(deferred);
+    *request.mutable_stripe() = stripe;
+    request.mutable_stripe()->set_index(index);
+    bool open = writer->Write(request);
+    request.Clear();
+    if (open) {
+      (void)SendStripe(
+          tensors, index, streams, unit, static_cast<size_t>(chunk_limit),
+          [&](const v1::Chunk& chunk) {
+            *request.mutable_chunk() = chunk;
+            if (Failpoint("worker.upload_flip_bit")) {
+              (*request.mutable_chunk()->mutable_data())[0] ^= 0x01;
+            }
+            open = writer->Write(request);
+            return open;
+          },
+          [&](size_t n) {
+            if (options_.metrics != nullptr) {
+              options_.metrics->AddBytesStreamed("from_worker", n);
+            }
+            task->SetProgress("upload",
+                              kComputeEnd + (1 - kComputeEnd) * (sent += n) /
+                                                static_cast<double>(total));
+          },
+          [&](size_t tensor, uint64_t from, uint64_t to) {
+            files[tensor]->Release(from, to - from);
+          });
+    }
+    if (open) writer->WritesDone();
+    statuses[index] = FromGrpcStatus(writer->Finish());
+    // One stream failed: the upload has, and the others need not go on.
+    if (!statuses[index].ok()) {
+      for (const auto& other : contexts) other->TryCancel();
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int i = 1; i < streams; ++i) threads.emplace_back(send, i);
+  send(0);
+  for (std::thread& thread : threads) thread.join();
+  // The first failure that is not another stream's cancellation tells why.
+  absl::Status status = absl::OkStatus();
+  for (const absl::Status& s : statuses) {
+    if (status.ok() || (status.code() == absl::StatusCode::kCancelled &&
+                        s.code() != absl::StatusCode::kCancelled && !s.ok())) {
+      status = s;
+    }
+  }
+  RETURN_IF_ERROR(status);
+  for (const v1::DeferredOutput& entry : stripe.outputs()) {
+    task->uploaded_sha256[entry.name()] = entry.sha256();
+  }
+  Log(absl::StrCat("task ", RefName(task->ref), ": ", total,
+                   " bytes uploaded in ", streams, " streams"));
+  return absl::OkStatus();
 }
 
 absl::Status WorkerSession::CallAboutTask(

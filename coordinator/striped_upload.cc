@@ -1,0 +1,334 @@
+#include "coordinator/striped_upload.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "common/file.h"
+#include "common/status_macros.h"
+
+namespace quant {
+namespace {
+
+constexpr int kMaxStreams = 64;
+constexpr uint64_t kMinUnitBytes = 4096;
+constexpr uint64_t kMaxUnitBytes = uint64_t{1} << 30;
+constexpr size_t kMaxUploadIdBytes = 128;
+constexpr size_t kHashReadBytes = 4 << 20;
+
+bool IsHexDigest(const std::string& hex) {
+  return hex.size() == 2 * Sha256::kDigestSize &&
+         std::all_of(hex.begin(), hex.end(),
+                     [](char c) { return absl::ascii_isxdigit(c); });
+}
+
+absl::Status ErrnoError(const std::string& what, const std::string& path) {
+  return absl::InternalError(
+      absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
+}
+
+}  // namespace
+
+StripedUpload::StripedUpload(const v1::UploadStripe& stripe) : stripe_(stripe) {
+  stream_started_.assign(stripe.count(), false);
+}
+
+absl::StatusOr<std::shared_ptr<StripedUpload>> StripedUpload::Create(
+    const std::string& dir, const v1::UploadStripe& stripe,
+    const std::vector<std::string>& expected,
+    const std::set<std::string>& optional, uint64_t max_output_bytes) {
+  if (stripe.upload_id().empty() ||
+      stripe.upload_id().size() > kMaxUploadIdBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a striped upload's id has 1 to ", kMaxUploadIdBytes,
+                     " bytes, not ", stripe.upload_id().size()));
+  }
+  if (stripe.count() < 1 || stripe.count() > kMaxStreams) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a striped upload has 1 to ", kMaxStreams,
+                     " streams, not ", stripe.count()));
+  }
+  if (stripe.unit_bytes() < kMinUnitBytes ||
+      stripe.unit_bytes() > kMaxUnitBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a striped upload's unit is ", kMinUnitBytes, " to ",
+                     kMaxUnitBytes, " bytes, not ", stripe.unit_bytes()));
+  }
+  std::shared_ptr<StripedUpload> upload(new StripedUpload(stripe));
+  std::set<std::string> named;
+  for (const v1::DeferredOutput& entry : stripe.outputs()) {
+    if (std::find(expected.begin(), expected.end(), entry.name()) ==
+        expected.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "upload of \"", entry.name(), "\", which the task does not output"));
+    }
+    if (!named.insert(entry.name()).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("\"", entry.name(), "\" uploaded twice"));
+    }
+    if (entry.size_bytes() > max_output_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "\"", entry.name(), "\" declares ", entry.size_bytes(),
+          " bytes; this task's outputs take at most ", max_output_bytes));
+    }
+    if (!IsHexDigest(entry.sha256())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "\"", entry.name(), "\": \"", entry.sha256().substr(0, 80),
+          "\" is not a SHA-256 in hex"));
+    }
+    Output& out = upload->outputs_.emplace_back();
+    out.name = entry.name();
+    out.size = entry.size_bytes();
+    out.sha256 = absl::HexStringToBytes(entry.sha256());
+    out.final_path = absl::StrCat(dir, "/", entry.name());
+    out.temp_path = absl::StrCat(dir, "/.", entry.name(), ".striped");
+    out.units = (out.size + stripe.unit_bytes() - 1) / stripe.unit_bytes();
+    out.unit_done.assign(out.units, false);
+  }
+  for (const std::string& name : expected) {
+    if (named.count(name) == 0 && optional.count(name) == 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the upload lacks output \"", name, "\""));
+    }
+  }
+  for (Output& out : upload->outputs_) {
+    out.fd = open(out.temp_path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC,
+                  0644);
+    if (out.fd < 0) return ErrnoError("cannot create", out.temp_path);
+    if (ftruncate(out.fd, static_cast<off_t>(out.size)) != 0) {
+      return ErrnoError("cannot size", out.temp_path);
+    }
+  }
+  return upload;
+}
+
+StripedUpload::~StripedUpload() {
+  for (Output& out : outputs_) {
+    if (out.fd >= 0) close(out.fd);
+    if (!committed_) unlink(out.temp_path.c_str());
+  }
+}
+
+bool StripedUpload::SameUpload(const v1::UploadStripe& stripe) const {
+  if (stripe.upload_id() != stripe_.upload_id() ||
+      stripe.count() != stripe_.count() ||
+      stripe.unit_bytes() != stripe_.unit_bytes() ||
+      stripe.outputs_size() != stripe_.outputs_size()) {
+    return false;
+  }
+  for (int i = 0; i < stripe.outputs_size(); ++i) {
+    const v1::DeferredOutput& a = stripe.outputs(i);
+    const v1::DeferredOutput& b = stripe_.outputs(i);
+    if (a.name() != b.name() || a.sha256() != b.sha256() ||
+        a.size_bytes() != b.size_bytes()) {
+      return false;
+    }
+  }
+  return true;
+}
+
+void StripedUpload::Abort(absl::Status why) { (void)Fail(std::move(why)); }
+
+absl::Status StripedUpload::Fail(absl::Status why) {
+  absl::MutexLock lock(&mu_);
+  if (status_.ok()) status_ = std::move(why);
+  failed_ = true;
+  return status_;
+}
+
+absl::Status StripedUpload::ReceiveStream(
+    int index, const std::function<bool(v1::UploadResultRequest*)>& read,
+    uint64_t* stream_bytes, bool* last) {
+  *stream_bytes = 0;
+  *last = false;
+  const int count = stripe_.count();
+  if (index < 0 || index >= count) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "stream ", index, " of an upload in ", count, " streams")));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (!status_.ok()) return status_;
+    if (stream_started_[index]) {
+      status_ = absl::InvalidArgumentError(absl::StrCat(
+          "stream ", index, " of upload ", stripe_.upload_id(), " came twice"));
+      failed_ = true;
+      return status_;
+    }
+    stream_started_[index] = true;
+  }
+  const uint64_t unit = stripe_.unit_bytes();
+  // Where this stream stands: output o, its unit u, the offset of the next
+  // chunk.
+  size_t o = 0;
+  uint64_t u = index;
+  uint64_t at = 0;
+  const auto settle = [&] {
+    while (o < outputs_.size() && u >= outputs_[o].units) {
+      ++o;
+      u = index;
+    }
+    at = o < outputs_.size() ? u * unit : 0;
+  };
+  settle();
+  v1::UploadResultRequest message;
+  while (read(&message)) {
+    if (failed_) return Fail(absl::AbortedError("failed elsewhere"));
+    if (!message.has_chunk()) {
+      return Fail(absl::InvalidArgumentError("an upload sends its task once"));
+    }
+    const v1::Chunk& chunk = message.chunk();
+    if (o == outputs_.size()) {
+      return Fail(absl::DataLossError(
+          absl::StrCat("stream ", index, ": a chunk of ", chunk.tensor(),
+                       " after the stream's last unit")));
+    }
+    const Output& out = outputs_[o];
+    if (chunk.tensor() != out.name || chunk.offset() != at) {
+      return Fail(absl::DataLossError(absl::StrCat(
+          "stream ", index, ": expected ", out.name, " at offset ", at,
+          ", got a chunk of ", chunk.tensor(), " at ", chunk.offset())));
+    }
+    const uint64_t unit_end = std::min((u + 1) * unit, out.size);
+    const std::string& data = chunk.data();
+    if (data.empty() || at + data.size() > unit_end) {
+      return Fail(absl::DataLossError(absl::StrCat(
+          out.name, ": a chunk of ", data.size(), " bytes at offset ", at,
+          " in the unit ending at ", unit_end)));
+    }
+    if (Crc32c(data.data(), data.size()) != chunk.crc32c()) {
+      return Fail(absl::DataLossError(absl::StrCat(
+          out.name, ": CRC-32C mismatch in the chunk at offset ", at)));
+    }
+    for (size_t done = 0; done < data.size();) {
+      const ssize_t n = pwrite(out.fd, data.data() + done, data.size() - done,
+                               static_cast<off_t>(at + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return Fail(ErrnoError("cannot write", out.temp_path));
+      done += static_cast<size_t>(n);
+    }
+    at += data.size();
+    *stream_bytes += data.size();
+    if (at == unit_end) {
+      RETURN_IF_ERROR(UnitDone(o, u));
+      u += count;
+      settle();
+    }
+  }
+  if (o < outputs_.size()) {
+    return Fail(absl::DataLossError(
+        absl::StrCat("stream ", index, " ended at ", outputs_[o].name,
+                     " offset ", at, " of ", outputs_[o].size)));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (!status_.ok()) return status_;
+    if (++streams_ended_ < count) return absl::OkStatus();
+    // Every unit is written, and no stream is hashing: the outputs of no
+    // bytes (or a last output whose units completed while another stream
+    // hashed) remain.
+    hashing_ = true;
+  }
+  *last = true;
+  RETURN_IF_ERROR(HashWhileReady());
+  {
+    absl::MutexLock lock(&mu_);
+    if (hash_output_ != outputs_.size()) {
+      status_ = absl::InternalError(absl::StrCat(
+          "upload ", stripe_.upload_id(), ": hashing stopped at output ",
+          hash_output_, " unit ", hash_unit_, " with every unit written"));
+      return status_;
+    }
+  }
+  return Commit();
+}
+
+absl::Status StripedUpload::UnitDone(size_t output, uint64_t unit) {
+  {
+    absl::MutexLock lock(&mu_);
+    outputs_[output].unit_done[unit] = true;
+    if (hashing_ || !status_.ok()) return status_;
+    hashing_ = true;
+  }
+  return HashWhileReady();
+}
+
+absl::Status StripedUpload::HashWhileReady() {
+  while (true) {
+    const Output* out;
+    uint64_t unit;
+    {
+      absl::MutexLock lock(&mu_);
+      while (status_.ok() && hash_output_ < outputs_.size() &&
+             hash_unit_ == outputs_[hash_output_].units) {
+        const Output& whole = outputs_[hash_output_];
+        if (hash_.Finish() != whole.sha256) {
+          status_ = absl::DataLossError(
+              absl::StrCat(whole.name, ": SHA-256 mismatch"));
+          failed_ = true;
+        }
+        ++hash_output_;
+        hash_unit_ = 0;
+      }
+      if (!status_.ok() || hash_output_ == outputs_.size() ||
+          !outputs_[hash_output_].unit_done[hash_unit_]) {
+        hashing_ = false;
+        return status_;
+      }
+      out = &outputs_[hash_output_];
+      unit = hash_unit_;
+    }
+    const uint64_t from = unit * stripe_.unit_bytes();
+    const uint64_t to = std::min(from + stripe_.unit_bytes(), out->size);
+    hash_buffer_.resize(std::min<uint64_t>(kHashReadBytes, to - from));
+    absl::Status read = absl::OkStatus();
+    for (uint64_t at = from; at < to && read.ok();) {
+      const ssize_t n = pread(out->fd, hash_buffer_.data(),
+                              std::min<uint64_t>(hash_buffer_.size(), to - at),
+                              static_cast<off_t>(at));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        read = ErrnoError("cannot read back", out->temp_path);
+        break;
+      }
+      hash_.Update(hash_buffer_.data(), static_cast<size_t>(n));
+      at += static_cast<uint64_t>(n);
+    }
+    absl::MutexLock lock(&mu_);
+    if (!read.ok()) {
+      hashing_ = false;
+      if (status_.ok()) status_ = read;
+      failed_ = true;
+      return status_;
+    }
+    ++hash_unit_;
+  }
+}
+
+absl::Status StripedUpload::Commit() {
+  for (Output& out : outputs_) {
+    if (fsync(out.fd) != 0)
+      return Fail(ErrnoError("cannot sync", out.temp_path));
+    close(out.fd);
+    out.fd = -1;
+  }
+  for (const Output& out : outputs_) {
+    const absl::Status renamed = RenameDurably(out.temp_path, out.final_path);
+    if (!renamed.ok()) return Fail(renamed);
+    UploadReceiver::Received& r = received_[out.name];
+    r.path = out.final_path;
+    r.bytes = out.size;
+    r.sha256 = out.sha256;
+  }
+  committed_ = true;
+  return absl::OkStatus();
+}
+
+}  // namespace quant
