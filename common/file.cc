@@ -17,6 +17,7 @@ namespace quant {
 namespace {
 
 constexpr size_t kWriteBufferBytes = 1 << 20;
+constexpr uint64_t kWritebackBytes = 64 << 20;
 
 absl::Status ErrnoError(absl::string_view what, const std::string& path) {
   const int err = errno;
@@ -117,7 +118,20 @@ absl::Status AtomicFileWriter::FlushBuffer() {
     done += static_cast<size_t>(n);
   }
   buffer_.clear();
+  StartWriteback();
   return absl::OkStatus();
+}
+
+void AtomicFileWriter::StartWriteback() {
+  if (durability_ != Durability::kDurable ||
+      offset_ - writeback_from_ < kWritebackBytes) {
+    return;
+  }
+  // A hint: fsync still reports any failure.
+  (void)::sync_file_range(fd_, static_cast<off_t>(writeback_from_),
+                          static_cast<off_t>(offset_ - writeback_from_),
+                          SYNC_FILE_RANGE_WRITE);
+  writeback_from_ = offset_;
 }
 
 absl::Status AtomicFileWriter::Write(const void* data, size_t size) {
@@ -156,6 +170,7 @@ absl::Status AtomicFileWriter::Write(const void* data, size_t size) {
   if (hashing.joinable()) hashing.join();
   if (!status.ok()) return status;
   offset_ += size;
+  StartWriteback();
   return absl::OkStatus();
 }
 

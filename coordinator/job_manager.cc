@@ -1039,10 +1039,22 @@ absl::Status JobManager::CompleteTask(const v1::CompleteTaskRequest& request) {
   RETURN_IF_ERROR(completed);
   {
     absl::MutexLock lock(&uploads_mu_);
+    const auto same_task = [&key](const auto& entry) {
+      return std::get<0>(entry.first) == key.job_id &&
+             std::get<1>(entry.first) == key.index;
+    };
     for (auto it = uploads_.begin(); it != uploads_.end();) {
-      const bool same_task = std::get<0>(it->first) == key.job_id &&
-                             std::get<1>(it->first) == key.index;
-      it = same_task ? uploads_.erase(it) : std::next(it);
+      it = same_task(*it) ? uploads_.erase(it) : std::next(it);
+    }
+    // Striped uploads of older leases that never ended (their worker
+    // died): their files go with their last stream.
+    for (auto it = striped_.begin(); it != striped_.end();) {
+      if (!same_task(*it)) {
+        ++it;
+        continue;
+      }
+      it->second->Abort(absl::AbortedError("the task is committed"));
+      it = striped_.erase(it);
     }
   }
   DropUploads(job.snapshot.plan.job_dir,

@@ -217,6 +217,11 @@ absl::Status StripedUpload::ReceiveStream(
     at += data.size();
     *stream_bytes += data.size();
     if (at == unit_end) {
+      // Writeback starts now, so that the commit's fsync finds little left
+      // to write (8.6 GB per 70B block).
+      (void)sync_file_range(out.fd, static_cast<off_t>(u * unit),
+                            static_cast<off_t>(unit_end - u * unit),
+                            SYNC_FILE_RANGE_WRITE);
       RETURN_IF_ERROR(UnitDone(o, u));
       u += count;
       settle();
