@@ -179,7 +179,7 @@ nlohmann::json BlockReportJson(const BlockResult& result) {
 }
 
 absl::Status SaveBlockResult(const std::string& path, const BlockResult& result,
-                             Durability durability) {
+                             Durability durability, std::string* sha256) {
   std::vector<Item> items;
   for (int i = 0; i < kBlockLinears; ++i) {
     const QuantizedLinear& q = result.quantized[i];
@@ -235,7 +235,7 @@ absl::Status SaveBlockResult(const std::string& path, const BlockResult& result,
   return WriteItems(
       path, items,
       {{"report", BlockReportJson(result).dump()}, {"formats", formats.dump()}},
-      durability);
+      durability, sha256);
 }
 
 namespace {

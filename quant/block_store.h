@@ -22,9 +22,11 @@
 namespace quant {
 
 // Saves of this file are durable (fsynced) unless told kScratch: a
-// worker's task outputs are scratch (common/file.h).
+// worker's task outputs are scratch (common/file.h). `sha256` (optional):
+// the file's raw SHA-256, computed while it is written.
 absl::Status SaveBlockResult(const std::string& path, const BlockResult& result,
-                             Durability durability = Durability::kDurable);
+                             Durability durability = Durability::kDurable,
+                             std::string* sha256 = nullptr);
 
 // One linear of a saved block result.
 struct SavedLinear {

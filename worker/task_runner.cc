@@ -201,8 +201,8 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       result.kernel = {done->backend, done->kernel};
       const std::string result_path =
           absl::StrCat(output_dir, "/", kResultTensor, ".safetensors");
-      RETURN_IF_ERROR(
-          SaveBlockResult(result_path, *done, Durability::kScratch));
+      RETURN_IF_ERROR(SaveBlockResult(result_path, *done, Durability::kScratch,
+                                      &result.sha256[kResultTensor]));
       result.outputs.emplace_back(kResultTensor, result_path);
       for (const std::string& name : spec.outputs()) {
         if (name != kActivationsTensor) continue;
@@ -275,7 +275,8 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       partial.kernel = result.kernel.kernel;
       const std::string path =
           absl::StrCat(output_dir, "/", kResultTensor, ".safetensors");
-      RETURN_IF_ERROR(SaveBlockResult(path, partial, Durability::kScratch));
+      RETURN_IF_ERROR(SaveBlockResult(path, partial, Durability::kScratch,
+                                      &result.sha256[kResultTensor]));
       result.outputs.emplace_back(kResultTensor, path);
       break;
     }

@@ -27,7 +27,8 @@ struct TaskRunResult {
   double seconds = 0;
   ComputeKernel kernel;  // What computed it.
   // Raw SHA-256s of the outputs hashed as they were written (activations,
-  // which a worker may commit by their digest).
+  // which a worker may commit by their digest; block results, which a
+  // striped upload names up front).
   std::map<std::string, std::string> sha256;
 };
 

@@ -72,9 +72,10 @@ void ExpectSameTensors(const std::string& a, const std::string& b) {
   }
 }
 
-// The activations' SHA-256, computed as they were written, is the file's.
-void ExpectDigestOfFile(const TaskRunResult& result, const std::string& path) {
-  const auto digest = result.sha256.find(kActivationsTensor);
+// An output's SHA-256, computed as it was written, is the file's.
+void ExpectDigestOfFile(const TaskRunResult& result, const std::string& path,
+                        const std::string& output = kActivationsTensor) {
+  const auto digest = result.sha256.find(output);
   ASSERT_NE(digest, result.sha256.end());
   const absl::StatusOr<std::string> file = Sha256OfFile(path);
   ASSERT_TRUE(file.ok()) << file.status();
@@ -180,6 +181,7 @@ TEST_F(TaskRunnerTest, BlockChainMatchesTheEngineByteForByte) {
     EXPECT_EQ(done->outputs[0].first, kResultTensor);
     ExpectSameTensors(done->outputs[0].second,
                       BlockResultPath(whole.work_dir, layer));
+    ExpectDigestOfFile(*done, done->outputs[0].second, kResultTensor);
     if (layer == 0) {
       activations = done->outputs[1].second;
       ExpectDigestOfFile(*done, activations);
