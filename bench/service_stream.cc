@@ -13,7 +13,8 @@
 //    it), repeated for the same lease (each call replaces the previous
 //    upload; the coordinator checks every chunk and fsyncs the file), in
 //    one stream and as several side by side (a striped upload, proto
-//    UploadStripe, as the worker sends 256 MiB or more: each stream's
+//    UploadStripe, as the worker sends 256 MiB or more, each stream after
+//    the first on a TCP connection of its own: each stream's
 //    chunks checked and written by its own thread, the SHA-256 taken in
 //    order as units complete), then CompleteTask commits the last one.
 // A baseline pass over the same bytes in this process (memcpy, CRC-32C,
@@ -213,7 +214,7 @@ absl::StatusOr<uint64_t> Upload(
 // UploadStripe), in units of `unit_bytes`, as the worker sends a large one:
 // the manifest's digests are known (the worker hashes while writing).
 absl::StatusOr<uint64_t> UploadStriped(
-    v1::WorkerGateway::Stub* stub, const v1::TaskRef& ref,
+    const std::vector<v1::WorkerGateway::Stub*>& stubs, const v1::TaskRef& ref,
     const std::vector<std::pair<std::string, std::string>>& outputs,
     size_t chunk_bytes, int streams, uint64_t unit_bytes,
     const std::vector<std::string>& sha256, const std::string& upload_id) {
@@ -238,7 +239,7 @@ absl::StatusOr<uint64_t> UploadStriped(
     std::unique_ptr<grpc::ClientContext> context = Context(600);
     v1::UploadResultResponse response;
     std::unique_ptr<grpc::ClientWriter<v1::UploadResultRequest>> writer =
-        stub->UploadResult(context.get(), &response);
+        stubs[index]->UploadResult(context.get(), &response);
     v1::UploadResultRequest request;
     *request.mutable_task() = ref;
     *request.mutable_stripe() = stripe;
@@ -385,6 +386,18 @@ absl::Status Run(const Options& options) {
         target, grpc::InsecureChannelCredentials(), ServiceChannelArguments());
     auto jobs_stub = v1::QuantizationService::NewStub(channel);
     auto gateway = v1::WorkerGateway::NewStub(channel);
+    // A striped upload's streams after the first go on connections of
+    // their own, as the worker's do.
+    std::vector<std::unique_ptr<v1::WorkerGateway::Stub>> stream_gateways;
+    std::vector<v1::WorkerGateway::Stub*> stream_stubs = {gateway.get()};
+    const int most_streams =
+        *std::max_element(options.streams.begin(), options.streams.end());
+    for (int i = 1; i < most_streams; ++i) {
+      stream_gateways.push_back(v1::WorkerGateway::NewStub(
+          grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(),
+                                    ServiceChannelArguments(i))));
+      stream_stubs.push_back(stream_gateways.back().get());
+    }
 
     v1::SubmitJobRequest submit;
     submit.mutable_spec()->set_model_dir(model);
@@ -485,7 +498,7 @@ absl::Status Run(const Options& options) {
             const uint64_t acked,
             streams == 1
                 ? Upload(gateway.get(), ref, outputs, chunk_bytes)
-                : UploadStriped(gateway.get(), ref, outputs, chunk_bytes,
+                : UploadStriped(stream_stubs, ref, outputs, chunk_bytes,
                                 streams, options.unit_mib << 20, out_sha256,
                                 absl::StrCat("bench-", ++attempt)));
         if (acked != out_bytes) return absl::DataLossError("short upload");

@@ -492,8 +492,9 @@ absl::StatusOr<Principal> ServerAuth::Authorize(
 }
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> DialCoordinator(
-    const std::string& target, const ClientAuthOptions& options) {
-  grpc::ChannelArguments args = ServiceChannelArguments();
+    const std::string& target, const ClientAuthOptions& options,
+    int connection) {
+  grpc::ChannelArguments args = ServiceChannelArguments(connection);
   if (options.insecure) {
     return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(),
                                      args);

@@ -138,9 +138,11 @@ class ServerAuth {
 // A channel to the coordinator at `target` ("host:port") with the service's
 // message limits and keepalives: TLS with this process's certificate and a
 // bearer token from `token_file`, or plaintext when `options.insecure`.
-// Files are checked now, as ServerAuth::Create does.
+// Files are checked now, as ServerAuth::Create does. A `connection` > 0
+// gets a TCP connection of its own (ServiceChannelArguments).
 absl::StatusOr<std::shared_ptr<grpc::Channel>> DialCoordinator(
-    const std::string& target, const ClientAuthOptions& options);
+    const std::string& target, const ClientAuthOptions& options,
+    int connection = 0);
 
 // True when `address` ("host:port", "[v6]:port", "unix:...") only accepts
 // connections from this machine.

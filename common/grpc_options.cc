@@ -10,8 +10,12 @@ constexpr int kKeepaliveTimeoutMs = 10'000;
 
 }  // namespace
 
-grpc::ChannelArguments ServiceChannelArguments() {
+grpc::ChannelArguments ServiceChannelArguments(int connection) {
   grpc::ChannelArguments args;
+  if (connection > 0) {
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    args.SetInt("quant.connection", connection);
+  }
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);

@@ -12,8 +12,12 @@ namespace quant {
 // half of it.
 inline constexpr int kMaxMessageBytes = 16 << 20;
 
-// For clients (quantctl, workers).
-grpc::ChannelArguments ServiceChannelArguments();
+// For clients (quantctl, workers). A `connection` > 0 gets a TCP
+// connection of its own instead of sharing one with the process's other
+// channels to the same address: the streams of a striped upload on one
+// connection reached 0.74 GB/s with 8 streams on the GPU machine's Xeon,
+// 1.4 times one stream, and gRPC reads each connection on one thread.
+grpc::ChannelArguments ServiceChannelArguments(int connection = 0);
 // For the coordinator's server.
 void ConfigureServer(grpc::ServerBuilder& builder);
 

@@ -62,7 +62,7 @@ class CoordinatorTest : public ::testing::Test {
 
   void Start() {
     CoordinatorOptions options;
-    options.listen_address = "";  // In-process only.
+    options.listen_address = listen_address_;  // "": in-process only.
     options.jobs.state_dir = dir_ + "/state";
     options.jobs.model_roots = {dir_};
     options.jobs.output_roots = {dir_ + "/out"};
@@ -154,6 +154,7 @@ class CoordinatorTest : public ::testing::Test {
 
   std::string dir_, model_, tokens_;
   int64_t affinity_ms_ = 0;
+  std::string listen_address_;  // "": in-process only.
   QuantizeModelOptions engine_;
   std::unique_ptr<Coordinator> coordinator_;
   std::unique_ptr<v1::QuantizationService::Stub> stub_;
@@ -261,11 +262,16 @@ TEST_F(CoordinatorTest, AffineWorkersReadTheActivationsTheyHold) {
 TEST_F(CoordinatorTest, StripedUploadsMatchTheEngineByteForByte) {
   coordinator_.reset();
   affinity_ms_ = 30'000;
+  // Over TCP: the streams after the first go on connections of their own.
+  listen_address_ = "127.0.0.1:0";
   Start();
   const std::string expected = EngineOutput(engine_, "engine-striped");
   absl::Mutex mu;
   std::vector<std::string> lines;
   StartWorkers(2, [&](WorkerOptions& options) {
+    options.channel = nullptr;
+    options.coordinator = absl::StrCat("127.0.0.1:", coordinator_->port());
+    options.auth.insecure = true;
     options.upload_streams = 3;
     options.striped_upload_bytes = 1;
     options.stripe_unit_bytes = 4096;

@@ -376,15 +376,23 @@ absl::StatusOr<std::unique_ptr<WorkerSession>> WorkerSession::Create(
     return absl::InvalidArgumentError(
         "worker: no coordinator address and no channel");
   }
+  std::vector<std::shared_ptr<grpc::Channel>> upload_channels;
   if (options.channel == nullptr) {
     ASSIGN_OR_RETURN(options.channel,
                      DialCoordinator(options.coordinator, options.auth));
+    for (int i = 1; i < options.upload_streams; ++i) {
+      ASSIGN_OR_RETURN(upload_channels.emplace_back(),
+                       DialCoordinator(options.coordinator, options.auth, i));
+    }
   }
   ASSIGN_OR_RETURN(std::unique_ptr<HeldActivations> held,
                    HeldActivations::Create(options.scratch_dir + "/held",
                                            options.held_activations));
   std::unique_ptr<WorkerSession> session(new WorkerSession(std::move(options)));
   session->held_ = std::move(held);
+  for (const std::shared_ptr<grpc::Channel>& channel : upload_channels) {
+    session->upload_stubs_.push_back(v1::WorkerGateway::NewStub(channel));
+  }
   return session;
 }
 
@@ -1305,8 +1313,12 @@ absl::Status WorkerSession::UploadStriped(
     grpc::ClientContext& context = *contexts[index];
     Task::Call call(task, &context);
     v1::UploadResultResponse response;
+    v1::WorkerGateway::Stub& stub =
+        index > 0 && static_cast<size_t>(index) <= upload_stubs_.size()
+            ? *upload_stubs_[index - 1]
+            : *stub_;
     std::unique_ptr<grpc::ClientWriter<v1::UploadResultRequest>> writer =
-        stub_->UploadResult(&context, &response);
+        stub.UploadResult(&context, &response);
     v1::UploadResultRequest request;
     *request.mutable_task() = task->RefAs(worker_id);
     request.set_deferred(deferred);

@@ -233,6 +233,10 @@ class WorkerSession {
   std::unique_ptr<HeldActivations> held_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::WorkerGateway::Stub> stub_;
+  // Streams 1.. of a striped upload, each on a TCP connection of its own
+  // (one connection is read by one thread on the coordinator); empty with
+  // an injected channel: every stream on stub_.
+  std::vector<std::unique_ptr<v1::WorkerGateway::Stub>> upload_stubs_;
   std::atomic<int> tasks_done_{0};
 
   mutable absl::Mutex mu_;
