@@ -590,6 +590,26 @@ ABSL_FLAG(std::vector<std::string>, streams,
 ABSL_FLAG(int, unit_mib, 16, "Striped uploads: unit, MiB");
 ABSL_FLAG(std::string, tmp, "", "Temporary directory (default: under /tmp)");
 
+namespace {
+
+// A list flag of counts 1 to `most`; false (said on stderr) otherwise.
+bool ParseCounts(const char* flag, const std::vector<std::string>& texts,
+                 int most, std::vector<int>* counts) {
+  counts->clear();
+  for (const std::string& text : texts) {
+    int count = 0;
+    if (!absl::SimpleAtoi(text, &count) || count < 1 || count > most) {
+      std::fprintf(stderr, "service_stream: --%s: %s is not 1 to %d\n", flag,
+                   text.c_str(), most);
+      return false;
+    }
+    counts->push_back(count);
+  }
+  return true;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "service_stream [--model=DIR] [--hidden=2048] [--layers=2] [--bits=8] "
@@ -603,29 +623,15 @@ int main(int argc, char** argv) {
   options.reps = absl::GetFlag(FLAGS_reps);
   options.tmp = absl::GetFlag(FLAGS_tmp);
   options.unit_mib = absl::GetFlag(FLAGS_unit_mib);
-  options.streams.clear();
-  for (const std::string& text : absl::GetFlag(FLAGS_streams)) {
-    int streams = 0;
-    if (!absl::SimpleAtoi(text, &streams) || streams < 1 || streams > 64) {
-      std::fprintf(stderr, "service_stream: --streams: %s is not 1 to 64\n",
-                   text.c_str());
-      return 2;
-    }
-    options.streams.push_back(streams);
+  if (!ParseCounts("streams", absl::GetFlag(FLAGS_streams), 64,
+                   &options.streams) ||
+      !ParseCounts("chunks", absl::GetFlag(FLAGS_chunks), 8,
+                   &options.chunk_mib)) {
+    return 2;
   }
   if (options.unit_mib < 1 || options.unit_mib > 1024) {
     std::fprintf(stderr, "service_stream: --unit_mib is 1 to 1024\n");
     return 2;
-  }
-  options.chunk_mib.clear();
-  for (const std::string& chunk : absl::GetFlag(FLAGS_chunks)) {
-    int mib = 0;
-    if (!absl::SimpleAtoi(chunk, &mib) || mib < 1 || mib > 8) {
-      std::fprintf(stderr, "service_stream: --chunks: %s is not 1 to 8\n",
-                   chunk.c_str());
-      return 2;
-    }
-    options.chunk_mib.push_back(mib);
   }
   if (options.hidden <= 0 || options.hidden % 256 != 0 || options.layers < 1 ||
       options.bits < 2 || options.reps < 1) {

@@ -36,6 +36,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
+std::string Bytes(const std::string& path) { return *ReadFileToString(path); }
+
 class CoordinatorTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -93,6 +95,18 @@ class CoordinatorTest : public ::testing::Test {
       sessions_.push_back(std::move(*session));
       workers_.emplace_back([worker] { (void)worker->Run(); });
     }
+  }
+  // Runs engine_'s job into <dir>/out/<name> and compares its checkpoint
+  // with the engine's in `expected`, byte for byte.
+  void ExpectJobMatchesEngine(const std::string& expected,
+                              const std::string& name) {
+    v1::Job job;
+    const std::string output = dir_ + "/out/" + name;
+    ASSERT_TRUE(Submit(Spec(engine_, output), &job).ok());
+    const v1::Job done = Watch(job.job_id());
+    ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error();
+    EXPECT_TRUE(Bytes(output + "/model.safetensors") ==
+                Bytes(expected + "/model.safetensors"));
   }
   void StopWorkers() {
     for (auto& s : sessions_) s->Drain();
@@ -162,8 +176,6 @@ class CoordinatorTest : public ::testing::Test {
   std::vector<std::thread> workers_;
 };
 
-std::string Bytes(const std::string& path) { return *ReadFileToString(path); }
-
 TEST_F(CoordinatorTest, GptqJobMatchesTheEngineByteForByte) {
   const std::string expected = EngineOutput(engine_, "engine-gptq");
   StartWorkers(2);
@@ -226,13 +238,7 @@ TEST_F(CoordinatorTest, AffineWorkersReadTheActivationsTheyHold) {
       lines.push_back(line);
     };
   });
-  v1::Job job;
-  const std::string output = dir_ + "/out/affine";
-  ASSERT_TRUE(Submit(Spec(engine_, output), &job).ok());
-  const v1::Job done = Watch(job.job_id());
-  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error();
-  EXPECT_TRUE(Bytes(output + "/model.safetensors") ==
-              Bytes(expected + "/model.safetensors"));
+  ExpectJobMatchesEngine(expected, "affine");
   StopWorkers();
   // Both blocks read held activations: 4 x 40 tokens x hidden F32 each.
   int held = 0;
@@ -280,13 +286,7 @@ TEST_F(CoordinatorTest, StripedUploadsMatchTheEngineByteForByte) {
       lines.push_back(line);
     };
   });
-  v1::Job job;
-  const std::string output = dir_ + "/out/striped";
-  ASSERT_TRUE(Submit(Spec(engine_, output), &job).ok());
-  const v1::Job done = Watch(job.job_id());
-  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error();
-  EXPECT_TRUE(Bytes(output + "/model.safetensors") ==
-              Bytes(expected + "/model.safetensors"));
+  ExpectJobMatchesEngine(expected, "striped");
   StopWorkers();
   // The embedding's and block 0's activations (deferred) and both blocks'
   // results.
