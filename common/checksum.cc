@@ -2,6 +2,7 @@
 
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstdio>
@@ -226,6 +227,13 @@ std::string HexOf(absl::string_view bytes) {
     out[2 * i + 1] = kDigits[b & 0xF];
   }
   return out;
+}
+
+bool IsSha256Hex(absl::string_view text) {
+  return text.size() == 2 * Sha256::kDigestSize &&
+         std::all_of(text.begin(), text.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
 }
 
 }  // namespace quant

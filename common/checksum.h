@@ -83,6 +83,8 @@ absl::StatusOr<std::string> Sha256OfFile(const std::string& path,
 
 // `bytes` as lowercase hex, two digits per byte: HexOf("\x01\xab") == "01ab".
 std::string HexOf(absl::string_view bytes);
+// Whether `text` is a SHA-256 as HexOf writes it: 64 lowercase hex digits.
+bool IsSha256Hex(absl::string_view text);
 
 }  // namespace quant
 

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "gtest/gtest.h"
 
 namespace quant {
@@ -189,6 +190,15 @@ TEST(Sha256Test, MoveKeepsState) {
 TEST(HexOfTest, Lowercase) {
   EXPECT_EQ(HexOf(""), "");
   EXPECT_EQ(HexOf(absl::string_view("\x00\x01\xab\xff", 4)), "0001abff");
+}
+
+TEST(HexOfTest, IsSha256HexTakesWhatHexOfWrites) {
+  const std::string digest = HexOf(Sha256Of("abc"));
+  EXPECT_TRUE(IsSha256Hex(digest));
+  EXPECT_FALSE(IsSha256Hex(digest.substr(1)));
+  EXPECT_FALSE(IsSha256Hex(digest + "0"));
+  EXPECT_FALSE(IsSha256Hex(absl::AsciiStrToUpper(digest)));
+  EXPECT_FALSE(IsSha256Hex(std::string(64, 'g')));
 }
 
 // A file is hashed as its bytes are, across the reader's block boundary

@@ -8,7 +8,6 @@
 #include <cstring>
 #include <utility>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/file.h"
@@ -22,12 +21,6 @@ constexpr uint64_t kMinUnitBytes = 4096;
 constexpr uint64_t kMaxUnitBytes = uint64_t{1} << 30;
 constexpr size_t kMaxUploadIdBytes = 128;
 constexpr size_t kHashReadBytes = 4 << 20;
-
-bool IsHexDigest(const std::string& hex) {
-  return hex.size() == 2 * Sha256::kDigestSize &&
-         std::all_of(hex.begin(), hex.end(),
-                     [](char c) { return absl::ascii_isxdigit(c); });
-}
 
 absl::Status ErrnoError(const std::string& what, const std::string& path) {
   return absl::InternalError(
@@ -64,21 +57,10 @@ absl::StatusOr<std::shared_ptr<StripedUpload>> StripedUpload::Create(
   std::shared_ptr<StripedUpload> upload(new StripedUpload(stripe));
   std::set<std::string> named;
   for (const v1::DeferredOutput& entry : stripe.outputs()) {
-    if (std::find(expected.begin(), expected.end(), entry.name()) ==
-        expected.end()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "upload of \"", entry.name(), "\", which the task does not output"));
-    }
-    if (!named.insert(entry.name()).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("\"", entry.name(), "\" uploaded twice"));
-    }
-    if (entry.size_bytes() > max_output_bytes) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "\"", entry.name(), "\" declares ", entry.size_bytes(),
-          " bytes; this task's outputs take at most ", max_output_bytes));
-    }
-    if (!IsHexDigest(entry.sha256())) {
+    RETURN_IF_ERROR(CheckDeclaredOutput(entry.name(), entry.size_bytes(),
+                                        !named.insert(entry.name()).second,
+                                        expected, max_output_bytes));
+    if (!IsSha256Hex(entry.sha256())) {
       return absl::InvalidArgumentError(absl::StrCat(
           "\"", entry.name(), "\": \"", entry.sha256().substr(0, 80),
           "\" is not a SHA-256 in hex"));
@@ -92,12 +74,9 @@ absl::StatusOr<std::shared_ptr<StripedUpload>> StripedUpload::Create(
     out.units = (out.size + stripe.unit_bytes() - 1) / stripe.unit_bytes();
     out.unit_done.assign(out.units, false);
   }
-  for (const std::string& name : expected) {
-    if (named.count(name) == 0 && optional.count(name) == 0) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("the upload lacks output \"", name, "\""));
-    }
-  }
+  RETURN_IF_ERROR(CheckNoOutputMissing(
+      expected, optional,
+      [&named](const std::string& name) { return named.count(name) > 0; }));
   for (Output& out : upload->outputs_) {
     out.fd = open(out.temp_path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC,
                   0644);

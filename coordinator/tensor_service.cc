@@ -191,6 +191,39 @@ absl::Status TaskInputs::Stream(
   return absl::OkStatus();
 }
 
+absl::Status CheckDeclaredOutput(const std::string& name, uint64_t size,
+                                 bool declared_before,
+                                 const std::vector<std::string>& expected,
+                                 uint64_t max_output_bytes) {
+  if (std::find(expected.begin(), expected.end(), name) == expected.end()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "upload of \"", name, "\", which the task does not output"));
+  }
+  if (declared_before) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", name, "\" uploaded twice"));
+  }
+  if (size > max_output_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "\"", name, "\" declares ", size,
+        " bytes; this task's outputs take at most ", max_output_bytes));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckNoOutputMissing(
+    const std::vector<std::string>& expected,
+    const std::set<std::string>& optional,
+    const std::function<bool(const std::string&)>& has) {
+  for (const std::string& name : expected) {
+    if (!has(name) && optional.count(name) == 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the upload lacks output \"", name, "\""));
+    }
+  }
+  return absl::OkStatus();
+}
+
 UploadReceiver::UploadReceiver(std::string dir,
                                std::vector<std::string> expected,
                                uint64_t max_output_bytes,
@@ -205,24 +238,12 @@ UploadReceiver::~UploadReceiver() = default;
 absl::Status UploadReceiver::Accept(const v1::Chunk& chunk) {
   if (verifier_ == nullptr) {
     // The first chunk of a new output.
-    if (std::find(expected_.begin(), expected_.end(), chunk.tensor()) ==
-        expected_.end()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("upload of \"", chunk.tensor(),
-                       "\", which the task does not output"));
-    }
-    if (received_.count(chunk.tensor()) > 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("\"", chunk.tensor(), "\" uploaded twice"));
-    }
+    RETURN_IF_ERROR(CheckDeclaredOutput(
+        chunk.tensor(), chunk.has_info() ? chunk.info().size_bytes() : 0,
+        received_.count(chunk.tensor()) > 0, expected_, max_output_bytes_));
     if (!chunk.has_info()) {
       return absl::DataLossError(absl::StrCat(
           chunk.tensor(), ": the first chunk carries no tensor info"));
-    }
-    if (chunk.info().size_bytes() > max_output_bytes_) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "\"", chunk.tensor(), "\" declares ", chunk.info().size_bytes(),
-          " bytes; this task's outputs take at most ", max_output_bytes_));
     }
     verifier_ = std::make_unique<ChunkVerifier>(chunk.tensor(),
                                                 chunk.info().size_bytes());
@@ -250,13 +271,9 @@ absl::Status UploadReceiver::Finish() {
                                             ": the upload ended after ",
                                             verifier_->offset(), " bytes"));
   }
-  for (const std::string& name : expected_) {
-    if (received_.count(name) == 0 && optional_.count(name) == 0) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("the upload lacks output \"", name, "\""));
-    }
-  }
-  return absl::OkStatus();
+  return CheckNoOutputMissing(
+      expected_, optional_,
+      [this](const std::string& name) { return received_.count(name) > 0; });
 }
 
 }  // namespace quant

@@ -70,6 +70,20 @@ class TaskInputs {
   std::vector<TensorView> views_;  // Parallel to infos_.
 };
 
+// The checks of an output an upload declares (InvalidArgument): one the
+// task outputs (`expected`), not declared before in the upload, of at most
+// `max_output_bytes` (what the task could need at all).
+absl::Status CheckDeclaredOutput(const std::string& name, uint64_t size,
+                                 bool declared_before,
+                                 const std::vector<std::string>& expected,
+                                 uint64_t max_output_bytes);
+// FailedPrecondition naming an output of `expected`, not in `optional`,
+// that the upload lacks (`has` false).
+absl::Status CheckNoOutputMissing(
+    const std::vector<std::string>& expected,
+    const std::set<std::string>& optional,
+    const std::function<bool(const std::string&)>& has);
+
 // One upload: the outputs a task must produce, each written to
 // <dir>/<name> as its chunks arrive.
 class UploadReceiver {

@@ -10,7 +10,6 @@
 #include <memory>
 #include <set>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/checksum.h"
@@ -35,12 +34,6 @@ std::string HashTensor(const SafetensorsCheckpoint& model,
   return HexOf(sha256.Finish());
 }
 
-bool IsHex64(absl::string_view text) {
-  return text.size() == 64 && std::all_of(text.begin(), text.end(), [](char c) {
-           return absl::ascii_isdigit(c) || (c >= 'a' && c <= 'f');
-         });
-}
-
 }  // namespace
 
 std::string WeightChecksumsPath(const std::string& job_dir) {
@@ -54,7 +47,7 @@ std::map<std::string, std::string> LoadWeightChecksums(
   std::string line;
   // Only whole lines count: the last may have been torn by a crash.
   while (std::getline(in, line) && !in.eof()) {
-    if (line.size() > 66 && IsHex64(line.substr(0, 64)) &&
+    if (line.size() > 66 && IsSha256Hex(line.substr(0, 64)) &&
         line.substr(64, 2) == "  ") {
       sums[line.substr(66)] = line.substr(0, 64);
     }

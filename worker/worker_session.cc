@@ -742,14 +742,16 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
         std::vector<std::pair<std::string, std::string>> uploaded;
         std::vector<v1::DeferredOutput> deferred;
         for (const auto& [output, path] : run->outputs) {
+          // Hashed as it was written (no second pass over 8.6 GB per 70B
+          // block on the critical path): a deferred commit and a striped
+          // upload name it.
+          const auto written = run->sha256.find(output);
+          const bool known =
+              written != run->sha256.end() && !written->second.empty();
+          if (known) task.uploaded_sha256[output] = HexOf(written->second);
           uint64_t bytes = 0;
           absl::StatusOr<std::string> sha256 = absl::UnimplementedError("");
           if (lease.defer_activations() && output == kActivationsTensor) {
-            // Hashed as it was written (no second pass over 8.6 GB per 70B
-            // block on the critical path), or else here.
-            const auto written = run->sha256.find(output);
-            const bool known =
-                written != run->sha256.end() && !written->second.empty();
             std::error_code size_error;
             if (known) bytes = std::filesystem::file_size(path, size_error);
             sha256 = known && !size_error
@@ -757,11 +759,6 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
                          : Sha256OfFile(path, &bytes);
           }
           if (!sha256.ok()) {  // Not deferred: uploaded now.
-            // A striped upload names its digest up front.
-            const auto written = run->sha256.find(output);
-            if (written != run->sha256.end() && !written->second.empty()) {
-              task.uploaded_sha256[output] = HexOf(written->second);
-            }
             uploaded.emplace_back(output, path);
             continue;
           }
