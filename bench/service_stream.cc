@@ -4,8 +4,8 @@
 //  - a data-free RTN job (GPTQ format) is submitted on the model, a worker
 //    registers and leases block 0;
 //  - coordinator -> worker: FetchInputs of all the task's inputs, every
-//    chunk checked with ChunkVerifier (CRC-32C per chunk, SHA-256 per
-//    tensor) as a worker checks it, the bytes not stored (the first,
+//    chunk checked with ChunkVerifier (CRC-32C per chunk, content digest
+//    per tensor) as a worker checks it, the bytes not stored (the first,
 //    untimed fetch writes them to a local safetensors file as a worker does);
 //  - the block task is run once (worker/task_runner.h RunTask) on that file
 //    and its real output "result" is uploaded: worker -> coordinator is
@@ -15,11 +15,13 @@
 //    one stream and as several side by side (a striped upload, proto
 //    UploadStripe, as the worker sends 256 MiB or more, each stream after
 //    the first on a TCP connection of its own: each stream's
-//    chunks checked and written by its own thread, the SHA-256 taken in
-//    order as units complete), then CompleteTask commits the last one.
+//    chunks checked and written by its own thread, each digest piece
+//    hashed by the stream that completes it), then CompleteTask commits
+//    the last one.
 // A baseline pass over the same bytes in this process (memcpy, CRC-32C,
-// SHA-256, and CRC-32C + SHA-256 chunk by chunk, which is what each side of
-// a stream computes per byte) gives the checksum-bound ceiling.
+// SHA-256, the content digest on 1 thread and on every core, and CRC-32C +
+// content digest chunk by chunk, which is what each end of one stream
+// computes per byte) gives the checksum-bound ceiling.
 //
 // Prints markdown tables; MB = 1e6 bytes; each time is the median of --reps
 // timed runs after one untimed warm-up.
@@ -217,7 +219,7 @@ absl::StatusOr<uint64_t> UploadStriped(
     const std::vector<v1::WorkerGateway::Stub*>& stubs, const v1::TaskRef& ref,
     const std::vector<std::pair<std::string, std::string>>& outputs,
     size_t chunk_bytes, int streams, uint64_t unit_bytes,
-    const std::vector<std::string>& sha256, const std::string& upload_id) {
+    const std::vector<std::string>& digest, const std::string& upload_id) {
   std::vector<std::unique_ptr<MappedFile>> files;
   std::vector<StripedTensor> tensors;
   v1::UploadStripe stripe;
@@ -230,7 +232,7 @@ absl::StatusOr<uint64_t> UploadStriped(
         {outputs[i].first, files.back()->data(), files.back()->size()});
     v1::DeferredOutput* entry = stripe.add_outputs();
     entry->set_name(outputs[i].first);
-    entry->set_sha256(sha256[i]);
+    entry->set_digest(digest[i]);
     entry->set_size_bytes(files.back()->size());
   }
   std::vector<absl::Status> statuses(streams);
@@ -285,7 +287,8 @@ struct Baseline {
 
 double MBps(uint64_t bytes, double seconds) { return bytes / 1e6 / seconds; }
 
-// memcpy, CRC-32C, SHA-256 and both (in 4 MiB chunks) over `data`.
+// memcpy, CRC-32C, SHA-256, the content digest on one thread and on every
+// core, and CRC-32C + content digest (in 4 MiB chunks) over `data`.
 absl::StatusOr<std::vector<Baseline>> Baselines(const std::string& data,
                                                 const std::string& label,
                                                 int reps) {
@@ -310,24 +313,35 @@ absl::StatusOr<std::vector<Baseline>> Baselines(const std::string& data,
                    }));
   rows.push_back({label + ": CRC-32C", data.size(), s});
   ASSIGN_OR_RETURN(s, MedianSeconds(reps, [&] {
-                     Sha256 hash;
-                     hash.Update(data.data(), data.size());
-                     sink = sink + static_cast<uint8_t>(hash.Finish()[0]);
+                     sink = sink + static_cast<uint8_t>(Sha256Of(data)[0]);
                      return absl::OkStatus();
                    }));
   rows.push_back({label + ": SHA-256", data.size(), s});
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  for (const int threads : {1, cores}) {
+    ASSIGN_OR_RETURN(
+        s, MedianSeconds(reps, [&] {
+          sink = sink + static_cast<uint8_t>(ContentDigestOf(data, threads)[0]);
+          return absl::OkStatus();
+        }));
+    rows.push_back({absl::StrCat(label, ": content digest, ", threads,
+                                 threads == 1 ? " thread" : " threads"),
+                    data.size(), s});
+  }
+  // What each end of one stream computes per byte, chunk by chunk.
   ASSIGN_OR_RETURN(s, MedianSeconds(reps, [&] {
-                     Sha256 hash;
+                     ContentDigest digest;
                      uint32_t crc = 0;
                      for (size_t at = 0; at < data.size(); at += chunk) {
                        const size_t n = std::min(chunk, data.size() - at);
                        crc ^= Crc32c(data.data() + at, n);
-                       hash.Update(data.data() + at, n);
+                       digest.Update(data.data() + at, n);
                      }
-                     sink = sink + crc + static_cast<uint8_t>(hash.Finish()[0]);
+                     sink =
+                         sink + crc + static_cast<uint8_t>(digest.Finish()[0]);
                      return absl::OkStatus();
                    }));
-  rows.push_back({label + ": CRC-32C + SHA-256", data.size(), s});
+  rows.push_back({label + ": CRC-32C + content digest", data.size(), s});
   return rows;
 }
 
@@ -484,10 +498,11 @@ absl::Status Run(const Options& options) {
     for (const auto& output : outputs)
       out_bytes += fs::file_size(output.second);
 
-    std::vector<std::string> out_sha256;
+    std::vector<std::string> out_digest;
     for (const auto& output : outputs) {
-      ASSIGN_OR_RETURN(const std::string sha256, Sha256OfFile(output.second));
-      out_sha256.push_back(HexOf(sha256));
+      ASSIGN_OR_RETURN(const std::string digest,
+                       ContentDigestOfFile(output.second));
+      out_digest.push_back(HexOf(digest));
     }
 
     // worker -> coordinator in 1 or more streams, then the commit.
@@ -499,7 +514,7 @@ absl::Status Run(const Options& options) {
             streams == 1
                 ? Upload(gateway.get(), ref, outputs, chunk_bytes)
                 : UploadStriped(stream_stubs, ref, outputs, chunk_bytes,
-                                streams, options.unit_mib << 20, out_sha256,
+                                streams, options.unit_mib << 20, out_digest,
                                 absl::StrCat("bench-", ++attempt)));
         if (acked != out_bytes) return absl::DataLossError("short upload");
         return absl::OkStatus();
@@ -546,7 +561,7 @@ absl::Status Run(const Options& options) {
       model.c_str(), task_text.c_str(), options.reps);
   std::printf(
       "| direction | streams | chunk | MB | seconds (median of %d) | MB/s | of "
-      "CRC-32C + SHA-256 rate |\n| --- | --- | --- | --- | --- | --- | --- "
+      "CRC-32C + digest rate |\n| --- | --- | --- | --- | --- | --- | --- "
       "|\n",
       options.reps);
   for (const Row& row : rows) {

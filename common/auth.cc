@@ -244,7 +244,7 @@ absl::StatusOr<std::shared_ptr<const PrincipalTable>> ParsePrincipals(
     RETURN_IF_ERROR(strings("certificates", &certificates));
     for (std::string digest : digests) {
       absl::AsciiStrToLower(&digest);
-      if (!IsSha256Hex(digest)) {
+      if (!IsHexDigest(digest)) {
         return error(absl::StrCat(where,
                                   ".token_sha256: 64 hex digits each "
                                   "(sha256sum of the token)"));

@@ -1,12 +1,18 @@
 #include "common/checksum.h"
 
+#include <fcntl.h>
 #include <openssl/evp.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <functional>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -218,6 +224,154 @@ absl::StatusOr<std::string> Sha256OfFile(const std::string& path,
   return digest;
 }
 
+namespace {
+
+constexpr absl::string_view kContentDigestPrefix = "quant-content-digest-v1\n";
+
+// Runs piece(i) for i in [0, count) on up to `threads` threads (this one
+// included), each taking the next index as it is free.
+void ForEachPiece(uint64_t count, int threads,
+                  const std::function<void(uint64_t)>& piece) {
+  std::atomic<uint64_t> next{0};
+  auto work = [&] {
+    for (uint64_t i; (i = next.fetch_add(1)) < count;) piece(i);
+  };
+  std::vector<std::thread> helpers;
+  const uint64_t extra =
+      std::min<uint64_t>(count, static_cast<uint64_t>(std::max(threads, 1))) -
+      std::min<uint64_t>(count, 1);
+  for (uint64_t t = 0; t < extra; ++t) helpers.emplace_back(work);
+  work();
+  for (std::thread& helper : helpers) helper.join();
+}
+
+}  // namespace
+
+ContentDigest::ContentDigest(int threads) : threads_(std::max(threads, 1)) {}
+
+void ContentDigest::Update(const void* data, size_t size) {
+  const auto* bytes = static_cast<const uint8_t*>(data);
+  size_ += size;
+  if (piece_fill_ > 0) {  // Completes the open piece first.
+    const size_t n = static_cast<size_t>(
+        std::min<uint64_t>(size, kDigestPieceBytes - piece_fill_));
+    piece_.Update(bytes, n);
+    piece_fill_ += n;
+    bytes += n;
+    size -= n;
+    if (piece_fill_ == kDigestPieceBytes) {
+      pieces_.push_back(piece_.Finish());
+      piece_fill_ = 0;
+    }
+  }
+  const uint64_t whole = size / kDigestPieceBytes;
+  if (whole > 0) {
+    const size_t first = pieces_.size();
+    pieces_.resize(first + whole);
+    ForEachPiece(whole, threads_, [&](uint64_t i) {
+      Sha256 hash;
+      hash.Update(bytes + i * kDigestPieceBytes, kDigestPieceBytes);
+      pieces_[first + i] = hash.Finish();
+    });
+    bytes += whole * kDigestPieceBytes;
+    size -= whole * kDigestPieceBytes;
+  }
+  if (size > 0) {
+    piece_.Update(bytes, size);
+    piece_fill_ = size;
+  }
+}
+
+std::string ContentDigest::Finish() {
+  if (piece_fill_ > 0) pieces_.push_back(piece_.Finish());
+  std::string digest = Combine(size_, pieces_);
+  size_ = 0;
+  piece_fill_ = 0;
+  pieces_.clear();
+  return digest;
+}
+
+std::string ContentDigest::Combine(uint64_t size,
+                                   const std::vector<std::string>& pieces) {
+  if (pieces.size() != PiecesOf(size)) return "";
+  Sha256 root;
+  root.Update(kContentDigestPrefix);
+  char size_le[8];
+  for (int i = 0; i < 8; ++i) size_le[i] = static_cast<char>(size >> (8 * i));
+  root.Update(size_le, sizeof(size_le));
+  for (const std::string& piece : pieces) {
+    if (piece.size() != Sha256::kDigestSize) return "";
+    root.Update(piece);
+  }
+  return root.Finish();
+}
+
+std::string ContentDigestOf(absl::string_view data, int threads) {
+  ContentDigest digest(threads);
+  digest.Update(data);
+  return digest.Finish();
+}
+
+absl::StatusOr<std::string> ContentDigestOfFile(const std::string& path,
+                                                uint64_t* bytes, int threads) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int error = errno;
+    const std::string message =
+        absl::StrCat("cannot read ", path, ": ", std::strerror(error));
+    return error == ENOENT ? absl::NotFoundError(message)
+                           : absl::InternalError(message);
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    const int error = errno;
+    ::close(fd);
+    return absl::InternalError(
+        absl::StrCat("cannot stat ", path, ": ", std::strerror(error)));
+  }
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  std::vector<std::string> pieces(ContentDigest::PiecesOf(size));
+  std::atomic<bool> failed{false};
+  std::string failure;  // Set once, by the first piece to fail.
+  std::atomic<bool> failure_set{false};
+  ForEachPiece(pieces.size(), threads, [&](uint64_t i) {
+    if (failed.load()) return;
+    std::vector<char> block(4 << 20);
+    Sha256 hash;
+    const uint64_t end = std::min(size, (i + 1) * kDigestPieceBytes);
+    for (uint64_t at = i * kDigestPieceBytes; at < end;) {
+      const ssize_t n =
+          ::pread(fd, block.data(), std::min<uint64_t>(block.size(), end - at),
+                  static_cast<off_t>(at));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        if (!failure_set.exchange(true)) {
+          failure = n < 0 ? std::strerror(errno)
+                          : absl::StrCat("ends at byte ", at, " of the ", size,
+                                         " it had when opened");
+        }
+        failed = true;
+        return;
+      }
+      hash.Update(block.data(), static_cast<size_t>(n));
+      at += static_cast<uint64_t>(n);
+    }
+    pieces[i] = hash.Finish();
+  });
+  ::close(fd);
+  if (failed) {
+    return absl::InternalError(
+        absl::StrCat("cannot read ", path, ": ", failure));
+  }
+  std::string digest = ContentDigest::Combine(size, pieces);
+  if (digest.empty()) {
+    return absl::InternalError(
+        absl::StrCat("content digest of ", path, " failed"));
+  }
+  if (bytes != nullptr) *bytes = size;
+  return digest;
+}
+
 std::string HexOf(absl::string_view bytes) {
   static constexpr char kDigits[] = "0123456789abcdef";
   std::string out(bytes.size() * 2, '\0');
@@ -229,7 +383,7 @@ std::string HexOf(absl::string_view bytes) {
   return out;
 }
 
-bool IsSha256Hex(absl::string_view text) {
+bool IsHexDigest(absl::string_view text) {
   return text.size() == 2 * Sha256::kDigestSize &&
          std::all_of(text.begin(), text.end(), [](char c) {
            return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');

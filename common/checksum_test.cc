@@ -192,13 +192,13 @@ TEST(HexOfTest, Lowercase) {
   EXPECT_EQ(HexOf(absl::string_view("\x00\x01\xab\xff", 4)), "0001abff");
 }
 
-TEST(HexOfTest, IsSha256HexTakesWhatHexOfWrites) {
+TEST(HexOfTest, IsHexDigestTakesWhatHexOfWrites) {
   const std::string digest = HexOf(Sha256Of("abc"));
-  EXPECT_TRUE(IsSha256Hex(digest));
-  EXPECT_FALSE(IsSha256Hex(digest.substr(1)));
-  EXPECT_FALSE(IsSha256Hex(digest + "0"));
-  EXPECT_FALSE(IsSha256Hex(absl::AsciiStrToUpper(digest)));
-  EXPECT_FALSE(IsSha256Hex(std::string(64, 'g')));
+  EXPECT_TRUE(IsHexDigest(digest));
+  EXPECT_FALSE(IsHexDigest(digest.substr(1)));
+  EXPECT_FALSE(IsHexDigest(digest + "0"));
+  EXPECT_FALSE(IsHexDigest(absl::AsciiStrToUpper(digest)));
+  EXPECT_FALSE(IsHexDigest(std::string(64, 'g')));
 }
 
 // A file is hashed as its bytes are, across the reader's block boundary
@@ -217,6 +217,119 @@ TEST(Sha256Test, FilesHashAsTheirBytes) {
   EXPECT_EQ(size, bytes.size());
   std::remove(path.c_str());
   EXPECT_EQ(Sha256OfFile(path).status().code(), absl::StatusCode::kNotFound);
+}
+
+// The content digest's definition, written out: SHA-256 of the prefix, the
+// size and each 16 MiB piece's SHA-256.
+std::string DigestByDefinition(absl::string_view data) {
+  std::string message = "quant-content-digest-v1\n";
+  for (int i = 0; i < 8; ++i) {
+    message.push_back(static_cast<char>(uint64_t{data.size()} >> (8 * i)));
+  }
+  for (size_t at = 0; at < data.size(); at += kDigestPieceBytes) {
+    message += Sha256Of(data.substr(at, kDigestPieceBytes));
+  }
+  return Sha256Of(message);
+}
+
+// Bytes (((i * 31 + 7) >> 3) & 0xff), as the Python oracle below made them.
+std::string PatternBytes(size_t size) {
+  std::string out(size, '\0');
+  for (size_t i = 0; i < size; ++i) {
+    out[i] = static_cast<char>(((i * 31 + 7) >> 3) & 0xFF);
+  }
+  return out;
+}
+
+// Digests from an independent implementation (Python's hashlib):
+//   def cd(b):
+//     h = sha256(b"quant-content-digest-v1\n" + struct.pack("<Q", len(b)))
+//     for i in range(0, len(b), 16 << 20):
+//       h.update(sha256(b[i:i + (16 << 20)]).digest())
+//     return h.hexdigest()
+TEST(ContentDigestTest, KnownVectors) {
+  EXPECT_EQ(HexOf(ContentDigestOf("")),
+            "fdcbfdd62b20498b859dc13897172a07cdfad8f44bc15df6ef4a2cd9178d24d5");
+  EXPECT_EQ(HexOf(ContentDigestOf("abc")),
+            "0ef46fc492a1f746e0f2ff39072d1a5a7f90938be39466aa9561c27c6344036c");
+  const std::string pattern = PatternBytes(2 * kDigestPieceBytes + 12345);
+  EXPECT_EQ(HexOf(ContentDigestOf(pattern, 3)),
+            "09e81d71b95455ad446f46fd4230bb92a1f7d9b3e14c3351bf3d2680447fda99");
+  EXPECT_EQ(HexOf(ContentDigestOf(
+                absl::string_view(pattern).substr(0, kDigestPieceBytes))),
+            "bbf88a382b525990d0ea655e40a931368135252aab421cc41dc3c6bcbeac55c5");
+}
+
+// Whatever the cuts between updates and the number of threads, the digest
+// is the definition's, and it is not the plain SHA-256.
+TEST(ContentDigestTest, IncrementalAndThreadedEqualTheDefinition) {
+  const std::string data = RandomBytes(3 * kDigestPieceBytes + 4099, 5);
+  std::mt19937 rng(13);
+  for (size_t size : {size_t{0}, size_t{1}, size_t{kDigestPieceBytes - 1},
+                      size_t{kDigestPieceBytes}, size_t{kDigestPieceBytes + 1},
+                      data.size()}) {
+    const absl::string_view bytes = absl::string_view(data).substr(0, size);
+    const std::string expected = DigestByDefinition(bytes);
+    ASSERT_EQ(expected.size(), Sha256::kDigestSize);
+    EXPECT_NE(expected, Sha256Of(bytes));
+    for (int threads : {1, 3, 8}) {
+      EXPECT_EQ(ContentDigestOf(bytes, threads), expected)
+          << "size " << size << ", " << threads << " threads";
+      std::vector<size_t> cuts = {0, size};
+      for (int i = 0; i < 4; ++i) cuts.push_back(rng() % (size + 1));
+      cuts.push_back(std::min(size, size_t{kDigestPieceBytes}));
+      std::sort(cuts.begin(), cuts.end());
+      ContentDigest digest(threads);
+      for (size_t i = 0; i + 1 < cuts.size(); ++i) {
+        digest.Update(bytes.substr(cuts[i], cuts[i + 1] - cuts[i]));
+      }
+      EXPECT_EQ(digest.Finish(), expected)
+          << "size " << size << ", " << threads << " threads, in cuts";
+      EXPECT_EQ(digest.Finish(), ContentDigestOf(""));  // Started over.
+    }
+  }
+}
+
+// Pieces hashed elsewhere combine to the same digest; a wrong count or a
+// piece digest of the wrong size gives the empty string.
+TEST(ContentDigestTest, CombinesPiecesHashedElsewhere) {
+  const std::string data = RandomBytes(2 * kDigestPieceBytes + 3, 9);
+  std::vector<std::string> pieces(ContentDigest::PiecesOf(data.size()));
+  ASSERT_EQ(pieces.size(), 3u);
+  for (size_t i = pieces.size(); i-- > 0;) {  // Out of order.
+    pieces[i] = Sha256Of(absl::string_view(data).substr(i * kDigestPieceBytes,
+                                                        kDigestPieceBytes));
+  }
+  EXPECT_EQ(ContentDigest::Combine(data.size(), pieces), ContentDigestOf(data));
+  EXPECT_EQ(ContentDigest::Combine(data.size() + kDigestPieceBytes, pieces),
+            "");
+  std::vector<std::string> short_digest = pieces;
+  short_digest[1].pop_back();
+  EXPECT_EQ(ContentDigest::Combine(data.size(), short_digest), "");
+  EXPECT_EQ(ContentDigest::Combine(0, {}), ContentDigestOf(""));
+  EXPECT_EQ(ContentDigest::PiecesOf(0), 0u);
+  EXPECT_EQ(ContentDigest::PiecesOf(kDigestPieceBytes), 1u);
+  EXPECT_EQ(ContentDigest::PiecesOf(kDigestPieceBytes + 1), 2u);
+}
+
+// A file's digest is its bytes' with any number of reading threads; a
+// missing file is NotFound.
+TEST(ContentDigestTest, FilesDigestAsTheirBytes) {
+  const std::string path =
+      ::testing::TempDir() + "/content_digest_" + std::to_string(getpid());
+  const std::string bytes = RandomBytes(2 * kDigestPieceBytes + 4099, 17);
+  std::ofstream(path, std::ios::binary) << bytes;
+  for (int threads : {1, 4}) {
+    uint64_t size = 0;
+    absl::StatusOr<std::string> digest =
+        ContentDigestOfFile(path, &size, threads);
+    ASSERT_TRUE(digest.ok()) << digest.status();
+    EXPECT_EQ(*digest, ContentDigestOf(bytes));
+    EXPECT_EQ(size, bytes.size());
+  }
+  std::remove(path.c_str());
+  EXPECT_EQ(ContentDigestOfFile(path).status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 }  // namespace

@@ -12,7 +12,7 @@ absl::Status SendTensor(
     size_t chunk_bytes, const std::function<bool(const v1::Chunk&)>& emit,
     const std::function<void(size_t)>& sent,
     const std::function<void(uint64_t from, uint64_t to)>& done_with,
-    absl::string_view sha256) {
+    absl::string_view digest) {
   const uint64_t size = info.size_bytes();
   if (offset > size) {
     return absl::OutOfRangeError(absl::StrCat(info.name(), ": offset ", offset,
@@ -21,8 +21,8 @@ absl::Status SendTensor(
   if (chunk_bytes == 0) {
     return absl::InvalidArgumentError("chunks of zero bytes");
   }
-  const bool hashing = sha256.empty();
-  Sha256 hash;
+  const bool hashing = digest.empty();
+  ContentDigest hash;
   // A resumed stream still hashes every byte: the prefix a window at a
   // time, each handed back once hashed.
   uint64_t done_to = 0;  // Bytes hashed (and emitted) and handed back.
@@ -46,7 +46,7 @@ absl::Status SendTensor(
     offset += n;
     if (offset == size) {
       chunk.set_last(true);
-      chunk.set_sha256(hashing ? hash.Finish() : std::string(sha256));
+      chunk.set_digest(hashing ? hash.Finish() : std::string(digest));
     }
     if (!emit(chunk)) {
       return absl::CancelledError(
@@ -138,9 +138,9 @@ absl::Status ChunkVerifier::Accept(const v1::Chunk& chunk) {
       return absl::DataLossError(absl::StrCat(
           tensor_, ": last chunk after ", offset_, " of ", size_, " bytes"));
     }
-    sha256_ = hash_.Finish();
-    if (sha256_ != chunk.sha256()) {
-      return absl::DataLossError(absl::StrCat(tensor_, ": SHA-256 mismatch"));
+    digest_ = hash_.Finish();
+    if (digest_ != chunk.digest()) {
+      return absl::DataLossError(absl::StrCat(tensor_, ": digest mismatch"));
     }
     done_ = true;
   }

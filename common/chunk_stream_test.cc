@@ -46,7 +46,7 @@ TEST(ChunkStreamTest, AKnownDigestIsSentAsIs) {
   const std::vector<v1::Chunk> hashed =
       Send(Info("t", data.size()), data, 0, 4096);
   ASSERT_FALSE(hashed.empty());
-  const std::string right = hashed.back().sha256();
+  const std::string right = hashed.back().digest();
   std::string wrong = right;
   wrong[0] ^= 0x01;
   for (const std::string& digest : {right, wrong}) {
@@ -60,7 +60,7 @@ TEST(ChunkStreamTest, AKnownDigestIsSentAsIs) {
                     {}, {}, digest)
                     .ok());
     ASSERT_EQ(chunks.size(), hashed.size());
-    EXPECT_EQ(chunks.back().sha256(), digest);
+    EXPECT_EQ(chunks.back().digest(), digest);
     ChunkVerifier verifier("t", data.size());
     absl::Status status;
     for (const v1::Chunk& chunk : chunks) {
@@ -69,7 +69,7 @@ TEST(ChunkStreamTest, AKnownDigestIsSentAsIs) {
     }
     if (digest == right) {
       EXPECT_TRUE(status.ok()) << status;
-      EXPECT_EQ(verifier.sha256(), right);
+      EXPECT_EQ(verifier.digest(), right);
     } else {
       EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
     }
@@ -126,7 +126,7 @@ TEST(ChunkStreamTest, OddSizesRoundTrip) {
       joined += c.data();
     }
     EXPECT_TRUE(verifier.done());
-    EXPECT_EQ(verifier.sha256(), Sha256Of(joined));
+    EXPECT_EQ(verifier.digest(), ContentDigestOf(joined));
     EXPECT_TRUE(joined == std::string(data.begin(), data.end()));
   }
 }
@@ -138,7 +138,7 @@ TEST(ChunkStreamTest, AResumedStreamHashesTheWholeTensor) {
       Send(Info("t", 10000), data, 6000, 3000);
   ASSERT_EQ(resumed.size(), 2u);
   EXPECT_EQ(resumed[0].offset(), 6000u);
-  EXPECT_EQ(resumed.back().sha256(), all.back().sha256());
+  EXPECT_EQ(resumed.back().digest(), all.back().digest());
   ChunkVerifier verifier("t", 10000);
   ASSERT_TRUE(verifier.Accept(all[0]).ok());
   ASSERT_TRUE(verifier.Accept(all[1]).ok());
@@ -166,7 +166,7 @@ TEST(ChunkStreamTest, DamageIsDataLoss) {
   std::vector<v1::Chunk> renamed = chunks;
   renamed[0].set_tensor("u");
   expect_loss(renamed, "wrong tensor");
-  // Consistent chunks of other bytes: only the SHA-256 tells.
+  // Consistent chunks of other bytes: only the digest tells.
   std::vector<v1::Chunk> swapped = chunks;
   std::string* d = swapped[0].mutable_data();
   (*d)[0] ^= 1;

@@ -102,7 +102,10 @@ AtomicFileWriter::~AtomicFileWriter() {
 }
 
 void AtomicFileWriter::HashContents() {
-  if (hash_ == nullptr && offset_ == 0) hash_ = std::make_unique<Sha256>();
+  if (hash_ == nullptr && offset_ == 0) {
+    hash_ = std::make_unique<ContentDigest>(
+        static_cast<int>(std::thread::hardware_concurrency()));
+  }
 }
 
 absl::Status AtomicFileWriter::FlushBuffer() {
@@ -187,7 +190,7 @@ absl::Status AtomicFileWriter::WriteZeros(size_t count) {
 absl::Status AtomicFileWriter::Commit() {
   if (committed_) return absl::OkStatus();
   RETURN_IF_ERROR(FlushBuffer());
-  if (hash_ != nullptr) sha256_ = hash_->Finish();
+  if (hash_ != nullptr) digest_ = hash_->Finish();
   if (durability_ == Durability::kDurable && ::fsync(fd_) != 0) {
     return ErrnoError("cannot fsync", temp_path_);
   }

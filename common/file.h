@@ -72,12 +72,14 @@ class AtomicFileWriter {
   uint64_t offset() const { return offset_; }
   absl::Status Commit();
 
-  // Before the first Write: the SHA-256 of the contents is computed as they
-  // are written (a large write is hashed on a second thread while it goes
-  // to the file), so that a digest the caller needs costs no second pass.
+  // Before the first Write: the content digest (common/checksum.h) of the
+  // contents is computed as they are written, so that a digest the caller
+  // needs costs no second pass. A large write is hashed while it goes to
+  // the file, its pieces on every core: a writer's outputs come after its
+  // compute, and one core's SHA-256 would take longer than the write.
   void HashContents();
   // After Commit: the raw digest, or empty without HashContents.
-  const std::string& sha256() const { return sha256_; }
+  const std::string& digest() const { return digest_; }
 
   const std::string& final_path() const { return final_path_; }
   const std::string& temp_path() const { return temp_path_; }
@@ -103,8 +105,8 @@ class AtomicFileWriter {
   uint64_t writeback_from_ = 0;  // Durable: bytes whose writeback began.
   std::string buffer_;           // Coalesces small writes (headers, metadata).
   bool committed_ = false;
-  std::unique_ptr<Sha256> hash_;  // Of the bytes written, in order.
-  std::string sha256_;
+  std::unique_ptr<ContentDigest> hash_;  // Of the bytes written, in order.
+  std::string digest_;
 };
 
 // fsync of a directory: makes the renames and creations in it durable.

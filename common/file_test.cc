@@ -65,30 +65,31 @@ TEST(AtomicFileWriterTest, AbandonedWriterLeavesNothingBehind) {
   }
 }
 
-// The digest computed while writing (small writes through the buffer, a
-// large one hashed on a second thread) is the file's.
-TEST(AtomicFileWriterTest, HashedContentsAreTheFilesSha256) {
+// The content digest computed while writing (small writes through the
+// buffer, large ones hashed while they are written, across pieces) is the
+// file's.
+TEST(AtomicFileWriterTest, HashedContentsAreTheFilesDigest) {
   const std::string dir = MakeTestTempDir("file_test");
   const std::string path = dir + "/out.bin";
   auto writer = AtomicFileWriter::Create(path, Durability::kScratch);
   ASSERT_TRUE(writer.ok()) << writer.status();
   (*writer)->HashContents();
-  std::string big(5 << 20, '\0');
+  std::string big(kDigestPieceBytes + (5 << 20) + 3, '\0');
   for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 31);
   ASSERT_TRUE((*writer)->Write("header").ok());
   ASSERT_TRUE((*writer)->Write(big).ok());
   ASSERT_TRUE((*writer)->WriteZeros(777).ok());
   ASSERT_TRUE((*writer)->Write(big.substr(0, 1 << 20)).ok());
   ASSERT_TRUE((*writer)->Commit().ok());
-  const absl::StatusOr<std::string> file = Sha256OfFile(path);
+  const absl::StatusOr<std::string> file = ContentDigestOfFile(path);
   ASSERT_TRUE(file.ok()) << file.status();
-  EXPECT_EQ((*writer)->sha256(), *file);
+  EXPECT_EQ((*writer)->digest(), *file);
   // Without HashContents there is no digest.
   auto plain = AtomicFileWriter::Create(dir + "/plain.bin");
   ASSERT_TRUE(plain.ok());
   ASSERT_TRUE((*plain)->Write(big).ok());
   ASSERT_TRUE((*plain)->Commit().ok());
-  EXPECT_TRUE((*plain)->sha256().empty());
+  EXPECT_TRUE((*plain)->digest().empty());
 }
 
 TEST(AtomicFileWriterTest, WriteAfterCommitFails) {

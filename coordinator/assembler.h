@@ -26,15 +26,15 @@ namespace quant {
 // the assembly can read; activations of the planned shape; a GGUF head of
 // the planned tensors and types, sized as `model_dir`'s) and renames it
 // to its place in `job_dir`. Returns the outputs as JSON for the store
-// ({"name": {"path", "bytes", "sha256"}}). Again after the store could not
+// ({"name": {"path", "bytes", "digest"}}). Again after the store could not
 // record a commit (a full disk): an output already in its place with the
-// upload's size and SHA-256 stays there.
+// upload's size and digest stays there.
 //
-// `deferred` outputs (activations only) are committed by their SHA-256 and
+// `deferred` outputs (activations only) are committed by their digest and
 // size alone, recorded as held by worker `holder` (their "held_by"), and
 // uploaded later (CommitDeferredOutput).
 struct DeferredOutput {
-  std::string sha256;  // Hex.
+  std::string digest;  // Hex.
   uint64_t bytes = 0;
 };
 absl::StatusOr<std::string> CommitTaskOutputs(
@@ -45,7 +45,7 @@ absl::StatusOr<std::string> CommitTaskOutputs(
     const std::string& holder = "");
 
 // The upload of a deferred output of done task `task` (as committed),
-// checked as CommitTaskOutputs checks it and against the committed SHA-256,
+// checked as CommitTaskOutputs checks it and against the committed digest,
 // moved to its place. The caller then records it there
 // (Scheduler::MarkDurable).
 absl::Status CommitDeferredOutput(const std::string& job_dir,
@@ -66,8 +66,8 @@ std::string UploadDir(const std::string& job_dir, int32_t task_index,
                       int64_t epoch);
 // The complete outputs found in an upload directory (a coordinator that
 // restarted between a worker's upload and its CompleteTask finds them
-// there; each file was committed whole after its SHA-256 was checked, and
-// the SHA-256 is computed again here). FailedPrecondition naming an output
+// there; each file was committed whole after its digest was checked, and
+// the digest is computed again here). FailedPrecondition naming an output
 // that is not there.
 absl::StatusOr<std::map<std::string, UploadReceiver::Received>> ReadUploads(
     const std::string& dir, const std::vector<std::string>& expected);
@@ -81,7 +81,7 @@ void CleanJobDir(const std::string& job_dir);
 
 // Done tasks to compute again before the job can be assembled: those whose
 // committed files the assembly reads (block results, the GGUF head) are
-// gone or differ from the size and SHA-256 recorded at their commit, and,
+// gone or differ from the size and digest recorded at their commit, and,
 // transitively, the done tasks that made activations such a task reads
 // once those are gone too (dropped after use, or damaged). Each comes with
 // the reason. Empty when every file is as committed.

@@ -63,7 +63,7 @@ TEST(AssemblerTest, UploadsAreFoundOnDiskAndDroppedPerTask) {
   auto found = ReadUploads(dir, {kResultTensor});
   ASSERT_TRUE(found.ok()) << found.status();
   EXPECT_EQ(found->at(kResultTensor).bytes, 12u);
-  EXPECT_EQ(found->at(kResultTensor).sha256, Sha256Of("result bytes"));
+  EXPECT_EQ(found->at(kResultTensor).digest, ContentDigestOf("result bytes"));
   EXPECT_EQ(
       ReadUploads(dir, {kResultTensor, kActivationsTensor}).status().code(),
       absl::StatusCode::kFailedPrecondition);
@@ -129,7 +129,7 @@ TEST(AssemblerTest, CommittedOutputsAreCheckedAndMovedIntoPlace) {
   ASSERT_TRUE(outputs.ok()) << outputs.status();
   EXPECT_TRUE(fs::exists(BlockResultPath(job, 0)));
   EXPECT_TRUE(fs::exists(ActivationsPath(job, 1)));
-  EXPECT_NE(outputs->find(HexOf(received->at(kResultTensor).sha256)),
+  EXPECT_NE(outputs->find(HexOf(received->at(kResultTensor).digest)),
             std::string::npos);
   // Committed again, as after a store that could not record the commit (a
   // full disk): the files moved then are in place, and nothing moves.
@@ -147,7 +147,7 @@ TEST(AssemblerTest, CommittedOutputsAreCheckedAndMovedIntoPlace) {
             absl::StatusCode::kFailedPrecondition);
 }
 
-// Activations committed deferred: recorded by SHA-256 with their holder,
+// Activations committed deferred: recorded by digest with their holder,
 // nothing moved; their later upload must be those bytes and of the planned
 // shape, then it moves into place. The inputs of a task whose outputs are
 // held stay until they are uploaded.
@@ -160,12 +160,12 @@ TEST(AssemblerTest, DeferredActivationsAreRecordedThenUploadedIntoPlace) {
   const std::vector<float> hidden(2 * 3 * 4, 0.5f);
   const std::string made = job + "/made.safetensors";
   ASSERT_TRUE(SaveActivations(made, hidden, 2, 3, 4).ok());
-  const std::string sha256 = HexOf(*Sha256OfFile(made));
+  const std::string digest = HexOf(*ContentDigestOfFile(made));
   auto received = ReadUploads(upload, {kResultTensor});
   ASSERT_TRUE(received.ok());
-  // Only activations wait on their worker, with a SHA-256, and a holder.
+  // Only activations wait on their worker, with a digest, and a holder.
   EXPECT_EQ(CommitTaskOutputs(job, plan, Block(0), 4, "", *received,
-                              {{kResultTensor, {sha256, 1}}}, "w-1")
+                              {{kResultTensor, {digest, 1}}}, "w-1")
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
@@ -175,13 +175,13 @@ TEST(AssemblerTest, DeferredActivationsAreRecordedThenUploadedIntoPlace) {
                 .code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(CommitTaskOutputs(job, plan, Block(0), 4, "", *received,
-                              {{kActivationsTensor, {sha256, 1}}}, "")
+                              {{kActivationsTensor, {digest, 1}}}, "")
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
   const absl::StatusOr<std::string> outputs =
       CommitTaskOutputs(job, plan, Block(0), 4, "", *received,
-                        {{kActivationsTensor, {sha256, 99}}}, "w-1");
+                        {{kActivationsTensor, {digest, 99}}}, "w-1");
   ASSERT_TRUE(outputs.ok()) << outputs.status();
   EXPECT_TRUE(fs::exists(BlockResultPath(job, 0)));
   EXPECT_FALSE(fs::exists(ActivationsPath(job, 1)));
@@ -190,7 +190,7 @@ TEST(AssemblerTest, DeferredActivationsAreRecordedThenUploadedIntoPlace) {
   maker.epoch = 1;
   maker.outputs = *outputs;
   EXPECT_EQ(DeferredHolder(maker, kActivationsTensor), "w-1");
-  EXPECT_EQ(CommittedSha256(maker, kActivationsTensor), sha256);
+  EXPECT_EQ(CommittedDigest(maker, kActivationsTensor), digest);
   EXPECT_TRUE(HoldsDeferredOutputs(plan, maker));
 
   // Block 0's input stays while its output is held, though block 0 is done.
@@ -213,14 +213,14 @@ TEST(AssemblerTest, DeferredActivationsAreRecordedThenUploadedIntoPlace) {
                               std::vector<float>(24), 2, 3, 4)
                   .ok());
   other.path = job + "/other.safetensors";
-  other.sha256 = *Sha256OfFile(other.path);
+  other.digest = *ContentDigestOfFile(other.path);
   EXPECT_EQ(
       CommitDeferredOutput(job, plan, maker, 4, "", kActivationsTensor, other)
           .code(),
       absl::StatusCode::kInvalidArgument);
   UploadReceiver::Received file;
   file.path = made;
-  file.sha256 = *Sha256OfFile(made);
+  file.digest = *ContentDigestOfFile(made);
   EXPECT_EQ(
       CommitDeferredOutput(job, plan, maker, 8, "", kActivationsTensor, file)
           .code(),
@@ -326,7 +326,7 @@ TEST(AssemblerTest, DamagedCommittedFilesNameTheTasksToRedo) {
                                  : nlohmann::json::parse(task.outputs);
     outputs[name] = {{"path", path},
                      {"bytes", bytes.size()},
-                     {"sha256", HexOf(Sha256Of(bytes))}};
+                     {"digest", HexOf(ContentDigestOf(bytes))}};
     task.outputs = outputs.dump();
     task.state = TaskState::kDone;
   };
@@ -350,8 +350,7 @@ TEST(AssemblerTest, DamagedCommittedFilesNameTheTasksToRedo) {
   std::vector<TaskToRedo> redo = TasksToRedo(plan, tasks);
   ASSERT_EQ(redo.size(), 3u);
   EXPECT_EQ(redo[0].index, 2);
-  EXPECT_NE(redo[0].reason.find("SHA-256"), std::string::npos)
-      << redo[0].reason;
+  EXPECT_NE(redo[0].reason.find("digest"), std::string::npos) << redo[0].reason;
   EXPECT_EQ(redo[1].index, 1);
   EXPECT_NE(redo[1].reason.find("needs its input"), std::string::npos)
       << redo[1].reason;
@@ -374,6 +373,36 @@ TEST(AssemblerTest, DamagedCommittedFilesNameTheTasksToRedo) {
             std::string::npos)
       << redo[1].reason;
   EXPECT_EQ(redo[2].index, 0);
+}
+
+// A store written before the content digest records each file's plain
+// SHA-256: an intact file is not redone for that, a damaged one is.
+TEST(AssemblerTest, RecordsWithAPlainSha256AreCheckedByIt) {
+  const std::string job = MakeTestTempDir("assembler");
+  JobPlan plan = SequentialPlan();
+  plan.job_dir = job;
+  TaskRow block = Block(0);
+  block.index = 0;  // The only task.
+  block.state = TaskState::kDone;
+  const std::string path = OutputPath(plan, job, block, kResultTensor);
+  ASSERT_TRUE(WriteFileAtomically(path, "result 0").ok());
+  nlohmann::json outputs;
+  outputs[kResultTensor] = {
+      {"path", path}, {"bytes", 8}, {"sha256", HexOf(Sha256Of("result 0"))}};
+  block.outputs = outputs.dump();
+  EXPECT_TRUE(TasksToRedo(plan, {block}).empty());
+  ASSERT_TRUE(WriteFileAtomically(path, "result 1").ok());
+  std::vector<TaskToRedo> redo = TasksToRedo(plan, {block});
+  ASSERT_EQ(redo.size(), 1u);
+  EXPECT_NE(redo[0].reason.find("digest differs"), std::string::npos)
+      << redo[0].reason;
+  // A record with neither is unreadable.
+  outputs[kResultTensor].erase("sha256");
+  block.outputs = outputs.dump();
+  redo = TasksToRedo(plan, {block});
+  ASSERT_EQ(redo.size(), 1u);
+  EXPECT_NE(redo[0].reason.find("unreadable"), std::string::npos)
+      << redo[0].reason;
 }
 
 // A data-parallel job's statistics, partial results and activations are
@@ -410,7 +439,7 @@ TEST(AssemblerTest, DataParallelRedoFollowsTheInputsThatAreGone) {
       ASSERT_TRUE(WriteFileAtomically(path, bytes).ok());
       outputs[name] = {{"path", path},
                        {"bytes", bytes.size()},
-                       {"sha256", HexOf(Sha256Of(bytes))}};
+                       {"digest", HexOf(ContentDigestOf(bytes))}};
     }
     task.outputs = outputs.dump();
     tasks.push_back(task);

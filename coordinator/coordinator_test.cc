@@ -246,11 +246,11 @@ TEST_F(CoordinatorTest, AffineWorkersReadTheActivationsTheyHold) {
     held += absl::StrContains(line, "reads the activations it holds");
   }
   EXPECT_EQ(held, 2);
-  // Their makers (the embedding, block 0) committed them by SHA-256 and
+  // Their makers (the embedding, block 0) committed them by digest and
   // uploaded them after: off the critical path.
   int deferred = 0;
   for (const std::string& line : lines) {
-    deferred += absl::StrContains(line, "committed by SHA-256, uploaded after");
+    deferred += absl::StrContains(line, "committed by digest, uploaded after");
   }
   EXPECT_EQ(deferred, 2);
   const int64_t bytes = 2 * 4 * 40 * TinyLlamaOptions().hidden_size * 4;
@@ -293,14 +293,14 @@ TEST_F(CoordinatorTest, StripedUploadsMatchTheEngineByteForByte) {
   int striped = 0, deferred = 0;
   for (const std::string& line : lines) {
     striped += absl::StrContains(line, "uploaded in 3 streams");
-    deferred += absl::StrContains(line, "committed by SHA-256, uploaded after");
+    deferred += absl::StrContains(line, "committed by digest, uploaded after");
   }
   EXPECT_EQ(deferred, 2);
   EXPECT_EQ(striped, 4);
 }
 
 // Workers that see the model root read every weight there once the
-// coordinator recorded its SHA-256; the output is the engine's.
+// coordinator recorded its digest; the output is the engine's.
 TEST_F(CoordinatorTest, WorkersOnASharedRootReadVerifiedWeights) {
   QuantizeModelOptions options = engine_;
   options.output_format = OutputFormat::kGguf;
@@ -318,7 +318,7 @@ TEST_F(CoordinatorTest, WorkersOnASharedRootReadVerifiedWeights) {
     absl::SleepFor(absl::Milliseconds(20));
     for (const auto& entry :
          fs::recursive_directory_iterator(dir_ + "/state")) {
-      if (entry.path().filename() != "weights.sha256") continue;
+      if (entry.path().filename() != "weights.digest") continue;
       std::ifstream in(entry.path());
       recorded = std::count(std::istreambuf_iterator<char>(in),
                             std::istreambuf_iterator<char>(), '\n');
@@ -333,7 +333,7 @@ TEST_F(CoordinatorTest, WorkersOnASharedRootReadVerifiedWeights) {
     worker.metrics = &metrics;
     worker.log = [&](const std::string& line) {
       absl::MutexLock lock(&mu);
-      direct += absl::StrContains(line, "SHA-256 verified");
+      direct += absl::StrContains(line, "digest verified");
     };
   });
   const v1::Job done = Watch(job.job_id());

@@ -540,7 +540,7 @@ absl::StatusOr<v1::RegisterWorkerResponse> JobManager::RegisterWorker(
   return response;
 }
 
-std::string JobManager::WeightSha256(int64_t job_id, const std::string& name) {
+std::string JobManager::WeightDigest(int64_t job_id, const std::string& name) {
   absl::MutexLock lock(&sums_mu_);
   const auto job = sums_.find(job_id);
   if (job == sums_.end()) return "";
@@ -624,7 +624,7 @@ std::vector<std::string> UploadedOutputs(
 
 absl::StatusOr<v1::TaskSpec> JobManager::BuildTaskSpec(
     const v1::JobSpec& job, const JobPlan& plan, const TaskRow& task,
-    int64_t job_id, const std::string& activations_sha256,
+    int64_t job_id, const std::string& activations_digest,
     bool activations_held) {
   v1::TaskSpec spec;
   spec.set_kind(task.kind == kEmbedTask     ? v1::TASK_KIND_EMBED
@@ -667,9 +667,9 @@ absl::StatusOr<v1::TaskSpec> JobManager::BuildTaskSpec(
     v1::TensorInfo* input = spec.add_inputs();
     *input = info;
     if (info.name() == kActivationsTensor) {
-      input->set_sha256(activations_sha256);
+      input->set_digest(activations_digest);
     } else if (!IsJobTensor(info.name())) {
-      input->set_sha256(WeightSha256(job_id, info.name()));
+      input->set_digest(WeightDigest(job_id, info.name()));
     }
   }
   spec.set_model_dir(job.model_dir());
@@ -694,7 +694,7 @@ absl::StatusOr<v1::LeaseTaskResponse> JobManager::LeaseTask(
       absl::StatusOr<v1::JobSpec> job = ParseSpec(lease->job);
       absl::StatusOr<v1::TaskSpec> spec =
           job.ok() ? BuildTaskSpec(*job, lease->plan, lease->task,
-                                   lease->key.job_id, lease->activations_sha256,
+                                   lease->key.job_id, lease->activations_digest,
                                    lease->activations_held)
                    : job.status();
       if (!spec.ok()) {
@@ -972,7 +972,7 @@ absl::StatusOr<v1::UploadResultResponse> JobManager::UploadDeferred(
                                          model.hidden_size,
                                          job.spec.model_dir(), name, file));
     RETURN_IF_ERROR(
-        scheduler_->MarkDurable(key, ref.epoch(), name, HexOf(file.sha256)));
+        scheduler_->MarkDurable(key, ref.epoch(), name, HexOf(file.digest)));
   }
   std::error_code error;
   fs::remove_all(UploadDir(plan.job_dir, task.index, ref.epoch()), error);
@@ -1005,7 +1005,7 @@ absl::Status JobManager::CompleteTask(const v1::CompleteTaskRequest& request) {
   // restarted after it.
   std::map<std::string, DeferredOutput> deferred;
   for (const v1::DeferredOutput& output : request.deferred()) {
-    deferred[output.name()] = {output.sha256(), output.size_bytes()};
+    deferred[output.name()] = {output.digest(), output.size_bytes()};
   }
   std::map<std::string, UploadReceiver::Received> received;
   {

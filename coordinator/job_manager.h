@@ -139,7 +139,7 @@ class JobManager {
   v1::Job JobMessage(const JobContext& job, bool include_tasks);
   absl::StatusOr<v1::TaskSpec> BuildTaskSpec(
       const v1::JobSpec& job, const JobPlan& plan, const TaskRow& task,
-      int64_t job_id, const std::string& activations_sha256,
+      int64_t job_id, const std::string& activations_digest,
       bool activations_held);
   // The canonical absolute form of `path`, or InvalidArgument naming
   // `field` when it is not inside one of `roots`.
@@ -148,12 +148,12 @@ class JobManager {
       const std::vector<std::string>& roots) const;
   void Log(const std::string& line) const;
   void TickLoop();
-  // Records the SHA-256 of every model tensor of each active job
+  // Records the digest of every model tensor of each active job
   // (coordinator/weight_checksums.h), oldest job first, in task order, so
   // that workers reading the model root verify what they read.
   void HashLoop();
-  // The recorded SHA-256 of job `job_id`'s model tensor `name`, or "".
-  std::string WeightSha256(int64_t job_id, const std::string& name);
+  // The recorded digest of job `job_id`'s model tensor `name`, or "".
+  std::string WeightDigest(int64_t job_id, const std::string& name);
   // Starts an assembly thread for each job whose tasks are all done (one
   // job's assembly never waits for another's), and joins them when they end
   // or, on shutdown, once they stopped at their next block.
@@ -198,7 +198,7 @@ class JobManager {
   std::thread assemble_thread_;
   std::thread hash_thread_;
   absl::Mutex sums_mu_;
-  // Job -> tensor -> SHA-256 (hex), as recorded; jobs fully hashed (or
+  // Job -> tensor -> digest (hex), as recorded; jobs fully hashed (or
   // whose hashing failed: their workers stream).
   std::map<int64_t, std::map<std::string, std::string>> sums_
       ABSL_GUARDED_BY(sums_mu_);

@@ -74,7 +74,7 @@ struct TaskRow {
   int32_t infra_faults = 0;  // Attempts lost to workers (gone, draining).
   std::string error;         // The latest failure.
   double seconds = 0;        // Compute time of the committed attempt.
-  // The committed outputs as JSON ({"name": {"path", "bytes", "sha256"}});
+  // The committed outputs as JSON ({"name": {"path", "bytes", "digest"}});
   // "" until the task is done.
   std::string outputs;
   // What computed the committed attempt: backend ("cpu", "cuda") and kernel

@@ -428,8 +428,8 @@ std::string CommittedField(const TaskRow& task, const std::string& name,
 
 }  // namespace
 
-std::string CommittedSha256(const TaskRow& task, const std::string& name) {
-  return CommittedField(task, name, "sha256");
+std::string CommittedDigest(const TaskRow& task, const std::string& name) {
+  return CommittedField(task, name, "digest");
 }
 
 std::string DeferredHolder(const TaskRow& task, const std::string& name) {

@@ -131,10 +131,10 @@ std::vector<std::string> IntermediateInputs(const JobPlan& plan,
 // its dependencies), or -1 when it reads none.
 int32_t ActivationsMaker(const JobPlan& plan, const std::vector<TaskRow>& tasks,
                          const TaskRow& task);
-// The SHA-256 (hex) recorded at the commit of `task`'s output `name`; ""
+// The digest (hex) recorded at the commit of `task`'s output `name`; ""
 // when the task is not done or its record lacks one.
-std::string CommittedSha256(const TaskRow& task, const std::string& name);
-// The worker that holds `task`'s output `name`, committed by its SHA-256
+std::string CommittedDigest(const TaskRow& task, const std::string& name);
+// The worker that holds `task`'s output `name`, committed by its digest
 // and not uploaded yet (a deferred commit); "" once it is on the
 // coordinator's disk, or for any other record.
 std::string DeferredHolder(const TaskRow& task, const std::string& name);

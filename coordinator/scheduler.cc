@@ -289,8 +289,8 @@ absl::StatusOr<std::optional<Lease>> Scheduler::TryLease(
       lease.task = task;
       const int32_t maker = ActivationsMaker(job.plan, job.tasks, task);
       if (maker >= 0) {
-        lease.activations_sha256 =
-            CommittedSha256(job.tasks[maker], kActivationsTensor);
+        lease.activations_digest =
+            CommittedDigest(job.tasks[maker], kActivationsTensor);
         lease.activations_held =
             !DeferredHolder(job.tasks[maker], kActivationsTensor).empty();
       }
@@ -531,7 +531,7 @@ int Scheduler::ExpireLeases() {
 
 absl::Status Scheduler::MarkDurable(const TaskKey& key, int64_t epoch,
                                     const std::string& name,
-                                    const std::string& sha256) {
+                                    const std::string& digest) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(TaskRow * found, FindTask(key));
   if (found->state != TaskState::kDone || found->epoch != epoch) {
@@ -545,11 +545,11 @@ absl::Status Scheduler::MarkDurable(const TaskKey& key, int64_t epoch,
     return absl::FailedPreconditionError(
         absl::StrCat("task ", key.index, " committed no ", name));
   }
-  const std::string committed = CommittedSha256(*found, name);
-  if (committed != sha256) {
+  const std::string committed = CommittedDigest(*found, name);
+  if (committed != digest) {
     return absl::InvalidArgumentError(
         absl::StrCat("uploaded ", name, " of task ", key.index,
-                     " is not what was committed (SHA-256 ", sha256, ", not ",
+                     " is not what was committed (digest ", digest, ", not ",
                      committed, ")"));
   }
   if (!outputs[name].contains("held_by")) return absl::OkStatus();

@@ -94,7 +94,7 @@ struct SchedulerOptions {
   // worker while it is alive and idle; 0: none.
   int64_t affinity_ms = 0;
   // With affinity: workers may commit the activations they make by their
-  // SHA-256 and upload them after the commit (LeaseTaskResponse.
+  // digest and upload them after the commit (LeaseTaskResponse.
   // defer_activations).
   bool defer_activations = true;
 };
@@ -121,8 +121,9 @@ struct Lease {
   JobRow job;
   JobPlan plan;
   TaskRow task;
-  // SHA-256 (hex) of the committed activations the task reads; "" if none.
-  std::string activations_sha256;
+  // The content digest (hex) of the committed activations the task reads;
+  // "" if none.
+  std::string activations_digest;
   // Those activations are held by this worker, not uploaded yet.
   bool activations_held = false;
   // The task's own activations may be committed deferred (affinity is on).
@@ -202,11 +203,11 @@ class Scheduler {
   int ExpireLeases();
 
   // The deferred output `name` of task `key` (done under `epoch`, committed
-  // with SHA-256 `sha256` hex) is now on the coordinator's disk: any worker
+  // with digest `digest` hex) is now on the coordinator's disk: any worker
   // may read it. FailedPrecondition when the task was computed again since
-  // (or never so), InvalidArgument for another SHA-256.
+  // (or never so), InvalidArgument for another digest.
   absl::Status MarkDurable(const TaskKey& key, int64_t epoch,
-                           const std::string& name, const std::string& sha256);
+                           const std::string& name, const std::string& digest);
   // Deferred outputs whose worker is gone (not heard from within
   // worker_timeout_ms, and that long or a minute, whichever is longer,
   // since this scheduler started, so that a worker of an earlier

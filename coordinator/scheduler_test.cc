@@ -86,7 +86,7 @@ class SchedulerTest : public ::testing::Test {
         lease.key, lease.epoch, worker, 1.5, "cpu", "OpenBLAS 0.3.21 Haswell",
         []() -> absl::StatusOr<std::string> { return std::string("{}"); });
   }
-  // Commits `lease` with activations of SHA-256 "00ff", held by `holder`
+  // Commits `lease` with activations of digest "00ff", held by `holder`
   // (a deferred commit) unless it is empty.
   absl::Status CompleteWithActivations(const Lease& lease,
                                        const std::string& worker,
@@ -95,7 +95,7 @@ class SchedulerTest : public ::testing::Test {
         lease.key, lease.epoch, worker, 1, "cpu", "k",
         [holder]() -> absl::StatusOr<std::string> {
           return absl::StrCat(
-              R"({"activations": {"path": "x", "bytes": 1, "sha256": "00ff")",
+              R"({"activations": {"path": "x", "bytes": 1, "digest": "00ff")",
               holder.empty()
                   ? ""
                   : absl::StrCat(R"(, "held_by": ")", holder, R"(")"),
@@ -114,7 +114,7 @@ class SchedulerTest : public ::testing::Test {
 };
 
 // A block waits a while for the idle worker that made its input
-// activations, and the lease names their committed SHA-256.
+// activations, and the lease names their committed digest.
 TEST_F(SchedulerTest, ABlockGoesFirstToTheWorkerThatMadeItsInput) {
   Reopen(/*affinity_ms=*/3000);
   const int64_t job = AddChain();
@@ -125,15 +125,15 @@ TEST_F(SchedulerTest, ABlockGoesFirstToTheWorkerThatMadeItsInput) {
   EXPECT_FALSE(scheduler_->TryLease(b)->has_value());  // Held for a.
   const Lease block0 = MustLease(a);
   EXPECT_EQ(block0.key.index, 1);
-  EXPECT_EQ(block0.activations_sha256, "00ff");
-  EXPECT_TRUE(embed.activations_sha256.empty());
+  EXPECT_EQ(block0.activations_digest, "00ff");
+  EXPECT_TRUE(embed.activations_digest.empty());
   // Block 1 waits for a in turn, until the affinity's time is up.
   ASSERT_TRUE(Complete(block0, a).ok());
   EXPECT_FALSE(scheduler_->TryLease(b)->has_value());
   clock_.Advance(3000);
   const Lease block1 = MustLease(b);
   EXPECT_EQ(block1.key.index, 2);
-  EXPECT_EQ(block1.activations_sha256, "");  // Block 0's record has none.
+  EXPECT_EQ(block1.activations_digest, "");  // Block 0's record has none.
   ASSERT_TRUE(Complete(block1, b).ok());
   EXPECT_EQ(scheduler_->JobsToAssemble(), std::vector<int64_t>{job});
 }
@@ -174,7 +174,7 @@ TEST_F(SchedulerTest, ALateHeartbeatForACommittedTaskKeepsTheMakersClaim) {
   EXPECT_EQ(MustLease(a).key.index, 1);
 }
 
-// Activations committed deferred (by their SHA-256, held by the worker
+// Activations committed deferred (by their digest, held by the worker
 // that made them) are read only by that worker until they are uploaded;
 // when it leaves first, their maker runs again, and once nothing reads
 // them they are forgotten.
@@ -226,7 +226,7 @@ TEST_F(SchedulerTest, DeferredActivationsWaitForTheirHolderOrAreMadeAgain) {
   EXPECT_EQ(scheduler_->LoseAbsentHolders(), std::vector<int64_t>{job});
   EXPECT_EQ(StoredTask(job, 1).state, TaskState::kDone);
   EXPECT_TRUE(DeferredHolder(StoredTask(job, 1), kActivationsTensor).empty());
-  EXPECT_EQ(CommittedSha256(StoredTask(job, 1), kActivationsTensor), "00ff");
+  EXPECT_EQ(CommittedDigest(StoredTask(job, 1), kActivationsTensor), "00ff");
   EXPECT_EQ(scheduler_->JobsToAssemble(), std::vector<int64_t>{job});
 }
 

@@ -60,19 +60,23 @@ absl::StatusOr<std::shared_ptr<StripedUpload>> StripedUpload::Create(
     RETURN_IF_ERROR(CheckDeclaredOutput(entry.name(), entry.size_bytes(),
                                         !named.insert(entry.name()).second,
                                         expected, max_output_bytes));
-    if (!IsSha256Hex(entry.sha256())) {
+    if (!IsHexDigest(entry.digest())) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "\"", entry.name(), "\": \"", entry.sha256().substr(0, 80),
-          "\" is not a SHA-256 in hex"));
+          "\"", entry.name(), "\": \"", entry.digest().substr(0, 80),
+          "\" is not a digest in hex"));
     }
     Output& out = upload->outputs_.emplace_back();
     out.name = entry.name();
     out.size = entry.size_bytes();
-    out.sha256 = absl::HexStringToBytes(entry.sha256());
+    out.digest = absl::HexStringToBytes(entry.digest());
     out.final_path = absl::StrCat(dir, "/", entry.name());
     out.temp_path = absl::StrCat(dir, "/.", entry.name(), ".striped");
     out.units = (out.size + stripe.unit_bytes() - 1) / stripe.unit_bytes();
-    out.unit_done.assign(out.units, false);
+    out.pieces.resize(ContentDigest::PiecesOf(out.size));
+    for (uint64_t p = 0; p < out.pieces.size(); ++p) {
+      out.piece_missing.push_back(
+          std::min(kDigestPieceBytes, out.size - p * kDigestPieceBytes));
+    }
   }
   RETURN_IF_ERROR(CheckNoOutputMissing(
       expected, optional,
@@ -105,7 +109,7 @@ bool StripedUpload::SameUpload(const v1::UploadStripe& stripe) const {
   for (int i = 0; i < stripe.outputs_size(); ++i) {
     const v1::DeferredOutput& a = stripe.outputs(i);
     const v1::DeferredOutput& b = stripe_.outputs(i);
-    if (a.name() != b.name() || a.sha256() != b.sha256() ||
+    if (a.name() != b.name() || a.digest() != b.digest() ||
         a.size_bytes() != b.size_bytes()) {
       return false;
     }
@@ -215,85 +219,54 @@ absl::Status StripedUpload::ReceiveStream(
     absl::MutexLock lock(&mu_);
     if (!status_.ok()) return status_;
     if (++streams_ended_ < count) return absl::OkStatus();
-    // Every unit is written, and no stream is hashing: the outputs of no
-    // bytes (or a last output whose units completed while another stream
-    // hashed) remain.
-    hashing_ = true;
   }
+  // Every piece is hashed (by the stream that completed it, before that
+  // stream ended).
   *last = true;
-  RETURN_IF_ERROR(HashWhileReady());
-  {
-    absl::MutexLock lock(&mu_);
-    if (hash_output_ != outputs_.size()) {
-      status_ = absl::InternalError(absl::StrCat(
-          "upload ", stripe_.upload_id(), ": hashing stopped at output ",
-          hash_output_, " unit ", hash_unit_, " with every unit written"));
-      return status_;
+  for (const Output& out : outputs_) {
+    if (ContentDigest::Combine(out.size, out.pieces) != out.digest) {
+      return Fail(
+          absl::DataLossError(absl::StrCat(out.name, ": digest mismatch")));
     }
   }
   return Commit();
 }
 
 absl::Status StripedUpload::UnitDone(size_t output, uint64_t unit) {
+  Output& out = outputs_[output];
+  const uint64_t from = unit * stripe_.unit_bytes();
+  const uint64_t to = std::min(from + stripe_.unit_bytes(), out.size);
+  std::vector<uint64_t> complete;
   {
     absl::MutexLock lock(&mu_);
-    outputs_[output].unit_done[unit] = true;
-    if (hashing_ || !status_.ok()) return status_;
-    hashing_ = true;
+    for (uint64_t p = from / kDigestPieceBytes; p * kDigestPieceBytes < to;
+         ++p) {
+      const uint64_t overlap = std::min(to, (p + 1) * kDigestPieceBytes) -
+                               std::max(from, p * kDigestPieceBytes);
+      out.piece_missing[p] -= overlap;
+      if (out.piece_missing[p] == 0) complete.push_back(p);
+    }
   }
-  return HashWhileReady();
+  for (const uint64_t piece : complete) RETURN_IF_ERROR(HashPiece(out, piece));
+  return absl::OkStatus();
 }
 
-absl::Status StripedUpload::HashWhileReady() {
-  while (true) {
-    const Output* out;
-    uint64_t unit;
-    {
-      absl::MutexLock lock(&mu_);
-      while (status_.ok() && hash_output_ < outputs_.size() &&
-             hash_unit_ == outputs_[hash_output_].units) {
-        const Output& whole = outputs_[hash_output_];
-        if (hash_.Finish() != whole.sha256) {
-          status_ = absl::DataLossError(
-              absl::StrCat(whole.name, ": SHA-256 mismatch"));
-          failed_ = true;
-        }
-        ++hash_output_;
-        hash_unit_ = 0;
-      }
-      if (!status_.ok() || hash_output_ == outputs_.size() ||
-          !outputs_[hash_output_].unit_done[hash_unit_]) {
-        hashing_ = false;
-        return status_;
-      }
-      out = &outputs_[hash_output_];
-      unit = hash_unit_;
-    }
-    const uint64_t from = unit * stripe_.unit_bytes();
-    const uint64_t to = std::min(from + stripe_.unit_bytes(), out->size);
-    hash_buffer_.resize(std::min<uint64_t>(kHashReadBytes, to - from));
-    absl::Status read = absl::OkStatus();
-    for (uint64_t at = from; at < to && read.ok();) {
-      const ssize_t n = pread(out->fd, hash_buffer_.data(),
-                              std::min<uint64_t>(hash_buffer_.size(), to - at),
-                              static_cast<off_t>(at));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        read = ErrnoError("cannot read back", out->temp_path);
-        break;
-      }
-      hash_.Update(hash_buffer_.data(), static_cast<size_t>(n));
-      at += static_cast<uint64_t>(n);
-    }
-    absl::MutexLock lock(&mu_);
-    if (!read.ok()) {
-      hashing_ = false;
-      if (status_.ok()) status_ = read;
-      failed_ = true;
-      return status_;
-    }
-    ++hash_unit_;
+absl::Status StripedUpload::HashPiece(Output& out, uint64_t piece) {
+  const uint64_t from = piece * kDigestPieceBytes;
+  const uint64_t to = std::min(from + kDigestPieceBytes, out.size);
+  std::vector<char> buffer(std::min<uint64_t>(kHashReadBytes, to - from));
+  Sha256 hash;
+  for (uint64_t at = from; at < to;) {
+    const ssize_t n =
+        pread(out.fd, buffer.data(), std::min<uint64_t>(buffer.size(), to - at),
+              static_cast<off_t>(at));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return Fail(ErrnoError("cannot read back", out.temp_path));
+    hash.Update(buffer.data(), static_cast<size_t>(n));
+    at += static_cast<uint64_t>(n);
   }
+  out.pieces[piece] = hash.Finish();
+  return absl::OkStatus();
 }
 
 absl::Status StripedUpload::Commit() {
@@ -309,7 +282,7 @@ absl::Status StripedUpload::Commit() {
     UploadReceiver::Received& r = received_[out.name];
     r.path = out.final_path;
     r.bytes = out.size;
-    r.sha256 = out.sha256;
+    r.digest = out.digest;
   }
   committed_ = true;
   return absl::OkStatus();

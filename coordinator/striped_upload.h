@@ -1,12 +1,12 @@
 // An upload sent as several streams side by side (proto UploadStripe): one
-// gRPC stream is bound by one core on each end (protobuf, CRC-32C, SHA-256,
+// gRPC stream is bound by one core on each end (protobuf, CRC-32C, digest,
 // the write), which is 0.3-0.5 GB/s, and a 70B block's activations are
 // 8.6 GB. Each stream's chunks are checked (CRC-32C, order, bounds) and
-// written at their offsets by the stream's own thread; each output is
-// hashed in order as its units complete, by whichever stream completes the
-// unit the hash waits for, so the one sequential pass (SHA-256) overlaps
-// the transfer; the files are committed once every stream has ended and
-// every output matches the SHA-256 of the manifest.
+// written at their offsets by the stream's own thread; each 16 MiB piece of
+// the content digest (common/checksum.h) is hashed by the stream that
+// completes it, so the hashing is spread over the streams as the transfer
+// is; the files are committed once every stream has ended and every output
+// matches the digest of the manifest.
 #ifndef COORDINATOR_STRIPED_UPLOAD_H_
 #define COORDINATOR_STRIPED_UPLOAD_H_
 
@@ -50,7 +50,7 @@ class StripedUpload {
 
   // Receives stream `index`'s chunks until `read` returns false. DataLoss
   // for a damaged, out-of-order or short stream or (on the last stream to
-  // end) a SHA-256 mismatch; InvalidArgument for an index out of range or
+  // end) a digest mismatch; InvalidArgument for an index out of range or
   // one that came before; Aborted once the upload failed on another stream
   // or was aborted. Any error fails the whole upload. `stream_bytes` gets
   // the bytes this stream carried; `*last` whether it was the last stream
@@ -62,7 +62,7 @@ class StripedUpload {
   // Fails the upload (a newer attempt began): its streams return `why`.
   void Abort(absl::Status why);
 
-  // Once committed: each output's file, size and SHA-256, by name.
+  // Once committed: each output's file, size and digest, by name.
   const std::map<std::string, UploadReceiver::Received>& received() const {
     return received_;
   }
@@ -71,37 +71,33 @@ class StripedUpload {
   struct Output {
     std::string name;
     uint64_t size = 0;
-    std::string sha256;  // Raw, as the manifest says.
+    std::string digest;  // Raw, as the manifest says.
     std::string temp_path;
     std::string final_path;
     int fd = -1;
     uint64_t units = 0;
-    std::vector<bool> unit_done;
+    // Per piece of the content digest: the bytes not yet written (under
+    // mu_), and the SHA-256 once hashed (by the one stream that wrote its
+    // last bytes; read by the last stream to end).
+    std::vector<uint64_t> piece_missing;
+    std::vector<std::string> pieces;
   };
 
   explicit StripedUpload(const v1::UploadStripe& stripe);
   absl::Status Fail(absl::Status why);
-  // Marks a unit written; unless another stream is hashing, hashes the
-  // outputs in order for as long as their next unit is written.
-  absl::Status UnitDone(size_t output, uint64_t unit);
-  absl::Status HashWhileReady() ABSL_LOCKS_EXCLUDED(mu_);
+  // Marks a unit written and hashes the pieces it completed.
+  absl::Status UnitDone(size_t output, uint64_t unit) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status HashPiece(Output& out, uint64_t piece);
   absl::Status Commit();
 
   const v1::UploadStripe stripe_;
-  std::vector<Output> outputs_;  // Fixed after Create; unit_done under mu_.
+  std::vector<Output> outputs_;  // Fixed after Create but for the pieces.
   std::atomic<bool> failed_{false};
 
   absl::Mutex mu_;
   absl::Status status_ ABSL_GUARDED_BY(mu_);
   std::vector<bool> stream_started_ ABSL_GUARDED_BY(mu_);
   int streams_ended_ ABSL_GUARDED_BY(mu_) = 0;
-  // The hash frontier: the next unit of which output the hash takes, and
-  // whether a stream is hashing (it alone touches hash_).
-  size_t hash_output_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t hash_unit_ ABSL_GUARDED_BY(mu_) = 0;
-  bool hashing_ ABSL_GUARDED_BY(mu_) = false;
-  Sha256 hash_;
-  std::vector<uint8_t> hash_buffer_;
 
   bool committed_ = false;
   std::map<std::string, UploadReceiver::Received> received_;

@@ -35,24 +35,26 @@ struct Output {
 };
 
 v1::UploadStripe Stripe(const std::vector<Output>& outputs, int count,
-                        const std::string& id = "attempt-1") {
+                        const std::string& id = "attempt-1",
+                        uint64_t unit = kUnit) {
   v1::UploadStripe stripe;
   stripe.set_upload_id(id);
   stripe.set_count(count);
-  stripe.set_unit_bytes(kUnit);
+  stripe.set_unit_bytes(unit);
   for (const Output& out : outputs) {
     v1::DeferredOutput* entry = stripe.add_outputs();
     entry->set_name(out.name);
-    entry->set_sha256(HexOf(Sha256Of(out.bytes)));
+    entry->set_digest(HexOf(ContentDigestOf(out.bytes)));
     entry->set_size_bytes(out.bytes.size());
   }
   return stripe;
 }
 
-// What stream `index` of `count` sends, as the worker sends it (chunks of
-// 1500 bytes: several to a unit, the last one short).
+// What stream `index` of `count` sends, as the worker sends it (by default
+// chunks of 1500 bytes: several to a unit, the last one short).
 std::vector<v1::UploadResultRequest> StreamOf(
-    const std::vector<Output>& outputs, int index, int count) {
+    const std::vector<Output>& outputs, int index, int count,
+    uint64_t unit = kUnit, size_t chunk = 1500) {
   std::vector<StripedTensor> tensors;
   for (const Output& out : outputs) {
     tensors.push_back({out.name,
@@ -60,9 +62,9 @@ std::vector<v1::UploadResultRequest> StreamOf(
                        out.bytes.size()});
   }
   std::vector<v1::UploadResultRequest> messages;
-  const absl::Status sent = SendStripe(
-      tensors, index, count, kUnit, 1500, [&](const v1::Chunk& chunk) {
-        *messages.emplace_back().mutable_chunk() = chunk;
+  const absl::Status sent =
+      SendStripe(tensors, index, count, unit, chunk, [&](const v1::Chunk& c) {
+        *messages.emplace_back().mutable_chunk() = c;
         return true;
       });
   EXPECT_TRUE(sent.ok()) << sent;
@@ -153,7 +155,7 @@ TEST_F(StripedUploadTest, StreamsSideBySideCommitTheOutputsByteForByte) {
       const auto it = (*upload)->received().find(out.name);
       ASSERT_NE(it, (*upload)->received().end()) << out.name;
       EXPECT_EQ(it->second.bytes, out.bytes.size());
-      EXPECT_EQ(it->second.sha256, Sha256Of(out.bytes));
+      EXPECT_EQ(it->second.digest, ContentDigestOf(out.bytes));
       const absl::StatusOr<std::string> file =
           ReadFileToString(it->second.path);
       ASSERT_TRUE(file.ok()) << file.status();
@@ -164,6 +166,57 @@ TEST_F(StripedUploadTest, StreamsSideBySideCommitTheOutputsByteForByte) {
         std::distance(fs::directory_iterator(dir_), fs::directory_iterator()),
         4);
   }
+}
+
+// Outputs of several digest pieces: each piece is hashed by the stream that
+// completes it, whether a piece spans units of several streams (units not
+// aligned to pieces) or a stream carries whole pieces.
+TEST_F(StripedUploadTest, PiecesSpanningStreamsDigestAsTheWholeFile) {
+  const std::vector<Output> outputs = {
+      {"activations", RandomBytes(2 * kDigestPieceBytes + 5000, 4)},
+      {"result", RandomBytes(kDigestPieceBytes - 1, 5)}};
+  const std::vector<std::string> names = {"activations", "result"};
+  for (const auto& [count, unit] : std::vector<std::pair<int, uint64_t>>{
+           {3, (5 << 20) + 4096}, {2, kDigestPieceBytes}}) {
+    SCOPED_TRACE(absl::StrCat(count, " streams, units of ", unit));
+    const std::string dir = MakeTestTempDir("striped_upload_pieces");
+    auto upload = StripedUpload::Create(
+        dir, Stripe(outputs, count, "pieces", unit), names, {}, 64 << 20);
+    ASSERT_TRUE(upload.ok()) << upload.status();
+    std::vector<std::vector<v1::UploadResultRequest>> streams;
+    for (int i = 0; i < count; ++i) {
+      streams.push_back(StreamOf(outputs, i, count, unit, 1 << 20));
+    }
+    for (const StreamResult& r : RunStreams(**upload, std::move(streams))) {
+      ASSERT_TRUE(r.status.ok()) << r.status;
+    }
+    for (const Output& out : outputs) {
+      const auto it = (*upload)->received().find(out.name);
+      ASSERT_NE(it, (*upload)->received().end()) << out.name;
+      const absl::StatusOr<std::string> file =
+          ReadFileToString(it->second.path);
+      ASSERT_TRUE(file.ok()) << file.status();
+      EXPECT_TRUE(*file == out.bytes) << out.name;
+    }
+  }
+  // One byte of the second piece changed (its chunk's CRC-32C made to
+  // match): only the digest tells.
+  std::vector<std::vector<v1::UploadResultRequest>> streams;
+  for (int i = 0; i < 2; ++i) {
+    streams.push_back(StreamOf(outputs, i, 2, kDigestPieceBytes, 1 << 20));
+  }
+  (*streams[1][0].mutable_chunk()->mutable_data())[9] ^= 0x01;
+  v1::Chunk& chunk = *streams[1][0].mutable_chunk();
+  chunk.set_crc32c(Crc32c(chunk.data().data(), chunk.data().size()));
+  auto upload = StripedUpload::Create(
+      MakeTestTempDir("striped_upload_pieces"),
+      Stripe(outputs, 2, "damaged", kDigestPieceBytes), names, {}, 64 << 20);
+  ASSERT_TRUE(upload.ok()) << upload.status();
+  int mismatches = 0;
+  for (const StreamResult& r : RunStreams(**upload, std::move(streams))) {
+    mismatches += r.status.message() == "activations: digest mismatch";
+  }
+  EXPECT_EQ(mismatches, 1);
 }
 
 TEST_F(StripedUploadTest, ADamagedChunkFailsTheUploadAndLeavesNoFile) {
@@ -186,7 +239,7 @@ TEST_F(StripedUploadTest, ADamagedChunkFailsTheUploadAndLeavesNoFile) {
 
 TEST_F(StripedUploadTest, BytesThatDoNotMatchTheManifestAreRefused) {
   // Consistent chunks (their CRC-32C right) of other bytes: only the
-  // manifest's SHA-256 can tell.
+  // manifest's digest can tell.
   std::vector<Output> sent = outputs_;
   sent[0].bytes[7 * kUnit + 3] ^= 0x01;
   auto upload = Create(Stripe(outputs_, 3));
@@ -198,7 +251,7 @@ TEST_F(StripedUploadTest, BytesThatDoNotMatchTheManifestAreRefused) {
   for (const StreamResult& r : results) {
     EXPECT_FALSE(r.status.ok() && r.last);
     mismatch |= r.status.code() == absl::StatusCode::kDataLoss &&
-                r.status.message() == "result: SHA-256 mismatch";
+                r.status.message() == "result: digest mismatch";
   }
   EXPECT_TRUE(mismatch);
   EXPECT_TRUE((*upload)->received().empty());
@@ -277,7 +330,7 @@ TEST_F(StripedUploadTest, AManifestThatLiesIsRefusedBeforeAnyByte) {
   stripe.mutable_outputs(2)->set_size_bytes(uint64_t{1} << 40);
   EXPECT_EQ(Create(stripe).status().code(), absl::StatusCode::kInvalidArgument);
   stripe = Stripe(outputs_, 2);
-  stripe.mutable_outputs(3)->set_sha256("not hex");
+  stripe.mutable_outputs(3)->set_digest("not hex");
   EXPECT_EQ(Create(stripe).status().code(), absl::StatusCode::kInvalidArgument);
   stripe = Stripe(outputs_, 2);
   stripe.mutable_outputs()->RemoveLast();

@@ -258,7 +258,7 @@ absl::Status UploadReceiver::Accept(const v1::Chunk& chunk) {
     Received& r = received_[verifier_->tensor()];
     r.path = writer_->final_path();
     r.bytes = verifier_->offset();
-    r.sha256 = verifier_->sha256();
+    r.digest = verifier_->digest();
     verifier_.reset();
     writer_.reset();
   }

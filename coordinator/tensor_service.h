@@ -107,7 +107,7 @@ class UploadReceiver {
   struct Received {
     std::string path;
     uint64_t bytes = 0;
-    std::string sha256;  // Raw.
+    std::string digest;  // Raw.
   };
   // After Finish: by output name.
   const std::map<std::string, Received>& received() const { return received_; }

@@ -21,23 +21,23 @@
 namespace quant {
 namespace {
 
-// SHA-256 (hex) of a mapped tensor, read a window at a time (a 70B
+// The content digest (hex) of a mapped tensor, read a window at a time (a 70B
 // embedding is 2 GB).
 std::string HashTensor(const SafetensorsCheckpoint& model,
                        const TensorView& view) {
-  Sha256 sha256;
+  ContentDigest digest;
   (void)model.ForEachWindow(view, 64 << 20,
                             [&](const uint8_t* data, size_t size) {
-                              sha256.Update(data, size);
+                              digest.Update(data, size);
                               return absl::OkStatus();
                             });
-  return HexOf(sha256.Finish());
+  return HexOf(digest.Finish());
 }
 
 }  // namespace
 
 std::string WeightChecksumsPath(const std::string& job_dir) {
-  return job_dir + "/weights.sha256";
+  return job_dir + "/weights.digest";
 }
 
 std::map<std::string, std::string> LoadWeightChecksums(
@@ -47,7 +47,7 @@ std::map<std::string, std::string> LoadWeightChecksums(
   std::string line;
   // Only whole lines count: the last may have been torn by a crash.
   while (std::getline(in, line) && !in.eof()) {
-    if (line.size() > 66 && IsSha256Hex(line.substr(0, 64)) &&
+    if (line.size() > 66 && IsHexDigest(line.substr(0, 64)) &&
         line.substr(64, 2) == "  ") {
       sums[line.substr(66)] = line.substr(0, 64);
     }

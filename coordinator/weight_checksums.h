@@ -1,9 +1,9 @@
-// The SHA-256 of each model tensor a job reads, recorded once by the
+// The digest of each model tensor a job reads, recorded once by the
 // coordinator after it planned the job, in the job directory (a restarted
 // coordinator keeps them). Workers that see the model root themselves
 // (direct reads) verify what they read against them before using it.
 //
-// The record is append-only, one "<sha256 hex>  <tensor name>" line per
+// The record is append-only, one "<digest hex>  <tensor name>" line per
 // tensor, each fsynced: a line torn by a crash is ignored and hashed again.
 #ifndef COORDINATOR_WEIGHT_CHECKSUMS_H_
 #define COORDINATOR_WEIGHT_CHECKSUMS_H_
@@ -23,7 +23,7 @@ namespace quant {
 // Where job_dir's record lives.
 std::string WeightChecksumsPath(const std::string& job_dir);
 
-// The record of `job_dir`: tensor name -> SHA-256 (hex); empty when none.
+// The record of `job_dir`: tensor name -> digest (hex); empty when none.
 std::map<std::string, std::string> LoadWeightChecksums(
     const std::string& job_dir);
 

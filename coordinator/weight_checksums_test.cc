@@ -40,11 +40,11 @@ class WeightChecksumsTest : public ::testing::Test {
       tasks_.push_back(task);
     }
   }
-  // SHA-256 (hex) of the model's tensor `name`.
+  // The content digest (hex) of the model's tensor `name`.
   std::string Expected(const std::string& name) {
     auto model = SafetensorsCheckpoint::Open(model_);
     const TensorView view = *(*model)->Get(name);
-    return HexOf(Sha256Of(absl::string_view(
+    return HexOf(ContentDigestOf(absl::string_view(
         reinterpret_cast<const char*>(view.data), view.nbytes)));
   }
 

@@ -880,7 +880,7 @@ absl::Status SafetensorsWriter::Finish() {
   const absl::Status status = out_->Commit();
   if (!status.ok()) return Fail(status);
   done_ = true;
-  sha256_ = out_->sha256();
+  digest_ = out_->digest();
   out_.reset();
   return absl::OkStatus();
 }

@@ -213,11 +213,11 @@ class SafetensorsWriter {
   // on any failure the temporary file is removed.
   absl::Status Finish();
 
-  // Before the first WriteTensorData: the file's SHA-256 is computed as it
-  // is written (AtomicFileWriter::HashContents); sha256() is the raw
+  // Before the first WriteTensorData: the file's digest is computed as it
+  // is written (AtomicFileWriter::HashContents); digest() is the raw
   // digest once finished.
   void HashContents() { out_->HashContents(); }
-  const std::string& sha256() const { return sha256_; }
+  const std::string& digest() const { return digest_; }
 
   const std::string& path() const { return path_; }
 
@@ -245,7 +245,7 @@ class SafetensorsWriter {
   uint64_t data_size_ = 0;
   bool header_written_ = false;
   bool done_ = false;  // Finished, or failed on I/O: no further calls.
-  std::string sha256_;
+  std::string digest_;
   size_t current_ = 0;  // First incomplete tensor once the header is out.
 };
 

@@ -37,10 +37,10 @@ Item MakeItem(std::string name, SafetensorsDType dtype,
 
 absl::Status WriteItems(const std::string& path, const std::vector<Item>& items,
                         const std::map<std::string, std::string>& metadata,
-                        Durability durability, std::string* sha256 = nullptr) {
+                        Durability durability, std::string* digest = nullptr) {
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWriter> writer,
                    SafetensorsWriter::Create(path, durability));
-  if (sha256 != nullptr) writer->HashContents();
+  if (digest != nullptr) writer->HashContents();
   for (const auto& [key, value] : metadata) writer->SetMetadata(key, value);
   for (const Item& item : items) {
     RETURN_IF_ERROR(writer->AddTensor(item.name, item.dtype, item.shape));
@@ -49,7 +49,7 @@ absl::Status WriteItems(const std::string& path, const std::vector<Item>& items,
     RETURN_IF_ERROR(writer->WriteTensorData(item.name, item.data, item.bytes));
   }
   RETURN_IF_ERROR(writer->Finish());
-  if (sha256 != nullptr) *sha256 = writer->sha256();
+  if (digest != nullptr) *digest = writer->digest();
   return absl::OkStatus();
 }
 
@@ -179,7 +179,7 @@ nlohmann::json BlockReportJson(const BlockResult& result) {
 }
 
 absl::Status SaveBlockResult(const std::string& path, const BlockResult& result,
-                             Durability durability, std::string* sha256) {
+                             Durability durability, std::string* digest) {
   std::vector<Item> items;
   for (int i = 0; i < kBlockLinears; ++i) {
     const QuantizedLinear& q = result.quantized[i];
@@ -235,7 +235,7 @@ absl::Status SaveBlockResult(const std::string& path, const BlockResult& result,
   return WriteItems(
       path, items,
       {{"report", BlockReportJson(result).dump()}, {"formats", formats.dump()}},
-      durability, sha256);
+      durability, digest);
 }
 
 namespace {
@@ -566,11 +566,11 @@ absl::StatusOr<BlockStatistics> LoadBlockStatistics(const std::string& path) {
 absl::Status SaveActivations(const std::string& path,
                              const std::vector<float>& hidden,
                              int64_t sequences, int64_t seq_len, int64_t dim,
-                             Durability durability, std::string* sha256) {
+                             Durability durability, std::string* digest) {
   return WriteItems(path,
                     {MakeItem("hidden", SafetensorsDType::kF32,
                               {sequences, seq_len, dim}, hidden)},
-                    {}, durability, sha256);
+                    {}, durability, digest);
 }
 
 absl::StatusOr<std::vector<float>> LoadActivations(const std::string& path,

@@ -22,11 +22,11 @@
 namespace quant {
 
 // Saves of this file are durable (fsynced) unless told kScratch: a
-// worker's task outputs are scratch (common/file.h). `sha256` (optional):
-// the file's raw SHA-256, computed while it is written.
+// worker's task outputs are scratch (common/file.h). `digest` (optional):
+// the file's raw digest, computed while it is written.
 absl::Status SaveBlockResult(const std::string& path, const BlockResult& result,
                              Durability durability = Durability::kDurable,
-                             std::string* sha256 = nullptr);
+                             std::string* digest = nullptr);
 
 // One linear of a saved block result.
 struct SavedLinear {
@@ -115,13 +115,13 @@ nlohmann::json BlockReportJson(const BlockResult& result);
 // object whose "linears" are kBlockLinears objects, or InvalidArgument.
 absl::StatusOr<nlohmann::json> LoadBlockReport(const std::string& path);
 
-// hidden [sequences, seq_len, dim]. `sha256` (optional): the file's raw
-// SHA-256, computed while it is written.
+// hidden [sequences, seq_len, dim]. `digest` (optional): the file's raw
+// digest, computed while it is written.
 absl::Status SaveActivations(const std::string& path,
                              const std::vector<float>& hidden,
                              int64_t sequences, int64_t seq_len, int64_t dim,
                              Durability durability = Durability::kDurable,
-                             std::string* sha256 = nullptr);
+                             std::string* digest = nullptr);
 // InvalidArgument when the stored shape is not [sequences, seq_len, dim].
 absl::StatusOr<std::vector<float>> LoadActivations(const std::string& path,
                                                    int64_t sequences,

@@ -14,7 +14,7 @@
 #  4. a partition between a worker and the coordinator longer than the
 #     lease (a proxy that holds every byte, then lets them through);
 #  5. a bit flipped in uploaded chunks, and a worker that sends a wrong
-#     SHA-256: refused at upload, sent again;
+#     digest: refused at upload, sent again;
 #  6. the coordinator's disk full during commits (a tmpfs; needs root): the
 #     job waits with a clear status, the store stays intact, and it goes on
 #     when space returns;
@@ -288,7 +288,7 @@ pass "worker a cut off for 4+ s holding task $task; after the partition:" \
 stop_workers
 stop_coordinator
 
-# 5. Corrupted uploads: a flipped bit in chunks, a wrong SHA-256.
+# 5. Corrupted uploads: a flipped bit in chunks, a wrong digest.
 new_scenario corrupt
 start_coordinator
 start_worker a "$port" \
@@ -296,12 +296,12 @@ start_worker a "$port" \
 job=$(submit corrupt.gguf)
 wait_state "$job" succeeded 120
 crc=$(grep -ciE "crc" "$work/corrupt-worker-a.log" || true)
-sha=$(grep -ciE "sha-256" "$work/corrupt-worker-a.log" || true)
+sha=$(grep -ciE "digest mismatch" "$work/corrupt-worker-a.log" || true)
 ((crc >= 2)) || fail "$crc CRC refusals, 2 expected"
-((sha >= 2)) || fail "$sha SHA-256 refusals, 2 expected"
+((sha >= 2)) || fail "$sha digest refusals, 2 expected"
 same_as_reference corrupt.gguf
 commits=$(committed_once)
-pass "2 chunks with a flipped bit and 2 tensors with a wrong SHA-256 refused" \
+pass "2 chunks with a flipped bit and 2 tensors with a wrong digest refused" \
   "at upload and sent again; output byte-identical; $commits commits, none twice"
 stop_workers
 stop_coordinator

@@ -5,12 +5,12 @@
 # byte-identical to `quantctl run --local` with the same recipe on the same
 # kernel class (one OpenBLAS thread everywhere), and llama.cpp loads the
 # GGUF. The workers see the model root (--shared_model_roots): they read
-# the weights there, verified against the SHA-256s the coordinator
+# the weights there, verified against the digests the coordinator
 # recorded, and each block goes to the worker that made its input
 # activations (affinity), which reads the copy it holds. A third job
 # calibrates each block data-parallel over the two workers (two shards),
 # byte-identical to run --local with that recipe. Activations are committed
-# by their SHA-256 and uploaded after the commit (the next block waits for
+# by their digest and uploaded after the commit (the next block waits for
 # the worker that holds them). Then the faults:
 #  - a worker killed holding activations it committed that way, before
 #    their upload: once it is gone their maker runs again elsewhere, and
@@ -150,11 +150,11 @@ for name in w1 w2; do
 done
 echo "PASS: the data-parallel job's captures ran on both workers"
 qc workers | grep -q "w1" || fail "quantctl workers does not list w1"
-direct=$(cat "$work"/worker-w*.log | grep -c "SHA-256 verified" || true)
+direct=$(cat "$work"/worker-w*.log | grep -c "digest verified" || true)
 held=$(cat "$work"/worker-w*.log | grep -c "reads the activations it holds" || true)
 [[ $direct -ge 1 ]] || fail "no worker read the weights from the shared model root"
 [[ $held -ge 1 ]] || fail "no worker read activations it held"
-echo "PASS: $direct tasks read their weights from the shared root (SHA-256 verified), $held the activations their worker held"
+echo "PASS: $direct tasks read their weights from the shared root (digest verified), $held the activations their worker held"
 
 if command -v node >/dev/null && [[ -d $node_modules/node-llama-cpp ]]; then
   QS_NODE_MODULES=$node_modules node "$checker" --model "$work/out/model.gguf" \
@@ -174,8 +174,8 @@ for family in ["quant_jobs{", "quant_tasks_completed_total{", "quant_workers_act
 assert 'quant_jobs{state="succeeded"} 3' in text, "three jobs succeeded"
 PY
 echo "PASS: /metrics"
-deferred=$(cat "$work"/worker-w*.log | grep -c "committed by SHA-256, uploaded after" || true)
-[[ $deferred -ge 1 ]] || fail "no activations were committed by SHA-256 alone"
+deferred=$(cat "$work"/worker-w*.log | grep -c "committed by digest, uploaded after" || true)
+[[ $deferred -ge 1 ]] || fail "no activations were committed by their digest alone"
 echo "PASS: $deferred activations committed by SHA-256 and uploaded after the commit"
 
 # 3. A worker killed holding activations it committed by SHA-256, before

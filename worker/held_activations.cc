@@ -13,7 +13,7 @@ namespace fs = std::filesystem;
 
 // A file name: the job id (the coordinator's) with anything but letters,
 // digits, '-' and '_' replaced (a collision is harmless: a file is used only
-// under its SHA-256).
+// under its digest).
 std::string KeyOf(const std::string& job_id, int boundary, int shard) {
   std::string key = job_id;
   for (char& c : key) {
@@ -53,11 +53,11 @@ void HeldActivations::DropLocked(const std::string& key) {
 
 absl::Status HeldActivations::Put(const std::string& job_id, int boundary,
                                   int shard, const std::string& path,
-                                  const std::string& sha256, bool pinned) {
+                                  const std::string& digest, bool pinned) {
   const std::string key = KeyOf(job_id, boundary, shard);
   absl::MutexLock lock(&mu_);
   DropLocked(key);
-  if ((capacity_ == 0 && !pinned) || sha256.empty()) return absl::OkStatus();
+  if ((capacity_ == 0 && !pinned) || digest.empty()) return absl::OkStatus();
   while (static_cast<int>(held_.size()) >= capacity_) {
     const auto oldest = std::find_if(held_.begin(), held_.end(),
                                      [](const Held& h) { return !h.pinned; });
@@ -70,7 +70,7 @@ absl::Status HeldActivations::Put(const std::string& job_id, int boundary,
     return absl::InternalError(absl::StrCat(
         "cannot keep ", path, " as ", PathOf(key), ": ", error.message()));
   }
-  held_.push_back({key, sha256, pinned});
+  held_.push_back({key, digest, pinned});
   return absl::OkStatus();
 }
 
@@ -85,14 +85,14 @@ void HeldActivations::Unpin(const std::string& job_id, int boundary,
 
 std::optional<std::string> HeldActivations::Find(const std::string& job_id,
                                                  int boundary, int shard,
-                                                 const std::string& sha256) {
+                                                 const std::string& digest) {
   const std::string key = KeyOf(job_id, boundary, shard);
   absl::MutexLock lock(&mu_);
   const auto it = std::find_if(held_.begin(), held_.end(),
                                [&](const Held& h) { return h.key == key; });
   if (it == held_.end()) return std::nullopt;
   std::error_code error;
-  if (sha256.empty() || it->sha256 != sha256 ||
+  if (digest.empty() || it->digest != digest ||
       !fs::is_regular_file(PathOf(key), error)) {
     DropLocked(key);  // Not what was committed (or gone): of no use.
     return std::nullopt;

@@ -2,7 +2,7 @@
 // worker's scratch volume: when the next block is leased to the same
 // worker (the scheduler's affinity), it reads them here instead of fetching
 // them again (8.6 GB per block boundary at 70B). The coordinator names the
-// committed SHA-256 in the task spec; a file is used only when the SHA-256
+// committed digest in the task spec; a file is used only when the digest
 // recorded with it (the one its upload sent) is that one.
 #ifndef WORKER_HELD_ACTIVATIONS_H_
 #define WORKER_HELD_ACTIVATIONS_H_
@@ -29,18 +29,18 @@ class HeldActivations {
 
   // Moves `path` in: the activations entering block `boundary` of job
   // `job_id` (calibration shard `shard` of a data-parallel job, else 0),
-  // whose bytes have SHA-256 `sha256` (hex). Replaces an earlier file of
+  // whose bytes have digest `digest` (hex). Replaces an earlier file of
   // the same boundary and shard. A `pinned` file (committed deferred: the
-  // coordinator has only its SHA-256 until it is uploaded) is not evicted
+  // coordinator has only its digest until it is uploaded) is not evicted
   // for room until Unpin; the others may exceed the capacity meanwhile.
   absl::Status Put(const std::string& job_id, int boundary, int shard,
-                   const std::string& path, const std::string& sha256,
+                   const std::string& path, const std::string& digest,
                    bool pinned = false);
   void Unpin(const std::string& job_id, int boundary, int shard);
   // The file held for (job_id, boundary, shard) when it was put with
-  // `sha256`; nullopt when none is, or (dropped then) one of another SHA-256.
+  // `digest`; nullopt when none is, or (dropped then) one of another digest.
   std::optional<std::string> Find(const std::string& job_id, int boundary,
-                                  int shard, const std::string& sha256);
+                                  int shard, const std::string& digest);
   void Drop(const std::string& job_id, int boundary, int shard);
 
  private:
@@ -54,7 +54,7 @@ class HeldActivations {
   absl::Mutex mu_;
   struct Held {
     std::string key;  // "<job>-<boundary>-<shard>".
-    std::string sha256;
+    std::string digest;
     bool pinned = false;
   };
   std::deque<Held> held_ ABSL_GUARDED_BY(mu_);  // Oldest first.

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -131,6 +132,15 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       absl::StrCat(output_dir, "/", kActivationsTensor, ".safetensors");
   TaskRunResult result;
   result.kernel = CpuComputeKernel();
+  // Runs `save` (an output written and hashed), its time counted apart.
+  const auto timed = [&result](const std::function<absl::Status()>& save) {
+    const auto began = std::chrono::steady_clock::now();
+    absl::Status status = save();
+    result.output_seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - began)
+            .count();
+    return status;
+  };
   switch (spec.kind()) {
     case v1::TASK_KIND_EMBED: {
       ASSIGN_OR_RETURN(const TensorView windows_view,
@@ -145,9 +155,11 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       std::vector<float> hidden(windows.size() * static_cast<size_t>(dim));
       const LlamaForward forward(model, seq_len);
       RETURN_IF_ERROR(forward.Embed(weights, windows, hidden.data()));
-      RETURN_IF_ERROR(SaveActivations(activations_out, hidden, sequences,
-                                      seq_len, dim, Durability::kScratch,
-                                      &result.sha256[kActivationsTensor]));
+      RETURN_IF_ERROR(timed([&] {
+        return SaveActivations(activations_out, hidden, sequences, seq_len, dim,
+                               Durability::kScratch,
+                               &result.digest[kActivationsTensor]);
+      }));
       result.outputs.emplace_back(kActivationsTensor, activations_out);
       break;
     }
@@ -173,9 +185,11 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
                                            options.sequences_per_pass,
                                            hidden.data()));
       result.kernel = compute.kernel();
-      RETURN_IF_ERROR(SaveActivations(activations_out, hidden, sequences,
-                                      seq_len, dim, Durability::kScratch,
-                                      &result.sha256[kActivationsTensor]));
+      RETURN_IF_ERROR(timed([&] {
+        return SaveActivations(activations_out, hidden, sequences, seq_len, dim,
+                               Durability::kScratch,
+                               &result.digest[kActivationsTensor]);
+      }));
       result.outputs.emplace_back(kActivationsTensor, activations_out);
       break;
     }
@@ -201,14 +215,18 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       result.kernel = {done->backend, done->kernel};
       const std::string result_path =
           absl::StrCat(output_dir, "/", kResultTensor, ".safetensors");
-      RETURN_IF_ERROR(SaveBlockResult(result_path, *done, Durability::kScratch,
-                                      &result.sha256[kResultTensor]));
+      RETURN_IF_ERROR(timed([&] {
+        return SaveBlockResult(result_path, *done, Durability::kScratch,
+                               &result.digest[kResultTensor]);
+      }));
       result.outputs.emplace_back(kResultTensor, result_path);
       for (const std::string& name : spec.outputs()) {
         if (name != kActivationsTensor) continue;
-        RETURN_IF_ERROR(SaveActivations(activations_out, hidden, sequences,
-                                        seq_len, dim, Durability::kScratch,
-                                        &result.sha256[kActivationsTensor]));
+        RETURN_IF_ERROR(timed([&] {
+          return SaveActivations(activations_out, hidden, sequences, seq_len,
+                                 dim, Durability::kScratch,
+                                 &result.digest[kActivationsTensor]);
+        }));
         result.outputs.emplace_back(kActivationsTensor, activations_out);
       }
       break;
@@ -229,8 +247,9 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       result.kernel = compute.kernel();
       const std::string path =
           absl::StrCat(output_dir, "/", kStatisticsTensor, ".safetensors");
-      RETURN_IF_ERROR(
-          SaveBlockStatistics(path, statistics, Durability::kScratch));
+      RETURN_IF_ERROR(timed([&] {
+        return SaveBlockStatistics(path, statistics, Durability::kScratch);
+      }));
       result.outputs.emplace_back(kStatisticsTensor, path);
       break;
     }
@@ -275,8 +294,10 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       partial.kernel = result.kernel.kernel;
       const std::string path =
           absl::StrCat(output_dir, "/", kResultTensor, ".safetensors");
-      RETURN_IF_ERROR(SaveBlockResult(path, partial, Durability::kScratch,
-                                      &result.sha256[kResultTensor]));
+      RETURN_IF_ERROR(timed([&] {
+        return SaveBlockResult(path, partial, Durability::kScratch,
+                               &result.digest[kResultTensor]);
+      }));
       result.outputs.emplace_back(kResultTensor, path);
       break;
     }

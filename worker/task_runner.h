@@ -25,11 +25,13 @@ struct TaskRunResult {
   // TaskSpec.outputs.
   std::vector<std::pair<std::string, std::string>> outputs;
   double seconds = 0;
+  // Of `seconds`, the time spent writing (and hashing) the outputs.
+  double output_seconds = 0;
   ComputeKernel kernel;  // What computed it.
-  // Raw SHA-256s of the outputs hashed as they were written (activations,
+  // Raw digests of the outputs hashed as they were written (activations,
   // which a worker may commit by their digest; block results, which a
   // striped upload names up front).
-  std::map<std::string, std::string> sha256;
+  std::map<std::string, std::string> digest;
 };
 
 // `inputs_path` holds every tensor of spec.inputs under its name; outputs go
@@ -45,7 +47,7 @@ struct LocalInputs {
   // Activations this worker made and holds (SaveActivations' format).
   std::string held_activations;
   // The model (on a shared volume), whose tensors the caller verified
-  // against their recorded SHA-256 through this very mapping: the weights
+  // against their recorded digest through this very mapping: the weights
   // are read there.
   std::shared_ptr<const SafetensorsCheckpoint> model;
 };

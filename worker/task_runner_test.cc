@@ -72,12 +72,12 @@ void ExpectSameTensors(const std::string& a, const std::string& b) {
   }
 }
 
-// An output's SHA-256, computed as it was written, is the file's.
+// An output's digest, computed as it was written, is the file's.
 void ExpectDigestOfFile(const TaskRunResult& result, const std::string& path,
                         const std::string& output = kActivationsTensor) {
-  const auto digest = result.sha256.find(output);
-  ASSERT_NE(digest, result.sha256.end());
-  const absl::StatusOr<std::string> file = Sha256OfFile(path);
+  const auto digest = result.digest.find(output);
+  ASSERT_NE(digest, result.digest.end());
+  const absl::StatusOr<std::string> file = ContentDigestOfFile(path);
   ASSERT_TRUE(file.ok()) << file.status();
   EXPECT_EQ(digest->second, *file);
 }

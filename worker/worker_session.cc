@@ -21,6 +21,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/checksum.h"
 #include "common/chunk_stream.h"
 #include "common/failpoint.h"
@@ -133,8 +134,8 @@ bool IsWithinRoot(const std::string& path, const std::string& root) {
 }
 
 // Checks each of `tensors` (as a task spec describes them, with their
-// recorded SHA-256) against the checkpoint in `model_dir`: dtype, shape,
-// size and SHA-256, hashed a window at a time. Returns the checkpoint,
+// recorded digest) against the checkpoint in `model_dir`: dtype, shape,
+// size and digest, hashed a window at a time. Returns the checkpoint,
 // whose mapping the task then reads (what was verified is what is used),
 // and adds the bytes verified to `bytes`; FailedPrecondition naming the
 // first tensor that differs.
@@ -161,8 +162,8 @@ struct WorkerSession::Task {
   // Inputs read here instead of fetched, and the names not fetched.
   LocalInputs local;
   std::set<std::string> skip;
-  // The SHA-256 (hex) each output was uploaded with.
-  std::map<std::string, std::string> uploaded_sha256;
+  // The digest (hex) each output was uploaded with.
+  std::map<std::string, std::string> uploaded_digest;
 
   absl::Mutex mu;
   bool finished ABSL_GUARDED_BY(mu) = false;
@@ -298,7 +299,7 @@ class WorkerSession::InputCursor {
       received_ += taken;
     }
     if (!checked.ok()) {
-      // A last chunk that failed with every byte counted: the SHA-256 did
+      // A last chunk that failed with every byte counted: the digest did
       // not match (the verifier is spent) and the bytes already written
       // cannot be taken back, so start over.
       if (chunk.last() && verifier_->offset() == want.size) restart_ = true;
@@ -573,7 +574,7 @@ void WorkerSession::UploadDeferredLoop() {
 void WorkerSession::UploadDeferred(const DeferredUpload& upload) {
   const std::string name = RefName(upload.ref);
   // Killed holding committed activations the coordinator has only the
-  // SHA-256 of (tests/service_e2e_test.sh).
+  // digest of (tests/service_e2e_test.sh).
   if (Failpoint("worker.kill_before_deferred_upload")) {
     Log(absl::StrCat("task ", name, ": failpoint: killed before uploading ",
                      upload.name));
@@ -581,7 +582,7 @@ void WorkerSession::UploadDeferred(const DeferredUpload& upload) {
   }
   Task task;
   task.ref = upload.ref;
-  task.uploaded_sha256[upload.name] = upload.sha256;  // Not hashed again.
+  task.uploaded_digest[upload.name] = upload.digest;  // Not hashed again.
   absl::Status status;
   for (int attempt = 0;; ++attempt) {
     bool local_fault = false;
@@ -700,6 +701,7 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
   std::filesystem::remove_all(task.dir, error);
   std::filesystem::create_directories(task.dir + "/out", error);
   double seconds = 0;
+  double output_seconds = 0;  // Of `seconds`: writing and hashing outputs.
   ComputeKernel kernel;
   if (error) {
     outcome = Fail(&task, /*task_fault=*/false,
@@ -736,8 +738,9 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
                                     run.status().ToString()));
       } else {
         seconds = run->seconds;
+        output_seconds = run->output_seconds;
         kernel = run->kernel;
-        // Activations the lease lets this worker commit by their SHA-256
+        // Activations the lease lets this worker commit by their digest
         // stay here, uploaded after the commit (off the critical path).
         std::vector<std::pair<std::string, std::string>> uploaded;
         std::vector<v1::DeferredOutput> deferred;
@@ -745,28 +748,28 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
           // Hashed as it was written (no second pass over 8.6 GB per 70B
           // block on the critical path): a deferred commit and a striped
           // upload name it.
-          const auto written = run->sha256.find(output);
+          const auto written = run->digest.find(output);
           const bool known =
-              written != run->sha256.end() && !written->second.empty();
-          if (known) task.uploaded_sha256[output] = HexOf(written->second);
+              written != run->digest.end() && !written->second.empty();
+          if (known) task.uploaded_digest[output] = HexOf(written->second);
           uint64_t bytes = 0;
-          absl::StatusOr<std::string> sha256 = absl::UnimplementedError("");
+          absl::StatusOr<std::string> digest = absl::UnimplementedError("");
           if (lease.defer_activations() && output == kActivationsTensor) {
             std::error_code size_error;
             if (known) bytes = std::filesystem::file_size(path, size_error);
-            sha256 = known && !size_error
+            digest = known && !size_error
                          ? absl::StatusOr<std::string>(written->second)
-                         : Sha256OfFile(path, &bytes);
+                         : ContentDigestOfFile(path, &bytes, threads_);
           }
-          if (!sha256.ok()) {  // Not deferred: uploaded now.
+          if (!digest.ok()) {  // Not deferred: uploaded now.
             uploaded.emplace_back(output, path);
             continue;
           }
           v1::DeferredOutput& entry = deferred.emplace_back();
           entry.set_name(output);
-          entry.set_sha256(HexOf(*sha256));
+          entry.set_digest(HexOf(*digest));
           entry.set_size_bytes(bytes);
-          task.uploaded_sha256[output] = entry.sha256();
+          task.uploaded_digest[output] = entry.digest();
         }
         // At most a few uploads: a coordinator that lost one asks again.
         outcome = Outcome::kUploadAgain;
@@ -800,8 +803,11 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
   if (outcome == Outcome::kDone) tasks_done_.fetch_add(1);
   Log(absl::StrCat(
       task.kind, " task ", name, ": ", OutcomeName(static_cast<int>(outcome)),
-      outcome == Outcome::kDone ? absl::StrCat(" (", seconds, " s compute)")
-                                : ""));
+      outcome == Outcome::kDone
+          ? absl::StrFormat(
+                " (%.2f s compute, of which %.2f s writing outputs)", seconds,
+                output_seconds)
+          : ""));
   if (options_.metrics != nullptr) {
     options_.metrics->WorkerTaskFinished(
         task.kind, OutcomeName(static_cast<int>(outcome)));
@@ -815,7 +821,7 @@ void WorkerSession::FindLocalInputs(Task* task) {
     if (input.name() != kActivationsTensor) continue;
     std::optional<std::string> held =
         held_->Find(task->ref.job_id(), task->spec.layer(), task->spec.shard(),
-                    input.sha256());
+                    input.digest());
     if (!held.has_value()) continue;
     task->local.held_activations = *std::move(held);
     task->skip.insert(kActivationsTensor);
@@ -838,7 +844,7 @@ void WorkerSession::FindLocalInputs(Task* task) {
   std::vector<const v1::TensorInfo*> weights;
   for (const v1::TensorInfo& input : task->spec.inputs()) {
     if (IsJobTensor(input.name())) continue;
-    if (input.sha256().empty()) return;  // Not hashed yet: fetched.
+    if (input.digest().empty()) return;  // Not hashed yet: fetched.
     weights.push_back(&input);
   }
   if (weights.empty()) return;  // A quantized block's forward reads none.
@@ -854,7 +860,7 @@ void WorkerSession::FindLocalInputs(Task* task) {
   for (const v1::TensorInfo* input : weights) task->skip.insert(input->name());
   Log(absl::StrCat(
       "task ", name, ": reads the weights from ", model_dir, " (",
-      hashed + known, " bytes, SHA-256 verified",
+      hashed + known, " bytes, digest verified",
       known > 0 ? absl::StrCat("; ", known, " of them by an earlier task, ",
                                "their files unchanged since")
                 : "",
@@ -877,7 +883,7 @@ WorkerSession::VerifyModelTensors(
     std::string key;
     std::string path;
     FileStamp version;
-    absl::StatusOr<std::string> sha256 = absl::UnknownError("not hashed");
+    absl::StatusOr<std::string> digest = absl::UnknownError("not hashed");
   };
   std::vector<ToHash> to_hash;
   for (const v1::TensorInfo* info : tensors) {
@@ -891,7 +897,7 @@ WorkerSession::VerifyModelTensors(
                        " is not the tensor the coordinator planned with"));
     }
     std::string key =
-        absl::StrCat(model_dir, "\n", info->name(), "\n", info->sha256());
+        absl::StrCat(model_dir, "\n", info->name(), "\n", info->digest());
     std::string path = model->FileOf(info->name())->path();
     const FileStamp version = StampOf(path);
     if (version.ok()) {
@@ -909,13 +915,13 @@ WorkerSession::VerifyModelTensors(
   const auto hash_some = [&] {
     for (size_t i; (i = next++) < to_hash.size();) {
       ToHash& item = to_hash[i];
-      Sha256 sha256;
+      ContentDigest digest;
       const absl::Status read = model->ForEachWindow(
           item.view, 64 << 20, [&](const uint8_t* data, size_t size) {
-            sha256.Update(data, size);
+            digest.Update(data, size);
             return absl::OkStatus();
           });
-      item.sha256 = read.ok() ? absl::StatusOr<std::string>(sha256.Finish())
+      item.digest = read.ok() ? absl::StatusOr<std::string>(digest.Finish())
                               : absl::StatusOr<std::string>(read);
     }
   };
@@ -926,11 +932,11 @@ WorkerSession::VerifyModelTensors(
   hash_some();
   for (std::thread& hasher : hashers) hasher.join();
   for (const ToHash& item : to_hash) {
-    RETURN_IF_ERROR(item.sha256.status());
-    if (HexOf(*item.sha256) != item.info->sha256()) {
+    RETURN_IF_ERROR(item.digest.status());
+    if (HexOf(*item.digest) != item.info->digest()) {
       return absl::FailedPreconditionError(
           absl::StrCat(item.info->name(), " in ", model_dir,
-                       " differs from the SHA-256 recorded at planning"));
+                       " differs from the digest recorded at planning"));
     }
     *hashed += item.view.nbytes;
     // Remembered only if the file kept its version while it was hashed.
@@ -957,25 +963,25 @@ void WorkerSession::Hold(
   }
   for (const auto& [output, path] : outputs) {
     if (output != kActivationsTensor) continue;
-    const auto sha256 = task.uploaded_sha256.find(output);
+    const auto digest = task.uploaded_digest.find(output);
     const bool pinned = std::any_of(
         deferred.begin(), deferred.end(),
         [&](const v1::DeferredOutput& d) { return d.name() == output; });
     const int boundary = task.spec.layer() + 1;
     absl::Status kept = held_->Put(
         task.ref.job_id(), boundary, task.spec.shard(), path,
-        sha256 == task.uploaded_sha256.end() ? "" : sha256->second, pinned);
+        digest == task.uploaded_digest.end() ? "" : digest->second, pinned);
     if (!kept.ok()) Log(kept.ToString());
     if (!pinned) continue;
     // Uploaded from a link of its own: the held file may be dropped (its
     // last reader done here) while the upload runs.
     const std::optional<std::string> held = held_->Find(
-        task.ref.job_id(), boundary, task.spec.shard(), sha256->second);
+        task.ref.job_id(), boundary, task.spec.shard(), digest->second);
     DeferredUpload upload;
     upload.ref = task.ref;
     upload.name = output;
     upload.path = task.dir + ".deferred-" + output;
-    upload.sha256 = sha256->second;
+    upload.digest = digest->second;
     upload.boundary = boundary;
     upload.shard = task.spec.shard();
     std::error_code error;
@@ -1234,22 +1240,22 @@ absl::Status WorkerSession::UploadAttempt(
     static const uint8_t kNoBytes = 0;
     const uint8_t* data = size > 0 ? (*file)->data() : &kNoBytes;
     // A deferred upload's file was hashed for its commit.
-    const auto committed = task->uploaded_sha256.find(name);
-    const std::string known_sha256 =
-        deferred && committed != task->uploaded_sha256.end()
+    const auto committed = task->uploaded_digest.find(name);
+    const std::string known_digest =
+        deferred && committed != task->uploaded_digest.end()
             ? absl::HexStringToBytes(committed->second)
             : "";
     absl::Status status = SendTensor(
         info, data, /*offset=*/0, static_cast<size_t>(chunk_limit),
         [&](const v1::Chunk& chunk) {
-          if (chunk.last()) task->uploaded_sha256[name] = HexOf(chunk.sha256());
+          if (chunk.last()) task->uploaded_digest[name] = HexOf(chunk.digest());
           *request.mutable_chunk() = chunk;
           // Faults the coordinator must catch (tests/fault_injection_test.sh).
           // One fault per chunk, so that each is seen.
           if (!chunk.data().empty() && Failpoint("worker.upload_flip_bit")) {
             (*request.mutable_chunk()->mutable_data())[0] ^= 0x01;
           } else if (chunk.last() && Failpoint("worker.upload_wrong_sha")) {
-            (*request.mutable_chunk()->mutable_sha256())[0] ^= 0x01;
+            (*request.mutable_chunk()->mutable_digest())[0] ^= 0x01;
           }
           open = writer->Write(request);
           return open;
@@ -1268,7 +1274,7 @@ absl::Status WorkerSession::UploadAttempt(
         [&](uint64_t from, uint64_t to) {
           if (size > 0) (*file)->Release(from, to - from);
         },
-        known_sha256);
+        known_digest);
     // A closed stream is the coordinator's to explain (Finish below).
     if (!status.ok() && open) local = std::move(status);
   }
@@ -1291,7 +1297,7 @@ absl::Status WorkerSession::UploadStriped(
   const uint64_t unit = options_.stripe_unit_bytes;
   const uint64_t chunk_limit =
       static_cast<uint64_t>(registration().max_chunk_bytes);
-  // The manifest: each output's size and SHA-256, known from its commit or
+  // The manifest: each output's size and digest, known from its commit or
   // its writing, else computed here (the streams cannot hash in order).
   std::vector<std::unique_ptr<MappedFile>> files;
   std::vector<StripedTensor> tensors;
@@ -1306,18 +1312,20 @@ absl::Status WorkerSession::UploadStriped(
     v1::DeferredOutput* entry = stripe.add_outputs();
     entry->set_name(name);
     entry->set_size_bytes((*file)->size());
-    const auto known = task->uploaded_sha256.find(name);
-    entry->set_sha256(known != task->uploaded_sha256.end()
+    const auto known = task->uploaded_digest.find(name);
+    entry->set_digest(known != task->uploaded_digest.end()
                           ? known->second
-                          : HexOf(Sha256Of(absl::string_view(
-                                reinterpret_cast<const char*>((*file)->data()),
-                                (*file)->size()))));
+                          : HexOf(ContentDigestOf(
+                                absl::string_view(reinterpret_cast<const char*>(
+                                                      (*file)->data()),
+                                                  (*file)->size()),
+                                threads_)));
     files.push_back(*std::move(file));
     tensors.push_back({name, files.back()->data(), files.back()->size()});
   }
   // Faults the coordinator must catch (tests/fault_injection_test.sh).
   if (!outputs.empty() && Failpoint("worker.upload_wrong_sha")) {
-    std::string& hex = *stripe.mutable_outputs(0)->mutable_sha256();
+    std::string& hex = *stripe.mutable_outputs(0)->mutable_digest();
     hex[0] = hex[0] == '0' ? '1' : '0';
   }
   std::random_device random;
@@ -1395,7 +1403,7 @@ absl::Status WorkerSession::UploadStriped(
   }
   RETURN_IF_ERROR(status);
   for (const v1::DeferredOutput& entry : stripe.outputs()) {
-    task->uploaded_sha256[entry.name()] = entry.sha256();
+    task->uploaded_digest[entry.name()] = entry.digest();
   }
   Log(absl::StrCat("task ", RefName(task->ref), ": ", total,
                    " bytes uploaded in ", streams, " streams"));
@@ -1458,7 +1466,7 @@ WorkerSession::Outcome WorkerSession::Complete(
   if (status.ok()) {
     for (const v1::DeferredOutput& output : deferred) {
       Log(absl::StrCat("task ", RefName(task->ref), ": ", output.name(),
-                       " committed by SHA-256, uploaded after"));
+                       " committed by digest, uploaded after"));
     }
     return Outcome::kDone;
   }

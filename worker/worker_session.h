@@ -1,7 +1,7 @@
 // A worker's session with the coordinator (quant.v1.WorkerGateway): it
 // registers, long-polls for a task, fetches the task's inputs into a local
 // safetensors file (checking every chunk's CRC-32C and every tensor's
-// SHA-256, resuming a broken or corrupted stream where it stopped), runs it
+// digest, resuming a broken or corrupted stream where it stopped), runs it
 // on the CPU engine (worker/task_runner.h), uploads the outputs in chunks and
 // commits them, heartbeating with progress while the task is in hand.
 //
@@ -68,7 +68,7 @@ struct WorkerOptions {
   int held_activations = 2;
   // Directories this worker sees at the same paths as the coordinator (a
   // shared read-only volume): a task whose model lies under one reads its
-  // weights there, verified against the SHA-256 the coordinator recorded,
+  // weights there, verified against the digest the coordinator recorded,
   // instead of fetching them.
   std::vector<std::string> shared_model_roots;
   // Longest LeaseTask long poll.
@@ -135,13 +135,13 @@ class WorkerSession {
   // and lost it); the outputs go again.
   enum class Outcome { kDone, kFailed, kReleased, kUploadAgain };
 
-  // Activations committed by their SHA-256 alone (the lease allowed it),
+  // Activations committed by their digest alone (the lease allowed it),
   // uploaded after the commit while the next task runs.
   struct DeferredUpload {
     v1::TaskRef ref;
     std::string name;
     std::string path;    // A link to the held file, removed after.
-    std::string sha256;  // Hex, as committed.
+    std::string digest;  // Hex, as committed.
     int boundary = 0;    // The held file's key, unpinned after.
     int shard = 0;
   };
@@ -176,9 +176,9 @@ class WorkerSession {
 
   // Runs one leased task to its end (done, failed or released).
   void RunLeasedTask(const v1::LeaseTaskResponse& lease);
-  // Sets task->local and task->skip: held activations of the SHA-256 the
+  // Sets task->local and task->skip: held activations of the digest the
   // spec names, and the weights from a shared model root when every one
-  // matches its recorded SHA-256.
+  // matches its recorded digest.
   void FindLocalInputs(Task* task);
   // After `task` was committed: keeps the activations it output (for the
   // next block, if leased here; those in `deferred` pinned and queued for
@@ -215,7 +215,7 @@ class WorkerSession {
       const std::vector<std::pair<std::string, std::string>>& outputs,
       bool* local_fault, bool deferred, uint64_t total);
   // The model tensors `tensors` in `model_dir` (the root this worker sees),
-  // each checked against the shape and SHA-256 its spec names; `hashed`
+  // each checked against the shape and digest its spec names; `hashed`
   // and `known` count the bytes hashed here and those verified by an
   // earlier task in a file unchanged since (verified_).
   absl::StatusOr<std::shared_ptr<const SafetensorsCheckpoint>>
@@ -247,8 +247,8 @@ class WorkerSession {
   std::deque<DeferredUpload> deferred_ ABSL_GUARDED_BY(mu_);
   bool leasing_done_ ABSL_GUARDED_BY(mu_) = false;
 
-  // Model tensors verified against the SHA-256 a spec named, by model
-  // directory, name and SHA-256, with the version (StampOf: device,
+  // Model tensors verified against the digest a spec named, by model
+  // directory, name and digest, with the version (StampOf: device,
   // inode, size, mtime) of the file holding each then: a data-parallel
   // job's captures and solves read one block's weights many times, and a
   // tensor in an unchanged file is not hashed again.

@@ -225,7 +225,7 @@ class FakeCoordinator final : public v1::WorkerGateway::Service {
         offset += n;
         if (offset == bytes.size()) {
           chunk.set_last(true);
-          chunk.set_sha256(Sha256Of(bytes));
+          chunk.set_digest(ContentDigestOf(bytes));
         }
         if (!writer->Write(chunk)) {
           return grpc::Status(grpc::StatusCode::CANCELLED, "write failed");
@@ -254,7 +254,7 @@ class FakeCoordinator final : public v1::WorkerGateway::Service {
     std::map<std::string, std::string> received;
     std::string current;
     v1::TensorInfo info;
-    Sha256 hash;
+    ContentDigest hash;
     uint64_t total = 0;
     while (reader->Read(&request)) {
       if (!request.has_chunk()) {
@@ -290,7 +290,7 @@ class FakeCoordinator final : public v1::WorkerGateway::Service {
       hash.Update(chunk.data());
       total += chunk.data().size();
       if (chunk.last()) {
-        if (hash.Finish() != chunk.sha256()) Violation("bad sha256");
+        if (hash.Finish() != chunk.digest()) Violation("bad digest");
         if (bytes.size() != info.size_bytes()) Violation("size mismatch");
         current.clear();
       }
@@ -526,17 +526,17 @@ ServedTask* WorkerSessionTest::block_ = nullptr;
 std::string* WorkerSessionTest::reference_result_ = nullptr;
 
 // A worker that sees the model root reads the weights there when each
-// matches the SHA-256 the spec names (nothing is fetched), and fetches them
+// matches the digest the spec names (nothing is fetched), and fetches them
 // all when one does not; the result is the same either way.
 TEST_F(WorkerSessionTest, ReadsVerifiedWeightsFromASharedModelRoot) {
   ServedTask direct = Block(0, 1);
   direct.spec.set_model_dir(*dir_ + "/model");
   for (v1::TensorInfo& info : *direct.spec.mutable_inputs()) {
-    info.set_sha256(HexOf(Sha256Of(direct.data[info.name()])));
+    info.set_digest(HexOf(ContentDigestOf(direct.data[info.name()])));
   }
   ServedTask mismatched = direct;
   mismatched.ref.set_task_index(1);
-  (*mismatched.spec.mutable_inputs())[2].set_sha256(std::string(64, '0'));
+  (*mismatched.spec.mutable_inputs())[2].set_digest(std::string(64, '0'));
   // The same weights again: verified by task 0, their file unchanged.
   ServedTask again = direct;
   again.ref.set_task_index(2);
@@ -585,8 +585,8 @@ TEST_F(WorkerSessionTest, ReadsVerifiedWeightsFromASharedModelRoot) {
   absl::MutexLock lines_lock(&lines_mu);
   int direct_lines = 0, refused = 0, known = 0;
   for (const std::string& line : lines) {
-    direct_lines += absl::StrContains(line, "SHA-256 verified");
-    refused += absl::StrContains(line, "differs from the SHA-256");
+    direct_lines += absl::StrContains(line, "digest verified");
+    refused += absl::StrContains(line, "differs from the digest");
     if (absl::StrContains(line, "by an earlier task")) {
       ++known;
       EXPECT_TRUE(absl::StrContains(line, "task job-1/2 ")) << line;
