@@ -4,6 +4,7 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <thread>
 #include <tuple>
 #include <utility>
 
@@ -16,6 +17,31 @@
 #include "nlohmann/json.hpp"
 
 namespace quant {
+
+void CopyFromMapping(void* dst, const void* src, size_t size) {
+  constexpr size_t kParallelBytes = size_t{64} << 20;
+  constexpr size_t kBlockBytes = size_t{16} << 20;
+  const size_t threads =
+      std::min<size_t>(std::max(1u, std::thread::hardware_concurrency()),
+                       (size + kBlockBytes - 1) / kBlockBytes);
+  if (size < kParallelBytes || threads < 2) {
+    std::memcpy(dst, src, size);
+    return;
+  }
+  // Contiguous stretches, one a thread.
+  const size_t stretch =
+      (size / threads + kBlockBytes - 1) / kBlockBytes * kBlockBytes;
+  std::vector<std::thread> helpers;
+  for (size_t from = stretch; from < size; from += stretch) {
+    helpers.emplace_back([=] {
+      std::memcpy(static_cast<char*>(dst) + from,
+                  static_cast<const char*>(src) + from,
+                  std::min(stretch, size - from));
+    });
+  }
+  std::memcpy(dst, src, std::min(stretch, size));
+  for (std::thread& helper : helpers) helper.join();
+}
 namespace {
 
 using json = nlohmann::json;

@@ -154,6 +154,22 @@ struct Spec {
   std::vector<int64_t> shape;
 };
 
+// Copies out of a mapping, small (one memcpy) and large (stretches on
+// every core, the last one short), are the source bytes, offsets and all.
+TEST(CopyFromMappingTest, CopiesEveryByteOfOddSizes) {
+  for (const size_t size : {size_t{0}, size_t{5}, (size_t{64} << 20) + 4099,
+                            (size_t{80} << 20) + 1}) {
+    std::vector<uint8_t> source(size + 3);
+    uint32_t x = 12345;
+    for (uint8_t& b : source)
+      b = static_cast<uint8_t>((x = x * 1103515245u + 12345u) >> 24);
+    std::vector<uint8_t> copy(size, 0xAA);
+    CopyFromMapping(copy.data(), source.data() + 3, size);
+    EXPECT_TRUE(std::equal(copy.begin(), copy.end(), source.begin() + 3))
+        << size << " bytes";
+  }
+}
+
 TEST_F(SafetensorsTest, RoundTripSeveralDTypesOddShapesChunksAndMetadata) {
   const std::vector<Spec> specs = {
       {"w.f32", SafetensorsDType::kF32, {3, 5}},

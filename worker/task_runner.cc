@@ -132,14 +132,15 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       absl::StrCat(output_dir, "/", kActivationsTensor, ".safetensors");
   TaskRunResult result;
   result.kernel = CpuComputeKernel();
-  // Runs `save` (an output written and hashed), its time counted apart.
-  const auto timed = [&result](const std::function<absl::Status()>& save) {
+  // Runs `step`, adding its time to `seconds`: reading the inputs and
+  // writing the outputs are reported apart from the compute.
+  const auto timed = [](double& seconds, const auto& step) {
     const auto began = std::chrono::steady_clock::now();
-    absl::Status status = save();
-    result.output_seconds +=
+    auto outcome = step();
+    seconds +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - began)
             .count();
-    return status;
+    return outcome;
   };
   switch (spec.kind()) {
     case v1::TASK_KIND_EMBED: {
@@ -155,7 +156,7 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       std::vector<float> hidden(windows.size() * static_cast<size_t>(dim));
       const LlamaForward forward(model, seq_len);
       RETURN_IF_ERROR(forward.Embed(weights, windows, hidden.data()));
-      RETURN_IF_ERROR(timed([&] {
+      RETURN_IF_ERROR(timed(result.output_seconds, [&] {
         return SaveActivations(activations_out, hidden, sequences, seq_len, dim,
                                Durability::kScratch,
                                &result.digest[kActivationsTensor]);
@@ -165,8 +166,10 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
     }
     case v1::TASK_KIND_FORWARD: {
       ASSIGN_OR_RETURN(std::vector<float> hidden,
-                       ReadActivations(*inputs, local.held_activations,
-                                       sequences, seq_len, dim));
+                       timed(result.input_seconds, [&] {
+                         return ReadActivations(*inputs, local.held_activations,
+                                                sequences, seq_len, dim);
+                       }));
       ASSIGN_OR_RETURN(const QuantizeModelOptions options,
                        OptionsFromRecipe(spec.recipe()));
       const LlamaForward forward(model, seq_len);
@@ -179,13 +182,16 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
         std::filesystem::remove(path);
         block = std::move(done.weights);
       } else {
-        ASSIGN_OR_RETURN(block, LoadDecoderBlock(weights, model, spec.layer()));
+        ASSIGN_OR_RETURN(block, timed(result.input_seconds, [&] {
+                           return LoadDecoderBlock(weights, model,
+                                                   spec.layer());
+                         }));
       }
       RETURN_IF_ERROR(compute.ForwardBlock(forward, block, sequences, seq_len,
                                            options.sequences_per_pass,
                                            hidden.data()));
       result.kernel = compute.kernel();
-      RETURN_IF_ERROR(timed([&] {
+      RETURN_IF_ERROR(timed(result.output_seconds, [&] {
         return SaveActivations(activations_out, hidden, sequences, seq_len, dim,
                                Durability::kScratch,
                                &result.digest[kActivationsTensor]);
@@ -197,12 +203,16 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       ASSIGN_OR_RETURN(const BlockRecipe recipe, RecipeOf(spec, model));
       std::vector<float> hidden;
       if (sequences > 0) {
-        ASSIGN_OR_RETURN(
-            hidden, ReadActivations(*inputs, local.held_activations, sequences,
-                                    seq_len, dim));
+        ASSIGN_OR_RETURN(hidden, timed(result.input_seconds, [&] {
+                           return ReadActivations(*inputs,
+                                                  local.held_activations,
+                                                  sequences, seq_len, dim);
+                         }));
       }
       ASSIGN_OR_RETURN(DecoderBlockWeights block,
-                       LoadDecoderBlock(weights, model, spec.layer()));
+                       timed(result.input_seconds, [&] {
+                         return LoadDecoderBlock(weights, model, spec.layer());
+                       }));
       const LlamaForward forward(model, std::max<int64_t>(seq_len, 1));
       absl::StatusOr<BlockResult> done =
           QuantizeBlockOn(compute, cpu, forward, std::move(block), recipe,
@@ -215,14 +225,14 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       result.kernel = {done->backend, done->kernel};
       const std::string result_path =
           absl::StrCat(output_dir, "/", kResultTensor, ".safetensors");
-      RETURN_IF_ERROR(timed([&] {
+      RETURN_IF_ERROR(timed(result.output_seconds, [&] {
         return SaveBlockResult(result_path, *done, Durability::kScratch,
                                &result.digest[kResultTensor]);
       }));
       result.outputs.emplace_back(kResultTensor, result_path);
       for (const std::string& name : spec.outputs()) {
         if (name != kActivationsTensor) continue;
-        RETURN_IF_ERROR(timed([&] {
+        RETURN_IF_ERROR(timed(result.output_seconds, [&] {
           return SaveActivations(activations_out, hidden, sequences, seq_len,
                                  dim, Durability::kScratch,
                                  &result.digest[kActivationsTensor]);
@@ -237,8 +247,10 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
           const BlockResult partial,
           StartedBlock(spec, *inputs, weights, model, recipe, output_dir));
       ASSIGN_OR_RETURN(const std::vector<float> hidden,
-                       ReadActivations(*inputs, local.held_activations,
-                                       sequences, seq_len, dim));
+                       timed(result.input_seconds, [&] {
+                         return ReadActivations(*inputs, local.held_activations,
+                                                sequences, seq_len, dim);
+                       }));
       const LlamaForward forward(model, seq_len);
       ASSIGN_OR_RETURN(const BlockStatistics statistics,
                        compute.CaptureStageStatistics(
@@ -247,7 +259,7 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       result.kernel = compute.kernel();
       const std::string path =
           absl::StrCat(output_dir, "/", kStatisticsTensor, ".safetensors");
-      RETURN_IF_ERROR(timed([&] {
+      RETURN_IF_ERROR(timed(result.output_seconds, [&] {
         return SaveBlockStatistics(path, statistics, Durability::kScratch);
       }));
       result.outputs.emplace_back(kStatisticsTensor, path);
@@ -294,7 +306,7 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       partial.kernel = result.kernel.kernel;
       const std::string path =
           absl::StrCat(output_dir, "/", kResultTensor, ".safetensors");
-      RETURN_IF_ERROR(timed([&] {
+      RETURN_IF_ERROR(timed(result.output_seconds, [&] {
         return SaveBlockResult(path, partial, Durability::kScratch,
                                &result.digest[kResultTensor]);
       }));

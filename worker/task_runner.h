@@ -25,7 +25,9 @@ struct TaskRunResult {
   // TaskSpec.outputs.
   std::vector<std::pair<std::string, std::string>> outputs;
   double seconds = 0;
-  // Of `seconds`, the time spent writing (and hashing) the outputs.
+  // Of `seconds`, the time spent reading the inputs (activations, the
+  // block's weights) and writing (and hashing) the outputs.
+  double input_seconds = 0;
   double output_seconds = 0;
   ComputeKernel kernel;  // What computed it.
   // Raw digests of the outputs hashed as they were written (activations,

@@ -693,6 +693,7 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
   }
   const std::string name = RefName(task.ref);
   Log(absl::StrCat("leased ", task.kind, " task ", name));
+  const absl::Time leased_at = absl::Now();
   if (options_.metrics != nullptr) options_.metrics->SetWorkerBusy(true);
 
   std::thread heartbeat([this, &task] { HeartbeatLoop(&task); });
@@ -701,7 +702,9 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
   std::filesystem::remove_all(task.dir, error);
   std::filesystem::create_directories(task.dir + "/out", error);
   double seconds = 0;
-  double output_seconds = 0;  // Of `seconds`: writing and hashing outputs.
+  // Of `seconds`: reading the inputs, writing and hashing the outputs.
+  double input_seconds = 0;
+  double output_seconds = 0;
   ComputeKernel kernel;
   if (error) {
     outcome = Fail(&task, /*task_fault=*/false,
@@ -738,6 +741,7 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
                                     run.status().ToString()));
       } else {
         seconds = run->seconds;
+        input_seconds = run->input_seconds;
         output_seconds = run->output_seconds;
         kernel = run->kernel;
         // Activations the lease lets this worker commit by their digest
@@ -805,7 +809,10 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
       task.kind, " task ", name, ": ", OutcomeName(static_cast<int>(outcome)),
       outcome == Outcome::kDone
           ? absl::StrFormat(
-                " (%.2f s compute, of which %.2f s writing outputs)", seconds,
+                " in %.2f s (task %.2f s: inputs read %.2f s, compute %.2f s, "
+                "outputs written %.2f s)",
+                absl::ToDoubleSeconds(absl::Now() - leased_at), seconds,
+                input_seconds, seconds - input_seconds - output_seconds,
                 output_seconds)
           : ""));
   if (options_.metrics != nullptr) {
