@@ -170,6 +170,41 @@ TEST(CopyFromMappingTest, CopiesEveryByteOfOddSizes) {
   }
 }
 
+// A large conversion (stretches on every core) gives each element's scalar
+// conversion, from an offset, for BF16 and F64.
+TEST(TensorViewTest, LargeConversionsMatchTheScalarOne) {
+  const int64_t n = (int64_t{1} << 22) + (int64_t{1} << 16) + 5;
+  std::vector<uint16_t> bf16(n);
+  std::vector<double> f64(n);
+  for (int64_t i = 0; i < n; ++i) {
+    bf16[i] = static_cast<uint16_t>(i * 2654435761u >> 16);
+    f64[i] = static_cast<double>(i) * 0.37 - 1e5;
+  }
+  TensorView bf16_view{"b",
+                       SafetensorsDType::kBF16,
+                       {n},
+                       reinterpret_cast<const uint8_t*>(bf16.data()),
+                       bf16.size() * 2};
+  TensorView f64_view{"d",
+                      SafetensorsDType::kF64,
+                      {n},
+                      reinterpret_cast<const uint8_t*>(f64.data()),
+                      f64.size() * 8};
+  std::vector<float> out(n - 3);
+  ASSERT_TRUE(bf16_view.ToFloat(3, n - 3, out.data()).ok());
+  int64_t wrong = 0;
+  for (int64_t i = 0; i < n - 3; ++i) {
+    const float want = Bf16ToFloat(bf16[i + 3]);
+    wrong += std::memcmp(&out[i], &want, 4) != 0;
+  }
+  EXPECT_EQ(wrong, 0);
+  ASSERT_TRUE(f64_view.ToFloat(3, n - 3, out.data()).ok());
+  for (int64_t i = 0; i < n - 3; ++i) {
+    wrong += out[i] != static_cast<float>(f64[i + 3]);
+  }
+  EXPECT_EQ(wrong, 0);
+}
+
 TEST_F(SafetensorsTest, RoundTripSeveralDTypesOddShapesChunksAndMetadata) {
   const std::vector<Spec> specs = {
       {"w.f32", SafetensorsDType::kF32, {3, 5}},

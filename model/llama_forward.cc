@@ -174,8 +174,19 @@ absl::Status LlamaForward::Embed(const SafetensorsCheckpoint& checkpoint,
           absl::StrCat("token ", tokens[t], " at position ", t,
                        " is outside the vocabulary of ", spec_.vocab_size));
     }
-    RETURN_IF_ERROR(view.ToFloat(int64_t{tokens[t]} * dim, dim,
-                                 hidden + static_cast<int64_t>(t) * dim));
+  }
+  RETURN_IF_ERROR(view.ToFloat(0, 0, nullptr));  // The dtype converts.
+  // Rows side by side: 128 x 2048 tokens of a 70B model are 8.6 GB.
+  const int64_t count = static_cast<int64_t>(tokens.size());
+  int64_t failed = 0;
+#pragma omp parallel for schedule(static) reduction(+ : failed)
+  for (int64_t t = 0; t < count; ++t) {
+    failed +=
+        !view.ToFloat(int64_t{tokens[t]} * dim, dim, hidden + t * dim).ok();
+  }
+  if (failed > 0) {
+    return absl::InternalError(absl::StrCat(
+        failed, " rows of model.embed_tokens.weight did not convert"));
   }
   return absl::OkStatus();
 }
