@@ -152,9 +152,11 @@ echo "PASS: the data-parallel job's captures ran on both workers"
 qc workers | grep -q "w1" || fail "quantctl workers does not list w1"
 direct=$(cat "$work"/worker-w*.log | grep -c "digest verified" || true)
 held=$(cat "$work"/worker-w*.log | grep -c "reads the activations it holds" || true)
+in_memory=$(cat "$work"/worker-w*.log | grep -c "reads the activations it holds in memory" || true)
 [[ $direct -ge 1 ]] || fail "no worker read the weights from the shared model root"
 [[ $held -ge 1 ]] || fail "no worker read activations it held"
-echo "PASS: $direct tasks read their weights from the shared root (digest verified), $held the activations their worker held"
+[[ $in_memory -ge 1 ]] || fail "no worker read activations it held in memory"
+echo "PASS: $direct tasks read their weights from the shared root (digest verified), $held the activations their worker held ($in_memory in memory), outputs as run --local's"
 
 if command -v node >/dev/null && [[ -d $node_modules/node-llama-cpp ]]; then
   QS_NODE_MODULES=$node_modules node "$checker" --model "$work/out/model.gguf" \
@@ -176,9 +178,9 @@ PY
 echo "PASS: /metrics"
 deferred=$(cat "$work"/worker-w*.log | grep -c "committed by digest, uploaded after" || true)
 [[ $deferred -ge 1 ]] || fail "no activations were committed by their digest alone"
-echo "PASS: $deferred activations committed by SHA-256 and uploaded after the commit"
+echo "PASS: $deferred activations committed by their digest and uploaded after the commit"
 
-# 3. A worker killed holding activations it committed by SHA-256, before
+# 3. A worker killed holding activations it committed by digest, before
 # their upload: the only worker, it takes the first task and dies.
 for name in w1 w2; do
   kill -TERM "${worker_pids[$name]}"

@@ -27,7 +27,7 @@ std::string KeyOf(const std::string& job_id, int boundary, int shard) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<HeldActivations>> HeldActivations::Create(
-    const std::string& dir, int capacity) {
+    const std::string& dir, int capacity, BackgroundRemover* remover) {
   std::error_code error;
   fs::remove_all(dir, error);
   fs::create_directories(dir, error);
@@ -36,7 +36,7 @@ absl::StatusOr<std::unique_ptr<HeldActivations>> HeldActivations::Create(
         absl::StrCat("cannot create ", dir, ": ", error.message()));
   }
   return std::unique_ptr<HeldActivations>(
-      new HeldActivations(dir, std::max(0, capacity)));
+      new HeldActivations(dir, std::max(0, capacity), remover));
 }
 
 std::string HeldActivations::PathOf(const std::string& key) const {
@@ -44,8 +44,13 @@ std::string HeldActivations::PathOf(const std::string& key) const {
 }
 
 void HeldActivations::DropLocked(const std::string& key) {
-  std::error_code error;
-  fs::remove(PathOf(key), error);
+  if (remover_ != nullptr) {
+    remover_->Remove(PathOf(key));
+  } else {
+    std::error_code error;
+    fs::remove(PathOf(key), error);
+  }
+  if (memory_key_ == key) memory_.reset();
   held_.erase(std::remove_if(held_.begin(), held_.end(),
                              [&](const Held& h) { return h.key == key; }),
               held_.end());
@@ -103,6 +108,36 @@ std::optional<std::string> HeldActivations::Find(const std::string& job_id,
 void HeldActivations::Drop(const std::string& job_id, int boundary, int shard) {
   absl::MutexLock lock(&mu_);
   DropLocked(KeyOf(job_id, boundary, shard));
+}
+
+void HeldActivations::KeepInMemory(const std::string& job_id, int boundary,
+                                   int shard, const std::string& digest,
+                                   std::shared_ptr<std::vector<float>> values) {
+  absl::MutexLock lock(&mu_);
+  memory_.reset();
+  if (capacity_ == 0 || digest.empty()) return;
+  memory_key_ = KeyOf(job_id, boundary, shard);
+  memory_digest_ = digest;
+  memory_ = std::move(values);
+}
+
+std::shared_ptr<std::vector<float>> HeldActivations::FindInMemory(
+    const std::string& job_id, int boundary, int shard,
+    const std::string& digest, bool take) {
+  absl::MutexLock lock(&mu_);
+  std::shared_ptr<std::vector<float>> found;
+  if (memory_ != nullptr && memory_key_ == KeyOf(job_id, boundary, shard) &&
+      !digest.empty() && memory_digest_ == digest) {
+    found = memory_;
+    if (!take) return found;
+  }
+  memory_.reset();
+  return found;
+}
+
+void HeldActivations::ReleaseMemory() {
+  absl::MutexLock lock(&mu_);
+  memory_.reset();
 }
 
 }  // namespace quant

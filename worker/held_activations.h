@@ -3,7 +3,9 @@
 // worker (the scheduler's affinity), it reads them here instead of fetching
 // them again (8.6 GB per block boundary at 70B). The coordinator names the
 // committed digest in the task spec; a file is used only when the digest
-// recorded with it (the one its upload sent) is that one.
+// recorded with it (the one its upload sent) is that one. The last set
+// kept is also kept in memory, as F32 values: a block that follows on this
+// worker starts without reading 8.6 GB.
 #ifndef WORKER_HELD_ACTIVATIONS_H_
 #define WORKER_HELD_ACTIVATIONS_H_
 
@@ -11,11 +13,13 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "worker/background_remover.h"
 
 namespace quant {
 
@@ -23,9 +27,11 @@ class HeldActivations {
  public:
   // `dir` is emptied (what a previous run left is not known to be
   // committed) and created. At most `capacity` files are kept, the oldest
-  // going first; 0 keeps none.
+  // going first; 0 keeps none. Files dropped go to `remover` (not owned;
+  // null: removed at once), which must outlive this object.
   static absl::StatusOr<std::unique_ptr<HeldActivations>> Create(
-      const std::string& dir, int capacity);
+      const std::string& dir, int capacity,
+      BackgroundRemover* remover = nullptr);
 
   // Moves `path` in: the activations entering block `boundary` of job
   // `job_id` (calibration shard `shard` of a data-parallel job, else 0),
@@ -41,16 +47,35 @@ class HeldActivations {
   // `digest`; nullopt when none is, or (dropped then) one of another digest.
   std::optional<std::string> Find(const std::string& job_id, int boundary,
                                   int shard, const std::string& digest);
+  // Drops the file and the values in memory.
   void Drop(const std::string& job_id, int boundary, int shard);
 
+  // Keeps `values` (the F32 values of the file Put under the same key and
+  // digest) in memory in place of any set kept before; nothing with
+  // capacity 0.
+  void KeepInMemory(const std::string& job_id, int boundary, int shard,
+                    const std::string& digest,
+                    std::shared_ptr<std::vector<float>> values);
+  // The values kept in memory for (job_id, boundary, shard) with `digest`,
+  // or null. With `take` they are kept no longer (the caller overwrites
+  // them). Values of another key are released either way: a task's memory
+  // budget has room for one set of input activations, its own.
+  std::shared_ptr<std::vector<float>> FindInMemory(const std::string& job_id,
+                                                   int boundary, int shard,
+                                                   const std::string& digest,
+                                                   bool take);
+  // Releases the values kept in memory (a task that reads none begins).
+  void ReleaseMemory();
+
  private:
-  HeldActivations(std::string dir, int capacity)
-      : dir_(std::move(dir)), capacity_(capacity) {}
+  HeldActivations(std::string dir, int capacity, BackgroundRemover* remover)
+      : dir_(std::move(dir)), capacity_(capacity), remover_(remover) {}
   std::string PathOf(const std::string& key) const;
   void DropLocked(const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string dir_;
   const int capacity_;
+  BackgroundRemover* const remover_;
   absl::Mutex mu_;
   struct Held {
     std::string key;  // "<job>-<boundary>-<shard>".
@@ -58,6 +83,10 @@ class HeldActivations {
     bool pinned = false;
   };
   std::deque<Held> held_ ABSL_GUARDED_BY(mu_);  // Oldest first.
+  // The set kept in memory, under its key and digest.
+  std::string memory_key_ ABSL_GUARDED_BY(mu_);
+  std::string memory_digest_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<std::vector<float>> memory_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace quant

@@ -2,7 +2,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "common/test_data.h"
 #include "gtest/gtest.h"
@@ -88,6 +90,59 @@ TEST(HeldActivationsTest, PinnedFilesAreNotEvictedUntilUnpinned) {
   ASSERT_TRUE(
       (*none)->Put("1", 1, 0, WriteFile(dir + "/y", "y"), "s", true).ok());
   EXPECT_TRUE((*none)->Find("1", 1, 0, "s").has_value());
+}
+
+// The last set kept is also in memory, found under its key and digest;
+// taken, or another task's set asked for, it is released.
+TEST(HeldActivationsTest, KeepsTheLastSetInMemory) {
+  const std::string dir = MakeTestTempDir("held_activations_memory");
+  auto remover = BackgroundRemover::Create(dir + "/trash");
+  ASSERT_TRUE(remover.ok());
+  auto held = HeldActivations::Create(dir + "/held", 2, remover->get());
+  ASSERT_TRUE(held.ok());
+  const auto values = [](float v) {
+    return std::make_shared<std::vector<float>>(3, v);
+  };
+  ASSERT_TRUE((*held)->Put("1", 1, 0, WriteFile(dir + "/x", "1"), "s1").ok());
+  (*held)->KeepInMemory("1", 1, 0, "s1", values(1));
+  ASSERT_NE((*held)->FindInMemory("1", 1, 0, "s1", /*take=*/false), nullptr);
+  EXPECT_EQ((*held)->FindInMemory("1", 1, 0, "s1", false)->at(2), 1.0f);
+  const auto taken = (*held)->FindInMemory("1", 1, 0, "s1", /*take=*/true);
+  ASSERT_NE(taken, nullptr);
+  EXPECT_EQ(taken.use_count(), 1);  // The caller's alone to overwrite.
+  EXPECT_EQ((*held)->FindInMemory("1", 1, 0, "s1", false), nullptr);
+  EXPECT_TRUE((*held)->Find("1", 1, 0, "s1").has_value());  // The file stays.
+
+  // Another key or digest finds nothing and releases the set.
+  (*held)->KeepInMemory("1", 2, 0, "s2", values(2));
+  EXPECT_EQ((*held)->FindInMemory("1", 2, 0, "other", false), nullptr);
+  EXPECT_EQ((*held)->FindInMemory("1", 2, 0, "s2", false), nullptr);
+  (*held)->KeepInMemory("1", 2, 0, "s2", values(2));
+  EXPECT_EQ((*held)->FindInMemory("1", 3, 0, "s2", false), nullptr);
+  EXPECT_EQ((*held)->FindInMemory("1", 2, 0, "s2", false), nullptr);
+  // Only the last set is kept; a drop or a release lets it go.
+  (*held)->KeepInMemory("1", 2, 0, "s2", values(2));
+  (*held)->KeepInMemory("1", 3, 0, "s3", values(3));
+  EXPECT_NE((*held)->FindInMemory("1", 3, 0, "s3", false), nullptr);
+  (*held)->Drop("1", 3, 0);
+  EXPECT_EQ((*held)->FindInMemory("1", 3, 0, "s3", false), nullptr);
+  (*held)->KeepInMemory("1", 4, 0, "s4", values(4));
+  (*held)->ReleaseMemory();
+  EXPECT_EQ((*held)->FindInMemory("1", 4, 0, "s4", false), nullptr);
+  // Put again under the key (a new digest): the old values go.
+  (*held)->KeepInMemory("1", 5, 0, "s5", values(5));
+  ASSERT_TRUE((*held)->Put("1", 5, 0, WriteFile(dir + "/x", "5"), "t5").ok());
+  EXPECT_EQ((*held)->FindInMemory("1", 5, 0, "s5", false), nullptr);
+  // Dropped files went through the remover.
+  (*remover)->Wait();
+  EXPECT_TRUE(std::filesystem::is_empty(dir + "/trash"));
+  EXPECT_FALSE((*held)->Find("1", 3, 0, "s3").has_value());
+
+  // Capacity 0 keeps nothing in memory either.
+  auto none = HeldActivations::Create(dir + "/none", 0);
+  ASSERT_TRUE(none.ok());
+  (*none)->KeepInMemory("1", 1, 0, "s1", values(1));
+  EXPECT_EQ((*none)->FindInMemory("1", 1, 0, "s1", false), nullptr);
 }
 
 }  // namespace

@@ -26,13 +26,32 @@
 namespace quant {
 namespace {
 
-// The input activations: from `held_path` (activations this worker made,
-// as SaveActivations wrote them) when set, else from the fetched inputs.
+// The values of activations kept in memory, checked against the shape the
+// spec names.
+absl::Status CheckHeldInMemory(const std::vector<float>& values,
+                               int64_t sequences, int64_t seq_len,
+                               int64_t dim) {
+  if (static_cast<int64_t>(values.size()) != sequences * seq_len * dim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "activations held in memory: ", values.size(), " values, not [",
+        sequences, ", ", seq_len, ", ", dim, "]"));
+  }
+  return absl::OkStatus();
+}
+
+// The input activations, to be overwritten: moved out of `local`'s memory,
+// read from its held file (activations this worker made, as
+// SaveActivations wrote them), else from the fetched inputs.
 absl::StatusOr<std::vector<float>> ReadActivations(
-    const SafetensorsCheckpoint& inputs, const std::string& held_path,
+    const SafetensorsCheckpoint& inputs, const LocalInputs& local,
     int64_t sequences, int64_t seq_len, int64_t dim) {
-  if (!held_path.empty()) {
-    return LoadActivations(held_path, sequences, seq_len, dim);
+  if (local.held_in_memory != nullptr) {
+    RETURN_IF_ERROR(
+        CheckHeldInMemory(*local.held_in_memory, sequences, seq_len, dim));
+    return std::move(*local.held_in_memory);
+  }
+  if (!local.held_activations.empty()) {
+    return LoadActivations(local.held_activations, sequences, seq_len, dim);
   }
   ASSIGN_OR_RETURN(const TensorView view, inputs.Get(kActivationsTensor));
   const std::vector<int64_t> want = {sequences, seq_len, dim};
@@ -162,14 +181,15 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
                                &result.digest[kActivationsTensor]);
       }));
       result.outputs.emplace_back(kActivationsTensor, activations_out);
+      result.activations =
+          std::make_shared<std::vector<float>>(std::move(hidden));
       break;
     }
     case v1::TASK_KIND_FORWARD: {
-      ASSIGN_OR_RETURN(std::vector<float> hidden,
-                       timed(result.input_seconds, [&] {
-                         return ReadActivations(*inputs, local.held_activations,
-                                                sequences, seq_len, dim);
-                       }));
+      ASSIGN_OR_RETURN(
+          std::vector<float> hidden, timed(result.input_seconds, [&] {
+            return ReadActivations(*inputs, local, sequences, seq_len, dim);
+          }));
       ASSIGN_OR_RETURN(const QuantizeModelOptions options,
                        OptionsFromRecipe(spec.recipe()));
       const LlamaForward forward(model, seq_len);
@@ -197,6 +217,8 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
                                &result.digest[kActivationsTensor]);
       }));
       result.outputs.emplace_back(kActivationsTensor, activations_out);
+      result.activations =
+          std::make_shared<std::vector<float>>(std::move(hidden));
       break;
     }
     case v1::TASK_KIND_BLOCK: {
@@ -204,9 +226,8 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       std::vector<float> hidden;
       if (sequences > 0) {
         ASSIGN_OR_RETURN(hidden, timed(result.input_seconds, [&] {
-                           return ReadActivations(*inputs,
-                                                  local.held_activations,
-                                                  sequences, seq_len, dim);
+                           return ReadActivations(*inputs, local, sequences,
+                                                  seq_len, dim);
                          }));
       }
       ASSIGN_OR_RETURN(DecoderBlockWeights block,
@@ -230,14 +251,16 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
                                &result.digest[kResultTensor]);
       }));
       result.outputs.emplace_back(kResultTensor, result_path);
-      for (const std::string& name : spec.outputs()) {
-        if (name != kActivationsTensor) continue;
+      if (std::find(spec.outputs().begin(), spec.outputs().end(),
+                    kActivationsTensor) != spec.outputs().end()) {
         RETURN_IF_ERROR(timed(result.output_seconds, [&] {
           return SaveActivations(activations_out, hidden, sequences, seq_len,
                                  dim, Durability::kScratch,
                                  &result.digest[kActivationsTensor]);
         }));
         result.outputs.emplace_back(kActivationsTensor, activations_out);
+        result.activations =
+            std::make_shared<std::vector<float>>(std::move(hidden));
       }
       break;
     }
@@ -246,16 +269,25 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       ASSIGN_OR_RETURN(
           const BlockResult partial,
           StartedBlock(spec, *inputs, weights, model, recipe, output_dir));
-      ASSIGN_OR_RETURN(const std::vector<float> hidden,
-                       timed(result.input_seconds, [&] {
-                         return ReadActivations(*inputs, local.held_activations,
-                                                sequences, seq_len, dim);
-                       }));
+      // Read in place where held in memory (later stages read them too).
+      std::vector<float> read;
+      const float* hidden = nullptr;
+      if (local.held_in_memory != nullptr) {
+        RETURN_IF_ERROR(
+            CheckHeldInMemory(*local.held_in_memory, sequences, seq_len, dim));
+        hidden = local.held_in_memory->data();
+      } else {
+        ASSIGN_OR_RETURN(read, timed(result.input_seconds, [&] {
+                           return ReadActivations(*inputs, local, sequences,
+                                                  seq_len, dim);
+                         }));
+        hidden = read.data();
+      }
       const LlamaForward forward(model, seq_len);
       ASSIGN_OR_RETURN(const BlockStatistics statistics,
                        compute.CaptureStageStatistics(
                            forward, partial.weights, recipe, spec.stage(),
-                           sequences, seq_len, hidden.data()));
+                           sequences, seq_len, hidden));
       result.kernel = compute.kernel();
       const std::string path =
           absl::StrCat(output_dir, "/", kStatisticsTensor, ".safetensors");

@@ -34,6 +34,10 @@ struct TaskRunResult {
   // which a worker may commit by their digest; block results, which a
   // striped upload names up front).
   std::map<std::string, std::string> digest;
+  // The activations output (an embed, forward or block task's), as the
+  // F32 values written to their file: a worker may keep them in memory
+  // for the next block.
+  std::shared_ptr<std::vector<float>> activations;
 };
 
 // `inputs_path` holds every tensor of spec.inputs under its name; outputs go
@@ -48,6 +52,10 @@ struct TaskRunResult {
 struct LocalInputs {
   // Activations this worker made and holds (SaveActivations' format).
   std::string held_activations;
+  // The same activations' values, kept in memory: read there instead. A
+  // block or forward task moves them out (it overwrites them); a capture
+  // task reads them in place.
+  std::shared_ptr<std::vector<float>> held_in_memory;
   // The model (on a shared volume), whose tensors the caller verified
   // against their recorded digest through this very mapping: the weights
   // are read there.

@@ -115,8 +115,8 @@ class TaskRunnerTest : public ::testing::Test {
 
   // Runs the embed task on the calibration windows; `activations` is the
   // file it writes.
-  void Embed(const SafetensorsCheckpoint& checkpoint,
-             std::string* activations) {
+  void Embed(const SafetensorsCheckpoint& checkpoint, std::string* activations,
+             std::shared_ptr<std::vector<float>>* values = nullptr) {
     const auto windows = LoadCalibrationWindows(model_, options_.calibration);
     ASSERT_TRUE(windows.ok());
     const TensorView embedding = *checkpoint.Get("model.embed_tokens.weight");
@@ -137,6 +137,22 @@ class TaskRunnerTest : public ::testing::Test {
     ASSERT_EQ(embedded->outputs.size(), 1u);
     *activations = embedded->outputs[0].second;
     ExpectDigestOfFile(*embedded, *activations);
+    ExpectValuesOfFile(*embedded, *activations);
+    if (values != nullptr) *values = embedded->activations;
+  }
+
+  // The activations a task returns in memory are the values of its file.
+  static void ExpectValuesOfFile(const TaskRunResult& result,
+                                 const std::string& path) {
+    ASSERT_NE(result.activations, nullptr);
+    auto file = SafetensorsFile::Open(path);
+    ASSERT_TRUE(file.ok());
+    const TensorView* hidden = (*file)->Find("hidden");
+    ASSERT_NE(hidden, nullptr);
+    ASSERT_EQ(hidden->nbytes, result.activations->size() * sizeof(float));
+    EXPECT_EQ(
+        std::memcmp(hidden->data, result.activations->data(), hidden->nbytes),
+        0);
   }
 
   std::string dir_, model_;
@@ -144,7 +160,8 @@ class TaskRunnerTest : public ::testing::Test {
 };
 
 // embed -> block 0 -> block 1 through RunTask computes the files
-// quantize_model computes, byte for byte.
+// quantize_model computes, byte for byte, whether the activations come in
+// as a fetched input or (block 1) from memory.
 TEST_F(TaskRunnerTest, BlockChainMatchesTheEngineByteForByte) {
   QuantizeModelOptions whole = options_;
   whole.output = dir_ + "/whole";
@@ -160,14 +177,17 @@ TEST_F(TaskRunnerTest, BlockChainMatchesTheEngineByteForByte) {
   ASSERT_TRUE(checkpoint.ok());
   std::string activations;
   ASSERT_NO_FATAL_FAILURE(Embed(**checkpoint, &activations));
+  std::shared_ptr<std::vector<float>> in_memory;  // Block 1's.
   for (int layer = 0; layer < 2; ++layer) {
     auto file = SafetensorsFile::Open(activations);
     ASSERT_TRUE(file.ok());
     const TensorView* hidden = (*file)->Find("hidden");
     ASSERT_NE(hidden, nullptr);
     std::vector<Input> inputs = BlockInputs(**checkpoint, layer);
-    inputs.push_back({kActivationsTensor, hidden->dtype, hidden->shape,
-                      hidden->data, hidden->nbytes});
+    if (layer == 0) {
+      inputs.push_back({kActivationsTensor, hidden->dtype, hidden->shape,
+                        hidden->data, hidden->nbytes});
+    }
     const std::string in = absl::StrCat(dir_, "/block", layer, ".in");
     const std::string out = absl::StrCat(dir_, "/block", layer, ".out");
     WriteInputs(in, inputs);
@@ -175,8 +195,12 @@ TEST_F(TaskRunnerTest, BlockChainMatchesTheEngineByteForByte) {
     v1::TaskSpec spec = Spec(v1::TASK_KIND_BLOCK, layer);
     spec.add_outputs(kResultTensor);
     if (layer == 0) spec.add_outputs(kActivationsTensor);
-    const auto done = RunTask(spec, in, out);
+    LocalInputs local;
+    local.held_in_memory = in_memory;
+    const auto done = RunTask(spec, in, out, nullptr, local);
     ASSERT_TRUE(done.ok()) << done.status();
+    // Moved out of memory: the block overwrote them.
+    if (layer == 1) EXPECT_TRUE(in_memory->empty());
     ASSERT_EQ(done->outputs.size(), layer == 0 ? 2u : 1u);
     EXPECT_EQ(done->outputs[0].first, kResultTensor);
     ExpectSameTensors(done->outputs[0].second,
@@ -185,6 +209,8 @@ TEST_F(TaskRunnerTest, BlockChainMatchesTheEngineByteForByte) {
     if (layer == 0) {
       activations = done->outputs[1].second;
       ExpectDigestOfFile(*done, activations);
+      ExpectValuesOfFile(*done, activations);
+      in_memory = done->activations;
       EXPECT_TRUE(*ReadFileToString(activations) ==
                   *ReadFileToString(ActivationsPath(staged.work_dir, 1)));
     }
@@ -232,15 +258,26 @@ TEST_F(TaskRunnerTest, DataParallelStagesMatchTheBlockTask) {
     }
     return in;
   };
+  // Shard 1's captures read its activations held in memory, in place.
+  const float* shard1 =
+      reinterpret_cast<const float*>(hidden.data + first[1] * row_bytes);
+  const auto shard1_values = std::make_shared<std::vector<float>>(
+      shard1, shard1 + count[1] * seq_len * dim);
+  const std::vector<float> shard1_copy = *shard1_values;
   for (int stage = 0; stage < 4; ++stage) {
     std::vector<std::string> statistics(2);
     for (int k = 0; k < 2; ++k) {
       std::vector<Input> in = BlockInputs(**checkpoint, 0);
-      in.push_back({kActivationsTensor,
-                    SafetensorsDType::kF32,
-                    {count[k], seq_len, dim},
-                    hidden.data + first[k] * row_bytes,
-                    static_cast<size_t>(count[k] * row_bytes)});
+      LocalInputs local;
+      if (k == 0) {
+        in.push_back({kActivationsTensor,
+                      SafetensorsDType::kF32,
+                      {count[k], seq_len, dim},
+                      hidden.data + first[k] * row_bytes,
+                      static_cast<size_t>(count[k] * row_bytes)});
+      } else {
+        local.held_in_memory = shard1_values;
+      }
       const std::string name = absl::StrCat(dir_, "/capture", stage, k);
       WriteInputs(name + ".in", with_result(in));
       std::filesystem::create_directories(name + ".out");
@@ -250,8 +287,11 @@ TEST_F(TaskRunnerTest, DataParallelStagesMatchTheBlockTask) {
       spec.set_shards(2);
       spec.set_sequences(count[k]);
       spec.add_outputs(kStatisticsTensor);
-      const auto captured = RunTask(spec, name + ".in", name + ".out");
+      const auto captured =
+          RunTask(spec, name + ".in", name + ".out", nullptr, local);
       ASSERT_TRUE(captured.ok()) << captured.status();
+      EXPECT_TRUE(*shard1_values == shard1_copy);  // Read, not moved.
+      EXPECT_EQ(captured->activations, nullptr);
       statistics[k] = *ReadFileToString(captured->outputs[0].second);
     }
     std::vector<Input> in = BlockInputs(**checkpoint, 0);
@@ -324,6 +364,14 @@ TEST_F(TaskRunnerTest, BadInputIsTheTasksFault) {
   absl::Status status = RunTask(spec, dir_ + "/bad.in", dir_).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(status.message().find("activations"), absl::string_view::npos)
+      << status.message();
+  // Activations held in memory of another size.
+  LocalInputs local;
+  local.held_in_memory = std::make_shared<std::vector<float>>(10, 0.5f);
+  status = RunTask(spec, dir_ + "/bad.in", dir_, nullptr, local).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("held in memory: 10 values"),
+            absl::string_view::npos)
       << status.message();
   // An output the kind does not make.
   spec.set_kind(v1::TASK_KIND_FORWARD);

@@ -386,10 +386,16 @@ absl::StatusOr<std::unique_ptr<WorkerSession>> WorkerSession::Create(
                        DialCoordinator(options.coordinator, options.auth, i));
     }
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<HeldActivations> held,
-                   HeldActivations::Create(options.scratch_dir + "/held",
-                                           options.held_activations));
+  // Task directories and dropped activations go there, removed off the
+  // path from one task to the next.
+  ASSIGN_OR_RETURN(std::unique_ptr<BackgroundRemover> remover,
+                   BackgroundRemover::Create(options.scratch_dir + "/trash"));
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<HeldActivations> held,
+      HeldActivations::Create(options.scratch_dir + "/held",
+                              options.held_activations, remover.get()));
   std::unique_ptr<WorkerSession> session(new WorkerSession(std::move(options)));
+  session->remover_ = std::move(remover);
   session->held_ = std::move(held);
   for (const std::shared_ptr<grpc::Channel>& channel : upload_channels) {
     session->upload_stubs_.push_back(v1::WorkerGateway::NewStub(channel));
@@ -619,8 +625,7 @@ void WorkerSession::UploadDeferred(const DeferredUpload& upload) {
     Log(absl::StrCat("task ", name, ": deferred ", upload.name,
                      " not uploaded: ", status.ToString()));
   }
-  std::error_code error;
-  std::filesystem::remove(upload.path, error);
+  remover_->Remove(upload.path);
   held_->Unpin(upload.ref.job_id(), upload.boundary, upload.shard);
 }
 
@@ -699,7 +704,7 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
   std::thread heartbeat([this, &task] { HeartbeatLoop(&task); });
   Outcome outcome = Outcome::kReleased;
   std::error_code error;
-  std::filesystem::remove_all(task.dir, error);
+  remover_->Remove(task.dir);  // An earlier attempt's.
   std::filesystem::create_directories(task.dir + "/out", error);
   double seconds = 0;
   // Of `seconds`: reading the inputs, writing and hashing the outputs.
@@ -726,7 +731,8 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
       absl::StatusOr<TaskRunResult> run =
           RunTask(task.spec, inputs_path, task.dir + "/out",
                   options_.backend.get(), task.local);
-      std::filesystem::remove(inputs_path, error);
+      task.local.held_in_memory.reset();
+      remover_->Remove(inputs_path);
       if (task.IsAbandoned()) {
         outcome = Outcome::kReleased;
       } else if (!run.ok()) {
@@ -796,13 +802,15 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
           outcome = Fail(&task, /*task_fault=*/false,
                          "the coordinator keeps losing the upload");
         }
-        if (outcome == Outcome::kDone) Hold(task, run->outputs, deferred);
+        if (outcome == Outcome::kDone) {
+          Hold(task, run->outputs, deferred, std::move(run->activations));
+        }
       }
     }
   }
   task.Finish();
   heartbeat.join();
-  std::filesystem::remove_all(task.dir, error);
+  remover_->Remove(task.dir);
 
   if (outcome == Outcome::kDone) tasks_done_.fetch_add(1);
   Log(absl::StrCat(
@@ -824,18 +832,35 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
 
 void WorkerSession::FindLocalInputs(Task* task) {
   const std::string name = RefName(task->ref);
-  for (const v1::TensorInfo& input : task->spec.inputs()) {
-    if (input.name() != kActivationsTensor) continue;
+  const auto activations =
+      std::find_if(task->spec.inputs().begin(), task->spec.inputs().end(),
+                   [](const v1::TensorInfo& input) {
+                     return input.name() == kActivationsTensor;
+                   });
+  if (activations == task->spec.inputs().end()) {
+    held_->ReleaseMemory();  // This task's memory.
+  } else {
+    const v1::TensorInfo& input = *activations;
+    const std::string& job = task->ref.job_id();
+    const int boundary = task->spec.layer();
+    const int shard = task->spec.shard();
+    // A capture task reads them in place; a block or forward task
+    // overwrites them.
+    task->local.held_in_memory = held_->FindInMemory(
+        job, boundary, shard, input.digest(),
+        /*take=*/task->spec.kind() != v1::TASK_KIND_CAPTURE);
     std::optional<std::string> held =
-        held_->Find(task->ref.job_id(), task->spec.layer(), task->spec.shard(),
-                    input.digest());
-    if (!held.has_value()) continue;
-    task->local.held_activations = *std::move(held);
-    task->skip.insert(kActivationsTensor);
-    Log(absl::StrCat("task ", name, ": reads the activations it holds (",
-                     input.size_bytes(), " bytes not fetched)"));
-    if (options_.metrics != nullptr) {
-      options_.metrics->AddLocalInputBytes("held", input.size_bytes());
+        held_->Find(job, boundary, shard, input.digest());
+    if (held.has_value()) task->local.held_activations = *std::move(held);
+    if (held.has_value() || task->local.held_in_memory != nullptr) {
+      task->skip.insert(kActivationsTensor);
+      Log(absl::StrCat(
+          "task ", name, ": reads the activations it holds",
+          task->local.held_in_memory != nullptr ? " in memory" : "", " (",
+          input.size_bytes(), " bytes not fetched)"));
+      if (options_.metrics != nullptr) {
+        options_.metrics->AddLocalInputBytes("held", input.size_bytes());
+      }
     }
   }
   // Direct reads: the weights from the model root this worker sees, if
@@ -957,7 +982,8 @@ WorkerSession::VerifyModelTensors(
 void WorkerSession::Hold(
     const Task& task,
     const std::vector<std::pair<std::string, std::string>>& outputs,
-    const std::vector<v1::DeferredOutput>& deferred) {
+    const std::vector<v1::DeferredOutput>& deferred,
+    std::shared_ptr<std::vector<float>> activations) {
   // A block task is the last to read its input activations (in parallel
   // mode its layer's forward task reads them too, before it), as a
   // data-parallel job's forward task is the last to read its shard's (after
@@ -975,10 +1001,15 @@ void WorkerSession::Hold(
         deferred.begin(), deferred.end(),
         [&](const v1::DeferredOutput& d) { return d.name() == output; });
     const int boundary = task.spec.layer() + 1;
-    absl::Status kept = held_->Put(
-        task.ref.job_id(), boundary, task.spec.shard(), path,
-        digest == task.uploaded_digest.end() ? "" : digest->second, pinned);
+    const std::string& committed =
+        digest == task.uploaded_digest.end() ? "" : digest->second;
+    absl::Status kept = held_->Put(task.ref.job_id(), boundary,
+                                   task.spec.shard(), path, committed, pinned);
     if (!kept.ok()) Log(kept.ToString());
+    if (activations != nullptr) {
+      held_->KeepInMemory(task.ref.job_id(), boundary, task.spec.shard(),
+                          committed, std::move(activations));
+    }
     if (!pinned) continue;
     // Uploaded from a link of its own: the held file may be dropped (its
     // last reader done here) while the upload runs.

@@ -41,6 +41,7 @@
 #include "kernels/cpu/compute_kernel.h"
 #include "proto/quant/v1/worker_service.grpc.pb.h"
 #include "quant/block_backend.h"
+#include "worker/background_remover.h"
 #include "worker/held_activations.h"
 
 namespace quant {
@@ -64,7 +65,8 @@ struct WorkerOptions {
   std::string scratch_dir;
   // Activations this worker made and committed, kept in scratch_dir/held
   // for the next block if it is leased here (worker/held_activations.h):
-  // how many at most; 0 keeps none.
+  // how many at most; 0 keeps none. The last is also kept in memory (the
+  // next task's input activations, within its memory budget).
   int held_activations = 2;
   // Directories this worker sees at the same paths as the coordinator (a
   // shared read-only volume): a task whose model lies under one reads its
@@ -182,10 +184,12 @@ class WorkerSession {
   void FindLocalInputs(Task* task);
   // After `task` was committed: keeps the activations it output (for the
   // next block, if leased here; those in `deferred` pinned and queued for
-  // upload) and drops those it read from its hold.
+  // upload; their values, `activations`, in memory) and drops those it
+  // read from its hold.
   void Hold(const Task& task,
             const std::vector<std::pair<std::string, std::string>>& outputs,
-            const std::vector<v1::DeferredOutput>& deferred);
+            const std::vector<v1::DeferredOutput>& deferred,
+            std::shared_ptr<std::vector<float>> activations);
   void HeartbeatLoop(Task* task);
   // `task_fault` is set when the spec itself is malformed.
   absl::Status FetchInputs(Task* task, const std::string& path,
@@ -230,6 +234,8 @@ class WorkerSession {
   const WorkerOptions options_;
   const int threads_;
   const int64_t memory_bytes_;
+  // Before held_, which uses it.
+  std::unique_ptr<BackgroundRemover> remover_;
   std::unique_ptr<HeldActivations> held_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::WorkerGateway::Stub> stub_;

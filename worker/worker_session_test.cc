@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -655,11 +656,15 @@ TEST_F(WorkerSessionTest, RunsABlockTaskEndToEnd) {
   ASSERT_TRUE(WriteFileAtomically(uploaded, outputs.at(kResultTensor)).ok());
   EXPECT_TRUE(LoadBlockResult(uploaded).ok());
   ExpectSameTensors(uploaded, *reference_result_);
-  // Scratch space is cleaned up: nothing but the (empty) held activations.
+  // Scratch space is cleaned up once the session's removals are done:
+  // nothing but the (empty) held activations and trash.
+  session_.reset();
+  std::set<std::string> entries;
   for (const auto& entry : std::filesystem::directory_iterator(scratch)) {
-    EXPECT_EQ(entry.path().filename(), "held");
-    EXPECT_TRUE(std::filesystem::is_empty(entry.path()));
+    entries.insert(entry.path().filename());
+    EXPECT_TRUE(std::filesystem::is_empty(entry.path())) << entry.path();
   }
+  EXPECT_EQ(entries, (std::set<std::string>{"held", "trash"}));
   const std::string text = metrics_.TextExposition();
   EXPECT_NE(
       text.find("quant_worker_tasks_total{kind=\"block\",outcome=\"done\"} 1"),
