@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/parallel.h"
 
 #if (defined(__x86_64__) || defined(_M_X64)) && \
     (defined(__GNUC__) || defined(__clang__))
@@ -228,23 +229,6 @@ namespace {
 
 constexpr absl::string_view kContentDigestPrefix = "quant-content-digest-v1\n";
 
-// Runs piece(i) for i in [0, count) on up to `threads` threads (this one
-// included), each taking the next index as it is free.
-void ForEachPiece(uint64_t count, int threads,
-                  const std::function<void(uint64_t)>& piece) {
-  std::atomic<uint64_t> next{0};
-  auto work = [&] {
-    for (uint64_t i; (i = next.fetch_add(1)) < count;) piece(i);
-  };
-  std::vector<std::thread> helpers;
-  const uint64_t extra =
-      std::min<uint64_t>(count, static_cast<uint64_t>(std::max(threads, 1))) -
-      std::min<uint64_t>(count, 1);
-  for (uint64_t t = 0; t < extra; ++t) helpers.emplace_back(work);
-  work();
-  for (std::thread& helper : helpers) helper.join();
-}
-
 }  // namespace
 
 ContentDigest::ContentDigest(int threads) : threads_(std::max(threads, 1)) {}
@@ -268,7 +252,7 @@ void ContentDigest::Update(const void* data, size_t size) {
   if (whole > 0) {
     const size_t first = pieces_.size();
     pieces_.resize(first + whole);
-    ForEachPiece(whole, threads_, [&](uint64_t i) {
+    ParallelForEach(whole, threads_, [&](uint64_t i) {
       Sha256 hash;
       hash.Update(bytes + i * kDigestPieceBytes, kDigestPieceBytes);
       pieces_[first + i] = hash.Finish();
@@ -334,7 +318,7 @@ absl::StatusOr<std::string> ContentDigestOfFile(const std::string& path,
   std::atomic<bool> failed{false};
   std::string failure;  // Set once, by the first piece to fail.
   std::atomic<bool> failure_set{false};
-  ForEachPiece(pieces.size(), threads, [&](uint64_t i) {
+  ParallelForEach(pieces.size(), threads, [&](uint64_t i) {
     if (failed.load()) return;
     std::vector<char> block(4 << 20);
     Sha256 hash;

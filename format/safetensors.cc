@@ -4,13 +4,13 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
-#include <thread>
 #include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/json_util.h"
+#include "common/parallel.h"
 #include "common/status_macros.h"
 #include "common/utf8.h"
 #include "format/half.h"
@@ -27,20 +27,18 @@ namespace {
 // memory, which one core does not saturate.
 void ForStretches(size_t count, size_t parallel_from, size_t unit,
                   const std::function<void(size_t, size_t)>& body) {
-  const size_t threads =
-      std::min<size_t>(std::max(1u, std::thread::hardware_concurrency()),
-                       (count + unit - 1) / unit);
+  const size_t threads = std::min<size_t>(
+      static_cast<size_t>(HardwareThreads()), (count + unit - 1) / unit);
   if (count < parallel_from || threads < 2) {
     if (count > 0) body(0, count);
     return;
   }
   const size_t stretch = (count / threads + unit - 1) / unit * unit;
-  std::vector<std::thread> helpers;
-  for (size_t from = stretch; from < count; from += stretch) {
-    helpers.emplace_back(body, from, std::min(from + stretch, count));
-  }
-  body(0, std::min(stretch, count));
-  for (std::thread& helper : helpers) helper.join();
+  ParallelForEach((count + stretch - 1) / stretch, static_cast<int>(threads),
+                  [&](uint64_t i) {
+                    const size_t from = static_cast<size_t>(i) * stretch;
+                    body(from, std::min(from + stretch, count));
+                  });
 }
 
 // Elements [from, to) of the `type` elements at `p`, as float, to out.

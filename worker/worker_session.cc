@@ -28,6 +28,7 @@
 #include "common/file.h"
 #include "common/grpc_options.h"
 #include "common/grpc_status.h"
+#include "common/parallel.h"
 #include "common/status_macros.h"
 #include "format/safetensors.h"
 #include "grpcpp/create_channel.h"
@@ -405,10 +406,7 @@ absl::StatusOr<std::unique_ptr<WorkerSession>> WorkerSession::Create(
 
 WorkerSession::WorkerSession(WorkerOptions options)
     : options_(std::move(options)),
-      threads_(options_.threads > 0
-                   ? options_.threads
-                   : static_cast<int>(
-                         std::max(1u, std::thread::hardware_concurrency()))),
+      threads_(options_.threads > 0 ? options_.threads : HardwareThreads()),
       memory_bytes_(options_.memory_bytes > 0 ? options_.memory_bytes
                     : options_.backend != nullptr &&
                             options_.backend->device_memory_bytes() > 0
@@ -943,26 +941,17 @@ WorkerSession::VerifyModelTensors(
     to_hash.push_back({info, view, std::move(key), std::move(path), version});
   }
   // The tensors side by side (a 70B block's 1.71 GB take 2 s on one core).
-  std::atomic<size_t> next{0};
-  const auto hash_some = [&] {
-    for (size_t i; (i = next++) < to_hash.size();) {
-      ToHash& item = to_hash[i];
-      ContentDigest digest;
-      const absl::Status read = model->ForEachWindow(
-          item.view, 64 << 20, [&](const uint8_t* data, size_t size) {
-            digest.Update(data, size);
-            return absl::OkStatus();
-          });
-      item.digest = read.ok() ? absl::StatusOr<std::string>(digest.Finish())
-                              : absl::StatusOr<std::string>(read);
-    }
-  };
-  std::vector<std::thread> hashers;
-  const size_t helpers = std::min<size_t>(
-      to_hash.size(), static_cast<size_t>(std::max(1, threads_)));
-  for (size_t i = 1; i < helpers; ++i) hashers.emplace_back(hash_some);
-  hash_some();
-  for (std::thread& hasher : hashers) hasher.join();
+  ParallelForEach(to_hash.size(), threads_, [&](uint64_t i) {
+    ToHash& item = to_hash[i];
+    ContentDigest digest;
+    const absl::Status read = model->ForEachWindow(
+        item.view, 64 << 20, [&](const uint8_t* data, size_t size) {
+          digest.Update(data, size);
+          return absl::OkStatus();
+        });
+    item.digest = read.ok() ? absl::StatusOr<std::string>(digest.Finish())
+                            : absl::StatusOr<std::string>(read);
+  });
   for (const ToHash& item : to_hash) {
     RETURN_IF_ERROR(item.digest.status());
     if (HexOf(*item.digest) != item.info->digest()) {
