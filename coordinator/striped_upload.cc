@@ -148,6 +148,11 @@ absl::Status StripedUpload::ReceiveStream(
     stream_started_[index] = true;
   }
   const uint64_t unit = stripe_.unit_bytes();
+  // Units of whole pieces (the worker's default): each piece is hashed from
+  // the chunks as they come, in order within the unit, instead of read
+  // back once its unit is written.
+  const bool hash_as_received = unit % kDigestPieceBytes == 0;
+  Sha256 piece_hash;
   // Where this stream stands: output o, its unit u, the offset of the next
   // chunk.
   size_t o = 0;
@@ -197,6 +202,18 @@ absl::Status StripedUpload::ReceiveStream(
       if (n <= 0) return Fail(ErrnoError("cannot write", out.temp_path));
       done += static_cast<size_t>(n);
     }
+    for (size_t done = 0; hash_as_received && done < data.size();) {
+      const uint64_t piece = (at + done) / kDigestPieceBytes;
+      const uint64_t piece_end =
+          std::min((piece + 1) * kDigestPieceBytes, out.size);
+      const size_t n = static_cast<size_t>(
+          std::min<uint64_t>(data.size() - done, piece_end - (at + done)));
+      piece_hash.Update(data.data() + done, n);
+      done += n;
+      // Only this stream writes this piece's entry.
+      if (at + done == piece_end)
+        outputs_[o].pieces[piece] = piece_hash.Finish();
+    }
     at += data.size();
     *stream_bytes += data.size();
     if (at == unit_end) {
@@ -205,7 +222,7 @@ absl::Status StripedUpload::ReceiveStream(
       (void)sync_file_range(out.fd, static_cast<off_t>(u * unit),
                             static_cast<off_t>(unit_end - u * unit),
                             SYNC_FILE_RANGE_WRITE);
-      RETURN_IF_ERROR(UnitDone(o, u));
+      if (!hash_as_received) RETURN_IF_ERROR(UnitDone(o, u));
       u += count;
       settle();
     }

@@ -77,8 +77,9 @@ class StripedUpload {
     int fd = -1;
     uint64_t units = 0;
     // Per piece of the content digest: the bytes not yet written (under
-    // mu_), and the SHA-256 once hashed (by the one stream that wrote its
-    // last bytes; read by the last stream to end).
+    // mu_; units of whole pieces need no count), and the SHA-256 once
+    // hashed (by the one stream that wrote its last bytes; read by the last
+    // stream to end).
     std::vector<uint64_t> piece_missing;
     std::vector<std::string> pieces;
   };

@@ -170,14 +170,17 @@ TEST_F(StripedUploadTest, StreamsSideBySideCommitTheOutputsByteForByte) {
 
 // Outputs of several digest pieces: each piece is hashed by the stream that
 // completes it, whether a piece spans units of several streams (units not
-// aligned to pieces) or a stream carries whole pieces.
+// aligned to pieces: read back) or a stream carries whole pieces (hashed as
+// they come).
 TEST_F(StripedUploadTest, PiecesSpanningStreamsDigestAsTheWholeFile) {
   const std::vector<Output> outputs = {
       {"activations", RandomBytes(2 * kDigestPieceBytes + 5000, 4)},
       {"result", RandomBytes(kDigestPieceBytes - 1, 5)}};
   const std::vector<std::string> names = {"activations", "result"};
   for (const auto& [count, unit] : std::vector<std::pair<int, uint64_t>>{
-           {3, (5 << 20) + 4096}, {2, kDigestPieceBytes}}) {
+           {3, (5 << 20) + 4096},
+           {2, kDigestPieceBytes},
+           {3, 2 * kDigestPieceBytes}}) {
     SCOPED_TRACE(absl::StrCat(count, " streams, units of ", unit));
     const std::string dir = MakeTestTempDir("striped_upload_pieces");
     auto upload = StripedUpload::Create(
