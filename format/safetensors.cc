@@ -814,27 +814,41 @@ absl::Status SafetensorsWriter::Fail(absl::Status status) {
   return status;
 }
 
-absl::Status SafetensorsWriter::WriteHeader() {
-  const std::string what = absl::StrCat("safetensors writer '", path_, "'");
+namespace {
+
+// A tensor of a header: where its bytes lie in the data area.
+struct HeaderEntry {
+  const std::string* name;
+  SafetensorsDType dtype;
+  const std::vector<int64_t>* shape;
+  uint64_t begin;
+  uint64_t nbytes;
+};
+
+// The 8-byte length and the JSON header (padded with spaces to a multiple
+// of 8) that start a file of these tensors; `what` names it in errors.
+absl::StatusOr<std::string> EncodeHeader(
+    const std::map<std::string, std::string>& metadata,
+    const std::vector<HeaderEntry>& entries, const std::string& what) {
   json header = json::object();
-  if (!metadata_.empty()) {
-    json metadata = json::object();
-    for (const auto& [key, value] : metadata_) {
+  if (!metadata.empty()) {
+    json encoded = json::object();
+    for (const auto& [key, value] : metadata) {
       if (!IsValidUtf8(key) || !IsValidUtf8(value)) {
         return absl::InvalidArgumentError(
             absl::StrCat(what, ": metadata key ", QuoteForMessage(key),
                          " or its value is not valid UTF-8"));
       }
-      metadata[key] = value;
+      encoded[key] = value;
     }
-    header[kMetadataKey] = std::move(metadata);
+    header[kMetadataKey] = std::move(encoded);
   }
-  for (const Entry& e : entries_) {
+  for (const HeaderEntry& e : entries) {
     json entry = json::object();
     entry["dtype"] = std::string(SafetensorsDTypeName(e.dtype));
-    entry["shape"] = e.shape;
+    entry["shape"] = *e.shape;
     entry["data_offsets"] = {e.begin, e.begin + e.nbytes};
-    header[e.name] = std::move(entry);
+    header[*e.name] = std::move(entry);
   }
   std::string text =
       header.dump(-1, ' ', false, json::error_handler_t::replace);
@@ -844,14 +858,49 @@ absl::Status SafetensorsWriter::WriteHeader() {
         what, ": header of ", text.size(), " bytes exceeds the limit of ",
         kSafetensorsMaxHeaderBytes, " bytes"));
   }
-  uint8_t prefix[8];
+  std::string bytes(8, '\0');
   uint64_t n = text.size();
   for (int i = 0; i < 8; ++i) {
-    prefix[i] = static_cast<uint8_t>(n & 0xff);
+    bytes[i] = static_cast<char>(n & 0xff);
     n >>= 8;
   }
-  absl::Status status = out_->Write(prefix, sizeof(prefix));
-  if (status.ok()) status = out_->Write(text);
+  return bytes + text;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> SafetensorsFileHeader(
+    const std::vector<SafetensorsTensorDecl>& tensors,
+    const std::map<std::string, std::string>& metadata) {
+  std::vector<HeaderEntry> entries;
+  uint64_t offset = 0;
+  for (const SafetensorsTensorDecl& t : tensors) {
+    const std::string what =
+        absl::StrCat("safetensors header: tensor ", QuoteForMessage(t.name));
+    if (t.name.empty() || t.name == kMetadataKey || !IsValidUtf8(t.name) ||
+        FindDType(t.dtype) == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": bad name or dtype"));
+    }
+    int64_t elements = 0;
+    int64_t nbytes = 0;
+    RETURN_IF_ERROR(ShapeSizes(t.shape, t.dtype, what, &elements, &nbytes));
+    entries.push_back(
+        {&t.name, t.dtype, &t.shape, offset, static_cast<uint64_t>(nbytes)});
+    offset += static_cast<uint64_t>(nbytes);
+  }
+  return EncodeHeader(metadata, entries, "safetensors header");
+}
+
+absl::Status SafetensorsWriter::WriteHeader() {
+  std::vector<HeaderEntry> entries;
+  for (const Entry& e : entries_) {
+    entries.push_back({&e.name, e.dtype, &e.shape, e.begin, e.nbytes});
+  }
+  absl::StatusOr<std::string> header = EncodeHeader(
+      metadata_, entries, absl::StrCat("safetensors writer '", path_, "'"));
+  if (!header.ok()) return header.status();
+  absl::Status status = out_->Write(*header);
   if (!status.ok()) return Fail(status);
   header_written_ = true;
   current_ = 0;

@@ -188,6 +188,20 @@ class SafetensorsCheckpoint {
   std::string index_metadata_json_;
 };
 
+// A tensor as SafetensorsWriter::AddTensor declares it.
+struct SafetensorsTensorDecl {
+  std::string name;
+  SafetensorsDType dtype;
+  std::vector<int64_t> shape;
+};
+// The bytes SafetensorsWriter writes before the data of `tensors` (declared
+// in this order) with `metadata`: the header's length and the header. With
+// the data in memory, a file's digest is known without writing it.
+// InvalidArgument for a tensor AddTensor would refuse.
+absl::StatusOr<std::string> SafetensorsFileHeader(
+    const std::vector<SafetensorsTensorDecl>& tensors,
+    const std::map<std::string, std::string>& metadata = {});
+
 // Streaming writer. Declare every tensor first (so the header is known), then
 // write each tensor's bytes in declaration order (in as many pieces as
 // wanted), then Finish(), which commits through AtomicFileWriter (temp file,

@@ -248,6 +248,20 @@ TEST_F(SafetensorsTest, RoundTripSeveralDTypesOddShapesChunksAndMetadata) {
   EXPECT_FALSE(fs::exists(path));
   ASSERT_OK((*writer)->Finish());
   EXPECT_THAT(ListDir(dir_), ElementsAre("model.safetensors"));
+  // The header, as SafetensorsFileHeader encodes it without a file.
+  std::vector<SafetensorsTensorDecl> declared;
+  for (const Spec& spec : specs) {
+    declared.push_back({spec.name, spec.dtype, spec.shape});
+  }
+  const absl::StatusOr<std::string> header = SafetensorsFileHeader(
+      declared, {{"format", "pt"}, {"note", "caf\xc3\xa9"}});
+  ASSERT_TRUE(header.ok()) << header.status();
+  const absl::StatusOr<std::string> written = ReadFileToString(path);
+  ASSERT_TRUE(written.ok());
+  EXPECT_EQ(written->substr(0, header->size()), *header);
+  EXPECT_FALSE(SafetensorsFileHeader({{"", SafetensorsDType::kF32, {1}}}).ok());
+  EXPECT_FALSE(
+      SafetensorsFileHeader({{"x", SafetensorsDType::kF32, {-1}}}).ok());
 
   auto file = SafetensorsFile::Open(path);
   ASSERT_TRUE(file.ok()) << file.status();

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/checksum.h"
 #include "common/json_util.h"
 #include "common/status_macros.h"
 #include "format/ggml_type.h"
@@ -571,6 +572,24 @@ absl::Status SaveActivations(const std::string& path,
                     {MakeItem("hidden", SafetensorsDType::kF32,
                               {sequences, seq_len, dim}, hidden)},
                     {}, durability, digest);
+}
+
+absl::StatusOr<std::string> ActivationsFileDigest(
+    const std::vector<float>& hidden, int64_t sequences, int64_t seq_len,
+    int64_t dim, int threads) {
+  ASSIGN_OR_RETURN(const std::string header,
+                   SafetensorsFileHeader({{"hidden",
+                                           SafetensorsDType::kF32,
+                                           {sequences, seq_len, dim}}}));
+  if (static_cast<int64_t>(hidden.size()) != sequences * seq_len * dim) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("activations: ", hidden.size(), " values, not [",
+                     sequences, ", ", seq_len, ", ", dim, "]"));
+  }
+  ContentDigest digest(threads);
+  digest.Update(header);
+  digest.Update(hidden.data(), hidden.size() * sizeof(float));
+  return digest.Finish();
 }
 
 absl::StatusOr<std::vector<float>> LoadActivations(const std::string& path,

@@ -263,8 +263,16 @@ TEST(BlockStoreTest, ActivationsRoundTripAndShapesAreChecked) {
       MakeTestTempDir("block_store_act") + "/activations-3.safetensors";
   std::vector<float> hidden(2 * 5 * 8);
   for (size_t i = 0; i < hidden.size(); ++i) hidden[i] = 0.1f * i - 3;
-  ASSERT_TRUE(SaveActivations(path, hidden, 2, 5, 8).ok());
+  std::string digest;
+  ASSERT_TRUE(SaveActivations(path, hidden, 2, 5, 8, Durability::kScratch,
+                              &digest)
+                  .ok());
   EXPECT_EQ(*LoadActivations(path, 2, 5, 8), hidden);
+  // Known without the file, as written (one thread or several).
+  EXPECT_EQ(*ActivationsFileDigest(hidden, 2, 5, 8, 1), digest);
+  EXPECT_EQ(*ActivationsFileDigest(hidden, 2, 5, 8, 3), digest);
+  EXPECT_EQ(ActivationsFileDigest(hidden, 2, 5, 7, 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
   const absl::Status wrong = LoadActivations(path, 2, 4, 8).status();
   EXPECT_EQ(wrong.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(wrong.message().find("expected F32 [2, 4, 8]"), std::string::npos)
