@@ -576,16 +576,17 @@ absl::Status SaveActivations(const std::string& path,
 
 absl::StatusOr<std::string> ActivationsFileDigest(
     const std::vector<float>& hidden, int64_t sequences, int64_t seq_len,
-    int64_t dim, int threads) {
-  ASSIGN_OR_RETURN(const std::string header,
-                   SafetensorsFileHeader({{"hidden",
-                                           SafetensorsDType::kF32,
-                                           {sequences, seq_len, dim}}}));
+    int64_t dim, int threads, uint64_t* bytes) {
+  ASSIGN_OR_RETURN(
+      const std::string header,
+      SafetensorsFileHeader(
+          {{"hidden", SafetensorsDType::kF32, {sequences, seq_len, dim}}}));
   if (static_cast<int64_t>(hidden.size()) != sequences * seq_len * dim) {
     return absl::InvalidArgumentError(
         absl::StrCat("activations: ", hidden.size(), " values, not [",
                      sequences, ", ", seq_len, ", ", dim, "]"));
   }
+  if (bytes != nullptr) *bytes = header.size() + hidden.size() * sizeof(float);
   ContentDigest digest(threads);
   digest.Update(header);
   digest.Update(hidden.data(), hidden.size() * sizeof(float));

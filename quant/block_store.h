@@ -123,10 +123,11 @@ absl::Status SaveActivations(const std::string& path,
                              Durability durability = Durability::kDurable,
                              std::string* digest = nullptr);
 // The raw content digest of the file SaveActivations writes for `hidden`,
-// without writing it, its pieces hashed by `threads` threads.
+// without writing it, its pieces hashed by `threads` threads; `bytes`, when
+// not null, gets the file's size.
 absl::StatusOr<std::string> ActivationsFileDigest(
     const std::vector<float>& hidden, int64_t sequences, int64_t seq_len,
-    int64_t dim, int threads);
+    int64_t dim, int threads, uint64_t* bytes = nullptr);
 // InvalidArgument when the stored shape is not [sequences, seq_len, dim].
 absl::StatusOr<std::vector<float>> LoadActivations(const std::string& path,
                                                    int64_t sequences,

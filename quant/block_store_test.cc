@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <random>
@@ -264,13 +265,15 @@ TEST(BlockStoreTest, ActivationsRoundTripAndShapesAreChecked) {
   std::vector<float> hidden(2 * 5 * 8);
   for (size_t i = 0; i < hidden.size(); ++i) hidden[i] = 0.1f * i - 3;
   std::string digest;
-  ASSERT_TRUE(SaveActivations(path, hidden, 2, 5, 8, Durability::kScratch,
-                              &digest)
-                  .ok());
+  ASSERT_TRUE(
+      SaveActivations(path, hidden, 2, 5, 8, Durability::kScratch, &digest)
+          .ok());
   EXPECT_EQ(*LoadActivations(path, 2, 5, 8), hidden);
   // Known without the file, as written (one thread or several).
   EXPECT_EQ(*ActivationsFileDigest(hidden, 2, 5, 8, 1), digest);
-  EXPECT_EQ(*ActivationsFileDigest(hidden, 2, 5, 8, 3), digest);
+  uint64_t bytes = 0;
+  EXPECT_EQ(*ActivationsFileDigest(hidden, 2, 5, 8, 3, &bytes), digest);
+  EXPECT_EQ(bytes, std::filesystem::file_size(path));
   EXPECT_EQ(ActivationsFileDigest(hidden, 2, 5, 7, 1).status().code(),
             absl::StatusCode::kInvalidArgument);
   const absl::Status wrong = LoadActivations(path, 2, 4, 8).status();

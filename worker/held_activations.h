@@ -10,6 +10,8 @@
 #define WORKER_HELD_ACTIVATIONS_H_
 
 #include <deque>
+#include <functional>
+#include <future>
 #include <memory>
 #include <optional>
 #include <string>
@@ -42,6 +44,17 @@ class HeldActivations {
   absl::Status Put(const std::string& job_id, int boundary, int shard,
                    const std::string& path, const std::string& digest,
                    bool pinned = false);
+  // Put, for a file that `write` writes from `values` (to the path it is
+  // given) on a thread of its own; the values are kept in memory as with
+  // KeepInMemory. Find waits for the write, and a failed write drops the
+  // file. Returns the write's outcome, ready once it is done.
+  std::shared_future<absl::Status> PutWriting(
+      const std::string& job_id, int boundary, int shard,
+      const std::string& digest, bool pinned,
+      std::shared_ptr<std::vector<float>> values,
+      std::function<absl::Status(const std::string& path,
+                                 const std::vector<float>& values)>
+          write);
   void Unpin(const std::string& job_id, int boundary, int shard);
   // The file held for (job_id, boundary, shard) when it was put with
   // `digest`; nullopt when none is, or (dropped then) one of another digest.
@@ -58,12 +71,14 @@ class HeldActivations {
                     std::shared_ptr<std::vector<float>> values);
   // The values kept in memory for (job_id, boundary, shard) with `digest`,
   // or null. With `take` they are kept no longer (the caller overwrites
-  // them). Values of another key are released either way: a task's memory
-  // budget has room for one set of input activations, its own.
-  std::shared_ptr<std::vector<float>> FindInMemory(const std::string& job_id,
-                                                   int boundary, int shard,
-                                                   const std::string& digest,
-                                                   bool take);
+  // them, once `written`, when valid, is ready: their file is still being
+  // written from them). Values of another key are released either way: a
+  // task's memory budget has room for one set of input activations, its
+  // own.
+  std::shared_ptr<std::vector<float>> FindInMemory(
+      const std::string& job_id, int boundary, int shard,
+      const std::string& digest, bool take,
+      std::shared_future<absl::Status>* written = nullptr);
   // Releases the values kept in memory (a task that reads none begins).
   void ReleaseMemory();
 
@@ -81,12 +96,18 @@ class HeldActivations {
     std::string key;  // "<job>-<boundary>-<shard>".
     std::string digest;
     bool pinned = false;
+    std::shared_future<absl::Status> written;  // Valid: PutWriting's.
   };
+  // Makes room for a file of `key` (dropping the old one, then the oldest
+  // unpinned beyond the capacity); false when none is to be kept.
+  bool MakeRoomLocked(const std::string& key, const std::string& digest,
+                      bool pinned) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::deque<Held> held_ ABSL_GUARDED_BY(mu_);  // Oldest first.
   // The set kept in memory, under its key and digest.
   std::string memory_key_ ABSL_GUARDED_BY(mu_);
   std::string memory_digest_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<std::vector<float>> memory_ ABSL_GUARDED_BY(mu_);
+  std::shared_future<absl::Status> memory_written_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace quant

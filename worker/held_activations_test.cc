@@ -1,9 +1,12 @@
 #include "worker/held_activations.h"
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/test_data.h"
@@ -143,6 +146,68 @@ TEST(HeldActivationsTest, KeepsTheLastSetInMemory) {
   ASSERT_TRUE(none.ok());
   (*none)->KeepInMemory("1", 1, 0, "s1", values(1));
   EXPECT_EQ((*none)->FindInMemory("1", 1, 0, "s1", false), nullptr);
+}
+
+// A file written from memory on a thread of its own: found (and dropped)
+// only once written; a failed write is dropped; the values stay in memory
+// for the next task, which learns the write's future with them.
+TEST(HeldActivationsTest, PutWritingWritesInTheBackground) {
+  const std::string dir = MakeTestTempDir("held_activations_writing");
+  auto held = HeldActivations::Create(dir + "/held", 2);
+  ASSERT_TRUE(held.ok());
+  std::promise<void> go;
+  std::shared_future<void> gate = go.get_future().share();
+  const auto values = std::make_shared<std::vector<float>>(4, 2.5f);
+  const auto write_bytes = [gate](const std::string& path,
+                                  const std::vector<float>& v) {
+    gate.wait();
+    WriteFile(path, std::string(reinterpret_cast<const char*>(v.data()),
+                                v.size() * sizeof(float)));
+    return absl::OkStatus();
+  };
+  std::shared_future<absl::Status> written = (*held)->PutWriting(
+      "1", 1, 0, "s1", /*pinned=*/true, values, write_bytes);
+  std::shared_future<absl::Status> seen;
+  const auto in_memory =
+      (*held)->FindInMemory("1", 1, 0, "s1", /*take=*/false, &seen);
+  EXPECT_EQ(in_memory, values);
+  ASSERT_TRUE(seen.valid());
+  EXPECT_EQ(seen.wait_for(std::chrono::milliseconds(0)),
+            std::future_status::timeout);
+  // Find waits for the write.
+  std::thread finder([&] {
+    const auto found = (*held)->Find("1", 1, 0, "s1");
+    ASSERT_TRUE(found.has_value());
+    std::ifstream in(*found, std::ios::binary);
+    EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}).size(),
+              4 * sizeof(float));
+  });
+  go.set_value();
+  finder.join();
+  EXPECT_TRUE(written.get().ok());
+  // Here twice (values, in_memory) and in memory: the writer let go.
+  EXPECT_EQ(values.use_count(), 3);
+
+  // A failed write: no file to find, and the upload learns why.
+  const auto failed =
+      (*held)->PutWriting("1", 2, 0, "s2", /*pinned=*/true, values,
+                          [](const std::string&, const std::vector<float>&) {
+                            return absl::InternalError("disk full");
+                          });
+  EXPECT_EQ(failed.get().message(), "disk full");
+  EXPECT_FALSE((*held)->Find("1", 2, 0, "s2").has_value());
+  // Nothing kept (capacity 0, not pinned): nothing written.
+  auto none = HeldActivations::Create(dir + "/none", 0);
+  ASSERT_TRUE(none.ok());
+  bool called = false;
+  const auto skipped =
+      (*none)->PutWriting("1", 1, 0, "s1", /*pinned=*/false, values,
+                          [&](const std::string&, const std::vector<float>&) {
+                            called = true;
+                            return absl::OkStatus();
+                          });
+  EXPECT_EQ(skipped.get().code(), absl::StatusCode::kCancelled);
+  EXPECT_FALSE(called);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "common/parallel.h"
 #include "common/status_macros.h"
 #include "format/ggml_type.h"
 #include "format/model_config.h"
@@ -48,6 +49,9 @@ absl::StatusOr<std::vector<float>> ReadActivations(
   if (local.held_in_memory != nullptr) {
     RETURN_IF_ERROR(
         CheckHeldInMemory(*local.held_in_memory, sequences, seq_len, dim));
+    // Their file is written from them: whatever became of it, they are
+    // overwritten only after.
+    if (local.held_written.valid()) local.held_written.wait();
     return std::move(*local.held_in_memory);
   }
   if (!local.held_activations.empty()) {
@@ -161,6 +165,28 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
             .count();
     return outcome;
   };
+  // The activations output: written to activations_out (hashed as written)
+  // or, left to the caller, only hashed; kept in memory either way.
+  const auto emit_activations = [&](std::vector<float>& hidden) {
+    return timed(result.output_seconds, [&]() -> absl::Status {
+      std::string& digest = result.digest[kActivationsTensor];
+      if (local.write_activations) {
+        RETURN_IF_ERROR(SaveActivations(activations_out, hidden, sequences,
+                                        seq_len, dim, Durability::kScratch,
+                                        &digest));
+      } else {
+        ASSIGN_OR_RETURN(digest,
+                         ActivationsFileDigest(hidden, sequences, seq_len, dim,
+                                               HardwareThreads(),
+                                               &result.activations_file_bytes));
+        result.activations_unwritten = true;
+      }
+      result.outputs.emplace_back(kActivationsTensor, activations_out);
+      result.activations =
+          std::make_shared<std::vector<float>>(std::move(hidden));
+      return absl::OkStatus();
+    });
+  };
   switch (spec.kind()) {
     case v1::TASK_KIND_EMBED: {
       ASSIGN_OR_RETURN(const TensorView windows_view,
@@ -175,21 +201,10 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       std::vector<float> hidden(windows.size() * static_cast<size_t>(dim));
       const LlamaForward forward(model, seq_len);
       RETURN_IF_ERROR(forward.Embed(weights, windows, hidden.data()));
-      RETURN_IF_ERROR(timed(result.output_seconds, [&] {
-        return SaveActivations(activations_out, hidden, sequences, seq_len, dim,
-                               Durability::kScratch,
-                               &result.digest[kActivationsTensor]);
-      }));
-      result.outputs.emplace_back(kActivationsTensor, activations_out);
-      result.activations =
-          std::make_shared<std::vector<float>>(std::move(hidden));
+      RETURN_IF_ERROR(emit_activations(hidden));
       break;
     }
     case v1::TASK_KIND_FORWARD: {
-      ASSIGN_OR_RETURN(
-          std::vector<float> hidden, timed(result.input_seconds, [&] {
-            return ReadActivations(*inputs, local, sequences, seq_len, dim);
-          }));
       ASSIGN_OR_RETURN(const QuantizeModelOptions options,
                        OptionsFromRecipe(spec.recipe()));
       const LlamaForward forward(model, seq_len);
@@ -207,22 +222,26 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
                                                    spec.layer());
                          }));
       }
+      // After the weights: the held activations' file may still be being
+      // written from them.
+      ASSIGN_OR_RETURN(
+          std::vector<float> hidden, timed(result.input_seconds, [&] {
+            return ReadActivations(*inputs, local, sequences, seq_len, dim);
+          }));
       RETURN_IF_ERROR(compute.ForwardBlock(forward, block, sequences, seq_len,
                                            options.sequences_per_pass,
                                            hidden.data()));
       result.kernel = compute.kernel();
-      RETURN_IF_ERROR(timed(result.output_seconds, [&] {
-        return SaveActivations(activations_out, hidden, sequences, seq_len, dim,
-                               Durability::kScratch,
-                               &result.digest[kActivationsTensor]);
-      }));
-      result.outputs.emplace_back(kActivationsTensor, activations_out);
-      result.activations =
-          std::make_shared<std::vector<float>>(std::move(hidden));
+      RETURN_IF_ERROR(emit_activations(hidden));
       break;
     }
     case v1::TASK_KIND_BLOCK: {
       ASSIGN_OR_RETURN(const BlockRecipe recipe, RecipeOf(spec, model));
+      ASSIGN_OR_RETURN(DecoderBlockWeights block,
+                       timed(result.input_seconds, [&] {
+                         return LoadDecoderBlock(weights, model, spec.layer());
+                       }));
+      // After the weights, as for a forward task.
       std::vector<float> hidden;
       if (sequences > 0) {
         ASSIGN_OR_RETURN(hidden, timed(result.input_seconds, [&] {
@@ -230,10 +249,6 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
                                                   seq_len, dim);
                          }));
       }
-      ASSIGN_OR_RETURN(DecoderBlockWeights block,
-                       timed(result.input_seconds, [&] {
-                         return LoadDecoderBlock(weights, model, spec.layer());
-                       }));
       const LlamaForward forward(model, std::max<int64_t>(seq_len, 1));
       absl::StatusOr<BlockResult> done =
           QuantizeBlockOn(compute, cpu, forward, std::move(block), recipe,
@@ -253,14 +268,7 @@ absl::StatusOr<TaskRunResult> RunTask(const v1::TaskSpec& spec,
       result.outputs.emplace_back(kResultTensor, result_path);
       if (std::find(spec.outputs().begin(), spec.outputs().end(),
                     kActivationsTensor) != spec.outputs().end()) {
-        RETURN_IF_ERROR(timed(result.output_seconds, [&] {
-          return SaveActivations(activations_out, hidden, sequences, seq_len,
-                                 dim, Durability::kScratch,
-                                 &result.digest[kActivationsTensor]);
-        }));
-        result.outputs.emplace_back(kActivationsTensor, activations_out);
-        result.activations =
-            std::make_shared<std::vector<float>>(std::move(hidden));
+        RETURN_IF_ERROR(emit_activations(hidden));
       }
       break;
     }

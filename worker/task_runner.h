@@ -6,6 +6,7 @@
 #define WORKER_TASK_RUNNER_H_
 
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <string>
@@ -38,6 +39,10 @@ struct TaskRunResult {
   // F32 values written to their file: a worker may keep them in memory
   // for the next block.
   std::shared_ptr<std::vector<float>> activations;
+  // Without LocalInputs::write_activations: their file is not written yet
+  // (its digest is known, from `activations`), and will be this size.
+  bool activations_unwritten = false;
+  uint64_t activations_file_bytes = 0;
 };
 
 // `inputs_path` holds every tensor of spec.inputs under its name; outputs go
@@ -56,6 +61,13 @@ struct LocalInputs {
   // block or forward task moves them out (it overwrites them); a capture
   // task reads them in place.
   std::shared_ptr<std::vector<float>> held_in_memory;
+  // Valid while the file of held_in_memory is still being written from
+  // them (on another thread): a task waits for it before overwriting them.
+  std::shared_future<absl::Status> held_written;
+  // Not an input: false leaves the activations output's file unwritten,
+  // for the caller to write from TaskRunResult::activations (in the
+  // background; its digest, computed from memory, is in the result).
+  bool write_activations = true;
   // The model (on a shared volume), whose tensors the caller verified
   // against their recorded digest through this very mapping: the weights
   // are read there.

@@ -18,6 +18,7 @@
 #include "model/calibration.h"
 #include "proto/recipe.h"
 #include "proto/task_tensors.h"
+#include "quant/block_store.h"
 #include "quant/quantize_model.h"
 
 namespace quant {
@@ -197,8 +198,23 @@ TEST_F(TaskRunnerTest, BlockChainMatchesTheEngineByteForByte) {
     if (layer == 0) spec.add_outputs(kActivationsTensor);
     LocalInputs local;
     local.held_in_memory = in_memory;
+    // Block 0's activations file is left for the caller to write.
+    local.write_activations = layer != 0;
     const auto done = RunTask(spec, in, out, nullptr, local);
     ASSERT_TRUE(done.ok()) << done.status();
+    if (layer == 0) {
+      ASSERT_TRUE(done->activations_unwritten);
+      EXPECT_FALSE(std::filesystem::exists(done->outputs[1].second));
+      std::string written_digest;
+      ASSERT_TRUE(SaveActivations(done->outputs[1].second, *done->activations,
+                                  spec.sequences(), spec.seq_len(),
+                                  hidden->shape[2], Durability::kScratch,
+                                  &written_digest)
+                      .ok());
+      EXPECT_EQ(done->digest.at(kActivationsTensor), written_digest);
+      EXPECT_EQ(done->activations_file_bytes,
+                std::filesystem::file_size(done->outputs[1].second));
+    }
     // Moved out of memory: the block overwrote them.
     if (layer == 1) EXPECT_TRUE(in_memory->empty());
     ASSERT_EQ(done->outputs.size(), layer == 0 ? 2u : 1u);

@@ -35,6 +35,7 @@
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "proto/task_tensors.h"
+#include "quant/block_store.h"
 #include "worker/task_runner.h"
 
 namespace quant {
@@ -163,6 +164,8 @@ struct WorkerSession::Task {
   // Inputs read here instead of fetched, and the names not fetched.
   LocalInputs local;
   std::set<std::string> skip;
+  // The input activations are this worker's own (in memory or a file).
+  bool reads_held = false;
   // The digest (hex) each output was uploaded with.
   std::map<std::string, std::string> uploaded_digest;
 
@@ -577,6 +580,16 @@ void WorkerSession::UploadDeferredLoop() {
 
 void WorkerSession::UploadDeferred(const DeferredUpload& upload) {
   const std::string name = RefName(upload.ref);
+  if (upload.written.valid()) {
+    if (const absl::Status written = upload.written.get(); !written.ok()) {
+      // Lost here, as in Hold.
+      Log(absl::StrCat("task ", name, ": cannot keep ", upload.name,
+                       " for its deferred upload: ", written.ToString()));
+      remover_->Remove(upload.path);
+      held_->Unpin(upload.ref.job_id(), upload.boundary, upload.shard);
+      return;
+    }
+  }
   // Killed holding committed activations the coordinator has only the
   // digest of (tests/service_e2e_test.sh).
   if (Failpoint("worker.kill_before_deferred_upload")) {
@@ -726,6 +739,9 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
                      absl::StrCat("fetching inputs: ", status.ToString()));
     } else {
       task.SetProgress("compute", kFetchEnd);
+      // Activations committed by their digest are written after the
+      // commit, on a thread of their own (Hold), from memory.
+      task.local.write_activations = !lease.defer_activations();
       absl::StatusOr<TaskRunResult> run =
           RunTask(task.spec, inputs_path, task.dir + "/out",
                   options_.backend.get(), task.local);
@@ -764,7 +780,11 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
           absl::StatusOr<std::string> digest = absl::UnimplementedError("");
           if (lease.defer_activations() && output == kActivationsTensor) {
             std::error_code size_error;
-            if (known) bytes = std::filesystem::file_size(path, size_error);
+            if (run->activations_unwritten) {
+              bytes = run->activations_file_bytes;
+            } else if (known) {
+              bytes = std::filesystem::file_size(path, size_error);
+            }
             digest = known && !size_error
                          ? absl::StatusOr<std::string>(written->second)
                          : ContentDigestOfFile(path, &bytes, threads_);
@@ -800,9 +820,7 @@ void WorkerSession::RunLeasedTask(const v1::LeaseTaskResponse& lease) {
           outcome = Fail(&task, /*task_fault=*/false,
                          "the coordinator keeps losing the upload");
         }
-        if (outcome == Outcome::kDone) {
-          Hold(task, run->outputs, deferred, std::move(run->activations));
-        }
+        if (outcome == Outcome::kDone) Hold(task, *run, deferred);
       }
     }
   }
@@ -843,14 +861,19 @@ void WorkerSession::FindLocalInputs(Task* task) {
     const int boundary = task->spec.layer();
     const int shard = task->spec.shard();
     // A capture task reads them in place; a block or forward task
-    // overwrites them.
-    task->local.held_in_memory = held_->FindInMemory(
-        job, boundary, shard, input.digest(),
-        /*take=*/task->spec.kind() != v1::TASK_KIND_CAPTURE);
-    std::optional<std::string> held =
-        held_->Find(job, boundary, shard, input.digest());
-    if (held.has_value()) task->local.held_activations = *std::move(held);
-    if (held.has_value() || task->local.held_in_memory != nullptr) {
+    // overwrites them (once their file is written, if it still is being).
+    task->local.held_in_memory =
+        held_->FindInMemory(job, boundary, shard, input.digest(),
+                            /*take=*/task->spec.kind() != v1::TASK_KIND_CAPTURE,
+                            &task->local.held_written);
+    if (task->local.held_in_memory == nullptr) {
+      std::optional<std::string> held =
+          held_->Find(job, boundary, shard, input.digest());
+      if (held.has_value()) task->local.held_activations = *std::move(held);
+    }
+    task->reads_held = task->local.held_in_memory != nullptr ||
+                       !task->local.held_activations.empty();
+    if (task->reads_held) {
       task->skip.insert(kActivationsTensor);
       Log(absl::StrCat(
           "task ", name, ": reads the activations it holds",
@@ -968,11 +991,8 @@ WorkerSession::VerifyModelTensors(
   return model;
 }
 
-void WorkerSession::Hold(
-    const Task& task,
-    const std::vector<std::pair<std::string, std::string>>& outputs,
-    const std::vector<v1::DeferredOutput>& deferred,
-    std::shared_ptr<std::vector<float>> activations) {
+void WorkerSession::Hold(const Task& task, TaskRunResult& run,
+                         const std::vector<v1::DeferredOutput>& deferred) {
   // A block task is the last to read its input activations (in parallel
   // mode its layer's forward task reads them too, before it), as a
   // data-parallel job's forward task is the last to read its shard's (after
@@ -980,10 +1000,11 @@ void WorkerSession::Hold(
   const bool last_reader =
       task.spec.kind() == v1::TASK_KIND_BLOCK ||
       (task.spec.kind() == v1::TASK_KIND_FORWARD && task.spec.shards() > 1);
-  if (!task.local.held_activations.empty() && last_reader) {
-    held_->Drop(task.ref.job_id(), task.spec.layer(), task.spec.shard());
-  }
-  for (const auto& [output, path] : outputs) {
+  const std::string& job = task.ref.job_id();
+  const int shard = task.spec.shard();
+  if (task.reads_held && last_reader)
+    held_->Drop(job, task.spec.layer(), shard);
+  for (const auto& [output, path] : run.outputs) {
     if (output != kActivationsTensor) continue;
     const auto digest = task.uploaded_digest.find(output);
     const bool pinned = std::any_of(
@@ -992,38 +1013,64 @@ void WorkerSession::Hold(
     const int boundary = task.spec.layer() + 1;
     const std::string& committed =
         digest == task.uploaded_digest.end() ? "" : digest->second;
-    absl::Status kept = held_->Put(task.ref.job_id(), boundary,
-                                   task.spec.shard(), path, committed, pinned);
-    if (!kept.ok()) Log(kept.ToString());
-    if (activations != nullptr) {
-      held_->KeepInMemory(task.ref.job_id(), boundary, task.spec.shard(),
-                          committed, std::move(activations));
-    }
-    if (!pinned) continue;
     // Uploaded from a link of its own: the held file may be dropped (its
     // last reader done here) while the upload runs.
-    const std::optional<std::string> held = held_->Find(
-        task.ref.job_id(), boundary, task.spec.shard(), digest->second);
     DeferredUpload upload;
     upload.ref = task.ref;
     upload.name = output;
     upload.path = task.dir + ".deferred-" + output;
-    upload.digest = digest->second;
+    upload.digest = committed;
     upload.boundary = boundary;
-    upload.shard = task.spec.shard();
+    upload.shard = shard;
     std::error_code error;
     std::filesystem::remove(upload.path, error);
-    if (held.has_value()) {
-      std::filesystem::create_hard_link(*held, upload.path, error);
-    }
-    if (!held.has_value() || error) {
-      // Lost here: the coordinator computes it again once this worker is
-      // gone; nothing else can be done from here.
-      Log(absl::StrCat("task ", RefName(task.ref), ": cannot keep ", output,
-                       " for its deferred upload",
-                       error ? absl::StrCat(": ", error.message()) : ""));
-      held_->Unpin(task.ref.job_id(), boundary, task.spec.shard());
-      continue;
+    if (run.activations_unwritten) {
+      // Written from memory while the next task runs, then linked for the
+      // upload (which waits for it).
+      const int64_t tokens = task.spec.sequences() * task.spec.seq_len();
+      const int64_t dim =
+          tokens > 0 ? static_cast<int64_t>(run.activations->size()) / tokens
+                     : 0;
+      const std::string link = pinned ? upload.path : "";
+      upload.written = held_->PutWriting(
+          job, boundary, shard, committed, pinned, std::move(run.activations),
+          [sequences = task.spec.sequences(), seq_len = task.spec.seq_len(),
+           dim, link](const std::string& file,
+                      const std::vector<float>& values) -> absl::Status {
+            RETURN_IF_ERROR(SaveActivations(file, values, sequences, seq_len,
+                                            dim, Durability::kScratch));
+            if (link.empty()) return absl::OkStatus();
+            std::error_code link_error;
+            std::filesystem::create_hard_link(file, link, link_error);
+            if (!link_error) return absl::OkStatus();
+            return absl::InternalError(absl::StrCat("cannot link ", file,
+                                                    " as ", link, ": ",
+                                                    link_error.message()));
+          });
+      if (!pinned) continue;
+    } else {
+      absl::Status kept =
+          held_->Put(job, boundary, shard, path, committed, pinned);
+      if (!kept.ok()) Log(kept.ToString());
+      if (run.activations != nullptr) {
+        held_->KeepInMemory(job, boundary, shard, committed,
+                            std::move(run.activations));
+      }
+      if (!pinned) continue;
+      const std::optional<std::string> held =
+          held_->Find(job, boundary, shard, committed);
+      if (held.has_value()) {
+        std::filesystem::create_hard_link(*held, upload.path, error);
+      }
+      if (!held.has_value() || error) {
+        // Lost here: the coordinator computes it again once this worker is
+        // gone; nothing else can be done from here.
+        Log(absl::StrCat("task ", RefName(task.ref), ": cannot keep ", output,
+                         " for its deferred upload",
+                         error ? absl::StrCat(": ", error.message()) : ""));
+        held_->Unpin(job, boundary, shard);
+        continue;
+      }
     }
     absl::MutexLock lock(&mu_);
     deferred_.push_back(std::move(upload));

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <random>
@@ -43,6 +44,7 @@
 #include "quant/block_backend.h"
 #include "worker/background_remover.h"
 #include "worker/held_activations.h"
+#include "worker/task_runner.h"
 
 namespace quant {
 
@@ -146,6 +148,9 @@ class WorkerSession {
     std::string digest;  // Hex, as committed.
     int boundary = 0;    // The held file's key, unpinned after.
     int shard = 0;
+    // Valid while the file is written from memory (HeldActivations::
+    // PutWriting), linked at `path` once it is.
+    std::shared_future<absl::Status> written;
   };
 
   explicit WorkerSession(WorkerOptions options);
@@ -184,12 +189,10 @@ class WorkerSession {
   void FindLocalInputs(Task* task);
   // After `task` was committed: keeps the activations it output (for the
   // next block, if leased here; those in `deferred` pinned and queued for
-  // upload; their values, `activations`, in memory) and drops those it
-  // read from its hold.
-  void Hold(const Task& task,
-            const std::vector<std::pair<std::string, std::string>>& outputs,
-            const std::vector<v1::DeferredOutput>& deferred,
-            std::shared_ptr<std::vector<float>> activations);
+  // upload; their values in memory, their file written from there if
+  // `run` left it unwritten) and drops those it read from its hold.
+  void Hold(const Task& task, TaskRunResult& run,
+            const std::vector<v1::DeferredOutput>& deferred);
   void HeartbeatLoop(Task* task);
   // `task_fault` is set when the spec itself is malformed.
   absl::Status FetchInputs(Task* task, const std::string& path,
