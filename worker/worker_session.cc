@@ -1002,8 +1002,9 @@ void WorkerSession::Hold(const Task& task, TaskRunResult& run,
       (task.spec.kind() == v1::TASK_KIND_FORWARD && task.spec.shards() > 1);
   const std::string& job = task.ref.job_id();
   const int shard = task.spec.shard();
-  if (task.reads_held && last_reader)
+  if (task.reads_held && last_reader) {
     held_->Drop(job, task.spec.layer(), shard);
+  }
   for (const auto& [output, path] : run.outputs) {
     if (output != kActivationsTensor) continue;
     const auto digest = task.uploaded_digest.find(output);
