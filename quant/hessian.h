@@ -24,8 +24,9 @@ class HessianAccumulator {
   // Adds `n` input rows x [n, columns] (row-major).
   void Add(const float* x, int64_t n);
 
-  // Adds another accumulator's samples. InvalidArgument when the column
-  // counts differ.
+  // Adds another accumulator's samples (sum x x^T: its lower triangle;
+  // the upper one is not kept). InvalidArgument when the column counts
+  // differ.
   absl::Status Merge(const HessianAccumulator& other);
 
   // 2/N sum x x^T, [columns, columns] row-major (zeros before any sample).

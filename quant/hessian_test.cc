@@ -1,5 +1,6 @@
 #include "quant/hessian.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -65,6 +66,40 @@ TEST(HessianTest, MergingShardsEqualsOneRun) {
   EXPECT_EQ(first.samples(), 90);
   EXPECT_EQ(first.Hessian(), whole.Hessian());
   EXPECT_EQ(first.MeanAbs(), whole.MeanAbs());
+}
+
+// Sums of many row tiles, merged on every core: every element of the
+// lower triangle is the exact sum of the two.
+TEST(HessianTest, LargeMergeAddsEveryElement) {
+  const int64_t columns = 2053;  // 33 tiles of 64 rows, the last short.
+  std::vector<double> a(columns * columns), b(columns * columns);
+  for (size_t i = 0; i < a.size(); ++i) {
+    a[i] = 0.25 * static_cast<double>(i % 1021);
+    b[i] = 1.5 + static_cast<double>(i % 997);
+  }
+  absl::StatusOr<HessianAccumulator> first =
+      HessianAccumulator::FromSums(3, a, std::vector<double>(columns, 1.0));
+  absl::StatusOr<HessianAccumulator> second =
+      HessianAccumulator::FromSums(4, b, std::vector<double>(columns, 2.0));
+  ASSERT_TRUE(first.ok() && second.ok());
+  ASSERT_TRUE(first->Merge(*second).ok());
+  EXPECT_EQ(first->samples(), 7);
+  for (int64_t i = 0; i < columns; ++i) {
+    for (int64_t j = 0; j <= i; ++j) {
+      const int64_t k = i * columns + j;
+      ASSERT_EQ(first->sum_xxt()[k], a[k] + b[k]) << i << " " << j;
+    }
+  }
+  // The Hessian mirrors the merged lower triangle, tile edges included.
+  const std::vector<double> h = first->Hessian();
+  for (int64_t i : {0, 63, 64, 1000, 2052}) {
+    for (int64_t j : {0, 63, 64, 999, 2052}) {
+      const int64_t lower = std::max(i, j) * columns + std::min(i, j);
+      ASSERT_EQ(h[i * columns + j], 2.0 / 7 * (a[lower] + b[lower]))
+          << i << " " << j;
+    }
+  }
+  EXPECT_EQ(first->sum_abs(), std::vector<double>(columns, 3.0));
 }
 
 TEST(HessianTest, EmptyAndMismatched) {
