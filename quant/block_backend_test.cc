@@ -1,11 +1,13 @@
 #include "quant/block_backend.h"
 
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/test_data.h"
 #include "convert/tiny_llama.h"
 #include "format/model_config.h"
@@ -121,6 +123,157 @@ TEST(BlockBackendTest, PiecesInStagesAreTheShardedBlock) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// A CPU backend that names a device, as a GPU's kernel class does, and
+// counts the pieces it ran (from whichever thread).
+class CountingBackend : public CpuBlockBackend {
+ public:
+  explicit CountingBackend(int device, std::string model = "Model X")
+      : device_(device), model_(std::move(model)) {}
+  ComputeKernel kernel() const override {
+    return {"cpu", absl::StrCat(model_, " (GPU ", device_, ", 1 GiB)")};
+  }
+  absl::StatusOr<BlockStatistics> CaptureStageStatistics(
+      const LlamaForward& forward, const DecoderBlockWeights& weights,
+      const BlockRecipe& recipe, int stage, int64_t sequences, int64_t seq_len,
+      const float* hidden) override {
+    ++captures;
+    return CpuBlockBackend::CaptureStageStatistics(
+        forward, weights, recipe, stage, sequences, seq_len, hidden);
+  }
+  absl::Status SolveStage(const BlockRecipe& recipe, int stage,
+                          const BlockStatistics& statistics,
+                          BlockResult& partial) override {
+    ++solves;
+    return CpuBlockBackend::SolveStage(recipe, stage, statistics, partial);
+  }
+  absl::Status ForwardBlock(const LlamaForward& forward,
+                            const DecoderBlockWeights& block, int64_t sequences,
+                            int64_t seq_len, int64_t sequences_per_pass,
+                            float* hidden) override {
+    forwarded += sequences;
+    return CpuBlockBackend::ForwardBlock(forward, block, sequences, seq_len,
+                                         sequences_per_pass, hidden);
+  }
+  std::atomic<int> captures{0}, solves{0};
+  std::atomic<int64_t> forwarded{0};
+
+ private:
+  int device_;
+  std::string model_;
+};
+
+// A group of devices computes a sharded block as one of them does, bit for
+// bit, with the shards' captures and the forward's passes spread over all
+// of them; shards that do not divide evenly, and more devices than passes.
+TEST(BlockBackendTest, DeviceGroupIsOneDeviceBitForBit) {
+  // Seven sequences in passes of 2: four passes, the last short.
+  const Fixture f = MakeFixture(7);
+  const LlamaForward forward(f.spec, f.seq_len);
+  CpuBlockBackend one;
+  for (int devices : {2, 3, 5}) {
+    std::vector<std::unique_ptr<BlockBackend>> members;
+    std::vector<CountingBackend*> counted;
+    for (int d = 0; d < devices; ++d) {
+      auto member = std::make_unique<CountingBackend>(d);
+      counted.push_back(member.get());
+      members.push_back(std::move(member));
+    }
+    absl::StatusOr<std::unique_ptr<DeviceGroupBackend>> group =
+        DeviceGroupBackend::Create(std::move(members));
+    ASSERT_TRUE(group.ok()) << group.status();
+    EXPECT_EQ((*group)->size(), devices);
+    const std::string kernel = (*group)->kernel().kernel;
+    EXPECT_EQ(kernel.rfind("Model X (GPUs 0+1", 0), 0) << kernel;
+    for (QuantMethod method : {QuantMethod::kGptq, QuantMethod::kRtn}) {
+      BlockRecipe recipe = GptqRecipe();
+      recipe.method = method;
+      recipe.calibration_shards = 3;
+      std::vector<float> alone = f.hidden, grouped = f.hidden;
+      absl::StatusOr<BlockResult> a = QuantizeBlockInStages(
+          one, forward, f.block, recipe, f.sequences, f.seq_len, alone.data());
+      ASSERT_TRUE(a.ok()) << a.status();
+      for (CountingBackend* member : counted) {
+        member->captures = 0, member->solves = 0, member->forwarded = 0;
+      }
+      absl::StatusOr<BlockResult> b = (*group)->QuantizeBlock(
+          forward, f.block, recipe, f.sequences, f.seq_len, grouped.data());
+      ASSERT_TRUE(b.ok()) << b.status();
+      EXPECT_EQ(0, std::memcmp(alone.data(), grouped.data(),
+                               alone.size() * sizeof(float)));
+      for (int i = 0; i < kBlockLinears; ++i) {
+        EXPECT_EQ(a->quantized[i].q, b->quantized[i].q) << i;
+        EXPECT_EQ(a->quantized[i].scales, b->quantized[i].scales) << i;
+        EXPECT_EQ(a->quantized[i].zeros, b->quantized[i].zeros) << i;
+        EXPECT_EQ(a->importance[i], b->importance[i]) << i;
+        EXPECT_EQ(a->reports[i].proxy_loss, b->reports[i].proxy_loss) << i;
+      }
+      EXPECT_EQ(b->kernel, kernel);
+      // Shard k on member k % devices, every stage; solves on the first;
+      // the forward's four passes over min(devices, 4) members.
+      const int stages = static_cast<int>(CalibrationStages(recipe).size());
+      int64_t forwarded = 0;
+      for (int d = 0; d < devices; ++d) {
+        const int shards_here = d < 3 ? (3 - d + devices - 1) / devices : 0;
+        EXPECT_EQ(counted[d]->captures, shards_here * stages) << d;
+        EXPECT_EQ(counted[d]->solves, d == 0 ? stages : 0) << d;
+        EXPECT_EQ(counted[d]->forwarded > 0, d < 4) << d;
+        forwarded += counted[d]->forwarded;
+      }
+      EXPECT_EQ(forwarded, f.sequences);
+    }
+    // Unsharded, the first device computes the block alone.
+    const BlockRecipe whole = GptqRecipe();
+    std::vector<float> alone = f.hidden, grouped = f.hidden;
+    absl::StatusOr<BlockResult> a = one.QuantizeBlock(
+        forward, f.block, whole, f.sequences, f.seq_len, alone.data());
+    absl::StatusOr<BlockResult> b = (*group)->QuantizeBlock(
+        forward, f.block, whole, f.sequences, f.seq_len, grouped.data());
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(alone, grouped);
+    EXPECT_EQ(a->quantized[6].q, b->quantized[6].q);
+  }
+}
+
+TEST(BlockBackendTest, DeviceGroupForwardIsOnePassAtATime) {
+  const Fixture f = MakeFixture(7);
+  const LlamaForward forward(f.spec, f.seq_len);
+  std::vector<std::unique_ptr<BlockBackend>> members;
+  for (int d : {4, 6, 7})
+    members.push_back(std::make_unique<CountingBackend>(d));
+  absl::StatusOr<std::unique_ptr<DeviceGroupBackend>> group =
+      DeviceGroupBackend::Create(std::move(members));
+  ASSERT_TRUE(group.ok()) << group.status();
+  EXPECT_EQ((*group)->kernel().kernel, "Model X (GPUs 4+6+7, 1 GiB)");
+  std::vector<float> grouped = f.hidden, expected = f.hidden;
+  ASSERT_TRUE((*group)
+                  ->ForwardBlock(forward, f.block, f.sequences, f.seq_len, 2,
+                                 grouped.data())
+                  .ok());
+  ASSERT_TRUE(ForwardBlockInPasses(forward, f.block, f.sequences, f.seq_len, 2,
+                                   expected.data())
+                  .ok());
+  EXPECT_EQ(0, std::memcmp(expected.data(), grouped.data(),
+                           expected.size() * sizeof(float)));
+}
+
+TEST(BlockBackendTest, DeviceGroupOfMixedKernelsIsRefused) {
+  EXPECT_EQ(DeviceGroupBackend::Create({}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  std::vector<std::unique_ptr<BlockBackend>> members;
+  members.push_back(std::make_unique<CountingBackend>(0, "Model X"));
+  members.push_back(std::make_unique<CountingBackend>(1, "Model Y"));
+  absl::StatusOr<std::unique_ptr<DeviceGroupBackend>> mixed =
+      DeviceGroupBackend::Create(std::move(members));
+  EXPECT_EQ(mixed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(mixed.status().message().find("Model Y"), std::string::npos);
+  std::vector<std::unique_ptr<BlockBackend>> cpu_and_device;
+  cpu_and_device.push_back(std::make_unique<CpuBlockBackend>());
+  cpu_and_device.push_back(std::make_unique<CountingBackend>(0));
+  EXPECT_EQ(
+      DeviceGroupBackend::Create(std::move(cpu_and_device)).status().code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
 TEST(BlockBackendTest, UnknownAndMissingBackendsAreNamed) {
   absl::StatusOr<std::unique_ptr<BlockBackend>> none = MakeBlockBackend("tpu");
   EXPECT_EQ(none.status().code(), absl::StatusCode::kInvalidArgument);
@@ -176,6 +329,24 @@ TEST(BlockBackendTest, DeviceLists) {
               absl::StatusCode::kInvalidArgument)
         << bad;
   }
+  EXPECT_EQ(*GroupDevices({3, 1, 2, 0}, 2),
+            (std::vector<std::vector<int>>{{3, 1}, {2, 0}}));
+  EXPECT_EQ(*GroupDevices({0, 1}, 1),
+            (std::vector<std::vector<int>>{{0}, {1}}));
+  for (int bad : {0, 3, -1}) {
+    absl::StatusOr<std::vector<std::vector<int>>> grouped =
+        GroupDevices({0, 1, 2, 3}, bad);
+    EXPECT_EQ(grouped.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(grouped.status().message().find("devices_per_task"),
+              std::string::npos);
+  }
+  // CPU backends (any "device") group; a missing backend is named.
+  absl::StatusOr<std::unique_ptr<BlockBackend>> cpus =
+      MakeBlockBackendGroup("cpu", {0, 1});
+  ASSERT_TRUE(cpus.ok()) << cpus.status();
+  EXPECT_NE(dynamic_cast<DeviceGroupBackend*>(cpus->get()), nullptr);
+  EXPECT_EQ(MakeBlockBackendGroup("cuda", {0, 1}).status().code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 TEST(BlockBackendTest, CalibratedMethodWithoutDataIsRefused) {

@@ -8,6 +8,8 @@
 #include <limits>
 #include <map>
 #include <optional>
+#include <thread>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -258,7 +260,7 @@ class BlockQuantizer {
     const int64_t dim = forward_.spec().hidden_size;
     return RunCalibrationStages(
         recipe_, sequences_,
-        [&](int stage, const SequenceRange& shard) {
+        [&](int stage, int, const SequenceRange& shard) {
           return CaptureStageStatistics(forward_, result_.weights, recipe_,
                                         stage, shard.count, seq_len_,
                                         hidden_ + shard.first * seq_len_ * dim);
@@ -630,20 +632,46 @@ absl::StatusOr<BlockStatistics> CaptureStageStatistics(
 
 absl::Status RunCalibrationStages(const BlockRecipe& recipe, int64_t sequences,
                                   const StageCapture& capture,
-                                  const StageSolve& solve) {
+                                  const StageSolve& solve, int lanes) {
   const int64_t per_pass = std::max<int64_t>(1, recipe.sequences_per_pass);
   const int stages = static_cast<int>(CalibrationStages(recipe).size());
+  const int64_t shards = sequences > 0 ? recipe.calibration_shards : 0;
+  lanes = std::max(1, lanes);
   for (int stage = 0; stage < stages; ++stage) {
     BlockStatistics total;
-    for (int64_t k = 0; sequences > 0 && k < recipe.calibration_shards; ++k) {
-      ASSIGN_OR_RETURN(
-          const SequenceRange shard,
-          CalibrationShard(sequences, per_pass, recipe.calibration_shards, k));
-      ASSIGN_OR_RETURN(BlockStatistics statistics, capture(stage, shard));
-      if (k == 0) {
-        total = std::move(statistics);
+    // Rounds of `lanes` shards: captured at once, then merged in order, so
+    // that at most `lanes` shards' statistics wait beside the total.
+    for (int64_t round = 0; round < shards; round += lanes) {
+      const int64_t in_round = std::min<int64_t>(lanes, shards - round);
+      std::vector<absl::StatusOr<BlockStatistics>> captured(
+          in_round, absl::UnknownError("not captured"));
+      auto capture_shard = [&](uint64_t lane) {
+        const int64_t k = round + static_cast<int64_t>(lane);
+        absl::StatusOr<SequenceRange> range =
+            CalibrationShard(sequences, per_pass, recipe.calibration_shards, k);
+        captured[lane] = range.ok()
+                             ? capture(stage, static_cast<int>(k), *range)
+                             : absl::StatusOr<BlockStatistics>(range.status());
+      };
+      if (in_round == 1) {
+        capture_shard(0);
       } else {
-        RETURN_IF_ERROR(MergeStatistics(statistics, total));
+        // One thread per lane: lane i's thread runs shard round + i only.
+        std::vector<std::thread> threads;
+        for (int64_t lane = 1; lane < in_round; ++lane) {
+          threads.emplace_back(capture_shard, static_cast<uint64_t>(lane));
+        }
+        capture_shard(0);
+        for (std::thread& thread : threads) thread.join();
+      }
+      for (int64_t lane = 0; lane < in_round; ++lane) {
+        if (!captured[lane].ok()) return captured[lane].status();
+        if (round + lane == 0) {
+          total = *std::move(captured[lane]);
+        } else {
+          RETURN_IF_ERROR(MergeStatistics(*captured[lane], total));
+        }
+        captured[lane] = absl::UnknownError("merged");  // Frees its memory.
       }
     }
     RETURN_IF_ERROR(solve(stage, total));

@@ -212,17 +212,20 @@ absl::Status SolveStage(const BlockRecipe& recipe, int stage,
                         BlockResult& partial);
 
 // The stage loop of GPTQ and RTN, on any backend's pieces: for each stage,
-// `capture` of every shard's sequences (CalibrationShard of the recipe's
-// calibration_shards; none without calibration data), merged in shard
-// order, then `solve`. What QuantizeBlock and a sharded block on a GPU run,
-// and what a data-parallel job's tasks compute on several workers.
+// `capture` of every shard's sequences (shard k: CalibrationShard k of the
+// recipe's calibration_shards; none without calibration data), merged in
+// shard order, then `solve`. What QuantizeBlock and a sharded block on a
+// GPU run, and what a data-parallel job's tasks compute on several workers.
+// With `lanes` > 1 the shards are captured `lanes` at a time, each on a
+// thread of its own (shard k in lane k % lanes, so that a lane's device is
+// used by one thread at a time); the merge order is the same.
 using StageCapture = std::function<absl::StatusOr<BlockStatistics>(
-    int stage, const SequenceRange& shard)>;
+    int stage, int shard_index, const SequenceRange& shard)>;
 using StageSolve =
     std::function<absl::Status(int stage, const BlockStatistics& statistics)>;
 absl::Status RunCalibrationStages(const BlockRecipe& recipe, int64_t sequences,
                                   const StageCapture& capture,
-                                  const StageSolve& solve);
+                                  const StageSolve& solve, int lanes = 1);
 
 // Whether linear i of `result` has its solution (or stays in floating
 // point): false in a partial result for the stages not solved yet.

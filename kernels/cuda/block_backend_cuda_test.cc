@@ -425,6 +425,50 @@ TEST(CudaBlockBackendTest, TwoRunsAreByteIdentical) {
   }
 }
 
+// A slot of several GPUs (a DeviceGroupBackend) computes a sharded block as
+// one GPU does, byte for byte: every visible GPU (up to 8), or GPU 0 twice
+// where there is one (two contexts, their shards at once).
+TEST(CudaBlockBackendTest, DeviceGroupIsOneGpuByteForByte) {
+  std::unique_ptr<CudaBlockBackend> gpu = OpenGpuBackend();
+  REQUIRE_GPU(gpu);
+  absl::StatusOr<std::vector<DeviceInfo>> visible = ListDevices();
+  ASSERT_TRUE(visible.ok()) << visible.status();
+  std::vector<int> devices;
+  for (int d = 0; d < std::min<int>(visible->size(), 8); ++d) {
+    devices.push_back(d);
+  }
+  if (devices.size() == 1) devices.push_back(0);
+  std::vector<std::unique_ptr<BlockBackend>> members;
+  for (int d : devices) {
+    absl::StatusOr<std::unique_ptr<CudaBlockBackend>> member =
+        CudaBlockBackend::Create(d);
+    ASSERT_TRUE(member.ok()) << member.status();
+    members.push_back(*std::move(member));
+  }
+  absl::StatusOr<std::unique_ptr<DeviceGroupBackend>> group =
+      DeviceGroupBackend::Create(std::move(members));
+  ASSERT_TRUE(group.ok()) << group.status();
+  std::printf("group of %zu: %s\n", devices.size(),
+              (*group)->kernel().kernel.c_str());
+  const Case c = MakeCase(Spec(192, 320, 6, 2), 29);
+  for (QuantMethod method : {QuantMethod::kGptq, QuantMethod::kRtn}) {
+    BlockRecipe recipe = Recipe(method, 4, 32);
+    recipe.calibration_shards = 5;  // Uneven over 2 or more GPUs.
+    const BlockRun one = Quantize(*gpu, c, recipe);
+    const BlockRun many = Quantize(**group, c, recipe);
+    ASSERT_EQ(one.hidden.size(), many.hidden.size());
+    EXPECT_EQ(0, std::memcmp(one.hidden.data(), many.hidden.data(),
+                             one.hidden.size() * sizeof(float)));
+    for (int i = 0; i < kBlockLinears; ++i) {
+      EXPECT_EQ(one.result.quantized[i].q, many.result.quantized[i].q) << i;
+      EXPECT_EQ(one.result.quantized[i].scales,
+                many.result.quantized[i].scales);
+      EXPECT_EQ(one.result.reports[i].proxy_loss,
+                many.result.reports[i].proxy_loss);
+    }
+  }
+}
+
 TEST(CudaBlockBackendTest, ForwardTasksAndRefusals) {
   std::unique_ptr<CudaBlockBackend> gpu = OpenGpuBackend();
   REQUIRE_GPU(gpu);
