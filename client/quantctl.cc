@@ -195,6 +195,7 @@ absl::StatusOr<v1::JobSpec> JobSpecOf(const QuantctlOptions& options,
   spec.set_output(std::filesystem::absolute(options.out, error).string());
   spec.set_name(options.name);
   *spec.mutable_recipe() = RecipeFromOptions(quantize, mode);
+  spec.mutable_recipe()->set_shards_in_task(options.shards_in_task);
   v1::Calibration* calibration = spec.mutable_recipe()->mutable_calibration();
   for (std::string* path :
        {calibration->mutable_text_path(), calibration->mutable_tokens_path()}) {
@@ -234,6 +235,7 @@ absl::Status RunServiceCommand(const QuantctlOptions& options,
     local.workers = options.workers;
     local.backend = options.quantize.backend;
     local.devices = options.devices;
+    local.devices_per_task = options.devices_per_task;
     local.threads = options.threads;
     local.state_dir = options.state_dir;
     local.progress_on_tty = options.progress_on_tty;
@@ -270,7 +272,11 @@ service commands:
                    and --workers N (2) workers over an in-process channel,
                    the same code path as a cluster. Takes the flags of
                    `quantize` (below) and [--mode sequential|parallel]
-                   [--state-dir DIR (default: a temporary store)].
+                   [--state-dir DIR (default: a temporary store)]
+                   [--shards-in-task (with --calibration-shards: each
+                   block task computes its shards, across its worker's
+                   GPUs)] [--devices-per-task N (--backend cuda: GPUs per
+                   in-process worker)].
   submit           Submit the same job to a coordinator; prints its id.
                    [--coordinator host:port (localhost:50051)] [--watch]
                    [--name TEXT]

@@ -43,14 +43,16 @@ struct QuantctlOptions {
   std::string coordinator = "localhost:50051";  // --coordinator
   ClientAuthOptions auth;           // --tls_* / --token_file / --insecure
   std::string mode = "sequential";  // --mode: or parallel.
+  bool shards_in_task = false;      // --shards_in_task (Recipe's).
   bool local = false;               // run --local (the only kind of run today).
   int workers = 2;                  // run --local: in-process workers.
   // quantize and run --local --backend cuda (quantize.backend): the GPUs;
   // quantize uses the first.
   std::vector<int> devices = {0};
-  std::string state_dir;  // run --local: keep the job store here.
-  bool watch = false;     // submit --watch: then watch it.
-  std::string name;       // submit: the job's name.
+  int devices_per_task = 1;  // run --local --backend cuda: GPUs per worker.
+  std::string state_dir;     // run --local: keep the job store here.
+  bool watch = false;        // submit --watch: then watch it.
+  std::string name;          // submit: the job's name.
 };
 
 // The usage text printed for `quantctl help` and on a usage error.

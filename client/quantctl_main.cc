@@ -89,6 +89,13 @@ ABSL_FLAG(std::string, coordinator, "localhost:50051",
           "service commands: the coordinator, host:port");
 ABSL_FLAG(std::string, mode, "sequential",
           "run / submit: sequential or parallel");
+ABSL_FLAG(bool, shards_in_task, false,
+          "run / submit, sequential with --calibration_shards: each block "
+          "task computes its shards itself (across the GPUs of a worker "
+          "slot of --devices_per_task) instead of capture, solve and "
+          "forward tasks over workers; the same bits");
+ABSL_FLAG(int, devices_per_task, 1,
+          "run --local --backend cuda: GPUs per in-process worker");
 ABSL_FLAG(bool, local, false, "run: in this process");
 ABSL_FLAG(int, workers, 2, "run --local: in-process workers");
 ABSL_FLAG(std::string, state_dir, "",
@@ -177,6 +184,8 @@ int main(int argc, char** argv) {
   options.coordinator = absl::GetFlag(FLAGS_coordinator);
   options.auth = quant::ClientAuthFromFlags();
   options.mode = absl::GetFlag(FLAGS_mode);
+  options.shards_in_task = absl::GetFlag(FLAGS_shards_in_task);
+  options.devices_per_task = absl::GetFlag(FLAGS_devices_per_task);
   options.local = absl::GetFlag(FLAGS_local);
   options.workers = absl::GetFlag(FLAGS_workers);
   options.state_dir = absl::GetFlag(FLAGS_state_dir);

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/file.h"
 #include "common/grpc_options.h"
@@ -256,18 +257,24 @@ absl::Status ServiceClient::Workers(std::ostream& out) {
 absl::Status RunLocal(const v1::JobSpec& spec, const LocalRunOptions& options,
                       std::ostream& out, std::ostream& err) {
   const bool gpu = options.backend != "cpu";
-  const int workers =
-      gpu ? static_cast<int>(options.devices.size()) : options.workers;
+  std::vector<std::vector<int>> groups;
+  if (gpu) {
+    if (options.devices.empty()) {
+      return absl::InvalidArgumentError(
+          "run --local --backend cuda needs at least one device");
+    }
+    ASSIGN_OR_RETURN(groups,
+                     GroupDevices(options.devices, options.devices_per_task));
+  }
+  const int workers = gpu ? static_cast<int>(groups.size()) : options.workers;
   if (workers < 1) {
-    return absl::InvalidArgumentError(
-        gpu ? "run --local --backend cuda needs at least one device"
-            : "run --local needs at least 1 worker");
+    return absl::InvalidArgumentError("run --local needs at least 1 worker");
   }
   // The devices first: a missing GPU is named before any work starts.
   std::vector<std::shared_ptr<BlockBackend>> backends(workers);
   for (int i = 0; gpu && i < workers; ++i) {
     ASSIGN_OR_RETURN(backends[i],
-                     MakeBlockBackend(options.backend, options.devices[i]));
+                     MakeBlockBackendGroup(options.backend, groups[i]));
   }
   std::string state_dir = options.state_dir;
   const bool temporary = state_dir.empty();
@@ -327,7 +334,7 @@ absl::Status RunLocal(const v1::JobSpec& spec, const LocalRunOptions& options,
   for (int i = 0; i < workers; ++i) {
     WorkerOptions worker;
     worker.channel = coordinator->InProcessChannel();
-    worker.name = gpu ? absl::StrCat("local-gpu", options.devices[i])
+    worker.name = gpu ? absl::StrCat("local-gpu", absl::StrJoin(groups[i], "+"))
                       : absl::StrCat("local-", i);
     worker.backend = backends[i];
     worker.threads = threads_per_worker;

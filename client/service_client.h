@@ -58,9 +58,11 @@ struct LocalRunOptions {
   // ... on this many cores (0: all): each gets them all in a sequential
   // calibrated job (one block runs at a time), else they share them.
   int threads = 0;
-  // "cuda": one worker per GPU of `devices` instead (`workers` unused).
+  // "cuda": one worker per GPU of `devices` instead (`workers` unused), or
+  // per `devices_per_task` of them (GroupDevices).
   std::string backend = "cpu";
   std::vector<int> devices = {0};
+  int devices_per_task = 1;
   std::string state_dir;  // The job store; "" for a temporary one.
   bool progress_on_tty = false;
 };

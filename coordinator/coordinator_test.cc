@@ -28,6 +28,7 @@
 #include "proto/quant/v1/quantization_service.grpc.pb.h"
 #include "proto/quant/v1/worker_service.grpc.pb.h"
 #include "proto/recipe.h"
+#include "quant/block_backend.h"
 #include "quant/quantize_model.h"
 #include "worker/worker_session.h"
 
@@ -403,6 +404,34 @@ TEST_F(CoordinatorTest, DataParallelCalibrationMatchesTheEngine) {
   }
   const std::vector<std::string> left = intermediates();
   EXPECT_TRUE(left.empty()) << left.size() << " left, e.g. " << left[0];
+}
+
+// The same recipe with the shards kept in each block task, run by a worker
+// whose slot spans two devices (here two CPU backends): the sequential
+// chain of block tasks, and the engine's bytes.
+TEST_F(CoordinatorTest, ShardsInTheBlockTaskMatchTheEngine) {
+  QuantizeModelOptions options = engine_;
+  options.output_format = OutputFormat::kGguf;
+  options.gguf_type = "Q4_K_M";
+  options.calibration_shards = 2;
+  const std::string expected = EngineOutput(options, "engine-in-task.gguf");
+  std::string kernel;
+  StartWorkers(1, [&](WorkerOptions& worker) {
+    absl::StatusOr<std::unique_ptr<BlockBackend>> group =
+        MakeBlockBackendGroup("cpu", {0, 1});
+    ASSERT_TRUE(group.ok()) << group.status();
+    kernel = (*group)->kernel().kernel;
+    worker.backend = *std::move(group);
+  });
+  v1::JobSpec spec = Spec(options, dir_ + "/out/in-task.gguf");
+  spec.mutable_recipe()->set_shards_in_task(true);
+  v1::Job job;
+  ASSERT_TRUE(Submit(spec, &job).ok());
+  EXPECT_EQ(job.tasks_total(), 1 + 2 + 1);  // Embed, two blocks, the head.
+  const v1::Job done = Watch(job.job_id());
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error();
+  EXPECT_TRUE(Bytes(dir_ + "/out/in-task.gguf") == Bytes(expected));
+  EXPECT_TRUE(absl::EndsWith(kernel, " x 2")) << kernel;
 }
 
 TEST_F(CoordinatorTest, ParallelAndDataFreeJobsRun) {

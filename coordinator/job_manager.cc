@@ -243,7 +243,8 @@ absl::StatusOr<v1::Job> JobManager::SubmitJob(const v1::JobSpec& submitted,
         absl::StrCat("spec: ", engine_plan.status().message()));
   }
   ASSIGN_OR_RETURN(PlannedJob planned,
-                   PlanJob(spec.recipe().mode(), options, *engine_plan));
+                   PlanJob(spec.recipe().mode(), options, *engine_plan,
+                           spec.recipe().shards_in_task()));
 
   // The calibration windows, read before the lock: a large file delays this
   // submission only.

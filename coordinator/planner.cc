@@ -33,6 +33,7 @@ std::string JobPlan::ToJson() const {
                       {"seq_len", seq_len},
                       {"norm_dtype", norm_dtype},
                       {"calibration_shards", calibration_shards},
+                      {"shards_in_task", shards_in_task},
                       {"sequences_per_pass", sequences_per_pass},
                       {"calibration_stages", calibration_stages},
                       {"linear_types", linear_types},
@@ -65,6 +66,7 @@ absl::StatusOr<JobPlan> JobPlan::FromJson(const std::string& json) {
   plan.norm_dtype = j.value("norm_dtype", std::string());
   try {
     plan.calibration_shards = j.value("calibration_shards", int64_t{1});
+    plan.shards_in_task = j.value("shards_in_task", false);
     plan.sequences_per_pass = j.value("sequences_per_pass", int64_t{1});
     plan.calibration_stages = j.value("calibration_stages", 0);
     plan.activation_bytes = j.value("activation_bytes", int64_t{0});
@@ -108,7 +110,8 @@ absl::StatusOr<JobPlan> JobPlan::FromJson(const std::string& json) {
 
 absl::StatusOr<PlannedJob> PlanJob(v1::Mode mode,
                                    const QuantizeModelOptions& options,
-                                   const QuantizationPlan& engine_plan) {
+                                   const QuantizationPlan& engine_plan,
+                                   bool shards_in_task) {
   PlannedJob job;
   JobPlan& plan = job.plan;
   plan.mode =
@@ -119,6 +122,7 @@ absl::StatusOr<PlannedJob> PlanJob(v1::Mode mode,
   plan.sequences = calibrated ? options.calibration.samples : 0;
   plan.seq_len = calibrated ? options.calibration.seq_len : 0;
   plan.calibration_shards = calibrated ? options.calibration_shards : 1;
+  plan.shards_in_task = shards_in_task && plan.calibration_shards > 1;
   plan.sequences_per_pass = std::max<int64_t>(1, options.sequences_per_pass);
   plan.calibration_stages =
       options.method == QuantMethod::kGptq && options.true_sequential
@@ -238,7 +242,7 @@ absl::StatusOr<PlannedJob> PlanJob(v1::Mode mode,
 
 bool DataParallel(const JobPlan& plan) {
   return plan.mode == v1::MODE_SEQUENTIAL && plan.sequences > 0 &&
-         plan.calibration_shards > 1;
+         plan.calibration_shards > 1 && !plan.shards_in_task;
 }
 
 namespace {

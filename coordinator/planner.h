@@ -17,7 +17,9 @@
 //   solve task (the stage solved on every shard's statistics merged in
 //   shard order); then, before the last block, S forward tasks run the
 //   quantized block over their shards. The block's result equals the block
-//   task's with the same recipe, bit for bit.
+//   task's with the same recipe, bit for bit. With the recipe's
+//   shards_in_task the plan is the sequential one instead: each block task
+//   computes its shards itself (across the GPUs of its worker's slot).
 // GGUF output adds a head task (no dependencies, leased after the others
 // that are ready): the embeddings, final norm and output head encoded in
 // their GGUF types. GPTQ and AWQ directories keep those tensors as the
@@ -59,6 +61,8 @@ struct JobPlan {
   // Data-parallel calibration: shards (1: none), the sequences of a pass
   // (the shards are whole passes) and the calibration stages of a block.
   int64_t calibration_shards = 1;
+  // The shards stay inside each block task (Recipe.shards_in_task).
+  bool shards_in_task = false;
   int64_t sequences_per_pass = 1;
   int calibration_stages = 0;
   std::string norm_dtype;  // Of the checkpoint's norms.
@@ -83,13 +87,15 @@ struct PlannedJob {
 };
 
 // `options` and `engine_plan` come from the recipe (OptionsFromRecipe,
-// PlanQuantization).
+// PlanQuantization), as do `mode` and `shards_in_task`.
 absl::StatusOr<PlannedJob> PlanJob(v1::Mode mode,
                                    const QuantizeModelOptions& options,
-                                   const QuantizationPlan& engine_plan);
+                                   const QuantizationPlan& engine_plan,
+                                   bool shards_in_task = false);
 
-// Whether the plan calibrates each block data-parallel (capture, solve
-// and forward tasks per shard).
+// Whether the plan calibrates each block data-parallel over workers
+// (capture, solve and forward tasks per shard; not when the shards stay in
+// the block task).
 bool DataParallel(const JobPlan& plan);
 // The calibration shard a task computes (embed, capture and forward tasks
 // of a data-parallel plan), else -1; the calibration stage of a capture or

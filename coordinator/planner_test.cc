@@ -26,10 +26,10 @@ class PlannerTest : public ::testing::Test {
     options_.calibration.samples = 8;
     options_.calibration.seq_len = 64;
   }
-  PlannedJob Plan(v1::Mode mode) {
+  PlannedJob Plan(v1::Mode mode, bool shards_in_task = false) {
     auto engine = PlanQuantization(options_);
     EXPECT_TRUE(engine.ok()) << engine.status();
-    auto planned = PlanJob(mode, options_, *engine);
+    auto planned = PlanJob(mode, options_, *engine, shards_in_task);
     EXPECT_TRUE(planned.ok()) << planned.status();
     return *planned;
   }
@@ -185,8 +185,24 @@ TEST_F(PlannerTest, DataParallelCalibrationSplitsEachStage) {
   }
   // Parallel mode and one shard keep the block tasks.
   EXPECT_EQ(Plan(v1::MODE_PARALLEL).tasks.back().kind, kBlockTask);
+
+  // Shards kept in the block task: the sequential chain, whose block tasks
+  // read every sequence; the choice survives the store.
+  const PlannedJob in_task = Plan(v1::MODE_SEQUENTIAL, true);
+  EXPECT_FALSE(DataParallel(in_task.plan));
+  ExpectTasks(
+      in_task.tasks,
+      {{kEmbedTask, -1, {}}, {kBlockTask, 0, {0}}, {kBlockTask, 1, {1}}});
+  EXPECT_EQ(TaskSequences(in_task.plan, in_task.tasks[2]).count, 8);
+  EXPECT_EQ(in_task.plan.calibration_shards, 2);
+  const auto stored = JobPlan::FromJson(in_task.plan.ToJson());
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_TRUE(stored->shards_in_task);
+  EXPECT_FALSE(DataParallel(*stored));
+
   options_.calibration_shards = 1;
   EXPECT_FALSE(DataParallel(Plan(v1::MODE_SEQUENTIAL).plan));
+  EXPECT_FALSE(Plan(v1::MODE_SEQUENTIAL, true).plan.shards_in_task);
 }
 
 TEST_F(PlannerTest, DataFreeTasksAreIndependent) {

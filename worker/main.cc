@@ -1,7 +1,8 @@
 // quant-worker: a CPU worker, or with --backend cuda one worker per GPU of
-// --devices (one task slot each). Parses flags into WorkerOptions and runs
-// the WorkerSessions until SIGTERM / SIGINT drains them (a second signal
-// exits at once with code 130).
+// --devices (one task slot each; with --devices_per_task N, one per N GPUs,
+// whose block tasks compute their calibration shards across them). Parses flags
+// into WorkerOptions and runs the WorkerSessions until SIGTERM / SIGINT drains
+// them (a second signal exits at once with code 130).
 #include <unistd.h>
 
 #include <cstdlib>
@@ -17,6 +18,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/auth_flags.h"
 #include "common/metrics.h"
 #include "common/process.h"
@@ -55,6 +57,11 @@ ABSL_FLAG(std::string, backend, "cpu",
           "Where block and forward tasks compute: cpu or cuda");
 ABSL_FLAG(std::string, devices, "0",
           "With --backend cuda: the GPUs, one task slot each (e.g. 0,1,2,3)");
+ABSL_FLAG(int, devices_per_task, 1,
+          "With --backend cuda: GPUs per task slot (dividing the --devices "
+          "listed): a slot's block task computes its recipe's calibration "
+          "shards across them (jobs submitted with --shards_in_task), its "
+          "forwards split their passes over them");
 
 namespace {
 
@@ -103,7 +110,7 @@ int main(int argc, char** argv) {
       "--tls_key=F --token_file=F | --insecure) [--threads=N] "
       "[--scratch_dir=DIR] [--shared_model_roots=DIR,...] "
       "[--metrics_address=host:port] "
-      "[--backend=cpu|cuda --devices=0,1]");
+      "[--backend=cpu|cuda --devices=0,1 [--devices_per_task=2]]");
   absl::ParseCommandLine(argc, argv);
 
   // Every thread created from here on inherits the mask, so SIGTERM /
@@ -149,31 +156,39 @@ int main(int argc, char** argv) {
   }
 
   // One session per slot: the CPU worker has one; a GPU worker one per
-  // device, each registered with its own backend.
+  // device (or group of --devices_per_task devices), each registered with
+  // its own backend.
   const std::string backend = absl::GetFlag(FLAGS_backend);
   std::vector<int> devices = {0};
+  std::vector<std::vector<int>> slots_devices = {{0}};
   if (backend != "cpu") {
     absl::StatusOr<std::vector<int>> listed =
         quant::ParseDeviceList(absl::GetFlag(FLAGS_devices));
-    if (!listed.ok()) {
-      Log(std::string(listed.status().message()));
+    absl::StatusOr<std::vector<std::vector<int>>> grouped =
+        listed.ok() ? quant::GroupDevices(*listed,
+                                          absl::GetFlag(FLAGS_devices_per_task))
+                    : listed.status();
+    if (!grouped.ok()) {
+      Log(std::string(grouped.status().message()));
       return 2;
     }
     devices = *listed;
+    slots_devices = *grouped;
   }
   std::vector<std::unique_ptr<quant::WorkerSession>> sessions;
-  for (int device : devices) {
+  for (const std::vector<int>& group : slots_devices) {
     quant::WorkerOptions slot = options;
     if (backend != "cpu") {
+      const std::string label = absl::StrJoin(group, "+");
       absl::StatusOr<std::unique_ptr<quant::BlockBackend>> made =
-          quant::MakeBlockBackend(backend, device);
+          quant::MakeBlockBackendGroup(backend, group);
       if (!made.ok()) {
-        Log(absl::StrCat("GPU ", device, ": ", made.status().message()));
+        Log(absl::StrCat("GPU ", label, ": ", made.status().message()));
         return 2;
       }
       slot.backend = *std::move(made);
-      slot.name = absl::StrCat(options.name, "/gpu", device);
-      slot.scratch_dir = absl::StrCat(options.scratch_dir, "/gpu", device);
+      slot.name = absl::StrCat(options.name, "/gpu", label);
+      slot.scratch_dir = absl::StrCat(options.scratch_dir, "/gpu", label);
     }
     absl::StatusOr<std::unique_ptr<quant::WorkerSession>> session =
         quant::WorkerSession::Create(slot);
