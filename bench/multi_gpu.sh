@@ -53,24 +53,7 @@ data=$work
 threads=$(nproc)
 source "$here/service_lib.sh"
 
-model=$work/model-${shape:-llama3-70b}-l$layers
-if [[ ! -f $model/config.json ]]; then
-  rm -rf "$model"
-  if [[ -z $shape ]]; then
-    "$quantctl" make-tiny-model --preset llama3-70b --layers "$layers" \
-      --out "$model" >/dev/null
-  else
-    "$quantctl" make-tiny-model --hidden "${shape%%:*}" \
-      --intermediate "${shape##*:}" --layers "$layers" --out "$model" >/dev/null
-  fi
-fi
-calib=$work/calib-tokens.txt
-python3 - "$model/config.json" "$((samples * seqlen + 1))" >"$calib" <<'PY'
-import json, random, sys
-vocab = json.load(open(sys.argv[1]))["vocab_size"]
-random.seed(1)
-print(" ".join(str(random.randrange(vocab)) for _ in range(int(sys.argv[2]))))
-PY
+make_bench_model "$layers" "$shape" "$((samples * seqlen + 1))"
 recipe=(--method gptq --bits 4 --group-size 128 --calib-tokens "$calib"
   --calib-samples "$samples" --calib-seqlen "$seqlen" --format "$format")
 [[ $format == gguf ]] && recipe+=(--type Q4_K_M)

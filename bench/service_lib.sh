@@ -111,3 +111,28 @@ run_measured() {
   wait "$sampler" 2>/dev/null || true
   coordinator_sampled=$(awk '{printf "%.0f", $1 / 1024}' "$log.sampled")
 }
+# The benchmark model under $work, made once: Llama-3-70B-shaped with $1
+# blocks, or with $2 = HIDDEN:INTERMEDIATE a smaller one; sets model. And
+# beside it calib, $3 random token ids of its vocabulary (its weights are
+# random too).
+make_bench_model() {
+  local layers=$1 shape=$2 tokens=$3
+  model=$work/model-${shape:-llama3-70b}-l$layers
+  if [[ ! -f $model/config.json ]]; then
+    rm -rf "$model"
+    if [[ -z $shape ]]; then
+      "$quantctl" make-tiny-model --preset llama3-70b --layers "$layers" \
+        --out "$model" >/dev/null
+    else
+      "$quantctl" make-tiny-model --hidden "${shape%%:*}" \
+        --intermediate "${shape##*:}" --layers "$layers" --out "$model" >/dev/null
+    fi
+  fi
+  calib=$work/calib-tokens.txt
+  python3 - "$model/config.json" "$tokens" >"$calib" <<'PY'
+import json, random, sys
+vocab = json.load(open(sys.argv[1]))["vocab_size"]
+random.seed(1)
+print(" ".join(str(random.randrange(vocab)) for _ in range(int(sys.argv[2]))))
+PY
+}
