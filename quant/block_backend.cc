@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
-#include <thread>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -12,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "common/parallel.h"
 #include "common/status_macros.h"
 
 namespace quant {
@@ -143,7 +143,8 @@ absl::Status ForwardBlockAcross(const std::vector<BlockBackend*>& backends,
       std::min<int64_t>(static_cast<int64_t>(backends.size()), passes);
   const int64_t dim = forward.spec().hidden_size;
   std::vector<absl::Status> statuses(parts);
-  auto run_part = [&](int64_t part) {
+  // One part per backend, each on a thread of its own.
+  ParallelForEach(parts, static_cast<int>(parts), [&](uint64_t part) {
     absl::StatusOr<SequenceRange> range =
         CalibrationShard(sequences, per_pass, parts, part);
     statuses[part] = range.ok()
@@ -151,13 +152,7 @@ absl::Status ForwardBlockAcross(const std::vector<BlockBackend*>& backends,
                                forward, block, range->count, seq_len, per_pass,
                                hidden + range->first * seq_len * dim)
                          : range.status();
-  };
-  std::vector<std::thread> threads;
-  for (int64_t part = 1; part < parts; ++part) {
-    threads.emplace_back(run_part, part);
-  }
-  run_part(0);
-  for (std::thread& thread : threads) thread.join();
+  });
   for (const absl::Status& status : statuses) RETURN_IF_ERROR(status);
   return absl::OkStatus();
 }

@@ -8,11 +8,11 @@
 #include <limits>
 #include <map>
 #include <optional>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "common/parallel.h"
 #include "common/status_macros.h"
 #include "format/half.h"
 #include "kernels/cpu/compute_kernel.h"
@@ -645,25 +645,15 @@ absl::Status RunCalibrationStages(const BlockRecipe& recipe, int64_t sequences,
       const int64_t in_round = std::min<int64_t>(lanes, shards - round);
       std::vector<absl::StatusOr<BlockStatistics>> captured(
           in_round, absl::UnknownError("not captured"));
-      auto capture_shard = [&](uint64_t lane) {
+      // Each lane on a thread of its own: shard round + i in lane i only.
+      ParallelForEach(in_round, static_cast<int>(in_round), [&](uint64_t lane) {
         const int64_t k = round + static_cast<int64_t>(lane);
         absl::StatusOr<SequenceRange> range =
             CalibrationShard(sequences, per_pass, recipe.calibration_shards, k);
         captured[lane] = range.ok()
                              ? capture(stage, static_cast<int>(k), *range)
                              : absl::StatusOr<BlockStatistics>(range.status());
-      };
-      if (in_round == 1) {
-        capture_shard(0);
-      } else {
-        // One thread per lane: lane i's thread runs shard round + i only.
-        std::vector<std::thread> threads;
-        for (int64_t lane = 1; lane < in_round; ++lane) {
-          threads.emplace_back(capture_shard, static_cast<uint64_t>(lane));
-        }
-        capture_shard(0);
-        for (std::thread& thread : threads) thread.join();
-      }
+      });
       for (int64_t lane = 0; lane < in_round; ++lane) {
         if (!captured[lane].ok()) return captured[lane].status();
         if (round + lane == 0) {
